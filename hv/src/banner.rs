@@ -1,0 +1,19 @@
+//! The boot banner: one `key: value` line per fact, for people and tests.
+
+use crate::arch::cpu;
+use crate::boot::BootInfo;
+use crate::println;
+
+/// Prints the banner.
+pub fn print(boot: &BootInfo) {
+    println!("boot: {}", boot.protocol.name());
+    let c = cpu::describe();
+    println!(
+        "cpu: {} family {:#x} model {:#x} stepping {} ({})",
+        c.vendor, c.family, c.model, c.stepping, c.brand
+    );
+    println!("svm: {}", crate::svm_support::describe());
+    let (usable, regions) = boot.usable_memory();
+    println!("memory: {} MiB in {} regions", usable >> 20, regions);
+    println!("cpus: {}", boot.cpus.as_slice().len());
+}

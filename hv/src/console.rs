@@ -1,0 +1,109 @@
+//! Kernel console: COM1 (115200 8N1), mirrored to QEMU's debugcon port 0xE9,
+//! plus the `log` backend that writes `[LEVEL] message` lines to it.
+
+use core::fmt::{self, Write};
+use spin::Mutex;
+use uart_16550::SerialPort;
+use x86_64::instructions::port::Port;
+
+const COM1: u16 = 0x3f8;
+const DEBUGCON: u16 = 0xe9;
+
+struct Console {
+    serial: SerialPort,
+    debugcon: Port<u8>,
+}
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                self.serial.send(b'\r');
+            }
+            self.serial.send(b);
+            // SAFETY: port 0xE9 is a write-only debug sink; elsewhere writes are ignored.
+            unsafe { self.debugcon.write(b) };
+        }
+        Ok(())
+    }
+}
+
+static CONSOLE: Mutex<Option<Console>> = Mutex::new(None);
+
+/// Sets up the serial port and the logger. Idempotent.
+pub fn init() {
+    let mut console = CONSOLE.lock();
+    if console.is_none() {
+        // SAFETY: COM1 is the standard PC serial port; nothing else drives it.
+        let mut serial = unsafe { SerialPort::new(COM1) };
+        serial.init();
+        *console = Some(Console {
+            serial,
+            debugcon: Port::new(DEBUGCON),
+        });
+        drop(console);
+        // Only fails if a logger is already set, which init's guard excludes.
+        let _ = log::set_logger(&LOGGER);
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+/// Writes formatted text to the console.
+pub fn write_fmt(args: fmt::Arguments<'_>) {
+    if let Some(c) = CONSOLE.lock().as_mut() {
+        let _ = c.write_fmt(args);
+    }
+}
+
+/// Takes the console even if a holder is stuck (fatal paths only): the
+/// holder will never run again.
+pub fn write_fmt_emergency(args: fmt::Arguments<'_>) {
+    if CONSOLE.is_locked() {
+        // SAFETY: called only on the way to stopping the machine; the holder
+        // was interrupted and never resumes.
+        unsafe { CONSOLE.force_unlock() };
+    }
+    write_fmt(args);
+}
+
+/// Prints to the console.
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::console::write_fmt(format_args!($($arg)*)) };
+}
+
+/// Prints a line to the console.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => { $crate::console::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            write_fmt(format_args!("[{:<5}] {}\n", record.level(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sets the log level from a command-line word (`error`..`trace`).
+pub fn set_level(name: &str) -> bool {
+    match name.parse::<log::LevelFilter>() {
+        Ok(level) => {
+            log::set_max_level(level);
+            true
+        }
+        Err(_) => false,
+    }
+}

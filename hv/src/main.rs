@@ -1,0 +1,106 @@
+//! The hypervisor kernel.
+//!
+//! Boot order: a loader adapter ([`boot`]) fills a [`boot::BootInfo`] and
+//! calls [`kernel_main`], which takes over the machine (descriptor tables,
+//! frames, its own page tables, heap), prints the banner and runs the work the
+//! command line asks for.
+//!
+//! Floating point: the kernel is built for `x86_64-unknown-none`, whose
+//! target disables SSE and uses soft-float, so the kernel never touches
+//! x87/SSE/AVX registers. CR4.OSFXSR stays as the loader left it (off under
+//! Limine). Guests therefore own the FPU/SSE state: the world switch need not
+//! save or restore it.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod banner;
+mod boot;
+mod console;
+mod mem;
+mod svm_support;
+
+use arch::port::{exit, ExitCode};
+use boot::BootInfo;
+
+/// The common entry: every boot path arrives here on the kernel's boot stack.
+pub fn kernel_main(boot: BootInfo) -> ! {
+    console::init();
+    if let Some(level) = boot.cmdline_value("log") {
+        if !console::set_level(level) {
+            log::warn!("unknown log level {level:?} on the command line");
+        }
+    }
+    arch::gdt::init();
+    arch::idt::init();
+
+    mem::paging::set_hhdm_offset(boot.hhdm_offset);
+    mem::frame::init(&boot);
+    let cr3 = mem::paging::init(&boot);
+    (boot.leave_loader)(cr3);
+    let reclaimed = mem::frame::reclaim_bootloader_memory(&boot);
+    mem::heap::init();
+    log::info!(
+        "memory: {} KiB reclaimed from the loader, {} MiB free",
+        reclaimed / 1024,
+        mem::frame::free_bytes() >> 20
+    );
+
+    if let Some(kind) = boot.cmdline_value("fault") {
+        deliberate_fault(kind);
+    }
+
+    banner::print(&boot);
+    exit(ExitCode::Success)
+}
+
+/// Faults on purpose (`fault=page|panic|stack` on the command line), to show the
+/// fault reports work.
+fn deliberate_fault(kind: &str) {
+    match kind {
+        "page" => {
+            log::info!("fault=page: reading an unmapped address");
+            // SAFETY: not safe at all, on purpose: the read faults and the
+            // page-fault handler stops the machine.
+            let value = unsafe { core::ptr::read_volatile(0x1000 as *const u64) };
+            log::error!("read of unmapped memory returned {value:#x}");
+        }
+        "panic" => panic!("deliberate panic requested on the command line"),
+        "stack" => {
+            log::info!("fault=stack: recursing into the guard page");
+            log::error!("recursion returned {}", recurse(0));
+        }
+        other => log::warn!("unknown fault={other} ignored (page|panic|stack)"),
+    }
+}
+
+/// Burns stack until the guard page stops it.
+fn recurse(depth: u64) -> u64 {
+    let pad = core::hint::black_box([depth; 64]);
+    recurse(depth + 1) + pad[(depth % 64) as usize]
+}
+
+/// Prints a fatal error and stops the machine with a failure verdict.
+pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
+    console::init();
+    console::write_fmt_emergency(format_args!("\nFATAL: {args}\n"));
+    exit(ExitCode::Failure)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::init();
+    match info.location() {
+        Some(l) => console::write_fmt_emergency(format_args!(
+            "\npanic at {}:{}:{}: {}\n",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        )),
+        None => console::write_fmt_emergency(format_args!("\npanic: {}\n", info.message())),
+    }
+    exit(ExitCode::Failure)
+}
