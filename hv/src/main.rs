@@ -48,6 +48,16 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         mem::frame::free_bytes() >> 20
     );
 
+    match arch::lapic::probe() {
+        Ok(l) => log::info!(
+            "lapic: id {} version {:#x} at {:#x}",
+            l.id,
+            l.version & 0xff,
+            l.base
+        ),
+        Err(e) => log::warn!("lapic: {e}"),
+    }
+
     if let Some(kind) = boot.cmdline_value("fault") {
         deliberate_fault(kind);
     }
@@ -79,6 +89,9 @@ fn deliberate_fault(kind: &str) {
 /// Burns stack until the guard page stops it.
 fn recurse(depth: u64) -> u64 {
     let pad = core::hint::black_box([depth; 64]);
+    if pad[0] == u64::MAX {
+        return 0;
+    }
     recurse(depth + 1) + pad[(depth % 64) as usize]
 }
 

@@ -160,15 +160,15 @@ pub fn init() {
     let selector = gdt::kernel_code_selector().0;
     // SAFETY: single-threaded boot; the table is written before it is loaded.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
-    for vector in 0..32 {
+    // SAFETY: ISR_TABLE is an immutable table of stub addresses.
+    let stubs = unsafe { &ISR_TABLE };
+    for (vector, &handler) in stubs.iter().enumerate() {
         let ist = match vector {
             2 => gdt::IST_NMI,
             8 => gdt::IST_DOUBLE_FAULT,
             18 => gdt::IST_MACHINE_CHECK,
             _ => 0,
         };
-        // SAFETY: ISR_TABLE is an immutable table of stub addresses.
-        let handler = unsafe { ISR_TABLE[vector] };
         idt.0[vector] = Gate::interrupt(handler, selector, ist);
     }
     let ptr = x86_64::structures::DescriptorTablePointer {

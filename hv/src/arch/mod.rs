@@ -5,4 +5,5 @@ pub mod acpi;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
+pub mod lapic;
 pub mod port;

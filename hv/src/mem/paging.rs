@@ -84,7 +84,7 @@ fn map_direct(m: &mut OffsetPageTable<'_>, phys: u64, len: u64, flags: Flags) {
     let end = (phys + len).next_multiple_of(FRAME_SIZE);
     while at < end {
         let big = Size2MiB::SIZE;
-        let done = if at % big == 0 && end - at >= big {
+        let done = if at.is_multiple_of(big) && end - at >= big {
             map_2m(m, at + offset, at, flags | Flags::HUGE_PAGE)
                 .is_ok()
                 .then_some(big)
