@@ -1,0 +1,86 @@
+//! What guests see of CPUID: the host's values, minus what the hypervisor
+//! does not virtualize, plus the hypervisor leaves at 0x4000_0000.
+
+/// The signature in leaf 0x4000_0000 EBX, ECX, EDX.
+pub const HYPERVISOR_SIGNATURE: &[u8; 12] = b"SVMRustHyper";
+/// Highest hypervisor leaf answered.
+pub const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0001;
+
+/// What the hypervisor offers a guest, where that differs from the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestCpuidPolicy {
+    /// Whether SVM is offered (nested virtualization); hidden when false.
+    pub svm: bool,
+}
+
+/// CPUID registers in the order EAX, EBX, ECX, EDX.
+pub type Regs = [u32; 4];
+
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const EXT1_ECX_SVM: u32 = 1 << 2;
+
+/// The guest's view of CPUID `leaf`/`subleaf`, given the host's answer.
+pub fn filter(leaf: u32, _subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs {
+    let [eax, ebx, ecx, edx] = host;
+    match leaf {
+        // A hypervisor is present; VMX never is on AMD.
+        0x1 => [eax, ebx, (ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_VMX, edx],
+        0x8000_0001 if !policy.svm => [eax, ebx, ecx & !EXT1_ECX_SVM, edx],
+        0x8000_000A if !policy.svm => [0; 4],
+        0x4000_0000 => {
+            let s = HYPERVISOR_SIGNATURE;
+            let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+            [HYPERVISOR_MAX_LEAF, word(0), word(4), word(8)]
+        }
+        // Other hypervisor leaves: none defined yet. (The host's own values
+        // there would describe a hypervisor below us, if any.)
+        0x4000_0001..=0x4000_00FF => [0; 4],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: Regs = [0x1111_1111, 0x2222_2222, 0xFFFF_FFFF, 0x4444_4444];
+
+    #[test]
+    fn leaf1_sets_hypervisor_and_clears_vmx() {
+        let r = filter(1, 0, [1, 2, 0, 4], GuestCpuidPolicy::default());
+        assert_eq!(r, [1, 2, 1 << 31, 4]);
+        let r = filter(1, 0, HOST, GuestCpuidPolicy::default());
+        assert_eq!(r[2], 0xFFFF_FFDF);
+    }
+
+    #[test]
+    fn svm_hidden_unless_offered() {
+        let hidden = GuestCpuidPolicy { svm: false };
+        assert_eq!(filter(0x8000_0001, 0, HOST, hidden)[2], 0xFFFF_FFFB);
+        assert_eq!(filter(0x8000_000A, 0, HOST, hidden), [0; 4]);
+        let offered = GuestCpuidPolicy { svm: true };
+        assert_eq!(filter(0x8000_0001, 0, HOST, offered), HOST);
+    }
+
+    #[test]
+    fn hypervisor_leaves() {
+        let r = filter(0x4000_0000, 0, HOST, GuestCpuidPolicy::default());
+        assert_eq!(r[0], HYPERVISOR_MAX_LEAF);
+        let mut sig = [0u8; 12];
+        sig[0..4].copy_from_slice(&r[1].to_le_bytes());
+        sig[4..8].copy_from_slice(&r[2].to_le_bytes());
+        sig[8..12].copy_from_slice(&r[3].to_le_bytes());
+        assert_eq!(&sig, b"SVMRustHyper");
+        assert_eq!(
+            filter(0x4000_0001, 0, HOST, GuestCpuidPolicy::default()),
+            [0; 4]
+        );
+    }
+
+    #[test]
+    fn other_leaves_pass_through() {
+        assert_eq!(filter(0, 0, HOST, GuestCpuidPolicy::default()), HOST);
+        assert_eq!(filter(7, 0, HOST, GuestCpuidPolicy::default()), HOST);
+    }
+}

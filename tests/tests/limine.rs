@@ -1,0 +1,70 @@
+//! Boots through Limine: the ISO and the USB disk image, each with BIOS
+//! (SeaBIOS) and UEFI (OVMF). Needs `LIMINE_DIR`, which `cargo xtask test`
+//! sets when it has a Limine; without one the test says it was skipped.
+
+use std::io::Write;
+use std::path::Path;
+
+use hv_tests::{boot, kernel, run_dir, Boot, SUCCESS_STATUS};
+use xtask::image::{self, Contents};
+use xtask::qemu::{Firmware, Medium};
+use xtask::{limine, ovmf};
+
+#[test]
+fn limine_boot() {
+    let Some(dir) = limine::dir_from_env() else {
+        // Straight to stderr: the harness captures print macros of passing
+        // tests, and a skip must never look like a silent pass.
+        let _ = writeln!(
+            std::io::stderr(),
+            "test limine_boot ... skipped (LIMINE_DIR not set)"
+        );
+        return;
+    };
+    let limine = limine::from_dir(&dir).unwrap_or_else(|e| panic!("LIMINE_DIR: {e}"));
+    let ovmf = ovmf::locate().unwrap_or_else(|e| panic!("{e}"));
+
+    let out = run_dir();
+    let iso = out.join("hv.iso");
+    let disk = out.join("hv.img");
+    let contents = Contents {
+        limine: &limine,
+        kernel: kernel(),
+        cmdline: &[],
+    };
+    image::build_iso(&contents, &iso).unwrap_or_else(|e| panic!("building the ISO: {e}"));
+    image::build_disk(&contents, &disk).unwrap_or_else(|e| panic!("building the disk: {e}"));
+
+    let uefi = |dir: &Path| Firmware::Uefi {
+        code: ovmf.code.clone(),
+        vars: ovmf.fresh_vars(dir).unwrap_or_else(|e| panic!("{e}")),
+    };
+    let boots = [
+        boot("ISO, BIOS", Medium::Cdrom(iso.clone()), Firmware::Bios),
+        boot("ISO, UEFI", Medium::Cdrom(iso), uefi(&run_dir())),
+        boot("disk, BIOS", Medium::Disk(disk.clone()), Firmware::Bios),
+        boot("disk, UEFI", Medium::Disk(disk), uefi(&run_dir())),
+    ];
+
+    // Check every boot before failing, so one run shows all that is wrong.
+    let failures: Vec<String> = boots.iter().filter_map(problem).collect();
+    assert!(
+        failures.is_empty(),
+        "Limine boots failed (serial output above):\n{}",
+        failures.join("\n")
+    );
+}
+
+/// What is wrong with a Limine boot, if anything.
+fn problem(boot: &Boot) -> Option<String> {
+    let missing = boot.missing_banner_keys();
+    if boot.banner("boot: ") != Some("boot: limine") {
+        Some(format!("{}: no `boot: limine` line", boot.label))
+    } else if !missing.is_empty() {
+        Some(format!("{}: no banner line for {missing:?}", boot.label))
+    } else if boot.status != Some(SUCCESS_STATUS) {
+        Some(format!("{}: {}", boot.label, boot.verdict))
+    } else {
+        None
+    }
+}

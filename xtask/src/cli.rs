@@ -1,0 +1,267 @@
+//! The command line of `cargo xtask`: parsed by hand, since it is small and
+//! the tool should build in seconds.
+
+use std::time::Duration;
+
+use crate::accel::Accel;
+use crate::{bail, Result};
+
+pub const USAGE: &str = "\
+usage: cargo xtask <command> [options] [-- <kernel command line words>]
+
+commands:
+  build   build the kernel and the guest stubs
+  run     build, boot under QEMU with the serial console on stdout, exit with the
+          kernel's verdict (0 only when it reports success)
+  image   build target/hv.iso (BIOS+UEFI, CD or USB) and target/hv.img (USB disk)
+  test    host unit tests of every crate, then the QEMU boot tests
+  lint    rustfmt check and clippy (host crates and bare-metal crates)
+
+options:
+  --release                 optimized kernel (build, run, image, test)
+  --boot limine|direct      run: through Limine (default when available) or
+                            QEMU's direct PVH boot
+  --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
+  --firmware bios|uefi      run: default bios; uefi needs Limine
+  --gdb                     run: wait for gdb on :1234 before the first instruction
+  --timeout SECS            run: kill QEMU and fail after SECS seconds
+  -- WORDS...               run, image: kernel command line (e.g. fault=page)
+
+environment:
+  LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
+  XTASK_VERBOSE=1           print every command before running it
+";
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    Help,
+    Build { release: bool },
+    Run(RunArgs),
+    Image { release: bool, cmdline: Vec<String> },
+    Test { release: bool },
+    Lint,
+}
+
+/// How `run` should boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    Limine,
+    Direct,
+}
+
+/// Which firmware `run` should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirmwareKind {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+/// Options of `cargo xtask run`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunArgs {
+    pub release: bool,
+    /// `None`: Limine when available, else direct.
+    pub boot: Option<Boot>,
+    /// `None`: KVM when it offers SVM, else TCG.
+    pub accel: Option<Accel>,
+    pub firmware: FirmwareKind,
+    pub gdb: bool,
+    pub timeout: Option<Duration>,
+    pub cmdline: Vec<String>,
+}
+
+/// Parses the arguments after `cargo xtask`.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
+    let mut args = args.into_iter();
+    let Some(command) = args.next() else {
+        return Ok(Task::Help);
+    };
+    let mut options = Options::new(&command, args.collect());
+    let task = match command.as_str() {
+        "help" | "-h" | "--help" => Task::Help,
+        "build" => Task::Build {
+            release: options.flag("--release"),
+        },
+        "run" => Task::Run(RunArgs {
+            release: options.flag("--release"),
+            boot: options.value("--boot", parse_boot)?,
+            accel: options.value("--accel", |w| Accel::parse(w).ok_or("kvm or tcg"))?,
+            firmware: options
+                .value("--firmware", parse_firmware)?
+                .unwrap_or_default(),
+            gdb: options.flag("--gdb"),
+            timeout: options.value("--timeout", parse_seconds)?,
+            cmdline: options.take_cmdline(),
+        }),
+        "image" => Task::Image {
+            release: options.flag("--release"),
+            cmdline: options.take_cmdline(),
+        },
+        "test" => Task::Test {
+            release: options.flag("--release"),
+        },
+        "lint" => Task::Lint,
+        other => bail!("unknown command `{other}` (see cargo xtask --help)"),
+    };
+    options.finish()?;
+    Ok(task)
+}
+
+fn parse_boot(word: &str) -> std::result::Result<Boot, &'static str> {
+    match word {
+        "limine" => Ok(Boot::Limine),
+        "direct" => Ok(Boot::Direct),
+        _ => Err("limine or direct"),
+    }
+}
+
+fn parse_firmware(word: &str) -> std::result::Result<FirmwareKind, &'static str> {
+    match word {
+        "bios" => Ok(FirmwareKind::Bios),
+        "uefi" => Ok(FirmwareKind::Uefi),
+        _ => Err("bios or uefi"),
+    }
+}
+
+fn parse_seconds(word: &str) -> std::result::Result<Duration, &'static str> {
+    match word.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err("a positive number of seconds"),
+    }
+}
+
+/// The options of one command, consumed as the command asks for them; what
+/// is left at the end was not understood.
+struct Options {
+    command: String,
+    /// `--name` or `--name=value` words and separate values, in order.
+    words: Vec<String>,
+    /// The words after `--`.
+    cmdline: Option<Vec<String>>,
+}
+
+impl Options {
+    fn new(command: &str, args: Vec<String>) -> Self {
+        let (words, cmdline) = match args.iter().position(|a| a == "--") {
+            Some(split) => (args[..split].to_vec(), Some(args[split + 1..].to_vec())),
+            None => (args, None),
+        };
+        Options {
+            command: command.to_string(),
+            words,
+            cmdline,
+        }
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.words.len();
+        self.words.retain(|w| w != name);
+        self.words.len() != before
+    }
+
+    fn value<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&str) -> std::result::Result<T, &'static str>,
+    ) -> Result<Option<T>> {
+        let prefix = format!("{name}=");
+        let Some(at) = self
+            .words
+            .iter()
+            .position(|w| w == name || w.starts_with(&prefix))
+        else {
+            return Ok(None);
+        };
+        let word = self.words.remove(at);
+        let value = match word.strip_prefix(&prefix) {
+            Some(value) => value.to_string(),
+            None if at < self.words.len() => self.words.remove(at),
+            None => bail!("{name} needs a value"),
+        };
+        match parse(&value) {
+            Ok(parsed) => Ok(Some(parsed)),
+            Err(expected) => bail!("{name} {value}: expected {expected}"),
+        }
+    }
+
+    fn take_cmdline(&mut self) -> Vec<String> {
+        self.cmdline.take().unwrap_or_default()
+    }
+
+    fn finish(self) -> Result<()> {
+        if let Some(word) = self.words.first() {
+            bail!(
+                "`{}` does not take `{word}` (see cargo xtask --help)",
+                self.command
+            );
+        }
+        if self.cmdline.is_some() {
+            bail!("`{}` takes no kernel command line after `--`", self.command);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(line: &str) -> Result<Task> {
+        parse(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn no_command_is_help() {
+        assert_eq!(parse(Vec::new()).unwrap(), Task::Help);
+        assert_eq!(parse_words("--help").unwrap(), Task::Help);
+    }
+
+    #[test]
+    fn run_takes_every_option() {
+        let task = parse_words(
+            "run --release --boot direct --accel=tcg --firmware bios --gdb --timeout 20 -- fault=page x",
+        )
+        .unwrap();
+        assert_eq!(
+            task,
+            Task::Run(RunArgs {
+                release: true,
+                boot: Some(Boot::Direct),
+                accel: Some(Accel::Tcg),
+                firmware: FirmwareKind::Bios,
+                gdb: true,
+                timeout: Some(Duration::from_secs(20)),
+                cmdline: vec!["fault=page".into(), "x".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn run_defaults_leave_choices_open() {
+        let Task::Run(args) = parse_words("run").unwrap() else {
+            panic!("not run");
+        };
+        assert_eq!(args, RunArgs::default());
+    }
+
+    #[test]
+    fn words_after_the_separator_are_not_options() {
+        let Task::Run(args) = parse_words("run -- --release").unwrap() else {
+            panic!("not run");
+        };
+        assert!(!args.release);
+        assert_eq!(args.cmdline, vec!["--release".to_string()]);
+    }
+
+    #[test]
+    fn rejects_bad_values_and_stray_options() {
+        assert!(parse_words("run --boot grub").is_err());
+        assert!(parse_words("run --timeout").is_err());
+        assert!(parse_words("run --timeout -3").is_err());
+        assert!(parse_words("build --gdb").is_err());
+        assert!(parse_words("lint -- x").is_err());
+        assert!(parse_words("frobnicate").is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask`: see `cargo xtask --help`. The work is done by the library.
+
+use std::process::ExitCode;
+
+use xtask::cli::{self, Task};
+use xtask::{tasks, Result};
+
+fn main() -> ExitCode {
+    let task = match cli::parse(std::env::args().skip(1)) {
+        Ok(task) => task,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match execute(task) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command; `Ok(false)` is a run whose failure was already reported.
+fn execute(task: Task) -> Result<bool> {
+    match task {
+        Task::Help => print!("{}", cli::USAGE),
+        Task::Build { release } => tasks::build::build(release)?,
+        Task::Image { release, cmdline } => tasks::image::image(release, &cmdline)?,
+        Task::Test { release } => tasks::test::test(release)?,
+        Task::Lint => tasks::lint::lint()?,
+        Task::Run(args) => {
+            let verdict = tasks::run::run(&args)?;
+            eprintln!("xtask: {verdict}");
+            return Ok(verdict.is_success());
+        }
+    }
+    Ok(true)
+}

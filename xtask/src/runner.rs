@@ -1,0 +1,163 @@
+//! Running QEMU: stream its serial output (optionally to our stdout), keep a
+//! copy for the tests, and enforce a timeout.
+
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::{bail, process, Result};
+
+/// How to run QEMU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Kill QEMU after this long.
+    pub timeout: Option<Duration>,
+    /// Copy QEMU's output to our stdout/stderr as it arrives.
+    pub echo: bool,
+}
+
+/// How a QEMU run ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// QEMU's exit status, if it exited by itself.
+    pub status: Option<i32>,
+    /// The signal that ended QEMU, if one did (other than our timeout kill).
+    pub signal: Option<i32>,
+    /// Set when we killed QEMU because the timeout passed.
+    pub timed_out: Option<Duration>,
+    /// Everything the guest wrote to COM1.
+    pub serial: String,
+    /// QEMU's own messages (warnings, errors).
+    pub stderr: String,
+}
+
+/// Runs QEMU to the end (or the timeout).
+pub fn run(mut cmd: Command, options: Options) -> Result<Outcome> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe and touches only the child being
+    // created. It makes the kernel kill QEMU if we die first (a killed test
+    // run must not leave emulators spinning).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    process::echo(&cmd);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => bail!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
+    };
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let serial = tee(
+        stdout,
+        options.echo.then(|| Box::new(std::io::stdout()) as _),
+    );
+    let messages = tee(
+        stderr,
+        options.echo.then(|| Box::new(std::io::stderr()) as _),
+    );
+
+    let (status, timed_out) = wait(&mut child, options.timeout)?;
+    let mut outcome = Outcome {
+        status: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        ..Outcome::default()
+    };
+    // The pipes close when QEMU is gone, which ends both threads.
+    outcome.serial = String::from_utf8_lossy(&serial.join().unwrap_or_default()).into_owned();
+    outcome.stderr = String::from_utf8_lossy(&messages.join().unwrap_or_default()).into_owned();
+    Ok(outcome)
+}
+
+/// Waits for QEMU, killing it at the deadline. Returns its status, or `None`
+/// and the timeout when we killed it.
+fn wait(
+    child: &mut Child,
+    timeout: Option<Duration>,
+) -> Result<(Option<std::process::ExitStatus>, Option<Duration>)> {
+    let Some(timeout) = timeout else {
+        return Ok((Some(child.wait()?), None));
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((Some(status), None));
+        }
+        if Instant::now() >= deadline {
+            // Kill fails only if QEMU exited meanwhile; wait() reaps it either way.
+            let _ = child.kill();
+            child.wait()?;
+            return Ok((None, Some(timeout)));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a pipe to its end on a thread, copying to `sink` as bytes arrive.
+fn tee(
+    mut pipe: impl Read + Send + 'static,
+    mut sink: Option<Box<dyn Write + Send>>,
+) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buffer[..n]);
+                    if let Some(sink) = sink.as_mut() {
+                        // The console is best effort: a closed terminal must
+                        // not stop the run.
+                        let _ = sink.write_all(&buffer[..n]).and_then(|()| sink.flush());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        all
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_output_and_status() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo serial; echo warning >&2; exit 33"]);
+        let outcome = run(cmd, Options::default()).unwrap();
+        assert_eq!(outcome.status, Some(33));
+        assert_eq!(outcome.serial, "serial\n");
+        assert_eq!(outcome.stderr, "warning\n");
+        assert!(outcome.timed_out.is_none());
+    }
+
+    #[test]
+    fn kills_at_the_timeout() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let outcome = run(
+            cmd,
+            Options {
+                timeout: Some(timeout),
+                echo: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(outcome.timed_out, Some(timeout));
+        assert_eq!(outcome.status, None);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
