@@ -12,7 +12,7 @@ pub fn print(boot: &BootInfo) {
         "cpu: {} family {:#x} model {:#x} stepping {} ({})",
         c.vendor, c.family, c.model, c.stepping, c.brand
     );
-    println!("svm: {}", crate::svm_support::describe());
+    println!("svm: {}", crate::svm_support::probe());
     let (usable, regions) = boot.usable_memory();
     println!("memory: {} MiB in {} regions", usable >> 20, regions);
     println!("cpus: {}", boot.cpus.as_slice().len());

@@ -20,7 +20,9 @@ mod banner;
 mod boot;
 mod console;
 mod mem;
+mod selftest;
 mod svm_support;
+mod vmm;
 
 use arch::port::{exit, ExitCode};
 use boot::BootInfo;
@@ -63,7 +65,12 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     }
 
     banner::print(&boot);
-    exit(ExitCode::Success)
+    let summary = selftest::run(boot.cmdline_value("tests"));
+    exit(if summary.failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
 }
 
 /// Faults on purpose (`fault=page|panic|stack` on the command line), to show the

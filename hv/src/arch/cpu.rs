@@ -17,7 +17,6 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 }
 
 /// Writes `value` to MSR `msr`.
-#[expect(dead_code, reason = "first used by SVM enable (EFER, VM_HSAVE_PA)")]
 ///
 /// # Safety
 /// The write must be valid for that MSR and not break memory safety.

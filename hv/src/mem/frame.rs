@@ -170,7 +170,6 @@ pub fn alloc_zeroed(count: u64, align: u64) -> Option<u64> {
 }
 
 /// Frees `count` frames at `phys` (from [`alloc`]).
-#[expect(dead_code, reason = "first used by VM teardown")]
 pub fn free(phys: u64, count: u64) {
     if let Some(map) = FRAMES.lock().as_mut() {
         for f in phys / FRAME_SIZE..phys / FRAME_SIZE + count {

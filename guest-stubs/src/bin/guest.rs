@@ -1,0 +1,189 @@
+//! The `guest::*` self-test guest: one binary, the test picked by name from
+//! the start parameters. Each function checks what the guest itself can see
+//! and ends with a verdict; the hypervisor side checks the rest (exits taken,
+//! console lines, stop reasons).
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use guest_stubs::exceptions::catch;
+use guest_stubs::hypercall::call;
+use guest_stubs::verdict::{fail, pass};
+use guest_stubs::{check, check_eq, println, StartParams};
+use svm::guest_abi::{self, HC_ECHO_SUM, HC_EXIT_COUNT, HC_UNKNOWN};
+
+#[unsafe(no_mangle)]
+fn guest_main(params: &'static StartParams) -> ! {
+    let Some(name) = params.test_name() else {
+        fail(format_args!("unreadable test name"))
+    };
+    let test: fn(&StartParams) = match name {
+        "guest::cpuid" => cpuid_filtered,
+        "guest::rdmsr_unknown_gp" => rdmsr_unknown_gp,
+        "guest::msr_passthrough" => msr_passthrough,
+        "guest::console" => console,
+        "guest::hlt" => hlt,
+        "guest::vmmcall" => vmmcall,
+        "guest::page_fault" => page_fault,
+        "guest::triple_fault" => triple_fault,
+        "guest::npf_outside_memory" => npf_outside_memory,
+        "guest::debug_exit_blocked" => debug_exit_blocked,
+        other => fail(format_args!("no guest test named {other}")),
+    };
+    test(params);
+    pass()
+}
+
+fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: callers pick MSRs the hypervisor emulates or passes through.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: as for rdmsr.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+    };
+}
+
+fn exits(code: u64) -> u64 {
+    call(HC_EXIT_COUNT, code, 0, 0)
+}
+
+/// CPUID: the hypervisor bit and leaves are there, SVM is hidden.
+fn cpuid_filtered(_: &StartParams) {
+    check!(
+        cpuid(1, 0)[2] & (1 << 31) != 0,
+        "CPUID.1:ECX.hypervisor clear"
+    );
+    let ext = cpuid(0x8000_0001, 0);
+    check!(
+        ext[2] & (1 << 2) == 0,
+        "CPUID.80000001:ECX.SVM visible to the guest"
+    );
+    check_eq!(cpuid(0x8000_000A, 0), [0; 4], "CPUID leaf 0x8000000A");
+    let hv = cpuid(0x4000_0000, 0);
+    check!(hv[0] >= 0x4000_0001, "hypervisor max leaf {:#x}", hv[0]);
+    let mut sig = [0u8; 12];
+    for (i, r) in hv[1..].iter().enumerate() {
+        sig[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    check_eq!(&sig, b"SVMRustHyper", "hypervisor signature");
+}
+
+/// RDMSR of an MSR nobody emulates raises #GP(0) in the guest.
+fn rdmsr_unknown_gp(_: &StartParams) {
+    let fault = catch(2, || {
+        // SAFETY: the #GP is expected and skipped (RDMSR is 2 bytes).
+        unsafe {
+            asm!("rdmsr", in("ecx") 0xc001_dead_u32, out("eax") _, out("edx") _, options(nomem, nostack))
+        };
+    });
+    let Some(f) = fault else {
+        fail(format_args!("RDMSR 0xc001dead did not fault"))
+    };
+    check_eq!(
+        (f.vector, f.error_code),
+        (13, 0),
+        "fault of RDMSR 0xc001dead"
+    );
+}
+
+/// FS_BASE is passed through: WRMSR takes effect on FS-relative loads,
+/// RDMSR reads it back, and neither exits.
+fn msr_passthrough(_: &StartParams) {
+    static TARGET: u64 = 0x5eed_cafe_f00d_beef;
+    const FS_BASE: u32 = 0xc000_0100;
+    let before = exits(svm::ExitCode::Msr.to_raw());
+    wrmsr(FS_BASE, &raw const TARGET as u64);
+    let through_fs: u64;
+    // SAFETY: FS points at TARGET, a readable static.
+    unsafe { asm!("mov {}, fs:[0]", out(reg) through_fs, options(nostack, readonly)) };
+    check_eq!(through_fs, TARGET, "load through FS after WRMSR FS_BASE");
+    check_eq!(rdmsr(FS_BASE), &raw const TARGET as u64, "RDMSR FS_BASE");
+    check_eq!(
+        exits(svm::ExitCode::Msr.to_raw()) - before,
+        0,
+        "MSR exits for FS_BASE"
+    );
+}
+
+/// A console line reaches the host console (the hypervisor checks the text).
+fn console(_: &StartParams) {
+    println!("hello from the guest console");
+}
+
+/// HLT exits once and the guest resumes after it.
+fn hlt(_: &StartParams) {
+    let before = exits(svm::ExitCode::Hlt.to_raw());
+    // SAFETY: interrupts are off; HLT only exits to the hypervisor.
+    unsafe { asm!("hlt", options(nomem, nostack)) };
+    check_eq!(exits(svm::ExitCode::Hlt.to_raw()) - before, 1, "HLT exits");
+}
+
+/// Hypercall arguments and result make the round trip.
+fn vmmcall(_: &StartParams) {
+    check_eq!(
+        call(HC_ECHO_SUM, 1, 10, 100),
+        321,
+        "HC_ECHO_SUM(1, 10, 100)"
+    );
+    let big = call(HC_ECHO_SUM, u64::MAX, 0x8000_0000_0000_0000, 1);
+    check_eq!(
+        big,
+        guest_abi::echo_sum(u64::MAX, 0x8000_0000_0000_0000, 1),
+        "HC_ECHO_SUM wrapping"
+    );
+    check_eq!(call(0xdead, 0, 0, 0), HC_UNKNOWN, "unknown hypercall");
+}
+
+/// A page fault in the guest's own tables goes to the guest's handler.
+fn page_fault(_: &StartParams) {
+    let addr = guest_abi::IDENTITY_MAP_SIZE; // first address the start tables leave unmapped
+    let fault = catch(3, || {
+        // SAFETY: the #PF is expected and skipped (`mov rax, [rcx]` is 3 bytes).
+        unsafe { asm!("mov rax, [rcx]", in("rcx") addr, out("rax") _, options(nostack, readonly)) };
+    });
+    let Some(f) = fault else {
+        fail(format_args!("read of unmapped {addr:#x} did not fault"))
+    };
+    check_eq!(
+        (f.vector, f.error_code, f.cr2),
+        (14, 0, addr),
+        "#PF vector, error code, CR2"
+    );
+}
+
+/// Triple fault: no usable IDT, then an exception. The hypervisor must stop
+/// this guest (SHUTDOWN) and go on with the next test.
+fn triple_fault(_: &StartParams) {
+    let null_idt = [0u16; 5];
+    // SAFETY: deliberately fatal for this guest.
+    unsafe { asm!("lidt [{}]", "ud2", in(reg) null_idt.as_ptr(), options(nostack, noreturn)) };
+}
+
+/// A read past guest RAM (but inside the guest's page tables) hits the
+/// nested page tables: the hypervisor stops the guest with an NPF report.
+fn npf_outside_memory(params: &StartParams) {
+    let addr = params.memory_size + 0x1000_0000;
+    // SAFETY: deliberately fatal for this guest.
+    let v = unsafe { core::ptr::read_volatile(addr as *const u64) };
+    fail(format_args!(
+        "read of {addr:#x} outside guest memory returned {v:#x}"
+    ));
+}
+
+/// Writes to QEMU's isa-debug-exit port must not end the machine.
+fn debug_exit_blocked(_: &StartParams) {
+    // SAFETY: port output; the hypervisor must drop it. 0x11 would end QEMU
+    // with a failure status if it got through.
+    unsafe { asm!("out dx, eax", in("dx") 0xf4u16, in("eax") 0x11u32, options(nomem, nostack)) };
+    println!("still running after writing the debug-exit port");
+}

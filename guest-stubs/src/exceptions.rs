@@ -1,0 +1,156 @@
+//! Guest exception capture: an IDT whose handler either records an expected
+//! fault and skips the faulting instruction, or fails the test.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A fault the guest took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Exception vector.
+    pub vector: u64,
+    /// Error code (0 for vectors without one).
+    pub error_code: u64,
+    /// CR2 at the fault (meaningful for #PF).
+    pub cr2: u64,
+}
+
+#[repr(C)]
+struct Frame {
+    regs: [u64; 9],
+    vector: u64,
+    error_code: u64,
+    rip: u64,
+    cs: u64,
+    rflags: u64,
+    rsp: u64,
+    ss: u64,
+}
+
+// Vectors that push an error code: 8, 10-14, 17, 21, 29, 30 (APM Vol. 2, 8.2).
+core::arch::global_asm!(
+    r#"
+    .section .text.guest_isr, "ax"
+    .macro GISR_NOERR n
+    gisr_\n:
+        push 0
+        push \n
+        jmp gisr_common
+    .endm
+    .macro GISR_ERR n
+    gisr_\n:
+        push \n
+        jmp gisr_common
+    .endm
+    .irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    GISR_NOERR \n
+    .endr
+    .irp n, 8,10,11,12,13,14,17,21,29,30
+    GISR_ERR \n
+    .endr
+    gisr_common:
+        push rax
+        push rcx
+        push rdx
+        push rsi
+        push rdi
+        push r8
+        push r9
+        push r10
+        push r11
+        mov rdi, rsp
+        cld
+        call {handler}
+        pop r11
+        pop r10
+        pop r9
+        pop r8
+        pop rdi
+        pop rsi
+        pop rdx
+        pop rcx
+        pop rax
+        add rsp, 16
+        iretq
+
+    .section .rodata.guest_isr, "a"
+    .balign 8
+    GUEST_ISR_TABLE:
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad gisr_\n
+    .endr
+    "#,
+    handler = sym handle,
+);
+
+unsafe extern "C" {
+    static GUEST_ISR_TABLE: [u64; 32];
+}
+
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 32]);
+
+static mut IDT: Idt = Idt([[0; 2]; 32]);
+
+/// Installs the IDT. Called by the runtime before `guest_main`.
+pub fn init() {
+    // SAFETY: single vCPU, before any exception can be taken.
+    let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
+    // SAFETY: an immutable table of stub addresses.
+    let stubs = unsafe { &GUEST_ISR_TABLE };
+    for (gate, &h) in idt.0.iter_mut().zip(stubs) {
+        // 64-bit interrupt gate, present, DPL 0, selector 0x08.
+        gate[0] = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
+        gate[1] = h >> 32;
+    }
+    let ptr: [u16; 5] = {
+        let base = idt as *const Idt as u64;
+        [
+            (core::mem::size_of::<Idt>() - 1) as u16,
+            base as u16,
+            (base >> 16) as u16,
+            (base >> 32) as u16,
+            (base >> 48) as u16,
+        ]
+    };
+    // SAFETY: the IDT is static and holds valid gates.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) ptr.as_ptr(), options(nostack)) };
+}
+
+static SKIP: AtomicU64 = AtomicU64::new(0);
+static VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
+static ERROR_CODE: AtomicU64 = AtomicU64::new(0);
+static CR2: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn handle(frame: &mut Frame) {
+    let skip = SKIP.swap(0, Ordering::SeqCst);
+    let cr2: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+    if skip == 0 {
+        crate::verdict::fail(format_args!(
+            "unexpected exception {} (error code {:#x}) at rip {:#x}, cr2 {:#x}",
+            frame.vector, frame.error_code, frame.rip, cr2
+        ));
+    }
+    VECTOR.store(frame.vector, Ordering::SeqCst);
+    ERROR_CODE.store(frame.error_code, Ordering::SeqCst);
+    CR2.store(cr2, Ordering::SeqCst);
+    frame.rip += skip;
+}
+
+/// Runs `f`, whose faulting instruction (if any) is `insn_len` bytes long and
+/// is skipped; returns the fault taken, if any.
+pub fn catch(insn_len: u64, f: impl FnOnce()) -> Option<Fault> {
+    VECTOR.store(u64::MAX, Ordering::SeqCst);
+    SKIP.store(insn_len, Ordering::SeqCst);
+    f();
+    SKIP.store(0, Ordering::SeqCst);
+    match VECTOR.load(Ordering::SeqCst) {
+        u64::MAX => None,
+        vector => Some(Fault {
+            vector,
+            error_code: ERROR_CODE.load(Ordering::SeqCst),
+            cr2: CR2.load(Ordering::SeqCst),
+        }),
+    }
+}

@@ -1,0 +1,101 @@
+//! Group `guest`: single-level guests exercising the exit handlers.
+//! The guest side of each test is in `guest-stubs/src/bin/guest.rs`.
+
+use super::{no_check, Case, Expect, Outcome};
+use crate::vmm::exits::Stop;
+use alloc::format;
+use alloc::string::String;
+use svm::ExitCode;
+
+static GUEST: &[u8] = include_bytes!(env!("HV_GUEST_ELF"));
+
+fn exits_are(o: &Outcome, code: ExitCode, want: u64) -> Result<(), String> {
+    match o.vcpu.exit_count(code) {
+        n if n == want => Ok(()),
+        n => Err(format!("{n} {code:?} exits, expected {want}")),
+    }
+}
+
+fn console_has(o: &Outcome, text: &str) -> Result<(), String> {
+    match o.console.iter().any(|l| l == text) {
+        true => Ok(()),
+        false => Err(format!(
+            "console line {text:?} missing (got {:?})",
+            o.console
+        )),
+    }
+}
+
+/// The `guest::*` tests.
+pub static CASES: &[Case] = &[
+    Case {
+        name: "guest::cpuid",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Cpuid, 4),
+    },
+    Case {
+        name: "guest::rdmsr_unknown_gp",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Msr, 1),
+    },
+    Case {
+        name: "guest::msr_passthrough",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Msr, 0),
+    },
+    Case {
+        name: "guest::console",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| console_has(o, "hello from the guest console"),
+    },
+    Case {
+        name: "guest::hlt",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Hlt, 1),
+    },
+    // Three hypercalls under test, then HC_DONE.
+    Case {
+        name: "guest::vmmcall",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Vmmcall, 4),
+    },
+    Case {
+        name: "guest::page_fault",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Npf, 0),
+    },
+    Case {
+        name: "guest::triple_fault",
+        image: GUEST,
+        expect: Expect::Stop(|s, _| *s == Stop::Shutdown, "a triple-fault stop"),
+        check: no_check,
+    },
+    Case {
+        name: "guest::npf_outside_memory",
+        image: GUEST,
+        expect: Expect::Stop(
+            |s, o| matches!(s, Stop::NestedPageFault { gpa, .. } if *gpa == o.memory_size + 0x1000_0000),
+            "a nested page fault at RAM size + 0x1000_0000",
+        ),
+        check: no_check,
+    },
+    Case {
+        name: "guest::debug_exit_blocked",
+        image: GUEST,
+        expect: Expect::Pass,
+        check: |o| {
+            console_has(o, "still running after writing the debug-exit port")?;
+            match o.vcpu.blocked_io {
+                1 => Ok(()),
+                n => Err(format!("{n} blocked port accesses, expected 1")),
+            }
+        },
+    },
+];

@@ -1,0 +1,56 @@
+//! Turning SVM on for this CPU (APM Vol. 2, 15.4 "Enabling SVM").
+
+use super::phys_box::PhysBox;
+use crate::arch::cpu::{rdmsr, wrmsr};
+use crate::svm_support::{self, Support};
+use spin::Once;
+use svm::msr::{EFER, EFER_SVME, VM_HSAVE_PA};
+use svm::Vmcb;
+
+/// Per-CPU SVM state of the host.
+#[derive(Debug)]
+pub struct HostCpu {
+    /// What the CPU offers.
+    pub features: svm::SvmFeatures,
+    /// The page VMRUN saves host state into (VM_HSAVE_PA). The CPU owns it.
+    _hsave: PhysBox<[u8; 4096]>,
+    /// Where VMSAVE/VMLOAD keep the host's FS/GS/TR/LDTR and syscall MSRs
+    /// across a guest run (VMRUN does not switch those).
+    host_vmcb: PhysBox<Vmcb>,
+}
+
+impl HostCpu {
+    /// Physical address of the host save VMCB.
+    pub fn host_vmcb_pa(&self) -> u64 {
+        self.host_vmcb.phys()
+    }
+}
+
+static BSP: Once<Result<HostCpu, &'static str>> = Once::new();
+
+/// Enables SVM on the boot processor (once) and returns its state, or why
+/// guests cannot run here.
+pub fn this_cpu() -> Result<&'static HostCpu, &'static str> {
+    BSP.call_once(enable).as_ref().map_err(|e| *e)
+}
+
+fn enable() -> Result<HostCpu, &'static str> {
+    let features = match svm_support::probe() {
+        Support::Available(f) => f,
+        Support::Unavailable(why) => return Err(why),
+    };
+    let hsave: PhysBox<[u8; 4096]> =
+        PhysBox::new_zeroed().ok_or("out of memory for VM_HSAVE_PA")?;
+    let host_vmcb = PhysBox::new_zeroed().ok_or("out of memory for the host VMCB")?;
+    // SAFETY: SVM is present and not disabled (probed above); EFER.SVME only
+    // makes the SVM instructions legal, and VM_HSAVE_PA points at a page we own.
+    unsafe {
+        wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+        wrmsr(VM_HSAVE_PA, hsave.phys());
+    }
+    Ok(HostCpu {
+        features,
+        _hsave: hsave,
+        host_vmcb,
+    })
+}

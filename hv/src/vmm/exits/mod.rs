@@ -1,0 +1,126 @@
+//! #VMEXIT handling: one dispatch, one handler per exit reason.
+
+mod cpuid;
+mod hypercall;
+mod ioio;
+mod msr;
+mod rip;
+
+use super::enable::HostCpu;
+use super::vcpu::Vcpu;
+use super::vm::Vm;
+use alloc::string::String;
+use core::fmt;
+use svm::{EventInfo, ExitCode};
+
+/// What the run loop does after a handler.
+#[derive(Debug)]
+pub enum Action {
+    /// Enter the guest again.
+    Resume,
+    /// The guest is finished; the hypervisor goes on.
+    Stop(Stop),
+}
+
+/// Why a guest stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The guest reported its verdict (`HC_DONE`).
+    Done {
+        /// Pass?
+        pass: bool,
+        /// Its message on failure.
+        message: String,
+    },
+    /// Triple fault (SHUTDOWN intercept).
+    Shutdown,
+    /// Nested page fault: an access outside guest RAM.
+    NestedPageFault {
+        /// Guest-physical address (EXITINFO2).
+        gpa: u64,
+        /// Fault code (EXITINFO1).
+        error_code: u64,
+    },
+    /// VMRUN refused the VMCB.
+    InvalidVmcb,
+    /// An exit the hypervisor has no handler for (or cannot complete).
+    Unhandled(String),
+    /// [`super::vcpu::MAX_EXITS`] reached.
+    TooManyExits,
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::Done { pass: true, .. } => write!(f, "guest passed"),
+            Stop::Done {
+                pass: false,
+                message,
+            } => write!(f, "guest failed: {message}"),
+            Stop::Shutdown => write!(f, "triple fault (shutdown)"),
+            Stop::NestedPageFault { gpa, error_code } => {
+                write!(
+                    f,
+                    "nested page fault at guest-physical {gpa:#x} (error code {error_code:#x})"
+                )
+            }
+            Stop::InvalidVmcb => write!(f, "VMRUN refused the VMCB (VMEXIT_INVALID)"),
+            Stop::Unhandled(why) => write!(f, "unhandled exit: {why}"),
+            Stop::TooManyExits => write!(f, "more than {} exits", super::vcpu::MAX_EXITS),
+        }
+    }
+}
+
+/// Handles the exit the vCPU just took.
+pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
+    let action = match code {
+        ExitCode::Cpuid => cpuid::handle(vcpu, vm, host),
+        ExitCode::Msr => msr::handle(vcpu, vm, host),
+        ExitCode::Ioio => ioio::handle(vcpu, vm),
+        ExitCode::Hlt => rip::skip(vcpu, vm, host),
+        ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
+        // SVM is not offered to guests: its instructions are undefined there.
+        ExitCode::Vmrun
+        | ExitCode::Vmload
+        | ExitCode::Vmsave
+        | ExitCode::Stgi
+        | ExitCode::Clgi
+        | ExitCode::Skinit
+        | ExitCode::Invlpga => inject(vcpu, EventInfo::exception(6)),
+        ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
+        ExitCode::Npf => Action::Stop(Stop::NestedPageFault {
+            gpa: vcpu.vmcb.control.exit_info2,
+            error_code: vcpu.vmcb.control.exit_info1,
+        }),
+        ExitCode::Invalid => Action::Stop(Stop::InvalidVmcb),
+        other => Action::Stop(Stop::Unhandled(alloc::format!("{other:?}"))),
+    };
+    if let Action::Stop(stop) = &action {
+        report(vcpu, vm, stop);
+    }
+    action
+}
+
+/// Injects `event` at the next VMRUN (RIP stays on the faulting instruction).
+fn inject(vcpu: &mut Vcpu, event: EventInfo) -> Action {
+    vcpu.vmcb.control.event_inj = event.0;
+    Action::Resume
+}
+
+/// Prints why a guest stopped, with the exit state, unless it simply finished.
+fn report(vcpu: &Vcpu, vm: &Vm, stop: &Stop) {
+    if matches!(stop, Stop::Done { .. }) {
+        return;
+    }
+    let c = &vcpu.vmcb.control;
+    log::warn!(
+        "vm {}: stopped: {stop}; rip {:#x} exit code {:#x} exitinfo1 {:#x} exitinfo2 {:#x} exitintinfo {:#x} after {} exits",
+        vm.name,
+        vcpu.vmcb.state.rip,
+        c.exit_code,
+        c.exit_info1,
+        c.exit_info2,
+        c.exit_int_info,
+        vcpu.exits
+    );
+}

@@ -1,0 +1,113 @@
+//! A VM's guest-physical RAM: one contiguous, 2 MiB-aligned block of host
+//! frames, so the nested page tables can use 2 MiB pages.
+
+use crate::mem::frame::{self, FRAME_SIZE};
+use crate::mem::paging::phys_to_virt;
+
+const BLOCK_ALIGN: u64 = 2 << 20;
+
+/// Guest RAM, guest-physical `[0, size)`.
+#[derive(Debug)]
+pub struct GuestMemory {
+    host_phys: u64,
+    size: u64,
+}
+
+/// A guest-physical range outside guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutsideMemory {
+    /// First guest-physical address of the access.
+    pub gpa: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+impl GuestMemory {
+    /// Allocates `size` bytes (a multiple of 2 MiB) of zeroed guest RAM.
+    pub fn new(size: u64) -> Option<Self> {
+        debug_assert!(size.is_multiple_of(BLOCK_ALIGN));
+        let host_phys = frame::alloc_zeroed(size / FRAME_SIZE, BLOCK_ALIGN)?;
+        Some(Self { host_phys, size })
+    }
+
+    /// Bytes of RAM.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host-physical address of guest-physical 0.
+    pub fn host_phys(&self) -> u64 {
+        self.host_phys
+    }
+
+    /// All of guest RAM as bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the block is ours and mapped in the direct map.
+        unsafe {
+            core::slice::from_raw_parts(
+                phys_to_virt(self.host_phys) as *const u8,
+                self.size as usize,
+            )
+        }
+    }
+
+    /// All of guest RAM as bytes, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for bytes; &mut self makes it exclusive.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                phys_to_virt(self.host_phys) as *mut u8,
+                self.size as usize,
+            )
+        }
+    }
+
+    /// The bytes `[gpa, gpa + len)`, if inside guest RAM.
+    pub fn slice(&self, gpa: u64, len: u64) -> Result<&[u8], OutsideMemory> {
+        let end = gpa
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or(OutsideMemory { gpa, len })?;
+        Ok(&self.bytes()[gpa as usize..end as usize])
+    }
+
+    /// Writable bytes `[gpa, gpa + len)`, if inside guest RAM.
+    pub fn slice_mut(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], OutsideMemory> {
+        let end = gpa
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or(OutsideMemory { gpa, len })?;
+        Ok(&mut self.bytes_mut()[gpa as usize..end as usize])
+    }
+
+    /// Reads a little-endian u64 at `gpa`.
+    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let b = self.slice(gpa, 8).ok()?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    /// Copies bytes at guest-virtual `gva` (translated with the guest's page
+    /// tables at `cr3`) into `out`; returns how many were readable.
+    pub fn read_virt(&self, cr3: u64, gva: u64, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < out.len() {
+            let va = gva.wrapping_add(done as u64);
+            let Ok(pa) = svm::walk::translate(|a| self.read_u64(a), cr3, va) else {
+                break;
+            };
+            let in_page = (FRAME_SIZE - (pa % FRAME_SIZE)).min((out.len() - done) as u64);
+            let Ok(src) = self.slice(pa, in_page) else {
+                break;
+            };
+            out[done..done + in_page as usize].copy_from_slice(src);
+            done += in_page as usize;
+        }
+        done
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        frame::free(self.host_phys, self.size / FRAME_SIZE);
+    }
+}

@@ -1,0 +1,13 @@
+//! Running guests in VMCBs: SVM enable, guest memory and nested paging, the
+//! world switch, VMCB set-up and #VMEXIT handling.
+
+pub mod enable;
+pub mod exits;
+pub mod loader;
+pub mod memory;
+pub mod npt;
+pub mod phys_box;
+pub mod setup;
+pub mod vcpu;
+pub mod vm;
+pub mod world_switch;

@@ -1,0 +1,119 @@
+//! A fresh guest's VMCB: the start state of [`svm::guest_abi`] and the
+//! intercepts the hypervisor always keeps.
+
+use super::vcpu::Vcpu;
+use super::vm::Vm;
+use svm::guest_abi::{self, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_GPA, PARAMS_GPA, PML4_GPA};
+use svm::msr::{EFER_LMA, EFER_LME, EFER_SVME};
+use svm::{ExceptionIntercepts, InterceptMisc1, InterceptMisc2, TlbControl, Vmcb, VmcbSegment};
+
+const CR0_PE: u64 = 1;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+/// Power-on PAT (APM Vol. 2, 7.8.2).
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// V_INTR_MASKING (APM 15.21.1): the guest's RFLAGS.IF masks only virtual
+/// interrupts; physical ones stay the host's.
+const INT_CTL_V_INTR_MASKING: u64 = 1 << 24;
+const NESTED_CTL_NP_ENABLE: u64 = 1;
+
+/// Intercepts every guest gets, whatever else it asks for.
+pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts) {
+    let misc1 = InterceptMisc1::CPUID
+        | InterceptMisc1::HLT
+        | InterceptMisc1::IOIO_PROT
+        | InterceptMisc1::MSR_PROT
+        | InterceptMisc1::SHUTDOWN
+        | InterceptMisc1::INVLPGA;
+    // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); the rest of the
+    // SVM instructions would act on host state.
+    let misc2 = InterceptMisc2::VMRUN
+        | InterceptMisc2::VMMCALL
+        | InterceptMisc2::VMLOAD
+        | InterceptMisc2::VMSAVE
+        | InterceptMisc2::STGI
+        | InterceptMisc2::CLGI
+        | InterceptMisc2::SKINIT;
+    // A machine check is the host's business, never the guest's.
+    (misc1, misc2, ExceptionIntercepts::MC)
+}
+
+/// Prepares `vcpu` to start `vm`'s guest at `entry` in 64-bit mode.
+pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
+    let vmcb: &mut Vmcb = &mut vcpu.vmcb;
+    *vmcb = Vmcb::new();
+    let (misc1, misc2, exceptions) = base_intercepts();
+    let c = &mut vmcb.control;
+    c.intercept_misc1 = misc1.bits();
+    c.intercept_misc2 = misc2.bits();
+    c.intercept_exceptions = exceptions.bits();
+    c.iopm_base_pa = vm.iopm.phys();
+    c.msrpm_base_pa = vm.msrpm.phys();
+    c.guest_asid = 1;
+    c.tlb_control = TlbControl::FlushAll.as_u8();
+    c.int_ctl = INT_CTL_V_INTR_MASKING;
+    c.nested_ctl = NESTED_CTL_NP_ENABLE;
+    c.ncr3 = vm.npt.root();
+
+    let s = &mut vmcb.state;
+    let code = VmcbSegment::new(
+        CODE_SELECTOR,
+        VmcbSegment::attrib_from_descriptor(GDT[1]),
+        u32::MAX,
+        0,
+    );
+    let data = VmcbSegment::new(
+        DATA_SELECTOR,
+        VmcbSegment::attrib_from_descriptor(GDT[2]),
+        u32::MAX,
+        0,
+    );
+    s.cs = code;
+    s.ss = data;
+    s.ds = data;
+    s.es = data;
+    s.fs = data;
+    s.gs = data;
+    // A present, busy 64-bit TSS type; the guest never switches stacks through it.
+    s.tr = VmcbSegment::new(0, 0x8b, 0x67, 0);
+    s.gdtr = VmcbSegment::new(0, 0, (GDT.len() * 8 - 1) as u32, GDT_GPA);
+    s.idtr = VmcbSegment::new(0, 0, 0, 0);
+    s.cpl = 0;
+    // EFER.SVME must be set in the guest EFER or VMRUN fails (APM 15.5.1);
+    // the MSR intercept hides it from the guest.
+    s.efer = EFER_LME | EFER_LMA | EFER_SVME;
+    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    s.cr3 = PML4_GPA;
+    s.cr4 = CR4_PAE;
+    s.dr6 = 0xffff_0ff0;
+    s.dr7 = 0x400;
+    s.rflags = 0x2;
+    s.rip = entry;
+    s.rsp = vm.memory.size();
+    s.rax = 0;
+    s.g_pat = DEFAULT_PAT;
+
+    vcpu.regs = Default::default();
+    vcpu.regs.rdi = PARAMS_GPA;
+}
+
+/// Writes the start page tables, GDT and start parameters into guest RAM.
+pub fn write_start_state(vm: &mut Vm, test_name: &str) -> Result<(), &'static str> {
+    let size = vm.memory.size();
+    guest_abi::write_page_tables(vm.memory.bytes_mut());
+    let params = guest_abi::StartParams::new(test_name, size);
+    let len = core::mem::size_of::<guest_abi::StartParams>() as u64;
+    let dst = vm
+        .memory
+        .slice_mut(PARAMS_GPA, len)
+        .map_err(|_| "guest RAM too small for the start parameters")?;
+    // SAFETY: StartParams is plain old data (repr(C) integers and bytes).
+    let src =
+        unsafe { core::slice::from_raw_parts(&params as *const _ as *const u8, len as usize) };
+    dst.copy_from_slice(src);
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! A virtual CPU: its VMCB, the registers the VMCB does not hold, exit
+//! statistics, and the run loop.
+
+use super::enable::HostCpu;
+use super::exits::{self, Action, Stop};
+use super::phys_box::PhysBox;
+use super::vm::Vm;
+use super::world_switch::{self, GuestRegs};
+use alloc::collections::BTreeMap;
+use svm::{ExitCode, Vmcb};
+
+/// Exits after which a guest is stopped (a guest looping on exits would
+/// otherwise never end).
+pub const MAX_EXITS: u64 = 1_000_000;
+
+/// A vCPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    /// The VMCB.
+    pub vmcb: PhysBox<Vmcb>,
+    /// General registers other than RAX/RSP.
+    pub regs: GuestRegs,
+    /// #VMEXITs taken, per exit code.
+    pub exit_counts: BTreeMap<u64, u64>,
+    /// All #VMEXITs taken.
+    pub exits: u64,
+    /// Guest I/O accesses dropped because no device is there for guests.
+    pub blocked_io: u64,
+}
+
+impl Vcpu {
+    /// A vCPU with a zeroed VMCB.
+    pub fn new() -> Result<Self, &'static str> {
+        let vmcb = PhysBox::new_zeroed().ok_or("out of memory for a VMCB")?;
+        Ok(Self {
+            vmcb,
+            regs: GuestRegs::default(),
+            exit_counts: BTreeMap::new(),
+            exits: 0,
+            blocked_io: 0,
+        })
+    }
+
+    /// How many exits with `code` this vCPU took.
+    pub fn exit_count(&self, code: ExitCode) -> u64 {
+        self.exit_counts.get(&code.to_raw()).copied().unwrap_or(0)
+    }
+
+    /// Runs the guest until an exit handler stops it.
+    pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        loop {
+            // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
+            // `setup::init_vmcb` against this VM's NPT and maps.
+            unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            let code = ExitCode::from_raw(self.vmcb.control.exit_code);
+            // The TLB needs flushing only for the first run.
+            self.vmcb.control.tlb_control = 0;
+            self.exits += 1;
+            *self.exit_counts.entry(code.to_raw()).or_insert(0) += 1;
+            match exits::dispatch(self, vm, host, code) {
+                Action::Resume if self.exits >= MAX_EXITS => return Stop::TooManyExits,
+                Action::Resume => {}
+                Action::Stop(stop) => return stop,
+            }
+        }
+    }
+}

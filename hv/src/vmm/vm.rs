@@ -1,0 +1,88 @@
+//! A virtual machine: guest RAM, nested page tables, the permission maps,
+//! and the host-side devices its guest talks to (the console).
+
+use super::memory::GuestMemory;
+use super::npt::Npt;
+use super::phys_box::PhysBox;
+use alloc::string::String;
+use alloc::vec::Vec;
+use svm::{IoPermissionMap, MsrPermissionMap};
+
+/// MSRs guests use directly: their state is in the VMCB (moved by VMLOAD/
+/// VMSAVE), so letting the guest read and write them exposes nothing.
+const PASSTHROUGH_MSRS: [u32; 3] = [
+    svm::msr::FS_BASE,
+    svm::msr::GS_BASE,
+    svm::msr::KERNEL_GS_BASE,
+];
+
+/// Most console lines a VM keeps for inspection (all are printed).
+const MAX_CONSOLE_LINES: usize = 64;
+
+/// A VM.
+#[derive(Debug)]
+pub struct Vm {
+    /// Name, for console prefixes and reports.
+    pub name: String,
+    /// Guest RAM.
+    pub memory: GuestMemory,
+    /// Its nested page tables.
+    pub npt: Npt,
+    /// MSR intercepts (everything but [`PASSTHROUGH_MSRS`]).
+    pub msrpm: PhysBox<MsrPermissionMap>,
+    /// I/O intercepts (every port).
+    pub iopm: PhysBox<IoPermissionMap>,
+    /// Console output line in progress.
+    console_line: String,
+    /// Finished console lines.
+    pub console: Vec<String>,
+}
+
+impl Vm {
+    /// A VM with `memory_size` bytes of zeroed RAM (a multiple of 2 MiB).
+    pub fn new(name: &str, memory_size: u64) -> Result<Self, &'static str> {
+        let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
+        let npt = Npt::new(memory.host_phys(), memory_size)?;
+        let mut msrpm: PhysBox<MsrPermissionMap> =
+            PhysBox::new_zeroed().ok_or("out of memory for the MSRPM")?;
+        msrpm.set_intercept_all();
+        for msr in PASSTHROUGH_MSRS {
+            // These MSRs are inside the map's ranges, so this cannot fail.
+            let _ = msrpm.set_read_intercept(msr, false);
+            let _ = msrpm.set_write_intercept(msr, false);
+        }
+        let mut iopm: PhysBox<IoPermissionMap> =
+            PhysBox::new_zeroed().ok_or("out of memory for the IOPM")?;
+        iopm.set_intercept_all();
+        Ok(Self {
+            name: String::from(name),
+            memory,
+            npt,
+            msrpm,
+            iopm,
+            console_line: String::new(),
+            console: Vec::new(),
+        })
+    }
+
+    /// A byte from the guest console: printed line by line with a prefix.
+    pub fn console_byte(&mut self, b: u8) {
+        match b {
+            b'\n' => {
+                let line = core::mem::take(&mut self.console_line);
+                crate::println!("[guest {}] {}", self.name, line);
+                if self.console.len() < MAX_CONSOLE_LINES {
+                    self.console.push(line);
+                }
+            }
+            b'\r' => {}
+            b if b.is_ascii_graphic() || b == b' ' || b == b'\t' => {
+                self.console_line.push(b as char)
+            }
+            _ => self.console_line.push('?'),
+        }
+        if self.console_line.len() >= 200 {
+            self.console_byte(b'\n');
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The world switch: host → guest → host around one VMRUN.
+//!
+//! VMRUN saves and restores only part of the host state (APM Vol. 2,
+//! 15.5.1); the rest (FS, GS, TR, LDTR, KernelGSBase, STAR/LSTAR/CSTAR/
+//! SFMASK, SYSENTER_*) is moved with VMSAVE/VMLOAD: host to its own save
+//! VMCB, guest from its VMCB before VMRUN and back after. GIF is cleared
+//! around the sequence so nothing interrupts a half-loaded state.
+//!
+//! Guest RAX, RSP and RIP live in the VMCB; the other general registers in
+//! [`GuestRegs`]. The kernel never uses x87/SSE (see `main.rs`), so the
+//! guest's FPU state stays in the registers across exits.
+
+/// Guest general-purpose registers not kept in the VMCB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(missing_docs)]
+pub struct GuestRegs {
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// Runs the guest of `vmcb_pa` until its next #VMEXIT.
+///
+/// # Safety
+/// SVM must be enabled on this CPU, `vmcb_pa` must be a valid guest VMCB
+/// (its NPT, MSRPM and IOPM included) and `host_vmcb_pa` a page for VMSAVE.
+#[unsafe(naked)]
+pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u64) {
+    core::arch::naked_asm!(
+        // Callee-saved registers of the host, then the arguments we need after.
+        "push rbx",
+        "push rbp",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rdi", // regs
+        "push rdx", // host VMCB
+        "push rsi", // guest VMCB
+        "clgi",
+        "mov rax, rdx",
+        "vmsave rax",
+        "mov rax, rsi",
+        "vmload rax",
+        "mov rbx, [rdi + 0x00]",
+        "mov rcx, [rdi + 0x08]",
+        "mov rdx, [rdi + 0x10]",
+        "mov rsi, [rdi + 0x18]",
+        "mov rbp, [rdi + 0x28]",
+        "mov r8,  [rdi + 0x30]",
+        "mov r9,  [rdi + 0x38]",
+        "mov r10, [rdi + 0x40]",
+        "mov r11, [rdi + 0x48]",
+        "mov r12, [rdi + 0x50]",
+        "mov r13, [rdi + 0x58]",
+        "mov r14, [rdi + 0x60]",
+        "mov r15, [rdi + 0x68]",
+        "mov rdi, [rdi + 0x20]",
+        "vmrun rax",
+        // #VMEXIT: RAX, RSP and RIP are the host's again (restored from hsave).
+        "vmsave rax",
+        "push rdi",
+        "mov rdi, [rsp + 0x18]",
+        "mov [rdi + 0x00], rbx",
+        "mov [rdi + 0x08], rcx",
+        "mov [rdi + 0x10], rdx",
+        "mov [rdi + 0x18], rsi",
+        "mov [rdi + 0x28], rbp",
+        "mov [rdi + 0x30], r8",
+        "mov [rdi + 0x38], r9",
+        "mov [rdi + 0x40], r10",
+        "mov [rdi + 0x48], r11",
+        "mov [rdi + 0x50], r12",
+        "mov [rdi + 0x58], r13",
+        "mov [rdi + 0x60], r14",
+        "mov [rdi + 0x68], r15",
+        "pop rax",
+        "mov [rdi + 0x20], rax",
+        "pop rax", // guest VMCB
+        "pop rax", // host VMCB
+        "vmload rax",
+        "stgi",
+        "pop rdi",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbp",
+        "pop rbx",
+        "ret",
+    )
+}
+
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegs, rdi), 0x20);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegs, r15), 0x68);
