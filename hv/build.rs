@@ -50,11 +50,8 @@ fn main() {
         .status()
         .expect("running cargo to build the guest stubs");
     assert!(status.success(), "building the guest stubs failed");
-    let elf = target_dir
-        .join("x86_64-unknown-none")
-        .join("release")
-        .join("guest");
-    println!("cargo:rustc-env=HV_GUEST_ELF={}", elf.display());
+    let bins = target_dir.join("x86_64-unknown-none").join("release");
+    println!("cargo:rustc-env=HV_GUEST_DIR={}", bins.display());
 
     for watched in ["linker.ld", "build.rs", "../guest-stubs", "../svm/src"] {
         println!("cargo:rerun-if-changed={}", dir.join(watched).display());

@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod console;
+pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
 pub mod verdict;

@@ -16,4 +16,11 @@ pub fn print(boot: &BootInfo) {
     let (usable, regions) = boot.usable_memory();
     println!("memory: {} MiB in {} regions", usable >> 20, regions);
     println!("cpus: {}", boot.cpus.as_slice().len());
+    let f = crate::time::tsc_frequency();
+    println!(
+        "tsc: {}.{:03} MHz (calibrated against {})",
+        f.khz / 1000,
+        f.khz % 1000,
+        f.source
+    );
 }

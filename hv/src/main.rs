@@ -22,6 +22,7 @@ mod console;
 mod mem;
 mod selftest;
 mod svm_support;
+mod time;
 mod vmm;
 
 use arch::port::{exit, ExitCode};

@@ -1,16 +1,22 @@
 //! What guests see of CPUID: the host's values, minus what the hypervisor
-//! does not virtualize, plus the hypervisor leaves at 0x4000_0000.
+//! does not virtualize, plus what it emulates (IA32_TSC_ADJUST) and the
+//! hypervisor leaves at 0x4000_0000 (0x4000_0010: TSC frequency in kHz in
+//! EAX, the de-facto VMware/KVM convention).
 
 /// The signature in leaf 0x4000_0000 EBX, ECX, EDX.
 pub const HYPERVISOR_SIGNATURE: &[u8; 12] = b"SVMRustHyper";
 /// Highest hypervisor leaf answered.
-pub const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0001;
+pub const HYPERVISOR_MAX_LEAF: u32 = 0x4000_0010;
+/// The timing leaf: EAX = TSC kHz, EBX = local APIC bus kHz (0: unknown).
+pub const TIMING_LEAF: u32 = 0x4000_0010;
 
 /// What the hypervisor offers a guest, where that differs from the host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestCpuidPolicy {
     /// Whether SVM is offered (nested virtualization); hidden when false.
     pub svm: bool,
+    /// TSC frequency reported in [`TIMING_LEAF`] (0: unknown).
+    pub tsc_khz: u32,
 }
 
 /// CPUID registers in the order EAX, EBX, ECX, EDX.
@@ -19,13 +25,16 @@ pub type Regs = [u32; 4];
 const LEAF1_ECX_VMX: u32 = 1 << 5;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const EXT1_ECX_SVM: u32 = 1 << 2;
+/// CPUID.(EAX=7,ECX=0):EBX[1]: IA32_TSC_ADJUST, emulated for every guest.
+const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
 
 /// The guest's view of CPUID `leaf`/`subleaf`, given the host's answer.
-pub fn filter(leaf: u32, _subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs {
+pub fn filter(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs {
     let [eax, ebx, ecx, edx] = host;
     match leaf {
         // A hypervisor is present; VMX never is on AMD.
         0x1 => [eax, ebx, (ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_VMX, edx],
+        0x7 if subleaf == 0 => [eax, ebx | LEAF7_EBX_TSC_ADJUST, ecx, edx],
         0x8000_0001 if !policy.svm => [eax, ebx, ecx & !EXT1_ECX_SVM, edx],
         0x8000_000A if !policy.svm => [0; 4],
         0x4000_0000 => {
@@ -33,7 +42,8 @@ pub fn filter(leaf: u32, _subleaf: u32, host: Regs, policy: GuestCpuidPolicy) ->
             let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
             [HYPERVISOR_MAX_LEAF, word(0), word(4), word(8)]
         }
-        // Other hypervisor leaves: none defined yet. (The host's own values
+        TIMING_LEAF => [policy.tsc_khz, 0, 0, 0],
+        // Other hypervisor leaves: none defined. (The host's own values
         // there would describe a hypervisor below us, if any.)
         0x4000_0001..=0x4000_00FF => [0; 4],
         _ => host,
@@ -56,10 +66,16 @@ mod tests {
 
     #[test]
     fn svm_hidden_unless_offered() {
-        let hidden = GuestCpuidPolicy { svm: false };
+        let hidden = GuestCpuidPolicy {
+            svm: false,
+            tsc_khz: 0,
+        };
         assert_eq!(filter(0x8000_0001, 0, HOST, hidden)[2], 0xFFFF_FFFB);
         assert_eq!(filter(0x8000_000A, 0, HOST, hidden), [0; 4]);
-        let offered = GuestCpuidPolicy { svm: true };
+        let offered = GuestCpuidPolicy {
+            svm: true,
+            tsc_khz: 0,
+        };
         assert_eq!(filter(0x8000_0001, 0, HOST, offered), HOST);
     }
 
@@ -81,6 +97,27 @@ mod tests {
     #[test]
     fn other_leaves_pass_through() {
         assert_eq!(filter(0, 0, HOST, GuestCpuidPolicy::default()), HOST);
-        assert_eq!(filter(7, 0, HOST, GuestCpuidPolicy::default()), HOST);
+        assert_eq!(filter(7, 1, HOST, GuestCpuidPolicy::default()), HOST);
+        assert_eq!(
+            filter(0x8000_0008, 0, HOST, GuestCpuidPolicy::default()),
+            HOST
+        );
+    }
+
+    #[test]
+    fn tsc_adjust_is_advertised() {
+        let r = filter(7, 0, [0, 0, 3, 4], GuestCpuidPolicy::default());
+        assert_eq!(r, [0, 0b10, 3, 4]);
+    }
+
+    #[test]
+    fn timing_leaf_reports_the_tsc_frequency() {
+        let policy = GuestCpuidPolicy {
+            svm: false,
+            tsc_khz: 2_345_678,
+        };
+        assert_eq!(filter(0x4000_0010, 0, HOST, policy), [2_345_678, 0, 0, 0]);
+        assert!(filter(0x4000_0000, 0, HOST, policy)[0] >= 0x4000_0010);
+        assert_eq!(filter(0x4000_0011, 0, HOST, policy), [0; 4]);
     }
 }

@@ -85,6 +85,18 @@ pub const HC_ECHO_SUM: u64 = 1;
 /// Hypercall: returns how many #VMEXITs of exit code `RBX` this vCPU took
 /// so far (the current VMMCALL excluded).
 pub const HC_EXIT_COUNT: u64 = 2;
+/// Hypercall: serve RDTSC/RDTSCP by offsetting (`RBX` = 0) or by exiting
+/// (`RBX` = 1) from now on. Returns 0, or [`HC_UNKNOWN`] for another value.
+pub const HC_TSC_SET_MODE: u64 = 3;
+/// Test hook: the hypervisor's view of the host TSC jumps back by `RBX`
+/// ticks (as after a host TSC write). Returns 0.
+pub const HC_TSC_SHIFT_HOST_BACK: u64 = 4;
+/// Freezes the VM's TSC state, waits `RCX` microseconds (by the PIT), and
+/// restores it with policy `RBX` (0 = pause, 1 = continue). Returns 0.
+pub const HC_TSC_FREEZE_RESTORE: u64 = 5;
+/// Waits `RBX` microseconds by the PIT, a clock independent of the TSC.
+/// Returns 0.
+pub const HC_WAIT_PIT_US: u64 = 6;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;
 

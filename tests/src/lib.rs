@@ -26,7 +26,7 @@ pub use xtask::verdict::{FAILURE_STATUS, SUCCESS_STATUS};
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The banner keys every successful boot prints, each at the start of a line.
-pub const BANNER_KEYS: [&str; 5] = ["boot: ", "cpu: ", "svm: ", "memory: ", "cpus: "];
+pub const BANNER_KEYS: [&str; 6] = ["boot: ", "cpu: ", "svm: ", "memory: ", "cpus: ", "tsc: "];
 
 /// Scratch space for the tests: images, debugcon logs, OVMF variables.
 pub fn scratch_dir() -> PathBuf {

@@ -25,29 +25,64 @@ fn results(boot: &Boot) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn every_guest_self_test_passes() {
-    let boot = boot_direct(&["tests=guest::"]);
+/// The `tsc::*` tests; each marked `true` also runs as `<name>::exiting`.
+const TSC_TESTS: &[(&str, bool)] = &[
+    ("tsc::starts_near_zero", true),
+    ("tsc::monotonic_rdtsc", true),
+    ("tsc::rdmsr_matches_rdtsc", true),
+    ("tsc::wrmsr_sets_value", true),
+    ("tsc::wrmsr_moves_adjust", false),
+    ("tsc::adjust_write_moves_tsc", true),
+    ("tsc::adjust_read_back", false),
+    ("tsc::exiting_mode_matches_offset_mode", false),
+    ("tsc::backwards_host_is_hidden", true),
+    ("tsc::freeze_pause_policy", true),
+    ("tsc::freeze_continue_policy", true),
+    ("tsc::cpuid_frequency_leaf", true),
+];
+
+/// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,
+/// with the matching totals line and a success status.
+fn assert_all_pass(prefix: &str, names: &[String]) -> Boot {
+    let boot = boot_direct(&[&format!("tests={prefix}")]);
     let results = results(&boot);
-    for name in GUEST_TESTS {
+    for name in names {
         let verdict = results
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str());
         assert_eq!(verdict, Some("ok"), "{name} (serial output above)");
     }
-    assert_eq!(
-        results.len(),
-        GUEST_TESTS.len(),
-        "unexpected tests: {results:?}"
-    );
-    let totals = format!("{} passed, 0 failed", GUEST_TESTS.len());
+    assert_eq!(results.len(), names.len(), "unexpected tests: {results:?}");
+    let totals = format!("{} passed, 0 failed", names.len());
     assert!(boot.lines().any(|l| l == totals), "no `{totals}` line");
+    boot.assert_status(SUCCESS_STATUS);
+    boot
+}
+
+#[test]
+fn every_guest_self_test_passes() {
+    let names: Vec<String> = GUEST_TESTS.iter().map(|n| n.to_string()).collect();
+    let boot = assert_all_pass("guest::", &names);
     // Guest console output arrives with its prefix.
     assert!(boot
         .lines()
         .any(|l| l == "[guest guest::console] hello from the guest console"));
-    boot.assert_status(SUCCESS_STATUS);
+}
+
+#[test]
+fn every_tsc_self_test_passes_in_both_modes() {
+    let names: Vec<String> = TSC_TESTS
+        .iter()
+        .flat_map(|&(name, both)| {
+            let exiting = both.then(|| format!("{name}::exiting"));
+            std::iter::once(name.to_string()).chain(exiting)
+        })
+        .collect();
+    let boot = assert_all_pass("tsc::", &names);
+    // The calibrated frequency is in the banner.
+    let tsc = boot.banner("tsc: ").expect("tsc banner line");
+    assert!(tsc.ends_with("MHz (calibrated against PIT)"), "{tsc}");
 }
 
 #[test]

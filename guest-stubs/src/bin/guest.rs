@@ -6,6 +6,7 @@
 #![no_main]
 
 use core::arch::asm;
+use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
 use guest_stubs::exceptions::catch;
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
@@ -32,25 +33,6 @@ fn guest_main(params: &'static StartParams) -> ! {
     };
     test(params);
     pass()
-}
-
-fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    [r.eax, r.ebx, r.ecx, r.edx]
-}
-
-fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: callers pick MSRs the hypervisor emulates or passes through.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: as for rdmsr.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
-    };
 }
 
 fn exits(code: u64) -> u64 {

@@ -5,9 +5,10 @@ use super::{no_check, Case, Expect, Outcome};
 use crate::vmm::exits::Stop;
 use alloc::format;
 use alloc::string::String;
+use svm::tsc::TscMode;
 use svm::ExitCode;
 
-static GUEST: &[u8] = include_bytes!(env!("HV_GUEST_ELF"));
+static GUEST: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/guest"));
 
 fn exits_are(o: &Outcome, code: ExitCode, want: u64) -> Result<(), String> {
     match o.vcpu.exit_count(code) {
@@ -31,30 +32,35 @@ pub static CASES: &[Case] = &[
     Case {
         name: "guest::cpuid",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Cpuid, 4),
     },
     Case {
         name: "guest::rdmsr_unknown_gp",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Msr, 1),
     },
     Case {
         name: "guest::msr_passthrough",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Msr, 0),
     },
     Case {
         name: "guest::console",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| console_has(o, "hello from the guest console"),
     },
     Case {
         name: "guest::hlt",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Hlt, 1),
     },
@@ -62,24 +68,28 @@ pub static CASES: &[Case] = &[
     Case {
         name: "guest::vmmcall",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Vmmcall, 4),
     },
     Case {
         name: "guest::page_fault",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Npf, 0),
     },
     Case {
         name: "guest::triple_fault",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Stop(|s, _| *s == Stop::Shutdown, "a triple-fault stop"),
         check: no_check,
     },
     Case {
         name: "guest::npf_outside_memory",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Stop(
             |s, o| matches!(s, Stop::NestedPageFault { gpa, .. } if *gpa == o.memory_size + 0x1000_0000),
             "a nested page fault at RAM size + 0x1000_0000",
@@ -89,6 +99,7 @@ pub static CASES: &[Case] = &[
     Case {
         name: "guest::debug_exit_blocked",
         image: GUEST,
+        tsc_mode: TscMode::Offsetting,
         expect: Expect::Pass,
         check: |o| {
             console_has(o, "still running after writing the debug-exit port")?;

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod npt;
 pub mod phys_box;
 pub mod setup;
+pub mod tsc;
 pub mod vcpu;
 pub mod vm;
 pub mod world_switch;

@@ -7,6 +7,7 @@ use super::phys_box::PhysBox;
 use super::vm::Vm;
 use super::world_switch::{self, GuestRegs};
 use alloc::collections::BTreeMap;
+use svm::tsc::VcpuTsc;
 use svm::{ExitCode, Vmcb};
 
 /// Exits after which a guest is stopped (a guest looping on exits would
@@ -26,6 +27,10 @@ pub struct Vcpu {
     pub exits: u64,
     /// Guest I/O accesses dropped because no device is there for guests.
     pub blocked_io: u64,
+    /// This vCPU's TSC state (TSC_ADJUST and its share of the offset).
+    pub tsc: VcpuTsc,
+    /// IA32_TSC_AUX (what RDTSCP returns in ECX).
+    pub tsc_aux: u32,
 }
 
 impl Vcpu {
@@ -38,6 +43,8 @@ impl Vcpu {
             exit_counts: BTreeMap::new(),
             exits: 0,
             blocked_io: 0,
+            tsc: VcpuTsc::default(),
+            tsc_aux: 0,
         })
     }
 
@@ -49,9 +56,11 @@ impl Vcpu {
     /// Runs the guest until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
         loop {
+            super::tsc::prepare_entry(self, vm);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            super::tsc::after_exit(vm);
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
             // The TLB needs flushing only for the first run.
             self.vmcb.control.tlb_control = 0;

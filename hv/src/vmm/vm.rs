@@ -6,6 +6,7 @@ use super::npt::Npt;
 use super::phys_box::PhysBox;
 use alloc::string::String;
 use alloc::vec::Vec;
+use svm::tsc::{TscMode, VmTsc};
 use svm::{IoPermissionMap, MsrPermissionMap};
 
 /// MSRs guests use directly: their state is in the VMCB (moved by VMLOAD/
@@ -36,11 +37,13 @@ pub struct Vm {
     console_line: String,
     /// Finished console lines.
     pub console: Vec<String>,
+    /// The VM-wide TSC state.
+    pub tsc: VmTsc,
 }
 
 impl Vm {
     /// A VM with `memory_size` bytes of zeroed RAM (a multiple of 2 MiB).
-    pub fn new(name: &str, memory_size: u64) -> Result<Self, &'static str> {
+    pub fn new(name: &str, memory_size: u64, tsc_mode: TscMode) -> Result<Self, &'static str> {
         let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
         let npt = Npt::new(memory.host_phys(), memory_size)?;
         let mut msrpm: PhysBox<MsrPermissionMap> =
@@ -54,7 +57,14 @@ impl Vm {
         let mut iopm: PhysBox<IoPermissionMap> =
             PhysBox::new_zeroed().ok_or("out of memory for the IOPM")?;
         iopm.set_intercept_all();
+        // The VM is created now: its TSC counts from 0 from here (seed 002).
+        let tsc = VmTsc::new(
+            crate::time::host_tsc::read(),
+            crate::time::tsc_frequency().khz,
+            tsc_mode,
+        );
         Ok(Self {
+            tsc,
             name: String::from(name),
             memory,
             npt,

@@ -14,7 +14,10 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         leaf,
         subleaf,
         [r.eax, r.ebx, r.ecx, r.edx],
-        GuestCpuidPolicy::default(),
+        GuestCpuidPolicy {
+            svm: false,
+            tsc_khz: vm.tsc.khz() as u32,
+        },
     );
     vcpu.vmcb.state.rax = u64::from(eax);
     vcpu.regs.rbx = u64::from(ebx);

@@ -5,7 +5,11 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use alloc::string::String;
-use svm::guest_abi::{echo_sum, HC_DONE, HC_ECHO_SUM, HC_EXIT_COUNT, HC_UNKNOWN};
+use svm::guest_abi::{
+    echo_sum, HC_DONE, HC_ECHO_SUM, HC_EXIT_COUNT, HC_TSC_FREEZE_RESTORE, HC_TSC_SET_MODE,
+    HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN, HC_WAIT_PIT_US,
+};
+use svm::tsc::{RestorePolicy, TscMode};
 use svm::ExitCode;
 
 /// Longest failure message read from a guest.
@@ -26,10 +30,46 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             // This VMMCALL was already counted.
             count - u64::from(a == ExitCode::Vmmcall.to_raw())
         }
+        HC_TSC_SET_MODE => match a {
+            0 => set_mode(vm, TscMode::Offsetting),
+            1 => set_mode(vm, TscMode::Exiting),
+            _ => HC_UNKNOWN,
+        },
+        HC_TSC_SHIFT_HOST_BACK => {
+            crate::time::host_tsc::shift_back(a);
+            0
+        }
+        HC_TSC_FREEZE_RESTORE => {
+            let policy = match a {
+                0 => RestorePolicy::Pause,
+                1 => RestorePolicy::Continue,
+                _ => return resume_with(vcpu, vm, host, HC_UNKNOWN),
+            };
+            match crate::vmm::tsc::freeze_wait_restore(vcpu, vm, policy, b.min(MAX_WAIT_US)) {
+                Ok(()) => 0,
+                Err(_) => HC_UNKNOWN,
+            }
+        }
+        HC_WAIT_PIT_US => {
+            crate::time::pit::wait_us(a.min(MAX_WAIT_US));
+            0
+        }
         _ => HC_UNKNOWN,
     };
+    resume_with(vcpu, vm, host, result)
+}
+
+/// Longest wait a guest may ask for (1 s): guests cannot stall the host.
+const MAX_WAIT_US: u64 = 1_000_000;
+
+fn resume_with(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, result: u64) -> Action {
     vcpu.vmcb.state.rax = result;
     rip::skip(vcpu, vm, host)
+}
+
+fn set_mode(vm: &mut Vm, mode: TscMode) -> u64 {
+    vm.tsc.mode = mode;
+    0
 }
 
 /// `HC_DONE(status, message_gva, message_len)`.

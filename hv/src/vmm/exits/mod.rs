@@ -5,6 +5,7 @@ mod hypercall;
 mod ioio;
 mod msr;
 mod rip;
+mod tsc;
 
 use super::enable::HostCpu;
 use super::vcpu::Vcpu;
@@ -78,6 +79,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Msr => msr::handle(vcpu, vm, host),
         ExitCode::Ioio => ioio::handle(vcpu, vm),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
+        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         // SVM is not offered to guests: its instructions are undefined there.
         ExitCode::Vmrun

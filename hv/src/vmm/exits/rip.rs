@@ -7,7 +7,24 @@ use super::{Action, Stop};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
-use svm::decode::{self, MAX_INSN_LEN};
+use svm::decode::{self, Insn, MAX_INSN_LEN};
+
+/// The intercepted instruction at the guest's RIP and its length, decoded
+/// from guest memory.
+pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<(Insn, u64), Stop> {
+    let s = &vcpu.vmcb.state;
+    let mut bytes = [0u8; MAX_INSN_LEN];
+    let n = vm.memory.read_virt(s.cr3, s.rip, &mut bytes);
+    decode::intercepted_len(&bytes[..n])
+        .map(|(insn, len)| (insn, len as u64))
+        .ok_or_else(|| {
+            Stop::Unhandled(alloc::format!(
+                "cannot decode the instruction at rip {:#x}: {:02x?}",
+                s.rip,
+                &bytes[..n]
+            ))
+        })
+}
 
 /// Length of the intercepted instruction at the guest's RIP.
 pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, Stop> {
@@ -18,17 +35,7 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, Stop> {
             return Ok(next - s.rip);
         }
     }
-    let mut bytes = [0u8; MAX_INSN_LEN];
-    let n = vm.memory.read_virt(s.cr3, s.rip, &mut bytes);
-    decode::intercepted_len(&bytes[..n])
-        .map(|(_, len)| len as u64)
-        .ok_or_else(|| {
-            Stop::Unhandled(alloc::format!(
-                "cannot decode the instruction at rip {:#x}: {:02x?}",
-                s.rip,
-                &bytes[..n]
-            ))
-        })
+    decode_at_rip(vcpu, vm).map(|(_, len)| len)
 }
 
 /// Advances RIP past the intercepted instruction.
