@@ -1,5 +1,6 @@
-//! Guest exception capture: an IDT whose handler either records an expected
-//! fault and skips the faulting instruction, or fails the test.
+//! Guest exception capture: an IDT whose exception handler either records
+//! an expected fault and skips the faulting instruction, or fails the test;
+//! vectors 32-255 (interrupts) are counted per vector and return.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,6 +73,46 @@ core::arch::global_asm!(
         add rsp, 16
         iretq
 
+    .irp n, 0,1,2,3,4,5,6,7
+    .irp m, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    gint_\n\()_\m:
+        push rax
+        mov eax, \n * 32 + \m
+        jmp gint_common
+    .endr
+    .endr
+    gint_common:
+        push rcx
+        push rdx
+        push rsi
+        push rdi
+        push r8
+        push r9
+        push r10
+        push r11
+        mov edi, eax
+        cld
+        call {interrupt}
+        pop r11
+        pop r10
+        pop r9
+        pop r8
+        pop rdi
+        pop rsi
+        pop rdx
+        pop rcx
+        pop rax
+        iretq
+
+    .section .rodata.guest_int, "a"
+    .balign 8
+    GUEST_INT_TABLE:
+    .irp n, 1,2,3,4,5,6,7
+    .irp m, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad gint_\n\()_\m
+    .endr
+    .endr
+
     .section .rodata.guest_isr, "a"
     .balign 8
     GUEST_ISR_TABLE:
@@ -80,23 +121,37 @@ core::arch::global_asm!(
     .endr
     "#,
     handler = sym handle,
+    interrupt = sym interrupt,
 );
 
 unsafe extern "C" {
     static GUEST_ISR_TABLE: [u64; 32];
+    static GUEST_INT_TABLE: [u64; 224];
 }
 
 #[repr(C, align(16))]
-struct Idt([[u64; 2]; 32]);
+struct Idt([[u64; 2]; 256]);
 
-static mut IDT: Idt = Idt([[0; 2]; 32]);
+static mut IDT: Idt = Idt([[0; 2]; 256]);
+
+/// Interrupts taken, per vector (0-31 stay 0: those are exceptions).
+static INTERRUPTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+extern "C" fn interrupt(vector: u32) {
+    INTERRUPTS[vector as usize & 0xff].fetch_add(1, Ordering::SeqCst);
+}
+
+/// How many interrupts with `vector` the guest took.
+pub fn interrupts_taken(vector: u8) -> u64 {
+    INTERRUPTS[usize::from(vector)].load(Ordering::SeqCst)
+}
 
 /// Installs the IDT. Called by the runtime before `guest_main`.
 pub fn init() {
     // SAFETY: single vCPU, before any exception can be taken.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
-    // SAFETY: an immutable table of stub addresses.
-    let stubs = unsafe { &GUEST_ISR_TABLE };
+    // SAFETY: immutable tables of stub addresses.
+    let stubs = unsafe { GUEST_ISR_TABLE.iter().chain(GUEST_INT_TABLE.iter()) };
     for (gate, &h) in idt.0.iter_mut().zip(stubs) {
         // 64-bit interrupt gate, present, DPL 0, selector 0x08.
         gate[0] = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;

@@ -25,6 +25,11 @@ pub type Regs = [u32; 4];
 const LEAF1_ECX_VMX: u32 = 1 << 5;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const EXT1_ECX_SVM: u32 = 1 << 2;
+/// ASIDs offered to an L1 hypervisor (CPUID 0x8000_000A EBX).
+pub const NESTED_ASIDS: u32 = 64;
+/// SVM features offered to an L1 hypervisor (CPUID 0x8000_000A EDX):
+/// NRIPS (bit 3) only.
+pub const NESTED_SVM_FEATURES: u32 = 1 << 3;
 /// CPUID.(EAX=7,ECX=0):EBX[1]: IA32_TSC_ADJUST, emulated for every guest.
 const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
 
@@ -37,6 +42,10 @@ pub fn filter(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> 
         0x7 if subleaf == 0 => [eax, ebx | LEAF7_EBX_TSC_ADJUST, ecx, edx],
         0x8000_0001 if !policy.svm => [eax, ebx, ecx & !EXT1_ECX_SVM, edx],
         0x8000_000A if !policy.svm => [0; 4],
+        // What L1 gets: revision 1, its own ASIDs, and only the features
+        // the hypervisor emulates: NRIP save (it fills next_rip itself).
+        // No nested paging, TSC scaling, decode assists, VGIF, clean bits.
+        0x8000_000A => [1, NESTED_ASIDS, 0, NESTED_SVM_FEATURES],
         0x4000_0000 => {
             let s = HYPERVISOR_SIGNATURE;
             let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);

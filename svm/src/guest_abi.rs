@@ -97,6 +97,17 @@ pub const HC_TSC_FREEZE_RESTORE: u64 = 5;
 /// Waits `RBX` microseconds by the PIT, a clock independent of the TSC.
 /// Returns 0.
 pub const HC_WAIT_PIT_US: u64 = 6;
+/// Hypercall: L0 moves L1's TSC offset by `RBX` (wrapping), as it would
+/// after a host TSC change; issued by L2 while it runs, this is seed 000's
+/// scenario. Returns 0.
+pub const HC_TSC_MOVE_L1: u64 = 7;
+/// Hypercall: queue an external interrupt with vector `RBX` (32-255) for
+/// this (L1) vCPU; L0 delivers it once L1's GIF and RFLAGS.IF allow.
+/// Returns 0, or [`HC_UNKNOWN`] for a vector below 32.
+pub const HC_QUEUE_INTERRUPT: u64 = 8;
+/// Hypercall: host TSC ticks L0 spent handling this vCPU's exits so far
+/// (under QEMU's `-icount shift=0`, L0's instruction count). For benches.
+pub const HC_HOST_TICKS: u64 = 9;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;
 

@@ -28,6 +28,7 @@ pub mod intercept;
 pub mod iopm;
 pub mod msr;
 pub mod msrpm;
+pub mod nested;
 pub mod tsc;
 pub mod vmcb;
 pub mod walk;

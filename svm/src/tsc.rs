@@ -168,6 +168,13 @@ impl VmTsc {
         back
     }
 
+    /// L0 moves the VM's TSC by `delta` ticks (wrapping): every vCPU's
+    /// offset changes by the same amount, as when the host compensates a
+    /// TSC change.
+    pub fn shift(&mut self, delta: u64) {
+        self.base = self.base.wrapping_add(delta);
+    }
+
     /// Guest write of IA32_TSC := `value` at host TSC `host`: the vCPU's
     /// TSC becomes `value`, and TSC_ADJUST moves by the same delta.
     pub fn write_tsc(&self, vcpu: &mut VcpuTsc, host: u64, value: u64) {

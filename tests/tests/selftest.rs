@@ -41,6 +41,29 @@ const TSC_TESTS: &[(&str, bool)] = &[
     ("tsc::cpuid_frequency_leaf", true),
 ];
 
+/// The `nested::*` tests (an L1 hypervisor running L2 through L0).
+const NESTED_TESTS: &[&str] = &[
+    "nested::cpuid_svm_leaf",
+    "nested::vmrun_vmmcall_roundtrip",
+    "nested::vmrun_invalid_asid_zero",
+    "nested::vmrun_invalid_efer_svme",
+    "nested::vmrun_without_hsave_gp",
+    "nested::intercept_cpuid_to_l1",
+    "nested::msrpm_merge",
+    "nested::iopm_merge",
+    "nested::exitinfo_and_next_rip",
+    "nested::eventinj_to_l2",
+    "nested::vmload_vmsave",
+    "nested::gif_stgi_clgi",
+    "nested::tsc_offset_composes",
+    "nested::tsc_l0_write_while_l2_runs",
+    "nested::tsc_exit_restores_l1_offset",
+    "nested::tsc_l2_rdmsr_sees_l2_view",
+    "nested::tsc_l2_wrmsr_sets_l1_tsc",
+    "nested::tsc_adjust_shared",
+    "nested::freeze_restore_while_l2_runs",
+];
+
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,
 /// with the matching totals line and a success status.
 fn assert_all_pass(prefix: &str, names: &[String]) -> Boot {
@@ -68,6 +91,21 @@ fn every_guest_self_test_passes() {
     assert!(boot
         .lines()
         .any(|l| l == "[guest guest::console] hello from the guest console"));
+}
+
+#[test]
+fn every_nested_self_test_passes() {
+    let names: Vec<String> = NESTED_TESTS.iter().map(|n| n.to_string()).collect();
+    let boot = assert_all_pass("nested::", &names);
+    // L2's console output reached L0's console (COM1 is not L1's).
+    assert!(boot
+        .lines()
+        .any(|l| l == "[guest nested::iopm_merge] hello from L2"));
+    // No L1 input made the hypervisor stop a guest or panic.
+    assert!(
+        !boot.serial.contains("panic"),
+        "a panic (serial output above)"
+    );
 }
 
 #[test]

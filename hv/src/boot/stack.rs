@@ -5,7 +5,7 @@
 //! an overflow faults (and the #DF handler runs on its own IST stack).
 
 /// Usable stack size in bytes.
-pub const STACK_SIZE: usize = 128 * 1024;
+pub const STACK_SIZE: usize = 256 * 1024;
 
 /// Guard page followed by the stack.
 #[repr(C, align(4096))]

@@ -3,9 +3,9 @@
 
 use super::{no_check, Case, Expect, Outcome};
 use crate::vmm::exits::Stop;
+use crate::vmm::vm::VmConfig;
 use alloc::format;
 use alloc::string::String;
-use svm::tsc::TscMode;
 use svm::ExitCode;
 
 static GUEST: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/guest"));
@@ -32,64 +32,64 @@ pub static CASES: &[Case] = &[
     Case {
         name: "guest::cpuid",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Cpuid, 4),
     },
     Case {
         name: "guest::rdmsr_unknown_gp",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Msr, 1),
     },
     Case {
         name: "guest::msr_passthrough",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Msr, 0),
     },
     Case {
         name: "guest::console",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| console_has(o, "hello from the guest console"),
     },
     Case {
         name: "guest::hlt",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Hlt, 1),
     },
-    // Three hypercalls under test, then HC_DONE.
+    // Three hypercalls under test, 100 timed, two HC_HOST_TICKS, then HC_DONE.
     Case {
         name: "guest::vmmcall",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
-        check: |o| exits_are(o, ExitCode::Vmmcall, 4),
+        check: |o| exits_are(o, ExitCode::Vmmcall, 106),
     },
     Case {
         name: "guest::page_fault",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Npf, 0),
     },
     Case {
         name: "guest::triple_fault",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Stop(|s, _| *s == Stop::Shutdown, "a triple-fault stop"),
         check: no_check,
     },
     Case {
         name: "guest::npf_outside_memory",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Stop(
             |s, o| matches!(s, Stop::NestedPageFault { gpa, .. } if *gpa == o.memory_size + 0x1000_0000),
             "a nested page fault at RAM size + 0x1000_0000",
@@ -99,7 +99,7 @@ pub static CASES: &[Case] = &[
     Case {
         name: "guest::debug_exit_blocked",
         image: GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| {
             console_has(o, "still running after writing the debug-exit port")?;

@@ -7,6 +7,7 @@
 //! selects tests by name prefix; `tests=none` runs none.
 
 mod guest;
+mod nested;
 mod tsc;
 
 use crate::println;
@@ -48,8 +49,8 @@ pub struct Case {
     pub name: &'static str,
     /// The guest image (ELF).
     pub image: &'static [u8],
-    /// How the VM serves RDTSC.
-    pub tsc_mode: svm::tsc::TscMode,
+    /// How the VM is set up.
+    pub config: crate::vmm::vm::VmConfig,
     /// Expected end.
     pub expect: Expect,
     /// Further host-side checks once the expectation holds.
@@ -84,7 +85,10 @@ fn selected(name: &str, filter: Option<&str>) -> bool {
 pub fn run(filter: Option<&str>) -> Summary {
     let mut summary = Summary::default();
     let host = enable::this_cpu();
-    let cases = guest::CASES.iter().chain(tsc::CASES.iter());
+    let cases = guest::CASES
+        .iter()
+        .chain(tsc::CASES.iter())
+        .chain(nested::CASES.iter());
     for case in cases.filter(|c| selected(c.name, filter)) {
         let host = match host {
             Ok(h) => h,
@@ -131,7 +135,7 @@ pub fn run(filter: Option<&str>) -> Summary {
 fn run_case(case: &Case, host: &enable::HostCpu) -> Result<(), String> {
     let memory_size = svm::guest_abi::GUEST_MEMORY_SIZE;
     let mut vm =
-        Vm::new(case.name, memory_size, case.tsc_mode).map_err(|e| format!("VM set-up: {e}"))?;
+        Vm::new(case.name, memory_size, case.config).map_err(|e| format!("VM set-up: {e}"))?;
     let entry = loader::load(case.image, &mut vm.memory)
         .map_err(|e| format!("loading the guest: {e:?}"))?;
     setup::write_start_state(&mut vm, case.name).map_err(String::from)?;

@@ -4,6 +4,7 @@
 //! `tsc::<name>::exiting` with RDTSC exiting.
 
 use super::{Case, Expect, Outcome};
+use crate::vmm::vm::VmConfig;
 use alloc::format;
 use alloc::string::String;
 use svm::tsc::TscMode;
@@ -37,14 +38,17 @@ macro_rules! both_modes {
             Case {
                 name: $name,
                 image: TSC_GUEST,
-                tsc_mode: TscMode::Offsetting,
+                config: VmConfig::PLAIN,
                 expect: Expect::Pass,
                 check: mode_was_honoured_offsetting,
             },
             Case {
                 name: concat!($name, "::exiting"),
                 image: TSC_GUEST,
-                tsc_mode: TscMode::Exiting,
+                config: VmConfig {
+                    tsc_mode: TscMode::Exiting,
+                    nested_svm: false,
+                },
                 expect: Expect::Pass,
                 check: mode_was_honoured_exiting,
             },
@@ -56,7 +60,7 @@ const fn one(name: &'static str) -> Case {
     Case {
         name,
         image: TSC_GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: super::no_check,
     }
@@ -87,7 +91,7 @@ const fn flatten() -> [Case; 21] {
     out[20] = Case {
         name: "tsc::exiting_mode_matches_offset_mode",
         image: TSC_GUEST,
-        tsc_mode: TscMode::Offsetting,
+        config: VmConfig::PLAIN,
         expect: Expect::Pass,
         // One RDTSC and one RDTSCP (or RDTSC) ran while exiting was on.
         check: |o| match rdtsc_exits(o) {

@@ -1,31 +1,39 @@
 //! The kernel side of TSC virtualization: reading the host TSC for a VM,
-//! programming the VMCB from [`svm::tsc`]'s model before every VMRUN, and
-//! the guest's TSC-related state (TSC_AUX, RDTSC interception).
+//! programming the VMCB from [`svm::tsc`]'s model before every VMRUN (and,
+//! while L2 runs, [`svm::nested::tsc`]'s hsave rules), and the guest's
+//! TSC-related state (TSC_AUX, RDTSC interception).
 
 use super::vcpu::Vcpu;
 use super::vm::Vm;
 use crate::arch::cpu::wrmsr;
 use crate::time::host_tsc;
 use core::sync::atomic::{AtomicU64, Ordering};
+use svm::nested::tsc::l1_offset_changed_while_nested;
 use svm::tsc::TscMode;
-use svm::{CleanBits, InterceptMisc1, InterceptMisc2, Vmcb};
+use svm::{CleanBits, ControlArea, InterceptMisc1, InterceptMisc2};
 
 /// TSC_AUX value currently in the MSR (the host itself never uses RDTSCP,
 /// so the last guest's value may stay loaded).
 static LOADED_TSC_AUX: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Writes VMCB.tsc_offset, and clears the clean bit that covers it (APM
-/// Vol. 2, 15.15.3: the offset is cached with the intercepts, bit 0).
-pub fn set_vmcb_offset(vmcb: &mut Vmcb, offset: u64) {
-    vmcb.control.tsc_offset = offset;
-    vmcb.control.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
+/// Marks the TSC offset as changed: the VMCB caches it with the intercepts
+/// (APM Vol. 2, 15.15.3, clean bit 0), so every write clears that bit.
+fn offset_written(c: &mut ControlArea) {
+    c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
 }
 
-/// The guest's TSC now (for emulated reads), after the monotonicity check.
+/// L1's TSC now (for emulated reads), after the monotonicity check.
 pub fn guest_now(vcpu: &Vcpu, vm: &mut Vm) -> u64 {
     let host = host_tsc::read();
     vm.tsc.observe_host(host);
     vm.tsc.guest_tsc(&vcpu.tsc, host)
+}
+
+/// The running guest's TSC now: L1's, or while L2 runs, L1's + vmcb12's
+/// offset (what RDTSC in L2 returns).
+pub fn view_now(vcpu: &Vcpu, vm: &mut Vm) -> u64 {
+    let l1 = guest_now(vcpu, vm);
+    l1.wrapping_add(vcpu.nested.l2_tsc_offset().unwrap_or(0))
 }
 
 /// Right after a #VMEXIT: the guest may have read the TSC up to now, so
@@ -34,24 +42,54 @@ pub fn after_exit(vm: &mut Vm) {
     vm.tsc.observe_host(host_tsc::read());
 }
 
+/// Sets or clears the RDTSC/RDTSCP intercepts in `c` to `on`, keeping
+/// `keep_on` (vmcb12's, while L2 runs: L0's intercepts add to L1's).
+fn set_rdtsc_intercepts(c: &mut ControlArea, on: bool, keep: (u32, u32)) {
+    let (m1, m2) = (InterceptMisc1::RDTSC.bits(), InterceptMisc2::RDTSCP.bits());
+    let want1 = if on {
+        c.intercept_misc1 | m1
+    } else {
+        (c.intercept_misc1 & !m1) | (keep.0 & m1)
+    };
+    let want2 = if on {
+        c.intercept_misc2 | m2
+    } else {
+        (c.intercept_misc2 & !m2) | (keep.1 & m2)
+    };
+    if (want1, want2) != (c.intercept_misc1, c.intercept_misc2) {
+        c.intercept_misc1 = want1;
+        c.intercept_misc2 = want2;
+        c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
+    }
+}
+
 /// Everything TSC-related the next VMRUN needs.
 pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
     vm.tsc.observe_host(host_tsc::read());
-    // The hardware adds the offset to the raw TSC; the model's host TSC is
-    // the hypervisor's view, which differs by the skew (0 outside tests).
-    let offset = vm.tsc.offset(&vcpu.tsc).wrapping_add(host_tsc::skew());
-    set_vmcb_offset(&mut vcpu.vmcb, offset);
-
-    let c = &mut vcpu.vmcb.control;
-    let (rdtsc, rdtscp) = (InterceptMisc1::RDTSC.bits(), InterceptMisc2::RDTSCP.bits());
-    let (misc1, misc2) = match vm.tsc.mode {
-        TscMode::Offsetting => (c.intercept_misc1 & !rdtsc, c.intercept_misc2 & !rdtscp),
-        TscMode::Exiting => (c.intercept_misc1 | rdtsc, c.intercept_misc2 | rdtscp),
-    };
-    if (misc1, misc2) != (c.intercept_misc1, c.intercept_misc2) {
-        c.intercept_misc1 = misc1;
-        c.intercept_misc2 = misc2;
-        c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
+    // L1's offset, always derived from the model, never cached. The
+    // hardware adds the offset to the raw TSC; the model's host TSC is the
+    // hypervisor's view, which differs by the skew (0 outside tests).
+    let l1 = vm.tsc.offset(&vcpu.tsc).wrapping_add(host_tsc::skew());
+    let exiting = vm.tsc.mode == TscMode::Exiting;
+    let nested = &mut vcpu.nested;
+    match &nested.l2 {
+        Some(l2) => {
+            // Seed 000: hsave gets the new L1 offset, the live L2 VMCB the
+            // same delta (a no-op when L1's offset did not change).
+            let hsave = &mut nested.hsave.control;
+            let active = &mut vcpu.vmcb.control;
+            l1_offset_changed_while_nested(&mut hsave.tsc_offset, &mut active.tsc_offset, l1);
+            offset_written(active);
+            set_rdtsc_intercepts(hsave, exiting, (0, 0));
+            let v12 = &l2.vmcb12.control;
+            set_rdtsc_intercepts(active, exiting, (v12.intercept_misc1, v12.intercept_misc2));
+        }
+        None => {
+            let c = &mut vcpu.vmcb.control;
+            c.tsc_offset = l1;
+            offset_written(c);
+            set_rdtsc_intercepts(c, exiting, (0, 0));
+        }
     }
 
     let aux = u64::from(vcpu.tsc_aux);
@@ -64,13 +102,17 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
 
 /// Seed 004's VM-wide freeze and restore, around a wait of `us` by the PIT
 /// (a clock that does not depend on the TSC): one state for the VM, one
-/// delta for every vCPU on restore.
+/// delta for every vCPU on restore. While L2 runs, the next entry carries
+/// the delta into hsave and the live L2 VMCB alike.
 pub fn freeze_wait_restore(
     vcpu: &mut Vcpu,
     vm: &mut Vm,
     policy: svm::tsc::RestorePolicy,
     us: u64,
 ) -> Result<(), svm::tsc::TscStateMismatch> {
+    // L1's offset is the model's (hsave holds the same value, written from
+    // the model at every entry while L2 runs); vmcb12's offset is L1's and
+    // is not part of L0's state.
     let host = host_tsc::read();
     vm.tsc.observe_host(host);
     let state = vm.tsc.freeze(

@@ -3,6 +3,7 @@
 
 use super::enable::HostCpu;
 use super::exits::{self, Action, Stop};
+use super::nested::Nested;
 use super::phys_box::PhysBox;
 use super::vm::Vm;
 use super::world_switch::{self, GuestRegs};
@@ -31,6 +32,11 @@ pub struct Vcpu {
     pub tsc: VcpuTsc,
     /// IA32_TSC_AUX (what RDTSCP returns in ECX).
     pub tsc_aux: u32,
+    /// Nested-SVM state (L1's virtual SVM, hsave, the running L2).
+    pub nested: Nested,
+    /// Host TSC ticks spent in L0 between exits and entries (under
+    /// `-icount shift=0` these are L0's instructions).
+    pub host_ticks: u64,
 }
 
 impl Vcpu {
@@ -45,6 +51,8 @@ impl Vcpu {
             blocked_io: 0,
             tsc: VcpuTsc::default(),
             tsc_aux: 0,
+            nested: Nested::new()?,
+            host_ticks: 0,
         })
     }
 
@@ -55,11 +63,17 @@ impl Vcpu {
 
     /// Runs the guest until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        let mut exited_at = None;
         loop {
             super::tsc::prepare_entry(self, vm);
+            super::nested::insns::deliver_pending_interrupt(self);
+            if let Some(t) = exited_at {
+                self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
+            }
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(vm);
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
             // The TLB needs flushing only for the first run.

@@ -7,6 +7,28 @@ use super::phys_box::PhysBox;
 use alloc::string::String;
 use alloc::vec::Vec;
 use svm::tsc::{TscMode, VmTsc};
+
+/// How a VM is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct VmConfig {
+    /// How RDTSC is served.
+    pub tsc_mode: TscMode,
+    /// Whether guests are offered SVM (nested virtualization).
+    pub nested_svm: bool,
+}
+
+impl VmConfig {
+    /// TSC offsetting, no SVM for the guest.
+    pub const PLAIN: VmConfig = VmConfig {
+        tsc_mode: TscMode::Offsetting,
+        nested_svm: false,
+    };
+    /// TSC offsetting, SVM offered: the guest can be an L1 hypervisor.
+    pub const NESTED: VmConfig = VmConfig {
+        tsc_mode: TscMode::Offsetting,
+        nested_svm: true,
+    };
+}
 use svm::{IoPermissionMap, MsrPermissionMap};
 
 /// MSRs guests use directly: their state is in the VMCB (moved by VMLOAD/
@@ -39,11 +61,13 @@ pub struct Vm {
     pub console: Vec<String>,
     /// The VM-wide TSC state.
     pub tsc: VmTsc,
+    /// Whether the guest is offered SVM.
+    pub nested_svm: bool,
 }
 
 impl Vm {
     /// A VM with `memory_size` bytes of zeroed RAM (a multiple of 2 MiB).
-    pub fn new(name: &str, memory_size: u64, tsc_mode: TscMode) -> Result<Self, &'static str> {
+    pub fn new(name: &str, memory_size: u64, config: VmConfig) -> Result<Self, &'static str> {
         let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
         let npt = Npt::new(memory.host_phys(), memory_size)?;
         let mut msrpm: PhysBox<MsrPermissionMap> =
@@ -61,10 +85,11 @@ impl Vm {
         let tsc = VmTsc::new(
             crate::time::host_tsc::read(),
             crate::time::tsc_frequency().khz,
-            tsc_mode,
+            config.tsc_mode,
         );
         Ok(Self {
             tsc,
+            nested_svm: config.nested_svm,
             name: String::from(name),
             memory,
             npt,

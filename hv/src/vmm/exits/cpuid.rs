@@ -15,7 +15,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         subleaf,
         [r.eax, r.ebx, r.ecx, r.edx],
         GuestCpuidPolicy {
-            svm: false,
+            svm: vm.nested_svm,
             tsc_khz: vm.tsc.khz() as u32,
         },
     );

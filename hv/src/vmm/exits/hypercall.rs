@@ -6,8 +6,9 @@ use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use alloc::string::String;
 use svm::guest_abi::{
-    echo_sum, HC_DONE, HC_ECHO_SUM, HC_EXIT_COUNT, HC_TSC_FREEZE_RESTORE, HC_TSC_SET_MODE,
-    HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN, HC_WAIT_PIT_US,
+    echo_sum, HC_DONE, HC_ECHO_SUM, HC_EXIT_COUNT, HC_HOST_TICKS, HC_QUEUE_INTERRUPT,
+    HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE, HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN,
+    HC_WAIT_PIT_US,
 };
 use svm::tsc::{RestorePolicy, TscMode};
 use svm::ExitCode;
@@ -50,6 +51,18 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
                 Err(_) => HC_UNKNOWN,
             }
         }
+        HC_HOST_TICKS => vcpu.host_ticks,
+        HC_TSC_MOVE_L1 => {
+            vm.tsc.shift(a);
+            0
+        }
+        HC_QUEUE_INTERRUPT => match u8::try_from(a) {
+            Ok(vector) if vector >= 32 => {
+                vcpu.nested.pending_interrupt = Some(vector);
+                0
+            }
+            _ => HC_UNKNOWN,
+        },
         HC_WAIT_PIT_US => {
             crate::time::pit::wait_us(a.min(MAX_WAIT_US));
             0

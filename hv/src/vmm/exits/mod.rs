@@ -4,14 +4,16 @@ mod cpuid;
 mod hypercall;
 mod ioio;
 mod msr;
-mod rip;
+pub mod rip;
 mod tsc;
 
 use super::enable::HostCpu;
+use super::nested;
 use super::vcpu::Vcpu;
 use super::vm::Vm;
 use alloc::string::String;
 use core::fmt;
+use svm::nested::route::{route_exit, ExitFacts, Route};
 use svm::{EventInfo, ExitCode};
 
 /// What the run loop does after a handler.
@@ -74,6 +76,23 @@ impl fmt::Display for Stop {
 
 /// Handles the exit the vCPU just took.
 pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
+    // While L2 runs, an exit L1 asked for is L1's; the rest are L0's.
+    if let Some(l2) = &vcpu.nested.l2 {
+        let facts = ExitFacts {
+            code,
+            exit_info1: vcpu.vmcb.control.exit_info1,
+            rcx: vcpu.regs.rcx,
+        };
+        let Some((msrpm, iopm)) = nested::l1_maps(&vm.memory, &l2.vmcb12) else {
+            return Action::Stop(Stop::Unhandled(
+                "L1's permission maps left its memory".into(),
+            ));
+        };
+        if route_exit(&facts, &l2.vmcb12.control, msrpm, iopm) == Route::L1 {
+            return nested::vmexit::reflect(vcpu, vm, host, code);
+        }
+    }
+    let l1_hypervisor = vm.nested_svm && !vcpu.nested.in_l2();
     let action = match code {
         ExitCode::Cpuid => cpuid::handle(vcpu, vm, host),
         ExitCode::Msr => msr::handle(vcpu, vm, host),
@@ -81,7 +100,19 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
         ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
-        // SVM is not offered to guests: its instructions are undefined there.
+        ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),
+        ExitCode::Vmload
+        | ExitCode::Vmsave
+        | ExitCode::Stgi
+        | ExitCode::Clgi
+        | ExitCode::Skinit
+        | ExitCode::Invlpga
+            if l1_hypervisor =>
+        {
+            nested::insns::emulate(vcpu, vm, host, code)
+        }
+        // SVM not offered (or an L2 whose L1 does not intercept them): the
+        // instructions are undefined there.
         ExitCode::Vmrun
         | ExitCode::Vmload
         | ExitCode::Vmsave
@@ -104,7 +135,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
 }
 
 /// Injects `event` at the next VMRUN (RIP stays on the faulting instruction).
-fn inject(vcpu: &mut Vcpu, event: EventInfo) -> Action {
+pub fn inject(vcpu: &mut Vcpu, event: EventInfo) -> Action {
     vcpu.vmcb.control.event_inj = event.0;
     Action::Resume
 }

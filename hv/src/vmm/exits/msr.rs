@@ -1,14 +1,20 @@
-//! RDMSR/WRMSR of intercepted MSRs. Emulated: EFER (SVME hidden), IA32_TSC,
-//! IA32_TSC_ADJUST and TSC_AUX (through [`svm::tsc`]'s model). Every other
-//! intercepted MSR raises #GP(0) in the guest.
+//! RDMSR/WRMSR of intercepted MSRs. Emulated: EFER (SVME is virtual for an
+//! L1 hypervisor and hidden from plain guests), IA32_TSC, IA32_TSC_ADJUST
+//! and TSC_AUX (through [`svm::tsc`]'s model), and for VMs offered SVM,
+//! VM_HSAVE_PA and VM_CR. Every other intercepted MSR raises #GP(0).
+//!
+//! While L2 runs, only MSR exits L1 did not ask for arrive here: L2 then
+//! reads the L2 view of the TSC (host + L1 offset + vmcb12 offset), a TSC
+//! write sets L1's TSC, and TSC_ADJUST is the one register L1 and L2 share.
 
 use super::{inject, rip, Action};
 use crate::vmm::enable::HostCpu;
-use crate::vmm::tsc::guest_now;
+use crate::vmm::tsc::view_now;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::msr::{
-    EFER, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME, IA32_TSC, IA32_TSC_ADJUST, TSC_AUX,
+    VmCr, EFER, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME, IA32_TSC, IA32_TSC_ADJUST,
+    TSC_AUX, VM_CR, VM_HSAVE_PA,
 };
 use svm::{EventInfo, MsrAccess};
 
@@ -38,30 +44,42 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     rip::skip(vcpu, vm, host)
 }
 
+/// The SVM MSRs exist only for VMs offered SVM, and only L1 reaches them.
+fn svm_msrs(vcpu: &Vcpu, vm: &Vm) -> bool {
+    vm.nested_svm && !vcpu.nested.in_l2()
+}
+
 fn read(vcpu: &Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
     match msr {
-        EFER => Some(vcpu.vmcb.state.efer & !EFER_SVME),
-        IA32_TSC => Some(guest_now(vcpu, vm)),
+        EFER => Some(efer_as_seen(vcpu)),
+        IA32_TSC => Some(view_now(vcpu, vm)),
         IA32_TSC_ADJUST => Some(vcpu.tsc.adjust()),
         TSC_AUX => Some(u64::from(vcpu.tsc_aux)),
+        VM_HSAVE_PA if svm_msrs(vcpu, vm) => Some(vcpu.nested.hsave_pa),
+        VM_CR if svm_msrs(vcpu, vm) => Some(vcpu.nested.vm_cr),
         _ => None,
+    }
+}
+
+/// EFER as the running guest sees it. The VMCB's EFER always has SVME set
+/// (VMRUN requires it, APM 15.5.1); L1 sees its virtual SVME, a plain
+/// guest none, L2 what vmcb12 gave it.
+fn efer_as_seen(vcpu: &Vcpu) -> u64 {
+    let efer = vcpu.vmcb.state.efer;
+    if vcpu.nested.in_l2() {
+        efer
+    } else if vcpu.nested.svme {
+        efer | EFER_SVME
+    } else {
+        efer & !EFER_SVME
     }
 }
 
 fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     match msr {
-        EFER => {
-            let current = vcpu.vmcb.state.efer & !EFER_SVME;
-            // Only SCE and NXE may change; LME/LMA must stay as they are.
-            if (value ^ current) & !EFER_WRITABLE & !EFER_LMA != 0
-                || value & EFER_LME != current & EFER_LME
-            {
-                return false;
-            }
-            vcpu.vmcb.state.efer = (current & !EFER_WRITABLE) | (value & EFER_WRITABLE) | EFER_SVME;
-            true
-        }
+        EFER => write_efer(vcpu, vm, value),
         IA32_TSC => {
+            // From L1, or from L2 when L1 does not intercept: L1's TSC.
             let host = crate::time::host_tsc::read();
             vm.tsc.observe_host(host);
             vm.tsc.write_tsc(&mut vcpu.tsc, host, value);
@@ -76,6 +94,53 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
             vcpu.tsc_aux = value as u32;
             true
         }
+        // The host save area must be a page of L1's memory; L0 records the
+        // address and never uses it (L1's state goes to hypervisor memory).
+        VM_HSAVE_PA if svm_msrs(vcpu, vm) => {
+            let ok = value.is_multiple_of(4096)
+                && value
+                    .checked_add(4096)
+                    .is_some_and(|e| e <= vm.memory.size());
+            if ok {
+                vcpu.nested.hsave_pa = value;
+            }
+            ok
+        }
+        VM_CR if svm_msrs(vcpu, vm) => write_vm_cr(vcpu, value),
         _ => false,
     }
+}
+
+fn write_efer(vcpu: &mut Vcpu, vm: &Vm, value: u64) -> bool {
+    let current = efer_as_seen(vcpu);
+    let mut writable = EFER_WRITABLE;
+    let svm_allowed = vm.nested_svm && vcpu.nested.vm_cr & VmCr::SVMDIS.bits() == 0;
+    if svm_allowed && !vcpu.nested.in_l2() {
+        writable |= EFER_SVME;
+    }
+    // Only writable bits may change; LMA is read-only and ignored.
+    if (value ^ current) & !writable & !EFER_LMA != 0 || value & EFER_LME != current & EFER_LME {
+        return false;
+    }
+    if !vcpu.nested.in_l2() && writable & EFER_SVME != 0 {
+        vcpu.nested.svme = value & EFER_SVME != 0;
+    }
+    let kept = vcpu.vmcb.state.efer & !EFER_WRITABLE;
+    vcpu.vmcb.state.efer = kept | (value & EFER_WRITABLE) | EFER_SVME;
+    true
+}
+
+/// VM_CR (APM 15.30.1): SVMDIS and LOCK are writable until LOCK is set;
+/// SVMDIS cannot be set while EFER.SVME is.
+fn write_vm_cr(vcpu: &mut Vcpu, value: u64) -> bool {
+    let writable = (VmCr::SVMDIS | VmCr::LOCK).bits();
+    let locked = vcpu.nested.vm_cr & VmCr::LOCK.bits() != 0;
+    if value & !writable != 0 || (locked && value != vcpu.nested.vm_cr) {
+        return false;
+    }
+    if value & VmCr::SVMDIS.bits() != 0 && vcpu.nested.svme {
+        return false;
+    }
+    vcpu.nested.vm_cr = value;
+    true
 }

@@ -3,7 +3,7 @@
 //! instruction is decoded to know whether ECX must get TSC_AUX.
 
 use super::{rip, Action};
-use crate::vmm::tsc::guest_now;
+use crate::vmm::tsc::view_now;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::decode::Insn;
@@ -13,7 +13,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
         Ok(d) => d,
         Err(stop) => return Action::Stop(stop),
     };
-    let tsc = guest_now(vcpu, vm);
+    let tsc = view_now(vcpu, vm);
     match insn {
         Insn::Rdtsc => {}
         Insn::Rdtscp => vcpu.regs.rcx = u64::from(vcpu.tsc_aux),

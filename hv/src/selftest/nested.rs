@@ -1,0 +1,60 @@
+//! Group `nested`: an L1 hypervisor (guest side in
+//! `guest-stubs/src/bin/nested/`) runs L2 payloads through L0's emulation
+//! of SVM, with the hsave model and its TSC rules.
+
+use super::{no_check, Case, Expect, Outcome};
+use crate::vmm::vm::VmConfig;
+use alloc::format;
+use alloc::string::String;
+
+static L1_HYPERVISOR: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/nested"));
+
+const fn case(name: &'static str) -> Case {
+    Case {
+        name,
+        image: L1_HYPERVISOR,
+        config: VmConfig::NESTED,
+        expect: Expect::Pass,
+        check: no_check,
+    }
+}
+
+fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
+    match o.console.iter().any(|l| l.starts_with(prefix)) {
+        true => Ok(()),
+        false => Err(format!(
+            "no console line starting {prefix:?} (got {:?})",
+            o.console
+        )),
+    }
+}
+
+/// The `nested::*` tests.
+pub static CASES: [Case; 19] = [
+    case("nested::cpuid_svm_leaf"),
+    Case {
+        check: |o| console_starts_with(o, "nested round trip"),
+        ..case("nested::vmrun_vmmcall_roundtrip")
+    },
+    case("nested::vmrun_invalid_asid_zero"),
+    case("nested::vmrun_invalid_efer_svme"),
+    case("nested::vmrun_without_hsave_gp"),
+    case("nested::intercept_cpuid_to_l1"),
+    case("nested::msrpm_merge"),
+    // L2's console line went to L0's console, not to L1.
+    Case {
+        check: |o| console_starts_with(o, "hello from L2"),
+        ..case("nested::iopm_merge")
+    },
+    case("nested::exitinfo_and_next_rip"),
+    case("nested::eventinj_to_l2"),
+    case("nested::vmload_vmsave"),
+    case("nested::gif_stgi_clgi"),
+    case("nested::tsc_offset_composes"),
+    case("nested::tsc_l0_write_while_l2_runs"),
+    case("nested::tsc_exit_restores_l1_offset"),
+    case("nested::tsc_l2_rdmsr_sees_l2_view"),
+    case("nested::tsc_l2_wrmsr_sets_l1_tsc"),
+    case("nested::tsc_adjust_shared"),
+    case("nested::freeze_restore_while_l2_runs"),
+];

@@ -1,0 +1,70 @@
+//! The other SVM instructions L1 executes: VMLOAD, VMSAVE (on L1's memory,
+//! never executed on an L1-supplied address), STGI, CLGI (a virtual GIF),
+//! INVLPGA, SKINIT (#UD). APM Vol. 2, 15.5.2, 15.17, 15.27.
+
+use super::l1_vmcb_mut;
+use crate::vmm::enable::HostCpu;
+use crate::vmm::exits::{inject, rip, Action};
+use crate::vmm::vcpu::Vcpu;
+use crate::vmm::vm::Vm;
+use svm::nested::vmload::{vmload, vmsave};
+use svm::{EventInfo, ExitCode, TlbControl};
+
+/// #UD when L1's EFER.SVME is clear, #GP(0) at CPL > 0 (APM 15.4/15.5).
+fn fault_for_l1(vcpu: &Vcpu) -> Option<EventInfo> {
+    if !vcpu.nested.svme {
+        Some(EventInfo::exception(6))
+    } else if vcpu.vmcb.state.cpl != 0 {
+        Some(EventInfo::exception_with_error_code(13, 0))
+    } else {
+        None
+    }
+}
+
+/// Emulates VMLOAD, VMSAVE, STGI, CLGI, INVLPGA or SKINIT for L1.
+pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
+    if code == ExitCode::Skinit {
+        return inject(vcpu, EventInfo::exception(6));
+    }
+    if let Some(fault) = fault_for_l1(vcpu) {
+        return inject(vcpu, fault);
+    }
+    match code {
+        ExitCode::Vmload | ExitCode::Vmsave => {
+            let gpa = vcpu.vmcb.state.rax;
+            let Some(other) = l1_vmcb_mut(&mut vm.memory, gpa) else {
+                return inject(vcpu, EventInfo::exception_with_error_code(13, 0));
+            };
+            if code == ExitCode::Vmload {
+                vmload(&mut vcpu.vmcb.state, &other.state);
+            } else {
+                vmsave(&vcpu.vmcb.state, &mut other.state);
+            }
+        }
+        ExitCode::Stgi => vcpu.nested.gif = true,
+        ExitCode::Clgi => vcpu.nested.gif = false,
+        // L1 invalidates an L2 mapping: L2's TLB is flushed at every nested
+        // VMRUN anyway; flush now too, in case L1 runs on the entries.
+        ExitCode::Invlpga => vcpu.vmcb.control.tlb_control = TlbControl::FlushAll.as_u8(),
+        _ => {}
+    }
+    rip::skip(vcpu, vm, host)
+}
+
+/// Delivers the interrupt L0 holds for L1 once L1 can take it: not in L2,
+/// GIF set, RFLAGS.IF set, no interrupt shadow, no other event pending.
+pub fn deliver_pending_interrupt(vcpu: &mut Vcpu) {
+    let Some(vector) = vcpu.nested.pending_interrupt else {
+        return;
+    };
+    let c = &vcpu.vmcb.control;
+    let ready = !vcpu.nested.in_l2()
+        && vcpu.nested.gif
+        && vcpu.vmcb.state.rflags & (1 << 9) != 0
+        && c.interrupt_shadow & 1 == 0
+        && !EventInfo(c.event_inj).is_valid();
+    if ready {
+        vcpu.vmcb.control.event_inj = EventInfo::external_interrupt(vector).0;
+        vcpu.nested.pending_interrupt = None;
+    }
+}

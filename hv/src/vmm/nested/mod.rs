@@ -1,0 +1,110 @@
+//! Nested SVM for L1 hypervisors, with the hsave model of seed 000 (the
+//! pure logic is in [`svm::nested`]; this is where it meets the vCPU).
+//!
+//! L1's SVM state is virtual: EFER.SVME, VM_HSAVE_PA (recorded, never
+//! used as memory: L1's state goes to [`Nested::hsave`], a page of
+//! hypervisor memory), VM_CR and GIF. Every SVM instruction L1 executes is
+//! intercepted and emulated here.
+
+pub mod insns;
+pub mod vmexit;
+pub mod vmrun;
+
+use super::memory::GuestMemory;
+use super::phys_box::PhysBox;
+use alloc::boxed::Box;
+use svm::iopm::IOPM_SIZE;
+use svm::msrpm::MSRPM_SIZE;
+use svm::{IoPermissionMap, MsrPermissionMap, Vmcb};
+
+/// ASID L0 runs every L2 with (L1 runs with 1).
+pub const L2_ASID: u32 = 2;
+
+/// An L2 that is running (or about to) in the active VMCB.
+#[derive(Debug)]
+pub struct L2 {
+    /// Where vmcb12 is in L1's memory.
+    pub vmcb12_gpa: u64,
+    /// The hypervisor's copy of vmcb12, read once at VMRUN and checked;
+    /// the only version of vmcb12's controls L0 uses while L2 runs.
+    pub vmcb12: Box<Vmcb>,
+}
+
+/// A vCPU's nested-SVM state.
+#[derive(Debug)]
+pub struct Nested {
+    /// L1's EFER.SVME.
+    pub svme: bool,
+    /// L1's VM_HSAVE_PA MSR (0: not set).
+    pub hsave_pa: u64,
+    /// L1's VM_CR MSR.
+    pub vm_cr: u64,
+    /// L1's global interrupt flag. While clear, L0 holds its injections.
+    pub gif: bool,
+    /// An external interrupt L0 holds for L1 until GIF and RFLAGS.IF allow.
+    pub pending_interrupt: Option<u8>,
+    /// The running L2, if any.
+    pub l2: Option<L2>,
+    /// L1's state and L0's controls while L2 runs (never L1's page).
+    pub hsave: PhysBox<Vmcb>,
+    /// L0's MSR map merged with L1's, for L2.
+    pub msrpm: PhysBox<MsrPermissionMap>,
+    /// L0's I/O map merged with L1's, for L2.
+    pub iopm: PhysBox<IoPermissionMap>,
+}
+
+impl Nested {
+    /// State for a vCPU that has not used SVM yet (GIF set, as at reset).
+    pub fn new() -> Result<Self, &'static str> {
+        Ok(Self {
+            svme: false,
+            hsave_pa: 0,
+            vm_cr: 0,
+            gif: true,
+            pending_interrupt: None,
+            l2: None,
+            hsave: PhysBox::new_zeroed().ok_or("out of memory for hsave")?,
+            msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
+            iopm: PhysBox::new_zeroed().ok_or("out of memory for the L2 IOPM")?,
+        })
+    }
+
+    /// Whether L2 runs in the active VMCB.
+    pub fn in_l2(&self) -> bool {
+        self.l2.is_some()
+    }
+
+    /// vmcb12's TSC offset while L2 runs.
+    pub fn l2_tsc_offset(&self) -> Option<u64> {
+        self.l2.as_ref().map(|l2| l2.vmcb12.control.tsc_offset)
+    }
+}
+
+/// A page-aligned VMCB in L1's memory, if all of it is inside.
+pub fn l1_vmcb_mut(memory: &mut GuestMemory, gpa: u64) -> Option<&mut Vmcb> {
+    if !gpa.is_multiple_of(4096) {
+        return None;
+    }
+    let bytes = memory
+        .slice_mut(gpa, core::mem::size_of::<Vmcb>() as u64)
+        .ok()?;
+    // SAFETY: 4 KiB of guest RAM, page aligned (guest RAM is 2 MiB aligned
+    // in host memory), exclusively borrowed; every bit pattern is a valid
+    // Vmcb (plain integers).
+    Some(unsafe { &mut *(bytes.as_mut_ptr() as *mut Vmcb) })
+}
+
+/// L1's MSR and I/O permission maps for vmcb12, in L1's memory (read
+/// where they are, never copied: checked to be inside at VMRUN).
+pub fn l1_maps<'m>(
+    memory: &'m GuestMemory,
+    vmcb12: &Vmcb,
+) -> Option<(&'m [u8; MSRPM_SIZE], &'m [u8; IOPM_SIZE])> {
+    let msrpm = memory
+        .slice(vmcb12.control.msrpm_base_pa & !0xfff, MSRPM_SIZE as u64)
+        .ok()?;
+    let iopm = memory
+        .slice(vmcb12.control.iopm_base_pa & !0xfff, IOPM_SIZE as u64)
+        .ok()?;
+    Some((msrpm.try_into().ok()?, iopm.try_into().ok()?))
+}

@@ -1,0 +1,74 @@
+//! The nested #VMEXIT: an exit L1 asked for, reflected to L1.
+
+use super::l1_vmcb_mut;
+use crate::vmm::enable::HostCpu;
+use crate::vmm::exits::{rip, Action, Stop};
+use crate::vmm::vcpu::Vcpu;
+use crate::vmm::vm::Vm;
+use svm::event::sanitize_for_reinjection;
+use svm::nested::vmexit::{restore_l1, save_l2_to_vmcb12, ExitInfo};
+use svm::{EventInfo, ExitCode};
+
+/// nRIP for L1 (which is offered NRIP save): the next RIP for instruction
+/// intercepts (APM Vol. 2, 15.7.1), from EXITINFO2 for IOIO, else 0.
+fn next_rip(vcpu: &Vcpu, vm: &Vm, host: &HostCpu, code: ExitCode) -> u64 {
+    let instruction = matches!(
+        code,
+        ExitCode::Cpuid
+            | ExitCode::Msr
+            | ExitCode::Hlt
+            | ExitCode::Rdtsc
+            | ExitCode::Rdtscp
+            | ExitCode::Vmrun
+            | ExitCode::Vmmcall
+            | ExitCode::Vmload
+            | ExitCode::Vmsave
+            | ExitCode::Stgi
+            | ExitCode::Clgi
+            | ExitCode::Skinit
+            | ExitCode::Invlpga
+            | ExitCode::Wbinvd
+            | ExitCode::Invd
+            | ExitCode::Xsetbv
+    );
+    match code {
+        ExitCode::Ioio => vcpu.vmcb.control.exit_info2,
+        _ if instruction => match rip::insn_len(vcpu, vm, host) {
+            Ok(len) => vcpu.vmcb.state.rip.wrapping_add(len),
+            Err(_) => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Reflects the exit L2 just took to L1: L2's state and the exit go to
+/// vmcb12 in L1's memory, L1's state comes back from hsave by copy, L1's
+/// GIF is cleared, and L1 resumes after its VMRUN with its RAX intact.
+pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
+    let Some(l2) = vcpu.nested.l2.take() else {
+        return Action::Stop(Stop::Unhandled(
+            "nested #VMEXIT without a running L2".into(),
+        ));
+    };
+    let c = &vcpu.vmcb.control;
+    let int_info = EventInfo(c.exit_int_info);
+    let exit = ExitInfo {
+        code: code.to_raw(),
+        info1: c.exit_info1,
+        info2: c.exit_info2,
+        // QEMU TCG types interrupts as exceptions here (platform notes).
+        int_info: if int_info.is_valid() {
+            sanitize_for_reinjection(int_info).0
+        } else {
+            0
+        },
+        next_rip: next_rip(vcpu, vm, host, code),
+    };
+    let Some(vmcb12) = l1_vmcb_mut(&mut vm.memory, l2.vmcb12_gpa) else {
+        return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
+    };
+    save_l2_to_vmcb12(&vcpu.vmcb, &exit, vmcb12);
+    restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
+    vcpu.nested.gif = false;
+    Action::Resume
+}

@@ -1,0 +1,120 @@
+//! L1's VMRUN, emulated in named steps: preconditions, read vmcb12 once,
+//! check the copy, stash L1 in hsave, build L2 in place.
+
+use super::{l1_maps, l1_vmcb_mut, Nested, L2, L2_ASID};
+use crate::vmm::enable::HostCpu;
+use crate::vmm::exits::{inject, rip, Action, Stop};
+use crate::vmm::vcpu::Vcpu;
+use crate::vmm::vm::Vm;
+use alloc::boxed::Box;
+use svm::nested::checks::{check_vmcb12, L1Limits, CR4_ALLOWED_DEFAULT, EFER_ALLOWED_DEFAULT};
+use svm::nested::merge::{merge_iopm, merge_msrpm};
+use svm::nested::vmrun::{build_l2_controls, load_l2_state, L2Controls};
+use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
+
+/// VMEXIT_INVALID as software reads it from the VMCB (-1).
+const VMEXIT_INVALID: u64 = u64::MAX;
+/// The physical-address width L1 is told about (and checked against).
+pub const L1_MAX_PHYS_BITS: u8 = 40;
+
+/// Emulates VMRUN executed by L1.
+pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // Step 1: preconditions (APM Vol. 2, 15.5: #UD without EFER.SVME, #GP at
+    // CPL > 0, and the address in RAX must be a page of L1's memory).
+    if !vcpu.nested.svme {
+        return inject(vcpu, EventInfo::exception(6));
+    }
+    let gp = EventInfo::exception_with_error_code(13, 0);
+    if vcpu.vmcb.state.cpl != 0 || vcpu.nested.hsave_pa == 0 {
+        return inject(vcpu, gp);
+    }
+    let gpa = vcpu.vmcb.state.rax;
+    if l1_vmcb_mut(&mut vm.memory, gpa).is_none() {
+        return inject(vcpu, gp);
+    }
+    // L1 resumes after its VMRUN when L2 exits.
+    let resume_rip = match rip::insn_len(vcpu, vm, host) {
+        Ok(len) => vcpu.vmcb.state.rip.wrapping_add(len),
+        Err(stop) => return Action::Stop(stop),
+    };
+
+    // Step 2: read vmcb12 from L1 memory once; only the copy is used after.
+    let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
+        return inject(vcpu, gp);
+    };
+    let mut copy = zeroed_box::<Vmcb>();
+    copy.as_bytes_mut().copy_from_slice(in_l1.as_bytes());
+
+    // Step 3: check the copy; a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
+    let limits = L1Limits {
+        memory_size: vm.memory.size(),
+        max_phys_bits: L1_MAX_PHYS_BITS,
+        npt_offered: false,
+        cr4_allowed: CR4_ALLOWED_DEFAULT,
+        efer_allowed: EFER_ALLOWED_DEFAULT,
+    };
+    if let Err(why) = check_vmcb12(&copy, &limits) {
+        log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name);
+        let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
+            return inject(vcpu, gp);
+        };
+        in_l1.control.exit_code = VMEXIT_INVALID;
+        in_l1.control.exit_info1 = 0;
+        in_l1.control.exit_info2 = 0;
+        in_l1.control.exit_int_info = 0;
+        in_l1.control.next_rip = 0;
+        vcpu.nested.gif = false;
+        vcpu.vmcb.state.rip = resume_rip;
+        return Action::Resume;
+    }
+
+    // Step 4: L1's permission maps (inside L1 memory: checked) merged with
+    // L0's. A map L1 does not enable (MSR_PROT/IOIO_PROT clear) is not
+    // merged: its contents mean nothing, and L2 runs with L0's map alone.
+    let Some((l1_msrpm, l1_iopm)) = l1_maps(&vm.memory, &copy) else {
+        return Action::Stop(Stop::Unhandled(
+            "permission maps vanished after the checks".into(),
+        ));
+    };
+    let misc1 = InterceptMisc1::from_bits_retain(copy.control.intercept_misc1);
+    let (merged_msrpm, merged_iopm) = (&mut vcpu.nested.msrpm.0, &mut vcpu.nested.iopm.0);
+    match misc1.contains(InterceptMisc1::MSR_PROT) {
+        true => merge_msrpm(&vm.msrpm.0, l1_msrpm, merged_msrpm),
+        false => merged_msrpm.copy_from_slice(&vm.msrpm.0),
+    }
+    match misc1.contains(InterceptMisc1::IOIO_PROT) {
+        true => merge_iopm(&vm.iopm.0, l1_iopm, merged_iopm),
+        false => merged_iopm.copy_from_slice(&vm.iopm.0),
+    }
+
+    // Step 5: stash L1's state and L0's controls in hsave.
+    let nested: &mut Nested = &mut vcpu.nested;
+    nested.hsave.clone_from(&vcpu.vmcb);
+    nested.hsave.state.rip = resume_rip;
+
+    // Step 6: build L2 in place in the active VMCB.
+    let l2c = L2Controls {
+        msrpm_pa: nested.msrpm.phys(),
+        iopm_pa: nested.iopm.phys(),
+        asid: L2_ASID,
+        // L1 may have changed L2's page tables since the last run.
+        tlb_control: TlbControl::FlushAll.as_u8(),
+        vgif_offered: false,
+    };
+    let active: &mut Vmcb = &mut vcpu.vmcb;
+    active.control = build_l2_controls(&nested.hsave.control, &copy.control, &l2c);
+    load_l2_state(&mut active.state, &copy.state);
+    nested.gif = true;
+    nested.l2 = Some(L2 {
+        vmcb12_gpa: gpa,
+        vmcb12: copy,
+    });
+    Action::Resume
+}
+
+/// A zeroed `T` on the heap, never on the stack (a VMCB is 4 KiB).
+/// Only for plain-integer types, which are valid when all-zero.
+fn zeroed_box<T>() -> Box<T> {
+    // SAFETY: callers use it for Vmcb: all-zero is valid.
+    unsafe { Box::<T>::new_zeroed().assume_init() }
+}

@@ -1,0 +1,690 @@
+//! Who handles an exit taken while L2 runs: L1 (reflected as a nested
+//! #VMEXIT into vmcb12) or L0 alone.
+//!
+//! L2 runs with the union of L0's and L1's intercepts ([`super::merge`]),
+//! so an exit can come from either. It belongs to L1 exactly when L1's own
+//! controls, as written in vmcb12, would have caused it on real hardware
+//! (APM 15.9-15.13); otherwise only L0 asked for it, and L0 handles it and
+//! resumes L2.
+
+use crate::exit::{ExitCode, IoioInfo};
+use crate::intercept::{InterceptMisc1, InterceptMisc2, InterceptMisc3};
+use crate::iopm::{self, IOPM_SIZE};
+use crate::msrpm::{self, MSRPM_SIZE};
+use crate::vmcb::ControlArea;
+
+/// Where an exit from L2 goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// L1 asked for it (reflect as a nested #VMEXIT).
+    L1,
+    /// Only L0 intercepts it: L0 handles it and resumes L2.
+    L0,
+}
+
+/// What route_exit needs to know about the exit.
+#[derive(Clone, Copy, Debug)]
+pub struct ExitFacts {
+    /// The EXITCODE of the exit from L2.
+    pub code: ExitCode,
+    /// EXITINFO1 (RDMSR/WRMSR for MSR exits, the [`IoioInfo`] word for
+    /// IOIO exits).
+    pub exit_info1: u64,
+    /// ECX at the exit (the MSR number for MSR exits).
+    pub rcx: u64,
+}
+
+/// One bit of vmcb12's intercept vectors (APM Table B-1), by word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterceptBit {
+    /// Bit of intercept_cr (reads 0-15, writes 16-31).
+    Cr(u32),
+    /// Bit of intercept_dr (reads 0-15, writes 16-31).
+    Dr(u32),
+    /// Bit of intercept_exceptions (the vector).
+    Exception(u32),
+    /// Bit of intercept_misc1 (see [`InterceptMisc1`]).
+    Misc1(u32),
+    /// Bit of intercept_misc2 (see [`InterceptMisc2`]).
+    Misc2(u32),
+    /// Bit of intercept_misc3 (see [`InterceptMisc3`]).
+    Misc3(u32),
+}
+
+impl InterceptBit {
+    /// Whether `ctl` sets this bit. Bit numbers above 31 are never set.
+    pub fn is_set(self, ctl: &ControlArea) -> bool {
+        let (word, bit) = match self {
+            Self::Cr(b) => (ctl.intercept_cr, b),
+            Self::Dr(b) => (ctl.intercept_dr, b),
+            Self::Exception(b) => (ctl.intercept_exceptions, b),
+            Self::Misc1(b) => (ctl.intercept_misc1, b),
+            Self::Misc2(b) => (ctl.intercept_misc2, b),
+            Self::Misc3(b) => (ctl.intercept_misc3, b),
+        };
+        word.checked_shr(bit).is_some_and(|w| w & 1 != 0)
+    }
+}
+
+/// The position of a single-flag `InterceptMisc*` value.
+const fn pos(bits: u32) -> u32 {
+    bits.trailing_zeros()
+}
+
+/// The vmcb12 intercept bit an exit code corresponds to, if any (for tests
+/// and reports).
+///
+/// `None` for exits no intercept bit controls (NPF, the AVIC exits,
+/// VMGEXIT, VMEXIT_INVALID, unknown codes) and for register or vector
+/// numbers out of range (CR16, exception 32: not produced by
+/// [`ExitCode::from_raw`]). MSR and IOIO exits map to MSR_PROT and
+/// IOIO_PROT; the permission maps then refine them (see [`route_exit`]).
+/// [`ExitCode::Rdtsc`] maps to the RDTSC bit, which under QEMU TCG also
+/// covers RDTSCP.
+pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
+    use ExitCode as C;
+    use InterceptBit::{Misc1, Misc2, Misc3};
+    type M1 = InterceptMisc1;
+    type M2 = InterceptMisc2;
+    type M3 = InterceptMisc3;
+    let bit = match code {
+        C::CrRead(n) if n < 16 => InterceptBit::Cr(u32::from(n)),
+        C::CrWrite(n) if n < 16 => InterceptBit::Cr(16 + u32::from(n)),
+        C::DrRead(n) if n < 16 => InterceptBit::Dr(u32::from(n)),
+        C::DrWrite(n) if n < 16 => InterceptBit::Dr(16 + u32::from(n)),
+        C::Exception(v) if v < 32 => InterceptBit::Exception(u32::from(v)),
+        C::CrRead(_) | C::CrWrite(_) | C::DrRead(_) | C::DrWrite(_) | C::Exception(_) => {
+            return None
+        }
+        C::Intr => Misc1(pos(M1::INTR.bits())),
+        C::Nmi => Misc1(pos(M1::NMI.bits())),
+        C::Smi => Misc1(pos(M1::SMI.bits())),
+        C::Init => Misc1(pos(M1::INIT.bits())),
+        C::Vintr => Misc1(pos(M1::VINTR.bits())),
+        C::Cr0SelWrite => Misc1(pos(M1::CR0_SEL_WRITE.bits())),
+        C::IdtrRead => Misc1(pos(M1::IDTR_READ.bits())),
+        C::GdtrRead => Misc1(pos(M1::GDTR_READ.bits())),
+        C::LdtrRead => Misc1(pos(M1::LDTR_READ.bits())),
+        C::TrRead => Misc1(pos(M1::TR_READ.bits())),
+        C::IdtrWrite => Misc1(pos(M1::IDTR_WRITE.bits())),
+        C::GdtrWrite => Misc1(pos(M1::GDTR_WRITE.bits())),
+        C::LdtrWrite => Misc1(pos(M1::LDTR_WRITE.bits())),
+        C::TrWrite => Misc1(pos(M1::TR_WRITE.bits())),
+        C::Rdtsc => Misc1(pos(M1::RDTSC.bits())),
+        C::Rdpmc => Misc1(pos(M1::RDPMC.bits())),
+        C::Pushf => Misc1(pos(M1::PUSHF.bits())),
+        C::Popf => Misc1(pos(M1::POPF.bits())),
+        C::Cpuid => Misc1(pos(M1::CPUID.bits())),
+        C::Rsm => Misc1(pos(M1::RSM.bits())),
+        C::Iret => Misc1(pos(M1::IRET.bits())),
+        C::Swint => Misc1(pos(M1::INTN.bits())),
+        C::Invd => Misc1(pos(M1::INVD.bits())),
+        C::Pause => Misc1(pos(M1::PAUSE.bits())),
+        C::Hlt => Misc1(pos(M1::HLT.bits())),
+        C::Invlpg => Misc1(pos(M1::INVLPG.bits())),
+        C::Invlpga => Misc1(pos(M1::INVLPGA.bits())),
+        C::Ioio => Misc1(pos(M1::IOIO_PROT.bits())),
+        C::Msr => Misc1(pos(M1::MSR_PROT.bits())),
+        C::TaskSwitch => Misc1(pos(M1::TASK_SWITCH.bits())),
+        C::FerrFreeze => Misc1(pos(M1::FERR_FREEZE.bits())),
+        C::Shutdown => Misc1(pos(M1::SHUTDOWN.bits())),
+        C::Vmrun => Misc2(pos(M2::VMRUN.bits())),
+        C::Vmmcall => Misc2(pos(M2::VMMCALL.bits())),
+        C::Vmload => Misc2(pos(M2::VMLOAD.bits())),
+        C::Vmsave => Misc2(pos(M2::VMSAVE.bits())),
+        C::Stgi => Misc2(pos(M2::STGI.bits())),
+        C::Clgi => Misc2(pos(M2::CLGI.bits())),
+        C::Skinit => Misc2(pos(M2::SKINIT.bits())),
+        C::Rdtscp => Misc2(pos(M2::RDTSCP.bits())),
+        C::Icebp => Misc2(pos(M2::ICEBP.bits())),
+        C::Wbinvd => Misc2(pos(M2::WBINVD.bits())),
+        C::Monitor => Misc2(pos(M2::MONITOR.bits())),
+        C::Mwait => Misc2(pos(M2::MWAIT.bits())),
+        C::MwaitConditional => Misc2(pos(M2::MWAIT_CONDITIONAL.bits())),
+        C::Xsetbv => Misc2(pos(M2::XSETBV.bits())),
+        C::Rdpru => Misc2(pos(M2::RDPRU.bits())),
+        C::EferWriteTrap => Misc2(pos(M2::EFER_WRITE_TRAP.bits())),
+        C::CrWriteTrap(n) if n < 16 => Misc2(16 + u32::from(n)),
+        C::CrWriteTrap(_) => return None,
+        C::Invlpgb => Misc3(pos(M3::INVLPGB.bits())),
+        C::InvlpgbIllegal => Misc3(pos(M3::INVLPGB_ILLEGAL.bits())),
+        C::Invpcid => Misc3(pos(M3::INVPCID.bits())),
+        C::Mcommit => Misc3(pos(M3::MCOMMIT.bits())),
+        C::Tlbsync => Misc3(pos(M3::TLBSYNC.bits())),
+        C::BusLock => Misc3(pos(M3::BUS_LOCK.bits())),
+        C::IdleHlt => Misc3(pos(M3::IDLE_HLT.bits())),
+        C::Npf
+        | C::AvicIncompleteIpi
+        | C::AvicNoaccel
+        | C::Vmgexit
+        | C::Invalid
+        | C::Unknown(_) => return None,
+    };
+    Some(bit)
+}
+
+/// APM 15.9ff: the exit goes to L1 when vmcb12's intercepts ask for it —
+/// for MSR_PROT exits L1's MSRPM decides (MSRs outside the three ranges are
+/// always intercepted), for IOIO_PROT exits L1's IOPM decides (every port
+/// the access touches, per its size, APM 15.10.1); exceptions by
+/// intercept_exceptions bit; CR/DR read/write by their bit; other exit
+/// codes by their misc1/misc2/misc3 bit. Exits that are never L1's: NPF
+/// (nested paging is not offered to L1, so an NPF is L0's table), physical
+/// INTR/NMI/SMI/INIT when L1 does not intercept them, VMEXIT_INVALID,
+/// Unknown.
+///
+/// Details and limits:
+/// - `l1_msrpm` / `l1_iopm` are only consulted when vmcb12 sets MSR_PROT /
+///   IOIO_PROT; pass anything (e.g. zeros) otherwise.
+/// - MSR exits: EXITINFO1 bit 0 tells WRMSR from RDMSR (hardware writes
+///   only 0 or 1), the MSR is ECX, the low half of `rcx`.
+/// - An IOIO exit whose EXITINFO1 does not decode (no single size bit,
+///   which hardware never reports) goes to L1 when IOIO_PROT is set: L1
+///   asked for I/O exits and is better placed than L0 to reject it.
+/// - [`ExitCode::Rdtsc`] follows vmcb12's RDTSC bit. QEMU TCG reports
+///   RDTSCP with the RDTSC exit code, so under TCG a real RDTSCP in L2 goes
+///   to L1 when L1 intercepts RDTSC, and to L0 when L1 intercepts only
+///   RDTSCP.
+/// - Physical INTR/NMI/SMI/INIT go to L1 when L1 intercepts them; the
+///   event itself is still L0's to service.
+/// - CR0 writes: [`ExitCode::CrWrite`]`(0)` follows L1's CR0-write bit
+///   only. If L0 intercepts all CR0 writes while L1 sets only
+///   CR0_SEL_WRITE, hardware reports CrWrite(0) (the general intercept
+///   wins, APM 15.9.1) and this returns L0; L0 must then check itself
+///   whether the write changes bits other than CR0.TS/MP and reflect
+///   [`ExitCode::Cr0SelWrite`] to L1 if so. Likewise an all-INVLPGB exit
+///   caused by L0 is not checked against L1's INVLPGB_ILLEGAL bit.
+pub fn route_exit(
+    exit: &ExitFacts,
+    vmcb12: &ControlArea,
+    l1_msrpm: &[u8; MSRPM_SIZE],
+    l1_iopm: &[u8; IOPM_SIZE],
+) -> Route {
+    let Some(bit) = intercept_bit_of(exit.code) else {
+        return Route::L0;
+    };
+    if !bit.is_set(vmcb12) {
+        return Route::L0;
+    }
+    let l1_wants = match exit.code {
+        ExitCode::Msr => msr_intercepted(l1_msrpm, exit),
+        ExitCode::Ioio => io_intercepted(l1_iopm, exit.exit_info1),
+        _ => true,
+    };
+    if l1_wants {
+        Route::L1
+    } else {
+        Route::L0
+    }
+}
+
+/// Whether L1's MSRPM intercepts this RDMSR/WRMSR (APM 15.11). MSRs outside
+/// the map's ranges always are.
+fn msr_intercepted(map: &[u8; MSRPM_SIZE], exit: &ExitFacts) -> bool {
+    let msr = exit.rcx as u32;
+    if exit.exit_info1 & 1 != 0 {
+        msrpm::writes_intercepted(map, msr)
+    } else {
+        msrpm::reads_intercepted(map, msr)
+    }
+}
+
+/// Whether L1's IOPM intercepts this access: any of the ports it touches,
+/// port..port+size-1 (APM 15.10.1).
+fn io_intercepted(map: &[u8; IOPM_SIZE], exit_info1: u64) -> bool {
+    match IoioInfo::from_exit_info1(exit_info1) {
+        Some(io) => iopm::is_intercepted(map, io.port, io.size),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{AddressSize, IoDirection};
+    use crate::intercept::{CrIntercepts, DrIntercepts, ExceptionIntercepts};
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    fn maps() -> (Box<[u8; MSRPM_SIZE]>, Box<[u8; IOPM_SIZE]>) {
+        (Box::new([0; MSRPM_SIZE]), Box::new([0; IOPM_SIZE]))
+    }
+
+    fn facts(code: ExitCode) -> ExitFacts {
+        ExitFacts {
+            code,
+            exit_info1: 0,
+            rcx: 0,
+        }
+    }
+
+    /// Every exit code the decoder knows, plus a few it does not.
+    fn all_codes() -> Vec<ExitCode> {
+        let mut codes: Vec<ExitCode> = (0..0x1000).map(ExitCode::from_raw).collect();
+        codes.push(ExitCode::Invalid);
+        codes.push(ExitCode::Unknown(0x1_0000_0000));
+        codes
+    }
+
+    #[test]
+    fn intercept_bits_follow_appendix_c() {
+        // Appendix C lays the codes out in the order of Table B-1's bits:
+        // 0x00-0x3F the CR/DR words, 0x40-0x5F the exception vectors,
+        // 0x60-0x7F misc1, 0x80-0x9F misc2, 0xA0-0xA6 misc3.
+        for code in all_codes() {
+            let raw = code.to_raw();
+            let expected = match raw {
+                0x00..=0x0F => Some(InterceptBit::Cr(raw as u32)),
+                0x10..=0x1F => Some(InterceptBit::Cr(raw as u32)),
+                0x20..=0x3F => Some(InterceptBit::Dr(raw as u32 - 0x20)),
+                0x40..=0x5F => Some(InterceptBit::Exception(raw as u32 - 0x40)),
+                0x60..=0x7F => Some(InterceptBit::Misc1(raw as u32 - 0x60)),
+                0x80..=0x9F => Some(InterceptBit::Misc2(raw as u32 - 0x80)),
+                0xA0..=0xA6 => Some(InterceptBit::Misc3(raw as u32 - 0xA0)),
+                _ => None,
+            };
+            assert_eq!(intercept_bit_of(code), expected, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn intercept_bits_match_the_named_flags() {
+        let cases = [
+            (
+                ExitCode::CrRead(3),
+                InterceptBit::Cr(CrIntercepts::CR3_READ.bits().trailing_zeros()),
+            ),
+            (
+                ExitCode::CrWrite(8),
+                InterceptBit::Cr(CrIntercepts::CR8_WRITE.bits().trailing_zeros()),
+            ),
+            (
+                ExitCode::DrWrite(7),
+                InterceptBit::Dr(DrIntercepts::DR7_WRITE.bits().trailing_zeros()),
+            ),
+            (
+                ExitCode::Exception(14),
+                InterceptBit::Exception(ExceptionIntercepts::PF.bits().trailing_zeros()),
+            ),
+            (ExitCode::Rdtsc, InterceptBit::Misc1(14)),
+            (ExitCode::Cpuid, InterceptBit::Misc1(18)),
+            (ExitCode::Msr, InterceptBit::Misc1(28)),
+            (ExitCode::Ioio, InterceptBit::Misc1(27)),
+            (ExitCode::Vmrun, InterceptBit::Misc2(0)),
+            (ExitCode::Rdtscp, InterceptBit::Misc2(7)),
+            (ExitCode::CrWriteTrap(3), InterceptBit::Misc2(19)),
+            (ExitCode::IdleHlt, InterceptBit::Misc3(6)),
+        ];
+        for (code, bit) in cases {
+            assert_eq!(intercept_bit_of(code), Some(bit), "{code:?}");
+        }
+        for code in [
+            ExitCode::CrRead(16),
+            ExitCode::DrWrite(16),
+            ExitCode::Exception(32),
+            ExitCode::CrWriteTrap(16),
+            ExitCode::Npf,
+            ExitCode::Invalid,
+            ExitCode::Unknown(0xA7),
+        ] {
+            assert_eq!(intercept_bit_of(code), None, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn is_set_reads_the_right_word() {
+        let mut c = ControlArea::new();
+        c.intercept_dr = 1 << 5;
+        assert!(InterceptBit::Dr(5).is_set(&c));
+        for other in [
+            InterceptBit::Cr(5),
+            InterceptBit::Exception(5),
+            InterceptBit::Misc1(5),
+            InterceptBit::Misc2(5),
+            InterceptBit::Misc3(5),
+            InterceptBit::Dr(4),
+            InterceptBit::Dr(37), // 5 + 32: no wrap-around
+        ] {
+            assert!(!other.is_set(&c), "{other:?}");
+        }
+    }
+
+    /// Sets `bit` in `ctl`.
+    fn set(ctl: &mut ControlArea, bit: InterceptBit) {
+        match bit {
+            InterceptBit::Cr(b) => ctl.intercept_cr |= 1 << b,
+            InterceptBit::Dr(b) => ctl.intercept_dr |= 1 << b,
+            InterceptBit::Exception(b) => ctl.intercept_exceptions |= 1 << b,
+            InterceptBit::Misc1(b) => ctl.intercept_misc1 |= 1 << b,
+            InterceptBit::Misc2(b) => ctl.intercept_misc2 |= 1 << b,
+            InterceptBit::Misc3(b) => ctl.intercept_misc3 |= 1 << b,
+        }
+    }
+
+    #[test]
+    fn plain_exits_follow_their_bit() {
+        // With maps that intercept everything, MSR/IOIO exits also follow
+        // just their bit.
+        let msrpm = Box::new([0xFF; MSRPM_SIZE]);
+        let iopm = Box::new([0xFF; IOPM_SIZE]);
+        let everything = {
+            let mut c = ControlArea::new();
+            c.intercept_cr = u32::MAX;
+            c.intercept_dr = u32::MAX;
+            c.intercept_exceptions = u32::MAX;
+            c.intercept_misc1 = u32::MAX;
+            c.intercept_misc2 = u32::MAX;
+            c.intercept_misc3 = u32::MAX;
+            c
+        };
+        for code in all_codes() {
+            let mut exit = facts(code);
+            exit.exit_info1 = if code == ExitCode::Ioio { 0x80_0010 } else { 0 };
+            let nothing = ControlArea::new();
+            assert_eq!(
+                route_exit(&exit, &nothing, &msrpm, &iopm),
+                Route::L0,
+                "{code:?}"
+            );
+            match intercept_bit_of(code) {
+                Some(bit) => {
+                    let mut only = ControlArea::new();
+                    set(&mut only, bit);
+                    assert_eq!(
+                        route_exit(&exit, &only, &msrpm, &iopm),
+                        Route::L1,
+                        "{code:?}"
+                    );
+                    // Every other bit set, this one clear: still L0's.
+                    let mut all_but = everything;
+                    match bit {
+                        InterceptBit::Cr(b) => all_but.intercept_cr &= !(1 << b),
+                        InterceptBit::Dr(b) => all_but.intercept_dr &= !(1 << b),
+                        InterceptBit::Exception(b) => all_but.intercept_exceptions &= !(1 << b),
+                        InterceptBit::Misc1(b) => all_but.intercept_misc1 &= !(1 << b),
+                        InterceptBit::Misc2(b) => all_but.intercept_misc2 &= !(1 << b),
+                        InterceptBit::Misc3(b) => all_but.intercept_misc3 &= !(1 << b),
+                    }
+                    assert_eq!(
+                        route_exit(&exit, &all_but, &msrpm, &iopm),
+                        Route::L0,
+                        "{code:?}"
+                    );
+                }
+                None => {
+                    assert_eq!(
+                        route_exit(&exit, &everything, &msrpm, &iopm),
+                        Route::L0,
+                        "{code:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exit_table() {
+        let (msrpm, iopm) = maps();
+        let m1 = |f: InterceptMisc1| {
+            let mut c = ControlArea::new();
+            c.intercept_misc1 = f.bits();
+            c
+        };
+        let m2 = |f: InterceptMisc2| {
+            let mut c = ControlArea::new();
+            c.intercept_misc2 = f.bits();
+            c
+        };
+        let cr = |f: CrIntercepts| {
+            let mut c = ControlArea::new();
+            c.intercept_cr = f.bits();
+            c
+        };
+        let exc = |f: ExceptionIntercepts| {
+            let mut c = ControlArea::new();
+            c.intercept_exceptions = f.bits();
+            c
+        };
+        let none = ControlArea::new();
+        let cases = [
+            (ExitCode::Cpuid, m1(InterceptMisc1::CPUID), Route::L1),
+            (ExitCode::Cpuid, m1(InterceptMisc1::HLT), Route::L0),
+            (ExitCode::Hlt, m1(InterceptMisc1::HLT), Route::L1),
+            (ExitCode::Intr, m1(InterceptMisc1::INTR), Route::L1),
+            (ExitCode::Intr, none, Route::L0),
+            (ExitCode::Nmi, m1(InterceptMisc1::INTR), Route::L0),
+            (ExitCode::Nmi, m1(InterceptMisc1::NMI), Route::L1),
+            (ExitCode::Smi, none, Route::L0),
+            (ExitCode::Init, none, Route::L0),
+            (ExitCode::Shutdown, m1(InterceptMisc1::SHUTDOWN), Route::L1),
+            // RDTSC (and TCG's RDTSCP) follow the RDTSC bit...
+            (ExitCode::Rdtsc, m1(InterceptMisc1::RDTSC), Route::L1),
+            (ExitCode::Rdtsc, m2(InterceptMisc2::RDTSCP), Route::L0),
+            // ... and a real RDTSCP exit the RDTSCP bit.
+            (ExitCode::Rdtscp, m2(InterceptMisc2::RDTSCP), Route::L1),
+            (ExitCode::Rdtscp, m1(InterceptMisc1::RDTSC), Route::L0),
+            (ExitCode::Vmrun, m2(InterceptMisc2::VMRUN), Route::L1),
+            (ExitCode::Vmmcall, m2(InterceptMisc2::VMRUN), Route::L0),
+            (ExitCode::Vmmcall, m2(InterceptMisc2::VMMCALL), Route::L1),
+            (ExitCode::CrWrite(3), cr(CrIntercepts::CR3_WRITE), Route::L1),
+            (ExitCode::CrWrite(3), cr(CrIntercepts::CR3_READ), Route::L0),
+            (ExitCode::CrRead(3), cr(CrIntercepts::CR3_READ), Route::L1),
+            (
+                ExitCode::CrWrite(0),
+                m1(InterceptMisc1::CR0_SEL_WRITE),
+                Route::L0,
+            ),
+            (
+                ExitCode::Cr0SelWrite,
+                m1(InterceptMisc1::CR0_SEL_WRITE),
+                Route::L1,
+            ),
+            (
+                ExitCode::Exception(14),
+                exc(ExceptionIntercepts::PF),
+                Route::L1,
+            ),
+            (
+                ExitCode::Exception(14),
+                exc(ExceptionIntercepts::GP),
+                Route::L0,
+            ),
+            (
+                ExitCode::Exception(6),
+                exc(ExceptionIntercepts::UD),
+                Route::L1,
+            ),
+        ];
+        for (code, ctl, expected) in cases {
+            assert_eq!(
+                route_exit(&facts(code), &ctl, &msrpm, &iopm),
+                expected,
+                "{code:?} under {:#x}/{:#x}/{:#x}/{:#x}",
+                ctl.intercept_cr,
+                ctl.intercept_exceptions,
+                ctl.intercept_misc1,
+                ctl.intercept_misc2
+            );
+        }
+    }
+
+    #[test]
+    fn npf_and_friends_are_always_l0() {
+        let msrpm = Box::new([0xFF; MSRPM_SIZE]);
+        let iopm = Box::new([0xFF; IOPM_SIZE]);
+        let mut all = ControlArea::new();
+        all.intercept_cr = u32::MAX;
+        all.intercept_dr = u32::MAX;
+        all.intercept_exceptions = u32::MAX;
+        all.intercept_misc1 = u32::MAX;
+        all.intercept_misc2 = u32::MAX;
+        all.intercept_misc3 = u32::MAX;
+        all.nested_ctl = 1; // even if L1 (illegally) asked for nested paging
+        for code in [
+            ExitCode::Npf,
+            ExitCode::Invalid,
+            ExitCode::Unknown(0xFFFF),
+            ExitCode::AvicIncompleteIpi,
+            ExitCode::AvicNoaccel,
+            ExitCode::Vmgexit,
+        ] {
+            assert_eq!(
+                route_exit(&facts(code), &all, &msrpm, &iopm),
+                Route::L0,
+                "{code:?}"
+            );
+        }
+    }
+
+    fn msr_exit(msr: u64, write: bool) -> ExitFacts {
+        ExitFacts {
+            code: ExitCode::Msr,
+            exit_info1: u64::from(write),
+            rcx: msr,
+        }
+    }
+
+    #[test]
+    fn msr_exits_follow_l1_msrpm() {
+        const FS_BASE: u32 = 0xC000_0100;
+        let (mut read_only, iopm) = maps();
+        msrpm::set_read_intercept(&mut read_only, FS_BASE, true).unwrap();
+        let (mut write_only, _) = maps();
+        msrpm::set_write_intercept(&mut write_only, FS_BASE, true).unwrap();
+        let prot = {
+            let mut c = ControlArea::new();
+            c.intercept_misc1 = InterceptMisc1::MSR_PROT.bits();
+            c
+        };
+        let fs = u64::from(FS_BASE);
+        // Reads.
+        assert_eq!(
+            route_exit(&msr_exit(fs, false), &prot, &read_only, &iopm),
+            Route::L1
+        );
+        assert_eq!(
+            route_exit(&msr_exit(fs, false), &prot, &write_only, &iopm),
+            Route::L0
+        );
+        // Writes.
+        assert_eq!(
+            route_exit(&msr_exit(fs, true), &prot, &write_only, &iopm),
+            Route::L1
+        );
+        assert_eq!(
+            route_exit(&msr_exit(fs, true), &prot, &read_only, &iopm),
+            Route::L0
+        );
+        // Only ECX counts: junk in RCX's high half is ignored.
+        let junk = (0xDEAD_u64 << 32) | fs;
+        assert_eq!(
+            route_exit(&msr_exit(junk, false), &prot, &read_only, &iopm),
+            Route::L1
+        );
+        // A neighbour is not intercepted.
+        assert_eq!(
+            route_exit(&msr_exit(fs + 1, false), &prot, &read_only, &iopm),
+            Route::L0
+        );
+        // Outside the three ranges: always L1's with MSR_PROT...
+        let (empty, _) = maps();
+        for msr in [0x1_0000, 0x2000, 0x4000_0000, 0xC000_2000, 0xFFFF_FFFF] {
+            for write in [false, true] {
+                let exit = msr_exit(msr, write);
+                assert_eq!(
+                    route_exit(&exit, &prot, &empty, &iopm),
+                    Route::L1,
+                    "{msr:#x}"
+                );
+                // ... and L0's without it, whatever the map.
+                let full = Box::new([0xFF; MSRPM_SIZE]);
+                let none = ControlArea::new();
+                assert_eq!(
+                    route_exit(&exit, &none, &full, &iopm),
+                    Route::L0,
+                    "{msr:#x}"
+                );
+            }
+        }
+        // No MSR_PROT: L0's even for MSRs L1's map intercepts.
+        let none = ControlArea::new();
+        assert_eq!(
+            route_exit(&msr_exit(fs, false), &none, &read_only, &iopm),
+            Route::L0
+        );
+    }
+
+    fn io_exit(port: u16, size: u8) -> ExitFacts {
+        let info = IoioInfo {
+            port,
+            direction: IoDirection::Out,
+            string: false,
+            rep: false,
+            size,
+            address_size: Some(AddressSize::Bits64),
+            segment: 0,
+        };
+        ExitFacts {
+            code: ExitCode::Ioio,
+            exit_info1: info.to_exit_info1(),
+            rcx: 0,
+        }
+    }
+
+    #[test]
+    fn ioio_exits_follow_l1_iopm() {
+        let (msrpm, mut port80) = maps();
+        iopm::set_intercept(&mut port80, 0x80..=0x80, true);
+        let prot = {
+            let mut c = ControlArea::new();
+            c.intercept_misc1 = InterceptMisc1::IOIO_PROT.bits();
+            c
+        };
+        let cases = [
+            (0x80, 1, Route::L1),
+            (0x80, 4, Route::L1),
+            (0x7F, 2, Route::L1), // 0x7F-0x80 touches 0x80
+            (0x7D, 4, Route::L1), // 0x7D-0x80
+            (0x7F, 1, Route::L0),
+            (0x7C, 4, Route::L0), // 0x7C-0x7F stops short
+            (0x81, 1, Route::L0),
+            (0xE9, 1, Route::L0),
+        ];
+        for (port, size, expected) in cases {
+            assert_eq!(
+                route_exit(&io_exit(port, size), &prot, &msrpm, &port80),
+                expected,
+                "port {port:#x} size {size}"
+            );
+        }
+        // An IN is routed the same way.
+        let mut exit = io_exit(0x80, 1);
+        exit.exit_info1 |= 1;
+        assert_eq!(route_exit(&exit, &prot, &msrpm, &port80), Route::L1);
+        // L1's wrap-around bits decide accesses running past 0xFFFF.
+        let (_, mut wrap) = maps();
+        iopm::set_wrap_intercept(&mut wrap, true);
+        assert_eq!(
+            route_exit(&io_exit(0xFFFF, 1), &prot, &msrpm, &wrap),
+            Route::L0
+        );
+        assert_eq!(
+            route_exit(&io_exit(0xFFFF, 2), &prot, &msrpm, &wrap),
+            Route::L1
+        );
+        // Without IOIO_PROT, L0's whatever the map says.
+        let full = Box::new([0xFF; IOPM_SIZE]);
+        let none = ControlArea::new();
+        for (port, size, _) in cases {
+            assert_eq!(
+                route_exit(&io_exit(port, size), &none, &msrpm, &full),
+                Route::L0
+            );
+        }
+        // A malformed EXITINFO1 (no size bit) goes to L1 with IOIO_PROT.
+        let mut bad = io_exit(0xE9, 1);
+        bad.exit_info1 &= !0x70;
+        assert_eq!(route_exit(&bad, &prot, &msrpm, &port80), Route::L1);
+        assert_eq!(route_exit(&bad, &none, &msrpm, &port80), Route::L0);
+    }
+}

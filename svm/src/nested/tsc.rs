@@ -1,0 +1,164 @@
+//! TSC offsets while nested (seed 000), in AMD's convention (guest TSC =
+//! host TSC + offset, wrapping).
+//!
+//! - VMRUN: the active VMCB runs L2 with `L1 offset + vmcb12 offset`
+//!   ([`compose`]); hsave keeps the L1 offset.
+//! - #VMEXIT: the active offset comes back by copying hsave's; it is never
+//!   computed by subtracting vmcb12's offset.
+//! - L0 changes L1's offset to `L1'` while L2 runs
+//!   ([`l1_offset_changed_while_nested`]): hsave gets `L1'` and the live L2
+//!   VMCB the same delta, so `active = L1' + vmcb12 offset` and the next
+//!   exit hands L1 its new offset.
+//!
+//! The TSC L2 sees is therefore `host + L1 + o12` whenever it runs, and
+//! L0's own reads of L1's TSC while nested use the L1 offset (hsave's),
+//! never the active VMCB's.
+
+/// The L2 offset for L1 offset `l1` and vmcb12 offset `o12`.
+pub fn compose(l1: u64, o12: u64) -> u64 {
+    l1.wrapping_add(o12)
+}
+
+/// L0 sets L1's offset to `new_l1` while L2 runs in the active VMCB: hsave
+/// takes the new L1 offset and the active (L2) offset moves by the same
+/// delta.
+pub fn l1_offset_changed_while_nested(
+    hsave_offset: &mut u64,
+    active_offset: &mut u64,
+    new_l1: u64,
+) {
+    let delta = new_l1.wrapping_sub(*hsave_offset);
+    *hsave_offset = new_l1;
+    *active_offset = active_offset.wrapping_add(delta);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nested::vmexit::restore_l1;
+    use crate::tsc::{RestorePolicy, TscMode, VcpuTsc, VmTsc};
+    use crate::Vmcb;
+    use proptest::prelude::*;
+    use std::boxed::Box;
+
+    #[test]
+    fn seed_scenario() {
+        // L1 at offset L, L2 at L + o; L0 moves L1 to L' while L2 runs.
+        let (l, o, l_new) = (1000u64.wrapping_neg(), 1u64 << 40, 5000u64);
+        let mut hsave = l;
+        let mut active = compose(l, o);
+        l1_offset_changed_while_nested(&mut hsave, &mut active, l_new);
+        assert_eq!(hsave, l_new);
+        assert_eq!(active, compose(l_new, o));
+    }
+
+    /// A step of a random history of one vCPU with an L1 hypervisor.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Advance(u64),
+        Backwards(u64),
+        /// L1 runs L2 with this vmcb12 offset (ignored if L2 runs already).
+        Vmrun(u64),
+        /// A nested #VMEXIT (ignored if L1 runs).
+        Vmexit,
+        /// IA32_TSC := value, by L1 or by L2 through L0 (both set L1's TSC).
+        WriteTsc(u64),
+        WriteAdjust(u64),
+        FreezeRestore(bool, u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let v = prop_oneof![
+            any::<u64>(),
+            Just((1u64 << 48).wrapping_neg()),
+            0u64..1_000_000
+        ];
+        prop_oneof![
+            (1u64..1 << 32).prop_map(Op::Advance),
+            (1u64..1 << 32).prop_map(Op::Backwards),
+            v.clone().prop_map(Op::Vmrun),
+            Just(Op::Vmexit),
+            v.clone().prop_map(Op::WriteTsc),
+            v.prop_map(Op::WriteAdjust),
+            (any::<bool>(), any::<u64>(), 0u64..1 << 40)
+                .prop_map(|(p, j, g)| Op::FreezeRestore(p, j, g)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// For any interleaving, programmed the way the kernel does it (L1's
+        /// offset from the TSC model, then [`compose`] at VMRUN,
+        /// [`l1_offset_changed_while_nested`] before each entry while
+        /// nested, [`restore_l1`] at #VMEXIT): L2 = host + L1 + o12 while
+        /// nested, and after an exit L1's offset is the last one L0 set.
+        #[test]
+        fn any_interleaving_keeps_the_equivalence(start in any::<u64>(), ops in proptest::collection::vec(op(), 1..80)) {
+            let khz = 1_000_000;
+            let mut host = start;
+            let mut ns = 0u64;
+            let mut vm = VmTsc::new(host, khz, TscMode::Offsetting);
+            let mut vcpu = [VcpuTsc::default()];
+            let mut active = Box::new(Vmcb::new());
+            let mut hsave = Box::new(Vmcb::new());
+            let mut o12: Option<u64> = None;
+            // What the kernel does before every VMRUN of this vCPU.
+            let enter = |vm: &mut VmTsc, host: u64, vcpu: &[VcpuTsc; 1], active: &mut Vmcb, hsave: &mut Vmcb, nested: bool| {
+                vm.observe_host(host);
+                let l1 = vm.offset(&vcpu[0]);
+                if nested {
+                    l1_offset_changed_while_nested(&mut hsave.control.tsc_offset, &mut active.control.tsc_offset, l1);
+                } else {
+                    active.control.tsc_offset = l1;
+                }
+            };
+            enter(&mut vm, host, &vcpu, &mut active, &mut hsave, false);
+            for op in ops {
+                match op {
+                    Op::Advance(d) => host = host.wrapping_add(d),
+                    Op::Backwards(d) => host = host.wrapping_sub(d),
+                    Op::Vmrun(o) if o12.is_none() => {
+                        hsave.clone_from(&active);
+                        active.control.tsc_offset = compose(hsave.control.tsc_offset, o);
+                        o12 = Some(o);
+                    }
+                    Op::Vmexit if o12.is_some() => {
+                        restore_l1(&mut active, &hsave);
+                        o12 = None;
+                        // The copy hands L1 the offset L0 last set for it.
+                        prop_assert_eq!(active.control.tsc_offset, vm.offset(&vcpu[0]));
+                    }
+                    Op::Vmrun(_) | Op::Vmexit => {}
+                    Op::WriteTsc(v) => {
+                        vm.observe_host(host);
+                        vm.write_tsc(&mut vcpu[0], host, v);
+                    }
+                    Op::WriteAdjust(a) => vcpu[0].write_adjust(a),
+                    Op::FreezeRestore(pause, jump, gap) => {
+                        vm.observe_host(host);
+                        let state = vm.freeze(&vcpu, host, ns);
+                        host = host.wrapping_add(jump);
+                        ns += gap;
+                        let policy = if pause { RestorePolicy::Pause } else { RestorePolicy::Continue };
+                        vm.restore(&mut vcpu, &state, policy, host, ns).unwrap();
+                    }
+                }
+                enter(&mut vm, host, &vcpu, &mut active, &mut hsave, o12.is_some());
+                let l1 = vm.offset(&vcpu[0]);
+                match o12 {
+                    Some(o) => {
+                        prop_assert_eq!(host.wrapping_add(active.control.tsc_offset), host.wrapping_add(l1).wrapping_add(o));
+                        prop_assert_eq!(hsave.control.tsc_offset, l1);
+                    }
+                    None => prop_assert_eq!(active.control.tsc_offset, l1),
+                }
+            }
+            // And a final exit hands L1 exactly its current offset.
+            if o12.is_some() {
+                restore_l1(&mut active, &hsave);
+                prop_assert_eq!(active.control.tsc_offset, vm.offset(&vcpu[0]));
+            }
+        }
+    }
+}

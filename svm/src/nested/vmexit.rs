@@ -1,0 +1,168 @@
+//! The nested #VMEXIT: L2's state and the exit information go to vmcb12,
+//! L1's state comes back from hsave.
+//!
+//! Which vmcb12 fields are written follows seed 001's reasoning (written
+//! for VMX): only what can have changed while L2 ran — the guest state a
+//! #VMEXIT saves and the exit information — never the controls L1 wrote
+//! (the TSC offset, intercepts, map addresses), which L2 cannot change.
+
+use crate::{EventInfo, Vmcb};
+
+/// The exit as L1 sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// EXITCODE (raw; VMEXIT_INVALID is all ones).
+    pub code: u64,
+    /// EXITINFO1.
+    pub info1: u64,
+    /// EXITINFO2.
+    pub info2: u64,
+    /// EXITINTINFO: an event that was being delivered when the exit hit.
+    pub int_info: u64,
+    /// nRIP (the hypervisor offers NRIP save to L1 and fills it itself).
+    pub next_rip: u64,
+}
+
+/// V_TPR (7:0) and V_IRQ (8): the int_ctl bits a #VMEXIT writes back.
+const INT_CTL_SAVED: u64 = 0x1ff;
+
+/// Writes L2's state and `exit` into vmcb12: the save-area fields a
+/// #VMEXIT stores (APM Vol. 2, 15.6: ES, CS, SS, DS, GDTR, IDTR, EFER,
+/// CR0, CR2, CR3, CR4, RFLAGS, RIP, RSP, RAX, DR7, DR6, CPL), V_TPR/V_IRQ,
+/// the interrupt shadow and the exit fields. EVENTINJ's valid bit is
+/// cleared: an event that was not delivered is in EXITINTINFO instead.
+pub fn save_l2_to_vmcb12(active: &Vmcb, exit: &ExitInfo, vmcb12: &mut Vmcb) {
+    let (s, d) = (&active.state, &mut vmcb12.state);
+    d.es = s.es;
+    d.cs = s.cs;
+    d.ss = s.ss;
+    d.ds = s.ds;
+    d.gdtr = s.gdtr;
+    d.idtr = s.idtr;
+    d.efer = s.efer;
+    d.cr0 = s.cr0;
+    d.cr2 = s.cr2;
+    d.cr3 = s.cr3;
+    d.cr4 = s.cr4;
+    d.rflags = s.rflags;
+    d.rip = s.rip;
+    d.rsp = s.rsp;
+    d.rax = s.rax;
+    d.dr7 = s.dr7;
+    d.dr6 = s.dr6;
+    d.cpl = s.cpl;
+    let c = &mut vmcb12.control;
+    c.int_ctl = (c.int_ctl & !INT_CTL_SAVED) | (active.control.int_ctl & INT_CTL_SAVED);
+    c.interrupt_shadow = active.control.interrupt_shadow & 1;
+    c.exit_code = exit.code;
+    c.exit_info1 = exit.info1;
+    c.exit_info2 = exit.info2;
+    c.exit_int_info = exit.int_info;
+    c.next_rip = exit.next_rip;
+    c.event_inj &= !EventInfo::VALID;
+}
+
+/// Copies L1's state and L0's controls back from hsave into the active
+/// VMCB. The TSC offset comes back with the copy (hsave holds the current
+/// L1 offset); nothing is subtracted. What VMRUN and #VMEXIT do not switch
+/// stays as L2 left it: FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR,
+/// CSTAR, SFMASK, SYSENTER_* (L1 saves them with VMSAVE if it cares). The
+/// host's DR7 comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
+pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
+    let keep = active.state;
+    active.clone_from(hsave);
+    let s = &mut active.state;
+    s.fs = keep.fs;
+    s.gs = keep.gs;
+    s.tr = keep.tr;
+    s.ldtr = keep.ldtr;
+    s.kernel_gs_base = keep.kernel_gs_base;
+    s.star = keep.star;
+    s.lstar = keep.lstar;
+    s.cstar = keep.cstar;
+    s.sfmask = keep.sfmask;
+    s.sysenter_cs = keep.sysenter_cs;
+    s.sysenter_esp = keep.sysenter_esp;
+    s.sysenter_eip = keep.sysenter_eip;
+    s.dr7 = 0x400;
+    s.cpl = 0;
+    let c = &mut active.control;
+    c.event_inj = 0;
+    c.exit_code = 0;
+    c.vmcb_clean = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit() -> ExitInfo {
+        ExitInfo {
+            code: 0x81,
+            info1: 1,
+            info2: 2,
+            int_info: 0x8000_0030,
+            next_rip: 0x1003,
+        }
+    }
+
+    #[test]
+    fn vmcb12_gets_state_and_exit_but_keeps_its_controls() {
+        let mut active = Vmcb::new();
+        active.state.rip = 0x1000;
+        active.state.rax = 0x42;
+        active.state.cr3 = 0x3000;
+        active.state.fs.base = 0x7777;
+        active.control.tsc_offset = 12345; // L1 + o12: not L1's business
+        active.control.intercept_misc1 = 0xffff_ffff;
+        active.control.int_ctl = 0x1_0105; // V_TPR 5, V_IRQ, and a bit L1 must not see
+        let mut v12 = Vmcb::new();
+        v12.control.tsc_offset = 100;
+        v12.control.intercept_misc1 = 0x4;
+        v12.control.event_inj = 0x8000_0306;
+        v12.state.fs.base = 0x1111;
+        save_l2_to_vmcb12(&active, &exit(), &mut v12);
+        assert_eq!(
+            (v12.state.rip, v12.state.rax, v12.state.cr3),
+            (0x1000, 0x42, 0x3000)
+        );
+        assert_eq!(v12.control.exit_code, 0x81);
+        assert_eq!((v12.control.exit_info1, v12.control.exit_info2), (1, 2));
+        assert_eq!(
+            (v12.control.exit_int_info, v12.control.next_rip),
+            (0x8000_0030, 0x1003)
+        );
+        assert_eq!(v12.control.tsc_offset, 100);
+        assert_eq!(v12.control.intercept_misc1, 0x4);
+        assert_eq!(v12.control.event_inj, 0x306, "valid bit cleared, rest kept");
+        assert_eq!(v12.control.int_ctl, 0x105);
+        assert_eq!(v12.state.fs.base, 0x1111, "FS is VMSAVE's business");
+    }
+
+    #[test]
+    fn l1_comes_back_by_copy_with_l2s_vmload_set() {
+        let mut hsave = Vmcb::new();
+        hsave.control.tsc_offset = 5000u64.wrapping_neg();
+        hsave.control.guest_asid = 1;
+        hsave.state.rip = 0x2003;
+        hsave.state.rax = 0x9000; // vmcb12's address, as at VMRUN
+        hsave.state.fs.base = 0xaaaa;
+        hsave.state.dr7 = 0x455;
+        let mut active = Vmcb::new();
+        active.control.tsc_offset = (1u64 << 40).wrapping_sub(5000);
+        active.control.guest_asid = 2;
+        active.state.rip = 0x4000;
+        active.state.fs.base = 0xbbbb;
+        active.state.star = 0xcccc;
+        restore_l1(&mut active, &hsave);
+        assert_eq!(
+            active.control.tsc_offset,
+            5000u64.wrapping_neg(),
+            "copied back, not subtracted"
+        );
+        assert_eq!(active.control.guest_asid, 1);
+        assert_eq!((active.state.rip, active.state.rax), (0x2003, 0x9000));
+        assert_eq!((active.state.fs.base, active.state.star), (0xbbbb, 0xcccc));
+        assert_eq!((active.state.dr7, active.state.cpl), (0x400, 0));
+    }
+}

@@ -1,0 +1,141 @@
+//! Building L2 in the active VMCB on L1's VMRUN (after the checks passed
+//! and L1's state and L0's controls were stashed in hsave).
+
+use super::merge::{merge_int_ctl, merge_intercepts};
+use super::tsc::compose;
+use crate::{ControlArea, StateSaveArea};
+
+/// Where L0 keeps what L2 runs with, besides vmcb12's own fields.
+#[derive(Clone, Copy, Debug)]
+pub struct L2Controls {
+    /// Host-physical address of the merged MSR permission map.
+    pub msrpm_pa: u64,
+    /// Host-physical address of the merged I/O permission map.
+    pub iopm_pa: u64,
+    /// The ASID L0 runs L2 with (never L1's: their TLB entries must not mix).
+    pub asid: u32,
+    /// TLB_CONTROL for the first L2 run (L1 may have changed L2's page tables).
+    pub tlb_control: u8,
+    /// Whether VGIF is offered to L1 (decides which int_ctl bits pass).
+    pub vgif_offered: bool,
+}
+
+/// The active control area for L2: L0's controls (nested paging over L1's
+/// memory, its TSC offset, ...) with the intercepts merged, vmcb12's
+/// whitelisted interrupt controls and event, and `tsc_offset = L1 offset +
+/// vmcb12 offset` (seed 000: "adds the nested tsc_offset in place").
+pub fn build_l2_controls(l0: &ControlArea, vmcb12: &ControlArea, l2: &L2Controls) -> ControlArea {
+    let mut c = *l0;
+    merge_intercepts(l0, vmcb12, &mut c);
+    c.msrpm_base_pa = l2.msrpm_pa;
+    c.iopm_base_pa = l2.iopm_pa;
+    c.guest_asid = l2.asid;
+    c.tlb_control = l2.tlb_control;
+    c.tsc_offset = compose(l0.tsc_offset, vmcb12.tsc_offset);
+    c.int_ctl = merge_int_ctl(vmcb12.int_ctl, l2.vgif_offered);
+    c.interrupt_shadow = vmcb12.interrupt_shadow & 1;
+    c.event_inj = vmcb12.event_inj;
+    c.exit_code = 0;
+    c.exit_info1 = 0;
+    c.exit_info2 = 0;
+    c.exit_int_info = 0;
+    c.next_rip = 0;
+    // Everything in the active VMCB is new to the CPU.
+    c.vmcb_clean = 0;
+    c
+}
+
+/// Loads L2's state from vmcb12 into the active save area: the fields
+/// VMRUN loads (APM Vol. 2, 15.5.1). Not FS, GS, TR, LDTR, KernelGsBase,
+/// STAR/LSTAR/CSTAR/SFMASK or SYSENTER_*: VMRUN leaves those as they are
+/// (L1 moves them with VMLOAD/VMSAVE). Not G_PAT: L1 does not get nested
+/// paging, so L2 runs with L1's PAT under L0's tables.
+pub fn load_l2_state(active: &mut StateSaveArea, vmcb12: &StateSaveArea) {
+    active.es = vmcb12.es;
+    active.cs = vmcb12.cs;
+    active.ss = vmcb12.ss;
+    active.ds = vmcb12.ds;
+    active.gdtr = vmcb12.gdtr;
+    active.idtr = vmcb12.idtr;
+    active.efer = vmcb12.efer;
+    active.cr0 = vmcb12.cr0;
+    active.cr2 = vmcb12.cr2;
+    active.cr3 = vmcb12.cr3;
+    active.cr4 = vmcb12.cr4;
+    active.rflags = vmcb12.rflags;
+    active.rip = vmcb12.rip;
+    active.rsp = vmcb12.rsp;
+    active.rax = vmcb12.rax;
+    active.dr6 = vmcb12.dr6;
+    active.dr7 = vmcb12.dr7;
+    active.cpl = vmcb12.cpl;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InterceptMisc1, InterceptMisc2, Vmcb};
+
+    fn l2c() -> L2Controls {
+        L2Controls {
+            msrpm_pa: 0x5000,
+            iopm_pa: 0x8000,
+            asid: 2,
+            tlb_control: 1,
+            vgif_offered: false,
+        }
+    }
+
+    #[test]
+    fn l2_controls_keep_l0_paging_and_compose_the_offset() {
+        let mut l0 = ControlArea::new();
+        l0.nested_ctl = 1;
+        l0.ncr3 = 0xabc000;
+        l0.tsc_offset = 1000u64.wrapping_neg();
+        l0.guest_asid = 1;
+        l0.intercept_misc1 = InterceptMisc1::CPUID.bits();
+        let mut v12 = ControlArea::new();
+        v12.tsc_offset = 1 << 40;
+        v12.intercept_misc1 = InterceptMisc1::HLT.bits();
+        v12.intercept_misc2 = InterceptMisc2::VMRUN.bits();
+        v12.ncr3 = 0xdead000; // ignored: L1 gets no nested paging
+        v12.event_inj = 0x8000_0306;
+        let c = build_l2_controls(&l0, &v12, &l2c());
+        assert_eq!((c.nested_ctl, c.ncr3), (1, 0xabc000));
+        assert_eq!(c.tsc_offset, (1u64 << 40) - 1000);
+        assert_eq!(c.guest_asid, 2);
+        assert_eq!((c.msrpm_base_pa, c.iopm_base_pa), (0x5000, 0x8000));
+        assert_eq!(
+            c.intercept_misc1,
+            (InterceptMisc1::CPUID | InterceptMisc1::HLT).bits()
+        );
+        assert_eq!(c.intercept_misc2, InterceptMisc2::VMRUN.bits());
+        assert_eq!(c.event_inj, 0x8000_0306);
+        assert_eq!(c.vmcb_clean, 0);
+    }
+
+    #[test]
+    fn l2_state_leaves_the_vmload_set_alone() {
+        let mut active = Vmcb::new();
+        active.state.fs.base = 0x1111;
+        active.state.kernel_gs_base = 0x2222;
+        active.state.g_pat = 0x0007_0406_0007_0406;
+        let mut v12 = Vmcb::new();
+        v12.state.rip = 0x4000;
+        v12.state.rax = 7;
+        v12.state.fs.base = 0x9999;
+        v12.state.kernel_gs_base = 0x8888;
+        v12.state.g_pat = 0;
+        v12.state.cs.attrib = 0x29b;
+        load_l2_state(&mut active.state, &v12.state);
+        assert_eq!(
+            (active.state.rip, active.state.rax, active.state.cs.attrib),
+            (0x4000, 7, 0x29b)
+        );
+        assert_eq!(
+            (active.state.fs.base, active.state.kernel_gs_base),
+            (0x1111, 0x2222)
+        );
+        assert_eq!(active.state.g_pat, 0x0007_0406_0007_0406);
+    }
+}
