@@ -141,6 +141,7 @@ pub fn boot(label: &str, medium: Medium, firmware: Firmware) -> Boot {
         accel: Accel::Tcg,
         gdb: false,
         debugcon: run_dir().join("qemu-debugcon.log"),
+        icount: false,
     };
     let command = qemu::command(&config).unwrap_or_else(|e| panic!("{label}: {e}"));
     let outcome = runner::run(

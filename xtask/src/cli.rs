@@ -15,7 +15,8 @@ commands:
           kernel's verdict (0 only when it reports success)
   image   build target/hv.iso (BIOS+UEFI, CD or USB) and target/hv.img (USB disk)
   test    host unit tests of every crate, then the QEMU boot tests
-  lint    rustfmt check and clippy (host crates and bare-metal crates)
+    lint    rustfmt check and clippy (host crates and bare-metal crates)
+  bench   instructions per exit round trip, counted under QEMU -icount (release kernel)
 
 options:
   --release                 optimized kernel (build, run, image, test)
@@ -41,6 +42,7 @@ pub enum Task {
     Image { release: bool, cmdline: Vec<String> },
     Test { release: bool },
     Lint,
+    Bench,
 }
 
 /// How `run` should boot.
@@ -103,6 +105,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             release: options.flag("--release"),
         },
         "lint" => Task::Lint,
+        "bench" => Task::Bench,
         other => bail!("unknown command `{other}` (see cargo xtask --help)"),
     };
     options.finish()?;

@@ -31,6 +31,7 @@ fn execute(task: Task) -> Result<bool> {
         Task::Image { release, cmdline } => tasks::image::image(release, &cmdline)?,
         Task::Test { release } => tasks::test::test(release)?,
         Task::Lint => tasks::lint::lint()?,
+        Task::Bench => tasks::bench::bench()?,
         Task::Run(args) => {
             let verdict = tasks::run::run(&args)?;
             eprintln!("xtask: {verdict}");

@@ -52,6 +52,9 @@ pub struct RunConfig {
     /// Where the kernel's port 0xE9 mirror of the console goes; a file, so it
     /// does not duplicate the serial output on stdout.
     pub debugcon: PathBuf,
+    /// Deterministic instruction counting (TCG only): one instruction per
+    /// TSC tick, for `bench`.
+    pub icount: bool,
 }
 
 /// The QEMU command for a configuration. The serial console (COM1) is QEMU's
@@ -97,6 +100,11 @@ pub fn command(config: &RunConfig) -> Result<Command> {
         }
     }
 
+    if config.icount {
+        // shift=0: the virtual clock (and the TSC) advance by one tick per
+        // instruction; sleep=off: never wait for real time.
+        cmd.args(["-icount", "shift=0,sleep=off"]);
+    }
     if config.gdb {
         // -s: gdb server on :1234; -S: stop before the first instruction.
         cmd.args(["-s", "-S"]);
@@ -124,6 +132,7 @@ mod tests {
             accel: Accel::Tcg,
             gdb: false,
             debugcon: "/t/qemu-debugcon.log".into(),
+            icount: false,
         }
     }
 

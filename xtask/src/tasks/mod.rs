@@ -1,5 +1,6 @@
 //! The `cargo xtask` commands, one module each.
 
+pub mod bench;
 pub mod build;
 pub mod image;
 pub mod lint;

@@ -55,6 +55,7 @@ pub fn run(args: &RunArgs) -> Result<Verdict> {
         accel: choice.accel,
         gdb: args.gdb,
         debugcon: target.join("qemu-debugcon.log"),
+        icount: false,
     };
     let command = qemu::command(&config)?;
     if args.gdb {
