@@ -62,6 +62,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::tsc_l2_wrmsr_sets_l1_tsc",
     "nested::tsc_adjust_shared",
     "nested::freeze_restore_while_l2_runs",
+    "nested::cpu_refusal_reflected",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

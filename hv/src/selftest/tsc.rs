@@ -47,7 +47,7 @@ macro_rules! both_modes {
                 image: TSC_GUEST,
                 config: VmConfig {
                     tsc_mode: TscMode::Exiting,
-                    nested_svm: false,
+                    ..VmConfig::PLAIN
                 },
                 expect: Expect::Pass,
                 check: mode_was_honoured_exiting,

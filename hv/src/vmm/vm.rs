@@ -7,6 +7,7 @@ use super::phys_box::PhysBox;
 use alloc::string::String;
 use alloc::vec::Vec;
 use svm::tsc::{TscMode, VmTsc};
+use svm::{IoPermissionMap, MsrPermissionMap};
 
 /// How a VM is set up.
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +16,10 @@ pub struct VmConfig {
     pub tsc_mode: TscMode,
     /// Whether guests are offered SVM (nested virtualization).
     pub nested_svm: bool,
+    /// Whether L0 checks vmcb12 before VMRUN. Only a self-test turns this
+    /// off, to show that a vmcb12 the CPU itself refuses still ends as
+    /// VMEXIT_INVALID for L1; guests cannot change it.
+    pub vmcb12_checks: bool,
 }
 
 impl VmConfig {
@@ -22,14 +27,15 @@ impl VmConfig {
     pub const PLAIN: VmConfig = VmConfig {
         tsc_mode: TscMode::Offsetting,
         nested_svm: false,
+        vmcb12_checks: true,
     };
     /// TSC offsetting, SVM offered: the guest can be an L1 hypervisor.
     pub const NESTED: VmConfig = VmConfig {
         tsc_mode: TscMode::Offsetting,
         nested_svm: true,
+        vmcb12_checks: true,
     };
 }
-use svm::{IoPermissionMap, MsrPermissionMap};
 
 /// MSRs guests use directly: their state is in the VMCB (moved by VMLOAD/
 /// VMSAVE), so letting the guest read and write them exposes nothing.
@@ -63,6 +69,8 @@ pub struct Vm {
     pub tsc: VmTsc,
     /// Whether the guest is offered SVM.
     pub nested_svm: bool,
+    /// See [`VmConfig::vmcb12_checks`].
+    pub vmcb12_checks: bool,
 }
 
 impl Vm {
@@ -90,6 +98,7 @@ impl Vm {
         Ok(Self {
             tsc,
             nested_svm: config.nested_svm,
+            vmcb12_checks: config.vmcb12_checks,
             name: String::from(name),
             memory,
             npt,

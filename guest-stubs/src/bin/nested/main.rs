@@ -56,6 +56,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::tsc_l2_wrmsr_sets_l1_tsc" => tsc_l2_wrmsr_sets_l1_tsc(),
         "nested::tsc_adjust_shared" => tsc_adjust_shared(),
         "nested::freeze_restore_while_l2_runs" => freeze_restore_while_l2_runs(),
+        "nested::cpu_refusal_reflected" => cpu_refusal_reflected(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -153,6 +154,24 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
         VMEXIT_INVALID,
         "exit code with a reserved EVENTINJ type"
     );
+}
+
+/// Run with L0's vmcb12 checks off (the hypervisor's test configuration):
+/// a vmcb12 whose EFER lacks SVME reaches the CPU, which refuses it; L1
+/// must still see VMEXIT_INVALID and go on to run a good vmcb12.
+fn cpu_refusal_reflected() {
+    let mut regs = setup(Task::Yield, 0);
+    let good = l1::vmcb().clone();
+    l1::vmcb().state.efer &= !EFER_SVME;
+    let (rax, code) = l1::run(&mut regs);
+    check_eq!(
+        code,
+        VMEXIT_INVALID,
+        "exit code when the CPU refuses vmcb12"
+    );
+    check_eq!(rax, &raw const l1::VMCB12 as u64, "L1's RAX");
+    *l1::vmcb() = good;
+    run_expect(&mut regs, ExitCode::Hlt);
 }
 
 /// VMRUN without EFER.SVME is #UD, without VM_HSAVE_PA #GP; VM_HSAVE_PA

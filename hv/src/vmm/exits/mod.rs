@@ -77,6 +77,9 @@ impl fmt::Display for Stop {
 /// Handles the exit the vCPU just took.
 pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
     // While L2 runs, an exit L1 asked for is L1's; the rest are L0's.
+    if code == ExitCode::Invalid && vcpu.nested.in_l2() {
+        return nested::vmexit::reflect_invalid(vcpu, vm);
+    }
     if let Some(l2) = &vcpu.nested.l2 {
         let facts = ExitFacts {
             code,

@@ -72,3 +72,32 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
     vcpu.nested.gif = false;
     Action::Resume
 }
+
+/// The CPU refused the L2 state L0 built (VMEXIT_INVALID while entering
+/// L2): something L0's checks let through. L2 never ran, so L1 gets what
+/// VMRUN gives for a bad vmcb12 — VMEXIT_INVALID in vmcb12, state untouched
+/// — and L1's state comes back whole from hsave (the CPU may have written
+/// over the active save area: platform notes).
+pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
+    let Some(l2) = vcpu.nested.l2.take() else {
+        return Action::Stop(Stop::InvalidVmcb);
+    };
+    log::warn!(
+        "vm {}: the CPU refused a vmcb12 the checks accepted; VMEXIT_INVALID for L1",
+        vm.name
+    );
+    let Some(vmcb12) = l1_vmcb_mut(&mut vm.memory, l2.vmcb12_gpa) else {
+        return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
+    };
+    vmcb12.control.exit_code = ExitCode::Invalid.to_raw();
+    vmcb12.control.exit_info1 = 0;
+    vmcb12.control.exit_info2 = 0;
+    vmcb12.control.exit_int_info = 0;
+    vmcb12.control.next_rip = 0;
+    vcpu.vmcb.clone_from(&vcpu.nested.hsave);
+    vcpu.vmcb.control.vmcb_clean = 0;
+    vcpu.vmcb.state.dr7 = 0x400;
+    vcpu.vmcb.state.cpl = 0;
+    vcpu.nested.gif = false;
+    Action::Resume
+}

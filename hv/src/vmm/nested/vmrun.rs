@@ -53,7 +53,12 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         cr4_allowed: CR4_ALLOWED_DEFAULT,
         efer_allowed: EFER_ALLOWED_DEFAULT,
     };
-    if let Err(why) = check_vmcb12(&copy, &limits) {
+    let verdict = if vm.vmcb12_checks {
+        check_vmcb12(&copy, &limits)
+    } else {
+        Ok(())
+    };
+    if let Err(why) = verdict {
         log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name);
         let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
             return inject(vcpu, gp);
