@@ -117,6 +117,38 @@ pub fn echo_sum(a: u64, b: u64, c: u64) -> u64 {
         .wrapping_add(c.wrapping_mul(3))
 }
 
+/// Loads the start segments into `state`: CS = the 64-bit code descriptor,
+/// SS/DS/ES/FS/GS = the data descriptor (flat), GDTR = [`GDT`] at
+/// [`GDT_GPA`], no IDT. Used for a test guest's start state and by the L1
+/// test hypervisor for its L2 (which shares L1's GDT).
+pub fn load_start_segments(state: &mut crate::StateSaveArea) {
+    use crate::VmcbSegment;
+    let code = VmcbSegment::new(
+        CODE_SELECTOR,
+        VmcbSegment::attrib_from_descriptor(GDT[1]),
+        u32::MAX,
+        0,
+    );
+    let data = VmcbSegment::new(
+        DATA_SELECTOR,
+        VmcbSegment::attrib_from_descriptor(GDT[2]),
+        u32::MAX,
+        0,
+    );
+    state.cs = code;
+    for seg in [
+        &mut state.ss,
+        &mut state.ds,
+        &mut state.es,
+        &mut state.fs,
+        &mut state.gs,
+    ] {
+        *seg = data;
+    }
+    state.gdtr = VmcbSegment::new(0, 0, (GDT.len() * 8 - 1) as u32, GDT_GPA);
+    state.idtr = VmcbSegment::new(0, 0, 0, 0);
+}
+
 /// Page-table entry bits used by [`write_page_tables`].
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -194,6 +226,21 @@ mod tests {
         let mut bad = p;
         bad.test_name_len = 1000;
         assert_eq!(bad.test_name(), None);
+    }
+
+    #[test]
+    fn start_segments_are_flat_long_mode() {
+        let mut s = crate::Vmcb::new().state;
+        load_start_segments(&mut s);
+        assert_eq!(
+            (s.cs.selector, s.ss.selector, s.gs.selector),
+            (0x08, 0x10, 0x10)
+        );
+        // CS: present, S, type 0xB, L (attrib bit 9) and not D (bit 10).
+        assert_eq!(s.cs.attrib & 0x600, 0x200);
+        assert_eq!(s.cs.attrib & 0x80, 0x80);
+        assert_eq!((s.gdtr.base, s.gdtr.limit), (GDT_GPA, 23));
+        assert_eq!(s.idtr.limit, 0);
     }
 
     #[test]

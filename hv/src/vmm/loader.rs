@@ -13,31 +13,24 @@ pub enum LoadError {
     OutsideRam(u64),
 }
 
+/// `N` bytes of `b` at `at`, if all are there.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], LoadError> {
+    let end = at.checked_add(N).ok_or(LoadError::Truncated)?;
+    b.get(at..end)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(LoadError::Truncated)
+}
+
 fn u16_at(b: &[u8], at: usize) -> Result<u16, LoadError> {
-    Ok(u16::from_le_bytes(
-        b.get(at..at + 2)
-            .ok_or(LoadError::Truncated)?
-            .try_into()
-            .map_err(|_| LoadError::Truncated)?,
-    ))
+    bytes_at(b, at).map(u16::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, LoadError> {
-    Ok(u32::from_le_bytes(
-        b.get(at..at + 4)
-            .ok_or(LoadError::Truncated)?
-            .try_into()
-            .map_err(|_| LoadError::Truncated)?,
-    ))
+    bytes_at(b, at).map(u32::from_le_bytes)
 }
 
 fn u64_at(b: &[u8], at: usize) -> Result<u64, LoadError> {
-    Ok(u64::from_le_bytes(
-        b.get(at..at + 8)
-            .ok_or(LoadError::Truncated)?
-            .try_into()
-            .map_err(|_| LoadError::Truncated)?,
-    ))
+    bytes_at(b, at).map(u64::from_le_bytes)
 }
 
 /// Copies every PT_LOAD segment of `elf` to its p_paddr in `ram` (zeroing

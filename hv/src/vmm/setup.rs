@@ -3,7 +3,7 @@
 
 use super::vcpu::Vcpu;
 use super::vm::Vm;
-use svm::guest_abi::{self, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_GPA, PARAMS_GPA, PML4_GPA};
+use svm::guest_abi::{self, PARAMS_GPA, PML4_GPA};
 use svm::msr::{EFER_LMA, EFER_LME, EFER_SVME};
 use svm::{ExceptionIntercepts, InterceptMisc1, InterceptMisc2, TlbControl, Vmcb, VmcbSegment};
 
@@ -60,28 +60,9 @@ pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
     c.ncr3 = vm.npt.root();
 
     let s = &mut vmcb.state;
-    let code = VmcbSegment::new(
-        CODE_SELECTOR,
-        VmcbSegment::attrib_from_descriptor(GDT[1]),
-        u32::MAX,
-        0,
-    );
-    let data = VmcbSegment::new(
-        DATA_SELECTOR,
-        VmcbSegment::attrib_from_descriptor(GDT[2]),
-        u32::MAX,
-        0,
-    );
-    s.cs = code;
-    s.ss = data;
-    s.ds = data;
-    s.es = data;
-    s.fs = data;
-    s.gs = data;
+    guest_abi::load_start_segments(s);
     // A present, busy 64-bit TSS type; the guest never switches stacks through it.
     s.tr = VmcbSegment::new(0, 0x8b, 0x67, 0);
-    s.gdtr = VmcbSegment::new(0, 0, (GDT.len() * 8 - 1) as u32, GDT_GPA);
-    s.idtr = VmcbSegment::new(0, 0, 0, 0);
     s.cpl = 0;
     // EFER.SVME must be set in the guest EFER or VMRUN fails (APM 15.5.1);
     // the MSR intercept hides it from the guest.

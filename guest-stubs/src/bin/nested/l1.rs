@@ -4,9 +4,8 @@
 use core::arch::asm;
 use core::ptr::addr_of_mut;
 use guest_stubs::cpu::{rdmsr, wrmsr};
-use svm::guest_abi::{CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_GPA};
 use svm::msr::{EFER, EFER_SVME, VM_HSAVE_PA};
-use svm::{InterceptMisc1, InterceptMisc2, Vmcb, VmcbSegment};
+use svm::{InterceptMisc1, InterceptMisc2, Vmcb};
 
 /// A page-aligned 4 KiB page.
 #[repr(C, align(4096))]
@@ -97,24 +96,7 @@ pub fn prepare(entry: extern "C" fn() -> !) {
     c.msrpm_base_pa = addr_of_mut!(MSRPM) as u64;
     c.iopm_base_pa = addr_of_mut!(IOPM) as u64;
     let s = &mut v.state;
-    let code = VmcbSegment::new(
-        CODE_SELECTOR,
-        VmcbSegment::attrib_from_descriptor(GDT[1]),
-        u32::MAX,
-        0,
-    );
-    let data = VmcbSegment::new(
-        DATA_SELECTOR,
-        VmcbSegment::attrib_from_descriptor(GDT[2]),
-        u32::MAX,
-        0,
-    );
-    s.cs = code;
-    s.ss = data;
-    s.ds = data;
-    s.es = data;
-    s.gdtr = VmcbSegment::new(0, 0, (GDT.len() * 8 - 1) as u32, GDT_GPA);
-    s.idtr = VmcbSegment::new(0, 0, 0, 0);
+    svm::guest_abi::load_start_segments(s);
     s.cr0 = read_cr(0);
     s.cr3 = read_cr(3);
     s.cr4 = read_cr(4);
