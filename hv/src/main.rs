@@ -45,6 +45,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     (boot.leave_loader)(cr3);
     let reclaimed = mem::frame::reclaim_bootloader_memory(&boot);
     mem::heap::init();
+    time::start_watchdog();
     log::info!(
         "memory: {} KiB reclaimed from the loader, {} MiB free",
         reclaimed / 1024,

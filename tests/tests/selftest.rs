@@ -14,6 +14,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::triple_fault",
     "guest::npf_outside_memory",
     "guest::debug_exit_blocked",
+    "guest::runaway_stopped",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -63,6 +64,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::tsc_adjust_shared",
     "nested::freeze_restore_while_l2_runs",
     "nested::cpu_refusal_reflected",
+    "nested::runaway_l2_preempted",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -29,6 +29,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::triple_fault" => triple_fault,
         "guest::npf_outside_memory" => npf_outside_memory,
         "guest::debug_exit_blocked" => debug_exit_blocked,
+        "guest::runaway_stopped" => runaway,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -170,6 +171,13 @@ fn npf_outside_memory(params: &StartParams) {
     fail(format_args!(
         "read of {addr:#x} outside guest memory returned {v:#x}"
     ));
+}
+
+/// A guest that never exits: only the hypervisor's watchdog can stop it.
+fn runaway(_: &StartParams) {
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 /// Writes to QEMU's isa-debug-exit port must not end the machine.

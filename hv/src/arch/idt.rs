@@ -97,6 +97,33 @@ core::arch::global_asm!(
         add rsp, 16
         iretq
 
+    # The timer (watchdog) and spurious interrupts: save what the SysV ABI
+    # lets a callee clobber, call Rust, return to whatever was interrupted.
+    isr_timer:
+        push rax
+        push rcx
+        push rdx
+        push rsi
+        push rdi
+        push r8
+        push r9
+        push r10
+        push r11
+        cld
+        call {timer}
+        pop r11
+        pop r10
+        pop r9
+        pop r8
+        pop rdi
+        pop rsi
+        pop rdx
+        pop rcx
+        pop rax
+        iretq
+    isr_spurious:
+        iretq
+
     .section .rodata.isr_table, "a"
     .balign 8
     .global ISR_TABLE
@@ -104,12 +131,29 @@ core::arch::global_asm!(
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad isr_\n
     .endr
+    .global ISR_TIMER
+    ISR_TIMER:
+    .quad isr_timer
+    .global ISR_SPURIOUS
+    ISR_SPURIOUS:
+    .quad isr_spurious
     "#,
     dispatch = sym exception_dispatch,
+    timer = sym timer_interrupt,
 );
 
 unsafe extern "C" {
     static ISR_TABLE: [u64; 32];
+    static ISR_TIMER: u64;
+    static ISR_SPURIOUS: u64;
+}
+
+/// Vector of the hypervisor's watchdog timer.
+pub const TIMER_VECTOR: u8 = 0x20;
+
+extern "C" fn timer_interrupt() {
+    crate::time::tick();
+    super::lapic::eoi();
 }
 
 /// A 16-byte long-mode interrupt gate.
@@ -170,6 +214,14 @@ pub fn init() {
             _ => 0,
         };
         idt.0[vector] = Gate::interrupt(handler, selector, ist);
+    }
+    // SAFETY: immutable stub addresses.
+    let (timer, spurious) = unsafe { (ISR_TIMER, ISR_SPURIOUS) };
+    idt.0[usize::from(TIMER_VECTOR)] = Gate::interrupt(timer, selector, 0);
+    idt.0[usize::from(super::lapic::SPURIOUS_VECTOR)] = Gate::interrupt(spurious, selector, 0);
+    let pic = usize::from(super::pic::VECTOR_BASE);
+    for gate in &mut idt.0[pic..pic + 16] {
+        *gate = Gate::interrupt(spurious, selector, 0);
     }
     let ptr = x86_64::structures::DescriptorTablePointer {
         limit: (core::mem::size_of::<Idt>() - 1) as u16,

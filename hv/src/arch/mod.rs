@@ -6,4 +6,5 @@ pub mod cpu;
 pub mod gdt;
 pub mod idt;
 pub mod lapic;
+pub mod pic;
 pub mod port;

@@ -109,4 +109,21 @@ pub static CASES: &[Case] = &[
             }
         },
     },
+    Case {
+        name: "guest::runaway_stopped",
+        image: GUEST,
+        config: VmConfig {
+            time_budget_ms: 300,
+            ..VmConfig::PLAIN
+        },
+        expect: Expect::Stop(
+            |s, _| *s == Stop::TimedOut(300),
+            "a stop at the 300 ms budget",
+        ),
+        // The watchdog's interrupts ended the guest's runs.
+        check: |o| match o.vcpu.exit_count(ExitCode::Intr) {
+            0 => Err(String::from("no INTR exits")),
+            _ => Ok(()),
+        },
+    },
 ];

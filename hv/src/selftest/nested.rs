@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 20] = [
+pub static CASES: [Case; 21] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -66,4 +66,5 @@ pub static CASES: [Case; 20] = [
         },
         ..case("nested::cpu_refusal_reflected")
     },
+    case("nested::runaway_l2_preempted"),
 ];

@@ -5,7 +5,32 @@
 pub mod host_tsc;
 pub mod pit;
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
+
+/// Watchdog period.
+pub const TICK_MS: u64 = 10;
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Called by the timer interrupt.
+pub fn tick() {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Milliseconds of watchdog time so far (in TICK_MS steps).
+pub fn uptime_ms() -> u64 {
+    TICKS.load(Ordering::Relaxed) * TICK_MS
+}
+
+/// Starts the watchdog timer. Without it a guest that never exits would
+/// keep the CPU for good.
+pub fn start_watchdog() {
+    crate::arch::pic::disable();
+    match crate::arch::lapic::start_timer(crate::arch::idt::TIMER_VECTOR, TICK_MS as u32) {
+        Ok(count) => log::info!("watchdog: APIC timer every {TICK_MS} ms ({count} counts)"),
+        Err(e) => log::warn!("watchdog: {e}; a guest that never exits cannot be stopped"),
+    }
+}
 
 /// Host TSC frequency and how it was found.
 #[derive(Clone, Copy, Debug)]

@@ -23,7 +23,9 @@ const NESTED_CTL_NP_ENABLE: u64 = 1;
 
 /// Intercepts every guest gets, whatever else it asks for.
 pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts) {
-    let misc1 = InterceptMisc1::CPUID
+    // INTR: the watchdog's interrupt must end any guest's run.
+    let misc1 = InterceptMisc1::INTR
+        | InterceptMisc1::CPUID
         | InterceptMisc1::HLT
         | InterceptMisc1::IOIO_PROT
         | InterceptMisc1::MSR_PROT

@@ -64,6 +64,7 @@ impl Vcpu {
     /// Runs the guest until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
         let mut exited_at = None;
+        let started_ms = crate::time::uptime_ms();
         loop {
             super::tsc::prepare_entry(self, vm);
             super::nested::insns::deliver_pending_interrupt(self);
@@ -76,6 +77,21 @@ impl Vcpu {
             exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(vm);
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
+            if code == ExitCode::Intr {
+                // A physical interrupt (the watchdog), held since the exit:
+                // let the host take it now that GIF is set again.
+                // SAFETY: the IDT handles every vector the host enables.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            }
+            if crate::time::uptime_ms().saturating_sub(started_ms) > vm.time_budget_ms {
+                log::warn!(
+                    "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
+                    vm.name,
+                    vm.time_budget_ms,
+                    self.vmcb.state.rip
+                );
+                return Stop::TimedOut(vm.time_budget_ms);
+            }
             // The TLB needs flushing only for the first run.
             self.vmcb.control.tlb_control = 0;
             self.exits += 1;

@@ -9,6 +9,10 @@ use alloc::vec::Vec;
 use svm::tsc::{TscMode, VmTsc};
 use svm::{IoPermissionMap, MsrPermissionMap};
 
+/// A guest's run time limit unless configured otherwise (the longest
+/// self-test takes well under a second, even unoptimized under TCG).
+pub const DEFAULT_TIME_BUDGET_MS: u64 = 20_000;
+
 /// How a VM is set up.
 #[derive(Clone, Copy, Debug)]
 pub struct VmConfig {
@@ -20,6 +24,8 @@ pub struct VmConfig {
     /// off, to show that a vmcb12 the CPU itself refuses still ends as
     /// VMEXIT_INVALID for L1; guests cannot change it.
     pub vmcb12_checks: bool,
+    /// Longest a guest may run, in milliseconds of watchdog time.
+    pub time_budget_ms: u64,
 }
 
 impl VmConfig {
@@ -28,12 +34,14 @@ impl VmConfig {
         tsc_mode: TscMode::Offsetting,
         nested_svm: false,
         vmcb12_checks: true,
+        time_budget_ms: DEFAULT_TIME_BUDGET_MS,
     };
     /// TSC offsetting, SVM offered: the guest can be an L1 hypervisor.
     pub const NESTED: VmConfig = VmConfig {
         tsc_mode: TscMode::Offsetting,
         nested_svm: true,
         vmcb12_checks: true,
+        time_budget_ms: DEFAULT_TIME_BUDGET_MS,
     };
 }
 
@@ -71,6 +79,8 @@ pub struct Vm {
     pub nested_svm: bool,
     /// See [`VmConfig::vmcb12_checks`].
     pub vmcb12_checks: bool,
+    /// See [`VmConfig::time_budget_ms`].
+    pub time_budget_ms: u64,
 }
 
 impl Vm {
@@ -99,6 +109,7 @@ impl Vm {
             tsc,
             nested_svm: config.nested_svm,
             vmcb12_checks: config.vmcb12_checks,
+            time_budget_ms: config.time_budget_ms,
             name: String::from(name),
             memory,
             npt,

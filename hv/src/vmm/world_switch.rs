@@ -4,7 +4,9 @@
 //! 15.5.1); the rest (FS, GS, TR, LDTR, KernelGSBase, STAR/LSTAR/CSTAR/
 //! SFMASK, SYSENTER_*) is moved with VMSAVE/VMLOAD: host to its own save
 //! VMCB, guest from its VMCB before VMRUN and back after. GIF is cleared
-//! around the sequence so nothing interrupts a half-loaded state.
+//! around the sequence so nothing interrupts a half-loaded state; RFLAGS.IF
+//! is set only under GIF=0, so a physical interrupt (the watchdog) ends the
+//! guest's run with #VMEXIT(INTR) and is taken by the host afterwards.
 //!
 //! Guest RAX, RSP and RIP live in the VMCB; the other general registers in
 //! [`GuestRegs`]. The kernel never uses x87/SSE (see `main.rs`), so the
@@ -50,6 +52,9 @@ pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u
         "push rdx", // host VMCB
         "push rsi", // guest VMCB
         "clgi",
+        // IF=1 while GIF=0: with V_INTR_MASKING, physical interrupts reach
+        // the host (as #VMEXIT INTR) only if RFLAGS.IF was 1 at VMRUN.
+        "sti",
         "mov rax, rdx",
         "vmsave rax",
         "mov rax, rsi",
@@ -91,6 +96,7 @@ pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u
         "pop rax", // guest VMCB
         "pop rax", // host VMCB
         "vmload rax",
+        "cli",
         "stgi",
         "pop rdi",
         "pop r15",

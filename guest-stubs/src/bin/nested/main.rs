@@ -57,6 +57,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::tsc_adjust_shared" => tsc_adjust_shared(),
         "nested::freeze_restore_while_l2_runs" => freeze_restore_while_l2_runs(),
         "nested::cpu_refusal_reflected" => cpu_refusal_reflected(),
+        "nested::runaway_l2_preempted" => runaway_l2_preempted(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -154,6 +155,17 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
         VMEXIT_INVALID,
         "exit code with a reserved EVENTINJ type"
     );
+}
+
+/// An L2 that never exits comes back to L1 as #VMEXIT(INTR) when L1
+/// intercepts INTR: L0's watchdog interrupt is reflected (after L0 took it).
+fn runaway_l2_preempted() {
+    let mut regs = setup(Task::Yield, 0);
+    l1::prepare(l2::spin);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    run_expect(&mut regs, ExitCode::Intr);
+    // Twice, to show L2 resumes where it was and is preempted again.
+    run_expect(&mut regs, ExitCode::Intr);
 }
 
 /// Run with L0's vmcb12 checks off (the hypervisor's test configuration):

@@ -50,6 +50,8 @@ pub enum Stop {
     Unhandled(String),
     /// [`super::vcpu::MAX_EXITS`] reached.
     TooManyExits,
+    /// The guest ran past its time budget (milliseconds).
+    TimedOut(u64),
 }
 
 impl fmt::Display for Stop {
@@ -70,6 +72,7 @@ impl fmt::Display for Stop {
             Stop::InvalidVmcb => write!(f, "VMRUN refused the VMCB (VMEXIT_INVALID)"),
             Stop::Unhandled(why) => write!(f, "unhandled exit: {why}"),
             Stop::TooManyExits => write!(f, "more than {} exits", super::vcpu::MAX_EXITS),
+            Stop::TimedOut(ms) => write!(f, "still running after its {ms} ms budget"),
         }
     }
 }
@@ -123,6 +126,8 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga => inject(vcpu, EventInfo::exception(6)),
+        // The host took the interrupt already (Vcpu::run); nothing else to do.
+        ExitCode::Intr => Action::Resume,
         ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
         ExitCode::Npf => Action::Stop(Stop::NestedPageFault {
             gpa: vcpu.vmcb.control.exit_info2,
