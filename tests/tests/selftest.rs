@@ -65,6 +65,9 @@ const NESTED_TESTS: &[&str] = &[
     "nested::freeze_restore_while_l2_runs",
     "nested::cpu_refusal_reflected",
     "nested::runaway_l2_preempted",
+    "nested::l0_exception_reflected",
+    "nested::l2_hypercall_refused",
+    "nested::l2_rdtscp_intercept",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

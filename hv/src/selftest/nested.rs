@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 21] = [
+pub static CASES: [Case; 24] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -67,4 +67,7 @@ pub static CASES: [Case; 21] = [
         ..case("nested::cpu_refusal_reflected")
     },
     case("nested::runaway_l2_preempted"),
+    case("nested::l0_exception_reflected"),
+    case("nested::l2_hypercall_refused"),
+    case("nested::l2_rdtscp_intercept"),
 ];

@@ -8,7 +8,7 @@ use super::vm::Vm;
 use crate::arch::cpu::wrmsr;
 use crate::time::host_tsc;
 use core::sync::atomic::{AtomicU64, Ordering};
-use svm::nested::tsc::l1_offset_changed_while_nested;
+use svm::nested::tsc::program_entry;
 use svm::tsc::TscMode;
 use svm::{CleanBits, ControlArea, InterceptMisc1, InterceptMisc2};
 
@@ -72,25 +72,33 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
     let l1 = vm.tsc.offset(&vcpu.tsc).wrapping_add(host_tsc::skew());
     let exiting = vm.tsc.mode == TscMode::Exiting;
     let nested = &mut vcpu.nested;
+    let active = &mut vcpu.vmcb.control;
     match &nested.l2 {
         Some(l2) => {
             // Seed 000: hsave gets the new L1 offset, the live L2 VMCB the
             // same delta (a no-op when L1's offset did not change).
             let hsave = &mut nested.hsave.control;
-            let active = &mut vcpu.vmcb.control;
-            l1_offset_changed_while_nested(&mut hsave.tsc_offset, &mut active.tsc_offset, l1);
-            offset_written(active);
+            program_entry(l1, &mut active.tsc_offset, Some(&mut hsave.tsc_offset));
             set_rdtsc_intercepts(hsave, exiting, (0, 0));
+            // vmcb12's RDTSCP intercept needs the RDTSC one too under QEMU
+            // TCG, where RDTSCP obeys the RDTSC bit (platform notes); an
+            // RDTSC L1 did not ask for is then L0's to emulate.
             let v12 = &l2.vmcb12.control;
-            set_rdtsc_intercepts(active, exiting, (v12.intercept_misc1, v12.intercept_misc2));
+            let rdtscp = v12.intercept_misc2 & InterceptMisc2::RDTSCP.bits() != 0;
+            let v12_misc1 = v12.intercept_misc1
+                | if rdtscp {
+                    InterceptMisc1::RDTSC.bits()
+                } else {
+                    0
+                };
+            set_rdtsc_intercepts(active, exiting, (v12_misc1, v12.intercept_misc2));
         }
         None => {
-            let c = &mut vcpu.vmcb.control;
-            c.tsc_offset = l1;
-            offset_written(c);
-            set_rdtsc_intercepts(c, exiting, (0, 0));
+            program_entry(l1, &mut active.tsc_offset, None);
+            set_rdtsc_intercepts(active, exiting, (0, 0));
         }
     }
+    offset_written(active);
 
     let aux = u64::from(vcpu.tsc_aux);
     if LOADED_TSC_AUX.swap(aux, Ordering::Relaxed) != aux {

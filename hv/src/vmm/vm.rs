@@ -26,6 +26,10 @@ pub struct VmConfig {
     pub vmcb12_checks: bool,
     /// Longest a guest may run, in milliseconds of watchdog time.
     pub time_budget_ms: u64,
+    /// Whether the test hypercalls answer (exit counts, TSC hooks, waits,
+    /// queued interrupts), including from an L2. The self-tests need them;
+    /// a VM that is not a test would turn them off.
+    pub test_hypercalls: bool,
 }
 
 impl VmConfig {
@@ -35,6 +39,7 @@ impl VmConfig {
         nested_svm: false,
         vmcb12_checks: true,
         time_budget_ms: DEFAULT_TIME_BUDGET_MS,
+        test_hypercalls: true,
     };
     /// TSC offsetting, SVM offered: the guest can be an L1 hypervisor.
     pub const NESTED: VmConfig = VmConfig {
@@ -42,6 +47,7 @@ impl VmConfig {
         nested_svm: true,
         vmcb12_checks: true,
         time_budget_ms: DEFAULT_TIME_BUDGET_MS,
+        test_hypercalls: true,
     };
 }
 
@@ -81,6 +87,8 @@ pub struct Vm {
     pub vmcb12_checks: bool,
     /// See [`VmConfig::time_budget_ms`].
     pub time_budget_ms: u64,
+    /// See [`VmConfig::test_hypercalls`].
+    pub test_hypercalls: bool,
 }
 
 impl Vm {
@@ -110,6 +118,7 @@ impl Vm {
             nested_svm: config.nested_svm,
             vmcb12_checks: config.vmcb12_checks,
             time_budget_ms: config.time_budget_ms,
+            test_hypercalls: config.test_hypercalls,
             name: String::from(name),
             memory,
             npt,

@@ -200,6 +200,11 @@ pub fn route_exit(
     l1_msrpm: &[u8; MSRPM_SIZE],
     l1_iopm: &[u8; IOPM_SIZE],
 ) -> Route {
+    // A machine check is the host's, whatever L1 intercepts: L1 must not
+    // see (or be trusted to handle) the physical machine's errors.
+    if exit.code == ExitCode::Exception(18) {
+        return Route::L0;
+    }
     let Some(bit) = intercept_bit_of(exit.code) else {
         return Route::L0;
     };
@@ -235,6 +240,29 @@ fn io_intercepted(map: &[u8; IOPM_SIZE], exit_info1: u64) -> bool {
     match IoioInfo::from_exit_info1(exit_info1) {
         Some(io) => iopm::is_intercepted(map, io.port, io.size),
         None => true,
+    }
+}
+
+#[cfg(test)]
+mod machine_check_tests {
+    use super::*;
+
+    #[test]
+    fn machine_checks_stay_with_l0() {
+        let mut v12 = ControlArea::new();
+        v12.intercept_exceptions = !0;
+        let facts = ExitFacts {
+            code: ExitCode::Exception(18),
+            exit_info1: 0,
+            rcx: 0,
+        };
+        let (m, i) = ([0u8; MSRPM_SIZE], [0u8; IOPM_SIZE]);
+        assert_eq!(route_exit(&facts, &v12, &m, &i), Route::L0);
+        let gp = ExitFacts {
+            code: ExitCode::Exception(13),
+            ..facts
+        };
+        assert_eq!(route_exit(&gp, &v12, &m, &i), Route::L1);
     }
 }
 
@@ -377,7 +405,11 @@ mod tests {
             c.intercept_misc3 = u32::MAX;
             c
         };
-        for code in all_codes() {
+        // #MC is L0's whatever the bits say (machine_checks_stay_with_l0).
+        for code in all_codes()
+            .into_iter()
+            .filter(|c| *c != ExitCode::Exception(18))
+        {
             let mut exit = facts(code);
             exit.exit_info1 = if code == ExitCode::Ioio { 0x80_0010 } else { 0 };
             let nothing = ControlArea::new();

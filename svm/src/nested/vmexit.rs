@@ -66,8 +66,9 @@ pub fn save_l2_to_vmcb12(active: &Vmcb, exit: &ExitInfo, vmcb12: &mut Vmcb) {
 /// VMCB. The TSC offset comes back with the copy (hsave holds the current
 /// L1 offset); nothing is subtracted. What VMRUN and #VMEXIT do not switch
 /// stays as L2 left it: FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR,
-/// CSTAR, SFMASK, SYSENTER_* (L1 saves them with VMSAVE if it cares). The
-/// host's DR7 comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
+/// CSTAR, SFMASK, SYSENTER_* (L1 saves them with VMSAVE if it cares), and
+/// CR2 and DR6, which the host save area does not hold. The host's DR7
+/// comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
 pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
     let keep = active.state;
     active.clone_from(hsave);
@@ -84,6 +85,8 @@ pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
     s.sysenter_cs = keep.sysenter_cs;
     s.sysenter_esp = keep.sysenter_esp;
     s.sysenter_eip = keep.sysenter_eip;
+    s.cr2 = keep.cr2;
+    s.dr6 = keep.dr6;
     s.dr7 = 0x400;
     s.cpl = 0;
     let c = &mut active.control;
@@ -154,6 +157,8 @@ mod tests {
         active.state.rip = 0x4000;
         active.state.fs.base = 0xbbbb;
         active.state.star = 0xcccc;
+        active.state.cr2 = 0x7000;
+        hsave.state.cr2 = 0x1000;
         restore_l1(&mut active, &hsave);
         assert_eq!(
             active.control.tsc_offset,
@@ -163,6 +168,10 @@ mod tests {
         assert_eq!(active.control.guest_asid, 1);
         assert_eq!((active.state.rip, active.state.rax), (0x2003, 0x9000));
         assert_eq!((active.state.fs.base, active.state.star), (0xbbbb, 0xcccc));
+        assert_eq!(
+            active.state.cr2, 0x7000,
+            "CR2 is not part of the host state"
+        );
         assert_eq!((active.state.dr7, active.state.cpl), (0x400, 0));
     }
 }

@@ -37,6 +37,16 @@ pub enum Task {
     WriteAdjust,
     /// RDTSC → R0, HC_TSC_FREEZE_RESTORE(pause, R7 us), RDTSC → R1, yield.
     FreezePause,
+    /// RDMSR of an MSR inside the MSRPM ranges that L1 lets through and L0
+    /// does not emulate (L0 raises #GP), yield.
+    RdmsrUnknown,
+    /// HC_ECHO_SUM, which is not for L2 (#UD), yield.
+    EchoHypercall,
+    /// RDTSCP → R0, yield.
+    Rdtscp,
+    /// vmcb12.tsc_offset in L1's memory := R7 (L2 can reach L1's memory),
+    /// RDTSC → R0, yield.
+    PokeVmcb12Offset,
 }
 
 /// The payload L1 picked.
@@ -120,6 +130,18 @@ pub extern "C" fn entry() -> ! {
             put(0, rdtsc());
         }
         x if x == Task::WriteAdjust as u64 => wrmsr(svm::msr::IA32_TSC_ADJUST, input),
+        x if x == Task::RdmsrUnknown as u64 => put(0, rdmsr(0xc001_1ffe)),
+        x if x == Task::EchoHypercall as u64 => put(0, call(svm::guest_abi::HC_ECHO_SUM, 1, 2, 3)),
+        x if x == Task::Rdtscp as u64 => put(0, guest_stubs::cpu::rdtscp().0),
+        x if x == Task::PokeVmcb12Offset as u64 => {
+            // SAFETY: vmcb12 is a static of L1's image; L1 does not run now.
+            unsafe {
+                (*core::ptr::addr_of_mut!(crate::l1::VMCB12))
+                    .control
+                    .tsc_offset = input
+            };
+            put(0, rdtsc());
+        }
         x if x == Task::FreezePause as u64 => {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));

@@ -58,6 +58,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::freeze_restore_while_l2_runs" => freeze_restore_while_l2_runs(),
         "nested::cpu_refusal_reflected" => cpu_refusal_reflected(),
         "nested::runaway_l2_preempted" => runaway_l2_preempted(),
+        "nested::l0_exception_reflected" => l0_exception_reflected(),
+        "nested::l2_hypercall_refused" => l2_hypercall_refused(),
+        "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -155,6 +158,39 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
         VMEXIT_INVALID,
         "exit code with a reserved EVENTINJ type"
     );
+}
+
+/// L0 raises #GP for L2's RDMSR of an unknown MSR (L1's MSR map lets it
+/// through to L0); L1 intercepts #GP, so L1 gets #VMEXIT(#GP), error code 0.
+fn l0_exception_reflected() {
+    let mut regs = setup(Task::RdmsrUnknown, 0);
+    l1::vmcb().control.intercept_exceptions |= 1 << 13;
+    run_expect(&mut regs, ExitCode::Exception(13));
+    check_eq!(
+        l1::vmcb().control.exit_info1,
+        0,
+        "#GP error code in EXITINFO1"
+    );
+}
+
+/// An L2 hypercall that is not a test hook is #UD (L1 intercepts #UD).
+fn l2_hypercall_refused() {
+    let mut regs = setup(Task::EchoHypercall, 0);
+    l1::vmcb().control.intercept_exceptions |= 1 << 6;
+    run_expect(&mut regs, ExitCode::Exception(6));
+}
+
+/// L1 intercepts RDTSCP only: L2's RDTSCP reaches L1 as an RDTSCP exit
+/// (even under QEMU TCG, which reports it as RDTSC), nRIP past its 3 bytes.
+fn l2_rdtscp_intercept() {
+    if !guest_stubs::cpu::has_rdtscp() {
+        fail(format_args!("RDTSCP not available to L1"));
+    }
+    let mut regs = setup(Task::Rdtscp, 0);
+    l1::vmcb().control.intercept_misc2 |= InterceptMisc2::RDTSCP.bits();
+    run_expect(&mut regs, ExitCode::Rdtscp);
+    let v = l1::vmcb();
+    check_eq!(v.control.next_rip, v.state.rip + 3, "RDTSCP nRIP");
 }
 
 /// An L2 that never exits comes back to L1 as #VMEXIT(INTR) when L1
@@ -497,24 +533,33 @@ fn tsc_l0_write_while_l2_runs() {
     );
 }
 
-/// After the exit L1 runs at its own offset (copied back, not computed),
-/// so a vmcb12 offset changed between runs takes effect cleanly.
+/// After the exit L1 runs at its own offset, copied back from hsave, not
+/// derived from vmcb12: L2 rewrites vmcb12's TSC offset in L1's memory
+/// while it runs, and L1's TSC must not move by either offset. The new
+/// value in vmcb12 then takes effect cleanly at the next VMRUN.
 fn tsc_exit_restores_l1_offset() {
-    let mut regs = setup(Task::Rdtsc, 0);
+    let mut regs = setup(Task::PokeVmcb12Offset, 2 * O12);
     l1::vmcb().control.tsc_offset = O12;
     let t0 = rdtsc();
     run_expect(&mut regs, ExitCode::Hlt);
     let t1 = rdtsc();
     check!(
         t1 >= t0 && t1 - t0 < ticks(SMALL_US),
-        "L1's TSC after the exit: {t0:#x} then {t1:#x}"
+        "L1's TSC across the run: {t0:#x} then {t1:#x}"
+    );
+    let seen = l2::result(0);
+    check!(
+        seen >= t0 + O12 && seen <= t1 + O12,
+        "L2 ran with o12 = {O12:#x}: {seen:#x}"
     );
     let v = l1::vmcb();
-    v.control.tsc_offset = 2 * O12;
-    v.state.rip = v.control.next_rip;
+    check_eq!(
+        v.control.tsc_offset,
+        2 * O12,
+        "vmcb12's offset as L2 left it (L0 does not write controls back)"
+    );
     l2::set(Task::Rdtsc, 0);
-    l1::prepare(l2::entry);
-    l1::vmcb().control.tsc_offset = 2 * O12;
+    v.state.rip = l2::entry as *const () as u64;
     let t2 = rdtsc();
     run_expect(&mut regs, ExitCode::Hlt);
     let l2 = l2::result(0);

@@ -17,6 +17,28 @@ use svm::ExitCode;
 const MAX_MESSAGE: usize = 256;
 
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // Hypercalls are for the guest kernel (CPL 0). From an L2 whose L1 does
+    // not intercept VMMCALL only the test hooks answer, and only in VMs set
+    // up for tests; anything else is #UD, as VMMCALL without a hypervisor.
+    let nr = vcpu.vmcb.state.rax;
+    let test_hook = matches!(
+        nr,
+        HC_EXIT_COUNT
+            | HC_TSC_SET_MODE
+            | HC_TSC_SHIFT_HOST_BACK
+            | HC_TSC_FREEZE_RESTORE
+            | HC_WAIT_PIT_US
+            | HC_TSC_MOVE_L1
+            | HC_QUEUE_INTERRUPT
+            | HC_HOST_TICKS
+    );
+    let from_l2 = vcpu.nested.in_l2();
+    if vcpu.vmcb.state.cpl != 0 || (from_l2 && !(test_hook && vm.test_hypercalls)) {
+        return super::raise(vcpu, vm, host, svm::EventInfo::exception(6));
+    }
+    if test_hook && !vm.test_hypercalls {
+        return resume_with(vcpu, vm, host, HC_UNKNOWN);
+    }
     let (nr, a, b, c) = (
         vcpu.vmcb.state.rax,
         vcpu.regs.rbx,

@@ -83,6 +83,14 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     if code == ExitCode::Invalid && vcpu.nested.in_l2() {
         return nested::vmexit::reflect_invalid(vcpu, vm);
     }
+    // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran.
+    let code = match code {
+        ExitCode::Rdtsc if vcpu.nested.in_l2() => match rip::decode_at_rip(vcpu, vm) {
+            Ok((svm::decode::Insn::Rdtscp, _)) => ExitCode::Rdtscp,
+            _ => code,
+        },
+        _ => code,
+    };
     if let Some(l2) = &vcpu.nested.l2 {
         let facts = ExitFacts {
             code,
@@ -125,7 +133,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         | ExitCode::Stgi
         | ExitCode::Clgi
         | ExitCode::Skinit
-        | ExitCode::Invlpga => inject(vcpu, EventInfo::exception(6)),
+        | ExitCode::Invlpga => raise(vcpu, vm, host, EventInfo::exception(6)),
         // The host took the interrupt already (Vcpu::run); nothing else to do.
         ExitCode::Intr => Action::Resume,
         ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
@@ -140,6 +148,23 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         report(vcpu, vm, stop);
     }
     action
+}
+
+/// Raises exception `event` in the running guest. While L2 runs and L1
+/// intercepts that vector, L1 gets the #VMEXIT it asked for instead
+/// (EXITINFO1 = the error code), as the CPU would do for L1.
+pub fn raise(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, event: EventInfo) -> Action {
+    if let Some(l2) = &vcpu.nested.l2 {
+        let vector = event.vector();
+        if vector < 32 && l2.vmcb12.control.intercept_exceptions & (1 << vector) != 0 {
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = u64::from(event.error_code().unwrap_or(0));
+            c.exit_info2 = 0;
+            c.exit_int_info = 0;
+            return nested::vmexit::reflect(vcpu, vm, host, ExitCode::Exception(vector));
+        }
+    }
+    inject(vcpu, event)
 }
 
 /// Injects `event` at the next VMRUN (RIP stays on the faulting instruction).

@@ -7,7 +7,7 @@
 //! reads the L2 view of the TSC (host + L1 offset + vmcb12 offset), a TSC
 //! write sets L1's TSC, and TSC_ADJUST is the one register L1 and L2 share.
 
-use super::{inject, rip, Action};
+use super::{raise, rip, Action};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::tsc::view_now;
 use crate::vmm::vcpu::Vcpu;
@@ -39,7 +39,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         None => false,
     };
     if !ok {
-        return inject(vcpu, EventInfo::exception_with_error_code(13, 0));
+        return raise(vcpu, vm, host, EventInfo::exception_with_error_code(13, 0));
     }
     rip::skip(vcpu, vm, host)
 }

@@ -10,8 +10,16 @@ use svm::nested::vmexit::{restore_l1, save_l2_to_vmcb12, ExitInfo};
 use svm::{EventInfo, ExitCode};
 
 /// nRIP for L1 (which is offered NRIP save): the next RIP for instruction
-/// intercepts (APM Vol. 2, 15.7.1), from EXITINFO2 for IOIO, else 0.
+/// intercepts (APM Vol. 2, 15.7.1) — the CPU's when it saves nRIP, else
+/// decoded — from EXITINFO2 for IOIO, else 0.
 fn next_rip(vcpu: &Vcpu, vm: &Vm, host: &HostCpu, code: ExitCode) -> u64 {
+    let hardware = vcpu.vmcb.control.next_rip;
+    if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS)
+        && hardware != 0
+        && code != ExitCode::Ioio
+    {
+        return hardware;
+    }
     let instruction = matches!(
         code,
         ExitCode::Cpuid

@@ -58,8 +58,20 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     } else {
         Ok(())
     };
+    // Beyond the architectural checks, a limit of this emulation: L0 decodes
+    // L2's instructions and walks its page tables for 64-bit mode only.
+    let verdict = verdict.map_err(Some).and_then(|()| match long_mode(&copy) {
+        true => Ok(()),
+        false => Err(None),
+    });
     if let Err(why) = verdict {
-        log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name);
+        match why {
+            Some(why) => log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name),
+            None => log::warn!(
+                "vm {}: vmcb12 at {gpa:#x}: L2 outside 64-bit mode is not supported",
+                vm.name
+            ),
+        }
         let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
             return inject(vcpu, gp);
         };
@@ -115,6 +127,12 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         vmcb12: copy,
     });
     Action::Resume
+}
+
+/// Whether vmcb12 starts L2 in 64-bit mode (EFER.LMA, CR0.PG, CS.L).
+fn long_mode(vmcb12: &Vmcb) -> bool {
+    let s = &vmcb12.state;
+    s.efer & svm::msr::EFER_LMA != 0 && s.cr0 & (1 << 31) != 0 && s.cs.attrib & (1 << 9) != 0
 }
 
 /// A zeroed `T` on the heap, never on the stack (a VMCB is 4 KiB).
