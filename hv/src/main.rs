@@ -45,7 +45,9 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     (boot.leave_loader)(cr3);
     let reclaimed = mem::frame::reclaim_bootloader_memory(&boot);
     mem::heap::init();
-    time::start_watchdog();
+    // `apic=x2apic`: switch the local APIC to x2APIC mode (as firmware may
+    // leave it on real machines) to exercise that path.
+    time::start_watchdog(boot.cmdline_value("apic") == Some("x2apic"));
     log::info!(
         "memory: {} KiB reclaimed from the loader, {} MiB free",
         reclaimed / 1024,

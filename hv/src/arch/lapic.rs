@@ -45,30 +45,56 @@ const REG_TIMER_DIVIDE: u64 = 0x3e0;
 /// Vector of the spurious interrupt (its handler sends no EOI).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
+/// The APIC's register page in the direct map, or 0 when the APIC is in
+/// x2APIC mode (registers are MSRs 0x800 + offset/16 then; firmware may
+/// leave it so on real machines).
 static MMIO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// IA32_APIC_BASE.EXTD: x2APIC mode.
+const APIC_BASE_X2APIC: u64 = 1 << 10;
 
 fn write(reg: u64, value: u32) {
-    let base = MMIO.load(core::sync::atomic::Ordering::Relaxed);
-    // SAFETY: `base` is the mapped APIC page (set by start_timer); writes go
-    // to architectural registers.
-    unsafe { core::ptr::write_volatile((base + reg) as *mut u32, value) };
+    match MMIO.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: x2APIC registers as MSRs; writes go to architectural registers.
+        0 => unsafe { super::cpu::wrmsr(0x800 + (reg >> 4) as u32, u64::from(value)) },
+        // SAFETY: `base` is the mapped APIC page (set by start_timer).
+        base => unsafe { core::ptr::write_volatile((base + reg) as *mut u32, value) },
+    }
 }
 
 fn read(reg: u64) -> u32 {
-    let base = MMIO.load(core::sync::atomic::Ordering::Relaxed);
-    // SAFETY: as for write.
-    unsafe { core::ptr::read_volatile((base + reg) as *const u32) }
+    match MMIO.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: as for write.
+        0 => unsafe { rdmsr(0x800 + (reg >> 4) as u32) as u32 },
+        // SAFETY: as for write.
+        base => unsafe { core::ptr::read_volatile((base + reg) as *const u32) },
+    }
 }
 
 /// Enables the local APIC and starts its timer: periodic, `vector`, every
 /// `period_ms` (calibrated against the PIT). The hypervisor's watchdog:
 /// with the INTR intercept, no guest can keep the CPU from the hypervisor
 /// for longer than a period.
-pub fn start_timer(vector: u8, period_ms: u32) -> Result<u32, &'static str> {
+pub fn start_timer(vector: u8, period_ms: u32, want_x2apic: bool) -> Result<u32, &'static str> {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let base = unsafe { rdmsr(MSR_APIC_BASE) } & 0x000f_ffff_ffff_f000;
-    let virt = crate::mem::paging::map_mmio(base, 4096)?;
-    MMIO.store(virt, core::sync::atomic::Ordering::Relaxed);
+    let mut apic_base = unsafe { rdmsr(MSR_APIC_BASE) };
+    let has_x2apic = raw_cpuid::CpuId::new()
+        .get_feature_info()
+        .is_some_and(|f| f.has_x2apic());
+    if want_x2apic && !has_x2apic {
+        log::warn!(
+            "lapic: x2APIC mode asked for, but the CPU has no x2APIC (QEMU 7.2 TCG has none)"
+        );
+    }
+    if want_x2apic && has_x2apic && apic_base & APIC_BASE_X2APIC == 0 {
+        // xAPIC -> x2APIC is a legal transition with the APIC enabled (bit 11).
+        apic_base |= APIC_BASE_X2APIC | (1 << 11);
+        // SAFETY: the CPU has x2APIC; the kernel uses no other APIC state yet.
+        unsafe { super::cpu::wrmsr(MSR_APIC_BASE, apic_base) };
+    }
+    if apic_base & APIC_BASE_X2APIC == 0 {
+        let virt = crate::mem::paging::map_mmio(apic_base & 0x000f_ffff_ffff_f000, 4096)?;
+        MMIO.store(virt, core::sync::atomic::Ordering::Relaxed);
+    }
     write(REG_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REG_TIMER_DIVIDE, 0b1011); // divide by 1
                                      // Count for 10 ms of PIT time with the timer masked (bit 16), one-shot.
@@ -80,6 +106,14 @@ pub fn start_timer(vector: u8, period_ms: u32) -> Result<u32, &'static str> {
         return Err("the APIC timer does not count");
     }
     let count = (u64::from(per_10ms) * u64::from(period_ms) / 10).min(u64::from(u32::MAX)) as u32;
+    log::info!(
+        "lapic: {} mode, timer {count} counts per {period_ms} ms",
+        if MMIO.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+            "x2APIC"
+        } else {
+            "xAPIC"
+        }
+    );
     write(REG_LVT_TIMER, (1 << 17) | u32::from(vector)); // periodic
     write(REG_TIMER_INITIAL, count);
     Ok(count)

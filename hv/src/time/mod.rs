@@ -24,9 +24,13 @@ pub fn uptime_ms() -> u64 {
 
 /// Starts the watchdog timer. Without it a guest that never exits would
 /// keep the CPU for good.
-pub fn start_watchdog() {
+pub fn start_watchdog(want_x2apic: bool) {
     crate::arch::pic::disable();
-    match crate::arch::lapic::start_timer(crate::arch::idt::TIMER_VECTOR, TICK_MS as u32) {
+    match crate::arch::lapic::start_timer(
+        crate::arch::idt::TIMER_VECTOR,
+        TICK_MS as u32,
+        want_x2apic,
+    ) {
         Ok(count) => log::info!("watchdog: APIC timer every {TICK_MS} ms ({count} counts)"),
         Err(e) => log::warn!("watchdog: {e}; a guest that never exits cannot be stopped"),
     }
