@@ -17,21 +17,20 @@ pub struct LapicInfo {
     pub version: u32,
 }
 
-/// Maps the local APIC's registers and reads its ID and version.
+/// Reads the local APIC's ID and version (after [`start_timer`] chose the
+/// register interface).
 pub fn probe() -> Result<LapicInfo, &'static str> {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let base = unsafe { rdmsr(MSR_APIC_BASE) } & 0x000f_ffff_ffff_f000;
-    let virt = crate::mem::paging::map_mmio(base, 4096)?;
-    // SAFETY: the APIC page is mapped uncached; these registers are read-only.
-    let (id, version) = unsafe {
-        (
-            core::ptr::read_volatile((virt + REG_ID) as *const u32),
-            core::ptr::read_volatile((virt + REG_VERSION) as *const u32),
-        )
-    };
+    let apic_base = unsafe { rdmsr(MSR_APIC_BASE) };
+    let x2apic = apic_base & APIC_BASE_X2APIC != 0;
+    if !x2apic && MMIO.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+        return Err("the APIC's registers are not mapped (no timer)");
+    }
+    let (id, version) = (read(REG_ID), read(REG_VERSION));
     Ok(LapicInfo {
-        base,
-        id: id >> 24,
+        base: apic_base & 0x000f_ffff_ffff_f000,
+        // xAPIC keeps the ID in bits 31:24; x2APIC uses all 32 bits.
+        id: if x2apic { id } else { id >> 24 },
         version,
     })
 }
