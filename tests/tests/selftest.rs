@@ -68,6 +68,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l0_exception_reflected",
     "nested::l2_hypercall_refused",
     "nested::l2_rdtscp_intercept",
+    "nested::pending_interrupt_preempts_l2",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 24] = [
+pub static CASES: [Case; 25] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -70,4 +70,5 @@ pub static CASES: [Case; 24] = [
     case("nested::l0_exception_reflected"),
     case("nested::l2_hypercall_refused"),
     case("nested::l2_rdtscp_intercept"),
+    case("nested::pending_interrupt_preempts_l2"),
 ];

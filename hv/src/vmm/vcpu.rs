@@ -66,8 +66,12 @@ impl Vcpu {
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
+            if let Action::Stop(stop) =
+                super::nested::insns::deliver_pending_interrupt(self, vm, host)
+            {
+                return stop;
+            }
             super::tsc::prepare_entry(self, vm);
-            super::nested::insns::deliver_pending_interrupt(self);
             if let Some(t) = exited_at {
                 self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
             }

@@ -44,6 +44,9 @@ pub enum Task {
     EchoHypercall,
     /// RDTSCP → R0, yield.
     Rdtscp,
+    /// HC_QUEUE_INTERRUPT(R7) for L1, then count loop iterations in R0
+    /// forever (only an exit to L1 ends it).
+    QueueAndSpin,
     /// vmcb12.tsc_offset in L1's memory := R7 (L2 can reach L1's memory),
     /// RDTSC → R0, yield.
     PokeVmcb12Offset,
@@ -130,6 +133,12 @@ pub extern "C" fn entry() -> ! {
             put(0, rdtsc());
         }
         x if x == Task::WriteAdjust as u64 => wrmsr(svm::msr::IA32_TSC_ADJUST, input),
+        x if x == Task::QueueAndSpin as u64 => {
+            put(6, call(svm::guest_abi::HC_QUEUE_INTERRUPT, input, 0, 0));
+            loop {
+                RESULTS[0].fetch_add(1, Ordering::SeqCst);
+            }
+        }
         x if x == Task::RdmsrUnknown as u64 => put(0, rdmsr(0xc001_1ffe)),
         x if x == Task::EchoHypercall as u64 => put(0, call(svm::guest_abi::HC_ECHO_SUM, 1, 2, 3)),
         x if x == Task::Rdtscp as u64 => put(0, guest_stubs::cpu::rdtscp().0),

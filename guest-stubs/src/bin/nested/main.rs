@@ -61,6 +61,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l0_exception_reflected" => l0_exception_reflected(),
         "nested::l2_hypercall_refused" => l2_hypercall_refused(),
         "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
+        "nested::pending_interrupt_preempts_l2" => pending_interrupt_preempts_l2(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -191,6 +192,28 @@ fn l2_rdtscp_intercept() {
     run_expect(&mut regs, ExitCode::Rdtscp);
     let v = l1::vmcb();
     check_eq!(v.control.next_rip, v.state.rip + 3, "RDTSCP nRIP");
+}
+
+/// An interrupt L0 holds for L1 ends L2's run at once when L1 intercepts
+/// INTR (L2 does not get back to its loop), and reaches L1's handler when
+/// L1 sets GIF again (its STGI after VMRUN).
+fn pending_interrupt_preempts_l2() {
+    let mut regs = setup(Task::QueueAndSpin, 0x41);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    // SAFETY: the runtime IDT counts vector 0x41; L1 takes interrupts now.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+    let (_, code) = l1::run(&mut regs);
+    let taken = interrupts_taken(0x41);
+    // SAFETY: back to interrupts off.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+    check_eq!(ExitCode::from_raw(code), ExitCode::Intr, "L2's exit");
+    check_eq!(l2::result(6), 0, "queue hypercall result");
+    check_eq!(
+        l2::result(0),
+        0,
+        "L2 loop iterations after queueing (the exit must come first)"
+    );
+    check_eq!(taken, 1, "interrupt 0x41 in L1 after its STGI");
 }
 
 /// An L2 that never exits comes back to L1 as #VMEXIT(INTR) when L1

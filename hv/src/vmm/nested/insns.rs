@@ -53,13 +53,25 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
 
 /// Delivers the interrupt L0 holds for L1 once L1 can take it: not in L2,
 /// GIF set, RFLAGS.IF set, no interrupt shadow, no other event pending.
-pub fn deliver_pending_interrupt(vcpu: &mut Vcpu) {
+/// While L2 runs and L1 intercepts INTR, the interrupt first ends L2's run
+/// with #VMEXIT(INTR) to L1 (and waits for L1's STGI), as a physical
+/// interrupt for L1 would.
+pub fn deliver_pending_interrupt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let Some(vector) = vcpu.nested.pending_interrupt else {
-        return;
+        return Action::Resume;
     };
+    if let Some(l2) = &vcpu.nested.l2 {
+        if l2.vmcb12.control.intercept_misc1 & svm::InterceptMisc1::INTR.bits() != 0 {
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = 0;
+            c.exit_info2 = 0;
+            c.exit_int_info = 0;
+            return super::vmexit::reflect(vcpu, vm, host, ExitCode::Intr);
+        }
+        return Action::Resume;
+    }
     let c = &vcpu.vmcb.control;
-    let ready = !vcpu.nested.in_l2()
-        && vcpu.nested.gif
+    let ready = vcpu.nested.gif
         && vcpu.vmcb.state.rflags & (1 << 9) != 0
         && c.interrupt_shadow & 1 == 0
         && !EventInfo(c.event_inj).is_valid();
@@ -67,4 +79,5 @@ pub fn deliver_pending_interrupt(vcpu: &mut Vcpu) {
         vcpu.vmcb.control.event_inj = EventInfo::external_interrupt(vector).0;
         vcpu.nested.pending_interrupt = None;
     }
+    Action::Resume
 }
