@@ -254,19 +254,23 @@ fn freeze(policy: u64) {
 }
 
 /// CPUID 0x40000010 EAX is the TSC frequency: 50 ms by the PIT (a clock
-/// independent of the TSC) take that many kHz × 50 ticks, within 10 %
-/// (the two exits around the wait count too).
+/// independent of the TSC) take that many kHz × 50 ticks, within 5 %. A
+/// busy host can only add ticks (QEMU descheduled around the wait), never
+/// remove them, so the least of three measurements is the one compared.
 fn cpuid_frequency_leaf() {
     check!(
         cpuid(0x4000_0000, 0)[0] >= 0x4000_0010,
         "hypervisor max leaf below 0x40000010"
     );
     let khz = khz();
-    let t0 = rdtsc();
-    check_eq!(call(HC_WAIT_PIT_US, 50_000, 0, 0), 0, "wait hypercall");
-    let measured = (rdtsc() - t0) / 50;
+    let measure = || {
+        let t0 = rdtsc();
+        check_eq!(call(HC_WAIT_PIT_US, 50_000, 0, 0), 0, "wait hypercall");
+        (rdtsc() - t0) / 50
+    };
+    let measured = (0..3).map(|_| measure()).min().unwrap_or(0);
     check!(
-        measured.abs_diff(khz) < khz / 10,
+        measured.abs_diff(khz) < khz / 20,
         "leaf says {khz} kHz, 50 ms by the PIT measured {measured} kHz"
     );
 }

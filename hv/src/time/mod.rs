@@ -50,8 +50,11 @@ static FREQUENCY: Once<TscFrequency> = Once::new();
 /// Calibrates the TSC (once) and returns its frequency.
 pub fn tsc_frequency() -> TscFrequency {
     *FREQUENCY.call_once(|| {
-        // Three 10 ms windows; the smallest count is the one least disturbed.
-        let khz = (0..3).map(|_| pit::measure_tsc_khz(10)).min().unwrap_or(0);
+        // Five 20 ms windows; the median shrugs off a disturbed one.
+        let mut khz = [0u64; 5];
+        khz.iter_mut().for_each(|k| *k = pit::measure_tsc_khz(20));
+        khz.sort_unstable();
+        let khz = khz[2];
         TscFrequency { khz, source: "PIT" }
     })
 }

@@ -48,15 +48,51 @@ pub fn wait_us(us: u64) {
     }
 }
 
-/// Counts TSC ticks over `ms` milliseconds (at most 50) of PIT time.
-pub fn measure_tsc_khz(ms: u64) -> u64 {
-    let count = (PIT_HZ * ms.min(50) / 1000) as u16;
-    start(count);
-    let t0 = super::host_tsc::read_raw();
-    while !done() {
-        core::hint::spin_loop();
+/// Reads channel 2's current count (latched, so both bytes match).
+fn count() -> u16 {
+    let mut cmd: Port<u8> = Port::new(COMMAND);
+    let mut data: Port<u8> = Port::new(CHANNEL2);
+    // SAFETY: a counter-latch command for channel 2, then its two bytes.
+    unsafe {
+        cmd.write(0b1000_0000);
+        let lo = data.read();
+        let hi = data.read();
+        u16::from_le_bytes([lo, hi])
     }
-    let t1 = super::host_tsc::read_raw();
-    // Ticks per ms = kHz; scale by the exact PIT period of the count.
-    (t1 - t0) * PIT_HZ / (u64::from(count) * 1000)
+}
+
+/// A PIT count and the TSC at the moment it was read: the TSC is read
+/// before and after the count, and of a few tries the one with the
+/// narrowest bracket is kept (a try QEMU was descheduled in is wide).
+fn sample() -> (u64, u16) {
+    let mut best = (u64::MAX, 0u64, 0u16);
+    for _ in 0..4 {
+        let a = super::host_tsc::read_raw();
+        let c = count();
+        let b = super::host_tsc::read_raw();
+        let width = b.wrapping_sub(a);
+        if width < best.0 {
+            best = (width, a + width / 2, c);
+        }
+    }
+    (best.1, best.2)
+}
+
+/// Measures the TSC frequency in kHz over about `ms` milliseconds (at most
+/// 50) of PIT time. Both ends pair a TSC reading with the PIT's count read
+/// right after it, so time lost between polls (QEMU descheduled on a busy
+/// host) is counted on both clocks alike instead of inflating the result.
+pub fn measure_tsc_khz(ms: u64) -> u64 {
+    let span = (PIT_HZ * ms.min(50) / 1000) as u16;
+    start(0xffff);
+    let (t0, c0) = sample();
+    let (t1, c1) = loop {
+        let (t, c) = sample();
+        if c0.wrapping_sub(c) >= span || done() {
+            break (t, c);
+        }
+        core::hint::spin_loop();
+    };
+    let pit_ticks = u64::from(c0.wrapping_sub(c1)).max(1);
+    (t1 - t0) * PIT_HZ / (pit_ticks * 1000)
 }
