@@ -53,7 +53,7 @@ impl VmConfig {
 
 /// MSRs guests use directly: their state is in the VMCB (moved by VMLOAD/
 /// VMSAVE), so letting the guest read and write them exposes nothing.
-const PASSTHROUGH_MSRS: [u32; 3] = [
+pub const PASSTHROUGH_MSRS: [u32; 3] = [
     svm::msr::FS_BASE,
     svm::msr::GS_BASE,
     svm::msr::KERNEL_GS_BASE,

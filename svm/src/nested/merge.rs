@@ -77,6 +77,22 @@ pub fn merge_iopm(l0: &[u8; IOPM_SIZE], l1: &[u8; IOPM_SIZE], out: &mut [u8; IOP
     or_into(l0, l1, out);
 }
 
+/// The MSRPM union when L0 intercepts every MSR except `holes` (the MSRs it
+/// passes through): the union is then L0's map except at the holes' bits,
+/// which follow L1 (`None`: L1 does not enable its map, so L0's 0 stays).
+/// `out` must already hold L0's map; only the holes' bits are written, so
+/// a nested VMRUN costs a few bit operations instead of an 8 KiB merge.
+/// Equals [`merge_msrpm`] under that condition (tested).
+pub fn merge_msrpm_holes(l1: Option<&[u8; MSRPM_SIZE]>, holes: &[u32], out: &mut [u8; MSRPM_SIZE]) {
+    for &msr in holes {
+        let read = l1.is_some_and(|m| crate::msrpm::reads_intercepted(m, msr));
+        let write = l1.is_some_and(|m| crate::msrpm::writes_intercepted(m, msr));
+        // Holes are inside the map's ranges, or they could not be holes.
+        let _ = crate::msrpm::set_read_intercept(out, msr, read);
+        let _ = crate::msrpm::set_write_intercept(out, msr, write);
+    }
+}
+
 /// `out[i] = a[i] | b[i]`, eight bytes at a time: this runs on every
 /// nested VMRUN over 20 KiB, in a kernel built without SIMD.
 fn or_into<const N: usize>(a: &[u8; N], b: &[u8; N], out: &mut [u8; N]) {
@@ -283,6 +299,30 @@ mod tests {
         assert!(out[0x2001..].iter().all(|&b| b == 0));
         for i in 0..IOPM_SIZE {
             assert_eq!(out[i], l0[i] | l1[i], "byte {i:#x}");
+        }
+    }
+
+    proptest! {
+        /// With L0 intercepting all but a few MSRs, the hole-only merge is
+        /// the full union, for any L1 map.
+        #[test]
+        fn hole_merge_equals_the_full_union(l1_bytes in proptest::collection::vec(any::<u8>(), MSRPM_SIZE), enabled in any::<bool>()) {
+            let holes = [0xC000_0100u32, 0xC000_0101, 0xC000_0102, 0x10, 0x1FFF, 0xC001_0000];
+            let mut l0 = Box::new([0xFFu8; MSRPM_SIZE]);
+            for &msr in &holes {
+                msrpm::set_read_intercept(&mut l0, msr, false).unwrap();
+                msrpm::set_write_intercept(&mut l0, msr, false).unwrap();
+            }
+            let l1: Box<[u8; MSRPM_SIZE]> = l1_bytes.into_boxed_slice().try_into().unwrap();
+            let mut full = Box::new([0u8; MSRPM_SIZE]);
+            if enabled {
+                merge_msrpm(&l0, &l1, &mut full);
+            } else {
+                full.copy_from_slice(&l0[..]);
+            }
+            let mut holes_only = l0.clone();
+            merge_msrpm_holes(enabled.then_some(&*l1), &holes, &mut holes_only);
+            prop_assert!(full[..] == holes_only[..]);
         }
     }
 }

@@ -15,7 +15,7 @@ use super::phys_box::PhysBox;
 use alloc::boxed::Box;
 use svm::iopm::IOPM_SIZE;
 use svm::msrpm::MSRPM_SIZE;
-use svm::{IoPermissionMap, MsrPermissionMap, Vmcb};
+use svm::{MsrPermissionMap, Vmcb};
 
 /// ASID L0 runs every L2 with (L1 runs with 1).
 pub const L2_ASID: u32 = 2;
@@ -47,10 +47,11 @@ pub struct Nested {
     pub l2: Option<L2>,
     /// L1's state and L0's controls while L2 runs (never L1's page).
     pub hsave: PhysBox<Vmcb>,
-    /// L0's MSR map merged with L1's, for L2.
+    /// L0's MSR map merged with L1's, for L2 (L2's I/O map is L0's: it
+    /// intercepts every port already).
     pub msrpm: PhysBox<MsrPermissionMap>,
-    /// L0's I/O map merged with L1's, for L2.
-    pub iopm: PhysBox<IoPermissionMap>,
+    /// Whether `msrpm` holds L0's map outside the pass-through MSRs yet.
+    pub msrpm_holds_l0: bool,
 }
 
 impl Nested {
@@ -65,7 +66,7 @@ impl Nested {
             l2: None,
             hsave: PhysBox::new_zeroed().ok_or("out of memory for hsave")?,
             msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
-            iopm: PhysBox::new_zeroed().ok_or("out of memory for the L2 IOPM")?,
+            msrpm_holds_l0: false,
         })
     }
 

@@ -5,10 +5,10 @@ use super::{l1_maps, l1_vmcb_mut, Nested, L2, L2_ASID};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{inject, rip, Action, Stop};
 use crate::vmm::vcpu::Vcpu;
-use crate::vmm::vm::Vm;
+use crate::vmm::vm::{Vm, PASSTHROUGH_MSRS};
 use alloc::boxed::Box;
 use svm::nested::checks::{check_vmcb12, L1Limits, CR4_ALLOWED_DEFAULT, EFER_ALLOWED_DEFAULT};
-use svm::nested::merge::{merge_iopm, merge_msrpm};
+use svm::nested::merge::merge_msrpm_holes;
 use svm::nested::vmrun::{build_l2_controls, load_l2_state, L2Controls};
 use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
 
@@ -85,24 +85,24 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         return Action::Resume;
     }
 
-    // Step 4: L1's permission maps (inside L1 memory: checked) merged with
-    // L0's. A map L1 does not enable (MSR_PROT/IOIO_PROT clear) is not
-    // merged: its contents mean nothing, and L2 runs with L0's map alone.
-    let Some((l1_msrpm, l1_iopm)) = l1_maps(&vm.memory, &copy) else {
+    // Step 4: the permission maps for L2, the union of L0's and L1's (L1's
+    // are inside its memory: checked). L0 intercepts every port and every
+    // MSR but the few it passes through, so the union is L0's I/O map
+    // itself, and L0's MSR map with only those MSRs' bits taken from L1's.
+    // A map L1 does not enable (MSR_PROT clear) means nothing.
+    let Some((l1_msrpm, _)) = l1_maps(&vm.memory, &copy) else {
         return Action::Stop(Stop::Unhandled(
             "permission maps vanished after the checks".into(),
         ));
     };
     let misc1 = InterceptMisc1::from_bits_retain(copy.control.intercept_misc1);
-    let (merged_msrpm, merged_iopm) = (&mut vcpu.nested.msrpm.0, &mut vcpu.nested.iopm.0);
-    match misc1.contains(InterceptMisc1::MSR_PROT) {
-        true => merge_msrpm(&vm.msrpm.0, l1_msrpm, merged_msrpm),
-        false => merged_msrpm.copy_from_slice(&vm.msrpm.0),
+    let merged = &mut vcpu.nested.msrpm;
+    if !vcpu.nested.msrpm_holds_l0 {
+        merged.0.copy_from_slice(&vm.msrpm.0);
+        vcpu.nested.msrpm_holds_l0 = true;
     }
-    match misc1.contains(InterceptMisc1::IOIO_PROT) {
-        true => merge_iopm(&vm.iopm.0, l1_iopm, merged_iopm),
-        false => merged_iopm.copy_from_slice(&vm.iopm.0),
-    }
+    let l1_map = misc1.contains(InterceptMisc1::MSR_PROT).then_some(l1_msrpm);
+    merge_msrpm_holes(l1_map, &PASSTHROUGH_MSRS, &mut merged.0);
 
     // Step 5: stash L1's state and L0's controls in hsave.
     let nested: &mut Nested = &mut vcpu.nested;
@@ -112,7 +112,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     // Step 6: build L2 in place in the active VMCB.
     let l2c = L2Controls {
         msrpm_pa: nested.msrpm.phys(),
-        iopm_pa: nested.iopm.phys(),
+        iopm_pa: vm.iopm.phys(),
         asid: L2_ASID,
         // L1 may have changed L2's page tables since the last run.
         tlb_control: TlbControl::FlushAll.as_u8(),
