@@ -1,5 +1,5 @@
 //! Length of the instructions the hypervisor intercepts, for CPUs without
-//! NRIP save (QEMU TCG has none: platform notes). With NRIP the VMCB's
+//! NRIP save (QEMU TCG has none: docs/qemu-tcg.md). With NRIP the VMCB's
 //! `next_rip` gives the answer; without it the hypervisor reads the bytes at
 //! the guest's RIP and asks [`intercepted_len`]. IOIO exits need neither:
 //! EXITINFO2 holds the next RIP (APM Vol. 2, 15.10.2).

@@ -244,7 +244,7 @@ pub const fn exception_has_error_code(vector: u8) -> bool {
 ///
 /// TCG records every event it was delivering that did not come from INTn
 /// (or INT3/INTO) as TYPE = exception, external interrupts and NMIs
-/// included (platform.md). Injected back unchanged, an external interrupt
+/// included (docs/qemu-tcg.md). Injected back unchanged, an external interrupt
 /// with vector >= 32 as an "exception" makes VMRUN fail on silicon (it is
 /// not an exception vector), and TCG would deliver it with exception
 /// semantics. So, for a valid exception-typed value:

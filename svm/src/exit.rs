@@ -157,7 +157,7 @@ impl ExitCode {
     /// Decodes an EXITCODE.
     ///
     /// VMEXIT_INVALID is recognised by its low 32 bits alone: silicon writes
-    /// 64-bit -1, QEMU TCG writes 0x0000_0000_FFFF_FFFF (platform.md). Any
+    /// 64-bit -1, QEMU TCG writes 0x0000_0000_FFFF_FFFF (docs/qemu-tcg.md). Any
     /// other value with bits set above bit 31 is [`ExitCode::Unknown`].
     pub const fn from_raw(raw: u64) -> Self {
         if raw as u32 == u32::MAX {

@@ -10,7 +10,11 @@
 //!
 //! Hypercalls: `VMMCALL` with the number in `RAX`, arguments in `RBX`,
 //! `RCX`, `RDX`; the result comes back in `RAX` (unknown numbers return
-//! [`HC_UNKNOWN`]).
+//! [`HC_UNKNOWN`]). Only CPL 0 may call (#UD otherwise). Numbers 2-9 are
+//! test hooks: they answer only in VMs set up for tests (else
+//! [`HC_UNKNOWN`]), and they are the only hypercalls an L2 can make when its
+//! L1 does not intercept VMMCALL (any other is #UD there, which goes to L1
+//! if L1 intercepts #UD).
 
 /// Guest RAM per test VM.
 pub const GUEST_MEMORY_SIZE: u64 = 4 << 20;
@@ -77,7 +81,8 @@ impl StartParams {
 }
 
 /// Hypercall: the guest is done. `RBX` = 0 for pass, else fail with a
-/// message of `RDX` bytes at guest address `RCX`.
+/// message of `RDX` bytes (at most 256 are read) at guest-virtual address
+/// `RCX`.
 pub const HC_DONE: u64 = 0;
 /// Hypercall: returns `RBX + 2*RCX + 3*RDX` (wrapping), so swapped or lost
 /// arguments show.
@@ -92,18 +97,21 @@ pub const HC_TSC_SET_MODE: u64 = 3;
 /// ticks (as after a host TSC write). Returns 0.
 pub const HC_TSC_SHIFT_HOST_BACK: u64 = 4;
 /// Freezes the VM's TSC state, waits `RCX` microseconds (by the PIT), and
-/// restores it with policy `RBX` (0 = pause, 1 = continue). Returns 0.
+/// restores it with policy `RBX` (0 = pause, 1 = continue). Waits are capped
+/// at 1 s. Returns 0, or [`HC_UNKNOWN`] for another policy.
 pub const HC_TSC_FREEZE_RESTORE: u64 = 5;
-/// Waits `RBX` microseconds by the PIT, a clock independent of the TSC.
-/// Returns 0.
+/// Waits `RBX` microseconds (at most 1 s) by the PIT, a clock independent
+/// of the TSC. Returns 0.
 pub const HC_WAIT_PIT_US: u64 = 6;
 /// Hypercall: L0 moves L1's TSC offset by `RBX` (wrapping), as it would
-/// after a host TSC change; issued by L2 while it runs, this is seed 000's
-/// scenario. Returns 0.
+/// after a host TSC change; issued by L2 while it runs, it moves L1's offset
+/// under a running L2 (the nested TSC rule of `svm::nested::tsc`). Returns 0.
 pub const HC_TSC_MOVE_L1: u64 = 7;
 /// Hypercall: queue an external interrupt with vector `RBX` (32-255) for
-/// this (L1) vCPU; L0 delivers it once L1's GIF and RFLAGS.IF allow.
-/// Returns 0, or [`HC_UNKNOWN`] for a vector below 32.
+/// this (L1) vCPU; L0 delivers it once L1's GIF and RFLAGS.IF allow. While
+/// L2 runs and L1 intercepts INTR, it first ends L2's run with #VMEXIT(INTR);
+/// otherwise it waits for L2's next exit to L1. One interrupt is held; a
+/// second call replaces it. Returns 0, or [`HC_UNKNOWN`] below vector 32.
 pub const HC_QUEUE_INTERRUPT: u64 = 8;
 /// Hypercall: host TSC ticks L0 spent handling this vCPU's exits so far
 /// (under QEMU's `-icount shift=0`, L0's instruction count). For benches.

@@ -11,7 +11,7 @@ bitflags! {
     /// 0x000: intercept reads (bits 15:0) and writes (bits 31:16) of CR0-15.
     ///
     /// QEMU 10.0 TCG mishandles the CR2/CR3/CR4/CR8 read intercepts (7.2
-    /// is right; platform.md): do not rely on them there.
+    /// is right; docs/qemu-tcg.md): do not rely on them there.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     pub struct CrIntercepts: u32 {
         /// Read of CR0 (also SMSW).

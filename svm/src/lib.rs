@@ -8,7 +8,7 @@
 //! decodes what it sees.
 //!
 //! Where QEMU's software SVM (TCG) departs from silicon the affected
-//! helper says so (see the project's `platform.md`).
+//! helper says so (see `docs/qemu-tcg.md`).
 #![no_std]
 #![warn(missing_docs)]
 

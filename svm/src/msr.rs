@@ -2,7 +2,7 @@
 //! (APM Vol. 2 15.30 "SVM Related MSRs", 3.1.7 EFER, Appendix A).
 //!
 //! QEMU TCG reads IA32_TSC as 0 and ignores writes to it, and has no
-//! TSC_ADJUST; VM_CR and SVM_KEY read 0 (platform.md).
+//! TSC_ADJUST; VM_CR and SVM_KEY read 0 (docs/qemu-tcg.md).
 
 use bitflags::bitflags;
 

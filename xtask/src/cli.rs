@@ -15,7 +15,7 @@ commands:
           kernel's verdict (0 only when it reports success)
   image   build target/hv.iso (BIOS+UEFI, CD or USB) and target/hv.img (USB disk)
   test    host unit tests of every crate, then the QEMU boot tests
-    lint    rustfmt check and clippy (host crates and bare-metal crates)
+  lint    rustfmt check and clippy (host crates and bare-metal crates)
   bench   instructions per exit round trip, counted under QEMU -icount (release kernel)
 
 options:

@@ -1,7 +1,7 @@
 //! The kernel's GDT and TSS, with IST stacks for #DF, NMI and #MC.
 //!
 //! A valid TR is also needed before any stack switch: without one QEMU aborts
-//! with "invalid tss" (platform notes).
+//! with "invalid tss" (docs/qemu-tcg.md).
 
 use spin::Once;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};

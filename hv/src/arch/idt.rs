@@ -1,8 +1,11 @@
-//! Exception entry: an IDT of 32 gates, assembly stubs that save every
-//! register into a [`TrapFrame`], and a report that stops the machine.
+//! The IDT: 32 exception gates whose stubs save every register into a
+//! [`TrapFrame`] for a report that stops the machine (any exception is a
+//! kernel bug, or a deliberate fault from the command line); the watchdog
+//! timer (0x20); the APIC's spurious vector (0xFF); and the remapped legacy
+//! PICs' vectors (0xE0-0xEF), which only ever arrive spuriously.
 //!
-//! The kernel runs with interrupts off; any exception is a kernel bug (or a
-//! deliberate fault from the command line), so the handler reports and ends.
+//! The kernel runs with interrupts off, except for the moment after an INTR
+//! exit when it lets the pending interrupt in (`Vcpu::run`).
 
 use super::gdt;
 use core::fmt;

@@ -1,4 +1,5 @@
-//! The local APIC, reached through MMIO the direct map does not cover.
+//! The local APIC: its registers through MMIO the direct map does not
+//! cover, or, in x2APIC mode, as MSRs 0x800 + offset/16.
 
 use super::cpu::rdmsr;
 

@@ -1,7 +1,7 @@
 //! The host TSC as the hypervisor sees it.
 //!
 //! Read with RDTSC only: under QEMU TCG, RDMSR of IA32_TSC returns 0 (see
-//! the platform notes). A test hook can move the hypervisor's view
+//! the docs/qemu-tcg.md). A test hook can move the hypervisor's view
 //! backwards ([`shift_back`]) to show that guests never see it: the VMCB
 //! offset is computed against this view, so without compensation the guest
 //! TSC would drop by the same amount.

@@ -43,7 +43,7 @@ pub fn after_exit(vm: &mut Vm) {
 }
 
 /// Sets or clears the RDTSC/RDTSCP intercepts in `c` to `on`, keeping
-/// `keep_on` (vmcb12's, while L2 runs: L0's intercepts add to L1's).
+/// the bits of `keep` (vmcb12's, while L2 runs: L0's intercepts add to L1's).
 fn set_rdtsc_intercepts(c: &mut ControlArea, on: bool, keep: (u32, u32)) {
     let (m1, m2) = (InterceptMisc1::RDTSC.bits(), InterceptMisc2::RDTSCP.bits());
     let want1 = if on {
@@ -81,7 +81,7 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
             program_entry(l1, &mut active.tsc_offset, Some(&mut hsave.tsc_offset));
             set_rdtsc_intercepts(hsave, exiting, (0, 0));
             // vmcb12's RDTSCP intercept needs the RDTSC one too under QEMU
-            // TCG, where RDTSCP obeys the RDTSC bit (platform notes); an
+            // TCG, where RDTSCP obeys the RDTSC bit (docs/qemu-tcg.md); an
             // RDTSC L1 did not ask for is then L0's to emulate.
             let v12 = &l2.vmcb12.control;
             let rdtscp = v12.intercept_misc2 & InterceptMisc2::RDTSCP.bits() != 0;

@@ -49,8 +49,7 @@ const VGIF_BITS: IntCtl = IntCtl::V_GIF.union(IntCtl::V_GIF_ENABLE);
 /// V_INTR_MASKING is forced on whatever L1 asked for: with it, L2's
 /// RFLAGS.IF and TPR gate only virtual interrupts, and physical ones are
 /// governed by the host's IF at VMRUN, i.e. stay L0's (APM 15.21.1). An L1
-/// that cleared it expects L2's IF to mask L1's interrupts: L0 emulates
-/// that when it decides whether to deliver a virtual interrupt to L1.
+/// that clears it is not emulated: L2's IF never masks L1's interrupts.
 pub fn merge_int_ctl(vmcb12_int_ctl: u64, vgif_offered: bool) -> u64 {
     let mut keep = FROM_VMCB12;
     if vgif_offered {
@@ -93,8 +92,8 @@ pub fn merge_msrpm_holes(l1: Option<&[u8; MSRPM_SIZE]>, holes: &[u32], out: &mut
     }
 }
 
-/// `out[i] = a[i] | b[i]`, eight bytes at a time: this runs on every
-/// nested VMRUN over 20 KiB, in a kernel built without SIMD.
+/// `out[i] = a[i] | b[i]`, eight bytes at a time (the kernel is built
+/// without SIMD); backs [`merge_msrpm`] and [`merge_iopm`].
 fn or_into<const N: usize>(a: &[u8; N], b: &[u8; N], out: &mut [u8; N]) {
     let words = out
         .chunks_exact_mut(8)

@@ -181,10 +181,10 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 /// - An IOIO exit whose EXITINFO1 does not decode (no single size bit,
 ///   which hardware never reports) goes to L1 when IOIO_PROT is set: L1
 ///   asked for I/O exits and is better placed than L0 to reject it.
-/// - [`ExitCode::Rdtsc`] follows vmcb12's RDTSC bit. QEMU TCG reports
-///   RDTSCP with the RDTSC exit code, so under TCG a real RDTSCP in L2 goes
-///   to L1 when L1 intercepts RDTSC, and to L0 when L1 intercepts only
-///   RDTSCP.
+/// - [`ExitCode::Rdtsc`] follows vmcb12's RDTSC bit, [`ExitCode::Rdtscp`]
+///   its RDTSCP bit. QEMU TCG reports RDTSCP with the RDTSC exit code, so
+///   callers must pass the decoded instruction (the kernel decodes RDTSC
+///   exits from L2 and passes `Rdtscp` for a real RDTSCP).
 /// - Physical INTR/NMI/SMI/INIT go to L1 when L1 intercepts them; the
 ///   event itself is still L0's to service.
 /// - CR0 writes: [`ExitCode::CrWrite`]`(0)` follows L1's CR0-write bit

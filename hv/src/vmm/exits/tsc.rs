@@ -1,5 +1,5 @@
 //! RDTSC/RDTSCP exits (TSC exiting mode): the value the offset would give.
-//! QEMU TCG reports RDTSCP with the RDTSC exit code (platform notes), so the
+//! QEMU TCG reports RDTSCP with the RDTSC exit code (docs/qemu-tcg.md), so the
 //! instruction is decoded to know whether ECX must get TSC_AUX.
 
 use super::{rip, Action};

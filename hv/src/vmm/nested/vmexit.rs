@@ -64,7 +64,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         code: code.to_raw(),
         info1: c.exit_info1,
         info2: c.exit_info2,
-        // QEMU TCG types interrupts as exceptions here (platform notes).
+        // QEMU TCG types interrupts as exceptions here (docs/qemu-tcg.md).
         int_info: if int_info.is_valid() {
             sanitize_for_reinjection(int_info).0
         } else {
@@ -85,7 +85,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
 /// L2): something L0's checks let through. L2 never ran, so L1 gets what
 /// VMRUN gives for a bad vmcb12 — VMEXIT_INVALID in vmcb12, state untouched
 /// — and L1's state comes back whole from hsave (the CPU may have written
-/// over the active save area: platform notes).
+/// over the active save area: docs/qemu-tcg.md).
 pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
     let Some(l2) = vcpu.nested.l2.take() else {
         return Action::Stop(Stop::InvalidVmcb);

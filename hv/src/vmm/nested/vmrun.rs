@@ -14,7 +14,7 @@ use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
 
 /// VMEXIT_INVALID as software reads it from the VMCB (-1).
 const VMEXIT_INVALID: u64 = u64::MAX;
-/// The physical-address width L1 is told about (and checked against).
+/// The physical-address width vmcb12's addresses are checked against.
 pub const L1_MAX_PHYS_BITS: u8 = 40;
 
 /// Emulates VMRUN executed by L1.
