@@ -71,7 +71,8 @@ pub fn save_l2_to_vmcb12(active: &Vmcb, exit: &ExitInfo, vmcb12: &mut Vmcb) {
 /// comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
 pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
     let keep = active.state;
-    active.clone_from(hsave);
+    // A byte copy: no 4 KiB temporary on the stack.
+    active.as_bytes_mut().copy_from_slice(hsave.as_bytes());
     let s = &mut active.state;
     s.fs = keep.fs;
     s.gs = keep.gs;

@@ -52,6 +52,8 @@ pub struct Nested {
     pub msrpm: PhysBox<MsrPermissionMap>,
     /// Whether `msrpm` holds L0's map outside the pass-through MSRs yet.
     pub msrpm_holds_l0: bool,
+    /// The vmcb12 copy buffer of the last L2, kept for the next VMRUN.
+    pub spare_vmcb12: Option<Box<Vmcb>>,
 }
 
 impl Nested {
@@ -67,6 +69,7 @@ impl Nested {
             hsave: PhysBox::new_zeroed().ok_or("out of memory for hsave")?,
             msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
             msrpm_holds_l0: false,
+            spare_vmcb12: None,
         })
     }
 

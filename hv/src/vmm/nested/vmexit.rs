@@ -76,6 +76,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
     };
     save_l2_to_vmcb12(&vcpu.vmcb, &exit, vmcb12);
+    vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
     vcpu.nested.gif = false;
     Action::Resume
@@ -102,7 +103,10 @@ pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
     vmcb12.control.exit_info2 = 0;
     vmcb12.control.exit_int_info = 0;
     vmcb12.control.next_rip = 0;
-    vcpu.vmcb.clone_from(&vcpu.nested.hsave);
+    vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
+    vcpu.vmcb
+        .as_bytes_mut()
+        .copy_from_slice(vcpu.nested.hsave.as_bytes());
     vcpu.vmcb.control.vmcb_clean = 0;
     vcpu.vmcb.state.dr7 = 0x400;
     vcpu.vmcb.state.cpl = 0;

@@ -42,7 +42,11 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
         return inject(vcpu, gp);
     };
-    let mut copy = zeroed_box::<Vmcb>();
+    let mut copy = vcpu
+        .nested
+        .spare_vmcb12
+        .take()
+        .unwrap_or_else(zeroed_box::<Vmcb>);
     copy.as_bytes_mut().copy_from_slice(in_l1.as_bytes());
 
     // Step 3: check the copy; a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
@@ -106,7 +110,10 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 
     // Step 5: stash L1's state and L0's controls in hsave.
     let nested: &mut Nested = &mut vcpu.nested;
-    nested.hsave.clone_from(&vcpu.vmcb);
+    nested
+        .hsave
+        .as_bytes_mut()
+        .copy_from_slice(vcpu.vmcb.as_bytes());
     nested.hsave.state.rip = resume_rip;
 
     // Step 6: build L2 in place in the active VMCB.
