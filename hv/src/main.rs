@@ -36,6 +36,13 @@ pub fn kernel_main(boot: BootInfo) -> ! {
             log::warn!("unknown log level {level:?} on the command line");
         }
     }
+    if boot.memory.dropped() > 0 {
+        fatal(format_args!(
+            "the loader's memory map has {} more regions than the {} recorded",
+            boot.memory.dropped(),
+            boot::info::MAX_REGIONS
+        ));
+    }
     arch::gdt::init();
     arch::idt::init();
 

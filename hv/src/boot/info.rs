@@ -3,7 +3,7 @@
 use core::fmt;
 
 /// Upper bounds of what [`BootInfo`] records; fixed so it lives without a heap.
-pub const MAX_REGIONS: usize = 128;
+pub const MAX_REGIONS: usize = 512;
 /// Most boot modules recorded.
 pub const MAX_MODULES: usize = 8;
 /// Most CPUs recorded.
@@ -51,9 +51,11 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
-    /// RAM that the kernel maps in its direct map.
+    /// Memory the kernel maps (write-back) in its direct map. Not the
+    /// framebuffer, which the kernel never touches and which wants another
+    /// memory type.
     pub fn is_ram(self) -> bool {
-        !matches!(self, MemoryKind::Reserved)
+        !matches!(self, MemoryKind::Reserved | MemoryKind::Framebuffer)
     }
 }
 

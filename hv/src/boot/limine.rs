@@ -49,7 +49,9 @@ static MODULES: ModuleRequest = ModuleRequest::new();
 
 #[used]
 #[unsafe(link_section = ".requests")]
-static MP: MpRequest = MpRequest::new();
+/// x2APIC asked for: Limine refuses to boot with an MP request when firmware
+/// enabled x2APIC for good otherwise, and APIC IDs of 255 and up need it.
+static MP: MpRequest = MpRequest::new().with_flags(limine::mp::RequestFlags::X2APIC);
 
 /// Stacks Limine gives the BSP before the switch, and the APs it parks.
 #[used]
@@ -141,6 +143,13 @@ extern "C" fn limine_main() -> ! {
             });
         }
     }
+    if boot.cpus.as_slice().is_empty() {
+        // No MP response: at least the processor running this.
+        boot.cpus.push(Cpu {
+            apic_id: crate::arch::cpu::apic_id(),
+            is_bsp: true,
+        });
+    }
     boot.leave_loader = |cr3| {
         let parked = park_application_processors(cr3);
         log::info!("limine: {parked} application processors parked on kernel tables");
@@ -150,43 +159,122 @@ extern "C" fn limine_main() -> ! {
 
 /// Moves every application processor Limine parked onto kernel code.
 ///
-/// Limine parks APs in bootloader-reclaimable memory, on its page tables.
-/// Before that memory is reused they must leave it: each AP loads `cr3` (the
-/// kernel's tables), counts itself in `parked` and halts with interrupts off.
-/// Returns how many APs were moved. Called once, on the BSP, after the kernel
-/// switched to its own page tables.
+/// Limine parks APs in bootloader-reclaimable memory, on its page tables,
+/// GDT and stack, with an empty IDT. Before that memory is reused they must
+/// leave it: each AP loads the kernel's CR3 and GDT, takes a small stack
+/// slot in kernel memory, loads an IDT whose only gate is an NMI handler that
+/// returns (an NMI on a parked AP must not triple-fault the machine), checks
+/// in and halts with interrupts off. Returns how many APs checked in (within
+/// about a second). Called once, on the BSP, after the kernel switched to its
+/// own page tables and loaded its GDT.
 pub fn park_application_processors(cr3: u64) -> usize {
     let Some(mp) = MP.get_response() else {
         return 0;
     };
-    AP_CR3.store(cr3, core::sync::atomic::Ordering::SeqCst);
+    use core::sync::atomic::Ordering::SeqCst;
+    AP_CR3.store(cr3, SeqCst);
+    let gdtr = x86_64::instructions::tables::sgdt();
+    // SAFETY: written before any AP is released, read only by APs after.
+    unsafe {
+        AP_GDTR = gdtr;
+        AP_IDT[2] = nmi_gate(ap_nmi as *const () as u64);
+        AP_IDTR = x86_64::structures::DescriptorTablePointer {
+            limit: (core::mem::size_of::<[[u64; 2]; 3]>() - 1) as u16,
+            base: x86_64::VirtAddr::new(core::ptr::addr_of!(AP_IDT) as u64),
+        };
+    }
     let mut started = 0;
     for cpu in mp.cpus().iter().filter(|c| c.lapic_id != mp.bsp_lapic_id()) {
         cpu.goto_address.write(ap_park);
         started += 1;
     }
-    while AP_PARKED.load(core::sync::atomic::Ordering::SeqCst) < started {
-        core::hint::spin_loop();
+    for _ in 0..1000 {
+        if AP_PARKED.load(SeqCst) >= started {
+            break;
+        }
+        crate::time::pit::wait_us(1000);
     }
-    started
+    let parked = AP_PARKED.load(SeqCst);
+    if parked < started {
+        // Reclaiming what they still run on would be unsafe.
+        crate::fatal(format_args!(
+            "only {parked} of {started} APs left Limine's memory"
+        ));
+    }
+    parked
 }
+
+/// A 64-bit interrupt gate (present, DPL 0, selector 0x08) to `handler`.
+fn nmi_gate(handler: u64) -> [u64; 2] {
+    let low = (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((handler >> 16) & 0xffff) << 48;
+    [low, handler >> 32]
+}
+
+const AP_STACK_SLOT: usize = 512;
+const AP_STACK_SLOTS: usize = 256;
 
 static AP_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static AP_PARKED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static mut AP_GDTR: x86_64::structures::DescriptorTablePointer =
+    x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::zero(),
+    };
+static mut AP_IDTR: x86_64::structures::DescriptorTablePointer =
+    x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::zero(),
+    };
+static mut AP_IDT: [[u64; 2]; 3] = [[0; 2]; 3];
+#[repr(C, align(16))]
+struct ApStacks([u8; AP_STACK_SLOT * AP_STACK_SLOTS]);
+static mut AP_STACKS: ApStacks = ApStacks([0; AP_STACK_SLOT * AP_STACK_SLOTS]);
 
-/// Where parked APs go: switch to the kernel's tables, check in, halt for good.
-/// Touches no stack, so the Limine stack it arrives on may be reclaimed.
+/// NMI on a parked AP: nothing to do.
+#[unsafe(naked)]
+unsafe extern "C" fn ap_nmi() {
+    core::arch::naked_asm!("iretq")
+}
+
+/// Where parked APs go (see [`park_application_processors`]). Uses no
+/// Limine memory after its first instructions.
 #[unsafe(naked)]
 unsafe extern "C" fn ap_park(_cpu: &limine::mp::Cpu) -> ! {
     core::arch::naked_asm!(
         "cli",
         "mov rax, [rip + {cr3}]",
         "mov cr3, rax",
-        "lock inc qword ptr [rip + {parked}]",
+        "lgdt [rip + {gdtr}]",
+        "lea rax, [rip + 3f]",
+        "push 0x08",
+        "push rax",
+        "retfq",
+        "3:",
+        "mov ax, 0x10",
+        "mov ss, ax",
+        "mov ds, ax",
+        "mov es, ax",
+        // Slot index: the check-in count before this AP's.
+        "mov eax, 1",
+        "lock xadd qword ptr [rip + {parked}], rax",
+        "cmp rax, {slots} - 1",
+        "jb 4f",
+        "mov eax, {slots} - 1",
+        "4:",
+        "inc rax",
+        "imul rax, rax, {slot}",
+        "lea rsp, [rip + {stacks}]",
+        "add rsp, rax",
+        "lidt [rip + {idtr}]",
         "2:",
         "hlt",
         "jmp 2b",
         cr3 = sym AP_CR3,
+        gdtr = sym AP_GDTR,
+        idtr = sym AP_IDTR,
         parked = sym AP_PARKED,
+        stacks = sym AP_STACKS,
+        slots = const AP_STACK_SLOTS,
+        slot = const AP_STACK_SLOT,
     )
 }
