@@ -18,6 +18,7 @@ extern crate std;
 mod bitmap;
 pub mod cpuid;
 pub mod cpuid_filter;
+pub mod cr;
 pub mod decode;
 pub mod event;
 pub mod exec_ctl;

@@ -24,6 +24,8 @@ pub const IA32_DEBUGCTL: u32 = 0x0000_01D9;
 pub const IA32_PAT: u32 = 0x0000_0277;
 /// EFER: extended feature enable register.
 pub const EFER: u32 = 0xC000_0080;
+/// IA32_PAT's power-on value (APM Vol. 2, 7.8.2): WB, WT, UC-, UC, twice.
+pub const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
 /// STAR: SYSCALL target CS/SS and legacy EIP.
 pub const STAR: u32 = 0xC000_0081;
 /// LSTAR: 64-bit SYSCALL target RIP.

@@ -3,19 +3,11 @@
 
 use super::vcpu::Vcpu;
 use super::vm::Vm;
+use svm::cr::{CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE};
 use svm::guest_abi::{self, PARAMS_GPA, PML4_GPA};
-use svm::msr::{EFER_LMA, EFER_LME, EFER_SVME};
+use svm::msr::{EFER_LMA, EFER_LME, EFER_SVME, PAT_POWER_ON};
 use svm::{ExceptionIntercepts, InterceptMisc1, InterceptMisc2, TlbControl, Vmcb, VmcbSegment};
 
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-/// Power-on PAT (APM Vol. 2, 7.8.2).
-const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// V_INTR_MASKING (APM 15.21.1): the guest's RFLAGS.IF masks only virtual
 /// interrupts; physical ones stay the host's.
 const INT_CTL_V_INTR_MASKING: u64 = 1 << 24;
@@ -78,7 +70,7 @@ pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
     s.rip = entry;
     s.rsp = vm.memory.size();
     s.rax = 0;
-    s.g_pat = DEFAULT_PAT;
+    s.g_pat = PAT_POWER_ON;
 
     vcpu.regs = Default::default();
     vcpu.regs.rdi = PARAMS_GPA;

@@ -10,6 +10,7 @@
 //!
 //! Checking is pure: it reads the VMCB copy and the limits, nothing else.
 
+use crate::cr::{CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE};
 use crate::event::{EventInfo, IllegalEvent};
 use crate::exec_ctl::NestedCtl;
 use crate::intercept::InterceptMisc2;
@@ -18,16 +19,6 @@ use crate::msr::{EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME};
 use crate::msrpm::MSRPM_SIZE;
 use crate::vmcb::{Vmcb, VmcbSegment};
 
-/// CR0.PE (bit 0): protection enable.
-const CR0_PE: u64 = 1 << 0;
-/// CR0.NW (bit 29): not write-through.
-const CR0_NW: u64 = 1 << 29;
-/// CR0.CD (bit 30): cache disable.
-const CR0_CD: u64 = 1 << 30;
-/// CR0.PG (bit 31): paging.
-const CR0_PG: u64 = 1 << 31;
-/// CR4.PAE (bit 5).
-const CR4_PAE: u64 = 1 << 5;
 /// Bits 63:32 of CR0, DR6 and DR7, all MBZ.
 const HIGH_HALF: u64 = 0xFFFF_FFFF_0000_0000;
 /// Bits 11:0 of IOPM_BASE_PA / MSRPM_BASE_PA, which the CPU ignores

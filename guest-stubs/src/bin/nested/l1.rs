@@ -106,7 +106,7 @@ pub fn prepare(entry: extern "C" fn() -> !) {
     s.rsp = addr_of_mut!(L2_STACK) as u64 + L2_STACK_SIZE as u64;
     s.dr6 = 0xffff_0ff0;
     s.dr7 = 0x400;
-    s.g_pat = 0x0007_0406_0007_0406;
+    s.g_pat = svm::msr::PAT_POWER_ON;
 }
 
 /// Runs L2 until its next #VMEXIT: CLGI, VMRUN, STGI like a real

@@ -139,7 +139,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 /// Whether vmcb12 starts L2 in 64-bit mode (EFER.LMA, CR0.PG, CS.L).
 fn long_mode(vmcb12: &Vmcb) -> bool {
     let s = &vmcb12.state;
-    s.efer & svm::msr::EFER_LMA != 0 && s.cr0 & (1 << 31) != 0 && s.cs.attrib & (1 << 9) != 0
+    s.efer & svm::msr::EFER_LMA != 0 && s.cr0 & svm::cr::CR0_PG != 0 && s.cs.attrib & (1 << 9) != 0
 }
 
 /// A zeroed `T` on the heap, never on the stack (a VMCB is 4 KiB).
