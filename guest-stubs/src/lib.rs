@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
+pub mod privileged;
 pub mod verdict;
 
 pub use svm::guest_abi::StartParams;
@@ -57,3 +58,20 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         None => verdict::fail(format_args!("panic: {}", info.message())),
     }
 }
+
+/// Guests have no heap. `svm` links `alloc` (its instruction decoder, used
+/// only by the kernel, needs it), so the link needs an allocator: this one
+/// never allocates.
+struct NoHeap;
+
+// SAFETY: `alloc` always reports failure (null), which GlobalAlloc allows;
+// `dealloc` is never reached since nothing was ever allocated.
+unsafe impl core::alloc::GlobalAlloc for NoHeap {
+    unsafe fn alloc(&self, _: core::alloc::Layout) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _: *mut u8, _: core::alloc::Layout) {}
+}
+
+#[global_allocator]
+static NO_HEAP: NoHeap = NoHeap;

@@ -20,6 +20,7 @@ pub mod cpuid;
 pub mod cpuid_filter;
 pub mod cr;
 pub mod decode;
+pub mod emulate;
 pub mod event;
 pub mod exec_ctl;
 pub mod exit;

@@ -30,6 +30,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::npf_outside_memory" => npf_outside_memory,
         "guest::debug_exit_blocked" => debug_exit_blocked,
         "guest::runaway_stopped" => runaway,
+        "guest::cpuid_odd_prefixes" => cpuid_odd_prefixes,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -186,4 +187,18 @@ fn debug_exit_blocked(_: &StartParams) {
     // with a failure status if it got through.
     unsafe { asm!("out dx, eax", in("dx") 0xf4u16, in("eax") 0x11u32, options(nomem, nostack)) };
     println!("still running after writing the debug-exit port");
+}
+
+/// CPUID with prefix orders the CPU accepts (a REX before a legacy prefix
+/// is ignored): L0 must emulate each and step over all of its bytes.
+fn cpuid_odd_prefixes(_: &StartParams) {
+    use guest_stubs::privileged::{cpuid_odd, ODD_CPUID};
+    let want = cpuid(0x4000_0000, 0);
+    for (form, bytes) in ODD_CPUID.iter().enumerate() {
+        check_eq!(
+            cpuid_odd(form, 0x4000_0000),
+            want,
+            format_args!("CPUID encoded {bytes:02x?}")
+        );
+    }
 }

@@ -126,4 +126,12 @@ pub static CASES: &[Case] = &[
             _ => Ok(()),
         },
     },
+    // ISSUE 8 A6: valid CPUIDs with odd prefix orders (5 CPUID exits).
+    Case {
+        name: "guest::cpuid_odd_prefixes",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::Cpuid, 5),
+    },
 ];

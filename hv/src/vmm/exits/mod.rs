@@ -86,7 +86,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran.
     let code = match code {
         ExitCode::Rdtsc if vcpu.nested.in_l2() => match rip::decode_at_rip(vcpu, vm) {
-            Ok((svm::decode::Insn::Rdtscp, _)) => ExitCode::Rdtscp,
+            Ok(d) if d.insn == svm::decode::Insn::Rdtscp => ExitCode::Rdtscp,
             _ => code,
         },
         _ => code,
@@ -112,7 +112,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Msr => msr::handle(vcpu, vm, host),
         ExitCode::Ioio => ioio::handle(vcpu, vm),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
-        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
+        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm, host),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),
         ExitCode::Vmload
