@@ -1,10 +1,13 @@
 //! #VMEXIT handling: one dispatch, one handler per exit reason.
 
 mod cpuid;
+pub mod cr;
+pub mod dr;
 mod hypercall;
 mod ioio;
 mod msr;
 pub mod rip;
+mod tr;
 mod tsc;
 
 use super::enable::HostCpu;
@@ -112,6 +115,9 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Msr => msr::handle(vcpu, vm, host),
         ExitCode::Ioio => ioio::handle(vcpu, vm),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
+        ExitCode::CrWrite(n @ (0 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
+        ExitCode::DrWrite(n @ (5 | 7)) => dr::handle(vcpu, vm, host, n),
+        ExitCode::TrWrite => tr::handle(vcpu, vm, host),
         ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm, host),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),

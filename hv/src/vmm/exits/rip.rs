@@ -173,6 +173,24 @@ pub fn read_linear(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> Result<(), 
     }
 }
 
+/// Writes `data` at linear address `la`, byte by byte (a GDT entry: 8 bytes).
+pub fn write_linear(vcpu: &Vcpu, vm: &mut Vm, la: u64, data: &[u8]) -> Result<(), NoInsn> {
+    for (i, b) in data.iter().enumerate() {
+        let pa = translate(vcpu, vm, la.wrapping_add(i as u64))?;
+        match vm.memory.slice_mut(pa, 1) {
+            Ok(dst) => dst[0] = *b,
+            Err(o) => {
+                let stop = Stop::NestedPageFault {
+                    gpa: o.gpa,
+                    error_code: 0,
+                };
+                return Err(NoInsn::Limit(stop));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The linear address of the byte at RIP + `offset`.
 fn code_address(vcpu: &Vcpu, offset: u64) -> u64 {
     let s = &vcpu.vmcb.state;
