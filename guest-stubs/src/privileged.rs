@@ -144,3 +144,130 @@ pub fn str_selector() -> u16 {
     unsafe { asm!("str ax", out("ax") v, options(nomem, nostack)) };
     v
 }
+
+/// Selector of a 32-bit code segment in [`TEST_GDT`] (compatibility mode).
+pub const CODE32: u16 = 0x18;
+/// Selector of the DPL 3 data segment.
+pub const USER_DATA: u16 = 0x23;
+/// Selector of the DPL 3 64-bit code segment.
+pub const USER_CODE64: u16 = 0x2b;
+/// Selector of the 64-bit TSS (16-byte descriptor).
+pub const TSS_SEL: u16 = 0x30;
+
+/// The hardening tests' GDT: the start GDT's null, code (0x08) and data
+/// (0x10) entries, then 32-bit code, user data and code, a TSS.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub struct Gdt(pub [u64; 8]);
+
+/// The GDT [`load_test_gdt`] installs.
+pub static mut TEST_GDT: Gdt = Gdt([
+    0,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x00cf_9b00_0000_ffff,
+    0x00cf_f300_0000_ffff,
+    0x00af_fb00_0000_ffff,
+    0,
+    0,
+]);
+
+/// A 64-bit TSS (104 bytes), all zero.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub struct Tss(pub [u8; 104]);
+
+/// The TSS [`TSS_SEL`] describes.
+pub static mut TSS: Tss = Tss([0; 104]);
+
+/// Fills the TSS descriptor (available) and loads [`TEST_GDT`]; returns its
+/// base and limit (for a vmcb12's GDTR).
+pub fn load_test_gdt() -> (u64, u32) {
+    let base = core::ptr::addr_of!(TSS) as u64;
+    let low = 0x67 | (base & 0xff_ffff) << 16 | 0x89 << 40 | ((base >> 24) & 0xff) << 56;
+    // SAFETY: single vCPU; the GDT is static and nothing else uses it yet.
+    let gdt = unsafe { &mut *core::ptr::addr_of_mut!(TEST_GDT) };
+    gdt.0[6] = low;
+    gdt.0[7] = base >> 32;
+    let gdt_base = gdt as *const Gdt as u64;
+    let limit = (core::mem::size_of::<Gdt>() - 1) as u32;
+    let ptr: [u16; 5] = [
+        limit as u16,
+        gdt_base as u16,
+        (gdt_base >> 16) as u16,
+        (gdt_base >> 32) as u16,
+        (gdt_base >> 48) as u16,
+    ];
+    // SAFETY: entries 0x08 and 0x10 are the ones in use, unchanged.
+    unsafe { asm!("lgdt [{}]", in(reg) ptr.as_ptr(), options(nostack)) };
+    (gdt_base, limit)
+}
+
+/// The descriptor at `selector` in [`TEST_GDT`].
+pub fn descriptor(selector: u16) -> u64 {
+    // SAFETY: a plain read of the static table.
+    unsafe { (*core::ptr::addr_of!(TEST_GDT)).0[usize::from(selector >> 3)] }
+}
+
+/// Leaves long mode and comes back (needs [`load_test_gdt`], code and stack
+/// below 4 GiB, identity-mapped): far return to compatibility mode, clear
+/// CR0.PG (long mode off, EFER.LME stays), clear CR4.PAE, then — in the
+/// state PG=0, PAE=0, LME=1 — CPUID leaf 0 and RDMSR EFER, then PAE and PG
+/// back on (long mode again) and a far return to 64-bit code. Returns
+/// (CPUID.0 EAX, EFER's low half) as seen without paging.
+pub fn visit_legacy_mode() -> (u32, u32) {
+    let (leaf0, efer): (u32, u32);
+    // SAFETY: the sequence returns to 64-bit mode with the same CR0/CR4,
+    // stack and RBX; interrupts stay off throughout.
+    unsafe {
+        asm!(
+            "pushfq",
+            "cli",
+            "push rbx",
+            "push 0x18",
+            "lea rax, [rip + 2f]",
+            "push rax",
+            "retfq",
+            ".code32",
+            "2:",
+            "mov eax, cr0",
+            "and eax, 0x7fffffff",
+            "mov cr0, eax",
+            "mov eax, cr4",
+            "and eax, 0xffffffdf",
+            "mov cr4, eax",
+            "xor eax, eax",
+            "xor ecx, ecx",
+            "cpuid",
+            "mov esi, eax",
+            "mov ecx, 0xc0000080",
+            "rdmsr",
+            "mov edi, eax",
+            "mov eax, cr4",
+            "or eax, 0x20",
+            "mov cr4, eax",
+            "mov eax, cr0",
+            "or eax, 0x80000000",
+            "mov cr0, eax",
+            "call 3f",
+            "3:",
+            "pop eax",
+            // add eax, 4f - 3b (the assembler takes no label difference here)
+            ".byte 0x05",
+            ".long 4f - 3b",
+            "push 0x08",
+            "push eax",
+            "retf",
+            ".code64",
+            "4:",
+            "pop rbx",
+            "popfq",
+            out("esi") leaf0,
+            out("edi") efer,
+            out("eax") _,
+            out("ecx") _,
+            out("edx") _,
+        )
+    };
+    (leaf0, efer)
+}

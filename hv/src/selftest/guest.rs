@@ -134,4 +134,31 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Cpuid, 5),
     },
+    // ISSUE 8 C1: CR writes emulated with the CPU's checks.
+    Case {
+        name: "guest::cr_writes_checked",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::CrWrite(0)) {
+            0 => Err(String::from("no CR0 write exits")),
+            _ => Ok(()),
+        },
+    },
+    // ISSUE 8 C1: exits with CR0.PG=0, CR4.PAE=0, EFER.LME=1.
+    Case {
+        name: "guest::leave_long_mode",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    // ISSUE 8 C2: LTR emulated with the CPU's checks.
+    Case {
+        name: "guest::ltr_checked",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| exits_are(o, ExitCode::TrWrite, 6),
+    },
 ];
