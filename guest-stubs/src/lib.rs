@@ -59,9 +59,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     }
 }
 
-/// Guests have no heap. `svm` links `alloc` (its instruction decoder, used
-/// only by the kernel, needs it), so the link needs an allocator: this one
-/// never allocates.
+/// Guests have no heap. When the guests are built together with the kernel
+/// (`cargo xtask build`), `svm` comes with the kernel's `decode` feature,
+/// which links `alloc`, so the link needs an allocator: this one never
+/// allocates. (The guests embedded in the kernel are built on their own,
+/// without it: hv/build.rs.)
 struct NoHeap;
 
 // SAFETY: `alloc` always reports failure (null), which GlobalAlloc allows;

@@ -19,6 +19,7 @@ mod bitmap;
 pub mod cpuid;
 pub mod cpuid_filter;
 pub mod cr;
+#[cfg(any(test, feature = "decode"))]
 pub mod decode;
 pub mod emulate;
 pub mod event;
