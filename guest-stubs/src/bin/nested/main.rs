@@ -65,6 +65,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::pending_interrupt_waits_for_l1_if" => pending_interrupt_waits_for_l1_if(),
         "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
         "nested::soft_int_next_rip" => soft_int_next_rip(),
+        "nested::exitintinfo_reinjected_by_l0" => exitintinfo_reinjected_by_l0(),
         "nested::cve_2021_29657_vmcb12_changed_after_vmrun" => vmcb12_changed_after_vmrun(),
         "nested::cve_2021_3653_v_intr_masking_avic" => v_intr_masking_avic(),
         other => fail(format_args!("no nested test named {other}")),
@@ -414,8 +415,65 @@ fn soft_int_next_rip() {
     check_eq!(
         l2::RETURN_RIP.load(core::sync::atomic::Ordering::SeqCst),
         spin + 2,
-        "return RIP pushed for INT 0x30 (vmcb12 RIP {spin:#x})"
+        "return RIP pushed for INT 0x30 (vmcb12 RIP + 2)"
     );
+}
+
+/// APM 15.7.2 / KVM svm_complete_interrupts: an exit L0 handles itself
+/// in the middle of delivering an event does not lose the event. L0
+/// injects interrupt 0x43 into L1 (queued, IF set); L1's gate 0x43 is not
+/// present, so the delivery raises #NP, which L0 intercepts this once
+/// (HC_INTERCEPT_ONCE) and resolves without delivering it. L0 must deliver
+/// 0x43 again from EXITINTINFO: the second delivery raises #NP, now L1's
+/// (error code: IDT entry 0x43). Without the re-injection no #NP arrives.
+fn exitintinfo_reinjected_by_l0() {
+    let mut idtr = [0u16; 5];
+    // SAFETY: SIDT stores 10 bytes.
+    unsafe { asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let base = u64::from(idtr[1])
+        | u64::from(idtr[2]) << 16
+        | u64::from(idtr[3]) << 32
+        | u64::from(idtr[4]) << 48;
+    let gate = (base + 0x43 * 16) as *mut u64;
+    // SAFETY: L1's own IDT (the runtime's static); the gate is restored below.
+    let saved = unsafe { gate.read_volatile() };
+    // SAFETY: as above; P is bit 47.
+    unsafe { gate.write_volatile(saved & !(1 << 47)) };
+    check_eq!(
+        call(svm::guest_abi::HC_INTERCEPT_ONCE, 11, 0, 0),
+        0,
+        "HC_INTERCEPT_ONCE(#NP)"
+    );
+    let fault = catch(1, || {
+        // SAFETY: the queue hypercall returns at once; L0 injects 0x43 at
+        // the NOP after it (IF set, no STI shadow), where #NP is taken and
+        // the 1-byte NOP skipped.
+        unsafe {
+            asm!(
+                "xchg {v}, rbx",
+                "sti",
+                "nop",
+                "vmmcall",
+                "nop",
+                "cli",
+                "xchg {v}, rbx",
+                v = inout(reg) 0x43u64 => _,
+                inout("rax") svm::guest_abi::HC_QUEUE_INTERRUPT => _,
+                options(nostack),
+            )
+        };
+    });
+    // SAFETY: as above.
+    unsafe { gate.write_volatile(saved) };
+    // The error code names IDT entry 0x43 (bit 1 IDT, bit 0 EXT): index
+    // 0x43 in bits 15:3 (APM 8.4.1); QEMU TCG's 64-bit delivery puts
+    // vector * 16 there instead (docs/qemu-tcg.md).
+    let fault = fault.map(|f| (f.vector, f.error_code & !1));
+    check!(
+        matches!(fault, Some((11, 0x21a | 0x432))),
+        "#NP for the gate of interrupt 0x43 after L0's own #NP exit: {fault:x?}"
+    );
+    check_eq!(interrupts_taken(0x43), 0, "interrupt 0x43 taken");
 }
 
 /// CVE-2021-29657: L2 rewrites vmcb12 in L1's memory after VMRUN took its

@@ -137,6 +137,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga => raise(vcpu, vm, host, EventInfo::exception(6)),
+        ExitCode::Exception(v) if hypercall::intercept_once_hit(vcpu, vm, v) => Action::Resume,
         // The host took the interrupt already (Vcpu::run); nothing else to
         // do. Physical interrupts are L0's also while L2 runs (route_exit):
         // L2 resumes.
