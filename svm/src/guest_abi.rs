@@ -109,8 +109,9 @@ pub const HC_WAIT_PIT_US: u64 = 6;
 pub const HC_TSC_MOVE_L1: u64 = 7;
 /// Hypercall: queue an external interrupt with vector `RBX` (32-255) for
 /// this (L1) vCPU; L0 delivers it once L1's GIF and RFLAGS.IF allow. While
-/// L2 runs and L1 intercepts INTR, it first ends L2's run with #VMEXIT(INTR);
-/// otherwise it waits for L2's next exit to L1. One interrupt is held; a
+/// L2 runs and L1 intercepts INTR, it first ends L2's run with #VMEXIT(INTR)
+/// when the masking IF allows (L1's saved IF with V_INTR_MASKING, else
+/// L2's); otherwise it waits for L2's next exit to L1. One interrupt is held; a
 /// second call replaces it. Returns 0, or [`HC_UNKNOWN`] below vector 32.
 pub const HC_QUEUE_INTERRUPT: u64 = 8;
 /// Hypercall: host TSC ticks L0 spent handling this vCPU's exits so far
