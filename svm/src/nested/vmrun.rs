@@ -58,6 +58,10 @@ pub fn build_l2_controls(l0: &ControlArea, vmcb12: &ControlArea, l2: &L2Controls
 /// at NEXT_RIP instead, so the same address is pushed, and remembers the
 /// real RIP to put back if the event is not delivered
 /// ([`crate::event::unwind_soft_rip`]). With NRIP save RIP stays.
+///
+/// Limit (as KVM's `!nrips` path): if the delivery faults inside L2 without
+/// any exit (e.g. #NP for a missing gate, not intercepted), the fault's
+/// frame holds NEXT_RIP where hardware would push vmcb12's RIP.
 pub fn soft_event_entry(
     vmcb12_event_inj: u64,
     rip: u64,
