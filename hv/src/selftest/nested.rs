@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 25] = [
+pub static CASES: [Case; 31] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -71,4 +71,10 @@ pub static CASES: [Case; 25] = [
     case("nested::l2_hypercall_refused"),
     case("nested::l2_rdtscp_intercept"),
     case("nested::pending_interrupt_preempts_l2"),
+    case("nested::pending_interrupt_waits_for_l1_if"),
+    case("nested::pending_event_to_exitintinfo"),
+    case("nested::soft_int_next_rip"),
+    case("nested::exitintinfo_reinjected_by_l0"),
+    case("nested::cve_2021_29657_vmcb12_changed_after_vmrun"),
+    case("nested::cve_2021_3653_v_intr_masking_avic"),
 ];

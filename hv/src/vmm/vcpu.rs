@@ -80,6 +80,9 @@ impl Vcpu {
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
             exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(vm);
+            // What the CPU did not deliver is in EXITINTINFO now; from here
+            // a valid EVENTINJ means an event L0 queued and nobody received.
+            self.vmcb.control.event_inj = 0;
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
             if code == ExitCode::Intr {
                 // A physical interrupt (the watchdog), held since the exit:

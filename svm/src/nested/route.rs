@@ -170,8 +170,8 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 /// intercept_exceptions bit; CR/DR read/write by their bit; other exit
 /// codes by their misc1/misc2/misc3 bit. Exits that are never L1's: NPF
 /// (nested paging is not offered to L1, so an NPF is L0's table), physical
-/// INTR/NMI/SMI/INIT when L1 does not intercept them, VMEXIT_INVALID,
-/// Unknown.
+/// INTR (always L0's), NMI/SMI/INIT when L1 does not intercept them,
+/// VMEXIT_INVALID, Unknown.
 ///
 /// Details and limits:
 /// - `l1_msrpm` / `l1_iopm` are only consulted when vmcb12 sets MSR_PROT /
@@ -185,8 +185,8 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 ///   its RDTSCP bit. QEMU TCG reports RDTSCP with the RDTSC exit code, so
 ///   callers must pass the decoded instruction (the kernel decodes RDTSC
 ///   exits from L2 and passes `Rdtscp` for a real RDTSCP).
-/// - Physical INTR/NMI/SMI/INIT go to L1 when L1 intercepts them; the
-///   event itself is still L0's to service.
+/// - Physical NMI/SMI/INIT go to L1 when L1 intercepts them; the event
+///   itself is still L0's to service. Physical INTR never goes to L1.
 /// - CR0 writes: [`ExitCode::CrWrite`]`(0)` follows L1's CR0-write bit
 ///   only. If L0 intercepts all CR0 writes while L1 sets only
 ///   CR0_SEL_WRITE, hardware reports CrWrite(0) (the general intercept
@@ -203,6 +203,12 @@ pub fn route_exit(
     // A machine check is the host's, whatever L1 intercepts: L1 must not
     // see (or be trusted to handle) the physical machine's errors.
     if exit.code == ExitCode::Exception(18) {
+        return Route::L0;
+    }
+    // Physical interrupts are L0's (its devices, its watchdog): L0 takes
+    // them and resumes L2. L1 gets #VMEXIT(INTR) only for an interrupt L0
+    // holds for it ([`pending_interrupt_exits_l2`]).
+    if exit.code == ExitCode::Intr {
         return Route::L0;
     }
     let Some(bit) = intercept_bit_of(exit.code) else {
@@ -240,6 +246,98 @@ fn io_intercepted(map: &[u8; IOPM_SIZE], exit_info1: u64) -> bool {
     match IoioInfo::from_exit_info1(exit_info1) {
         Some(io) => iopm::is_intercepted(map, io.port, io.size),
         None => true,
+    }
+}
+
+/// Whether an interrupt L0 holds for L1 ends L2's run with #VMEXIT(INTR)
+/// now, as KVM decides it (svm.c `svm_interrupt_blocked`, nested.c
+/// `svm_check_nested_events`): L1 intercepts INTR, L1's (virtual) GIF is
+/// set, and the interrupt is not masked by RFLAGS.IF — L1's own IF, saved
+/// at its VMRUN (`l1_rflags`, in hsave), when vmcb12 sets V_INTR_MASKING
+/// (APM 15.21.1: the host's IF masks physical interrupts), else L2's
+/// (`l2_rflags`, L2's IF masks them). L2's interrupt shadow does not
+/// block the exit (it is not an interrupt delivered to L2).
+///
+/// When L1 does not intercept INTR the interrupt waits for L2's next exit
+/// to L1 (hardware would deliver it through L2's IDT; not emulated).
+pub fn pending_interrupt_exits_l2(
+    vmcb12: &ControlArea,
+    gif: bool,
+    l1_rflags: u64,
+    l2_rflags: u64,
+) -> bool {
+    const IF: u64 = 1 << 9;
+    let intercepted = vmcb12.intercept_misc1 & InterceptMisc1::INTR.bits() != 0;
+    let v_intr_masking = vmcb12.int_ctl & crate::IntCtl::V_INTR_MASKING.bits() != 0;
+    let rflags = if v_intr_masking { l1_rflags } else { l2_rflags };
+    intercepted && gif && rflags & IF != 0
+}
+
+#[cfg(test)]
+mod pending_interrupt_tests {
+    use super::*;
+    use crate::IntCtl;
+
+    const IF: u64 = 1 << 9;
+
+    fn vmcb12(intr: bool, masking: bool) -> ControlArea {
+        let mut c = ControlArea::new();
+        if intr {
+            c.intercept_misc1 = InterceptMisc1::INTR.bits();
+        }
+        if masking {
+            c.int_ctl = IntCtl::V_INTR_MASKING.bits();
+        }
+        c
+    }
+
+    #[test]
+    fn v_intr_masking_uses_l1s_saved_if() {
+        let c = vmcb12(true, true);
+        assert!(pending_interrupt_exits_l2(&c, true, IF | 2, 2));
+        assert!(!pending_interrupt_exits_l2(&c, true, 2, IF | 2));
+    }
+
+    #[test]
+    fn without_v_intr_masking_l2s_if_decides() {
+        let c = vmcb12(true, false);
+        assert!(pending_interrupt_exits_l2(&c, true, 2, IF | 2));
+        assert!(!pending_interrupt_exits_l2(&c, true, IF | 2, 2));
+    }
+
+    #[test]
+    fn gif_and_the_intercept_are_required() {
+        assert!(!pending_interrupt_exits_l2(
+            &vmcb12(true, true),
+            false,
+            IF,
+            IF
+        ));
+        assert!(!pending_interrupt_exits_l2(
+            &vmcb12(false, true),
+            true,
+            IF,
+            IF
+        ));
+        assert!(!pending_interrupt_exits_l2(
+            &vmcb12(false, false),
+            true,
+            IF,
+            IF
+        ));
+    }
+
+    #[test]
+    fn physical_interrupts_stay_l0s() {
+        let exit = ExitFacts {
+            code: ExitCode::Intr,
+            exit_info1: 0,
+            rcx: 0,
+        };
+        let (msrpm, iopm) = ([0xffu8; MSRPM_SIZE], [0xffu8; IOPM_SIZE]);
+        let mut c = vmcb12(true, true);
+        c.intercept_misc1 = u32::MAX;
+        assert_eq!(route_exit(&exit, &c, &msrpm, &iopm), Route::L0);
     }
 }
 
@@ -405,10 +503,11 @@ mod tests {
             c.intercept_misc3 = u32::MAX;
             c
         };
-        // #MC is L0's whatever the bits say (machine_checks_stay_with_l0).
+        // #MC and INTR are L0's whatever the bits say
+        // (machine_checks_stay_with_l0, physical_interrupts_stay_l0s).
         for code in all_codes()
             .into_iter()
-            .filter(|c| *c != ExitCode::Exception(18))
+            .filter(|c| !matches!(c, ExitCode::Exception(18) | ExitCode::Intr))
         {
             let mut exit = facts(code);
             exit.exit_info1 = if code == ExitCode::Ioio { 0x80_0010 } else { 0 };
@@ -482,7 +581,8 @@ mod tests {
             (ExitCode::Cpuid, m1(InterceptMisc1::CPUID), Route::L1),
             (ExitCode::Cpuid, m1(InterceptMisc1::HLT), Route::L0),
             (ExitCode::Hlt, m1(InterceptMisc1::HLT), Route::L1),
-            (ExitCode::Intr, m1(InterceptMisc1::INTR), Route::L1),
+            // Physical interrupts are L0's, whatever L1 intercepts.
+            (ExitCode::Intr, m1(InterceptMisc1::INTR), Route::L0),
             (ExitCode::Intr, none, Route::L0),
             (ExitCode::Nmi, m1(InterceptMisc1::INTR), Route::L0),
             (ExitCode::Nmi, m1(InterceptMisc1::NMI), Route::L1),

@@ -50,6 +50,15 @@ pub enum Task {
     /// vmcb12.tsc_offset in L1's memory := R7 (L2 can reach L1's memory),
     /// RDTSC → R0, yield.
     PokeVmcb12Offset,
+    /// Spin until R7 TSC ticks have passed (no exit of its own), R0 := 1,
+    /// yield.
+    SpinThenYield,
+    /// HC_QUEUE_INTERRUPT(R7 & 0xff) for L1 → R6, spin R7 >> 8 TSC ticks,
+    /// R0 := 1, yield.
+    QueueSpinYield,
+    /// In vmcb12 (L1's memory, after VMRUN took its copy): clear the HLT
+    /// and VMRUN intercepts, ASID := 0; R0 := 1, yield (HLT).
+    PokeVmcb12Controls,
 }
 
 /// The payload L1 picked.
@@ -151,6 +160,31 @@ pub extern "C" fn entry() -> ! {
             };
             put(0, rdtsc());
         }
+        x if x == Task::SpinThenYield as u64 => {
+            spin_ticks(input);
+            put(0, 1);
+        }
+        x if x == Task::QueueSpinYield as u64 => {
+            put(
+                6,
+                call(svm::guest_abi::HC_QUEUE_INTERRUPT, input & 0xff, 0, 0),
+            );
+            spin_ticks(input >> 8);
+            put(0, 1);
+        }
+        x if x == Task::PokeVmcb12Controls as u64 => {
+            // SAFETY: vmcb12 is a static of L1's image; L1 does not run now.
+            // Volatile: the writes are the point, nothing here reads them.
+            unsafe {
+                let c = &raw mut (*core::ptr::addr_of_mut!(crate::l1::VMCB12)).control;
+                let misc1 = (*c).intercept_misc1 & !svm::InterceptMisc1::HLT.bits();
+                let misc2 = (*c).intercept_misc2 & !svm::InterceptMisc2::VMRUN.bits();
+                core::ptr::write_volatile(&raw mut (*c).intercept_misc1, misc1);
+                core::ptr::write_volatile(&raw mut (*c).intercept_misc2, misc2);
+                core::ptr::write_volatile(&raw mut (*c).guest_asid, 0);
+            }
+            put(0, 1);
+        }
         x if x == Task::FreezePause as u64 => {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));
@@ -163,9 +197,72 @@ pub extern "C" fn entry() -> ! {
     }
 }
 
+/// Spins (no exits) until `ticks` TSC ticks have passed.
+fn spin_ticks(ticks: u64) {
+    let t0 = rdtsc();
+    while rdtsc().wrapping_sub(t0) < ticks {
+        core::hint::spin_loop();
+    }
+}
+
 /// A second L2 entry for event injection: its IDT's vector 0x30 gate leads
-/// to [`vector_30`], which records the vector and yields.
+/// to [`vector_30`] (through `l2_vector_30_entry`, which records the
+/// return RIP the delivery pushed in [`RETURN_RIP`]), which records the
+/// vector and yields.
 pub static GOT_VECTOR: AtomicU64 = AtomicU64::new(0);
+/// The return RIP vector 0x30's delivery pushed.
+pub static RETURN_RIP: AtomicU64 = AtomicU64::new(0);
+/// How many interrupts reached [`any_vector`].
+pub static ANY_VECTOR: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    ".global l2_vector_30_entry",
+    "l2_vector_30_entry:",
+    "mov rax, [rsp]",
+    "mov [rip + {ret}], rax",
+    "jmp {handler}",
+    ret = sym RETURN_RIP,
+    handler = sym vector_30,
+);
+
+unsafe extern "C" {
+    fn l2_vector_30_entry();
+}
+
+/// Handler of every vector in [`L2_IDT_ALL`]: counts and yields.
+pub extern "C" fn any_vector() -> ! {
+    ANY_VECTOR.fetch_add(1, Ordering::SeqCst);
+    loop {
+        yield_to_l1();
+    }
+}
+
+/// An interrupt gate to `h` in L2's code segment.
+fn gate(h: u64) -> [u64; 2] {
+    [
+        (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48,
+        h >> 32,
+    ]
+}
+
+/// A full L2 IDT, every vector to [`any_vector`].
+#[repr(C, align(16))]
+pub struct IdtAll(pub [[u64; 2]; 256]);
+
+/// L2's IDT for the tests where no interrupt must reach L2.
+pub static mut L2_IDT_ALL: IdtAll = IdtAll([[0; 2]; 256]);
+
+/// Fills [`L2_IDT_ALL`] and returns its address and limit.
+pub fn l2_idt_all() -> (u64, u32) {
+    // SAFETY: single vCPU; L2 is not running.
+    let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT_ALL) };
+    idt.0.fill(gate(any_vector as *const () as u64));
+    ANY_VECTOR.store(0, Ordering::SeqCst);
+    (
+        idt as *const IdtAll as u64,
+        (core::mem::size_of::<IdtAll>() - 1) as u32,
+    )
+}
 
 /// Handler of vector 0x30 in L2 (never returns: L1 ends the test).
 pub extern "C" fn vector_30() -> ! {
@@ -184,11 +281,11 @@ pub static mut L2_IDT: Idt = Idt([[0; 2]; 0x31]);
 
 /// Fills [`L2_IDT`] and returns its address and limit.
 pub fn l2_idt() -> (u64, u32) {
-    let h = vector_30 as *const () as u64;
     // SAFETY: single vCPU; L2 is not running.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT) };
-    idt.0[0x30][0] = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
-    idt.0[0x30][1] = h >> 32;
+    idt.0[0x30] = gate(l2_vector_30_entry as *const () as u64);
+    GOT_VECTOR.store(0, Ordering::SeqCst);
+    RETURN_RIP.store(0, Ordering::SeqCst);
     (
         idt as *const Idt as u64,
         (core::mem::size_of::<Idt>() - 1) as u32,

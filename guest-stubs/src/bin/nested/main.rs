@@ -62,6 +62,12 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_hypercall_refused" => l2_hypercall_refused(),
         "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
         "nested::pending_interrupt_preempts_l2" => pending_interrupt_preempts_l2(),
+        "nested::pending_interrupt_waits_for_l1_if" => pending_interrupt_waits_for_l1_if(),
+        "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
+        "nested::soft_int_next_rip" => soft_int_next_rip(),
+        "nested::exitintinfo_reinjected_by_l0" => exitintinfo_reinjected_by_l0(),
+        "nested::cve_2021_29657_vmcb12_changed_after_vmrun" => vmcb12_changed_after_vmrun(),
+        "nested::cve_2021_3653_v_intr_masking_avic" => v_intr_masking_avic(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -146,8 +152,14 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
     let mut regs = setup(Task::Yield, 0);
     let good = l1::vmcb().clone();
     break_it(l1::vmcb());
+    l1::vmcb().control.event_inj = EventInfo::external_interrupt(0x30).0;
     let (_, code) = l1::run(&mut regs);
     check_eq!(code, VMEXIT_INVALID, "exit code of a bad vmcb12");
+    check_eq!(
+        l1::vmcb().control.event_inj & EventInfo::VALID,
+        0,
+        "EVENTINJ valid bit after VMEXIT_INVALID"
+    );
     *l1::vmcb() = good;
     run_expect(&mut regs, ExitCode::Hlt);
     // An illegal EVENTINJ (reserved type 1) is refused too.
@@ -158,6 +170,11 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
         code,
         VMEXIT_INVALID,
         "exit code with a reserved EVENTINJ type"
+    );
+    check_eq!(
+        l1::vmcb().control.event_inj & EventInfo::VALID,
+        0,
+        "refused EVENTINJ left valid"
     );
 }
 
@@ -194,24 +211,44 @@ fn l2_rdtscp_intercept() {
     check_eq!(v.control.next_rip, v.state.rip + 3, "RDTSCP nRIP");
 }
 
-/// An interrupt L0 holds for L1 ends L2's run at once when L1 intercepts
-/// INTR (L2 does not get back to its loop), and reaches L1's handler when
-/// L1 sets GIF again (its STGI after VMRUN).
-fn pending_interrupt_preempts_l2() {
-    let mut regs = setup(Task::QueueAndSpin, 0x41);
-    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
-    // SAFETY: the runtime IDT counts vector 0x41; L1 takes interrupts now.
+/// #VMEXITs with `code` L0 has taken for this VM (L1's and L2's).
+fn exits_of(code: ExitCode) -> u64 {
+    call(svm::guest_abi::HC_EXIT_COUNT, code.to_raw(), 0, 0)
+}
+
+/// How long the spinning L2s run: several watchdog periods (10 ms).
+const SPIN_US: u64 = 60_000;
+
+/// Waits (at most 200 ms) for interrupt `vector` to reach L1 with IF set:
+/// L0 injects it at its next exit (the watchdog's at the latest).
+fn wait_for_interrupt(vector: u8) -> u64 {
+    let t0 = rdtsc();
+    // SAFETY: the runtime IDT counts every vector.
     unsafe { asm!("sti", options(nomem, nostack)) };
-    // L0's watchdog may preempt L2 (INTR, which L1 intercepts) before it
-    // queues the interrupt: then L1 just runs L2 on.
-    let mut runs = 0;
-    while interrupts_taken(0x41) == 0 && runs < 50 {
-        let (_, code) = l1::run(&mut regs);
-        check_eq!(ExitCode::from_raw(code), ExitCode::Intr, "L2's exit");
-        runs += 1;
+    while interrupts_taken(vector) == 0 && rdtsc() - t0 < ticks(200_000) {
+        core::hint::spin_loop();
     }
     // SAFETY: back to interrupts off.
     unsafe { asm!("cli", options(nomem, nostack)) };
+    interrupts_taken(vector)
+}
+
+/// An interrupt L0 holds for L1 ends L2's run at once when L1 intercepts
+/// INTR and L1's IF (saved at VMRUN, V_INTR_MASKING set) allows it: L2
+/// does not get back to its loop, and the interrupt reaches L1's handler
+/// when L1 sets GIF again (its STGI after VMRUN).
+fn pending_interrupt_preempts_l2() {
+    let mut regs = setup(Task::QueueAndSpin, 0x41);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    v.control.int_ctl |= svm::IntCtl::V_INTR_MASKING.bits();
+    // SAFETY: the runtime IDT counts vector 0x41; L1 takes interrupts now.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+    let (_, code) = l1::run(&mut regs);
+    // SAFETY: back to interrupts off.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+    check_eq!(ExitCode::from_raw(code), ExitCode::Intr, "L2's exit");
+    check_eq!(l2::result(6), 0, "queue hypercall");
     check_eq!(
         interrupts_taken(0x41),
         1,
@@ -224,15 +261,279 @@ fn pending_interrupt_preempts_l2() {
     );
 }
 
-/// An L2 that never exits comes back to L1 as #VMEXIT(INTR) when L1
-/// intercepts INTR: L0's watchdog interrupt is reflected (after L0 took it).
+/// The converse (KVM svm_interrupt_blocked): with V_INTR_MASKING, L1's IF
+/// saved at VMRUN masks L1's pending interrupt, so L1 ran VMRUN with IF
+/// clear and L2 is not preempted (it spins, then yields by HLT); the
+/// interrupt waits for L1's own STI. Without V_INTR_MASKING, L2's IF masks
+/// it instead: L2 with IF set is preempted although L1's IF is clear.
+fn pending_interrupt_waits_for_l1_if() {
+    let mut regs = setup(Task::QueueSpinYield, 0x41 | ticks(SPIN_US / 2) << 8);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    v.control.int_ctl |= svm::IntCtl::V_INTR_MASKING.bits();
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        ExitCode::from_raw(code),
+        ExitCode::Hlt,
+        "L2's exit (L1's IF was clear at VMRUN)"
+    );
+    check_eq!(
+        (l2::result(6), l2::result(0)),
+        (0, 1),
+        "queue result, L2 finished its spin"
+    );
+    check_eq!(interrupts_taken(0x41), 0, "interrupt 0x41 with IF clear");
+    check_eq!(wait_for_interrupt(0x41), 1, "interrupt 0x41 after STI");
+
+    // V_INTR_MASKING clear: L2's IF (set) decides, L1's (clear) does not.
+    l2::set(Task::QueueAndSpin, 0x42);
+    l1::prepare(l2::entry);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    let (idt, limit) = l2::l2_idt_all();
+    v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    v.state.rflags = 0x202;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        ExitCode::from_raw(code),
+        ExitCode::Intr,
+        "L2's exit (V_INTR_MASKING clear, L2's IF set)"
+    );
+    check_eq!(l2::result(0), 0, "L2 loop iterations after queueing");
+    check_eq!(
+        l2::ANY_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+        0,
+        "interrupts in L2"
+    );
+    check_eq!(wait_for_interrupt(0x42), 1, "interrupt 0x42 after STI");
+}
+
+/// Physical interrupts are L0's: L0's watchdog interrupts an L2 that
+/// spins without exiting, but L2 resumes and L1 (which intercepts INTR)
+/// sees only L2's own HLT, after several watchdog periods of spinning
+/// that L0 counts as INTR exits.
 fn runaway_l2_preempted() {
+    let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    let before = exits_of(ExitCode::Intr);
+    run_expect(&mut regs, ExitCode::Hlt);
+    let intr = exits_of(ExitCode::Intr) - before;
+    check_eq!(l2::result(0), 1, "L2 finished its spin");
+    check!(
+        intr >= 2,
+        "{intr} INTR exits in L0 during {SPIN_US} us of L2 spinning"
+    );
+}
+
+/// APM 15.7.2 / KVM nested_save_pending_event_to_vmcb12: an interrupt L0
+/// holds for L1 preempts L2 before L2 ran, so vmcb12's EVENTINJ was never
+/// delivered: it is in EXITINTINFO (not lost), the exit has no nRIP, and
+/// L1 re-injecting it delivers it. A soft interrupt (INTn with nRIP) comes
+/// back with L2's RIP where L1 put it.
+fn pending_event_to_exitintinfo() {
+    let mut regs = setup(Task::Yield, 0);
+    let spin = l2::spin as *const () as u64;
+    let vectors = [
+        (0x41u8, EventInfo::external_interrupt(0x30)),
+        (0x42, EventInfo::software_interrupt(0x30)),
+    ];
+    for (l1_vector, event) in vectors {
+        l1::prepare(l2::spin);
+        let (idt, limit) = l2::l2_idt();
+        let v = l1::vmcb();
+        v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+        v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+        v.control.int_ctl |= svm::IntCtl::V_INTR_MASKING.bits();
+        v.control.event_inj = event.0;
+        v.control.next_rip = spin + 2;
+        // SAFETY: GIF clear holds the interrupt until after VMRUN; IF set
+        // lets it preempt L2 (V_INTR_MASKING) and reach L1 after STGI.
+        unsafe { asm!("clgi", "sti", options(nomem, nostack)) };
+        let queued = call(
+            svm::guest_abi::HC_QUEUE_INTERRUPT,
+            u64::from(l1_vector),
+            0,
+            0,
+        );
+        let (_, code) = l1::run(&mut regs);
+        // SAFETY: interrupts back off.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        check_eq!(queued, 0, "queue hypercall");
+        check_eq!(
+            ExitCode::from_raw(code),
+            ExitCode::Intr,
+            "exit for L1's interrupt"
+        );
+        check_eq!(
+            v.control.exit_int_info,
+            event.0,
+            "EXITINTINFO: the EVENTINJ L2 never got"
+        );
+        check_eq!(
+            l2::GOT_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+            0,
+            "L2's handler ran"
+        );
+        check_eq!(
+            v.control.event_inj & EventInfo::VALID,
+            0,
+            "EVENTINJ valid bit"
+        );
+        check_eq!(v.control.next_rip, 0, "nRIP of a made-up INTR exit");
+        check_eq!(v.state.rip, spin, "L2's RIP");
+        check_eq!(interrupts_taken(l1_vector), 1, "L1's interrupt after STGI");
+        // L1 re-injects the event (with its nRIP): L2 gets it now.
+        v.control.event_inj = v.control.exit_int_info;
+        v.control.next_rip = spin + 2;
+        run_expect(&mut regs, ExitCode::Hlt);
+        check_eq!(
+            l2::GOT_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+            0x30,
+            "vector L2's handler saw"
+        );
+    }
+}
+
+/// NRIP save is offered, so a soft interrupt L1 injects returns to
+/// vmcb12's nRIP (APM 15.20), not to vmcb12's RIP, also when L0's CPU has
+/// no NRIP save (QEMU TCG).
+fn soft_int_next_rip() {
     let mut regs = setup(Task::Yield, 0);
     l1::prepare(l2::spin);
-    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
-    run_expect(&mut regs, ExitCode::Intr);
-    // Twice, to show L2 resumes where it was and is preempted again.
-    run_expect(&mut regs, ExitCode::Intr);
+    let spin = l2::spin as *const () as u64;
+    let (idt, limit) = l2::l2_idt();
+    let v = l1::vmcb();
+    v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    v.control.event_inj = EventInfo::software_interrupt(0x30).0;
+    v.control.next_rip = spin + 2;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(
+        l2::GOT_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+        0x30,
+        "vector L2's handler saw"
+    );
+    check_eq!(
+        l2::RETURN_RIP.load(core::sync::atomic::Ordering::SeqCst),
+        spin + 2,
+        "return RIP pushed for INT 0x30 (vmcb12 RIP + 2)"
+    );
+}
+
+/// APM 15.7.2 / KVM svm_complete_interrupts: an exit L0 handles itself
+/// in the middle of delivering an event does not lose the event. L0
+/// injects interrupt 0x43 into L1 (queued, IF set); L1's gate 0x43 is not
+/// present, so the delivery raises #NP, which L0 intercepts this once
+/// (HC_INTERCEPT_ONCE) and resolves without delivering it. L0 must deliver
+/// 0x43 again from EXITINTINFO: the second delivery raises #NP, now L1's
+/// (error code: IDT entry 0x43). Without the re-injection no #NP arrives.
+fn exitintinfo_reinjected_by_l0() {
+    let mut idtr = [0u16; 5];
+    // SAFETY: SIDT stores 10 bytes.
+    unsafe { asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let base = u64::from(idtr[1])
+        | u64::from(idtr[2]) << 16
+        | u64::from(idtr[3]) << 32
+        | u64::from(idtr[4]) << 48;
+    let gate = (base + 0x43 * 16) as *mut u64;
+    // SAFETY: L1's own IDT (the runtime's static); the gate is restored below.
+    let saved = unsafe { gate.read_volatile() };
+    // SAFETY: as above; P is bit 47.
+    unsafe { gate.write_volatile(saved & !(1 << 47)) };
+    check_eq!(
+        call(svm::guest_abi::HC_INTERCEPT_ONCE, 11, 0, 0),
+        0,
+        "HC_INTERCEPT_ONCE(#NP)"
+    );
+    let fault = catch(1, || {
+        // SAFETY: the queue hypercall returns at once; L0 injects 0x43 at
+        // the NOP after it (IF set, no STI shadow), where #NP is taken and
+        // the 1-byte NOP skipped.
+        unsafe {
+            asm!(
+                "xchg {v}, rbx",
+                "sti",
+                "nop",
+                "vmmcall",
+                "nop",
+                "cli",
+                "xchg {v}, rbx",
+                v = inout(reg) 0x43u64 => _,
+                inout("rax") svm::guest_abi::HC_QUEUE_INTERRUPT => _,
+                options(nostack),
+            )
+        };
+    });
+    // SAFETY: as above.
+    unsafe { gate.write_volatile(saved) };
+    // The error code names IDT entry 0x43 (bit 1 IDT, bit 0 EXT): index
+    // 0x43 in bits 15:3 (APM 8.4.1); QEMU TCG's 64-bit delivery puts
+    // vector * 16 there instead (docs/qemu-tcg.md).
+    let fault = fault.map(|f| (f.vector, f.error_code & !1));
+    check!(
+        matches!(fault, Some((11, 0x21a | 0x432))),
+        "#NP for the gate of interrupt 0x43 after L0's own #NP exit: {fault:x?}"
+    );
+    check_eq!(interrupts_taken(0x43), 0, "interrupt 0x43 taken");
+}
+
+/// CVE-2021-29657: L2 rewrites vmcb12 in L1's memory after VMRUN took its
+/// copy — clears the HLT and VMRUN intercepts and sets ASID 0. L0 goes on
+/// with the checked copy (L2's HLT still exits to L1), writes no controls
+/// back, and the next VMRUN judges the changed vmcb12 (VMEXIT_INVALID).
+fn vmcb12_changed_after_vmrun() {
+    let mut regs = setup(Task::PokeVmcb12Controls, 0);
+    let good = l1::vmcb().clone();
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(0), 1, "L2 rewrote vmcb12");
+    let v = l1::vmcb();
+    check_eq!(
+        (
+            v.control.guest_asid,
+            v.control.intercept_misc1 & InterceptMisc1::HLT.bits(),
+            v.control.intercept_misc2 & InterceptMisc2::VMRUN.bits()
+        ),
+        (0, 0, 0),
+        "vmcb12's controls as L2 left them"
+    );
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(code, VMEXIT_INVALID, "next VMRUN of the changed vmcb12");
+    *l1::vmcb() = good;
+    l2::set(Task::Yield, 0);
+    run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// CVE-2021-3653: vmcb12's int_ctl with V_INTR_MASKING clear and the AVIC
+/// enable bit set must not reach L2's VMCB. With V_INTR_MASKING clear L2's
+/// IF would mask physical interrupts: an L2 spinning with IF clear would
+/// keep L0's watchdog out. L0 still takes its INTR exits; with IF set no
+/// physical interrupt reaches L2's IDT; L2 runs normally (no AVIC).
+fn v_intr_masking_avic() {
+    let int_ctl = svm::IntCtl::AVIC_ENABLE.bits();
+    for rflags in [0x2, 0x202] {
+        let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
+        let v = l1::vmcb();
+        v.control.int_ctl = int_ctl;
+        v.state.rflags = rflags;
+        let (idt, limit) = l2::l2_idt_all();
+        v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+        let before = exits_of(ExitCode::Intr);
+        run_expect(&mut regs, ExitCode::Hlt);
+        let intr = exits_of(ExitCode::Intr) - before;
+        check_eq!(
+            l2::result(0),
+            1,
+            "L2 finished its spin (RFLAGS {rflags:#x})"
+        );
+        check_eq!(
+            l2::ANY_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+            0,
+            "interrupts in L2's IDT (RFLAGS {rflags:#x})"
+        );
+        check!(
+            intr >= 2,
+            "{intr} INTR exits in L0 during {SPIN_US} us of L2 (RFLAGS {rflags:#x})"
+        );
+    }
 }
 
 /// Run with L0's vmcb12 checks off (the hypervisor's test configuration):
@@ -242,11 +543,17 @@ fn cpu_refusal_reflected() {
     let mut regs = setup(Task::Yield, 0);
     let good = l1::vmcb().clone();
     l1::vmcb().state.efer &= !EFER_SVME;
+    l1::vmcb().control.event_inj = EventInfo::external_interrupt(0x30).0;
     let (rax, code) = l1::run(&mut regs);
     check_eq!(
         code,
         VMEXIT_INVALID,
         "exit code when the CPU refuses vmcb12"
+    );
+    check_eq!(
+        l1::vmcb().control.event_inj & EventInfo::VALID,
+        0,
+        "EVENTINJ valid bit after the CPU's VMEXIT_INVALID"
     );
     check_eq!(rax, &raw const l1::VMCB12 as u64, "L1's RAX");
     *l1::vmcb() = good;

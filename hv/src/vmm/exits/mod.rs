@@ -4,6 +4,7 @@ mod cpuid;
 mod hypercall;
 mod ioio;
 mod msr;
+mod reinject;
 pub mod rip;
 mod tsc;
 
@@ -106,6 +107,8 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
             return nested::vmexit::reflect(vcpu, vm, host, code);
         }
     }
+    // L0 handles this exit: an event it interrupted is delivered again.
+    reinject::complete_interrupts(vcpu, host);
     let l1_hypervisor = vm.nested_svm && !vcpu.nested.in_l2();
     let action = match code {
         ExitCode::Cpuid => cpuid::handle(vcpu, vm, host),
@@ -134,7 +137,10 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga => raise(vcpu, vm, host, EventInfo::exception(6)),
-        // The host took the interrupt already (Vcpu::run); nothing else to do.
+        ExitCode::Exception(v) if hypercall::intercept_once_hit(vcpu, vm, v) => Action::Resume,
+        // The host took the interrupt already (Vcpu::run); nothing else to
+        // do. Physical interrupts are L0's also while L2 runs (route_exit):
+        // L2 resumes.
         ExitCode::Intr => Action::Resume,
         ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
         ExitCode::Npf => Action::Stop(Stop::NestedPageFault {

@@ -7,6 +7,7 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{inject, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
+use svm::nested::route::pending_interrupt_exits_l2;
 use svm::nested::vmload::{vmload, vmsave};
 use svm::{EventInfo, ExitCode, TlbControl};
 
@@ -53,15 +54,26 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
 
 /// Delivers the interrupt L0 holds for L1 once L1 can take it: not in L2,
 /// GIF set, RFLAGS.IF set, no interrupt shadow, no other event pending.
-/// While L2 runs and L1 intercepts INTR, the interrupt first ends L2's run
-/// with #VMEXIT(INTR) to L1 (and waits for L1's STGI), as a physical
-/// interrupt for L1 would.
+///
+/// While L2 runs, the interrupt ends L2's run with #VMEXIT(INTR) to L1 (and
+/// then waits for L1's STGI) when L1 intercepts INTR and neither its GIF
+/// nor the IF that masks it — L1's saved IF with V_INTR_MASKING, else L2's
+/// — holds it back ([`pending_interrupt_exits_l2`], as KVM's
+/// svm_check_nested_events). Physical interrupts are never reflected: they
+/// are L0's (route_exit). The exit is made up before L2 runs again, so an
+/// event waiting in EVENTINJ goes to L1 in EXITINTINFO (reflect).
 pub fn deliver_pending_interrupt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let Some(vector) = vcpu.nested.pending_interrupt else {
         return Action::Resume;
     };
     if let Some(l2) = &vcpu.nested.l2 {
-        if l2.vmcb12.control.intercept_misc1 & svm::InterceptMisc1::INTR.bits() != 0 {
+        let exits = pending_interrupt_exits_l2(
+            &l2.vmcb12.control,
+            vcpu.nested.gif,
+            vcpu.nested.hsave.state.rflags,
+            vcpu.vmcb.state.rflags,
+        );
+        if exits {
             let c = &mut vcpu.vmcb.control;
             c.exit_info1 = 0;
             c.exit_info2 = 0;

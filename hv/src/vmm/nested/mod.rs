@@ -45,6 +45,9 @@ pub struct Nested {
     pub pending_interrupt: Option<u8>,
     /// The running L2, if any.
     pub l2: Option<L2>,
+    /// The soft event from vmcb12's EVENTINJ that L0 is still delivering
+    /// to L2 (its RIP bookkeeping: [`svm::event::SoftEvent`]).
+    pub soft_event: Option<svm::event::SoftEvent>,
     /// L1's state and L0's controls while L2 runs (never L1's page).
     pub hsave: PhysBox<Vmcb>,
     /// L0's MSR map merged with L1's, for L2 (L2's I/O map is L0's: it
@@ -66,6 +69,7 @@ impl Nested {
             gif: true,
             pending_interrupt: None,
             l2: None,
+            soft_event: None,
             hsave: PhysBox::new_zeroed().ok_or("out of memory for hsave")?,
             msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
             msrpm_holds_l0: false,

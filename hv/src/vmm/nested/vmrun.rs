@@ -9,11 +9,10 @@ use crate::vmm::vm::{Vm, PASSTHROUGH_MSRS};
 use alloc::boxed::Box;
 use svm::nested::checks::{check_vmcb12, L1Limits, CR4_ALLOWED_DEFAULT, EFER_ALLOWED_DEFAULT};
 use svm::nested::merge::merge_msrpm_holes;
-use svm::nested::vmrun::{build_l2_controls, load_l2_state, L2Controls};
+use svm::nested::vmexit::write_vmexit_invalid;
+use svm::nested::vmrun::{build_l2_controls, load_l2_state, soft_event_entry, L2Controls};
 use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
 
-/// VMEXIT_INVALID as software reads it from the VMCB (-1).
-const VMEXIT_INVALID: u64 = u64::MAX;
 /// The physical-address width vmcb12's addresses are checked against.
 pub const L1_MAX_PHYS_BITS: u8 = 40;
 
@@ -79,11 +78,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
             return inject(vcpu, gp);
         };
-        in_l1.control.exit_code = VMEXIT_INVALID;
-        in_l1.control.exit_info1 = 0;
-        in_l1.control.exit_info2 = 0;
-        in_l1.control.exit_int_info = 0;
-        in_l1.control.next_rip = 0;
+        write_vmexit_invalid(&mut in_l1.control);
         vcpu.nested.gif = false;
         vcpu.vmcb.state.rip = resume_rip;
         return Action::Resume;
@@ -128,6 +123,15 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let active: &mut Vmcb = &mut vcpu.vmcb;
     active.control = build_l2_controls(&nested.hsave.control, &copy.control, &l2c);
     load_l2_state(&mut active.state, &copy.state);
+    let host_nrips = host.features.has(svm::SvmFeatureFlags::NRIPS);
+    let (rip, soft) = soft_event_entry(
+        copy.control.event_inj,
+        copy.state.rip,
+        copy.control.next_rip,
+        host_nrips,
+    );
+    active.state.rip = rip;
+    nested.soft_event = soft;
     nested.gif = true;
     nested.l2 = Some(L2 {
         vmcb12_gpa: gpa,
