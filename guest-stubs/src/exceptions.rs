@@ -1,6 +1,8 @@
 //! Guest exception capture: an IDT whose exception handler either records
-//! an expected fault and skips the faulting instruction, or fails the test;
-//! vectors 32-255 (interrupts) are counted per vector and return.
+//! an expected fault and skips the faulting instruction (or an expected
+//! trap, see [`catch_trap`]), or fails the test; NMIs (vector 2) are
+//! counted and return; vectors 32-255 (interrupts) are counted per vector
+//! and return.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,6 +15,8 @@ pub struct Fault {
     pub error_code: u64,
     /// CR2 at the fault (meaningful for #PF).
     pub cr2: u64,
+    /// DR6 in the handler (meaningful for #DB).
+    pub dr6: u64,
 }
 
 #[repr(C)]
@@ -175,12 +179,43 @@ static SKIP: AtomicU64 = AtomicU64::new(0);
 static VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
 static ERROR_CODE: AtomicU64 = AtomicU64::new(0);
 static CR2: AtomicU64 = AtomicU64::new(0);
+static DR6: AtomicU64 = AtomicU64::new(0);
+/// [`SKIP`] for an expected trap: RIP stays (it is past the instruction).
+const TRAP: u64 = u64::MAX;
+
+/// NMIs taken.
+static NMIS: AtomicU64 = AtomicU64::new(0);
+/// A `fn()` the NMI handler calls (0: none).
+static NMI_HOOK: AtomicU64 = AtomicU64::new(0);
+
+/// How many NMIs the guest took.
+pub fn nmis_taken() -> u64 {
+    NMIS.load(Ordering::SeqCst)
+}
+
+/// Makes the NMI handler call `hook` (after counting), or nothing.
+pub fn set_nmi_hook(hook: Option<fn()>) {
+    NMI_HOOK.store(hook.map_or(0, |f| f as usize as u64), Ordering::SeqCst);
+}
 
 extern "C" fn handle(frame: &mut Frame) {
+    if frame.vector == 2 {
+        NMIS.fetch_add(1, Ordering::SeqCst);
+        let hook = NMI_HOOK.load(Ordering::SeqCst);
+        if hook != 0 {
+            // SAFETY: set from a `fn()` by set_nmi_hook.
+            let f: fn() = unsafe { core::mem::transmute(hook as usize) };
+            f();
+        }
+        return;
+    }
     let skip = SKIP.swap(0, Ordering::SeqCst);
-    let cr2: u64;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+    let (cr2, dr6): (u64, u64);
+    // SAFETY: reading CR2 and DR6 has no side effects at CPL 0.
+    unsafe {
+        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack));
+        core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack));
+    }
     if skip == 0 {
         crate::verdict::fail(format_args!(
             "unexpected exception {} (error code {:#x}) at rip {:#x}, cr2 {:#x}",
@@ -190,14 +225,31 @@ extern "C" fn handle(frame: &mut Frame) {
     VECTOR.store(frame.vector, Ordering::SeqCst);
     ERROR_CODE.store(frame.error_code, Ordering::SeqCst);
     CR2.store(cr2, Ordering::SeqCst);
-    frame.rip += skip;
+    DR6.store(dr6, Ordering::SeqCst);
+    if skip == TRAP {
+        // Single-stepping ends with the trap.
+        frame.rflags &= !(1 << 8);
+    } else {
+        frame.rip += skip;
+    }
 }
 
 /// Runs `f`, whose faulting instruction (if any) is `insn_len` bytes long and
 /// is skipped; returns the fault taken, if any.
 pub fn catch(insn_len: u64, f: impl FnOnce()) -> Option<Fault> {
+    catch_with(insn_len, f)
+}
+
+/// Runs `f`, which may raise a trap (e.g. a single-step or data-breakpoint
+/// #DB): the handler returns past the instruction and clears RFLAGS.TF.
+/// Returns the trap taken, if any.
+pub fn catch_trap(f: impl FnOnce()) -> Option<Fault> {
+    catch_with(TRAP, f)
+}
+
+fn catch_with(skip: u64, f: impl FnOnce()) -> Option<Fault> {
     VECTOR.store(u64::MAX, Ordering::SeqCst);
-    SKIP.store(insn_len, Ordering::SeqCst);
+    SKIP.store(skip, Ordering::SeqCst);
     f();
     SKIP.store(0, Ordering::SeqCst);
     match VECTOR.load(Ordering::SeqCst) {
@@ -206,6 +258,7 @@ pub fn catch(insn_len: u64, f: impl FnOnce()) -> Option<Fault> {
             vector,
             error_code: ERROR_CODE.load(Ordering::SeqCst),
             cr2: CR2.load(Ordering::SeqCst),
+            dr6: DR6.load(Ordering::SeqCst),
         }),
     }
 }
