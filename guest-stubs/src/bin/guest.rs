@@ -6,8 +6,8 @@
 #![no_main]
 
 use core::arch::asm;
-use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
 use guest_stubs::cpu::{read_dr6, single_step_nop, write_dr, DR6_BS, DR6_CLEAR};
 use guest_stubs::exceptions::{catch, catch_trap, nmis_taken, set_nmi_hook};
 use guest_stubs::hypercall::call;
@@ -204,9 +204,18 @@ fn debug_exit_blocked(_: &StartParams) {
 fn l0_intercepts_ac_db_nmi(_: &StartParams) {
     let v = call(HC_L0_INTERCEPTS, 0, 0, 0);
     let (exceptions, misc1) = (v as u32, (v >> 32) as u32);
-    check!(exceptions & (1 << 17) != 0, "#AC not intercepted: {exceptions:#x}");
-    check!(exceptions & (1 << 1) != 0, "#DB not intercepted: {exceptions:#x}");
-    check!(exceptions & (1 << 18) != 0, "#MC not intercepted: {exceptions:#x}");
+    check!(
+        exceptions & (1 << 17) != 0,
+        "#AC not intercepted: {exceptions:#x}"
+    );
+    check!(
+        exceptions & (1 << 1) != 0,
+        "#DB not intercepted: {exceptions:#x}"
+    );
+    check!(
+        exceptions & (1 << 18) != 0,
+        "#MC not intercepted: {exceptions:#x}"
+    );
     check!(
         misc1 & svm::InterceptMisc1::NMI.bits() != 0,
         "NMI not intercepted: {misc1:#x}"
@@ -223,7 +232,11 @@ fn db_single_step_reinjected(_: &StartParams) {
         fail(format_args!("single step raised no #DB"))
     };
     check_eq!(f.vector, 1, "vector");
-    check!(f.dr6 & DR6_BS != 0, "DR6.BS clear in the handler: {:#x}", f.dr6);
+    check!(
+        f.dr6 & DR6_BS != 0,
+        "DR6.BS clear in the handler: {:#x}",
+        f.dr6
+    );
     check!(
         exits(ExitCode::Exception(1).to_raw()) - before >= 1,
         "L0 saw no #DB exit"
@@ -259,14 +272,16 @@ fn db_data_breakpoint_reinjected(_: &StartParams) {
 /// so L0 stops the guest at its budget; the host stays alive.
 fn cve_2015_8104_db_loop(_: &StartParams) {
     write_dr(6, DR6_CLEAR);
-    // SAFETY: deliberately fatal for this guest. The frame of a #DB at
-    // the NOP goes below RSP aligned down to 16 (SS first): DR0 covers
-    // that quadword (RW0 = 11 reads/writes, LEN0 = 10 8 bytes).
+    // SAFETY: deliberately fatal for this guest. RSP is made 8 mod 16 at
+    // the NOP (R), so the #DB frame starts at R - 8 aligned down, R - 16
+    // (SS first), away from PUSHFQ's R - 8: DR0 covers that quadword
+    // (RW0 = 11 reads/writes, LEN0 = 10 8 bytes). RSP is restored after.
     unsafe {
         core::arch::asm!(
-            "mov rax, rsp",
-            "and rax, -16",
-            "sub rax, 8",
+            "mov r11, rsp",
+            "and rsp, -16",
+            "sub rsp, 8",
+            "lea rax, [rsp - 16]",
             "mov dr0, rax",
             "mov rax, {dr7}",
             "mov dr7, rax",
@@ -274,8 +289,10 @@ fn cve_2015_8104_db_loop(_: &StartParams) {
             "or qword ptr [rsp], 0x100",
             "popfq",
             "nop",
+            "mov rsp, r11",
             dr7 = const 0x400u64 | 1 | (0b11 << 16) | (0b10 << 18),
             out("rax") _,
+            out("r11") _,
         )
     };
     write_dr(7, 0x400);

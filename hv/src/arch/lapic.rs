@@ -131,9 +131,7 @@ pub fn send_self_nmi() {
         0 => {
             let id = read(REG_ID);
             // SAFETY: x2APIC ICR (MSR 0x830), one 64-bit write.
-            unsafe {
-                super::cpu::wrmsr(0x830, (u64::from(id) << 32) | u64::from(NMI_ASSERT))
-            };
+            unsafe { super::cpu::wrmsr(0x830, (u64::from(id) << 32) | u64::from(NMI_ASSERT)) };
         }
         _ => {
             write(REG_ICR_HIGH, read(REG_ID) & 0xff00_0000);

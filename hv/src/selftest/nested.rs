@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 25] = [
+pub static CASES: [Case; 31] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -71,4 +71,10 @@ pub static CASES: [Case; 25] = [
     case("nested::l2_hypercall_refused"),
     case("nested::l2_rdtscp_intercept"),
     case("nested::pending_interrupt_preempts_l2"),
+    case("nested::l2_runs_with_l0_intercepts"),
+    case("nested::l2_db_to_l1"),
+    case("nested::l2_db_to_l2_handler"),
+    case("nested::nmi_held_while_gif_clear"),
+    case("nested::nmi_for_l1_exits_l2"),
+    case("nested::physical_nmi_not_reflected"),
 ];

@@ -50,6 +50,14 @@ pub enum Task {
     /// vmcb12.tsc_offset in L1's memory := R7 (L2 can reach L1's memory),
     /// RDTSC → R0, yield.
     PokeVmcb12Offset,
+    /// DR6 := clear, single-step a NOP (a #DB trap), yield.
+    SingleStep,
+    /// HC_QUEUE_NMI for L1, then count loop iterations in R0 forever.
+    QueueNmiAndSpin,
+    /// HC_PHYSICAL_NMI → R6, spin a little, yield.
+    PhysicalNmi,
+    /// HC_L0_INTERCEPTS → R0 (the merged intercepts L2 runs with), yield.
+    L0Intercepts,
 }
 
 /// The payload L1 picked.
@@ -151,6 +159,25 @@ pub extern "C" fn entry() -> ! {
             };
             put(0, rdtsc());
         }
+        x if x == Task::SingleStep as u64 => {
+            guest_stubs::cpu::write_dr(6, guest_stubs::cpu::DR6_CLEAR);
+            guest_stubs::cpu::single_step_nop();
+        }
+        x if x == Task::QueueNmiAndSpin as u64 => {
+            put(6, call(svm::guest_abi::HC_QUEUE_NMI, 0, 0, 0));
+            loop {
+                RESULTS[0].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        x if x == Task::PhysicalNmi as u64 => {
+            put(6, call(svm::guest_abi::HC_PHYSICAL_NMI, 0, 0, 0));
+            for _ in 0..1000 {
+                core::hint::spin_loop();
+            }
+        }
+        x if x == Task::L0Intercepts as u64 => {
+            put(0, call(svm::guest_abi::HC_L0_INTERCEPTS, 0, 0, 0))
+        }
         x if x == Task::FreezePause as u64 => {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));
@@ -175,7 +202,18 @@ pub extern "C" fn vector_30() -> ! {
     }
 }
 
-/// An L2 IDT with only vector 0x30 present.
+/// DR6 as L2's #DB handler saw it (0: no #DB in L2).
+pub static DB_DR6: AtomicU64 = AtomicU64::new(0);
+
+/// Handler of #DB in L2: records DR6 and yields (never returns).
+pub extern "C" fn debug() -> ! {
+    DB_DR6.store(guest_stubs::cpu::read_dr6(), Ordering::SeqCst);
+    loop {
+        yield_to_l1();
+    }
+}
+
+/// An L2 IDT with only vectors 1 (#DB) and 0x30 present.
 #[repr(C, align(16))]
 pub struct Idt(pub [[u64; 2]; 0x31]);
 
@@ -184,11 +222,16 @@ pub static mut L2_IDT: Idt = Idt([[0; 2]; 0x31]);
 
 /// Fills [`L2_IDT`] and returns its address and limit.
 pub fn l2_idt() -> (u64, u32) {
-    let h = vector_30 as *const () as u64;
     // SAFETY: single vCPU; L2 is not running.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT) };
-    idt.0[0x30][0] = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
-    idt.0[0x30][1] = h >> 32;
+    for (vector, h) in [
+        (1, debug as *const () as u64),
+        (0x30, vector_30 as *const () as u64),
+    ] {
+        idt.0[vector][0] =
+            (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
+        idt.0[vector][1] = h >> 32;
+    }
     (
         idt as *const Idt as u64,
         (core::mem::size_of::<Idt>() - 1) as u32,
