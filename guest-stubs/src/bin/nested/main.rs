@@ -700,7 +700,7 @@ fn l2_runs_with_l0_intercepts() {
     check_eq!(
         exceptions & ((1 << 1) | (1 << 17) | (1 << 18)),
         (1 << 1) | (1 << 17) | (1 << 18),
-        "#DB/#AC/#MC intercepts in L2's VMCB ({exceptions:#x})"
+        "#DB/#AC/#MC intercepts in L2's VMCB"
     );
     check!(
         misc1 & InterceptMisc1::NMI.bits() != 0,
