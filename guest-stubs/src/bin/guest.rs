@@ -38,6 +38,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::db_single_step_reinjected" => db_single_step_reinjected,
         "guest::db_data_breakpoint_reinjected" => db_data_breakpoint_reinjected,
         "guest::cve_2015_8104_db_loop" => cve_2015_8104_db_loop,
+        "guest::ac_user_mode_reinjected" => ac_user_mode_reinjected,
         "guest::nmi_delivered" => nmi_delivered,
         "guest::nmi_blocked_until_iret" => nmi_blocked_until_iret,
         "guest::physical_nmi_stays_with_l0" => physical_nmi_stays_with_l0,
@@ -356,5 +357,51 @@ fn physical_nmi_stays_with_l0(_: &StartParams) {
     check!(
         exits(ExitCode::Nmi.to_raw()) - before >= 1,
         "L0 took no NMI exit"
+    );
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.user, "ax"
+    .global user_misaligned_load
+user_misaligned_load:
+    mov rax, [rsp + 1]
+    ud2
+    "#
+);
+
+unsafe extern "C" {
+    fn user_misaligned_load();
+}
+
+/// #AC: CR0.AM and RFLAGS.AC set, a misaligned load at CPL 3. L0
+/// intercepts #AC and re-injects it: this guest's handler gets vector 17,
+/// error code 0, and L0 counted the exit (0x51).
+fn ac_user_mode_reinjected(_: &StartParams) {
+    const CR0_AM: u64 = 1 << 18;
+    const RFLAGS_AC: u64 = 1 << 18;
+    guest_stubs::user::init();
+    let before = exits(ExitCode::Exception(17).to_raw());
+    // SAFETY: CR0.AM only enables alignment checks at CPL 3.
+    unsafe {
+        asm!("mov rax, cr0", "or rax, {am}", "mov cr0, rax", am = const CR0_AM, out("rax") _, options(nomem, nostack))
+    };
+    let got = guest_stubs::exceptions::run_user(
+        user_misaligned_load as *const () as u64,
+        guest_stubs::user::user_stack_top() - 64,
+        0x2 | RFLAGS_AC,
+    );
+    let Some(f) = got else {
+        fail(format_args!("CPL 3 code returned without a fault"))
+    };
+    check!(
+        (f.vector, f.error_code) == (17, 0),
+        "misaligned CPL 3 load with AC: vector {} error code {:#x}, not #AC(0)",
+        f.vector,
+        f.error_code
+    );
+    check!(
+        exits(ExitCode::Exception(17).to_raw()) - before >= 1,
+        "L0 saw no #AC exit"
     );
 }
