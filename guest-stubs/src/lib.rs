@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
+pub mod user;
 pub mod verdict;
 
 pub use svm::guest_abi::StartParams;

@@ -10,8 +10,8 @@
 //!
 //! Hypercalls: `VMMCALL` with the number in `RAX`, arguments in `RBX`,
 //! `RCX`, `RDX`; the result comes back in `RAX` (unknown numbers return
-//! [`HC_UNKNOWN`]). Only CPL 0 may call (#UD otherwise). Numbers 2-10 are
-//! test hooks: they answer only in VMs set up for tests (else
+//! [`HC_UNKNOWN`]). Only CPL 0 may call (#UD otherwise). Numbers 2-10 and
+//! 16-18 are test hooks: they answer only in VMs set up for tests (else
 //! [`HC_UNKNOWN`]), and they are the only hypercalls an L2 can make when its
 //! L1 does not intercept VMMCALL (any other is #UD there, which goes to L1
 //! if L1 intercepts #UD).
@@ -124,6 +124,19 @@ pub const HC_HOST_TICKS: u64 = 9;
 /// short is delivered again (EXITINTINFO re-injection). Returns 0, or
 /// [`HC_UNKNOWN`] for another vector or from L2.
 pub const HC_INTERCEPT_ONCE: u64 = 10;
+/// Test hook: queue a virtual NMI for this (L1) vCPU. L0 delivers it once
+/// L1's GIF allows and no NMI handler of L1 is still running (NMIs are
+/// blocked from an injected NMI to the IRET that ends its handler). While
+/// L2 runs and L1 intercepts NMI, it first ends L2's run with
+/// #VMEXIT(NMI). One NMI is held; more merge. Returns 0.
+pub const HC_QUEUE_NMI: u64 = 16;
+/// Test hook: L0 sends a physical NMI to its own CPU so that it arrives
+/// while this guest runs (at the next entry). It is L0's: the guest (and
+/// an L1 intercepting NMI) must never see it. Returns 0.
+pub const HC_PHYSICAL_NMI: u64 = 17;
+/// Test hook: the intercepts of the VMCB the caller runs in (L2: the
+/// merged one), `intercept_misc1 << 32 | intercept_exceptions`.
+pub const HC_L0_INTERCEPTS: u64 = 18;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;
 

@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 31] = [
+pub static CASES: [Case; 37] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -77,4 +77,10 @@ pub static CASES: [Case; 31] = [
     case("nested::exitintinfo_reinjected_by_l0"),
     case("nested::cve_2021_29657_vmcb12_changed_after_vmrun"),
     case("nested::cve_2021_3653_v_intr_masking_avic"),
+    case("nested::l2_runs_with_l0_intercepts"),
+    case("nested::l2_db_to_l1"),
+    case("nested::l2_db_to_l2_handler"),
+    case("nested::nmi_held_while_gif_clear"),
+    case("nested::nmi_for_l1_exits_l2"),
+    case("nested::physical_nmi_not_reflected"),
 ];

@@ -37,6 +37,10 @@ pub struct Vcpu {
     /// Host TSC ticks spent in L0 between exits and entries (under
     /// `-icount shift=0` these are L0's instructions).
     pub host_ticks: u64,
+    /// Virtual NMIs for this vCPU (L1's) and their blocking.
+    pub nmi: svm::nmi::NmiState,
+    /// Test hook: send a physical NMI to this CPU just before the next entry.
+    pub physical_nmi_at_entry: bool,
 }
 
 impl Vcpu {
@@ -53,6 +57,8 @@ impl Vcpu {
             tsc_aux: 0,
             nested: Nested::new()?,
             host_ticks: 0,
+            nmi: svm::nmi::NmiState::default(),
+            physical_nmi_at_entry: false,
         })
     }
 
@@ -66,12 +72,16 @@ impl Vcpu {
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
+            if let Action::Stop(stop) = exits::exception::deliver_pending_nmi(self, vm, host) {
+                return stop;
+            }
             if let Action::Stop(stop) =
                 super::nested::insns::deliver_pending_interrupt(self, vm, host)
             {
                 return stop;
             }
             super::tsc::prepare_entry(self, vm);
+            exits::exception::arm_physical_nmi(self);
             if let Some(t) = exited_at {
                 self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
             }

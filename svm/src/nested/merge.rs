@@ -152,6 +152,19 @@ mod tests {
         }
     }
 
+    /// L0's own intercepts (#AC/#DB/#MC, NMI) survive whatever vmcb12 asks.
+    #[test]
+    fn l0_exceptions_and_nmi_kept_for_l2() {
+        let mut l0 = ControlArea::new();
+        l0.intercept_exceptions = crate::exception::L0_EXCEPTIONS.bits();
+        l0.intercept_misc1 = crate::intercept::InterceptMisc1::NMI.bits();
+        let vmcb12 = ControlArea::new();
+        let mut out = ControlArea::new();
+        merge_intercepts(&l0, &vmcb12, &mut out);
+        assert_eq!(out.intercept_exceptions, (1 << 1) | (1 << 17) | (1 << 18));
+        assert_eq!(out.intercept_misc1, 1 << 1);
+    }
+
     #[test]
     fn merge_intercepts_touches_nothing_else() {
         let mut out = ControlArea::new();

@@ -169,9 +169,9 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 /// the access touches, per its size, APM 15.10.1); exceptions by
 /// intercept_exceptions bit; CR/DR read/write by their bit; other exit
 /// codes by their misc1/misc2/misc3 bit. Exits that are never L1's: NPF
-/// (nested paging is not offered to L1, so an NPF is L0's table), physical
-/// INTR (always L0's), NMI/SMI/INIT when L1 does not intercept them,
-/// VMEXIT_INVALID, Unknown.
+/// (nested paging is not offered to L1, so an NPF is L0's table), #MC,
+/// physical INTR and physical NMIs (L0's whatever L1 intercepts), SMI/INIT
+/// when L1 does not intercept them, VMEXIT_INVALID, Unknown.
 ///
 /// Details and limits:
 /// - `l1_msrpm` / `l1_iopm` are only consulted when vmcb12 sets MSR_PROT /
@@ -207,8 +207,10 @@ pub fn route_exit(
     }
     // Physical interrupts are L0's (its devices, its watchdog): L0 takes
     // them and resumes L2. L1 gets #VMEXIT(INTR) only for an interrupt L0
-    // holds for it ([`pending_interrupt_exits_l2`]).
-    if exit.code == ExitCode::Intr {
+    // holds for it ([`pending_interrupt_exits_l2`]). So is a physical NMI:
+    // an NMI L0 holds for L1 reaches L1 as #VMEXIT(NMI) by L0's choice
+    // (`crate::nmi`), never through here.
+    if matches!(exit.code, ExitCode::Intr | ExitCode::Nmi) {
         return Route::L0;
     }
     let Some(bit) = intercept_bit_of(exit.code) else {
@@ -362,6 +364,21 @@ mod machine_check_tests {
         };
         assert_eq!(route_exit(&gp, &v12, &m, &i), Route::L1);
     }
+
+    #[test]
+    fn physical_nmis_stay_with_l0() {
+        let mut v12 = ControlArea::new();
+        v12.intercept_misc1 = InterceptMisc1::NMI.bits();
+        let nmi = ExitFacts {
+            code: ExitCode::Nmi,
+            exit_info1: 0,
+            rcx: 0,
+        };
+        let (m, i) = ([0u8; MSRPM_SIZE], [0u8; IOPM_SIZE]);
+        assert_eq!(route_exit(&nmi, &v12, &m, &i), Route::L0);
+        v12.intercept_misc1 = u32::MAX;
+        assert_eq!(route_exit(&nmi, &v12, &m, &i), Route::L0);
+    }
 }
 
 #[cfg(test)]
@@ -503,11 +520,11 @@ mod tests {
             c.intercept_misc3 = u32::MAX;
             c
         };
-        // #MC and INTR are L0's whatever the bits say
+        // #MC, INTR and NMI are L0's whatever the bits say
         // (machine_checks_stay_with_l0, physical_interrupts_stay_l0s).
         for code in all_codes()
             .into_iter()
-            .filter(|c| !matches!(c, ExitCode::Exception(18) | ExitCode::Intr))
+            .filter(|c| !matches!(c, ExitCode::Exception(18) | ExitCode::Intr | ExitCode::Nmi))
         {
             let mut exit = facts(code);
             exit.exit_info1 = if code == ExitCode::Ioio { 0x80_0010 } else { 0 };
@@ -585,7 +602,7 @@ mod tests {
             (ExitCode::Intr, m1(InterceptMisc1::INTR), Route::L0),
             (ExitCode::Intr, none, Route::L0),
             (ExitCode::Nmi, m1(InterceptMisc1::INTR), Route::L0),
-            (ExitCode::Nmi, m1(InterceptMisc1::NMI), Route::L1),
+            (ExitCode::Nmi, m1(InterceptMisc1::NMI), Route::L0),
             (ExitCode::Smi, none, Route::L0),
             (ExitCode::Init, none, Route::L0),
             (ExitCode::Shutdown, m1(InterceptMisc1::SHUTDOWN), Route::L1),

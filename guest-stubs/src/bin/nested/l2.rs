@@ -59,6 +59,14 @@ pub enum Task {
     /// In vmcb12 (L1's memory, after VMRUN took its copy): clear the HLT
     /// and VMRUN intercepts, ASID := 0; R0 := 1, yield (HLT).
     PokeVmcb12Controls,
+    /// DR6 := clear, single-step a NOP (a #DB trap), yield.
+    SingleStep,
+    /// HC_QUEUE_NMI for L1, then count loop iterations in R0 forever.
+    QueueNmiAndSpin,
+    /// HC_PHYSICAL_NMI → R6, spin a little, yield.
+    PhysicalNmi,
+    /// HC_L0_INTERCEPTS → R0 (the merged intercepts L2 runs with), yield.
+    L0Intercepts,
 }
 
 /// The payload L1 picked.
@@ -185,6 +193,25 @@ pub extern "C" fn entry() -> ! {
             }
             put(0, 1);
         }
+        x if x == Task::SingleStep as u64 => {
+            guest_stubs::cpu::write_dr(6, guest_stubs::cpu::DR6_CLEAR);
+            guest_stubs::cpu::single_step_nop();
+        }
+        x if x == Task::QueueNmiAndSpin as u64 => {
+            put(6, call(svm::guest_abi::HC_QUEUE_NMI, 0, 0, 0));
+            loop {
+                RESULTS[0].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        x if x == Task::PhysicalNmi as u64 => {
+            put(6, call(svm::guest_abi::HC_PHYSICAL_NMI, 0, 0, 0));
+            for _ in 0..1000 {
+                core::hint::spin_loop();
+            }
+        }
+        x if x == Task::L0Intercepts as u64 => {
+            put(0, call(svm::guest_abi::HC_L0_INTERCEPTS, 0, 0, 0))
+        }
         x if x == Task::FreezePause as u64 => {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));
@@ -272,7 +299,18 @@ pub extern "C" fn vector_30() -> ! {
     }
 }
 
-/// An L2 IDT with only vector 0x30 present.
+/// DR6 as L2's #DB handler saw it (0: no #DB in L2).
+pub static DB_DR6: AtomicU64 = AtomicU64::new(0);
+
+/// Handler of #DB in L2: records DR6 and yields (never returns).
+pub extern "C" fn debug() -> ! {
+    DB_DR6.store(guest_stubs::cpu::read_dr6(), Ordering::SeqCst);
+    loop {
+        yield_to_l1();
+    }
+}
+
+/// An L2 IDT with only vectors 1 (#DB) and 0x30 present.
 #[repr(C, align(16))]
 pub struct Idt(pub [[u64; 2]; 0x31]);
 
@@ -284,6 +322,7 @@ pub fn l2_idt() -> (u64, u32) {
     // SAFETY: single vCPU; L2 is not running.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT) };
     idt.0[0x30] = gate(l2_vector_30_entry as *const () as u64);
+    idt.0[1] = gate(debug as *const () as u64);
     GOT_VECTOR.store(0, Ordering::SeqCst);
     RETURN_RIP.store(0, Ordering::SeqCst);
     (

@@ -11,7 +11,7 @@ mod l2;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
-use guest_stubs::exceptions::{catch, interrupts_taken};
+use guest_stubs::exceptions::{catch, interrupts_taken, nmis_taken};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
 use guest_stubs::{check, check_eq, println, StartParams};
@@ -68,6 +68,12 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::exitintinfo_reinjected_by_l0" => exitintinfo_reinjected_by_l0(),
         "nested::cve_2021_29657_vmcb12_changed_after_vmrun" => vmcb12_changed_after_vmrun(),
         "nested::cve_2021_3653_v_intr_masking_avic" => v_intr_masking_avic(),
+        "nested::l2_runs_with_l0_intercepts" => l2_runs_with_l0_intercepts(),
+        "nested::l2_db_to_l1" => l2_db_to_l1(),
+        "nested::l2_db_to_l2_handler" => l2_db_to_l2_handler(),
+        "nested::nmi_held_while_gif_clear" => nmi_held_while_gif_clear(),
+        "nested::nmi_for_l1_exits_l2" => nmi_for_l1_exits_l2(),
+        "nested::physical_nmi_not_reflected" => physical_nmi_not_reflected(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -984,4 +990,106 @@ fn freeze_restore_while_l2_runs() {
         "L1 saw {} ticks pass (pause policy)",
         t1 - t0
     );
+}
+
+/// HC_EXIT_COUNT: L0's exits of `code` so far.
+fn l0_exits(code: ExitCode) -> u64 {
+    call(svm::guest_abi::HC_EXIT_COUNT, code.to_raw(), 0, 0)
+}
+
+/// L2 runs with L0's #AC/#DB/#MC and NMI intercepts (the merge keeps
+/// them) though vmcb12 asks for none of them.
+fn l2_runs_with_l0_intercepts() {
+    let mut regs = setup(Task::L0Intercepts, 0);
+    run_expect(&mut regs, ExitCode::Hlt);
+    let v = l2::result(0);
+    let (exceptions, misc1) = (v as u32, (v >> 32) as u32);
+    check_eq!(
+        exceptions & ((1 << 1) | (1 << 17) | (1 << 18)),
+        (1 << 1) | (1 << 17) | (1 << 18),
+        "#DB/#AC/#MC intercepts in L2's VMCB"
+    );
+    check!(
+        misc1 & InterceptMisc1::NMI.bits() != 0,
+        "NMI intercept in L2's VMCB ({misc1:#x})"
+    );
+}
+
+/// L1 intercepts #DB: L2's single-step #DB is #VMEXIT(#DB) for L1, with
+/// EXITINFO1 0 and DR6.BS in vmcb12.
+fn l2_db_to_l1() {
+    let mut regs = setup(Task::SingleStep, 0);
+    l1::vmcb().control.intercept_exceptions |= 1 << 1;
+    run_expect(&mut regs, ExitCode::Exception(1));
+    let v = l1::vmcb();
+    check_eq!(v.control.exit_info1, 0, "EXITINFO1 of #DB");
+    check!(
+        v.state.dr6 & guest_stubs::cpu::DR6_BS != 0,
+        "DR6.BS in vmcb12: {:#x}",
+        v.state.dr6
+    );
+}
+
+/// L1 does not intercept #DB: L0 takes the exit and L2's own handler gets
+/// the #DB with DR6.BS.
+fn l2_db_to_l2_handler() {
+    let mut regs = setup(Task::SingleStep, 0);
+    let (idt, limit) = l2::l2_idt();
+    l1::vmcb().state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    let before = l0_exits(ExitCode::Exception(1));
+    run_expect(&mut regs, ExitCode::Hlt);
+    let dr6 = l2::DB_DR6.load(core::sync::atomic::Ordering::SeqCst);
+    check!(
+        dr6 & guest_stubs::cpu::DR6_BS != 0,
+        "DR6 in L2's #DB handler: {dr6:#x}"
+    );
+    check!(
+        l0_exits(ExitCode::Exception(1)) - before >= 1,
+        "L0 saw no #DB exit from L2"
+    );
+}
+
+/// With GIF clear an NMI L0 holds for L1 waits (across exits); STGI lets
+/// it in.
+fn nmi_held_while_gif_clear() {
+    l1::enable_svm();
+    // SAFETY: CLGI/STGI are emulated by L0.
+    unsafe { asm!("clgi", options(nomem, nostack)) };
+    check_eq!(
+        call(svm::guest_abi::HC_QUEUE_NMI, 0, 0, 0),
+        0,
+        "queue hypercall"
+    );
+    call(svm::guest_abi::HC_ECHO_SUM, 0, 0, 0);
+    let held = nmis_taken();
+    // SAFETY: as above.
+    unsafe { asm!("stgi", "nop", options(nomem, nostack)) };
+    check_eq!((held, nmis_taken()), (0, 1), "NMIs (GIF clear, then set)");
+}
+
+/// An NMI L0 holds for L1 ends L2's run at once as #VMEXIT(NMI) when L1
+/// intercepts NMI, and reaches L1's handler after its STGI.
+fn nmi_for_l1_exits_l2() {
+    let mut regs = setup(Task::QueueNmiAndSpin, 0);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::NMI.bits();
+    run_expect(&mut regs, ExitCode::Nmi);
+    check_eq!(l2::result(6), 0, "queue hypercall result");
+    check_eq!(
+        l2::result(0),
+        0,
+        "L2 loop iterations after queueing (the exit must come first)"
+    );
+    check_eq!(nmis_taken(), 1, "NMIs in L1 after its STGI");
+}
+
+/// A physical NMI that arrives while L2 runs is L0's, even though L1
+/// intercepts NMI: L1 sees no #VMEXIT(NMI) and no NMI.
+fn physical_nmi_not_reflected() {
+    let mut regs = setup(Task::PhysicalNmi, 0);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::NMI.bits();
+    let before = l0_exits(ExitCode::Nmi);
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(6), 0, "hypercall result");
+    check_eq!(nmis_taken(), 0, "NMIs in L1");
+    check!(l0_exits(ExitCode::Nmi) - before >= 1, "L0 took no NMI exit");
 }

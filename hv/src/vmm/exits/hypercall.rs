@@ -10,6 +10,7 @@ use svm::guest_abi::{
     HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
     HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN, HC_WAIT_PIT_US,
 };
+use svm::guest_abi::{HC_L0_INTERCEPTS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
 use svm::tsc::{RestorePolicy, TscMode};
 use svm::ExitCode;
 
@@ -32,6 +33,9 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             | HC_QUEUE_INTERRUPT
             | HC_HOST_TICKS
             | HC_INTERCEPT_ONCE
+            | HC_QUEUE_NMI
+            | HC_PHYSICAL_NMI
+            | HC_L0_INTERCEPTS
     );
     let from_l2 = vcpu.nested.in_l2();
     if vcpu.vmcb.state.cpl != 0 || (from_l2 && !(test_hook && vm.test_hypercalls)) {
@@ -93,6 +97,18 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             }
             _ => HC_UNKNOWN,
         },
+        HC_QUEUE_NMI => {
+            vcpu.nmi.queue();
+            0
+        }
+        HC_PHYSICAL_NMI => {
+            vcpu.physical_nmi_at_entry = true;
+            0
+        }
+        HC_L0_INTERCEPTS => {
+            let c = &vcpu.vmcb.control;
+            (u64::from(c.intercept_misc1) << 32) | u64::from(c.intercept_exceptions)
+        }
         HC_WAIT_PIT_US => {
             crate::time::pit::wait_us(a.min(MAX_WAIT_US));
             0

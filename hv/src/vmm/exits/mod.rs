@@ -1,6 +1,7 @@
 //! #VMEXIT handling: one dispatch, one handler per exit reason.
 
 mod cpuid;
+pub mod exception;
 mod hypercall;
 mod ioio;
 mod msr;
@@ -80,6 +81,7 @@ impl fmt::Display for Stop {
 
 /// Handles the exit the vCPU just took.
 pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
+    exception::observe_exit(vcpu);
     // While L2 runs, an exit L1 asked for is L1's; the rest are L0's.
     if code == ExitCode::Invalid && vcpu.nested.in_l2() {
         return nested::vmexit::reflect_invalid(vcpu, vm);
@@ -142,6 +144,10 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         // do. Physical interrupts are L0's also while L2 runs (route_exit):
         // L2 resumes.
         ExitCode::Intr => Action::Resume,
+        ExitCode::Exception(vector) => exception::handle(vcpu, vector),
+        // A physical NMI: the host took it at its STGI (world_switch).
+        ExitCode::Nmi => Action::Resume,
+        ExitCode::Iret => exception::iret(vcpu),
         ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
         ExitCode::Npf => Action::Stop(Stop::NestedPageFault {
             gpa: vcpu.vmcb.control.exit_info2,
