@@ -11,6 +11,8 @@
 //! [`tsc`] describes.
 
 pub mod checks;
+pub mod l1_cpu;
+pub mod map_view;
 pub mod merge;
 pub mod route;
 pub mod tsc;

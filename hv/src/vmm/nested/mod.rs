@@ -13,8 +13,7 @@ pub mod vmrun;
 use super::memory::GuestMemory;
 use super::phys_box::PhysBox;
 use alloc::boxed::Box;
-use svm::iopm::IOPM_SIZE;
-use svm::msrpm::MSRPM_SIZE;
+use svm::nested::map_view::{IopmView, MsrpmView};
 use svm::{MsrPermissionMap, Vmcb};
 
 /// ASID L0 runs every L2 with (L1 runs with 1).
@@ -98,17 +97,14 @@ pub fn l1_vmcb_mut(memory: &mut GuestMemory, gpa: u64) -> Option<&mut Vmcb> {
     Some(unsafe { &mut *(bytes.as_mut_ptr() as *mut Vmcb) })
 }
 
-/// L1's MSR and I/O permission maps for vmcb12, in L1's memory (read
-/// where they are, never copied: checked to be inside at VMRUN).
-pub fn l1_maps<'m>(
-    memory: &'m GuestMemory,
-    vmcb12: &Vmcb,
-) -> Option<(&'m [u8; MSRPM_SIZE], &'m [u8; IOPM_SIZE])> {
-    let msrpm = memory
-        .slice(vmcb12.control.msrpm_base_pa & !0xfff, MSRPM_SIZE as u64)
-        .ok()?;
-    let iopm = memory
-        .slice(vmcb12.control.iopm_base_pa & !0xfff, IOPM_SIZE as u64)
-        .ok()?;
-    Some((msrpm.try_into().ok()?, iopm.try_into().ok()?))
+/// L1's MSR and I/O permission maps for vmcb12, read where they are in
+/// L1's memory, never copied. vmcb12's checks only keep them below
+/// MAXPHYADDR, so part or all of a map may lie outside L1's RAM: those
+/// bytes read as all-ones (unbacked memory on hardware), i.e. intercept.
+pub fn l1_maps<'m>(memory: &'m GuestMemory, vmcb12: &Vmcb) -> (MsrpmView<'m>, IopmView<'m>) {
+    let ram = memory.bytes();
+    (
+        MsrpmView::in_ram(ram, vmcb12.control.msrpm_base_pa & !0xfff),
+        IopmView::in_ram(ram, vmcb12.control.iopm_base_pa & !0xfff),
+    )
 }
