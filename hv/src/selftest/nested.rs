@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 25] = [
+pub static CASES: [Case; 30] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -71,4 +71,9 @@ pub static CASES: [Case; 25] = [
     case("nested::l2_hypercall_refused"),
     case("nested::l2_rdtscp_intercept"),
     case("nested::pending_interrupt_preempts_l2"),
+    case("nested::cr4_smep_accepted"),
+    case("nested::tlb_control_invalid"),
+    case("nested::msrpm_outside_ram_intercepts_all"),
+    case("nested::msrpm_beyond_maxphyaddr_invalid"),
+    case("nested::cve_2021_3656_vmload_from_l2"),
 ];

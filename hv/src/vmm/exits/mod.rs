@@ -111,18 +111,20 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),
+        // From L1, or from an L2 whose L1 does not intercept them: the
+        // instruction acts on the running guest (nested::insns).
         ExitCode::Vmload
         | ExitCode::Vmsave
         | ExitCode::Stgi
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga
-            if l1_hypervisor =>
+            if vm.nested_svm =>
         {
             nested::insns::emulate(vcpu, vm, host, code)
         }
-        // SVM not offered (or an L2 whose L1 does not intercept them): the
-        // instructions are undefined there.
+        // SVM not offered (or VMRUN from an L2, which L1 must intercept:
+        // only a test turning L0's checks off gets here): undefined.
         ExitCode::Vmrun
         | ExitCode::Vmload
         | ExitCode::Vmsave

@@ -27,6 +27,22 @@ pub struct L2 {
     /// The hypervisor's copy of vmcb12, read once at VMRUN and checked;
     /// the only version of vmcb12's controls L0 uses while L2 runs.
     pub vmcb12: Box<Vmcb>,
+    /// L2's EFER.SVME (virtual: the active VMCB's SVME stays set, as the
+    /// real VMRUN requires). Set from vmcb12 at VMRUN, changed by L2's
+    /// WRMSR EFER when L1 does not intercept it, shown in L2's RDMSR and
+    /// in vmcb12.EFER at the exit; decides whether L2's SVM instructions
+    /// are #UD (APM 15.4).
+    pub svme: bool,
+}
+
+/// vmcb12.EFER as L2 left it: the active VMCB's EFER with L2's virtual
+/// SVME (for the nested #VMEXIT, after the save-area copy).
+pub fn show_l2_svme(vmcb12: &mut Vmcb, l2: &L2) {
+    let svme = svm::msr::EFER_SVME;
+    vmcb12.state.efer = match l2.svme {
+        true => vmcb12.state.efer | svme,
+        false => vmcb12.state.efer & !svme,
+    };
 }
 
 /// A vCPU's nested-SVM state.

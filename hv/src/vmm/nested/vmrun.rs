@@ -130,6 +130,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     nested.gif = true;
     nested.l2 = Some(L2 {
         vmcb12_gpa: gpa,
+        svme: copy.state.efer & svm::msr::EFER_SVME != 0,
         vmcb12: copy,
     });
     Action::Resume
