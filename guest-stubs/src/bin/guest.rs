@@ -208,7 +208,11 @@ fn test_hooks_off(_: &StartParams) {
         (HC_HOST_TICKS, 0),
     ];
     for (nr, arg) in hooks {
-        check_eq!(call(nr, arg, 100, 0), HC_UNKNOWN, "test hook {nr}");
+        check_eq!(
+            call(nr, arg, 100, 0),
+            HC_UNKNOWN,
+            format_args!("test hook {nr}")
+        );
     }
     check_eq!(
         call(HC_ECHO_SUM, 1, 2, 3),

@@ -67,6 +67,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::msrpm_outside_ram_intercepts_all" => maps_outside_ram(params.memory_size),
         "nested::msrpm_beyond_maxphyaddr_invalid" => maps_beyond_maxphyaddr(),
         "nested::cve_2021_3656_vmload_from_l2" => vmload_vmsave_from_l2(),
+        "nested::long_mode_keys_on_lme_pg" => long_mode_keys_on_lme_pg(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -715,7 +716,11 @@ fn cr4_smep_accepted() {
     l1::prepare(l2::entry);
     l1::vmcb().state.cr4 |= 1 << hidden;
     let (_, code) = l1::run(&mut regs);
-    check_eq!(code, VMEXIT_INVALID, "vmcb12 with hidden CR4 bit {hidden}");
+    check_eq!(
+        code,
+        VMEXIT_INVALID,
+        format_args!("vmcb12 with hidden CR4 bit {hidden}")
+    );
 }
 
 /// TLB_CONTROL must be 0 or 1 (3 and 7 need FlushByAsid, not offered):
@@ -731,7 +736,11 @@ fn tlb_control_invalid() {
         l1::prepare(l2::entry);
         l1::vmcb().control.tlb_control = bad;
         let (_, code) = l1::run(&mut regs);
-        check_eq!(code, VMEXIT_INVALID, "exit code with TLB_CONTROL {bad}");
+        check_eq!(
+            code,
+            VMEXIT_INVALID,
+            format_args!("exit code with TLB_CONTROL {bad}")
+        );
     }
     l1::prepare(l2::entry);
     l1::vmcb().control.tlb_control = 1;
@@ -872,4 +881,18 @@ fn vmload_vmsave_from_l2() {
     run_expect(&mut regs, ExitCode::Hlt);
     check_eq!(l2::result(4), 1, "L2 finished");
     wrmsr(KERNEL_GS_BASE, 0);
+}
+
+/// Long mode is EFER.LME with CR0.PG, for every check and for the mode L2
+/// runs in: a vmcb12 whose EFER.LMA is clear (LME and PG set) enters
+/// 64-bit L2 with LMA set by the CPU, as L1 sees it after the exit.
+fn long_mode_keys_on_lme_pg() {
+    const LMA: u64 = 1 << 10;
+    let mut regs = setup(Task::Yield, 0);
+    l1::vmcb().state.efer &= !LMA;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check!(
+        l1::vmcb().state.efer & LMA != 0,
+        "vmcb12.EFER.LMA after the exit"
+    );
 }
