@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 31] = [
+pub static CASES: [Case; 32] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -77,4 +77,5 @@ pub static CASES: [Case; 31] = [
     case("nested::msrpm_beyond_maxphyaddr_invalid"),
     case("nested::cve_2021_3656_vmload_from_l2"),
     case("nested::long_mode_keys_on_lme_pg"),
+    case("nested::hsave_pa_below_maxphyaddr"),
 ];

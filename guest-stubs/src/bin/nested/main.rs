@@ -68,6 +68,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::msrpm_beyond_maxphyaddr_invalid" => maps_beyond_maxphyaddr(),
         "nested::cve_2021_3656_vmload_from_l2" => vmload_vmsave_from_l2(),
         "nested::long_mode_keys_on_lme_pg" => long_mode_keys_on_lme_pg(),
+        "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -895,4 +896,27 @@ fn long_mode_keys_on_lme_pg() {
         l1::vmcb().state.efer & LMA != 0,
         "vmcb12.EFER.LMA after the exit"
     );
+}
+
+/// VM_HSAVE_PA takes any 4 KiB-aligned address below MAXPHYADDR (CPUID
+/// 0x8000_0008 as L1 sees it), in RAM or not (L0 never uses the page);
+/// at MAXPHYADDR it is #GP. VMRUN works with it.
+fn hsave_pa_below_maxphyaddr(memory_size: u64) {
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    let top = 1u64 << bits;
+    wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+    for pa in [memory_size, top - 0x1000] {
+        let fault = catch(2, || wrmsr(VM_HSAVE_PA, pa)).map(|f| f.vector);
+        check!(
+            fault.is_none(),
+            "WRMSR VM_HSAVE_PA {pa:#x}: fault {fault:?}"
+        );
+        check_eq!(rdmsr(VM_HSAVE_PA), pa, "VM_HSAVE_PA read back");
+    }
+    let fault = catch(2, || wrmsr(VM_HSAVE_PA, top)).map(|f| f.vector);
+    check_eq!(fault, Some(13), "WRMSR VM_HSAVE_PA at MAXPHYADDR");
+    l2::set(Task::Yield, 0);
+    l1::prepare(l2::entry);
+    let mut regs = Regs::default();
+    run_expect(&mut regs, ExitCode::Hlt);
 }

@@ -96,13 +96,12 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
             vcpu.tsc_aux = value as u32;
             true
         }
-        // The host save area must be a page of L1's memory; L0 records the
-        // address and never uses it (L1's state goes to hypervisor memory).
+        // A 4 KiB-aligned address below the MAXPHYADDR L1 sees (APM
+        // 15.30.4; KVM page_address_valid), RAM or not: L0 records it and
+        // never uses it (L1's state goes to hypervisor memory).
         VM_HSAVE_PA if svm_msrs(vcpu, vm) => {
-            let ok = value.is_multiple_of(4096)
-                && value
-                    .checked_add(4096)
-                    .is_some_and(|e| e <= vm.memory.size());
+            let bits = u32::from(vm.l1_limits.max_phys_bits);
+            let ok = value.is_multiple_of(4096) && value.checked_shr(bits).unwrap_or(0) == 0;
             if ok {
                 vcpu.nested.hsave_pa = value;
             }
