@@ -705,4 +705,36 @@ mod tests {
         assert_eq!(route(&bad, &prot, &msrpm, &port80), Route::L1);
         assert_eq!(route(&bad, &none, &msrpm, &port80), Route::L0);
     }
+
+    /// L1's maps outside its RAM read as all-ones: with MSR_PROT /
+    /// IOIO_PROT every access is L1's; without them nothing changes.
+    #[test]
+    fn maps_outside_ram_intercept_everything() {
+        use crate::nested::map_view::{IopmView, MsrpmView};
+        let prot = {
+            let mut c = ControlArea::new();
+            c.intercept_misc1 = (InterceptMisc1::MSR_PROT | InterceptMisc1::IOIO_PROT).bits();
+            c
+        };
+        let none = ControlArea::new();
+        let (m, i) = (MsrpmView::unbacked(), IopmView::unbacked());
+        for exit in [
+            msr_exit(0xC000_0100, false),
+            msr_exit(0xC000_0100, true),
+            msr_exit(0x10, false),
+            io_exit(0x80, 1),
+            io_exit(0xE9, 4),
+        ] {
+            assert_eq!(route_exit(&exit, &prot, m, i), Route::L1, "{exit:?}");
+            assert_eq!(route_exit(&exit, &none, m, i), Route::L0, "{exit:?}");
+        }
+        // Half of the MSRPM in RAM (zeros): FS_BASE (byte 0x840) passes,
+        // the C001_xxxx range (bytes 0x1000 on) exits.
+        let ram = std::vec![0u8; 0x1000];
+        let half = MsrpmView::in_ram(&ram, 0);
+        let exit = msr_exit(0xC000_0100, false);
+        assert_eq!(route_exit(&exit, &prot, half, i), Route::L0);
+        let exit = msr_exit(0xC001_0000, false);
+        assert_eq!(route_exit(&exit, &prot, half, i), Route::L1);
+    }
 }

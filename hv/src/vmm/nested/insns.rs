@@ -13,23 +13,18 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{raise, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
+use svm::nested::svm_insn::permission_fault;
 use svm::nested::vmload::{vmload, vmsave};
 use svm::{EventInfo, ExitCode, TlbControl};
 
-/// #UD when the running guest's EFER.SVME is clear (L1's virtual SVME, or
-/// L2's), #GP(0) at CPL > 0 (APM 15.4/15.5; KVM nested_svm_check_permissions).
+/// The fault the running guest's own EFER.SVME (L1's virtual SVME, or
+/// L2's) and CPL give an SVM instruction, if any.
 fn fault_for_guest(vcpu: &Vcpu) -> Option<EventInfo> {
     let svme = match &vcpu.nested.l2 {
         Some(l2) => l2.svme,
         None => vcpu.nested.svme,
     };
-    if !svme {
-        Some(EventInfo::exception(6))
-    } else if vcpu.vmcb.state.cpl != 0 {
-        Some(EventInfo::exception_with_error_code(13, 0))
-    } else {
-        None
-    }
+    permission_fault(svme, vcpu.vmcb.state.cpl)
 }
 
 /// Emulates VMLOAD, VMSAVE, STGI, CLGI, INVLPGA or SKINIT for the running
