@@ -14,6 +14,10 @@ use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
 use guest_stubs::{check, check_eq, println, StartParams};
 use svm::guest_abi::{self, HC_ECHO_SUM, HC_EXIT_COUNT, HC_UNKNOWN};
+use svm::guest_abi::{
+    HC_HOST_TICKS, HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
+    HC_TSC_SHIFT_HOST_BACK, HC_WAIT_PIT_US,
+};
 use svm::guest_abi::{HC_L0_INTERCEPTS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
 use svm::ExitCode;
 
@@ -42,6 +46,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::nmi_delivered" => nmi_delivered,
         "guest::nmi_blocked_until_iret" => nmi_blocked_until_iret,
         "guest::physical_nmi_stays_with_l0" => physical_nmi_stays_with_l0,
+        "guest::test_hooks_off" => test_hooks_off,
+        "guest::exit_limit_from_config" => exit_loop,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -404,4 +410,42 @@ fn ac_user_mode_reinjected(_: &StartParams) {
         exits(ExitCode::Exception(17).to_raw()) - before >= 1,
         "L0 saw no #AC exit"
     );
+}
+
+/// In a VM that is not a test, the test hooks do not exist: each answers
+/// HC_UNKNOWN (and does nothing), the ordinary hypercalls still work.
+fn test_hooks_off(_: &StartParams) {
+    let hooks = [
+        (HC_EXIT_COUNT, 0x81),
+        (HC_TSC_SET_MODE, 1),
+        (HC_TSC_SHIFT_HOST_BACK, 1 << 40),
+        (HC_TSC_FREEZE_RESTORE, 0),
+        (HC_WAIT_PIT_US, 1_000_000),
+        (HC_TSC_MOVE_L1, 1 << 40),
+        (HC_QUEUE_INTERRUPT, 0x40),
+        (HC_HOST_TICKS, 0),
+        (svm::guest_abi::HC_INTERCEPT_ONCE, 3),
+        (HC_QUEUE_NMI, 0),
+        (HC_PHYSICAL_NMI, 0),
+        (HC_L0_INTERCEPTS, 0),
+    ];
+    for (nr, arg) in hooks {
+        check_eq!(
+            call(nr, arg, 100, 0),
+            HC_UNKNOWN,
+            format_args!("test hook {nr}")
+        );
+    }
+    check_eq!(
+        call(HC_ECHO_SUM, 1, 2, 3),
+        guest_abi::echo_sum(1, 2, 3),
+        "HC_ECHO_SUM"
+    );
+}
+
+/// Exits forever (a hypercall each time): only an exit limit ends it.
+fn exit_loop(_: &StartParams) {
+    loop {
+        call(HC_ECHO_SUM, 1, 2, 3);
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::{no_check, Case, Expect, Outcome};
 use crate::vmm::exits::Stop;
-use crate::vmm::vm::VmConfig;
+use crate::vmm::vm::{RunLimits, VmConfig};
 use alloc::format;
 use alloc::string::String;
 use svm::ExitCode;
@@ -113,7 +113,10 @@ pub static CASES: &[Case] = &[
         name: "guest::runaway_stopped",
         image: GUEST,
         config: VmConfig {
-            time_budget_ms: 300,
+            limits: Some(RunLimits {
+                time_budget_ms: 300,
+                ..RunLimits::SELF_TEST
+            }),
             ..VmConfig::PLAIN
         },
         expect: Expect::Stop(
@@ -168,6 +171,32 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: no_check,
     },
+    // A VM that is not a test (the production configuration, which the
+    // harness only gives run limits): every test hook answers HC_UNKNOWN.
+    Case {
+        name: "guest::test_hooks_off",
+        image: GUEST,
+        config: VmConfig::guest(false),
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    // Exit limits are self-test configuration: this one allows 300.
+    Case {
+        name: "guest::exit_limit_from_config",
+        image: GUEST,
+        config: VmConfig {
+            limits: Some(RunLimits {
+                max_exits: 300,
+                ..RunLimits::SELF_TEST
+            }),
+            ..VmConfig::PLAIN
+        },
+        expect: Expect::Stop(
+            |s, o| *s == Stop::TooManyExits(300) && o.vcpu.exits == 300,
+            "a stop after exactly 300 exits",
+        ),
+        check: no_check,
+    },
 ];
 
 /// Tests QEMU TCG cannot run (docs/qemu-tcg.md): not in the default run;
@@ -190,11 +219,14 @@ pub static ON_REQUEST: &[Case] = &[
         name: "guest::cve_2015_8104_db_loop",
         image: GUEST,
         config: VmConfig {
-            time_budget_ms: 300,
+            limits: Some(RunLimits {
+                time_budget_ms: 300,
+                ..RunLimits::SELF_TEST
+            }),
             ..VmConfig::PLAIN
         },
         expect: Expect::Stop(
-            |s, _| matches!(s, Stop::TimedOut(_) | Stop::TooManyExits),
+            |s, _| matches!(s, Stop::TimedOut(_) | Stop::TooManyExits(_)),
             "a stop by L0's budget",
         ),
         check: |o| match o.vcpu.exit_count(ExitCode::Exception(1)) {

@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 37] = [
+pub static CASES: [Case; 44] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -83,4 +83,11 @@ pub static CASES: [Case; 37] = [
     case("nested::nmi_held_while_gif_clear"),
     case("nested::nmi_for_l1_exits_l2"),
     case("nested::physical_nmi_not_reflected"),
+    case("nested::cr4_smep_accepted"),
+    case("nested::tlb_control_invalid"),
+    case("nested::msrpm_outside_ram_intercepts_all"),
+    case("nested::msrpm_beyond_maxphyaddr_invalid"),
+    case("nested::cve_2021_3656_vmload_from_l2"),
+    case("nested::long_mode_keys_on_lme_pg"),
+    case("nested::hsave_pa_below_maxphyaddr"),
 ];

@@ -11,10 +11,6 @@ use alloc::collections::BTreeMap;
 use svm::tsc::VcpuTsc;
 use svm::{ExitCode, Vmcb};
 
-/// Exits after which a guest is stopped (a guest looping on exits would
-/// otherwise never end).
-pub const MAX_EXITS: u64 = 1_000_000;
-
 /// A vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -100,21 +96,26 @@ impl Vcpu {
                 // SAFETY: the IDT handles every vector the host enables.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
-            if crate::time::uptime_ms().saturating_sub(started_ms) > vm.time_budget_ms {
-                log::warn!(
-                    "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
-                    vm.name,
-                    vm.time_budget_ms,
-                    self.vmcb.state.rip
-                );
-                return Stop::TimedOut(vm.time_budget_ms);
+            // Self-tests only: a VM that is not a test has no limits.
+            if let Some(limits) = vm.limits {
+                let ran_ms = crate::time::uptime_ms().saturating_sub(started_ms);
+                if ran_ms > limits.time_budget_ms {
+                    log::warn!(
+                        "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
+                        vm.name,
+                        limits.time_budget_ms,
+                        self.vmcb.state.rip
+                    );
+                    return Stop::TimedOut(limits.time_budget_ms);
+                }
             }
             // The TLB needs flushing only for the first run.
             self.vmcb.control.tlb_control = 0;
             self.exits += 1;
             *self.exit_counts.entry(code.to_raw()).or_insert(0) += 1;
+            let max_exits = vm.limits.map_or(u64::MAX, |l| l.max_exits);
             match exits::dispatch(self, vm, host, code) {
-                Action::Resume if self.exits >= MAX_EXITS => return Stop::TooManyExits,
+                Action::Resume if self.exits >= max_exits => return Stop::TooManyExits(max_exits),
                 Action::Resume => {}
                 Action::Stop(stop) => return stop,
             }

@@ -67,6 +67,47 @@ pub enum Task {
     PhysicalNmi,
     /// HC_L0_INTERCEPTS → R0 (the merged intercepts L2 runs with), yield.
     L0Intercepts,
+    /// SVM instructions L1 does not intercept (CVE-2021-3656): WRMSR
+    /// FS_BASE, VMSAVE to [`VMSAVE_PAGE`], VMLOAD from [`VMLOAD_PAGE`],
+    /// KERNEL_GS_BASE → R0, FS_BASE → R1; VMSAVE to R7 (outside L1's RAM:
+    /// #GP); EFER → R2, clear EFER.SVME, EFER → R3, VMLOAD (#UD); SVME
+    /// back on; CLGI, STGI, INVLPGA; SKINIT (#UD); R4 := 1, yield.
+    SvmInsns,
+}
+
+/// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
+pub static mut VMSAVE_PAGE: svm::Vmcb = svm::Vmcb::new();
+/// The VMLOAD source of [`Task::SvmInsns`].
+pub static mut VMLOAD_PAGE: svm::Vmcb = svm::Vmcb::new();
+
+fn svm_insns(bad: u64) {
+    wrmsr(svm::msr::FS_BASE, 0xF5F5_0000);
+    // SAFETY: emulated by L0 on pages of L1's memory (L1 does not
+    // intercept them); the faults are L1's to handle (it skips them).
+    unsafe {
+        asm!("vmsave rax", in("rax") core::ptr::addr_of!(VMSAVE_PAGE) as u64, options(nostack));
+        asm!("vmload rax", in("rax") core::ptr::addr_of!(VMLOAD_PAGE) as u64, options(nostack));
+    }
+    put(0, rdmsr(svm::msr::KERNEL_GS_BASE));
+    put(1, rdmsr(svm::msr::FS_BASE));
+    // SAFETY: as above (#GP).
+    unsafe { asm!("vmsave rax", in("rax") bad, options(nostack)) };
+    let efer = rdmsr(svm::msr::EFER);
+    put(2, efer);
+    wrmsr(svm::msr::EFER, efer & !svm::msr::EFER_SVME);
+    put(3, rdmsr(svm::msr::EFER));
+    // SAFETY: as above (#UD: SVME clear).
+    unsafe {
+        asm!("vmload rax", in("rax") core::ptr::addr_of!(VMLOAD_PAGE) as u64, options(nostack))
+    };
+    wrmsr(svm::msr::EFER, efer);
+    // SAFETY: GIF and a TLB flush; SKINIT is #UD (L1 skips it).
+    unsafe {
+        asm!("clgi", "stgi", options(nomem, nostack));
+        asm!("invlpga rax, ecx", in("rax") 0u64, in("ecx") 1u32, options(nostack));
+        asm!("skinit eax", in("eax") 0u32, options(nostack));
+    }
+    put(4, 1);
 }
 
 /// The payload L1 picked.
@@ -212,6 +253,7 @@ pub extern "C" fn entry() -> ! {
         x if x == Task::L0Intercepts as u64 => {
             put(0, call(svm::guest_abi::HC_L0_INTERCEPTS, 0, 0, 0))
         }
+        x if x == Task::SvmInsns as u64 => svm_insns(input),
         x if x == Task::FreezePause as u64 => {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));

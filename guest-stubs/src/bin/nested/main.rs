@@ -74,6 +74,13 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::nmi_held_while_gif_clear" => nmi_held_while_gif_clear(),
         "nested::nmi_for_l1_exits_l2" => nmi_for_l1_exits_l2(),
         "nested::physical_nmi_not_reflected" => physical_nmi_not_reflected(),
+        "nested::cr4_smep_accepted" => cr4_smep_accepted(),
+        "nested::tlb_control_invalid" => tlb_control_invalid(),
+        "nested::msrpm_outside_ram_intercepts_all" => maps_outside_ram(params.memory_size),
+        "nested::msrpm_beyond_maxphyaddr_invalid" => maps_beyond_maxphyaddr(),
+        "nested::cve_2021_3656_vmload_from_l2" => vmload_vmsave_from_l2(),
+        "nested::long_mode_keys_on_lme_pg" => long_mode_keys_on_lme_pg(),
+        "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -1092,4 +1099,239 @@ fn physical_nmi_not_reflected() {
     check_eq!(l2::result(6), 0, "hypercall result");
     check_eq!(nmis_taken(), 0, "NMIs in L1");
     check!(l0_exits(ExitCode::Nmi) - before >= 1, "L0 took no NMI exit");
+}
+
+/// CR4 bits in vmcb12 follow the CPUID L1 sees: SMEP, which CPUID.7
+/// shows (the TCG machine has +smep), runs L2; a bit CPUID hides is
+/// VMEXIT_INVALID.
+fn cr4_smep_accepted() {
+    const SMEP: u64 = 1 << 20;
+    let ebx7 = cpuid(7, 0)[1];
+    check!(ebx7 & (1 << 7) != 0, "CPUID.7:EBX.SMEP not shown to L1");
+    let mut regs = setup(Task::Yield, 0);
+    l1::vmcb().state.cr4 |= SMEP;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check!(
+        l1::vmcb().state.cr4 & SMEP != 0,
+        "L2's CR4.SMEP after the exit"
+    );
+    // The first CR4 bit whose feature CPUID hides from L1.
+    let [_, _, ecx1, _] = cpuid(1, 0);
+    let [_, ebx7, ecx7, _] = cpuid(7, 0);
+    let candidates = [
+        (ecx1 & (1 << 26), 18), // XSAVE: OSXSAVE
+        (ecx7 & (1 << 3), 22),  // PKU: PKE
+        (ecx7 & (1 << 16), 12), // LA57
+        (ecx1 & (1 << 17), 17), // PCID: PCIDE
+        (ebx7 & (1 << 0), 16),  // FSGSBASE
+        (ebx7 & (1 << 20), 21), // SMAP
+    ];
+    let Some(&(_, hidden)) = candidates.iter().find(|(shown, _)| *shown == 0) else {
+        fail(format_args!("CPUID shows L1 every candidate CR4 feature"))
+    };
+    l1::prepare(l2::entry);
+    l1::vmcb().state.cr4 |= 1 << hidden;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        code,
+        VMEXIT_INVALID,
+        format_args!("vmcb12 with hidden CR4 bit {hidden}")
+    );
+}
+
+/// TLB_CONTROL must be 0 or 1 (3 and 7 need FlushByAsid, not offered):
+/// 2 and 3 are VMEXIT_INVALID, 1 runs L2.
+fn tlb_control_invalid() {
+    check_eq!(
+        cpuid(0x8000_000A, 0)[3] & (1 << 6),
+        0,
+        "FlushByAsid offered"
+    );
+    let mut regs = setup(Task::Yield, 0);
+    for bad in [2u8, 3, 0x10] {
+        l1::prepare(l2::entry);
+        l1::vmcb().control.tlb_control = bad;
+        let (_, code) = l1::run(&mut regs);
+        check_eq!(
+            code,
+            VMEXIT_INVALID,
+            format_args!("exit code with TLB_CONTROL {bad}")
+        );
+    }
+    l1::prepare(l2::entry);
+    l1::vmcb().control.tlb_control = 1;
+    run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// Permission maps only need to end below MAXPHYADDR. Just above L1's RAM
+/// (unbacked: reads as all-ones) they intercept everything: L2's RDMSR of
+/// FS_BASE and EFER and its OUT 0x80 all exit to L1.
+fn maps_outside_ram(memory_size: u64) {
+    let mut regs = setup(Task::Msrs, 0);
+    l1::vmcb().control.msrpm_base_pa = memory_size;
+    run_expect(&mut regs, ExitCode::Msr);
+    check_eq!(regs.gpr[1] as u32, FS_BASE, "first MSR exit's ECX");
+    let (_, code) = l1::skip_and_run(&mut regs);
+    check_eq!(
+        (ExitCode::from_raw(code), regs.gpr[1] as u32),
+        (ExitCode::Msr, EFER),
+        "second exit"
+    );
+    // Straddling the end of RAM: the C001_xxxx range (second half) is
+    // outside and intercepts.
+    l2::set(Task::RdmsrUnknown, 0);
+    l1::prepare(l2::entry);
+    l1::vmcb().control.msrpm_base_pa = memory_size - 0x1000;
+    run_expect(&mut regs, ExitCode::Msr);
+    check_eq!(regs.gpr[1] as u32, 0xc001_1ffe, "MSR exit's ECX");
+    let mut regs = setup(Task::Ports, 0);
+    l1::vmcb().control.iopm_base_pa = memory_size + 0x10_0000;
+    run_expect(&mut regs, ExitCode::Ioio);
+    let info = svm::IoioInfo::from_exit_info1(l1::vmcb().control.exit_info1);
+    check!(
+        info.is_some_and(|i| i.port == 0x80),
+        "IOIO exit info {info:?}"
+    );
+}
+
+/// A map whose last byte reaches MAXPHYADDR (CPUID 0x8000_0008 as L1 sees
+/// it) is VMEXIT_INVALID; one ending just below runs (and intercepts all).
+fn maps_beyond_maxphyaddr() {
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    check!((32..=52).contains(&bits), "MAXPHYADDR {bits}");
+    let top = 1u64 << bits;
+    let mut regs = setup(Task::Msrs, 0);
+    let cases = [
+        (top - 0x2000, 0, true),
+        (top - 0x1000, 0, false),
+        (top, 0, false),
+        (0, top - 0x3000, true),
+        (0, top - 0x2000, false),
+    ];
+    for (msrpm, iopm, runs) in cases {
+        l1::prepare(l2::entry);
+        let c = &mut l1::vmcb().control;
+        c.msrpm_base_pa = if msrpm == 0 { c.msrpm_base_pa } else { msrpm };
+        c.iopm_base_pa = if iopm == 0 { c.iopm_base_pa } else { iopm };
+        let (_, code) = l1::run(&mut regs);
+        // A map outside RAM intercepts every MSR; L1's own (empty) map
+        // lets L2 run to its HLT.
+        let expected = match (runs, msrpm) {
+            (false, _) => VMEXIT_INVALID,
+            (true, 0) => ExitCode::Hlt.to_raw(),
+            (true, _) => ExitCode::Msr.to_raw(),
+        };
+        check!(
+            code == expected,
+            "MSRPM {msrpm:#x} IOPM {iopm:#x}: exit {code:#x}, expected {expected:#x}"
+        );
+    }
+}
+
+/// CVE-2021-3656: L1 does not intercept VMLOAD/VMSAVE (nor STGI, CLGI,
+/// INVLPGA, SKINIT). L2's VMSAVE captures L2's state into L1's memory,
+/// its VMLOAD changes only the running state, as the CPU L1 sees would
+/// (and what VMRUN/#VMEXIT do not switch stays as L2 left it, APM 15.5.2);
+/// an address outside L1's RAM (host memory at this address) is #GP; with
+/// L2's own EFER.SVME clear they are #UD; L1's SVME is untouched.
+fn vmload_vmsave_from_l2() {
+    const BAD: u64 = 0x0100_0000;
+    let mut regs = setup(Task::SvmInsns, BAD);
+    // SAFETY: L1's pages; L2 is not running.
+    let (p, q) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(l2::VMSAVE_PAGE),
+            &mut *core::ptr::addr_of_mut!(l2::VMLOAD_PAGE),
+        )
+    };
+    wrmsr(KERNEL_GS_BASE, 0x1111);
+    check_eq!(vmsave(q as *mut Vmcb as u64), None, "L1's VMSAVE");
+    q.state.kernel_gs_base = 0x6666;
+    q.state.fs.base = 0x7777_0000;
+    *p = Vmcb::new();
+    let v = l1::vmcb();
+    v.control.intercept_exceptions |= (1 << 13) | (1 << 6);
+    run_expect(&mut regs, ExitCode::Exception(13));
+    check_eq!(
+        (p.state.fs.base, p.state.kernel_gs_base),
+        (0xF5F5_0000, 0x1111),
+        "L2's VMSAVE: L2's FS base, the shared KernelGsBase"
+    );
+    check_eq!(
+        (l2::result(0), l2::result(1)),
+        (0x6666, 0x7777_0000),
+        "KernelGsBase and FS base in L2 after its VMLOAD"
+    );
+    check_eq!(v.state.rax, BAD, "the faulting VMSAVE's RAX");
+    check_eq!(
+        rdmsr(KERNEL_GS_BASE),
+        0x6666,
+        "L1's KernelGsBase after the exit (not switched by #VMEXIT)"
+    );
+    check!(rdmsr(EFER) & EFER_SVME != 0, "L1's EFER.SVME");
+    v.state.rip += 3;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        ExitCode::from_raw(code),
+        ExitCode::Exception(6),
+        "VMLOAD with L2's SVME clear"
+    );
+    check_eq!(v.state.efer & EFER_SVME, 0, "vmcb12.EFER.SVME at the exit");
+    check!(
+        l2::result(2) & EFER_SVME != 0 && l2::result(3) & EFER_SVME == 0,
+        "L2's EFER before/after clearing SVME: {:#x} {:#x}",
+        l2::result(2),
+        l2::result(3)
+    );
+    check!(
+        rdmsr(EFER) & EFER_SVME != 0,
+        "L1's EFER.SVME after L2 cleared its own"
+    );
+    // VMRUN requires vmcb12.EFER.SVME (APM 15.5.1): L1 sets it again, as
+    // real hypervisors do.
+    v.state.efer |= EFER_SVME;
+    v.state.rip += 3;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(ExitCode::from_raw(code), ExitCode::Exception(6), "SKINIT");
+    v.state.rip += 3;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(4), 1, "L2 finished");
+    wrmsr(KERNEL_GS_BASE, 0);
+}
+
+/// Long mode is EFER.LME with CR0.PG, for every check and for the mode L2
+/// runs in: a vmcb12 whose EFER.LMA is clear (LME and PG set) enters
+/// 64-bit L2 with LMA set by the CPU, as L1 sees it after the exit.
+fn long_mode_keys_on_lme_pg() {
+    const LMA: u64 = 1 << 10;
+    let mut regs = setup(Task::Yield, 0);
+    l1::vmcb().state.efer &= !LMA;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check!(
+        l1::vmcb().state.efer & LMA != 0,
+        "vmcb12.EFER.LMA after the exit"
+    );
+}
+
+/// VM_HSAVE_PA takes any 4 KiB-aligned address below MAXPHYADDR (CPUID
+/// 0x8000_0008 as L1 sees it), in RAM or not (L0 never uses the page);
+/// at MAXPHYADDR it is #GP. VMRUN works with it.
+fn hsave_pa_below_maxphyaddr(memory_size: u64) {
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    let top = 1u64 << bits;
+    wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+    for pa in [memory_size, top - 0x1000] {
+        let fault = catch(2, || wrmsr(VM_HSAVE_PA, pa)).map(|f| f.vector);
+        check!(
+            fault.is_none(),
+            "WRMSR VM_HSAVE_PA {pa:#x}: fault {fault:?}"
+        );
+        check_eq!(rdmsr(VM_HSAVE_PA), pa, "VM_HSAVE_PA read back");
+    }
+    let fault = catch(2, || wrmsr(VM_HSAVE_PA, top)).map(|f| f.vector);
+    check_eq!(fault, Some(13), "WRMSR VM_HSAVE_PA at MAXPHYADDR");
+    l2::set(Task::Yield, 0);
+    l1::prepare(l2::entry);
+    let mut regs = Regs::default();
+    run_expect(&mut regs, ExitCode::Hlt);
 }

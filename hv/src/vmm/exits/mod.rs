@@ -50,9 +50,9 @@ pub enum Stop {
     InvalidVmcb,
     /// An exit the hypervisor has no handler for (or cannot complete).
     Unhandled(String),
-    /// [`super::vcpu::MAX_EXITS`] reached.
-    TooManyExits,
-    /// The guest ran past its time budget (milliseconds).
+    /// The exit limit of a self-test ([`super::vm::RunLimits`]) reached.
+    TooManyExits(u64),
+    /// The guest ran past its self-test time budget (milliseconds).
     TimedOut(u64),
 }
 
@@ -73,7 +73,7 @@ impl fmt::Display for Stop {
             }
             Stop::InvalidVmcb => write!(f, "VMRUN refused the VMCB (VMEXIT_INVALID)"),
             Stop::Unhandled(why) => write!(f, "unhandled exit: {why}"),
-            Stop::TooManyExits => write!(f, "more than {} exits", super::vcpu::MAX_EXITS),
+            Stop::TooManyExits(n) => write!(f, "reached its limit of {n} exits"),
             Stop::TimedOut(ms) => write!(f, "still running after its {ms} ms budget"),
         }
     }
@@ -100,11 +100,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
             exit_info1: vcpu.vmcb.control.exit_info1,
             rcx: vcpu.regs.rcx,
         };
-        let Some((msrpm, iopm)) = nested::l1_maps(&vm.memory, &l2.vmcb12) else {
-            return Action::Stop(Stop::Unhandled(
-                "L1's permission maps left its memory".into(),
-            ));
-        };
+        let (msrpm, iopm) = nested::l1_maps(&vm.memory, &l2.vmcb12);
         if route_exit(&facts, &l2.vmcb12.control, msrpm, iopm) == Route::L1 {
             return nested::vmexit::reflect(vcpu, vm, host, code);
         }
@@ -120,18 +116,20 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),
+        // From L1, or from an L2 whose L1 does not intercept them: the
+        // instruction acts on the running guest (nested::insns).
         ExitCode::Vmload
         | ExitCode::Vmsave
         | ExitCode::Stgi
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga
-            if l1_hypervisor =>
+            if vm.nested_svm =>
         {
             nested::insns::emulate(vcpu, vm, host, code)
         }
-        // SVM not offered (or an L2 whose L1 does not intercept them): the
-        // instructions are undefined there.
+        // SVM not offered (or VMRUN from an L2, which L1 must intercept:
+        // only a test turning L0's checks off gets here): undefined.
         ExitCode::Vmrun
         | ExitCode::Vmload
         | ExitCode::Vmsave

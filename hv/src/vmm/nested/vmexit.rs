@@ -87,6 +87,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
     };
     save_l2_to_vmcb12(&vcpu.vmcb, &exit, vmcb12);
+    super::show_l2_svme(vmcb12, &l2);
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
     vcpu.nested.gif = false;
