@@ -15,8 +15,10 @@ const NESTED_CTL_NP_ENABLE: u64 = 1;
 
 /// Intercepts every guest gets, whatever else it asks for.
 pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts) {
-    // INTR: the watchdog's interrupt must end any guest's run.
+    // INTR: the watchdog's interrupt must end any guest's run. NMI: a
+    // physical NMI is the host's (the guest gets virtual ones, `svm::nmi`).
     let misc1 = InterceptMisc1::INTR
+        | InterceptMisc1::NMI
         | InterceptMisc1::CPUID
         | InterceptMisc1::HLT
         | InterceptMisc1::IOIO_PROT
@@ -34,8 +36,10 @@ pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts
         | InterceptMisc2::STGI
         | InterceptMisc2::CLGI
         | InterceptMisc2::SKINIT;
+    // #AC and #DB: each delivery exits, so an #AC-on-#AC or #DB-on-#DB
+    // loop (CVE-2015-5307/8104) runs through L0 and cannot lock the CPU.
     // A machine check is the host's business, never the guest's.
-    (misc1, misc2, ExceptionIntercepts::MC)
+    (misc1, misc2, svm::exception::L0_EXCEPTIONS)
 }
 
 /// Prepares `vcpu` to start `vm`'s guest at `entry` in 64-bit mode.

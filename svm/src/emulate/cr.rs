@@ -118,7 +118,8 @@ pub fn is_selective_cr0_write(old: u64, new: u64) -> bool {
 }
 
 /// MOV to CR4: the new state, or #GP(0). `allowed` is the set of CR4 bits
-/// the guest's CPU has ([`cr4_allowed`]); anything else is reserved.
+/// the guest's CPUID shows ([`crate::nested::l1_cpu::L1Cpuid::cr4_allowed`],
+/// the one source L0's vmcb12 checks use too); anything else is reserved.
 pub fn write_cr4(s: &CrState, value: u64, allowed: u64) -> Result<CrState, Fault> {
     let gp = Err(Fault::Gp(0));
     if value >> 32 != 0 || value & !allowed != 0 {
@@ -151,41 +152,6 @@ pub fn write_cr8(value: u64) -> Result<u8, Fault> {
         0..=15 => Ok(value as u8),
         _ => Err(Fault::Gp(0)),
     }
-}
-
-/// The CR4 bits a guest may set, from the CPUID leaves it sees (leaf 1
-/// ECX/EDX, leaf 7.0 EBX/ECX), after APM 3.1.3: each bit exists when its
-/// feature does. PCE always exists; CET is left out (not emulated).
-pub fn cr4_allowed(leaf1_ecx: u32, leaf1_edx: u32, leaf7_ebx: u32, leaf7_ecx: u32) -> u64 {
-    let has = |reg: u32, bit: u32| reg & (1 << bit) != 0;
-    let rules: [(u32, bool); 17] = [
-        (0, has(leaf1_edx, 1)),   // VME
-        (1, has(leaf1_edx, 1)),   // PVI
-        (2, has(leaf1_edx, 4)),   // TSD (TSC)
-        (3, has(leaf1_edx, 2)),   // DE
-        (4, has(leaf1_edx, 3)),   // PSE
-        (5, has(leaf1_edx, 6)),   // PAE
-        (6, has(leaf1_edx, 7)),   // MCE
-        (7, has(leaf1_edx, 13)),  // PGE
-        (8, true),                // PCE
-        (9, has(leaf1_edx, 24)),  // OSFXSR (FXSR)
-        (10, has(leaf1_edx, 25)), // OSXMMEXCPT (SSE)
-        (11, has(leaf7_ecx, 2)),  // UMIP
-        (12, has(leaf7_ecx, 16)), // LA57
-        (16, has(leaf7_ebx, 0)),  // FSGSBASE
-        (17, has(leaf1_ecx, 17)), // PCIDE (PCID)
-        (18, has(leaf1_ecx, 26)), // OSXSAVE (XSAVE)
-        (20, has(leaf7_ebx, 7)),  // SMEP
-    ];
-    let extra: [(u32, bool); 2] = [
-        (21, has(leaf7_ebx, 20)), // SMAP
-        (22, has(leaf7_ecx, 3)),  // PKE
-    ];
-    rules
-        .iter()
-        .chain(extra.iter())
-        .filter(|(_, present)| *present)
-        .fold(0, |acc, (bit, _)| acc | 1 << bit)
 }
 
 /// EFER as the CPU gets it at VMRUN, and whether LME was hidden: while the
@@ -306,16 +272,9 @@ mod tests {
     }
 
     #[test]
-    fn cr8_and_allowed_cr4() {
+    fn cr8_takes_four_bits() {
         assert_eq!(write_cr8(15), Ok(15));
         assert_eq!(write_cr8(16), Err(Fault::Gp(0)));
-        assert_eq!(cr4_allowed(0, 0, 0, 0), 1 << 8);
-        let sse_pae = (1 << 6) | (1 << 24) | (1 << 25);
-        assert_eq!(
-            cr4_allowed(0, sse_pae, 0, 0),
-            (1 << 5) | (1 << 8) | (3 << 9)
-        );
-        assert_eq!(cr4_allowed(0, 0, 1 << 7, 0), (1 << 8) | CR4_SMEP);
     }
 
     #[test]

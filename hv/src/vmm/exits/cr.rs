@@ -7,7 +7,6 @@ use super::{nested, raise, Action};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
-use svm::cpuid_filter::{filter, GuestCpuidPolicy};
 use svm::decode::{Insn, Operand};
 use svm::emulate::cr::{self as rules, CrState};
 use svm::emulate::Fault;
@@ -102,20 +101,6 @@ pub fn fault_event(vcpu: &mut Vcpu, f: Fault) -> EventInfo {
     }
 }
 
-/// CR4 bits the guest's CPUID offers.
-fn cr4_allowed(vm: &Vm) -> u64 {
-    let policy = GuestCpuidPolicy {
-        svm: vm.nested_svm,
-        tsc_khz: vm.tsc.khz() as u32,
-    };
-    let leaf = |l: u32| {
-        let r = core::arch::x86_64::__cpuid_count(l, 0);
-        filter(l, 0, [r.eax, r.ebx, r.ecx, r.edx], policy)
-    };
-    let (l1, l7) = (leaf(1), leaf(7));
-    rules::cr4_allowed(l1[2], l1[3], l7[1], l7[2])
-}
-
 /// Handles a write exit of control register `cr` (0, 4 or 8).
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
     let d = match rip::decode_at_rip(vcpu, vm) {
@@ -151,7 +136,8 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
     };
     let result = match cr {
         0 => rules::write_cr0(&old, value),
-        4 => rules::write_cr4(&old, value, cr4_allowed(vm)),
+        // The CR4 bits the guest's CPUID shows (the vmcb12 checks' source too).
+        4 => rules::write_cr4(&old, value, vm.l1_limits.cr4_allowed),
         _ => rules::write_cr8(value).map(|tpr| {
             // V_TPR under V_INTR_MASKING (APM 15.21.4), which L0 always sets.
             let c = &mut vcpu.vmcb.control;
