@@ -6,6 +6,7 @@
 
 pub mod cr;
 pub mod dr;
+pub mod fetch;
 pub mod tr;
 
 /// A fault the emulated instruction raises instead of completing.

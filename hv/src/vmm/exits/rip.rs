@@ -13,6 +13,7 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
+use svm::emulate::fetch::{self, Paging};
 use svm::walk::WalkError;
 use svm::{EventInfo, ExitCode};
 
@@ -109,26 +110,26 @@ pub fn segment_base(vcpu: &Vcpu, seg: Seg) -> u64 {
 }
 
 /// The guest-physical address of linear address `la`, through the guest's
-/// paging (none, or 4-level long-mode paging), or the fault.
-pub fn translate(vcpu: &Vcpu, vm: &Vm, la: u64) -> Result<u64, NoInsn> {
+/// paging (none, or 4-level long-mode paging), or the fault; `fetch` for
+/// instruction bytes (the #PF error code says so).
+fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> {
     let s = &vcpu.vmcb.state;
-    if s.cr0 & svm::cr::CR0_PG == 0 {
-        return Ok(la & 0xffff_ffff);
-    }
-    if s.efer & svm::msr::EFER_LMA == 0 {
-        return Err(NoInsn::Limit(Stop::Unhandled(alloc::format!(
-            "L0 cannot walk legacy-mode page tables yet (rip {:#x})",
-            s.rip
-        ))));
+    match fetch::paging(s.cr0, s.efer) {
+        Paging::Off => return Ok(la & 0xffff_ffff),
+        Paging::Long => {}
+        Paging::Legacy => {
+            return Err(NoInsn::Limit(Stop::Unhandled(alloc::format!(
+                "L0 cannot walk legacy-mode page tables yet (rip {:#x})",
+                s.rip
+            ))))
+        }
     }
     svm::walk::translate(|a| vm.memory.read_u64(a), s.cr3, la).map_err(|e| match e {
         WalkError::NotPresent(_) => {
-            // Error code: not present; U/S at CPL 3; I/D for fetches with
-            // NX on (APM 8.4.2). L0 reads code and operands alike: it
-            // reports a fetch only for RIP's bytes (see `fetch`).
-            let user = if s.cpl == 3 { 1 << 2 } else { 0 };
+            let nxe = s.efer & svm::msr::EFER_NXE != 0;
+            let code = fetch::not_present_error_code(s.cpl, fetch, nxe);
             NoInsn::Fault {
-                event: EventInfo::exception_with_error_code(14, user),
+                event: EventInfo::exception_with_error_code(14, code),
                 cr2: Some(la),
             }
         }
@@ -141,11 +142,17 @@ pub fn translate(vcpu: &Vcpu, vm: &Vm, la: u64) -> Result<u64, NoInsn> {
 
 /// Reads up to `out.len()` bytes at linear address `la`: how many were
 /// read, and the fault that stopped the read early.
-fn read_linear_upto(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> (usize, Option<NoInsn>) {
+fn read_linear_upto(
+    vcpu: &Vcpu,
+    vm: &Vm,
+    la: u64,
+    out: &mut [u8],
+    fetch: bool,
+) -> (usize, Option<NoInsn>) {
     let mut done = 0;
     while done < out.len() {
         let at = la.wrapping_add(done as u64);
-        let pa = match translate(vcpu, vm, at) {
+        let pa = match translate(vcpu, vm, at, fetch) {
             Ok(pa) => pa,
             Err(e) => return (done, Some(e)),
         };
@@ -167,7 +174,7 @@ fn read_linear_upto(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> (usize, Op
 
 /// Reads `out.len()` bytes at linear address `la` (an operand).
 pub fn read_linear(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> Result<(), NoInsn> {
-    match read_linear_upto(vcpu, vm, la, out) {
+    match read_linear_upto(vcpu, vm, la, out, false) {
         (_, Some(fault)) => Err(fault),
         (_, None) => Ok(()),
     }
@@ -176,7 +183,7 @@ pub fn read_linear(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> Result<(), 
 /// Writes `data` at linear address `la`, byte by byte (a GDT entry: 8 bytes).
 pub fn write_linear(vcpu: &Vcpu, vm: &mut Vm, la: u64, data: &[u8]) -> Result<(), NoInsn> {
     for (i, b) in data.iter().enumerate() {
-        let pa = translate(vcpu, vm, la.wrapping_add(i as u64))?;
+        let pa = translate(vcpu, vm, la.wrapping_add(i as u64), false)?;
         match vm.memory.slice_mut(pa, 1) {
             Ok(dst) => dst[0] = *b,
             Err(o) => {
@@ -194,15 +201,7 @@ pub fn write_linear(vcpu: &Vcpu, vm: &mut Vm, la: u64, data: &[u8]) -> Result<()
 /// The linear address of the byte at RIP + `offset`.
 fn code_address(vcpu: &Vcpu, offset: u64) -> u64 {
     let s = &vcpu.vmcb.state;
-    match bitness(vcpu) {
-        64 => s.rip.wrapping_add(offset),
-        32 => {
-            s.cs.base
-                .wrapping_add(s.rip.wrapping_add(offset) & 0xffff_ffff)
-                & 0xffff_ffff
-        }
-        _ => s.cs.base.wrapping_add(s.rip.wrapping_add(offset) & 0xffff) & 0xffff_ffff,
-    }
+    fetch::code_address(bitness(vcpu), s.cs.base, s.rip, offset)
 }
 
 /// The instruction at the guest's RIP, decoded from guest memory in the
@@ -213,7 +212,7 @@ pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<Decoded, NoInsn> {
     // instruction needs that byte.
     let la = code_address(vcpu, 0);
     let (n, fault) = if bitness(vcpu) == 64 {
-        read_linear_upto(vcpu, vm, la, &mut bytes)
+        read_linear_upto(vcpu, vm, la, &mut bytes, true)
     } else {
         // Outside 64-bit mode the code address wraps per byte.
         let mut n = 0;
@@ -224,6 +223,7 @@ pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<Decoded, NoInsn> {
                 vm,
                 code_address(vcpu, i as u64),
                 core::slice::from_mut(b),
+                true,
             );
             if got == 0 {
                 fault = f;
@@ -236,27 +236,8 @@ pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<Decoded, NoInsn> {
     match decode::decode(&bytes[..n], bitness(vcpu), vcpu.vmcb.state.rip) {
         Ok(d) => Ok(d),
         Err(DecodeError::Invalid) => Err(NoInsn::ud()),
-        Err(DecodeError::Truncated(_)) => {
-            let nx = vcpu.vmcb.state.efer & svm::msr::EFER_NXE != 0;
-            Err(fault.map_or_else(NoInsn::gp0, |f| as_fetch_fault(f, nx)))
-        }
-    }
-}
-
-/// A #PF on an instruction fetch sets I/D when NX is on (APM 8.4.2).
-fn as_fetch_fault(f: NoInsn, nx: bool) -> NoInsn {
-    match f {
-        NoInsn::Fault {
-            event,
-            cr2: Some(cr2),
-        } if nx => {
-            let code = event.error_code().unwrap_or(0) | 1 << 4;
-            NoInsn::Fault {
-                event: EventInfo::exception_with_error_code(14, code),
-                cr2: Some(cr2),
-            }
-        }
-        other => other,
+        // The bytes ran out where the read faulted: that fault (#PF).
+        Err(DecodeError::Truncated(_)) => Err(fault.unwrap_or_else(NoInsn::gp0)),
     }
 }
 
