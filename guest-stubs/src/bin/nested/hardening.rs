@@ -86,10 +86,21 @@ extern "C" fn cr0_zero() -> ! {
     yield_forever()
 }
 
+extern "C" fn cr0_selective() -> ! {
+    let cr0 = p::read_cr(0);
+    p::write_cr0(cr0 | 1 << 3);
+    put(0, 1);
+    p::write_cr0(cr0 | 1 << 30);
+    put(1, 1);
+    yield_forever()
+}
+
 /// L2 leaves long mode and runs CPUID with CR0.PG=0, CR4.PAE=0,
 /// EFER.LME=1 (ISSUE 8 C1), then comes back; `mov cr0, 0` in 64-bit L2 is
 /// #GP (to L1, which intercepts it); with L1's CR0 write intercept the
-/// write is L1's exit.
+/// write is L1's exit; with L1's selective CR0 write intercept only a
+/// write changing more than TS/MP is (L0 intercepts every CR0 write, so
+/// L0 tells them apart, APM 15.9.1).
 pub fn l2_leaves_long_mode() {
     use svm::msr::{EFER_LMA, EFER_LME};
     let (gdt, limit) = load_test_gdt();
@@ -121,6 +132,16 @@ pub fn l2_leaves_long_mode() {
     let mut regs = setup(cr0_zero, 0);
     l1::vmcb().control.intercept_cr |= 1 << 16;
     run_expect(&mut regs, ExitCode::CrWrite(0));
+
+    let mut regs = setup(cr0_selective, 0);
+    l1::vmcb().control.intercept_misc1 |= svm::InterceptMisc1::CR0_SEL_WRITE.bits();
+    run_expect(&mut regs, ExitCode::Cr0SelWrite);
+    check_eq!(
+        (seen(0), seen(1)),
+        (1, 0),
+        "L2's progress at the selective exit"
+    );
+    check_eq!(l1::vmcb().state.cr0 & (1 << 3), 1 << 3, "L2's CR0.TS");
 }
 
 extern "C" fn dr7_write() -> ! {
