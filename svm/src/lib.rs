@@ -19,7 +19,9 @@ mod bitmap;
 pub mod cpuid;
 pub mod cpuid_filter;
 pub mod cr;
+#[cfg(any(test, feature = "decode"))]
 pub mod decode;
+pub mod emulate;
 pub mod event;
 pub mod exception;
 pub mod exec_ctl;

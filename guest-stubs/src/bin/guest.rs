@@ -48,6 +48,10 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::physical_nmi_stays_with_l0" => physical_nmi_stays_with_l0,
         "guest::test_hooks_off" => test_hooks_off,
         "guest::exit_limit_from_config" => exit_loop,
+        "guest::cpuid_odd_prefixes" => cpuid_odd_prefixes,
+        "guest::cr_writes_checked" => cr_writes_checked,
+        "guest::leave_long_mode" => leave_long_mode,
+        "guest::ltr_checked" => ltr_checked,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -448,4 +452,122 @@ fn exit_loop(_: &StartParams) {
     loop {
         call(HC_ECHO_SUM, 1, 2, 3);
     }
+}
+
+/// CPUID with prefix orders the CPU accepts (a REX before a legacy prefix
+/// is ignored): L0 must emulate each and step over all of its bytes.
+fn cpuid_odd_prefixes(_: &StartParams) {
+    use guest_stubs::privileged::{cpuid_odd, ODD_CPUID};
+    let want = cpuid(0x4000_0000, 0);
+    for (form, bytes) in ODD_CPUID.iter().enumerate() {
+        check_eq!(
+            cpuid_odd(form, 0x4000_0000),
+            want,
+            format_args!("CPUID encoded {bytes:02x?}")
+        );
+    }
+}
+
+/// Runs `f`, whose instruction is `len` bytes, and checks it raised
+/// #GP(`code`) (and was skipped).
+fn expect_gp(what: &str, len: u64, code: u64, f: impl FnOnce()) {
+    match catch(len, f) {
+        Some(fault) => check_eq!((fault.vector, fault.error_code), (13, code), what),
+        None => fail(format_args!("{what}: no #GP")),
+    }
+}
+
+/// CR0/CR4/CR8 writes get the CPU's checks (ISSUE 8 C1): what the CPU
+/// refuses raises #GP and changes nothing, the rest takes effect.
+fn cr_writes_checked(_: &StartParams) {
+    use guest_stubs::privileged::*;
+    let (cr0, cr4) = (read_cr(0), read_cr(4));
+    let (pe, ts, mp, nw, cd, pg) = (
+        1u64,
+        1u64 << 3,
+        1u64 << 1,
+        1u64 << 29,
+        1u64 << 30,
+        1u64 << 31,
+    );
+    expect_gp("mov cr0, 0 in 64-bit mode", 3, 0, || write_cr0(0));
+    expect_gp("CR0.PG cleared in 64-bit mode", 3, 0, || {
+        write_cr0(cr0 & !pg)
+    });
+    expect_gp("CR0.PG without PE", 3, 0, || write_cr0(cr0 & !pe));
+    expect_gp("CR0.NW without CD", 3, 0, || write_cr0(cr0 | nw));
+    expect_gp("CR0 bit 32", 3, 0, || write_cr0(cr0 | 1 << 32));
+    expect_gp("CR4.PAE cleared in long mode", 3, 0, || {
+        write_cr4(cr4 & !(1 << 5))
+    });
+    expect_gp("CR4 reserved bit 15", 3, 0, || write_cr4(cr4 | 1 << 15));
+    expect_gp("CR4 bit 40", 3, 0, || write_cr4(cr4 | 1 << 40));
+    check_eq!(
+        (read_cr(0), read_cr(4)),
+        (cr0, cr4),
+        "CR0/CR4 after refused writes"
+    );
+    // What the CPU takes.
+    lmsw((cr0 as u16) | ts as u16);
+    check_eq!(read_cr(0), cr0 | ts, "CR0 after LMSW setting TS");
+    clts();
+    check_eq!(read_cr(0), cr0 & !ts, "CR0 after CLTS");
+    lmsw(0);
+    check_eq!(read_cr(0), cr0 & !(ts | mp | 0b100), "LMSW 0 (PE stays)");
+    let word = (cr0 as u16) | mp as u16;
+    lmsw_mem(&word);
+    check_eq!(read_cr(0), cr0 | mp, "CR0 after LMSW from memory");
+    write_cr0(cr0 | cd);
+    check_eq!(read_cr(0), cr0 | cd, "CR0 with CD");
+    write_cr0(cr0);
+    if cpuid(1, 0)[3] & (1 << 13) != 0 {
+        write_cr4(cr4 | 1 << 7);
+        check_eq!(read_cr(4), cr4 | 1 << 7, "CR4 with PGE");
+        write_cr4(cr4);
+    }
+    write_cr8(5);
+    check_eq!(read_cr8(), 5, "CR8 after mov cr8, 5");
+    expect_gp("CR8 bit 4", 4, 0, || write_cr8(16));
+    write_cr8_r9(0);
+    check_eq!(read_cr8(), 0, "CR8 after mov cr8, r9");
+}
+
+/// A guest leaving long mode through compatibility mode reaches CR0.PG=0,
+/// CR4.PAE=0, EFER.LME=1 legally; exits in that state must not take the
+/// machine down (ISSUE 8 C1), and the guest sees its own EFER.
+fn leave_long_mode(_: &StartParams) {
+    use guest_stubs::privileged::{load_test_gdt, visit_legacy_mode};
+    use svm::msr::{EFER, EFER_LMA, EFER_LME};
+    load_test_gdt();
+    let (leaf0, efer) = visit_legacy_mode();
+    check_eq!(leaf0, cpuid(0, 0)[0], "CPUID.0 EAX without paging");
+    check_eq!(
+        u64::from(efer) & (EFER_LME | EFER_LMA),
+        EFER_LME,
+        "EFER.LME/LMA without paging"
+    );
+    check_eq!(
+        rdmsr(EFER) & (EFER_LME | EFER_LMA),
+        EFER_LME | EFER_LMA,
+        "EFER back in long mode"
+    );
+}
+
+/// LTR raises the CPU's faults (a null selector is #GP(0), not an empty
+/// TR) and loads an available TSS, marking it busy (ISSUE 8 C2).
+fn ltr_checked(_: &StartParams) {
+    use guest_stubs::privileged::{descriptor, load_test_gdt, ltr, str_selector, TSS_SEL};
+    load_test_gdt();
+    expect_gp("ltr with a null selector", 3, 0, || ltr(0));
+    expect_gp("ltr of a code segment", 3, 0x08, || ltr(0x08));
+    expect_gp("ltr with TI set", 3, 0x34, || ltr(0x34));
+    expect_gp("ltr past the GDT limit", 3, 0x40, || ltr(0x40));
+    ltr(TSS_SEL);
+    check_eq!(str_selector(), TSS_SEL, "TR after ltr");
+    check_eq!(
+        (descriptor(TSS_SEL) >> 40) & 0xf,
+        0xb,
+        "TSS type after ltr (busy)"
+    );
+    expect_gp("ltr of a busy TSS", 3, u64::from(TSS_SEL), || ltr(TSS_SEL));
 }

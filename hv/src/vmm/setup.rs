@@ -25,6 +25,8 @@ pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts
         | InterceptMisc1::MSR_PROT
         | InterceptMisc1::SHUTDOWN
         | InterceptMisc1::INVLPGA;
+    // LTR: emulated with the CPU's checks (exits/tr.rs).
+    let misc1 = misc1 | InterceptMisc1::TR_WRITE;
     // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); the rest of the
     // SVM instructions would act on host state.
     let misc2 = InterceptMisc2::VMRUN
@@ -49,6 +51,9 @@ pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
     c.intercept_misc1 = misc1.bits();
     c.intercept_misc2 = misc2.bits();
     c.intercept_exceptions = exceptions.bits();
+    // CR0/CR4/CR8 and DR7 writes: emulated (exits/cr.rs, exits/dr.rs).
+    c.intercept_cr = super::exits::cr::INTERCEPT_CR;
+    c.intercept_dr = super::exits::dr::INTERCEPT_DR;
     c.iopm_base_pa = vm.iopm.phys();
     c.msrpm_base_pa = vm.msrpm.phys();
     c.guest_asid = 1;

@@ -30,6 +30,9 @@ pub struct Vcpu {
     pub tsc_aux: u32,
     /// Nested-SVM state (L1's virtual SVM, hsave, the running L2).
     pub nested: Nested,
+    /// The guest's EFER.LME is hidden from the CPU in the VMCB (paging off,
+    /// see `exits::cr::before_entry`).
+    pub lme_hidden: bool,
     /// Host TSC ticks spent in L0 between exits and entries (under
     /// `-icount shift=0` these are L0's instructions).
     pub host_ticks: u64,
@@ -55,6 +58,7 @@ impl Vcpu {
             host_ticks: 0,
             nmi: svm::nmi::NmiState::default(),
             physical_nmi_at_entry: false,
+            lme_hidden: false,
         })
     }
 
@@ -81,9 +85,11 @@ impl Vcpu {
             if let Some(t) = exited_at {
                 self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
             }
+            exits::cr::before_entry(self);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            exits::cr::after_exit(self);
             exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(vm);
             // What the CPU did not deliver is in EXITINTINFO now; from here

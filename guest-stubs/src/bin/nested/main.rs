@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod hardening;
 mod l1;
 mod l2;
 
@@ -81,6 +82,11 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::cve_2021_3656_vmload_from_l2" => vmload_vmsave_from_l2(),
         "nested::long_mode_keys_on_lme_pg" => long_mode_keys_on_lme_pg(),
         "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
+        "nested::l2_cpuid_odd_prefixes" => hardening::l2_cpuid_odd_prefixes(),
+        "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
+        "nested::l2_dr7_write" => hardening::l2_dr7_write(),
+        "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
+        "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -96,7 +102,7 @@ fn setup(task: Task, input: u64) -> Regs {
 
 /// Runs L2 and checks it exited with `code`.
 #[track_caller]
-fn run_expect(regs: &mut Regs, code: ExitCode) {
+pub(crate) fn run_expect(regs: &mut Regs, code: ExitCode) {
     let (_, exit) = l1::run(regs);
     check_eq!(ExitCode::from_raw(exit), code, "L2's exit");
 }

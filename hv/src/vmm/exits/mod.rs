@@ -1,12 +1,15 @@
 //! #VMEXIT handling: one dispatch, one handler per exit reason.
 
 mod cpuid;
+pub mod cr;
+pub mod dr;
 pub mod exception;
 mod hypercall;
 mod ioio;
 mod msr;
 mod reinject;
 pub mod rip;
+mod tr;
 mod tsc;
 
 use super::enable::HostCpu;
@@ -89,7 +92,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran.
     let code = match code {
         ExitCode::Rdtsc if vcpu.nested.in_l2() => match rip::decode_at_rip(vcpu, vm) {
-            Ok((svm::decode::Insn::Rdtscp, _)) => ExitCode::Rdtscp,
+            Ok(d) if d.insn == svm::decode::Insn::Rdtscp => ExitCode::Rdtscp,
             _ => code,
         },
         _ => code,
@@ -113,7 +116,10 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Msr => msr::handle(vcpu, vm, host),
         ExitCode::Ioio => ioio::handle(vcpu, vm),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
-        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
+        ExitCode::CrWrite(n @ (0 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
+        ExitCode::DrWrite(n @ (5 | 7)) => dr::handle(vcpu, vm, host, n),
+        ExitCode::TrWrite => tr::handle(vcpu, vm, host),
+        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm, host),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),
         // From L1, or from an L2 whose L1 does not intercept them: the

@@ -30,8 +30,8 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     }
     // L1 resumes after its VMRUN when L2 exits.
     let resume_rip = match rip::insn_len(vcpu, vm, host) {
-        Ok(len) => vcpu.vmcb.state.rip.wrapping_add(len),
-        Err(stop) => return Action::Stop(stop),
+        Ok(len) => rip::rip_after(vcpu, len),
+        Err(no) => return no.deliver(vcpu, vm, host),
     };
 
     // Step 2: read vmcb12 from L1 memory once; only the copy is used after.
