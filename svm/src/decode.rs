@@ -8,7 +8,11 @@
 //! prefix order (a REX followed by a legacy prefix is ignored, as the CPU
 //! ignores it), the 15-byte limit, 16/32/64-bit code.
 
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
+use crate::emulate::unbacked::StringStore;
+use iced_x86::{
+    Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
+    OpAccess, OpKind, Register,
+};
 
 /// The instructions the hypervisor intercepts and emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +269,156 @@ impl Decoded {
     }
 }
 
+/// One memory access of an instruction: where, how many bytes, and
+/// whether it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Linear address of its first byte.
+    pub la: u64,
+    /// Bytes.
+    pub size: u64,
+    /// A (possibly conditional) write; a read otherwise.
+    pub write: bool,
+}
+
+/// What dropping the stores of an instruction (into unbacked memory)
+/// leaves for L0 to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreDrop {
+    /// The stores are its only effect: move RIP past it.
+    Skip,
+    /// A string store: registers move as [`StringStore::drop_stores`] says.
+    String(StringStore),
+    /// It also writes registers or flags, or changes the flow (a
+    /// read-modify-write, PUSH, CALL, ...): L0 does not emulate it.
+    Unsupported,
+}
+
+impl Decoded {
+    /// Each memory access of the instruction, in the order the decoder
+    /// lists them (explicit operands, then string and stack operands), with
+    /// its linear address from the guest's registers (`gpr_value`, 0 = RAX)
+    /// and segment bases. Accesses whose address needs other registers
+    /// (vector indexes) are left out; one of unknown size (a REP string)
+    /// counts its first byte.
+    pub fn memory_accesses(
+        &self,
+        gpr_value: impl Fn(u8) -> u64,
+        seg_base: impl Fn(Seg) -> u64,
+        mut each: impl FnMut(Access),
+    ) {
+        let mut factory = InstructionInfoFactory::new();
+        let info = factory.info(&self.raw);
+        for m in info.used_memory() {
+            let write = match m.access() {
+                OpAccess::Write
+                | OpAccess::CondWrite
+                | OpAccess::ReadWrite
+                | OpAccess::ReadCondWrite => true,
+                OpAccess::Read | OpAccess::CondRead => false,
+                OpAccess::None | OpAccess::NoMemAccess => continue,
+            };
+            let la = m.virtual_address(0, |reg, _, _| register_value(reg, &gpr_value, &seg_base));
+            if let Some(la) = la {
+                each(Access {
+                    la,
+                    size: m.memory_size().size().max(1) as u64,
+                    write,
+                });
+            }
+        }
+    }
+
+    /// What is left to do when every store of this instruction goes to
+    /// unbacked memory and is dropped.
+    pub fn store_drop(&self) -> StoreDrop {
+        use Code as C;
+        let i = &self.raw;
+        let size = match i.code() {
+            C::Stosb_m8_AL | C::Movsb_m8_m8 => 1,
+            C::Stosw_m16_AX | C::Movsw_m16_m16 => 2,
+            C::Stosd_m32_EAX | C::Movsd_m32_m32 => 4,
+            C::Stosq_m64_RAX | C::Movsq_m64_m64 => 8,
+            _ => 0,
+        };
+        if size != 0 {
+            let address_size = match i.op0_kind() {
+                OpKind::MemoryESDI => 16,
+                OpKind::MemoryESEDI => 32,
+                _ => 64,
+            };
+            return StoreDrop::String(StringStore {
+                size,
+                // REPE/REPNE mean REP for STOS and MOVS.
+                rep: i.has_rep_prefix() || i.has_repne_prefix(),
+                has_source: matches!(
+                    i.code(),
+                    C::Movsb_m8_m8 | C::Movsw_m16_m16 | C::Movsd_m32_m32 | C::Movsq_m64_m64
+                ),
+                address_size,
+            });
+        }
+        let mut factory = InstructionInfoFactory::new();
+        let info = factory.info(i);
+        let writes_register = info.used_registers().iter().any(|r| {
+            matches!(
+                r.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            )
+        });
+        let stores_only = info.used_memory().iter().all(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Write | OpAccess::Read | OpAccess::NoMemAccess
+            )
+        }) && info
+            .used_memory()
+            .iter()
+            .any(|m| m.access() == OpAccess::Write);
+        if !writes_register
+            && stores_only
+            && i.rflags_modified() == 0
+            && i.flow_control() == FlowControl::Next
+            && !i.has_lock_prefix()
+        {
+            StoreDrop::Skip
+        } else {
+            StoreDrop::Unsupported
+        }
+    }
+}
+
+/// A register's value for an address: general registers of any width from
+/// `gpr_value`, segment registers as their base.
+fn register_value(
+    reg: Register,
+    gpr_value: &impl Fn(u8) -> u64,
+    seg_base: &impl Fn(Seg) -> u64,
+) -> Option<u64> {
+    let seg = match reg {
+        Register::ES => Some(Seg::Es),
+        Register::CS => Some(Seg::Cs),
+        Register::SS => Some(Seg::Ss),
+        Register::DS => Some(Seg::Ds),
+        Register::FS => Some(Seg::Fs),
+        Register::GS => Some(Seg::Gs),
+        _ => None,
+    };
+    if let Some(seg) = seg {
+        return Some(seg_base(seg));
+    }
+    let n = gpr(reg)?;
+    let v = gpr_value(n);
+    Some(match reg.size_bytes() {
+        2 => v & 0xffff,
+        4 => v & 0xffff_ffff,
+        _ => v,
+    })
+}
+
 trait RegSize {
     fn size_bytes(self) -> usize;
 }
@@ -434,6 +588,104 @@ mod tests {
         assert_eq!(
             decode(&[0x40, 0x0F, 0xA2], 32, 0).map(|d| (d.insn, d.len)),
             Ok((Insn::Other, 1))
+        );
+    }
+
+    fn accesses(bytes: &[u8], regs: [u64; 16]) -> std::vec::Vec<Access> {
+        let d = decode(bytes, 64, 0x1000).unwrap();
+        let mut v = std::vec::Vec::new();
+        d.memory_accesses(|n| regs[n as usize], |_| 0, |a| v.push(a));
+        v
+    }
+
+    #[test]
+    fn memory_accesses_with_their_direction() {
+        let mut regs = [0u64; 16];
+        regs[0] = 0x5000; // RAX
+        regs[1] = 0x10; // RCX
+        regs[4] = 0x8000; // RSP
+        regs[7] = 0x9000; // RDI
+                          // mov [rax+rcx*2], ebx: a 4-byte write.
+        let w = Access {
+            la: 0x5020,
+            size: 4,
+            write: true,
+        };
+        assert_eq!(accesses(&[0x89, 0x1C, 0x48], regs), [w]);
+        // mov rbx, [rax]: an 8-byte read.
+        let r = Access {
+            la: 0x5000,
+            size: 8,
+            write: false,
+        };
+        assert_eq!(accesses(&[0x48, 0x8B, 0x18], regs), [r]);
+        // push rbx: a write below RSP.
+        let p = Access {
+            la: 0x7FF8,
+            size: 8,
+            write: true,
+        };
+        assert_eq!(accesses(&[0x53], regs), [p]);
+        // rep stosq: at RDI; the decoder gives no size for a REP string
+        // (its length depends on RCX): the first byte counts.
+        let s = Access {
+            la: 0x9000,
+            size: 1,
+            write: true,
+        };
+        assert_eq!(accesses(&[0xF3, 0x48, 0xAB], regs), [s]);
+        // RIP-relative: from the next instruction.
+        let rel = accesses(&[0x8B, 0x05, 0x10, 0, 0, 0], regs);
+        assert_eq!(rel[0].la, 0x1000 + 6 + 0x10);
+    }
+
+    #[test]
+    fn which_dropped_stores_l0_completes() {
+        let drop = |bytes: &[u8]| decode(bytes, 64, 0).unwrap().store_drop();
+        // Plain stores.
+        assert_eq!(drop(&[0x48, 0x89, 0x18]), StoreDrop::Skip, "mov [rax], rbx");
+        assert_eq!(
+            drop(&[0xC6, 0x00, 0x12]),
+            StoreDrop::Skip,
+            "mov byte [rax], 0x12"
+        );
+        assert_eq!(drop(&[0x0F, 0x94, 0x00]), StoreDrop::Skip, "sete [rax]");
+        assert_eq!(
+            drop(&[0x0F, 0x29, 0x00]),
+            StoreDrop::Skip,
+            "movaps [rax], xmm0"
+        );
+        // String stores.
+        let rep_stosb = StringStore {
+            size: 1,
+            rep: true,
+            has_source: false,
+            address_size: 64,
+        };
+        assert_eq!(drop(&[0xF3, 0xAA]), StoreDrop::String(rep_stosb));
+        assert_eq!(
+            drop(&[0x67, 0xA5]),
+            StoreDrop::String(StringStore {
+                size: 4,
+                rep: false,
+                has_source: true,
+                address_size: 32,
+            }),
+            "movsd with a 32-bit address"
+        );
+        // More than a store: not emulated.
+        assert_eq!(drop(&[0x00, 0x00]), StoreDrop::Unsupported, "add [rax], al");
+        assert_eq!(
+            drop(&[0x48, 0x87, 0x18]),
+            StoreDrop::Unsupported,
+            "xchg [rax], rbx"
+        );
+        assert_eq!(drop(&[0x53]), StoreDrop::Unsupported, "push rbx");
+        assert_eq!(drop(&[0xE8, 0, 0, 0, 0]), StoreDrop::Unsupported, "call");
+        assert_eq!(
+            drop(&[0xF0, 0x0F, 0xB1, 0x18]),
+            StoreDrop::Unsupported,
+            "lock cmpxchg"
         );
     }
 }

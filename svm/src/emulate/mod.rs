@@ -8,6 +8,7 @@ pub mod cr;
 pub mod dr;
 pub mod fetch;
 pub mod tr;
+pub mod unbacked;
 
 /// A fault the emulated instruction raises instead of completing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
