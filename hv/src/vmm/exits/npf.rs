@@ -1,0 +1,179 @@
+//! Nested page faults. The NPT (vmm::npt) maps the VM's RAM and, below the
+//! MAXPHYADDR the guest sees, every other page read-only onto all-ones:
+//! what a PC with nothing at an address does (svm::emulate::unbacked). So
+//! the faults left are:
+//! - a store to unbacked memory: dropped; L0 completes the instruction
+//!   (RIP, and RCX/RSI/RDI for STOS/MOVS) as the CPU would;
+//! - the guest's page walk touching unbacked memory (EXITINFO1 bit 33):
+//!   walks of guest tables count as writes (APM 15.25.10; QEMU TCG always
+//!   does), so the read-only mapping faults. The CPU would have read an
+//!   all-ones entry, which has reserved bits: the guest gets #PF with RSVD
+//!   for the linear address being translated. EXITINFO2 holds only the
+//!   table's guest-physical address, so L0 finds the linear address the
+//!   way the CPU met it: the fetch at RIP, then each memory access of the
+//!   instruction in order, walked in software over the same all-ones;
+//! - anything else (at or beyond MAXPHYADDR, during event delivery, an
+//!   instruction whose store L0 does not complete): the VM stops, as
+//!   before (limits, documented in README).
+
+use super::{rip, Action, Stop};
+use crate::vmm::enable::HostCpu;
+use crate::vmm::vcpu::Vcpu;
+use crate::vmm::vm::Vm;
+use rip::NoInsn;
+use svm::decode::{Decoded, StoreDrop};
+use svm::emulate::unbacked::StringRegs;
+use svm::{EventInfo, NpfErrorCode};
+
+/// RFLAGS.DF.
+const RFLAGS_DF: u64 = 1 << 10;
+
+/// Handles a nested page fault.
+pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    let c = &vcpu.vmcb.control;
+    let (gpa, info) = (c.exit_info2, NpfErrorCode::from_bits_retain(c.exit_info1));
+    let stop = || Stop::NestedPageFault {
+        gpa,
+        error_code: info.bits(),
+    };
+    if !rip::is_unbacked(vm, gpa) || !info.contains(NpfErrorCode::PRESENT) {
+        return Action::Stop(stop());
+    }
+    if EventInfo(c.exit_int_info).is_valid() {
+        // Pushing an event's frame, or reading its gate, through unbacked
+        // memory: L0 does not emulate event delivery.
+        return limit(vm, "event delivery through unbacked memory", stop());
+    }
+    if info.contains(NpfErrorCode::GUEST_PAGE_TABLE) {
+        page_walk(vcpu, vm, host, stop())
+    } else if info.contains(NpfErrorCode::WRITE) {
+        drop_store(vcpu, vm, host, stop())
+    } else {
+        Action::Stop(stop())
+    }
+}
+
+/// A limit of L0: the VM stops (reported with the NPF).
+fn limit(vm: &Vm, why: &str, stop: Stop) -> Action {
+    log::warn!("vm {}: {why}", vm.name);
+    Action::Stop(stop)
+}
+
+/// The memory accesses of `d` as the guest runs it.
+fn accesses(vcpu: &Vcpu, d: &Decoded, mut each: impl FnMut(svm::decode::Access)) {
+    d.memory_accesses(
+        |n| super::cr::gpr(vcpu, n),
+        |s| rip::segment_base(vcpu, s),
+        &mut each,
+    );
+}
+
+/// The first fault of the walks for `[la, la + size)` (each page), if any.
+fn walk_fault(vcpu: &Vcpu, vm: &Vm, la: u64, size: u64, write: bool) -> Option<NoInsn> {
+    let last = la.wrapping_add(size.max(1) - 1);
+    let second_page = (last & !0xFFF) != (la & !0xFFF);
+    let pages = [Some(la), second_page.then_some(last & !0xFFF)];
+    pages
+        .into_iter()
+        .flatten()
+        .find_map(|a| rip::translate_access(vcpu, vm, a, write, false).err())
+}
+
+/// The guest's walk met unbacked memory: find the linear address and raise
+/// the #PF (RSVD) the CPU would.
+fn page_walk(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Action {
+    // The fetch comes first: decoding walks the code bytes' pages and
+    // returns that #PF if they are the ones behind unbacked tables.
+    let d = match rip::decode_at_rip(vcpu, vm) {
+        Ok(d) => d,
+        Err(no) => return no.deliver(vcpu, vm, host),
+    };
+    let mut fault = None;
+    accesses(vcpu, &d, |a| {
+        if fault.is_none() {
+            fault = walk_fault(vcpu, vm, a.la, a.size, a.write);
+        }
+    });
+    match fault {
+        Some(no) => no.deliver(vcpu, vm, host),
+        None => limit(
+            vm,
+            "a page walk through unbacked memory for no access of the instruction",
+            stop,
+        ),
+    }
+}
+
+/// A store to unbacked memory: drop it and complete the instruction.
+fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Action {
+    let d = match rip::decode_at_rip(vcpu, vm) {
+        Ok(d) => d,
+        Err(no) => return no.deliver(vcpu, vm, host),
+    };
+    // Every store must land in unbacked memory: one that reaches RAM (a
+    // store straddling RAM's end, a second store) would lose its RAM part.
+    let mut writes = [None; 4];
+    let mut n = 0;
+    let mut reads_rsi = None;
+    accesses(vcpu, &d, |a| {
+        if a.write && n < writes.len() {
+            writes[n] = Some(a);
+            n += 1;
+        } else if !a.write {
+            reads_rsi.get_or_insert(a.la);
+        }
+    });
+    let all_unbacked = n > 0
+        && n < writes.len()
+        && writes.iter().flatten().all(|a| {
+            let last = a.la.wrapping_add(a.size - 1);
+            [a.la, last].iter().all(|&la| {
+                rip::translate_access(vcpu, vm, la, true, false)
+                    .is_ok_and(|gpa| rip::is_unbacked(vm, gpa))
+            })
+        });
+    if !all_unbacked {
+        return limit(vm, "a store reaching both unbacked memory and RAM", stop);
+    }
+    match d.store_drop() {
+        StoreDrop::Skip => {
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::String(store) => {
+            let dst = writes[0].map_or(0, |a| a.la);
+            // The decoder gives a REP string no size: the whole element.
+            let end = dst.wrapping_add(store.size - 1);
+            if !rip::translate_access(vcpu, vm, end, true, false)
+                .is_ok_and(|gpa| rip::is_unbacked(vm, gpa))
+            {
+                return limit(
+                    vm,
+                    "a string store reaching both unbacked memory and RAM",
+                    stop,
+                );
+            }
+            let src = reads_rsi.unwrap_or(0);
+            let before = StringRegs {
+                rcx: vcpu.regs.rcx,
+                rsi: vcpu.regs.rsi,
+                rdi: vcpu.regs.rdi,
+                done: false,
+            };
+            let df = vcpu.vmcb.state.rflags & RFLAGS_DF != 0;
+            let after = store.drop_stores(before, df, dst, src);
+            vcpu.regs.rcx = after.rcx;
+            vcpu.regs.rsi = after.rsi;
+            vcpu.regs.rdi = after.rdi;
+            if after.done {
+                vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            }
+            Action::Resume
+        }
+        StoreDrop::Unsupported => limit(
+            vm,
+            "a store to unbacked memory by an instruction L0 does not complete",
+            stop,
+        ),
+    }
+}
