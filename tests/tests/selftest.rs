@@ -26,6 +26,8 @@ const GUEST_TESTS: &[&str] = &[
     "guest::cr_writes_checked",
     "guest::leave_long_mode",
     "guest::ltr_checked",
+    "guest::unbacked_page_walk_rsvd",
+    "guest::unbacked_up_to_maxphyaddr",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -104,6 +106,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_dr7_write",
     "nested::l2_cr8_with_v_irq",
     "nested::vmload_zero_tr_user_fault",
+    "nested::l2_unbacked_memory",
+    "nested::l2_unbacked_page_walk",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -12,7 +12,7 @@ use guest_stubs::cpu::{read_dr6, single_step_nop, write_dr, DR6_BS, DR6_CLEAR};
 use guest_stubs::exceptions::{catch, catch_trap, nmis_taken, set_nmi_hook};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
-use guest_stubs::{check, check_eq, println, StartParams};
+use guest_stubs::{check, check_eq, println, unbacked, StartParams};
 use svm::guest_abi::{self, HC_ECHO_SUM, HC_EXIT_COUNT, HC_UNKNOWN};
 use svm::guest_abi::{
     HC_HOST_TICKS, HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
@@ -52,6 +52,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::cr_writes_checked" => cr_writes_checked,
         "guest::leave_long_mode" => leave_long_mode,
         "guest::ltr_checked" => ltr_checked,
+        "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
+        "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -184,15 +186,157 @@ fn triple_fault(_: &StartParams) {
     unsafe { asm!("lidt [{}]", "ud2", in(reg) null_idt.as_ptr(), options(nostack, noreturn)) };
 }
 
-/// A read past guest RAM (but inside the guest's page tables) hits the
-/// nested page tables: the hypervisor stops the guest with an NPF report.
+/// Memory past guest RAM (below MAXPHYADDR, inside the guest's page
+/// tables) behaves as on a PC with nothing there: reads give all-ones,
+/// stores are dropped (the guest goes on, string stores finish with their
+/// registers moved), and code there is 0xFF bytes (`FF FF`: #UD).
 fn npf_outside_memory(params: &StartParams) {
-    let addr = params.memory_size + 0x1000_0000;
-    // SAFETY: deliberately fatal for this guest.
-    let v = unsafe { core::ptr::read_volatile(addr as *const u64) };
-    fail(format_args!(
-        "read of {addr:#x} outside guest memory returned {v:#x}"
-    ));
+    let a = unbacked::address(params.memory_size);
+    let read = |at: u64| {
+        // SAFETY: `a` and the pages after it are identity-mapped unbacked
+        // memory: it reads all-ones and drops stores (so for all below).
+        unsafe { core::ptr::read_volatile(at as *const u64) }
+    };
+    check_eq!(read(a), u64::MAX, format_args!("read of unbacked {a:#x}"));
+    // SAFETY: as above.
+    let byte = unsafe { core::ptr::read_volatile((a + 3) as *const u8) };
+    check_eq!(
+        byte,
+        0xFF,
+        format_args!("byte read of unbacked {:#x}", a + 3)
+    );
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(a as *mut u64, 0x1234_5678) };
+    check_eq!(
+        read(a),
+        u64::MAX,
+        format_args!("read of {a:#x} after a store")
+    );
+    // Two pages of REP STOSQ.
+    let (rcx, rdi): (u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("rep stosq", inout("rcx") 1024u64 => rcx, inout("rdi") a + 0x2000 => rdi,
+             in("rax") 0u64, options(nostack))
+    };
+    check_eq!((rcx, rdi), (0, a + 0x4000), "RCX, RDI after REP STOSQ");
+    check_eq!(read(a + 0x3000), u64::MAX, "read after REP STOSQ");
+    // REP MOVSB from RAM, across a page boundary.
+    static SRC: [u8; 256] = [0x5A; 256];
+    let (rcx, rsi, rdi): (u64, u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("rep movsb", inout("rcx") 256u64 => rcx, inout("rsi") SRC.as_ptr() => rsi,
+             inout("rdi") a + 0xF80 => rdi, options(nostack))
+    };
+    check_eq!(
+        (rcx, rsi, rdi),
+        (0, SRC.as_ptr() as u64 + 256, a + 0x1080),
+        "RCX, RSI, RDI after REP MOVSB"
+    );
+    check_eq!(read(a + 0xFF8), u64::MAX, "read after REP MOVSB");
+    // Downwards (DF=1), across a page boundary.
+    let (rcx, rdi): (u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("std", "rep stosb", "cld", inout("rcx") 0x20u64 => rcx,
+             inout("rdi") a + 0x1010 => rdi, in("al") 0u8, options(nostack))
+    };
+    check_eq!((rcx, rdi), (0, a + 0xFF0), "RCX, RDI after STD; REP STOSB");
+    let Some(f) = unbacked::exec_at(a + 0x40) else {
+        fail(format_args!(
+            "code at unbacked {:#x} ran without a fault",
+            a + 0x40
+        ))
+    };
+    check_eq!(f.vector, 6, "vector of the fault running 0xFF bytes");
+}
+
+/// A page walk through unbacked memory reads all-ones entries, whose
+/// reserved bits give a #PF with P and RSVD (APM 5.3.1, 8.4.2): linear
+/// 1 GiB's PD is in unbacked memory; a read, a write and a fetch there.
+fn unbacked_page_walk_rsvd(params: &StartParams) {
+    let a = unbacked::address(params.memory_size);
+    unbacked::set_pdpt(1, a | 3);
+    let la = 1u64 << 30;
+    let read = catch(3, || {
+        // SAFETY: the #PF is expected and skipped (3 bytes).
+        unsafe { asm!("mov rax, [rcx]", in("rcx") la, out("rax") _, options(nostack, readonly)) };
+    });
+    let write = catch(3, || {
+        // SAFETY: as above.
+        unsafe { asm!("mov [rcx], rax", in("rcx") la + 8, in("rax") 0u64, options(nostack)) };
+    });
+    let fetch = unbacked::exec_at(la + 0x10);
+    unbacked::set_pdpt(1, 0);
+    let got =
+        |f: Option<guest_stubs::exceptions::Fault>| f.map(|f| (f.vector, f.error_code, f.cr2));
+    check_eq!(
+        got(read),
+        Some((14, 0x9, la)),
+        "#PF of a read (vector, error code, CR2)"
+    );
+    check_eq!(got(write), Some((14, 0xB, la + 8)), "#PF of a write");
+    // I/D is set only with EFER.NXE.
+    let id = if rdmsr(svm::msr::EFER) & svm::msr::EFER_NXE != 0 {
+        0x10
+    } else {
+        0
+    };
+    check_eq!(
+        got(fetch),
+        Some((14, 0x9 | id, la + 0x10)),
+        "#PF of a fetch"
+    );
+}
+
+/// The last unbacked page below MAXPHYADDR reads all-ones and drops
+/// stores; the first page at MAXPHYADDR is a reserved-bit #PF from the
+/// guest's own walk (the CPU's, no exit).
+fn unbacked_up_to_maxphyaddr(_: &StartParams) {
+    #[repr(C, align(4096))]
+    struct Table([u64; 512]);
+    static mut PD: Table = Table([0; 512]);
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    let top = 1u64 << bits;
+    const PRESENT_RW_2M: u64 = 0x83;
+    // SAFETY: a static of this guest, identity-mapped (GPA = address).
+    unsafe {
+        let pd = &raw mut PD;
+        (*pd).0[0] = (top - (2 << 20)) | PRESENT_RW_2M;
+        (*pd).0[1] = top | PRESENT_RW_2M;
+    }
+    unbacked::set_pdpt(2, &raw const PD as u64 | 3);
+    let la = 2u64 << 30;
+    let last = la + (2 << 20) - 8;
+    // SAFETY: mapped to the last 8 bytes below MAXPHYADDR.
+    let before = unsafe { core::ptr::read_volatile(last as *const u64) };
+    // SAFETY: as above; the store is dropped.
+    unsafe { core::ptr::write_volatile(last as *mut u64, 0) };
+    // SAFETY: as above.
+    let after = unsafe { core::ptr::read_volatile(last as *const u64) };
+    let beyond = catch(3, || {
+        // SAFETY: the #PF is expected and skipped (3 bytes).
+        unsafe {
+            asm!("mov rax, [rcx]", in("rcx") la + (2 << 20), out("rax") _, options(nostack, readonly))
+        };
+    });
+    unbacked::set_pdpt(2, 0);
+    check_eq!(
+        (before, after),
+        (u64::MAX, u64::MAX),
+        format_args!(
+            "reads of GPA {:#x} (MAXPHYADDR {bits}) before and after a store",
+            top - 8
+        )
+    );
+    // Hardware reports P|RSVD (0x9); QEMU TCG's own walk reports RSVD
+    // without P (0x8, docs/qemu-tcg.md): P is not checked here.
+    check_eq!(
+        beyond.map(|f| (f.vector, f.error_code & !1, f.cr2)),
+        Some((14, 0x8, la + (2 << 20))),
+        format_args!("#PF reading GPA {top:#x} (vector, error code without P, CR2)")
+    );
 }
 
 /// A guest that never exits: only the hypervisor's watchdog can stop it.

@@ -87,6 +87,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
         "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
+        "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
+        "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -1340,4 +1342,48 @@ fn hsave_pa_below_maxphyaddr(memory_size: u64) {
     l1::prepare(l2::entry);
     let mut regs = Regs::default();
     run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// L2's accesses to unbacked L1-physical memory (L1 has no nested paging,
+/// so they are L0's guest-physical): reads give all-ones, stores are
+/// dropped, and L2 goes on to its HLT (ISSUE 8 C).
+fn l2_unbacked_memory(memory_size: u64) {
+    let a = guest_stubs::unbacked::address(memory_size);
+    let mut regs = setup(Task::Unbacked, a);
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(
+        (l2::result(0), l2::result(1)),
+        (u64::MAX, u64::MAX),
+        "L2's reads of unbacked memory before and after its store"
+    );
+    check_eq!(
+        (l2::result(2), l2::result(3)),
+        (0, a + 0x2000),
+        "RCX, RDI after L2's REP STOSB"
+    );
+}
+
+/// L2's page walk through a PD in unbacked memory: the all-ones PDE has
+/// reserved bits, so the #PF (P|RSVD) reaches L1, which intercepts #PF,
+/// with the linear address in EXITINFO2 (APM 15.12).
+fn l2_unbacked_page_walk(memory_size: u64) {
+    let a = guest_stubs::unbacked::address(memory_size);
+    let la = 1u64 << 30;
+    guest_stubs::unbacked::set_pdpt(1, a | 3);
+    let mut regs = setup(Task::UnbackedWalk, la);
+    l1::vmcb().control.intercept_exceptions |= 1 << 14;
+    let (_, exit) = l1::run(&mut regs);
+    guest_stubs::unbacked::set_pdpt(1, 0);
+    check_eq!(
+        ExitCode::from_raw(exit),
+        ExitCode::Exception(14),
+        "L2's exit"
+    );
+    let c = &l1::vmcb().control;
+    check_eq!(
+        (c.exit_info1, c.exit_info2),
+        (0x9, la),
+        "#PF error code and address (EXITINFO1, EXITINFO2)"
+    );
+    check_eq!(l2::result(0), 0, "L2 went on past the faulting read");
 }
