@@ -8,10 +8,11 @@
 //! prefix order (a REX followed by a legacy prefix is ignored, as the CPU
 //! ignores it), the 15-byte limit, 16/32/64-bit code.
 
+use crate::emulate::alu;
 use crate::emulate::unbacked::StringStore;
 use iced_x86::{
     Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
-    OpAccess, OpKind, Register,
+    Mnemonic, OpAccess, OpKind, Register,
 };
 
 /// The instructions the hypervisor intercepts and emulates.
@@ -289,9 +290,128 @@ pub enum StoreDrop {
     Skip,
     /// A string store: registers move as [`StringStore::drop_stores`] says.
     String(StringStore),
-    /// It also writes registers or flags, or changes the flow (a
-    /// read-modify-write, PUSH, CALL, ...): L0 does not emulate it.
+    /// A read-modify-write of the memory operand: RFLAGS as
+    /// [`alu::apply`] gives them for an all-ones destination.
+    Alu {
+        /// The operation.
+        op: alu::Op,
+        /// Operand size in bytes.
+        size: u32,
+        /// The source operand.
+        src: AluSrc,
+    },
+    /// XCHG with memory: the register gets the all-ones value.
+    Xchg {
+        /// Operand size in bytes.
+        size: u32,
+        /// The register.
+        reg: RegRef,
+    },
+    /// It also writes registers or flags in ways L0 does not emulate, or
+    /// changes the flow (PUSH, CALL, shifts, CMPXCHG, ...).
     Unsupported,
+}
+
+/// A general register as an operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegRef {
+    /// 0 = RAX .. 15 = R15.
+    pub n: u8,
+    /// AH, CH, DH or BH (bits 15:8 of register `n`).
+    pub high8: bool,
+}
+
+impl RegRef {
+    /// The operand's value (`size` bytes) from the register's value.
+    pub fn read(&self, value: u64, size: u32) -> u64 {
+        let v = if self.high8 { value >> 8 } else { value };
+        match size {
+            8 => v,
+            _ => v & ((1u64 << (size * 8)) - 1),
+        }
+    }
+}
+
+/// The source of an [`StoreDrop::Alu`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AluSrc {
+    /// A unary operation.
+    None,
+    /// A register.
+    Reg(RegRef),
+    /// An immediate (sign-extended as the instruction does).
+    Imm(u64),
+}
+
+/// A general register of any width as an operand.
+fn reg_ref(reg: Register) -> Option<RegRef> {
+    let r = reg as u32;
+    let at = |first: Register, last: Register| {
+        (first as u32..=last as u32)
+            .contains(&r)
+            .then(|| (r - first as u32) as u8)
+    };
+    if let Some(n) = at(Register::AL, Register::BL) {
+        return Some(RegRef { n, high8: false });
+    }
+    if let Some(n) = at(Register::AH, Register::BH) {
+        return Some(RegRef { n, high8: true });
+    }
+    if let Some(n) = at(Register::SPL, Register::R15L) {
+        return Some(RegRef {
+            n: n + 4,
+            high8: false,
+        });
+    }
+    gpr(reg).map(|n| RegRef { n, high8: false })
+}
+
+/// A read-modify-write with a memory destination (operand 0).
+fn read_modify_write(i: &Instruction) -> Option<StoreDrop> {
+    if i.op0_kind() != OpKind::Memory {
+        return None;
+    }
+    let size = i.memory_size().size() as u32;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let src = || match i.op1_kind() {
+        OpKind::Register => reg_ref(i.op1_register()).map(AluSrc::Reg),
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(AluSrc::Imm(i.immediate(1))),
+        _ => None,
+    };
+    let binary = |op| src().map(|src| StoreDrop::Alu { op, size, src });
+    let unary = |op| {
+        Some(StoreDrop::Alu {
+            op,
+            size,
+            src: AluSrc::None,
+        })
+    };
+    match i.mnemonic() {
+        Mnemonic::Add => binary(alu::Op::Add),
+        Mnemonic::Or => binary(alu::Op::Or),
+        Mnemonic::Adc => binary(alu::Op::Adc),
+        Mnemonic::Sbb => binary(alu::Op::Sbb),
+        Mnemonic::And => binary(alu::Op::And),
+        Mnemonic::Sub => binary(alu::Op::Sub),
+        Mnemonic::Xor => binary(alu::Op::Xor),
+        Mnemonic::Inc => unary(alu::Op::Inc),
+        Mnemonic::Dec => unary(alu::Op::Dec),
+        Mnemonic::Neg => unary(alu::Op::Neg),
+        Mnemonic::Not => unary(alu::Op::Not),
+        Mnemonic::Xchg if i.op1_kind() == OpKind::Register => {
+            reg_ref(i.op1_register()).map(|reg| StoreDrop::Xchg { size, reg })
+        }
+        _ => None,
+    }
 }
 
 impl Decoded {
@@ -357,6 +477,9 @@ impl Decoded {
                 ),
                 address_size,
             });
+        }
+        if let Some(rmw) = read_modify_write(i) {
+            return rmw;
         }
         let mut factory = InstructionInfoFactory::new();
         let info = factory.info(i);
@@ -640,6 +763,17 @@ mod tests {
     }
 
     #[test]
+    fn register_operands_read_by_size() {
+        let v = 0x1122_3344_5566_7788;
+        let r = |n, high8| RegRef { n, high8 };
+        assert_eq!(r(0, true).read(v, 1), 0x77);
+        assert_eq!(r(0, false).read(v, 1), 0x88);
+        assert_eq!(r(0, false).read(v, 2), 0x7788);
+        assert_eq!(r(0, false).read(v, 4), 0x5566_7788);
+        assert_eq!(r(0, false).read(v, 8), v);
+    }
+
+    #[test]
     fn which_dropped_stores_l0_completes() {
         let drop = |bytes: &[u8]| decode(bytes, 64, 0).unwrap().store_drop();
         // Plain stores.
@@ -673,12 +807,47 @@ mod tests {
             }),
             "movsd with a 32-bit address"
         );
-        // More than a store: not emulated.
-        assert_eq!(drop(&[0x00, 0x00]), StoreDrop::Unsupported, "add [rax], al");
+        // Read-modify-writes: the flags (or the register) from all-ones.
+        let al = RegRef { n: 0, high8: false };
+        let alu = |op, size, src| StoreDrop::Alu { op, size, src };
+        assert_eq!(
+            drop(&[0x00, 0x00]),
+            alu(alu::Op::Add, 1, AluSrc::Reg(al)),
+            "add [rax], al"
+        );
+        let bh = RegRef { n: 3, high8: true };
+        assert_eq!(
+            drop(&[0x20, 0x38]),
+            alu(alu::Op::And, 1, AluSrc::Reg(bh)),
+            "and [rax], bh"
+        );
+        let dil = RegRef { n: 7, high8: false };
+        assert_eq!(
+            drop(&[0x40, 0x08, 0x38]),
+            alu(alu::Op::Or, 1, AluSrc::Reg(dil)),
+            "or [rax], dil"
+        );
+        assert_eq!(
+            drop(&[0x48, 0x83, 0x28, 0xF0]),
+            alu(alu::Op::Sub, 8, AluSrc::Imm(0xFFFF_FFFF_FFFF_FFF0)),
+            "sub qword [rax], -16"
+        );
+        assert_eq!(
+            drop(&[0xF0, 0xFF, 0x00]),
+            alu(alu::Op::Inc, 4, AluSrc::None),
+            "lock inc dword [rax]"
+        );
+        let rbx = RegRef { n: 3, high8: false };
         assert_eq!(
             drop(&[0x48, 0x87, 0x18]),
-            StoreDrop::Unsupported,
+            StoreDrop::Xchg { size: 8, reg: rbx },
             "xchg [rax], rbx"
+        );
+        // More than L0 emulates.
+        assert_eq!(
+            drop(&[0xD1, 0x20]),
+            StoreDrop::Unsupported,
+            "shl dword [rax], 1"
         );
         assert_eq!(drop(&[0x53]), StoreDrop::Unsupported, "push rbx");
         assert_eq!(drop(&[0xE8, 0, 0, 0, 0]), StoreDrop::Unsupported, "call");

@@ -28,6 +28,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::ltr_checked",
     "guest::unbacked_page_walk_rsvd",
     "guest::unbacked_up_to_maxphyaddr",
+    "guest::unbacked_read_modify_write",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.

@@ -54,6 +54,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::ltr_checked" => ltr_checked,
         "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
+        "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -337,6 +338,44 @@ fn unbacked_up_to_maxphyaddr(_: &StartParams) {
         Some((14, 0x8, la + (2 << 20))),
         format_args!("#PF reading GPA {top:#x} (vector, error code without P, CR2)")
     );
+}
+
+/// Read-modify-writes of unbacked memory (the fuzzer's `00 00`, ADD
+/// [RAX], AL, is one) complete with the flags of an all-ones operand,
+/// the store dropped; XCHG loads all-ones.
+fn unbacked_read_modify_write(params: &StartParams) {
+    let a = unbacked::address(params.memory_size);
+    const ARITH: u64 = 0x8D5;
+    let flags = |f: u64| f & ARITH;
+    let (add, inc, neg, and): (u64, u64, u64, u64);
+    // SAFETY: `a` is identity-mapped unbacked memory: it reads all-ones and
+    // drops stores. STC before INC: INC keeps CF.
+    unsafe {
+        asm!("add qword ptr [{a}], 1", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) add);
+        asm!("stc", "lock inc dword ptr [{a}]", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) inc);
+        asm!("neg byte ptr [{a}]", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) neg);
+        asm!("and word ptr [{a}], 0x7fff", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) and);
+    }
+    // -1 + 1 = 0: CF, PF, AF, ZF.
+    check_eq!(flags(add), 0x55, "flags of ADD qword [unbacked], 1");
+    // 0xffffffff + 1 = 0 (CF kept from STC): CF, PF, AF, ZF.
+    check_eq!(flags(inc), 0x55, "flags of STC; LOCK INC dword [unbacked]");
+    // -(0xff) = 1: CF, AF.
+    check_eq!(flags(neg), 0x11, "flags of NEG byte [unbacked]");
+    // 0xffff & 0x7fff = 0x7fff: PF (0xff: even).
+    check_eq!(flags(and), 0x04, "flags of AND word [unbacked], 0x7fff");
+    let mut r9 = 5u64;
+    let mut ah = 0x1234u64;
+    // SAFETY: as above.
+    unsafe {
+        asm!("xchg qword ptr [{a}], r9", a = in(reg) a, inout("r9") r9, options(nostack));
+        asm!("xchg byte ptr [{a}], ah", a = in(reg) a, inout("rax") ah, options(nostack));
+    }
+    check_eq!(r9, u64::MAX, "R9 after XCHG with unbacked memory");
+    check_eq!(ah, 0xFF34, "RAX after XCHG AH with unbacked memory");
+    // SAFETY: as above.
+    let v = unsafe { core::ptr::read_volatile(a as *const u64) };
+    check_eq!(v, u64::MAX, "unbacked memory after the stores");
 }
 
 /// A guest that never exits: only the hypervisor's watchdog can stop it.

@@ -241,6 +241,13 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: no_check,
     },
+    Case {
+        name: "guest::unbacked_read_modify_write",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
 ];
 
 /// Tests QEMU TCG cannot run (docs/qemu-tcg.md): not in the default run;

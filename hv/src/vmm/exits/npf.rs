@@ -3,7 +3,9 @@
 //! what a PC with nothing at an address does (svm::emulate::unbacked). So
 //! the faults left are:
 //! - a store to unbacked memory: dropped; L0 completes the instruction
-//!   (RIP, and RCX/RSI/RDI for STOS/MOVS) as the CPU would;
+//!   as the CPU would: RIP, RCX/RSI/RDI for STOS/MOVS, RFLAGS for a
+//!   read-modify-write (ADD .. XOR, INC, DEC, NEG, NOT), the register for
+//!   XCHG;
 //! - the guest's page walk touching unbacked memory (EXITINFO1 bit 33):
 //!   walks of guest tables count as writes (APM 15.25.10; QEMU TCG always
 //!   does), so the read-only mapping faults. The CPU would have read an
@@ -21,7 +23,8 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use rip::NoInsn;
-use svm::decode::{Decoded, StoreDrop};
+use svm::decode::{AluSrc, Decoded, RegRef, StoreDrop};
+use svm::emulate::alu;
 use svm::emulate::unbacked::StringRegs;
 use svm::{EventInfo, NpfErrorCode};
 
@@ -170,10 +173,51 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             }
             Action::Resume
         }
+        StoreDrop::Alu { op, size, src } => {
+            let src = match src {
+                AluSrc::None => 0,
+                AluSrc::Imm(v) => v,
+                AluSrc::Reg(r) => r.read(super::cr::gpr(vcpu, r.n), size),
+            };
+            let s = &mut vcpu.vmcb.state;
+            s.rflags = alu::apply(op, size, u64::MAX, src, s.rflags).1;
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::Xchg { size, reg } => {
+            set_register(vcpu, reg, size, u64::MAX);
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
         StoreDrop::Unsupported => limit(
             vm,
             "a store to unbacked memory by an instruction L0 does not complete",
             stop,
         ),
     }
+}
+
+/// Writes `value` to register operand `reg` of `size` bytes.
+fn set_register(vcpu: &mut Vcpu, reg: RegRef, size: u32, value: u64) {
+    let new = alu::write_register(super::cr::gpr(vcpu, reg.n), value, size, reg.high8);
+    let r = &mut vcpu.regs;
+    let slot = match reg.n {
+        0 => &mut vcpu.vmcb.state.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut vcpu.vmcb.state.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        _ => &mut r.r15,
+    };
+    *slot = new;
 }
