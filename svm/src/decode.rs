@@ -11,8 +11,8 @@
 use crate::emulate::alu;
 use crate::emulate::unbacked::StringStore;
 use iced_x86::{
-    Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
-    Mnemonic, OpAccess, OpKind, Register,
+    Code, CodeSize, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
 /// The instructions the hypervisor intercepts and emulates.
@@ -307,9 +307,46 @@ pub enum StoreDrop {
         /// The register.
         reg: RegRef,
     },
+    /// A push onto the stack in 64-bit code (PUSH, PUSHF, near CALL): RSP
+    /// moves by `delta`; a CALL goes to its target.
+    Stack {
+        /// RSP's change (negative).
+        delta: i64,
+        /// For a CALL: where it goes.
+        call: Option<CallTarget>,
+    },
     /// It also writes registers or flags in ways L0 does not emulate, or
-    /// changes the flow (PUSH, CALL, shifts, CMPXCHG, ...).
+    /// changes the flow otherwise (far CALL, ENTER, shifts, CMPXCHG, ...).
     Unsupported,
+}
+
+/// The target of a near CALL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallTarget {
+    /// A relative CALL: this address.
+    Direct(u64),
+    /// CALL reg: the register's value.
+    Reg(u8),
+    /// CALL \[mem\]: the 8 bytes at [`Decoded::memory_address`].
+    Memory,
+}
+
+/// A push or near CALL in 64-bit code.
+fn stack_push(i: &Instruction) -> Option<StoreDrop> {
+    if i.code_size() != CodeSize::Code64 || i.stack_pointer_increment() >= 0 {
+        return None;
+    }
+    let delta = i64::from(i.stack_pointer_increment());
+    let call = match (i.mnemonic(), i.op0_kind()) {
+        (Mnemonic::Push | Mnemonic::Pushfq | Mnemonic::Pushf, _) => None,
+        (Mnemonic::Call, OpKind::NearBranch64) => Some(CallTarget::Direct(i.near_branch_target())),
+        (Mnemonic::Call, OpKind::Register) if i.op0_register().is_gpr64() => {
+            Some(CallTarget::Reg(gpr(i.op0_register())?))
+        }
+        (Mnemonic::Call, OpKind::Memory) if i.memory_size().size() == 8 => Some(CallTarget::Memory),
+        _ => return None,
+    };
+    Some(StoreDrop::Stack { delta, call })
 }
 
 /// A general register as an operand.
@@ -478,8 +515,8 @@ impl Decoded {
                 address_size,
             });
         }
-        if let Some(rmw) = read_modify_write(i) {
-            return rmw;
+        if let Some(drop) = read_modify_write(i).or_else(|| stack_push(i)) {
+            return drop;
         }
         let mut factory = InstructionInfoFactory::new();
         let info = factory.info(i);
@@ -849,8 +886,34 @@ mod tests {
             StoreDrop::Unsupported,
             "shl dword [rax], 1"
         );
-        assert_eq!(drop(&[0x53]), StoreDrop::Unsupported, "push rbx");
-        assert_eq!(drop(&[0xE8, 0, 0, 0, 0]), StoreDrop::Unsupported, "call");
+        assert_eq!(
+            drop(&[0xFF, 0x18]),
+            StoreDrop::Unsupported,
+            "call far [rax]"
+        );
+        assert_eq!(
+            decode(&[0x53], 32, 0).unwrap().store_drop(),
+            StoreDrop::Unsupported,
+            "push ebx in 32-bit code"
+        );
+        // Pushes and near calls in 64-bit code.
+        let push = |delta| StoreDrop::Stack { delta, call: None };
+        assert_eq!(drop(&[0x53]), push(-8), "push rbx");
+        assert_eq!(drop(&[0x66, 0x53]), push(-2), "push bx");
+        assert_eq!(drop(&[0x9C]), push(-8), "pushfq");
+        assert_eq!(drop(&[0x6A, 0x12]), push(-8), "push 0x12");
+        let call = |target| StoreDrop::Stack {
+            delta: -8,
+            call: Some(target),
+        };
+        // decode() places the instruction at 0: the target is 5 + 0x10.
+        assert_eq!(
+            drop(&[0xE8, 0x10, 0, 0, 0]),
+            call(CallTarget::Direct(0x15)),
+            "call rel32"
+        );
+        assert_eq!(drop(&[0xFF, 0xD3]), call(CallTarget::Reg(3)), "call rbx");
+        assert_eq!(drop(&[0xFF, 0x10]), call(CallTarget::Memory), "call [rax]");
         assert_eq!(
             drop(&[0xF0, 0x0F, 0xB1, 0x18]),
             StoreDrop::Unsupported,

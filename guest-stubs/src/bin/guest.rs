@@ -342,7 +342,8 @@ fn unbacked_up_to_maxphyaddr(_: &StartParams) {
 
 /// Read-modify-writes of unbacked memory (the fuzzer's `00 00`, ADD
 /// [RAX], AL, is one) complete with the flags of an all-ones operand,
-/// the store dropped; XCHG loads all-ones.
+/// the store dropped; XCHG loads all-ones; pushes and calls onto a stack
+/// there move RSP.
 fn unbacked_read_modify_write(params: &StartParams) {
     let a = unbacked::address(params.memory_size);
     const ARITH: u64 = 0x8D5;
@@ -373,6 +374,37 @@ fn unbacked_read_modify_write(params: &StartParams) {
     }
     check_eq!(r9, u64::MAX, "R9 after XCHG with unbacked memory");
     check_eq!(ah, 0xFF34, "RAX after XCHG AH with unbacked memory");
+    // A stack in unbacked memory: pushes and a call go nowhere, RSP moves.
+    let (rsp, pushed): (u64, u64);
+    // SAFETY: as above; interrupts are off and no fault is raised between
+    // the two RSP moves, so nothing else uses this stack.
+    unsafe {
+        asm!(
+            "mov {old}, rsp",
+            "mov rsp, {a}",
+            "push 0x1234",
+            "pushfq",
+            "push {old}",
+            "call 2f",
+            "2:",
+            "pop {pushed}",
+            "mov {a}, rsp",
+            "mov rsp, {old}",
+            old = out(reg) _,
+            a = inout(reg) a + 0x100 => rsp,
+            pushed = out(reg) pushed,
+        );
+    }
+    check_eq!(
+        rsp,
+        a + 0x100 - 24,
+        "RSP after three pushes, a CALL and a POP"
+    );
+    check_eq!(
+        pushed,
+        u64::MAX,
+        "the return address popped from unbacked memory"
+    );
     // SAFETY: as above.
     let v = unsafe { core::ptr::read_volatile(a as *const u64) };
     check_eq!(v, u64::MAX, "unbacked memory after the stores");

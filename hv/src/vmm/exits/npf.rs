@@ -5,7 +5,7 @@
 //! - a store to unbacked memory: dropped; L0 completes the instruction
 //!   as the CPU would: RIP, RCX/RSI/RDI for STOS/MOVS, RFLAGS for a
 //!   read-modify-write (ADD .. XOR, INC, DEC, NEG, NOT), the register for
-//!   XCHG;
+//!   XCHG, RSP (and RIP) for a push or near CALL in 64-bit code;
 //! - the guest's page walk touching unbacked memory (EXITINFO1 bit 33):
 //!   walks of guest tables count as writes (APM 15.25.10; QEMU TCG always
 //!   does), so the read-only mapping faults. The CPU would have read an
@@ -23,7 +23,7 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use rip::NoInsn;
-use svm::decode::{AluSrc, Decoded, RegRef, StoreDrop};
+use svm::decode::{AluSrc, CallTarget, Decoded, RegRef, StoreDrop};
 use svm::emulate::alu;
 use svm::emulate::unbacked::StringRegs;
 use svm::{EventInfo, NpfErrorCode};
@@ -187,6 +187,31 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
         StoreDrop::Xchg { size, reg } => {
             set_register(vcpu, reg, size, u64::MAX);
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::Stack { delta, call } => {
+            let target = match call {
+                None => rip::rip_after(vcpu, d.len as u64),
+                Some(CallTarget::Direct(t)) => t,
+                Some(CallTarget::Reg(n)) => super::cr::gpr(vcpu, n),
+                Some(CallTarget::Memory) => {
+                    let la = d.memory_address(
+                        |n| super::cr::gpr(vcpu, n),
+                        |s| rip::segment_base(vcpu, s),
+                    );
+                    let mut b = [0u8; 8];
+                    let read = la
+                        .ok_or_else(NoInsn::ud)
+                        .and_then(|la| rip::read_linear(vcpu, vm, la, &mut b));
+                    if let Err(no) = read {
+                        return no.deliver(vcpu, vm, host);
+                    }
+                    u64::from_le_bytes(b)
+                }
+            };
+            let s = &mut vcpu.vmcb.state;
+            s.rsp = s.rsp.wrapping_add_signed(delta);
+            s.rip = target;
             Action::Resume
         }
         StoreDrop::Unsupported => limit(
