@@ -300,6 +300,16 @@ pub enum StoreDrop {
         /// The source operand.
         src: AluSrc,
     },
+    /// A shift or rotate of the memory operand: RFLAGS as
+    /// [`alu::shift`] gives them for an all-ones destination.
+    Shift {
+        /// The operation.
+        op: alu::Shift,
+        /// Operand size in bytes.
+        size: u32,
+        /// The count: an immediate, or CL when `None`.
+        count: Option<u8>,
+    },
     /// XCHG with memory: the register gets the all-ones value.
     Xchg {
         /// Operand size in bytes.
@@ -432,6 +442,14 @@ fn read_modify_write(i: &Instruction) -> Option<StoreDrop> {
             src: AluSrc::None,
         })
     };
+    let shift = |op| {
+        let count = match i.op1_kind() {
+            OpKind::Immediate8 => Some(i.immediate8()),
+            OpKind::Register if i.op1_register() == Register::CL => None,
+            _ => return None,
+        };
+        Some(StoreDrop::Shift { op, size, count })
+    };
     match i.mnemonic() {
         Mnemonic::Add => binary(alu::Op::Add),
         Mnemonic::Or => binary(alu::Op::Or),
@@ -444,6 +462,13 @@ fn read_modify_write(i: &Instruction) -> Option<StoreDrop> {
         Mnemonic::Dec => unary(alu::Op::Dec),
         Mnemonic::Neg => unary(alu::Op::Neg),
         Mnemonic::Not => unary(alu::Op::Not),
+        Mnemonic::Rol => shift(alu::Shift::Rol),
+        Mnemonic::Ror => shift(alu::Shift::Ror),
+        Mnemonic::Rcl => shift(alu::Shift::Rcl),
+        Mnemonic::Rcr => shift(alu::Shift::Rcr),
+        Mnemonic::Shl | Mnemonic::Sal => shift(alu::Shift::Shl),
+        Mnemonic::Shr => shift(alu::Shift::Shr),
+        Mnemonic::Sar => shift(alu::Shift::Sar),
         Mnemonic::Xchg if i.op1_kind() == OpKind::Register => {
             reg_ref(i.op1_register()).map(|reg| StoreDrop::Xchg { size, reg })
         }
@@ -880,11 +905,27 @@ mod tests {
             StoreDrop::Xchg { size: 8, reg: rbx },
             "xchg [rax], rbx"
         );
-        // More than L0 emulates.
+        let shift = |op, size, count| StoreDrop::Shift { op, size, count };
         assert_eq!(
             drop(&[0xD1, 0x20]),
-            StoreDrop::Unsupported,
+            shift(alu::Shift::Shl, 4, Some(1)),
             "shl dword [rax], 1"
+        );
+        assert_eq!(
+            drop(&[0x48, 0xD3, 0x38]),
+            shift(alu::Shift::Sar, 8, None),
+            "sar qword [rax], cl"
+        );
+        assert_eq!(
+            drop(&[0xC0, 0x10, 0x05]),
+            shift(alu::Shift::Rcl, 1, Some(5)),
+            "rcl byte [rax], 5"
+        );
+        // More than L0 emulates.
+        assert_eq!(
+            drop(&[0x0F, 0xA4, 0x18, 0x04]),
+            StoreDrop::Unsupported,
+            "shld [rax], ebx, 4"
         );
         assert_eq!(
             drop(&[0xFF, 0x18]),

@@ -342,7 +342,7 @@ fn unbacked_up_to_maxphyaddr(_: &StartParams) {
 
 /// Read-modify-writes of unbacked memory (the fuzzer's `00 00`, ADD
 /// [RAX], AL, is one) complete with the flags of an all-ones operand,
-/// the store dropped; XCHG loads all-ones; pushes and calls onto a stack
+/// the store dropped (shifts too); XCHG loads all-ones; pushes and calls onto a stack
 /// there move RSP.
 fn unbacked_read_modify_write(params: &StartParams) {
     let a = unbacked::address(params.memory_size);
@@ -357,6 +357,20 @@ fn unbacked_read_modify_write(params: &StartParams) {
         asm!("neg byte ptr [{a}]", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) neg);
         asm!("and word ptr [{a}], 0x7fff", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) and);
     }
+    let (shl, ror): (u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("shl dword ptr [{a}], 1", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) shl);
+        asm!("clc", "ror byte ptr [{a}], cl", "pushfq", "pop {f}", a = in(reg) a, in("cl") 3u8, f = out(reg) ror);
+    }
+    // 0xffffffff << 1 = 0xfffffffe: CF, SF (PF: 0xfe has 7 bits set: odd).
+    check_eq!(
+        flags(shl) & !0x10,
+        0x81,
+        "flags of SHL dword [unbacked], 1 (AF undefined)"
+    );
+    // ROR 0xff by 3: CF = MSB = 1, OF undefined; SF/ZF/PF unchanged.
+    check_eq!(ror & 1, 1, "CF of CLC; ROR byte [unbacked], CL=3");
     // -1 + 1 = 0: CF, PF, AF, ZF.
     check_eq!(flags(add), 0x55, "flags of ADD qword [unbacked], 1");
     // 0xffffffff + 1 = 0 (CF kept from STC): CF, PF, AF, ZF.

@@ -99,6 +99,114 @@ pub fn apply(op: Op, size: u32, dst: u64, src: u64, rflags: u64) -> (u64, u64) {
     (r, (rflags & keep) | (flags & ARITH_FLAGS & !kept))
 }
 
+/// A shift or rotate of a memory destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shift {
+    /// ROL
+    Rol,
+    /// ROR
+    Ror,
+    /// RCL
+    Rcl,
+    /// RCR
+    Rcr,
+    /// SHL (SAL)
+    Shl,
+    /// SHR
+    Shr,
+    /// SAR
+    Sar,
+}
+
+/// `op` on `dst` (`size` bytes) by `count` with `rflags` before: the
+/// result and RFLAGS after (APM Vol. 3 / SDM pseudo-code: the count is
+/// masked to 5 bits, 6 for 64-bit operands; a zero count changes nothing;
+/// rotates change only CF and OF). Flags the manuals leave undefined (OF
+/// for counts above 1, CF of a shift past the width, AF) are OF as for a
+/// count of 1, CF 0, AF 0.
+pub fn shift(op: Shift, size: u32, dst: u64, count: u64, rflags: u64) -> (u64, u64) {
+    let bits = u64::from(size * 8);
+    let m = mask(size);
+    let d = dst & m;
+    let msb = |v: u64| (v >> (bits - 1)) & 1;
+    let c = count & if size == 8 { 0x3F } else { 0x1F };
+    if c == 0 {
+        return (d, rflags);
+    }
+    let cf_in = rflags & CF;
+    let rotate = |r: u64, cf: u64, of: u64| (r, (rflags & !(CF | OF)) | cf | (of * OF));
+    let (r, cf, of) = match op {
+        Shift::Rol | Shift::Ror => {
+            let k = c % bits;
+            let r = match (k, op) {
+                (0, _) => d,
+                (_, Shift::Rol) => ((d << k) | (d >> (bits - k))) & m,
+                _ => ((d >> k) | (d << (bits - k))) & m,
+            };
+            return if op == Shift::Rol {
+                let cf = r & 1;
+                rotate(r, cf, msb(r) ^ cf)
+            } else {
+                rotate(r, msb(r), msb(r) ^ ((r >> (bits - 2)) & 1))
+            };
+        }
+        Shift::Rcl | Shift::Rcr => {
+            let k = match size {
+                1 => c % 9,
+                2 => c % 17,
+                _ => c,
+            };
+            let (mut v, mut cf) = (d, cf_in);
+            // RCR's OF comes from the operand before the rotate.
+            let of_rcr = msb(d) ^ cf_in;
+            for _ in 0..k {
+                if op == Shift::Rcl {
+                    let out = msb(v);
+                    v = ((v << 1) | cf) & m;
+                    cf = out;
+                } else {
+                    let out = v & 1;
+                    v = (v >> 1) | (cf << (bits - 1));
+                    cf = out;
+                }
+            }
+            let of = if op == Shift::Rcl {
+                msb(v) ^ cf
+            } else {
+                of_rcr
+            };
+            return rotate(v, cf, of);
+        }
+        Shift::Shl => {
+            let r = if c >= bits { 0 } else { (d << c) & m };
+            let cf = if c <= bits { (d >> (bits - c)) & 1 } else { 0 };
+            (r, cf, msb(r) ^ cf)
+        }
+        Shift::Shr => {
+            let r = if c >= bits { 0 } else { d >> c };
+            let cf = if c <= bits { (d >> (c - 1)) & 1 } else { 0 };
+            (r, cf, msb(d))
+        }
+        Shift::Sar => {
+            let sd = ((d << (64 - bits)) as i64) >> (64 - bits);
+            let r = (sd >> c.min(63)) as u64 & m;
+            let cf = (sd >> (c - 1).min(63)) as u64 & 1;
+            (r, cf, 0)
+        }
+    };
+    let mut flags = cf | (of * OF);
+    if r == 0 {
+        flags |= ZF;
+    }
+    if msb(r) != 0 {
+        flags |= SF;
+    }
+    if (r as u8).count_ones().is_multiple_of(2) {
+        flags |= PF;
+    }
+    (r, (rflags & !ARITH_FLAGS) | flags)
+}
+
 /// A result with its flags, and the flags it keeps.
 fn with((r, f): (u64, u64), kept: u64) -> (u64, u64, u64) {
     (r, f, kept)
@@ -241,6 +349,109 @@ mod tests {
         #[test]
         fn any_operands_match_the_cpu(op in 0usize..11, size in 0u32..4, d: u64, s: u64, cf: bool) {
             check(OPS[op], 1 << size, d, s, cf);
+        }
+    }
+
+    const SHIFTS: [Shift; 7] = [
+        Shift::Rol,
+        Shift::Ror,
+        Shift::Rcl,
+        Shift::Rcr,
+        Shift::Shl,
+        Shift::Shr,
+        Shift::Sar,
+    ];
+
+    /// Runs shift `op` on the host CPU with the count in CL.
+    fn host_shift(op: Shift, size: u32, d: u64, count: u8, cf: bool) -> (u64, u64) {
+        let mut d = d;
+        let (ah, of): (u64, u64);
+        macro_rules! run {
+            ($t:expr) => {
+                // SAFETY: register-only arithmetic; RAX is declared clobbered.
+                unsafe {
+                    asm!("bt {c}, 0", $t, "lahf", "seto {o:l}", "movzx {o}, {o:l}",
+                         c = in(reg) u64::from(cf), d = inout(reg) d, in("cl") count,
+                         o = out(reg) of, out("rax") ah, options(nomem, nostack))
+                }
+            };
+        }
+        macro_rules! sized {
+            ($m:literal) => {
+                match size {
+                    1 => run!(concat!($m, " {d:l}, cl")),
+                    2 => run!(concat!($m, " {d:x}, cl")),
+                    4 => run!(concat!($m, " {d:e}, cl")),
+                    _ => run!(concat!($m, " {d:r}, cl")),
+                }
+            };
+        }
+        match op {
+            Shift::Rol => sized!("rol"),
+            Shift::Ror => sized!("ror"),
+            Shift::Rcl => sized!("rcl"),
+            Shift::Rcr => sized!("rcr"),
+            Shift::Shl => sized!("shl"),
+            Shift::Shr => sized!("shr"),
+            Shift::Sar => sized!("sar"),
+        }
+        let flags = ((ah >> 8) & (CF | PF | AF | ZF | SF)) | if of != 0 { OF } else { 0 };
+        (d & mask(size), flags)
+    }
+
+    fn check_shift(op: Shift, size: u32, d: u64, count: u8, cf: bool) {
+        let before = 0x702 | u64::from(cf);
+        let (r, after) = shift(op, size, d, u64::from(count), before);
+        let (hr, hflags) = host_shift(op, size, d, count, cf);
+        let c = u64::from(count) & if size == 8 { 0x3F } else { 0x1F };
+        let bits = u64::from(size) * 8;
+        // The flags the manuals define for this count.
+        let mut defined = 0;
+        if c != 0 {
+            defined |= match op {
+                Shift::Rol | Shift::Ror | Shift::Rcl | Shift::Rcr => CF,
+                Shift::Shl | Shift::Shr if c > bits => SF | ZF | PF,
+                _ => CF | SF | ZF | PF,
+            };
+        }
+        if c == 1 {
+            defined |= OF;
+        }
+        let what = std::format!("{op:?} size {size} {d:#x} by {count} cf {cf}");
+        assert_eq!(r, hr, "{what}: result");
+        assert_eq!(after & defined, hflags & defined, "{what}: flags");
+        assert_eq!(
+            after & !ARITH_FLAGS,
+            before & !ARITH_FLAGS,
+            "{what}: other bits"
+        );
+        if matches!(op, Shift::Rol | Shift::Ror | Shift::Rcl | Shift::Rcr) || c == 0 {
+            let kept = ARITH_FLAGS & !(CF | OF);
+            assert_eq!(
+                after & kept,
+                before & kept,
+                "{what}: rotates keep SF ZF AF PF"
+            );
+        }
+    }
+
+    #[test]
+    fn shifts_of_all_ones_match_the_cpu() {
+        for op in SHIFTS {
+            for size in [1, 2, 4, 8] {
+                for count in [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 255] {
+                    for cf in [false, true] {
+                        check_shift(op, size, u64::MAX, count, cf);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_shift_matches_the_cpu(op in 0usize..7, size in 0u32..4, d: u64, count: u8, cf: bool) {
+            check_shift(SHIFTS[op], 1 << size, d, count, cf);
         }
     }
 

@@ -4,7 +4,8 @@
 //! the faults left are:
 //! - a store to unbacked memory: dropped; L0 completes the instruction
 //!   as the CPU would: RIP, RCX/RSI/RDI for STOS/MOVS, RFLAGS for a
-//!   read-modify-write (ADD .. XOR, INC, DEC, NEG, NOT), the register for
+//!   read-modify-write (ADD .. XOR, INC, DEC, NEG, NOT, shifts and
+//!   rotates), the register for
 //!   XCHG, RSP (and RIP) for a push or near CALL in 64-bit code;
 //! - the guest's page walk touching unbacked memory (EXITINFO1 bit 33):
 //!   walks of guest tables count as writes (APM 15.25.10; QEMU TCG always
@@ -181,6 +182,16 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             };
             let s = &mut vcpu.vmcb.state;
             s.rflags = alu::apply(op, size, u64::MAX, src, s.rflags).1;
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::Shift { op, size, count } => {
+            let count = match count {
+                Some(c) => u64::from(c),
+                None => super::cr::gpr(vcpu, 1) & 0xFF,
+            };
+            let s = &mut vcpu.vmcb.state;
+            s.rflags = alu::shift(op, size, u64::MAX, count, s.rflags).1;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
             Action::Resume
         }
