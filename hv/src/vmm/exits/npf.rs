@@ -118,26 +118,27 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
     // store straddling RAM's end, a second store) would lose its RAM part.
     let mut writes = [None; 4];
     let mut n = 0;
-    let mut reads_rsi = None;
+    let mut first_read = None;
     accesses(vcpu, &d, |a| {
         if a.write && n < writes.len() {
             writes[n] = Some(a);
             n += 1;
         } else if !a.write {
-            reads_rsi.get_or_insert(a.la);
+            first_read.get_or_insert(a.la);
         }
     });
-    let all_unbacked = n > 0
-        && n < writes.len()
-        && writes.iter().flatten().all(|a| {
-            let last = a.la.wrapping_add(a.size - 1);
-            [a.la, last].iter().all(|&la| {
-                rip::translate_access(vcpu, vm, la, true, false)
-                    .is_ok_and(|gpa| rip::is_unbacked(vm, gpa))
-            })
-        });
-    if !all_unbacked {
-        return limit(vm, "a store reaching both unbacked memory and RAM", stop);
+    if n == 0 || n == writes.len() {
+        return limit(vm, "a store L0 cannot find", stop);
+    }
+    for a in writes.iter().flatten() {
+        for la in [a.la, a.la.wrapping_add(a.size - 1)] {
+            match rip::translate_access(vcpu, vm, la, true, false) {
+                Ok(gpa) if rip::is_unbacked(vm, gpa) => {}
+                Ok(_) => return limit(vm, "a store reaching both unbacked memory and RAM", stop),
+                // The other page of the store faults first.
+                Err(no) => return no.deliver(vcpu, vm, host),
+            }
+        }
     }
     match d.store_drop() {
         StoreDrop::Skip => {
@@ -157,7 +158,7 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
                     stop,
                 );
             }
-            let src = reads_rsi.unwrap_or(0);
+            let src = first_read.unwrap_or(0);
             let before = StringRegs {
                 rcx: vcpu.regs.rcx,
                 rsi: vcpu.regs.rsi,
