@@ -317,6 +317,22 @@ pub enum StoreDrop {
         /// The register.
         reg: RegRef,
     },
+    /// XADD with memory: the register gets all-ones, RFLAGS those of the
+    /// addition.
+    Xadd {
+        /// Operand size in bytes.
+        size: u32,
+        /// The register.
+        reg: RegRef,
+    },
+    /// CMPXCHG with memory: RFLAGS of comparing the accumulator with
+    /// all-ones; if they differ the accumulator gets all-ones.
+    Cmpxchg {
+        /// Operand size in bytes.
+        size: u32,
+    },
+    /// BTS, BTR, BTC with an immediate bit: CF gets the bit (1).
+    BitTest,
     /// A push onto the stack in 64-bit code (PUSH, PUSHF, near CALL): RSP
     /// moves by `delta`; a CALL goes to its target.
     Stack {
@@ -326,7 +342,7 @@ pub enum StoreDrop {
         call: Option<CallTarget>,
     },
     /// It also writes registers or flags in ways L0 does not emulate, or
-    /// changes the flow otherwise (far CALL, ENTER, shifts, CMPXCHG, ...).
+    /// changes the flow otherwise (far CALL, ENTER, SHLD, CMPXCHG16B, ...).
     Unsupported,
 }
 
@@ -469,6 +485,14 @@ fn read_modify_write(i: &Instruction) -> Option<StoreDrop> {
         Mnemonic::Shl | Mnemonic::Sal => shift(alu::Shift::Shl),
         Mnemonic::Shr => shift(alu::Shift::Shr),
         Mnemonic::Sar => shift(alu::Shift::Sar),
+        Mnemonic::Xadd if i.op1_kind() == OpKind::Register => {
+            reg_ref(i.op1_register()).map(|reg| StoreDrop::Xadd { size, reg })
+        }
+        Mnemonic::Cmpxchg => Some(StoreDrop::Cmpxchg { size }),
+        // A register bit offset can address another location: immediate only.
+        Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if i.op1_kind() == OpKind::Immediate8 => {
+            Some(StoreDrop::BitTest)
+        }
         Mnemonic::Xchg if i.op1_kind() == OpKind::Register => {
             reg_ref(i.op1_register()).map(|reg| StoreDrop::Xchg { size, reg })
         }
@@ -921,7 +945,27 @@ mod tests {
             shift(alu::Shift::Rcl, 1, Some(5)),
             "rcl byte [rax], 5"
         );
+        assert_eq!(
+            drop(&[0xF0, 0x48, 0x0F, 0xC1, 0x18]),
+            StoreDrop::Xadd { size: 8, reg: rbx },
+            "lock xadd [rax], rbx"
+        );
+        assert_eq!(
+            drop(&[0x0F, 0xB1, 0x18]),
+            StoreDrop::Cmpxchg { size: 4 },
+            "cmpxchg [rax], ebx"
+        );
+        assert_eq!(
+            drop(&[0x0F, 0xBA, 0x28, 0x03]),
+            StoreDrop::BitTest,
+            "bts dword [rax], 3"
+        );
         // More than L0 emulates.
+        assert_eq!(
+            drop(&[0x0F, 0xAB, 0x18]),
+            StoreDrop::Unsupported,
+            "bts [rax], ebx"
+        );
         assert_eq!(
             drop(&[0x0F, 0xA4, 0x18, 0x04]),
             StoreDrop::Unsupported,
@@ -956,9 +1000,9 @@ mod tests {
         assert_eq!(drop(&[0xFF, 0xD3]), call(CallTarget::Reg(3)), "call rbx");
         assert_eq!(drop(&[0xFF, 0x10]), call(CallTarget::Memory), "call [rax]");
         assert_eq!(
-            drop(&[0xF0, 0x0F, 0xB1, 0x18]),
+            drop(&[0x48, 0x0F, 0xC7, 0x08]),
             StoreDrop::Unsupported,
-            "lock cmpxchg"
+            "cmpxchg16b"
         );
     }
 }

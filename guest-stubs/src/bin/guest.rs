@@ -342,7 +342,8 @@ fn unbacked_up_to_maxphyaddr(_: &StartParams) {
 
 /// Read-modify-writes of unbacked memory (the fuzzer's `00 00`, ADD
 /// [RAX], AL, is one) complete with the flags of an all-ones operand,
-/// the store dropped (shifts too); XCHG loads all-ones; pushes and calls onto a stack
+/// the store dropped (shifts too); XCHG, XADD and a failed CMPXCHG load
+/// all-ones, BTS sets CF; pushes and calls onto a stack
 /// there move RSP.
 fn unbacked_read_modify_write(params: &StartParams) {
     let a = unbacked::address(params.memory_size);
@@ -388,6 +389,30 @@ fn unbacked_read_modify_write(params: &StartParams) {
     }
     check_eq!(r9, u64::MAX, "R9 after XCHG with unbacked memory");
     check_eq!(ah, 0xFF34, "RAX after XCHG AH with unbacked memory");
+    let (mut r10, mut rax, mut rax2, cmpxchg, bts): (u64, u64, u64, u64, u64);
+    r10 = 1;
+    // SAFETY: as above.
+    unsafe {
+        asm!("lock xadd dword ptr [{a}], r10d", a = in(reg) a, inout("r10") r10, options(nostack));
+        asm!("lock cmpxchg qword ptr [{a}], r10", "pushfq", "pop {f}", a = in(reg) a,
+             in("r10") 0u64, inout("rax") 7u64 => rax, f = out(reg) cmpxchg);
+        asm!("cmpxchg word ptr [{a}], r10w", a = in(reg) a, in("r10") 0u64,
+             inout("rax") 0x5555_FFFFu64 => rax2, options(nostack));
+        asm!("clc", "bts qword ptr [{a}], 5", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) bts);
+    }
+    check_eq!(r10, 0xFFFF_FFFF, "R10 after XADD with unbacked memory");
+    check_eq!(
+        rax,
+        u64::MAX,
+        "RAX after a failed CMPXCHG with unbacked memory"
+    );
+    check_eq!(cmpxchg & 0x40, 0, "ZF of a failed CMPXCHG");
+    check_eq!(
+        rax2,
+        0x5555_FFFF,
+        "RAX after a CMPXCHG that matched (AX = 0xFFFF)"
+    );
+    check_eq!(bts & 1, 1, "CF of BTS on unbacked memory");
     // A stack in unbacked memory: pushes and a call go nowhere, RSP moves.
     let (rsp, pushed): (u64, u64);
     // SAFETY: as above; interrupts are off and no fault is raised between

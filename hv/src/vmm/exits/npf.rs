@@ -6,7 +6,8 @@
 //!   as the CPU would: RIP, RCX/RSI/RDI for STOS/MOVS, RFLAGS for a
 //!   read-modify-write (ADD .. XOR, INC, DEC, NEG, NOT, shifts and
 //!   rotates), the register for
-//!   XCHG, RSP (and RIP) for a push or near CALL in 64-bit code;
+//!   XCHG and XADD, RAX for a failed CMPXCHG, CF for BTS/BTR/BTC with an
+//!   immediate, RSP (and RIP) for a push or near CALL in 64-bit code;
 //! - the guest's page walk touching unbacked memory (EXITINFO1 bit 33):
 //!   walks of guest tables count as writes (APM 15.25.10; QEMU TCG always
 //!   does), so the read-only mapping faults. The CPU would have read an
@@ -193,6 +194,32 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             };
             let s = &mut vcpu.vmcb.state;
             s.rflags = alu::shift(op, size, u64::MAX, count, s.rflags).1;
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::Xadd { size, reg } => {
+            let src = reg.read(super::cr::gpr(vcpu, reg.n), size);
+            let s = &mut vcpu.vmcb.state;
+            s.rflags = alu::apply(alu::Op::Add, size, u64::MAX, src, s.rflags).1;
+            set_register(vcpu, reg, size, u64::MAX);
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::Cmpxchg { size } => {
+            let acc = super::cr::gpr(vcpu, 0);
+            let s = &mut vcpu.vmcb.state;
+            // CMP accumulator, destination (APM Vol. 3 CMPXCHG).
+            let (diff, flags) = alu::apply(alu::Op::Sub, size, acc, u64::MAX, s.rflags);
+            s.rflags = flags;
+            if diff != 0 {
+                let rax = RegRef { n: 0, high8: false };
+                set_register(vcpu, rax, size, u64::MAX);
+            }
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            Action::Resume
+        }
+        StoreDrop::BitTest => {
+            vcpu.vmcb.state.rflags |= 1;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
             Action::Resume
         }
