@@ -23,6 +23,7 @@ pub mod decode;
 pub mod event;
 pub mod exec_ctl;
 pub mod exit;
+pub mod fuzz;
 pub mod guest_abi;
 pub mod int_ctl;
 pub mod intercept;

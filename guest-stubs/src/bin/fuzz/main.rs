@@ -1,0 +1,489 @@
+//! The hostile L1: a fuzzer run by the kernel's `fuzz=` command-line word
+//! (`cargo xtask fuzz`). Iteration `i` of seed `S` takes its random stream
+//! from `(S, i)` only, so it replays on its own. It builds a valid vmcb12
+//! for an L2 sandbox ([`sandbox`]), corrupts 1-4 things ([`vmcb12`]),
+//! sometimes first does hostile SVM things itself ([`actions`]), VMRUNs,
+//! and checks what it sees against what the APM says L1 must see
+//! ([`svm::fuzz`] has the oracles). Mismatches are printed with a
+//! reproducer (seed, iteration, corrupted fields); counts and a histogram
+//! of outcomes go to a record in L1's memory that L0 reads
+//! ([`svm::fuzz::Record`]), also when L0 stopped the VM mid-iteration.
+#![no_std]
+#![no_main]
+
+mod actions;
+#[path = "../nested/l1.rs"]
+#[allow(dead_code)]
+mod l1;
+mod sandbox;
+mod vmcb12;
+
+use core::arch::asm;
+use core::ptr::addr_of_mut;
+use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
+use guest_stubs::exceptions::{catch, Fault};
+use guest_stubs::verdict::{fail, pass};
+use guest_stubs::{println, StartParams};
+use svm::fuzz::{Record, Rng, Spec, L1_FAULT_KEY, RECORD_GPA};
+use svm::msr::{EFER, EFER_SVME, VM_HSAVE_PA};
+use svm::{EventInfo, Vmcb};
+use vmcb12::{Corrupted, Mode};
+
+/// RAM the fuzz VM must have (the sandbox sits at 4 MiB).
+const MIN_RAM: u64 = 8 << 20;
+/// Mismatch lines printed per VM (all are counted).
+const MAX_LINES: u64 = 200;
+/// A progress line every this many iterations: where an emulator crash
+/// happened, to the nearest line (`cargo xtask fuzz` restarts after it).
+const PROGRESS_EVERY: u64 = 100;
+/// Runs this short are replays: every iteration gets a line, so a crash of
+/// the emulator names its iteration exactly.
+const REPLAY_MAX: u64 = PROGRESS_EVERY;
+
+/// L1's view of itself, recorded before VMRUN and compared after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct L1State {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    gdtr: (u16, u64),
+    idtr: (u16, u64),
+    cs: u16,
+    ss: u16,
+}
+
+fn descriptor_table(idt: bool) -> (u16, u64) {
+    let mut buf = [0u8; 10];
+    // SAFETY: SGDT/SIDT store 10 bytes into buf.
+    unsafe {
+        match idt {
+            false => asm!("sgdt [{}]", in(reg) buf.as_mut_ptr(), options(nostack)),
+            true => asm!("sidt [{}]", in(reg) buf.as_mut_ptr(), options(nostack)),
+        }
+    }
+    let limit = u16::from_le_bytes([buf[0], buf[1]]);
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&buf[2..10]);
+    (limit, u64::from_le_bytes(base))
+}
+
+impl L1State {
+    fn now() -> Self {
+        let (cr0, cr3, cr4, cs, ss): (u64, u64, u64, u16, u16);
+        // SAFETY: reads of control and segment registers at CPL 0.
+        unsafe {
+            asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
+            asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
+            asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
+            asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack));
+            asm!("mov {:x}, ss", out(reg) ss, options(nomem, nostack));
+        }
+        Self {
+            cr0,
+            cr3,
+            cr4,
+            efer: rdmsr(EFER),
+            gdtr: descriptor_table(false),
+            idtr: descriptor_table(true),
+            cs,
+            ss,
+        }
+    }
+}
+
+static mut RSP_BEFORE: u64 = 0;
+static mut RSP_AFTER: u64 = 0;
+static mut FLAGS_BEFORE: u64 = 0;
+static mut FLAGS_AFTER: u64 = 0;
+
+/// The world switch: L1's registers saved around VMRUN, L2's from/to
+/// `regs`; RSP and RFLAGS recorded right before and after VMRUN (and RSP
+/// put back from the record, so a wrong one is reported, not crashed on).
+/// No CLGI/STGI here: the caller does them when it wants (they fault
+/// without EFER.SVME, and a fault inside must be VMRUN's own).
+fn world_switch(regs: &mut l1::Regs, vmcb_pa: u64) -> u64 {
+    let rax: u64;
+    // SAFETY: VMRUN is emulated by L0; every register but RAX is restored.
+    // A fault at VMRUN is skipped (3 bytes) by the caller's `catch`.
+    unsafe {
+        asm!(
+            "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+            "push rdi",
+            "mov rbx, [rdi + 0x00]", "mov rcx, [rdi + 0x08]", "mov rdx, [rdi + 0x10]",
+            "mov rsi, [rdi + 0x18]", "mov rbp, [rdi + 0x28]", "mov r8, [rdi + 0x30]",
+            "mov r9, [rdi + 0x38]", "mov r10, [rdi + 0x40]", "mov r11, [rdi + 0x48]",
+            "mov r12, [rdi + 0x50]", "mov r13, [rdi + 0x58]", "mov r14, [rdi + 0x60]",
+            "mov r15, [rdi + 0x68]", "mov rdi, [rdi + 0x20]",
+            "mov [rip + {before}], rsp",
+            "pushfq",
+            "pop qword ptr [rip + {fbefore}]",
+            "vmrun rax",
+            "mov [rip + {after}], rsp",
+            "mov rsp, [rip + {before}]",
+            "pushfq",
+            "pop qword ptr [rip + {fafter}]",
+            "push rdi",
+            "mov rdi, [rsp + 8]",
+            "mov [rdi + 0x00], rbx", "mov [rdi + 0x08], rcx", "mov [rdi + 0x10], rdx",
+            "mov [rdi + 0x18], rsi", "mov [rdi + 0x28], rbp", "mov [rdi + 0x30], r8",
+            "mov [rdi + 0x38], r9", "mov [rdi + 0x40], r10", "mov [rdi + 0x48], r11",
+            "mov [rdi + 0x50], r12", "mov [rdi + 0x58], r13", "mov [rdi + 0x60], r14",
+            "mov [rdi + 0x68], r15",
+            "pop rbx", "mov [rdi + 0x20], rbx",
+            "pop rdi",
+            "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+            before = sym RSP_BEFORE,
+            after = sym RSP_AFTER,
+            fbefore = sym FLAGS_BEFORE,
+            fafter = sym FLAGS_AFTER,
+            in("rdi") regs as *mut l1::Regs,
+            inout("rax") vmcb_pa => rax,
+            out("rcx") _, out("rdx") _, out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        );
+    }
+    rax
+}
+
+/// L1's SVM state as L1 set it (its own bookkeeping, to know what to
+/// expect and what to restore).
+#[derive(Debug)]
+pub(crate) struct Svm {
+    pub svme: bool,
+    pub hsave: bool,
+    pub gif_clear: bool,
+    pub vm_cr_touched: bool,
+    pub garbage_loaded: bool,
+}
+
+/// One iteration's context for reports.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub seed: u64,
+    pub iteration: u64,
+    pub mode: Mode,
+    pub fields: Corrupted,
+    pub action: &'static str,
+    pub ram: u64,
+    pub max_phys: u8,
+    pub lines: u64,
+}
+
+pub(crate) fn record() -> &'static mut Record {
+    // SAFETY: RECORD_GPA is identity mapped L1 memory no one else writes
+    // (L2 cannot reach it; L0 reads it only after the VM stopped).
+    unsafe { &mut *(RECORD_GPA as *mut Record) }
+}
+
+impl Ctx {
+    /// Counts and prints a hypervisor failure (with a reproducer).
+    pub fn mismatch(&mut self, what: core::fmt::Arguments<'_>) {
+        record().mismatches += 1;
+        self.line("MISMATCH", what);
+    }
+
+    /// Counts and prints an outcome the emulator decided before L0.
+    pub fn deviation(&mut self, what: core::fmt::Arguments<'_>) {
+        record().deviations += 1;
+        self.line("DEVIATION", what);
+    }
+
+    fn line(&mut self, kind: &str, what: core::fmt::Arguments<'_>) {
+        self.lines += 1;
+        if self.lines <= MAX_LINES {
+            println!(
+                "fuzz: {kind} seed={} iter={} mode={} fields={} action={}: {what}",
+                self.seed,
+                self.iteration,
+                self.mode.name(),
+                self.fields,
+                self.action
+            );
+        }
+    }
+}
+
+/// The outcome of a VMRUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Exit(u64),
+    Fault(Fault),
+}
+
+/// VMRUN of `vmcb_pa` with full world switch, faults caught; checks L1's
+/// state after it, counts the outcome.
+pub(crate) fn vmrun_checked(ctx: &mut Ctx, regs: &mut l1::Regs, vmcb_pa: u64, svm: &Svm) -> Outcome {
+    let before = L1State::now();
+    let t0 = rdtsc();
+    if svm.svme && !svm.gif_clear {
+        clgi();
+    }
+    let mut rax = 0;
+    let fault = catch(3, || rax = world_switch(regs, vmcb_pa));
+    if svm.svme {
+        stgi();
+    }
+    let t1 = rdtsc();
+    let after = L1State::now();
+    // SAFETY: plain reads of L1's own statics.
+    let (rsp0, rsp1, f0, f1) = unsafe { (RSP_BEFORE, RSP_AFTER, FLAGS_BEFORE, FLAGS_AFTER) };
+    if after != before {
+        ctx.mismatch(format_args!("L1 state changed by VMRUN: {before:x?} -> {after:x?}"));
+    }
+    if rsp0 != rsp1 {
+        ctx.mismatch(format_args!("L1 RSP after VMRUN {rsp1:#x}, was {rsp0:#x}"));
+    }
+    if f0 != f1 && fault.is_none() {
+        ctx.mismatch(format_args!("L1 RFLAGS after #VMEXIT {f1:#x}, was {f0:#x}"));
+    }
+    // L1's TSC goes on: monotonic, and no vmcb12 offset leaked into it
+    // (an iteration takes far less than 2^38 ticks, minutes at GHz rates).
+    if t1 < t0 || t1 - t0 > 1 << 38 {
+        ctx.mismatch(format_args!("L1 TSC across VMRUN: {t0:#x} then {t1:#x}"));
+    }
+    let outcome = match fault {
+        Some(f) => Outcome::Fault(f),
+        None => {
+            if rax != vmcb_pa {
+                ctx.mismatch(format_args!("L1 RAX after #VMEXIT {rax:#x}, expected {vmcb_pa:#x}"));
+            }
+            // SAFETY: vmcb_pa is a page of L1's memory (the VMRUN ran).
+            Outcome::Exit(unsafe { (*(vmcb_pa as *const Vmcb)).control.exit_code })
+        }
+    };
+    record().count(
+        match outcome {
+            Outcome::Exit(code) if svm::fuzz::is_invalid(code) => u64::from(u32::MAX),
+            Outcome::Exit(code) => code,
+            Outcome::Fault(f) => L1_FAULT_KEY | f.vector,
+        },
+        1,
+    );
+    outcome
+}
+
+pub(crate) fn clgi() {
+    // SAFETY: emulated by L0 (EFER.SVME is set when called).
+    unsafe { asm!("clgi", options(nomem, nostack)) };
+}
+
+pub(crate) fn stgi() {
+    // SAFETY: as for clgi.
+    unsafe { asm!("stgi", options(nomem, nostack)) };
+}
+
+/// Puts L1's SVM state back to the start of an iteration.
+fn reset(svm: &mut Svm) {
+    if !svm.svme {
+        wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+        svm.svme = true;
+    }
+    if !svm.hsave {
+        wrmsr(VM_HSAVE_PA, addr_of_mut!(l1::HSAVE) as u64);
+        svm.hsave = true;
+    }
+    if svm.vm_cr_touched {
+        // Stays if L1 set VM_CR.LOCK: then later iterations see it.
+        let _ = catch(2, || wrmsr(svm::msr::VM_CR, 0));
+        svm.vm_cr_touched = false;
+    }
+    if svm.gif_clear {
+        stgi();
+        svm.gif_clear = false;
+    }
+    if svm.garbage_loaded {
+        actions::restore_vmload_state();
+        svm.garbage_loaded = false;
+    }
+}
+
+#[unsafe(no_mangle)]
+fn guest_main(params: &'static StartParams) -> ! {
+    let Some(spec) = params.test_name().and_then(Spec::parse_name) else {
+        fail(format_args!("not a fuzz spec: {:?}", params.test_name()))
+    };
+    if params.memory_size < MIN_RAM {
+        fail(format_args!("the fuzz L1 needs {MIN_RAM:#x} bytes of RAM"));
+    }
+    let rec = record();
+    *rec = Record::new();
+    rec.next = spec.first;
+    let max_phys = (cpuid(0x8000_0008, 0)[0] & 0xff) as u8;
+    let khz = u64::from(cpuid(0x4000_0010, 0)[0]);
+    let deadline = match spec.ms {
+        0 => u64::MAX,
+        ms => rdtsc().saturating_add(ms.saturating_mul(khz)),
+    };
+    sandbox::map();
+    // Fixed maps (replayable): L1 intercepts every other MSR access kind
+    // and half of the ports.
+    l1::msrpm().fill(0x5a);
+    l1::iopm().fill(0x0f);
+    l1::enable_svm();
+    actions::save_vmload_state();
+    let mut svm = Svm {
+        svme: true,
+        hsave: true,
+        gif_clear: false,
+        vm_cr_touched: false,
+        garbage_loaded: false,
+    };
+    let mut ctx = Ctx {
+        seed: spec.seed,
+        iteration: spec.first,
+        mode: Mode::Vmmcall,
+        fields: Corrupted::default(),
+        action: "none",
+        ram: params.memory_size,
+        max_phys,
+        lines: 0,
+    };
+    let end = spec.first.saturating_add(spec.count);
+    let mut i = spec.first;
+    while i < end && rdtsc() < deadline {
+        rec.next = i;
+        if spec.count <= REPLAY_MAX || (i % PROGRESS_EVERY == 0 && i != spec.first) {
+            println!("fuzz: progress seed={} iter={i}", spec.seed);
+        }
+        ctx.iteration = i;
+        reset(&mut svm);
+        iteration(&mut ctx, &mut svm);
+        rec.done += 1;
+        i += 1;
+    }
+    rec.next = i;
+    println!(
+        "fuzz: L1 done seed={} iterations {}..{i}: {} mismatches, {} emulator deviations, {} legal vmcb12s refused",
+        spec.seed, spec.first, rec.mismatches, rec.deviations, rec.invalid_but_legal
+    );
+    pass()
+}
+
+/// One iteration.
+fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
+    let mut rng = Rng::for_iteration(ctx.seed, ctx.iteration);
+    let mode = match rng.below(3) {
+        0 => Mode::Vmmcall,
+        1 => Mode::Bytes,
+        _ => Mode::Privileged,
+    };
+    ctx.mode = mode;
+    ctx.action = "none";
+    let mut code = [0u8; 48];
+    let len = vmcb12::payload(&mut rng, mode, &mut code);
+    let offset = rng.below(64) as usize;
+    sandbox::rebuild(&code[..len], offset);
+    let entry = sandbox::CODE + offset as u64;
+    let v = l1::vmcb();
+    vmcb12::template(v, &mut rng, mode, entry);
+    ctx.fields = vmcb12::corrupt(v, &mut rng, ctx.ram);
+    let mut regs = l1::Regs::default();
+    v.state.rax = if ctx.fields.fields[..ctx.fields.len].contains(&24) {
+        v.state.rax
+    } else {
+        vmcb12::l2_registers(&mut rng, ctx.ram, &mut regs)
+    };
+    if rng.one_in(3) {
+        for _ in 0..1 + rng.below(2) {
+            actions::one(ctx, svm, &mut rng);
+        }
+    }
+    let steps = match mode {
+        Mode::Vmmcall => 2,
+        _ => 1 + rng.below(8),
+    };
+    let pa = addr_of_mut!(l1::VMCB12) as u64;
+    for _ in 0..steps {
+        if !run_once(ctx, svm, &mut regs, pa) {
+            break;
+        }
+    }
+}
+
+/// Copy of vmcb12 as L1 gave it to VMRUN, for the oracles.
+static mut SENT: Vmcb = Vmcb::new();
+
+/// Runs vmcb12 once and judges the outcome. Returns whether L2 can go on
+/// (a #DB single-step trap, or VMMCALL which L1 skips).
+fn run_once(ctx: &mut Ctx, svm: &mut Svm, regs: &mut l1::Regs, pa: u64) -> bool {
+    let v = l1::vmcb();
+    // SAFETY: L1's own static; L2 cannot reach it.
+    let sent = unsafe { &mut *addr_of_mut!(SENT) };
+    sent.clone_from(v);
+    let outcome = vmrun_checked(ctx, regs, pa, svm);
+    judge_vmrun(ctx, svm, sent, v, outcome, true)
+}
+
+/// The oracle for a VMRUN of `sent` (now `v` after it): returns whether
+/// L2 can be resumed.
+pub(crate) fn judge_vmrun(
+    ctx: &mut Ctx,
+    svm: &Svm,
+    sent: &Vmcb,
+    v: &mut Vmcb,
+    outcome: Outcome,
+    resume: bool,
+) -> bool {
+    let broken = svm::fuzz::broken_rule(sent, ctx.max_phys);
+    let code = match (svm.svme, svm.hsave, outcome) {
+        (false, _, Outcome::Fault(f)) if f.vector == 6 => return false,
+        (false, _, o) => {
+            ctx.mismatch(format_args!("VMRUN with EFER.SVME clear: {o:x?}, expected #UD"));
+            return false;
+        }
+        (true, false, Outcome::Fault(f)) if (f.vector, f.error_code) == (13, 0) => return false,
+        (true, false, o) => {
+            ctx.mismatch(format_args!("VMRUN without VM_HSAVE_PA: {o:x?}, expected #GP(0)"));
+            return false;
+        }
+        (true, true, Outcome::Fault(f)) => {
+            ctx.mismatch(format_args!("VMRUN of a good address faulted: {f:x?}"));
+            return false;
+        }
+        (true, true, Outcome::Exit(code)) => code,
+    };
+    if EventInfo(v.control.event_inj).is_valid() {
+        ctx.mismatch(format_args!(
+            "EVENTINJ {:#x} still valid after exit {code:#x} (sent {:#x})",
+            v.control.event_inj, sent.control.event_inj
+        ));
+    }
+    if svm::fuzz::is_invalid(code) {
+        if broken.is_none() {
+            record().invalid_but_legal += 1;
+        }
+        return false;
+    }
+    if let Some(rule) = broken {
+        ctx.mismatch(format_args!(
+            "vmcb12 breaks \"{rule}\" but L2 ran (exit {code:#x})"
+        ));
+        return false;
+    }
+    if !svm::fuzz::exit_intercepted(&sent.control, code) {
+        ctx.mismatch(format_args!(
+            "exit {code:#x} that L1 does not intercept (exitinfo1 {:#x} exitinfo2 {:#x})",
+            v.control.exit_info1, v.control.exit_info2
+        ));
+        return false;
+    }
+    if !resume {
+        return false;
+    }
+    match code {
+        // VMMCALL (3 bytes) where L1 put it: nRIP must be past it.
+        0x81 if v.state.rip == sent.state.rip && ctx.mode == Mode::Vmmcall => {
+            if v.control.next_rip != v.state.rip + 3 {
+                ctx.mismatch(format_args!(
+                    "VMMCALL at {:#x}: nRIP {:#x}",
+                    v.state.rip, v.control.next_rip
+                ));
+                return false;
+            }
+            v.state.rip = v.control.next_rip;
+            true
+        }
+        0x41 => true,
+        _ => false,
+    }
+}

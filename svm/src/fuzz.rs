@@ -1,0 +1,511 @@
+//! The hostile-L1 fuzzer's pure logic, shared by the fuzzing L1 guest
+//! (`guest-stubs/src/bin/fuzz/`), the kernel that runs it (`fuzz=` on the
+//! command line) and their host tests: the per-iteration random stream, the
+//! run parameters, the record L1 keeps in its memory for L0 to read, and
+//! the oracles (what L1 must observe), written from the APM independently
+//! of L0's own checks in [`crate::nested::checks`] so that they can
+//! disagree.
+
+use crate::{ControlArea, Vmcb};
+
+/// xorshift64* (Vigna): small, fast and good enough to pick corruptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rng(u64);
+
+/// SplitMix64's finalizer: spreads nearby seeds over the whole state.
+const fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    /// The stream of iteration `iteration` of run `seed`: it depends on
+    /// these two numbers only, so every iteration replays on its own.
+    pub const fn for_iteration(seed: u64, iteration: u64) -> Self {
+        let s = mix(mix(seed ^ 0x5eed_0f_f022) ^ iteration.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // xorshift's state must not be zero.
+        Self(if s == 0 { 0x1234_5678 } else { s })
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// True with probability 1/`n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    /// One of `items` (not empty).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// A value of the kind that finds bugs: random, all-ones, one bit,
+    /// small, or near a power of two.
+    pub fn value(&mut self) -> u64 {
+        match self.below(6) {
+            0 => self.next(),
+            1 => 1 << self.below(64),
+            2 => self.below(256),
+            3 => u64::MAX >> self.below(64),
+            4 => (1u64 << self.below(64)).wrapping_sub(1 + self.below(2)),
+            _ => !(1u64 << self.below(64)),
+        }
+    }
+}
+
+/// What one fuzz run (one L1 VM) does: the seed and the iterations
+/// `first..first + count`, stopping early after `ms` milliseconds of L1's
+/// TSC (0: no limit). Passed to L1 as its test name, `fuzz:S:F:N:MS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// The run's seed.
+    pub seed: u64,
+    /// First iteration.
+    pub first: u64,
+    /// Number of iterations.
+    pub count: u64,
+    /// Time limit in milliseconds (0: none).
+    pub ms: u64,
+}
+
+/// The test-name prefix of a fuzz run.
+pub const NAME_PREFIX: &str = "fuzz:";
+
+impl Spec {
+    /// Parses the test name `fuzz:S:F:N:MS` (decimal numbers).
+    pub fn parse_name(name: &str) -> Option<Self> {
+        let mut it = name.strip_prefix(NAME_PREFIX)?.split(':');
+        let mut num = || it.next()?.parse::<u64>().ok();
+        let spec = Spec {
+            seed: num()?,
+            first: num()?,
+            count: num()?,
+            ms: num()?,
+        };
+        match it.next() {
+            None => Some(spec),
+            Some(_) => None,
+        }
+    }
+
+    /// The test name for this spec (the inverse of [`Spec::parse_name`]).
+    pub fn write_name(&self, out: &mut impl core::fmt::Write) -> core::fmt::Result {
+        write!(
+            out,
+            "{NAME_PREFIX}{}:{}:{}:{}",
+            self.seed, self.first, self.count, self.ms
+        )
+    }
+}
+
+/// The `fuzz=SEED,ITERATIONS[,MINUTES[,START]]` kernel command-line word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cmdline {
+    /// Seed.
+    pub seed: u64,
+    /// Iterations to run.
+    pub iterations: u64,
+    /// Stop after this many minutes (0: no limit).
+    pub minutes: u64,
+    /// First iteration (to replay a later part of a run).
+    pub start: u64,
+}
+
+impl Cmdline {
+    /// Parses the value of `fuzz=`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut it = value.split(',');
+        let mut num = |required: bool| match it.next() {
+            Some(w) => w.parse::<u64>().ok(),
+            None if required => None,
+            None => Some(0),
+        };
+        let parsed = Cmdline {
+            seed: num(true)?,
+            iterations: num(true)?,
+            minutes: num(false)?,
+            start: num(false)?,
+        };
+        match it.next() {
+            None => Some(parsed),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Where L1 keeps its [`Record`]: a page of the start layout that nothing
+/// else uses (see [`crate::guest_abi`]), outside L2's reach.
+pub const RECORD_GPA: u64 = 0x6000;
+/// [`Record::magic`].
+pub const RECORD_MAGIC: u64 = 0x4655_5a5a_5245_4331; // "1CERZZUF"
+/// Histogram slots in a [`Record`].
+pub const HISTOGRAM_SLOTS: usize = 120;
+/// Histogram key of a fault L1 took itself (low byte: the vector) instead
+/// of a #VMEXIT.
+pub const L1_FAULT_KEY: u64 = 0x1_0000_0000;
+
+/// What L1 leaves in its memory for L0 to read, also after L0 stopped the
+/// VM mid-iteration.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Record {
+    /// [`RECORD_MAGIC`] once L1 started.
+    pub magic: u64,
+    /// The iteration being run (or, at the end, the first one not run).
+    pub next: u64,
+    /// Iterations finished.
+    pub done: u64,
+    /// Oracle mismatches (hypervisor failures).
+    pub mismatches: u64,
+    /// Outcomes the emulator decided before L0 saw them.
+    pub deviations: u64,
+    /// vmcb12s the oracle found legal that ended in VMEXIT_INVALID.
+    pub invalid_but_legal: u64,
+    /// `(exit code or L1_FAULT_KEY | vector, count)`; count 0 = free.
+    pub histogram: [[u64; 2]; HISTOGRAM_SLOTS],
+}
+
+impl Record {
+    /// An empty record.
+    pub const fn new() -> Self {
+        Self {
+            magic: RECORD_MAGIC,
+            next: 0,
+            done: 0,
+            mismatches: 0,
+            deviations: 0,
+            invalid_but_legal: 0,
+            histogram: [[0; 2]; HISTOGRAM_SLOTS],
+        }
+    }
+
+    /// Counts `n` outcomes `key` (dropped when every slot is taken).
+    pub fn count(&mut self, key: u64, n: u64) {
+        for slot in self.histogram.iter_mut() {
+            if slot[1] == 0 || slot[0] == key {
+                slot[0] = key;
+                slot[1] += n;
+                return;
+            }
+        }
+    }
+
+    /// Adds another record's counts to this one.
+    pub fn merge(&mut self, other: &Record) {
+        self.done += other.done;
+        self.mismatches += other.mismatches;
+        self.deviations += other.deviations;
+        self.invalid_but_legal += other.invalid_but_legal;
+        for [key, n] in other.histogram {
+            if n != 0 {
+                self.count(key, n);
+            }
+        }
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The vmcb12 fields the fuzzer corrupts, by name for reproducer lines.
+pub const FIELDS: [&str; 25] = [
+    "byte", "bit", "intercepts", "iopm_base", "msrpm_base", "asid", "tlb_control", "int_ctl",
+    "event_inj", "nested_ctl", "ncr3", "clean", "int_shadow", "tsc_offset", "cr0", "cr3", "cr4",
+    "efer", "dr6", "dr7", "segment", "rflags", "rip_rsp", "cpl", "rax",
+];
+
+const EFER_SVME: u64 = 1 << 12;
+const EFER_LME: u64 = 1 << 8;
+/// EFER bits reserved on every AMD64 CPU (APM Vol. 2, 3.1.7): 1-7, 9, and
+/// 22-63 (16-21 are newer features a CPU may have).
+pub const EFER_MBZ: u64 = 0xfe | (1 << 9) | !((1 << 22) - 1);
+/// CR4 bits reserved on every AMD CPU: 13 (VMXE), 14 (SMXE), 15, 19, 32-63.
+pub const CR4_MBZ: u64 = (1 << 13) | (1 << 14) | (1 << 15) | (1 << 19) | !0xffff_ffff;
+const CR0_PE: u64 = 1;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const MSRPM_BYTES: u64 = 8 << 10;
+const IOPM_BYTES: u64 = 12 << 10;
+
+/// The first APM 15.5.1 rule ("VMRUN: checks on the guest state") that
+/// `v` breaks, if any: such a vmcb12 must end in VMEXIT_INVALID. Only the
+/// rules that hold on every AMD CPU; `max_phys_bits` is what CPUID
+/// 0x8000_0008 tells L1.
+pub fn broken_rule(v: &Vmcb, max_phys_bits: u8) -> Option<&'static str> {
+    let (c, s) = (&v.control, &v.state);
+    let lme_pg = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+    let cs_l = s.cs.attrib & (1 << 9) != 0;
+    let cs_d = s.cs.attrib & (1 << 10) != 0;
+    let beyond = |base: u64, len: u64| {
+        (base & !0xfff)
+            .checked_add(len - 1)
+            .is_none_or(|last| max_phys_bits < 64 && last >> max_phys_bits != 0)
+    };
+    let event = crate::EventInfo(c.event_inj);
+    let rules: [(bool, &'static str); 17] = [
+        (s.efer & EFER_SVME == 0, "EFER.SVME clear"),
+        (s.cr0 & CR0_CD == 0 && s.cr0 & CR0_NW != 0, "CR0.CD clear and CR0.NW set"),
+        (s.cr0 >> 32 != 0, "CR0[63:32] not zero"),
+        (lme_pg && s.cr3 >> 52 != 0, "CR3 MBZ bits (long mode)"),
+        (s.cr4 & CR4_MBZ != 0, "CR4 MBZ bits"),
+        (s.dr6 >> 32 != 0, "DR6[63:32] not zero"),
+        (s.dr7 >> 32 != 0, "DR7[63:32] not zero"),
+        (s.efer & EFER_MBZ != 0, "EFER MBZ bits"),
+        (lme_pg && s.cr4 & CR4_PAE == 0, "EFER.LME and CR0.PG with CR4.PAE clear"),
+        (lme_pg && s.cr0 & CR0_PE == 0, "EFER.LME and CR0.PG with CR0.PE clear"),
+        (lme_pg && s.cr4 & CR4_PAE != 0 && cs_l && cs_d, "long mode with CS.L and CS.D"),
+        (c.intercept_misc2 & 1 == 0, "VMRUN intercept clear"),
+        (beyond(c.msrpm_base_pa, MSRPM_BYTES), "MSRPM beyond MAXPHYADDR"),
+        (beyond(c.iopm_base_pa, IOPM_BYTES), "IOPM beyond MAXPHYADDR"),
+        (event.is_valid() && !event_legal(event), "illegal EVENTINJ"),
+        (c.guest_asid == 0, "ASID 0"),
+        (!matches!(c.tlb_control, 0 | 1 | 3 | 7), "reserved TLB_CONTROL"),
+    ];
+    rules.iter().find(|(broken, _)| *broken).map(|(_, why)| *why)
+}
+
+/// APM 15.20: reserved types (1, 5-7), and exceptions with vector 2 (NMI)
+/// or above 31, cannot be injected.
+fn event_legal(e: crate::EventInfo) -> bool {
+    match e.raw_type() {
+        0 | 2 | 4 => true,
+        3 => e.vector() != 2 && e.vector() < 32,
+        _ => false,
+    }
+}
+
+/// Whether a #VMEXIT with `code` is one vmcb12's controls `c` asked for:
+/// its intercept bit is set (CR/DR/exception/instruction vectors map one
+/// to one onto exit codes 0x00-0x9f, APM Table C-1), or it is a nested page
+/// fault with nested paging on.
+pub fn exit_intercepted(c: &ControlArea, code: u64) -> bool {
+    let bit = |word: u32, n: u64| word & (1 << (n % 32)) != 0;
+    match code {
+        0x00..=0x1f => bit(c.intercept_cr, code),
+        0x20..=0x3f => bit(c.intercept_dr, code - 0x20),
+        0x40..=0x5f => bit(c.intercept_exceptions, code - 0x40),
+        0x60..=0x7f => bit(c.intercept_misc1, code - 0x60),
+        0x80..=0x9f => bit(c.intercept_misc2, code - 0x80),
+        0xa0..=0xbf => bit(c.intercept_misc3, code - 0xa0),
+        0x400 => c.nested_ctl & 1 != 0,
+        _ => false,
+    }
+}
+
+/// Whether an exit code is VMEXIT_INVALID (QEMU stores it as 0xffff_ffff).
+pub const fn is_invalid(code: u64) -> bool {
+    code as u32 == u32::MAX
+}
+
+/// What an SVM instruction taking a physical address in RAX (VMRUN,
+/// VMLOAD, VMSAVE) must do with `addr`, for L1 with `ram` bytes of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressVerdict {
+    /// A page of L1's memory: the instruction runs.
+    Good,
+    /// #GP(0): not page aligned, beyond MAXPHYADDR, or outside L1's RAM
+    /// (where this hypervisor has nothing to read or write).
+    Gp,
+}
+
+/// The verdict on `addr` (APM Vol. 3, VMRUN/VMLOAD/VMSAVE exceptions).
+pub fn svm_address(addr: u64, ram: u64, max_phys_bits: u8) -> AddressVerdict {
+    let beyond = max_phys_bits < 64 && addr >> max_phys_bits != 0;
+    if addr & 0xfff != 0 || beyond || addr.saturating_add(0x1000) > ram {
+        AddressVerdict::Gp
+    } else {
+        AddressVerdict::Good
+    }
+}
+
+/// Whether QEMU TCG raises #GP for `addr` in VMRUN/VMLOAD/VMSAVE before
+/// looking at the intercept (so L0 never sees it): not page aligned or
+/// beyond the emulated CPU's physical-address width.
+pub fn emulator_checks_first(addr: u64, max_phys_bits: u8) -> bool {
+    addr & 0xfff != 0 || (max_phys_bits < 64 && addr >> max_phys_bits != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::String;
+
+    #[test]
+    fn iterations_replay_and_differ() {
+        let mut a = Rng::for_iteration(7, 1000);
+        let mut b = Rng::for_iteration(7, 1000);
+        let xs: [u64; 4] = core::array::from_fn(|_| a.next());
+        let ys: [u64; 4] = core::array::from_fn(|_| b.next());
+        assert_eq!(xs, ys);
+        let mut c = Rng::for_iteration(7, 1001);
+        let mut d = Rng::for_iteration(8, 1000);
+        assert_ne!(c.next(), xs[0]);
+        assert_ne!(d.next(), xs[0]);
+        assert_ne!(Rng::for_iteration(0, 0), Rng(0));
+    }
+
+    #[test]
+    fn below_stays_in_range_and_covers_it() {
+        let mut r = Rng::for_iteration(1, 2);
+        let mut seen = [false; 5];
+        for _ in 0..1000 {
+            let v = r.below(5);
+            assert!(v < 5);
+            seen[v as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn spec_name_round_trips() {
+        let spec = Spec {
+            seed: u64::MAX,
+            first: 4_000_000_000,
+            count: 20_000,
+            ms: 600_000,
+        };
+        let mut name = String::new();
+        spec.write_name(&mut name).unwrap();
+        assert!(name.len() <= crate::guest_abi::MAX_TEST_NAME);
+        assert_eq!(Spec::parse_name(&name), Some(spec));
+        assert_eq!(Spec::parse_name("fuzz:1:2:3"), None);
+        assert_eq!(Spec::parse_name("fuzz:1:2:3:4:5"), None);
+        assert_eq!(Spec::parse_name("nested::x"), None);
+    }
+
+    #[test]
+    fn cmdline_takes_optional_minutes_and_start() {
+        let c = |s| Cmdline::parse(s);
+        assert_eq!(
+            c("5,1000"),
+            Some(Cmdline { seed: 5, iterations: 1000, minutes: 0, start: 0 })
+        );
+        assert_eq!(
+            c("5,1000,10,77"),
+            Some(Cmdline { seed: 5, iterations: 1000, minutes: 10, start: 77 })
+        );
+        for bad in ["", "5", "x,1", "5,1000,1,2,3", "5,-1"] {
+            assert_eq!(c(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_counts_and_merges() {
+        let mut a = Record::new();
+        a.count(0x81, 2);
+        a.count(0x78, 1);
+        a.count(0x81, 1);
+        let mut b = Record::new();
+        b.count(0x78, 5);
+        b.done = 3;
+        a.merge(&b);
+        assert_eq!(a.histogram[0], [0x81, 3]);
+        assert_eq!(a.histogram[1], [0x78, 6]);
+        assert_eq!(a.histogram[2], [0, 0]);
+        assert_eq!(a.done, 3);
+        assert!(core::mem::size_of::<Record>() <= 4096);
+    }
+
+    fn legal() -> Vmcb {
+        let mut v = Vmcb::new();
+        v.control.intercept_misc2 = 1;
+        v.control.guest_asid = 1;
+        v.control.msrpm_base_pa = 0x10_0000;
+        v.control.iopm_base_pa = 0x20_0000;
+        crate::guest_abi::load_start_segments(&mut v.state);
+        v.state.efer = EFER_SVME | EFER_LME | (1 << 10);
+        v.state.cr0 = CR0_PG | CR0_PE | (1 << 16);
+        v.state.cr4 = CR4_PAE;
+        v.state.cr3 = 0x1000;
+        v.state.dr6 = 0xffff_0ff0;
+        v.state.dr7 = 0x400;
+        v
+    }
+
+    #[test]
+    fn the_apm_rules_each_bite() {
+        assert_eq!(broken_rule(&legal(), 40), None);
+        let cases: [(fn(&mut Vmcb), &str); 17] = [
+            (|v| v.state.efer &= !EFER_SVME, "EFER.SVME clear"),
+            (|v| v.state.cr0 |= CR0_NW, "CR0.CD clear and CR0.NW set"),
+            (|v| v.state.cr0 |= 1 << 40, "CR0[63:32] not zero"),
+            (|v| v.state.cr3 |= 1 << 60, "CR3 MBZ bits (long mode)"),
+            (|v| v.state.cr4 |= 1 << 15, "CR4 MBZ bits"),
+            (|v| v.state.dr6 |= 1 << 32, "DR6[63:32] not zero"),
+            (|v| v.state.dr7 |= 1 << 63, "DR7[63:32] not zero"),
+            (|v| v.state.efer |= 1 << 3, "EFER MBZ bits"),
+            (|v| v.state.cr4 = 0, "EFER.LME and CR0.PG with CR4.PAE clear"),
+            (|v| v.state.cr0 &= !CR0_PE, "EFER.LME and CR0.PG with CR0.PE clear"),
+            (|v| v.state.cs.attrib |= 1 << 10, "long mode with CS.L and CS.D"),
+            (|v| v.control.intercept_misc2 = 0, "VMRUN intercept clear"),
+            (|v| v.control.msrpm_base_pa = (1 << 40) - 0x1000, "MSRPM beyond MAXPHYADDR"),
+            (|v| v.control.iopm_base_pa = u64::MAX, "IOPM beyond MAXPHYADDR"),
+            (|v| v.control.event_inj = (1 << 31) | (3 << 8) | 2, "illegal EVENTINJ"),
+            (|v| v.control.guest_asid = 0, "ASID 0"),
+            (|v| v.control.tlb_control = 2, "reserved TLB_CONTROL"),
+        ];
+        for (break_it, rule) in cases {
+            let mut v = legal();
+            break_it(&mut v);
+            assert_eq!(broken_rule(&v, 40), Some(rule));
+        }
+        // Legal events and maps right below MAXPHYADDR.
+        let mut v = legal();
+        v.control.event_inj = (1 << 31) | (3 << 8) | 14;
+        v.control.msrpm_base_pa = (1 << 40) - 0x2000;
+        assert_eq!(broken_rule(&v, 40), None);
+    }
+
+    #[test]
+    fn intercepted_exits_map_to_their_bits() {
+        let mut c = Vmcb::new().control;
+        assert!(!exit_intercepted(&c, 0x81));
+        c.intercept_misc2 = 1 << 1; // VMMCALL
+        c.intercept_misc1 = 1 << 24; // HLT
+        c.intercept_exceptions = 1 << 1; // #DB
+        c.intercept_cr = 1 << 16; // CR0 write
+        assert!(exit_intercepted(&c, 0x81));
+        assert!(exit_intercepted(&c, 0x78));
+        assert!(exit_intercepted(&c, 0x41));
+        assert!(exit_intercepted(&c, 0x10));
+        assert!(!exit_intercepted(&c, 0x80));
+        assert!(!exit_intercepted(&c, 0x400));
+        c.nested_ctl = 1;
+        assert!(exit_intercepted(&c, 0x400));
+        assert!(!exit_intercepted(&c, u64::MAX));
+        assert!(is_invalid(0xffff_ffff) && is_invalid(u64::MAX) && !is_invalid(0x81));
+    }
+
+    #[test]
+    fn svm_addresses() {
+        let ram = 8 << 20;
+        assert_eq!(svm_address(0x10_0000, ram, 40), AddressVerdict::Good);
+        assert_eq!(svm_address(0x10_0008, ram, 40), AddressVerdict::Gp);
+        assert_eq!(svm_address(ram, ram, 40), AddressVerdict::Gp);
+        assert_eq!(svm_address(ram - 0x1000, ram, 40), AddressVerdict::Good);
+        assert_eq!(svm_address(1 << 40, ram, 40), AddressVerdict::Gp);
+        assert_eq!(svm_address(u64::MAX & !0xfff, ram, 40), AddressVerdict::Gp);
+        assert!(emulator_checks_first(0x10_0008, 40));
+        assert!(emulator_checks_first(1 << 40, 40));
+        assert!(!emulator_checks_first(ram, 40));
+    }
+}
