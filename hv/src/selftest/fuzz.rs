@@ -27,9 +27,9 @@ static FUZZ_L1: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/fuzz"));
 /// The fuzz VM's RAM: L1's image and stack, and L2's sandbox at 4 MiB.
 const FUZZ_RAM: u64 = 8 << 20;
 /// Iterations per VM. Keeps a VM below the run loop's exit limit
-/// (`vcpu::MAX_EXITS`, about 20 L0 exits per iteration) until that limit
+/// (`vcpu::MAX_EXITS`; an iteration takes tens of L0 exits) until that limit
 /// becomes self-test configuration; a fresh VM costs little.
-const CHUNK: u64 = 20_000;
+const CHUNK: u64 = 5_000;
 
 /// A production-like VM: nested SVM, L0's vmcb12 checks, no time budget,
 /// no test hypercalls.
@@ -92,7 +92,9 @@ pub fn run(value: &str) -> bool {
             ms: if limit_ms == 0 { 0 } else { limit_ms - elapsed },
         };
         let free_before = crate::mem::frame::free_bytes();
+        let vm_started = crate::time::uptime_ms();
         let vm_end = run_vm(host, &spec);
+        log::info!("fuzz: VM ran {} ms", crate::time::uptime_ms() - vm_started);
         let leaked = free_before.saturating_sub(crate::mem::frame::free_bytes());
         let (ran_to, failure) = match vm_end {
             Err(why) => (spec.first + 1, Some(format!("VM set-up: {why}"))),

@@ -41,12 +41,17 @@ fn vmsave(pa: u64) -> Option<Fault> {
 /// An address for VMRUN/VMLOAD/VMSAVE that must fault: unaligned,
 /// outside RAM, beyond MAXPHYADDR, or anything.
 fn bad_address(rng: &mut Rng, ram: u64, max_phys: u8) -> u64 {
-    match rng.below(5) {
+    let pa = match rng.below(5) {
         0 => (rng.below(ram) & !0xfff) | (1 + rng.below(0xfff)),
         1 => (ram + rng.below(1 << 30)) & !0xfff,
         2 => (1u64 << max_phys) + (rng.below(1 << 20) << 12),
         3 => rng.value(),
         _ => (1u64 << max_phys) - 0x1000 + rng.below(2) * 0x1000,
+    };
+    // Never one of L1's pages (a VMRUN or VMSAVE there would write it).
+    match svm_address(pa, ram, max_phys) {
+        AddressVerdict::Good => pa | 8,
+        AddressVerdict::Gp => pa,
     }
 }
 
