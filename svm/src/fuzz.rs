@@ -23,13 +23,13 @@ impl Rng {
     /// The stream of iteration `iteration` of run `seed`: it depends on
     /// these two numbers only, so every iteration replays on its own.
     pub const fn for_iteration(seed: u64, iteration: u64) -> Self {
-        let s = mix(mix(seed ^ 0x5eed_0f_f022) ^ iteration.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let s = mix(mix(seed ^ 0x005e_ed0f_f022) ^ iteration.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         // xorshift's state must not be zero.
         Self(if s == 0 { 0x1234_5678 } else { s })
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn bits(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -40,7 +40,7 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+        ((u128::from(self.bits()) * u128::from(n)) >> 64) as u64
     }
 
     /// True with probability 1/`n`.
@@ -57,7 +57,7 @@ impl Rng {
     /// small, or near a power of two.
     pub fn value(&mut self) -> u64 {
         match self.below(6) {
-            0 => self.next(),
+            0 => self.bits(),
             1 => 1 << self.below(64),
             2 => self.below(256),
             3 => u64::MAX >> self.below(64),
@@ -226,9 +226,31 @@ impl Default for Record {
 
 /// The vmcb12 fields the fuzzer corrupts, by name for reproducer lines.
 pub const FIELDS: [&str; 25] = [
-    "byte", "bit", "intercepts", "iopm_base", "msrpm_base", "asid", "tlb_control", "int_ctl",
-    "event_inj", "nested_ctl", "ncr3", "clean", "int_shadow", "tsc_offset", "cr0", "cr3", "cr4",
-    "efer", "dr6", "dr7", "segment", "rflags", "rip_rsp", "cpl", "rax",
+    "byte",
+    "bit",
+    "intercepts",
+    "iopm_base",
+    "msrpm_base",
+    "asid",
+    "tlb_control",
+    "int_ctl",
+    "event_inj",
+    "nested_ctl",
+    "ncr3",
+    "clean",
+    "int_shadow",
+    "tsc_offset",
+    "cr0",
+    "cr3",
+    "cr4",
+    "efer",
+    "dr6",
+    "dr7",
+    "segment",
+    "rflags",
+    "rip_rsp",
+    "cpl",
+    "rax",
 ];
 
 const EFER_SVME: u64 = 1 << 12;
@@ -263,24 +285,45 @@ pub fn broken_rule(v: &Vmcb, max_phys_bits: u8) -> Option<&'static str> {
     let event = crate::EventInfo(c.event_inj);
     let rules: [(bool, &'static str); 17] = [
         (s.efer & EFER_SVME == 0, "EFER.SVME clear"),
-        (s.cr0 & CR0_CD == 0 && s.cr0 & CR0_NW != 0, "CR0.CD clear and CR0.NW set"),
+        (
+            s.cr0 & CR0_CD == 0 && s.cr0 & CR0_NW != 0,
+            "CR0.CD clear and CR0.NW set",
+        ),
         (s.cr0 >> 32 != 0, "CR0[63:32] not zero"),
         (lme_pg && s.cr3 >> 52 != 0, "CR3 MBZ bits (long mode)"),
         (s.cr4 & CR4_MBZ != 0, "CR4 MBZ bits"),
         (s.dr6 >> 32 != 0, "DR6[63:32] not zero"),
         (s.dr7 >> 32 != 0, "DR7[63:32] not zero"),
         (s.efer & EFER_MBZ != 0, "EFER MBZ bits"),
-        (lme_pg && s.cr4 & CR4_PAE == 0, "EFER.LME and CR0.PG with CR4.PAE clear"),
-        (lme_pg && s.cr0 & CR0_PE == 0, "EFER.LME and CR0.PG with CR0.PE clear"),
-        (lme_pg && s.cr4 & CR4_PAE != 0 && cs_l && cs_d, "long mode with CS.L and CS.D"),
+        (
+            lme_pg && s.cr4 & CR4_PAE == 0,
+            "EFER.LME and CR0.PG with CR4.PAE clear",
+        ),
+        (
+            lme_pg && s.cr0 & CR0_PE == 0,
+            "EFER.LME and CR0.PG with CR0.PE clear",
+        ),
+        (
+            lme_pg && s.cr4 & CR4_PAE != 0 && cs_l && cs_d,
+            "long mode with CS.L and CS.D",
+        ),
         (c.intercept_misc2 & 1 == 0, "VMRUN intercept clear"),
-        (beyond(c.msrpm_base_pa, MSRPM_BYTES), "MSRPM beyond MAXPHYADDR"),
+        (
+            beyond(c.msrpm_base_pa, MSRPM_BYTES),
+            "MSRPM beyond MAXPHYADDR",
+        ),
         (beyond(c.iopm_base_pa, IOPM_BYTES), "IOPM beyond MAXPHYADDR"),
         (event.is_valid() && !event_legal(event), "illegal EVENTINJ"),
         (c.guest_asid == 0, "ASID 0"),
-        (!matches!(c.tlb_control, 0 | 1 | 3 | 7), "reserved TLB_CONTROL"),
+        (
+            !matches!(c.tlb_control, 0 | 1 | 3 | 7),
+            "reserved TLB_CONTROL",
+        ),
     ];
-    rules.iter().find(|(broken, _)| *broken).map(|(_, why)| *why)
+    rules
+        .iter()
+        .find(|(broken, _)| *broken)
+        .map(|(_, why)| *why)
 }
 
 /// APM 15.20: reserved types (1, 5-7), and exceptions with vector 2 (NMI)
@@ -353,13 +396,13 @@ mod tests {
     fn iterations_replay_and_differ() {
         let mut a = Rng::for_iteration(7, 1000);
         let mut b = Rng::for_iteration(7, 1000);
-        let xs: [u64; 4] = core::array::from_fn(|_| a.next());
-        let ys: [u64; 4] = core::array::from_fn(|_| b.next());
+        let xs: [u64; 4] = core::array::from_fn(|_| a.bits());
+        let ys: [u64; 4] = core::array::from_fn(|_| b.bits());
         assert_eq!(xs, ys);
         let mut c = Rng::for_iteration(7, 1001);
         let mut d = Rng::for_iteration(8, 1000);
-        assert_ne!(c.next(), xs[0]);
-        assert_ne!(d.next(), xs[0]);
+        assert_ne!(c.bits(), xs[0]);
+        assert_ne!(d.bits(), xs[0]);
         assert_ne!(Rng::for_iteration(0, 0), Rng(0));
     }
 
@@ -397,11 +440,21 @@ mod tests {
         let c = |s| Cmdline::parse(s);
         assert_eq!(
             c("5,1000"),
-            Some(Cmdline { seed: 5, iterations: 1000, minutes: 0, start: 0 })
+            Some(Cmdline {
+                seed: 5,
+                iterations: 1000,
+                minutes: 0,
+                start: 0
+            })
         );
         assert_eq!(
             c("5,1000,10,77"),
-            Some(Cmdline { seed: 5, iterations: 1000, minutes: 10, start: 77 })
+            Some(Cmdline {
+                seed: 5,
+                iterations: 1000,
+                minutes: 10,
+                start: 77
+            })
         );
         for bad in ["", "5", "x,1", "5,1000,1,2,3", "5,-1"] {
             assert_eq!(c(bad), None, "{bad}");
@@ -425,6 +478,8 @@ mod tests {
         assert!(core::mem::size_of::<Record>() <= 4096);
     }
 
+    type Breaker = fn(&mut Vmcb);
+
     fn legal() -> Vmcb {
         let mut v = Vmcb::new();
         v.control.intercept_misc2 = 1;
@@ -444,7 +499,7 @@ mod tests {
     #[test]
     fn the_apm_rules_each_bite() {
         assert_eq!(broken_rule(&legal(), 40), None);
-        let cases: [(fn(&mut Vmcb), &str); 17] = [
+        let cases: [(Breaker, &str); 17] = [
             (|v| v.state.efer &= !EFER_SVME, "EFER.SVME clear"),
             (|v| v.state.cr0 |= CR0_NW, "CR0.CD clear and CR0.NW set"),
             (|v| v.state.cr0 |= 1 << 40, "CR0[63:32] not zero"),
@@ -453,13 +508,31 @@ mod tests {
             (|v| v.state.dr6 |= 1 << 32, "DR6[63:32] not zero"),
             (|v| v.state.dr7 |= 1 << 63, "DR7[63:32] not zero"),
             (|v| v.state.efer |= 1 << 3, "EFER MBZ bits"),
-            (|v| v.state.cr4 = 0, "EFER.LME and CR0.PG with CR4.PAE clear"),
-            (|v| v.state.cr0 &= !CR0_PE, "EFER.LME and CR0.PG with CR0.PE clear"),
-            (|v| v.state.cs.attrib |= 1 << 10, "long mode with CS.L and CS.D"),
+            (
+                |v| v.state.cr4 = 0,
+                "EFER.LME and CR0.PG with CR4.PAE clear",
+            ),
+            (
+                |v| v.state.cr0 &= !CR0_PE,
+                "EFER.LME and CR0.PG with CR0.PE clear",
+            ),
+            (
+                |v| v.state.cs.attrib |= 1 << 10,
+                "long mode with CS.L and CS.D",
+            ),
             (|v| v.control.intercept_misc2 = 0, "VMRUN intercept clear"),
-            (|v| v.control.msrpm_base_pa = (1 << 40) - 0x1000, "MSRPM beyond MAXPHYADDR"),
-            (|v| v.control.iopm_base_pa = u64::MAX, "IOPM beyond MAXPHYADDR"),
-            (|v| v.control.event_inj = (1 << 31) | (3 << 8) | 2, "illegal EVENTINJ"),
+            (
+                |v| v.control.msrpm_base_pa = (1 << 40) - 0x1000,
+                "MSRPM beyond MAXPHYADDR",
+            ),
+            (
+                |v| v.control.iopm_base_pa = u64::MAX,
+                "IOPM beyond MAXPHYADDR",
+            ),
+            (
+                |v| v.control.event_inj = (1 << 31) | (3 << 8) | 2,
+                "illegal EVENTINJ",
+            ),
             (|v| v.control.guest_asid = 0, "ASID 0"),
             (|v| v.control.tlb_control = 2, "reserved TLB_CONTROL"),
         ];
@@ -503,7 +576,7 @@ mod tests {
         assert_eq!(svm_address(ram, ram, 40), AddressVerdict::Gp);
         assert_eq!(svm_address(ram - 0x1000, ram, 40), AddressVerdict::Good);
         assert_eq!(svm_address(1 << 40, ram, 40), AddressVerdict::Gp);
-        assert_eq!(svm_address(u64::MAX & !0xfff, ram, 40), AddressVerdict::Gp);
+        assert_eq!(svm_address(!0xfff, ram, 40), AddressVerdict::Gp);
         assert!(emulator_checks_first(0x10_0008, 40));
         assert!(emulator_checks_first(1 << 40, 40));
         assert!(!emulator_checks_first(ram, 40));

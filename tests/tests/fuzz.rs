@@ -15,19 +15,30 @@ fn report(boot: &Boot) -> BootReport {
 fn fuzz_reports_its_count_and_verdict() {
     let boot = boot_direct(&["fuzz=1,40"]);
     let r = report(&boot);
-    let (n, seed, k) = r.result.expect("no `fuzz: N iterations, seed S: K ...` line");
+    let (n, seed, k) = r
+        .result
+        .expect("no `fuzz: N iterations, seed S: K ...` line");
     assert_eq!((n, seed), (40, 1), "iterations and seed");
-    assert!(!r.histogram.is_empty(), "no histogram (serial output above)");
+    assert!(
+        !r.histogram.is_empty(),
+        "no histogram (serial output above)"
+    );
     let counted = r.failures.len() as u64 + r.mismatches.len() as u64;
     assert!(k >= counted.min(1), "K = {k} with {counted} failure lines");
-    boot.assert_status(if k == 0 { SUCCESS_STATUS } else { FAILURE_STATUS });
+    boot.assert_status(if k == 0 {
+        SUCCESS_STATUS
+    } else {
+        FAILURE_STATUS
+    });
 }
 
 /// A bad `fuzz=` value is refused, not run.
 #[test]
 fn a_bad_fuzz_word_fails() {
     let boot = boot_direct(&["fuzz=seven"]);
-    assert!(boot.lines().any(|l| l.starts_with("fuzz: cannot parse fuzz=seven")));
+    assert!(boot
+        .lines()
+        .any(|l| l.starts_with("fuzz: cannot parse fuzz=seven")));
     boot.assert_status(FAILURE_STATUS);
 }
 

@@ -145,9 +145,9 @@ fn report(failures: &mut Vec<String>, seed: u64, iteration: u64, what: &str) {
 /// Reads the VM's end: adds L1's counts to `total`, returns the first
 /// iteration not run and the failure, if L0 stopped the VM.
 fn judge(spec: &Spec, e: VmEnd, total: &mut Record) -> (u64, Option<String>) {
-    let next = e
-        .record
-        .map_or(spec.first, |r| r.next.clamp(spec.first, spec.first + spec.count));
+    let next = e.record.map_or(spec.first, |r| {
+        r.next.clamp(spec.first, spec.first + spec.count)
+    });
     if let Some(r) = &e.record {
         total.merge(r);
     }
@@ -165,8 +165,15 @@ fn judge(spec: &Spec, e: VmEnd, total: &mut Record) -> (u64, Option<String>) {
             message,
         } => (next + 1, Some(format!("L1 failed: {message}"))),
         stop => {
-            let where_ = if e.in_l2 { "while L2 ran" } else { "while L1 ran" };
-            (next + 1, Some(format!("L0 stopped the VM {where_}: {stop}")))
+            let where_ = if e.in_l2 {
+                "while L2 ran"
+            } else {
+                "while L1 ran"
+            };
+            (
+                next + 1,
+                Some(format!("L0 stopped the VM {where_}: {stop}")),
+            )
         }
     }
 }
@@ -174,7 +181,8 @@ fn judge(spec: &Spec, e: VmEnd, total: &mut Record) -> (u64, Option<String>) {
 /// Builds a fuzz VM for `spec`, runs it to its end, reads L1's record.
 fn run_vm(host: &enable::HostCpu, spec: &Spec) -> Result<VmEnd, String> {
     let mut name = String::new();
-    spec.write_name(&mut name).map_err(|_| "formatting the spec")?;
+    spec.write_name(&mut name)
+        .map_err(|_| "formatting the spec")?;
     let mut vm = Vm::new("fuzz", FUZZ_RAM, FUZZ_CONFIG).map_err(String::from)?;
     let entry = loader::load(FUZZ_L1, &mut vm.memory).map_err(|e| format!("loading L1: {e:?}"))?;
     setup::write_start_state(&mut vm, &name).map_err(String::from)?;

@@ -223,7 +223,11 @@ pub fn fuzz(args: &FuzzArgs) -> Result<bool> {
                     exact,
                     qemu_message: message,
                 });
-                next = if exact { from + 1 } else { from + PROGRESS_EVERY };
+                next = if exact {
+                    from + 1
+                } else {
+                    from + PROGRESS_EVERY
+                };
             }
         }
     }
@@ -255,16 +259,29 @@ fn summarize(seed: u64, total: &BootReport, crashes: &[Crash]) {
     for (name, n) in hist {
         println!("fuzz:   {n:>10}  {name}");
     }
-    println!("fuzz: hypervisor failures (L0 stopped the VM, leaks): {}", total.failures.len());
+    println!(
+        "fuzz: hypervisor failures (L0 stopped the VM, leaks): {}",
+        total.failures.len()
+    );
     total.failures.iter().for_each(|l| println!("  {l}"));
-    println!("fuzz: oracle mismatches printed by L1: {}", total.mismatches.len());
+    println!(
+        "fuzz: oracle mismatches printed by L1: {}",
+        total.mismatches.len()
+    );
     total.mismatches.iter().for_each(|l| println!("  {l}"));
     println!(
         "fuzz: emulator deviations (QEMU decided before L0; docs/qemu-tcg.md; not counted): {}",
         total.deviation_count.max(total.deviations.len() as u64)
     );
-    total.deviations.iter().take(5).for_each(|l| println!("  {l}"));
-    println!("fuzz: emulator crashes or hangs (QEMU died; not counted in K): {}", crashes.len());
+    total
+        .deviations
+        .iter()
+        .take(5)
+        .for_each(|l| println!("  {l}"));
+    println!(
+        "fuzz: emulator crashes or hangs (QEMU died; not counted in K): {}",
+        crashes.len()
+    );
     for c in crashes {
         let at = match c.exact {
             true => format!("at iteration {}", c.from),
@@ -295,7 +312,10 @@ mod tests {
             parse_result_line("fuzz: 20000 iterations, seed 7: 3 hypervisor failures\r"),
             Some((20000, 7, 3))
         );
-        assert_eq!(parse_result_line("fuzz: 1 iterations, seed x: 0 hypervisor failures"), None);
+        assert_eq!(
+            parse_result_line("fuzz: 1 iterations, seed x: 0 hypervisor failures"),
+            None
+        );
         assert_eq!(parse_result_line("fuzz: 20000 iterations in 3 ms"), None);
     }
 
@@ -329,7 +349,8 @@ fuzz: 300 iterations, seed 1: 2 hypervisor failures
 
     #[test]
     fn a_crashed_boot_has_no_result() {
-        let r = parse_boot("[guest fuzz] fuzz: progress seed=1 iter=1700\nqemu: fatal: invalid tss\n");
+        let r =
+            parse_boot("[guest fuzz] fuzz: progress seed=1 iter=1700\nqemu: fatal: invalid tss\n");
         assert_eq!(r.result, None);
         assert_eq!(r.last_iteration, Some(1700));
     }

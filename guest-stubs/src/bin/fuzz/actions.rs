@@ -3,7 +3,7 @@
 //! STGI/CLGI in any order, VM_HSAVE_PA, EFER.SVME and VM_CR writes,
 //! INVLPGA and SKINIT, each checked against the APM.
 
-use crate::{l1, sandbox, stgi, clgi, vmrun_checked, Ctx, Outcome, Svm};
+use crate::{clgi, l1, sandbox, stgi, vmrun_checked, Ctx, Outcome, Svm};
 use core::arch::asm;
 use core::ptr::addr_of_mut;
 use guest_stubs::cpu::{rdmsr, wrmsr};
@@ -30,12 +30,16 @@ pub(crate) fn restore_vmload_state() {
 
 fn vmload(pa: u64) -> Option<Fault> {
     // SAFETY: a fault is caught and skipped (3 bytes).
-    catch(3, || unsafe { asm!("vmload rax", in("rax") pa, options(nostack)) })
+    catch(3, || unsafe {
+        asm!("vmload rax", in("rax") pa, options(nostack))
+    })
 }
 
 fn vmsave(pa: u64) -> Option<Fault> {
     // SAFETY: as for vmload; `pa` is never one of L1's live pages.
-    catch(3, || unsafe { asm!("vmsave rax", in("rax") pa, options(nostack)) })
+    catch(3, || unsafe {
+        asm!("vmsave rax", in("rax") pa, options(nostack))
+    })
 }
 
 /// An address for VMRUN/VMLOAD/VMSAVE that must fault: unaligned,
@@ -163,7 +167,10 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
                 let got = catch(3, || if set { stgi() } else { clgi() });
                 let want = if svm.svme { None } else { Some(6) };
                 if got.map(|f| f.vector) != want {
-                    ctx.mismatch(format_args!("{}: got {got:x?}", if set { "STGI" } else { "CLGI" }));
+                    ctx.mismatch(format_args!(
+                        "{}: got {got:x?}",
+                        if set { "STGI" } else { "CLGI" }
+                    ));
                 }
                 if got.is_none() {
                     svm.gif_clear = !set;
@@ -215,7 +222,7 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
         }
         8 => {
             ctx.action = "invlpga";
-            let (addr, asid) = (rng.value(), rng.next() as u32);
+            let (addr, asid) = (rng.value(), rng.bits() as u32);
             // SAFETY: INVLPGA only drops TLB entries (or faults).
             let got = catch(3, || unsafe {
                 asm!("invlpga rax, ecx", in("rax") addr, in("ecx") asid, options(nostack))
@@ -228,7 +235,9 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
         _ => {
             ctx.action = "skinit";
             // SAFETY: SKINIT is not offered (CPUID): #UD, which is skipped.
-            let got = catch(3, || unsafe { asm!("skinit eax", in("eax") 0x10_0000u32, options(nostack)) });
+            let got = catch(3, || unsafe {
+                asm!("skinit eax", in("eax") 0x10_0000u32, options(nostack))
+            });
             if got.map(|f| f.vector) != Some(6) {
                 ctx.mismatch(format_args!("SKINIT: got {got:x?}, expected #UD"));
             }

@@ -116,7 +116,10 @@ pub(crate) fn rebuild(payload: &[u8], offset: usize) {
         // 64-bit interrupt gate, present, DPL 3, selector 0x08.
         put64(
             IDT + v * 16,
-            (stub & 0xffff) | (u64::from(SEL_CODE0) << 16) | (0xee00 << 32) | ((stub >> 16) & 0xffff) << 48,
+            (stub & 0xffff)
+                | (u64::from(SEL_CODE0) << 16)
+                | (0xee00 << 32)
+                | ((stub >> 16) & 0xffff) << 48,
         );
         put64(IDT + v * 16 + 8, stub >> 32);
     }
@@ -129,13 +132,13 @@ pub(crate) fn rebuild(payload: &[u8], offset: usize) {
     put64(GDT + 0x30, TSS >> 32);
     bytes(TSS, 0x68).fill(0);
     put64(TSS + 4, STACK_TOP); // RSP0
-    // I/O map base beyond the limit: no I/O bitmap.
+                               // I/O map base beyond the limit: no I/O bitmap.
     bytes(TSS + 0x66, 2).copy_from_slice(&0x68u16.to_le_bytes());
 }
 
 /// Fills a scratch page with random bytes (a garbage VMCB).
 pub(crate) fn scratch_fill(page: u64, rng: &mut svm::fuzz::Rng) {
     for i in 0..512 {
-        put64(page + i * 8, rng.next());
+        put64(page + i * 8, rng.bits());
     }
 }

@@ -71,7 +71,14 @@ fn read_cr(n: u8) -> u64 {
 /// A random bit flip (mostly in the low 32 bits), two, or a value.
 pub(crate) fn mutate(rng: &mut Rng, x: u64) -> u64 {
     match rng.below(4) {
-        0 | 1 => x ^ (1 << if rng.one_in(4) { rng.below(64) } else { rng.below(32) }),
+        0 | 1 => {
+            x ^ (1
+                << if rng.one_in(4) {
+                    rng.below(64)
+                } else {
+                    rng.below(32)
+                })
+        }
         2 => x ^ (1 << rng.below(64)) ^ (1 << rng.below(64)),
         _ => rng.value(),
     }
@@ -96,13 +103,13 @@ pub(crate) fn l2_value(rng: &mut Rng, ram: u64) -> u64 {
 pub(crate) fn template(v: &mut Vmcb, rng: &mut Rng, mode: Mode, entry: u64) {
     *v = Vmcb::new();
     let c = &mut v.control;
-    c.intercept_misc1 = KEEPALIVE_MISC1 | (rng.next() as u32 & rng.next() as u32);
+    c.intercept_misc1 = KEEPALIVE_MISC1 | (rng.bits() as u32 & rng.bits() as u32);
     // VMRUN (required), VMMCALL usually, the rest at random.
-    c.intercept_misc2 = 1 | (if rng.one_in(8) { 0 } else { 2 }) | (rng.next() as u32 & 0x3ffc);
-    c.intercept_exceptions = DB_INTERCEPT | (rng.next() as u32 & rng.next() as u32);
+    c.intercept_misc2 = 1 | (if rng.one_in(8) { 0 } else { 2 }) | (rng.bits() as u32 & 0x3ffc);
+    c.intercept_exceptions = DB_INTERCEPT | (rng.bits() as u32 & rng.bits() as u32);
     if rng.one_in(4) {
-        c.intercept_cr = rng.next() as u32 & rng.next() as u32 & rng.next() as u32;
-        c.intercept_dr = rng.next() as u32 & rng.next() as u32 & rng.next() as u32;
+        c.intercept_cr = rng.bits() as u32 & rng.bits() as u32 & rng.bits() as u32;
+        c.intercept_dr = rng.bits() as u32 & rng.bits() as u32 & rng.bits() as u32;
     }
     c.iopm_base_pa = l1::iopm().as_ptr() as u64;
     c.msrpm_base_pa = l1::msrpm().as_ptr() as u64;
@@ -118,8 +125,18 @@ pub(crate) fn template(v: &mut Vmcb, rng: &mut Rng, mode: Mode, entry: u64) {
     };
     let code_desc = sandbox::GDT_ENTRIES[usize::from(code_sel >> 3)];
     let data_desc = sandbox::GDT_ENTRIES[usize::from(data_sel >> 3)];
-    s.cs = VmcbSegment::new(code_sel, VmcbSegment::attrib_from_descriptor(code_desc), u32::MAX, 0);
-    let data = VmcbSegment::new(data_sel, VmcbSegment::attrib_from_descriptor(data_desc), u32::MAX, 0);
+    s.cs = VmcbSegment::new(
+        code_sel,
+        VmcbSegment::attrib_from_descriptor(code_desc),
+        u32::MAX,
+        0,
+    );
+    let data = VmcbSegment::new(
+        data_sel,
+        VmcbSegment::attrib_from_descriptor(data_desc),
+        u32::MAX,
+        0,
+    );
     s.ss = data;
     s.ds = data;
     s.es = data;
@@ -166,7 +183,7 @@ fn corrupt_one(v: &mut Vmcb, rng: &mut Rng, field: u8) {
         "byte" | "bit" => {
             let at = rng.below(4096) as usize;
             let flip = match field {
-                0 => rng.next() as u8,
+                0 => rng.bits() as u8,
                 _ => 1 << rng.below(8),
             };
             // SAFETY: the Vmcb is 4 KiB of plain integers.
@@ -187,7 +204,7 @@ fn corrupt_one(v: &mut Vmcb, rng: &mut Rng, field: u8) {
         "iopm_base" => c.iopm_base_pa = mutate(rng, c.iopm_base_pa),
         "msrpm_base" => c.msrpm_base_pa = mutate(rng, c.msrpm_base_pa),
         "asid" => c.guest_asid = mutate(rng, u64::from(c.guest_asid)) as u32,
-        "tlb_control" => c.tlb_control = rng.next() as u8,
+        "tlb_control" => c.tlb_control = rng.bits() as u8,
         "int_ctl" => c.int_ctl = mutate(rng, c.int_ctl),
         "event_inj" => {
             c.event_inj = match rng.below(3) {
@@ -197,7 +214,7 @@ fn corrupt_one(v: &mut Vmcb, rng: &mut Rng, field: u8) {
                         | (rng.below(8) << 8)
                         | rng.below(256)
                         | (rng.below(2) << 11)
-                        | (rng.next() & 0xffff_ffff_0000_0000)
+                        | (rng.bits() & 0xffff_ffff_0000_0000)
                 }
             }
         }
@@ -206,7 +223,7 @@ fn corrupt_one(v: &mut Vmcb, rng: &mut Rng, field: u8) {
             c.ncr3 = mutate(rng, c.ncr3);
             c.nested_ctl |= rng.below(2);
         }
-        "clean" => c.vmcb_clean = rng.next() as u32,
+        "clean" => c.vmcb_clean = rng.bits() as u32,
         "int_shadow" => c.interrupt_shadow = mutate(rng, c.interrupt_shadow),
         "tsc_offset" => c.tsc_offset = mutate(rng, c.tsc_offset),
         "cr0" => s.cr0 = mutate(rng, s.cr0),
@@ -323,8 +340,24 @@ const PREFIXES: &[u8] = &[
 
 /// MSRs L2's RDMSR/WRMSR pick from (and anything).
 const MSRS: &[u32] = &[
-    0xc000_0080, 0xc000_0081, 0xc000_0082, 0xc000_0100, 0xc000_0101, 0xc000_0102, 0xc000_0103,
-    0x10, 0x3b, 0x1b, 0xc001_0114, 0xc001_0117, 0x277, 0x1d9, 0x174, 0x175, 0x176, 0xc001_0115,
+    0xc000_0080,
+    0xc000_0081,
+    0xc000_0082,
+    0xc000_0100,
+    0xc000_0101,
+    0xc000_0102,
+    0xc000_0103,
+    0x10,
+    0x3b,
+    0x1b,
+    0xc001_0114,
+    0xc001_0117,
+    0x277,
+    0x1d9,
+    0x174,
+    0x175,
+    0x176,
+    0xc001_0115,
 ];
 
 /// L2's payload (code bytes, up to 48) for `mode`; its length.
@@ -336,7 +369,7 @@ pub(crate) fn payload(rng: &mut Rng, mode: Mode, out: &mut [u8; 48]) -> usize {
         }
         Mode::Bytes => {
             let n = 1 + rng.below(32) as usize;
-            out[..n].iter_mut().for_each(|b| *b = rng.next() as u8);
+            out[..n].iter_mut().for_each(|b| *b = rng.bits() as u8);
             n
         }
         Mode::Privileged => {
