@@ -65,6 +65,11 @@ pub struct BootReport {
     pub last_iteration: Option<u64>,
     /// Count of `fuzz: N oracle mismatches, M emulator deviations` figures.
     pub deviation_count: u64,
+    /// L1's `fuzz: NOTE ...` lines (a vmcb12 the oracle finds legal ended
+    /// in VMEXIT_INVALID).
+    pub notes: Vec<String>,
+    /// L0's warnings that the CPU refused a vmcb12 its checks accepted.
+    pub cpu_refusals: u64,
 }
 
 /// Parses `fuzz: <N> iterations, seed <S>: <K> hypervisor failures`.
@@ -91,6 +96,9 @@ pub fn parse_boot(serial: &str) -> BootReport {
     let mut in_histogram = false;
     for raw in serial.lines() {
         let line = strip_guest(raw);
+        if line.contains("the CPU refused a vmcb12 the checks accepted") {
+            r.cpu_refusals += 1;
+        }
         if let Some(result) = parse_result_line(line) {
             r.result = Some(result);
         }
@@ -117,6 +125,8 @@ pub fn parse_boot(serial: &str) -> BootReport {
             r.mismatches.push(line.to_string());
         } else if body.starts_with("DEVIATION ") {
             r.deviations.push(line.to_string());
+        } else if body.starts_with("NOTE ") {
+            r.notes.push(line.to_string());
         } else if let Some(rest) = body.strip_prefix("progress ") {
             r.last_iteration = rest
                 .split_whitespace()
@@ -246,6 +256,8 @@ fn merge(total: &mut BootReport, boot: &BootReport) {
     total.mismatches.extend(boot.mismatches.iter().cloned());
     total.deviations.extend(boot.deviations.iter().cloned());
     total.deviation_count += boot.deviation_count;
+    total.notes.extend(boot.notes.iter().cloned());
+    total.cpu_refusals += boot.cpu_refusals;
     for (name, n) in &boot.histogram {
         *total.histogram.entry(name.clone()).or_default() += n;
     }
@@ -327,6 +339,8 @@ fuzz: seed 1 iterations 0..300
 [guest fuzz] fuzz: MISMATCH seed=1 iter=48 mode=vmmcall fields=event_inj action=none: EVENTINJ still valid
 [guest fuzz] fuzz: DEVIATION seed=1 iter=60 mode=bytes fields=cr0 action=vmrun_bad: #GP
 [guest fuzz] fuzz: progress seed=1 iter=200
+[WARN ] vm fuzz: the CPU refused a vmcb12 the checks accepted; VMEXIT_INVALID for L1
+[guest fuzz] fuzz: NOTE seed=1 iter=201 mode=bytes fields=cr0 action=none: VMEXIT_INVALID for a vmcb12 the oracle finds legal
 fuzz: FAILURE seed=1 iter=210: L0 stopped the VM while L2 ran: nested page fault (replay: ...)
 fuzz: histogram of what L1 saw after its VMRUNs:
 fuzz:          120  Hlt (0x78)
@@ -345,6 +359,7 @@ fuzz: 300 iterations, seed 1: 2 hypervisor failures
         assert_eq!(r.histogram.get("Hlt (0x78)"), Some(&120));
         assert_eq!(r.histogram.get("VMEXIT_INVALID"), Some(&7));
         assert_eq!(r.histogram.len(), 2);
+        assert_eq!((r.notes.len(), r.cpu_refusals), (1, 1));
     }
 
     #[test]
