@@ -387,6 +387,26 @@ pub fn emulator_checks_first(addr: u64, max_phys_bits: u8) -> bool {
     addr & 0xfff != 0 || (max_phys_bits < 64 && addr >> max_phys_bits != 0)
 }
 
+/// A message's kind: the message without its numbers (every run of
+/// `[0-9a-fA-Fx]` that starts with a digit is dropped), written to `out`;
+/// returns the length. Reproducer lines of one kind group under it.
+pub fn kind_of(message: &str, out: &mut [u8]) -> usize {
+    let bytes = message.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < bytes.len() && n < out.len() {
+        if bytes[i].is_ascii_digit() {
+            while i < bytes.len() && (bytes[i].is_ascii_hexdigit() || bytes[i] == b'x') {
+                i += 1;
+            }
+            continue;
+        }
+        out[n] = bytes[i];
+        n += 1;
+        i += 1;
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +586,20 @@ mod tests {
         assert!(exit_intercepted(&c, 0x400));
         assert!(!exit_intercepted(&c, u64::MAX));
         assert!(is_invalid(0xffff_ffff) && is_invalid(u64::MAX) && !is_invalid(0x81));
+    }
+
+    #[test]
+    fn kinds_drop_numbers_only() {
+        let mut out = [0u8; 64];
+        let n = kind_of(
+            "EVENTINJ 0xee7b35fd800005ea still valid after exit 0xffffffff",
+            &mut out,
+        );
+        assert_eq!(&out[..n], b"EVENTINJ  still valid after exit ");
+        let n = kind_of("got Some(Fault { vector: d, error_code: 0 })", &mut out);
+        assert_eq!(&out[..n], b"got Some(Fault { vector: d, error_code:  })");
+        let mut short = [0u8; 4];
+        assert_eq!(kind_of("abcdef", &mut short), 4);
     }
 
     #[test]

@@ -35,10 +35,9 @@ const CHUNK: u64 = 5_000;
 /// no test hypercalls.
 const FUZZ_CONFIG: VmConfig = VmConfig {
     tsc_mode: TscMode::Offsetting,
-    nested_svm: true,
-    vmcb12_checks: true,
     time_budget_ms: u64::MAX,
     test_hypercalls: false,
+    ..VmConfig::NESTED
 };
 
 /// How one VM of the run ended.

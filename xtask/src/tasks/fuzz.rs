@@ -8,13 +8,17 @@
 //! `fuzz: <N> iterations, seed <S>: <K> hypervisor failures`.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
 use crate::kernel::{self, Profile};
 use crate::qemu::{self, Firmware, Medium, RunConfig};
 use crate::verdict::Verdict;
-use crate::{host_tools, runner, workspace, Result};
+use crate::{bail, host_tools, process, runner, workspace, Result};
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +51,9 @@ const PROGRESS_EVERY: u64 = 100;
 const SLOWEST_RATE: u64 = 100;
 /// Boot and margin on top of the expected run time.
 const MARGIN: Duration = Duration::from_secs(60);
+/// A console silent this long is a hang (L1 prints progress every 100
+/// iterations, a fraction of a second; a boot prints within seconds).
+const IDLE: Duration = Duration::from_secs(60);
 
 /// What one boot's console showed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -70,6 +77,37 @@ pub struct BootReport {
     pub notes: Vec<String>,
     /// L0's warnings that the CPU refused a vmcb12 its checks accepted.
     pub cpu_refusals: u64,
+    /// `fuzz: KIND <label> count=<n>: <sample>` lines (exact counts of a
+    /// VM that finished its range), summed by label and sample kind.
+    pub kinds: BTreeMap<String, (u64, String)>,
+}
+
+/// A message's kind: without its numbers (`svm::fuzz::kind_of`: every run
+/// of `[0-9a-fA-Fx]` that starts with a digit is dropped).
+pub fn kind_of(message: &str) -> String {
+    let mut out = String::new();
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            while chars
+                .next_if(|c| c.is_ascii_hexdigit() || *c == 'x')
+                .is_some()
+            {}
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The kind of a MISMATCH/DEVIATION/NOTE line: its label and its message
+/// (after `action=...: `) without numbers.
+fn line_kind(line: &str) -> String {
+    let label = line.split_whitespace().nth(1).unwrap_or("");
+    let message = line.split_once("action=").map_or(line, |(_, rest)| {
+        rest.split_once(": ").map_or(rest, |(_, m)| m)
+    });
+    format!("{label} {}", kind_of(message))
 }
 
 /// Parses `fuzz: <N> iterations, seed <S>: <K> hypervisor failures`.
@@ -127,6 +165,16 @@ pub fn parse_boot(serial: &str) -> BootReport {
             r.deviations.push(line.to_string());
         } else if body.starts_with("NOTE ") {
             r.notes.push(line.to_string());
+        } else if let Some(rest) = body.strip_prefix("KIND ") {
+            let Some((head, sample)) = rest.split_once(": ") else {
+                continue;
+            };
+            let (label, count) = head.split_once(" count=").unwrap_or((head, "0"));
+            let entry = r
+                .kinds
+                .entry(format!("{label} {}", kind_of(sample)))
+                .or_insert((0, sample.to_string()));
+            entry.0 += count.parse::<u64>().unwrap_or(0);
         } else if let Some(rest) = body.strip_prefix("progress ") {
             r.last_iteration = rest
                 .split_whitespace()
@@ -194,21 +242,32 @@ pub fn fuzz(args: &FuzzArgs) -> Result<bool> {
             debugcon: workspace::target_dir().join("qemu-debugcon.log"),
             icount: false,
         };
-        let outcome = runner::run(
-            qemu::command(&config)?,
-            runner::Options {
-                timeout: Some(timeout),
-                echo: true,
-            },
-        )?;
+        let outcome = run_watched(qemu::command(&config)?, timeout, IDLE)?;
         let verdict = Verdict::of(&outcome);
         let boot = parse_boot(&outcome.serial);
         merge(&mut total, &boot);
+        let panicked = verdict == Verdict::KernelFailure
+            && ["\npanic", "FATAL:"]
+                .iter()
+                .any(|p| outcome.serial.contains(p));
         match (boot.result, verdict) {
             (Some((n, _, failures)), Verdict::Success | Verdict::KernelFailure) => {
                 iterations += n;
                 k += failures;
                 break;
+            }
+            _ if panicked => {
+                // A hypervisor panic: a failure; go on after its range.
+                let from = boot.last_iteration.unwrap_or(next);
+                let line = format!(
+                    "fuzz: FAILURE seed={seed} iter={from}: the hypervisor panicked (in iterations {from}..{}; replay: cargo xtask fuzz --seed {seed} --start {from} --iterations {PROGRESS_EVERY})",
+                    from + PROGRESS_EVERY
+                );
+                println!("{line}");
+                total.failures.push(line);
+                k += 1 + (boot.failures.len() + boot.mismatches.len()) as u64;
+                iterations += from - next + 1;
+                next = from + PROGRESS_EVERY.min(count);
             }
             _ => {
                 // QEMU died or hung: its failure and mismatch lines still
@@ -251,6 +310,74 @@ pub fn fuzz(args: &FuzzArgs) -> Result<bool> {
     Ok(k == 0 && crashes.is_empty())
 }
 
+/// Runs QEMU like [`runner::run`] with the console echoed, killing it at
+/// `timeout` or when its console stays silent for `idle` (a hang).
+fn run_watched(mut cmd: Command, timeout: Duration, idle: Duration) -> Result<runner::Outcome> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe and touches only the new child: the
+    // kernel kills QEMU if xtask dies first.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    process::echo(&cmd);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => bail!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
+    };
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let pump = |mut pipe: Box<dyn Read + Send>, mut sink: Box<dyn Write + Send>| {
+        let last = Arc::clone(&last);
+        std::thread::spawn(move || {
+            let (mut all, mut buf) = (Vec::new(), [0u8; 4096]);
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                all.extend_from_slice(&buf[..n]);
+                // The console is best effort.
+                let _ = sink.write_all(&buf[..n]).and_then(|()| sink.flush());
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            }
+            all
+        })
+    };
+    let out = pump(
+        Box::new(child.stdout.take().expect("piped")),
+        Box::new(std::io::stdout()),
+    );
+    let err = pump(
+        Box::new(child.stderr.take().expect("piped")),
+        Box::new(std::io::stderr()),
+    );
+    let started = Instant::now();
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (Some(status), None);
+        }
+        let silent = last.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let waited = started.elapsed();
+        if waited >= timeout || silent >= idle {
+            // Kill fails only if QEMU exited meanwhile; wait reaps it anyway.
+            let _ = child.kill();
+            child.wait()?;
+            break (None, Some(if waited >= timeout { timeout } else { silent }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+    };
+    Ok(runner::Outcome {
+        status: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        serial: text(out),
+        stderr: text(err),
+    })
+}
+
 fn merge(total: &mut BootReport, boot: &BootReport) {
     total.failures.extend(boot.failures.iter().cloned());
     total.mismatches.extend(boot.mismatches.iter().cloned());
@@ -258,6 +385,13 @@ fn merge(total: &mut BootReport, boot: &BootReport) {
     total.deviation_count += boot.deviation_count;
     total.notes.extend(boot.notes.iter().cloned());
     total.cpu_refusals += boot.cpu_refusals;
+    for (kind, (n, sample)) in &boot.kinds {
+        let entry = total
+            .kinds
+            .entry(kind.clone())
+            .or_insert((0, sample.clone()));
+        entry.0 += n;
+    }
     for (name, n) in &boot.histogram {
         *total.histogram.entry(name.clone()).or_default() += n;
     }
@@ -271,25 +405,55 @@ fn summarize(seed: u64, total: &BootReport, crashes: &[Crash]) {
     for (name, n) in hist {
         println!("fuzz:   {n:>10}  {name}");
     }
+    println!("fuzz: kinds of L1's reports, exact counts of the VMs that finished their range:");
+    for (kind, (n, sample)) in &total.kinds {
+        let label = kind.split(' ').next().unwrap_or("");
+        println!("  {label:<9} {n:>8}  {sample}");
+    }
+    let mut printed: BTreeMap<String, (u64, &String)> = BTreeMap::new();
+    for line in total
+        .mismatches
+        .iter()
+        .chain(&total.deviations)
+        .chain(&total.notes)
+    {
+        printed.entry(line_kind(line)).or_insert((0, line)).0 += 1;
+    }
     println!(
-        "fuzz: hypervisor failures (L0 stopped the VM, leaks): {}",
+        "fuzz: reproducer lines, by kind (lines printed: L1 prints the first 5 of a kind per VM; first line):"
+    );
+    for (n, line) in printed.values() {
+        println!("  {n:>6}  {line}");
+    }
+    println!(
+        "fuzz: hypervisor failures (L0 stopped the VM, leaks, panics): {}",
         total.failures.len()
     );
-    total.failures.iter().for_each(|l| println!("  {l}"));
+    let mut stops: BTreeMap<String, (u64, &String)> = BTreeMap::new();
+    for line in &total.failures {
+        let what = line.split_once(": ").map_or(line.as_str(), |(_, w)| w);
+        let what = what.split(" (replay").next().unwrap_or(what);
+        stops.entry(kind_of(what)).or_insert((0, line)).0 += 1;
+    }
+    for (n, line) in stops.values() {
+        println!("  {n:>6}  {line}");
+    }
     println!(
-        "fuzz: oracle mismatches printed by L1: {}",
+        "fuzz: oracle mismatch lines printed by L1: {}",
         total.mismatches.len()
     );
-    total.mismatches.iter().for_each(|l| println!("  {l}"));
     println!(
         "fuzz: emulator deviations (QEMU decided before L0; docs/qemu-tcg.md; not counted): {}",
         total.deviation_count.max(total.deviations.len() as u64)
     );
-    total
-        .deviations
-        .iter()
-        .take(5)
-        .for_each(|l| println!("  {l}"));
+    println!(
+        "fuzz: vmcb12s the CPU refused after L0's checks accepted them: {}",
+        total.cpu_refusals
+    );
+    println!(
+        "fuzz: NOTE lines (VMEXIT_INVALID for a vmcb12 the oracle finds legal): {}",
+        total.notes.len()
+    );
     println!(
         "fuzz: emulator crashes or hangs (QEMU died; not counted in K): {}",
         crashes.len()
@@ -345,6 +509,8 @@ fuzz: FAILURE seed=1 iter=210: L0 stopped the VM while L2 ran: nested page fault
 fuzz: histogram of what L1 saw after its VMRUNs:
 fuzz:          120  Hlt (0x78)
 fuzz:            7  VMEXIT_INVALID
+[guest fuzz] fuzz: KIND MISMATCH count=12: EVENTINJ 0x1 still valid after exit 0xffffffff
+[guest fuzz] fuzz: KIND MISMATCH count=3: EVENTINJ 0x2 still valid after exit 0xffffffff
 fuzz: 1 oracle mismatches, 4 emulator deviations (not counted), 2 legal-looking vmcb12s ended in VMEXIT_INVALID
 fuzz: 300 iterations, seed 1: 2 hypervisor failures
 ";
@@ -360,6 +526,14 @@ fuzz: 300 iterations, seed 1: 2 hypervisor failures
         assert_eq!(r.histogram.get("VMEXIT_INVALID"), Some(&7));
         assert_eq!(r.histogram.len(), 2);
         assert_eq!((r.notes.len(), r.cpu_refusals), (1, 1));
+        assert_eq!(
+            r.kinds.get("MISMATCH EVENTINJ  still valid after exit "),
+            Some(&(
+                15,
+                "EVENTINJ 0x1 still valid after exit 0xffffffff".to_string()
+            ))
+        );
+        assert_eq!(line_kind(&r.mismatches[0]), "MISMATCH EVENTINJ still valid");
     }
 
     #[test]

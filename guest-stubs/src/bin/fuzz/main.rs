@@ -172,6 +172,8 @@ pub(crate) struct Ctx {
     /// L2's code has a WRMSR: it may set the TSC (L1's too when L1 lets
     /// the write through, as on hardware), so no TSC oracle.
     pub l2_may_write_tsc: bool,
+    /// A short run: every iteration prints what it does.
+    pub replay: bool,
 }
 
 pub(crate) fn record() -> &'static mut Record {
@@ -194,8 +196,11 @@ impl Ctx {
     }
 
     fn line(&mut self, kind: &str, what: core::fmt::Arguments<'_>) {
-        self.lines += 1;
-        if self.lines <= MAX_LINES {
+        let mut text = Text::default();
+        let _ = core::fmt::Write::write_fmt(&mut text, what);
+        let first_few = kinds().count(kind, text.as_str()) <= LINES_PER_KIND;
+        if self.lines < MAX_LINES && first_few {
+            self.lines += 1;
             println!(
                 "fuzz: {kind} seed={} iter={} mode={} fields={} action={}: {what}",
                 self.seed,
@@ -203,6 +208,119 @@ impl Ctx {
                 self.mode.name(),
                 self.fields,
                 self.action
+            );
+        }
+    }
+}
+
+/// Reproducer lines printed per kind of message and VM (all are counted).
+const LINES_PER_KIND: u64 = 5;
+/// Kinds of message told apart per VM.
+const KINDS: usize = 48;
+const TEXT: usize = 160;
+
+/// A formatted message, truncated.
+struct Text {
+    buf: [u8; TEXT],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self {
+            buf: [0; TEXT],
+            len: 0,
+        }
+    }
+}
+
+impl Text {
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl core::fmt::Write for Text {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len < TEXT && b.is_ascii() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Messages counted by kind ([`svm::fuzz::kind_of`]), with the first one
+/// of each as its sample.
+struct Kinds {
+    kind: [[u8; TEXT]; KINDS],
+    kind_len: [usize; KINDS],
+    label: [&'static str; KINDS],
+    sample: [Text; KINDS],
+    count: [u64; KINDS],
+    used: usize,
+}
+
+static mut KIND_TABLE: Kinds = Kinds {
+    kind: [[0; TEXT]; KINDS],
+    kind_len: [0; KINDS],
+    label: [""; KINDS],
+    sample: [const {
+        Text {
+            buf: [0; TEXT],
+            len: 0,
+        }
+    }; KINDS],
+    count: [0; KINDS],
+    used: 0,
+};
+
+fn kinds() -> &'static mut Kinds {
+    // SAFETY: single vCPU; only L1's own code touches the table.
+    unsafe { &mut *addr_of_mut!(KIND_TABLE) }
+}
+
+impl Kinds {
+    /// Counts `message` (labelled MISMATCH, DEVIATION, NOTE); returns how
+    /// many of its kind there were so far, this one included.
+    fn count(&mut self, label: &str, message: &str) -> u64 {
+        let mut k = [0u8; TEXT];
+        let n = svm::fuzz::kind_of(message, &mut k);
+        let label: &'static str = match label {
+            "MISMATCH" => "MISMATCH",
+            "DEVIATION" => "DEVIATION",
+            _ => "NOTE",
+        };
+        let found = (0..self.used)
+            .find(|&i| self.label[i] == label && self.kind[i][..self.kind_len[i]] == k[..n]);
+        let i = match found {
+            Some(i) => i,
+            None if self.used < KINDS => {
+                let i = self.used;
+                self.used += 1;
+                self.kind[i] = k;
+                self.kind_len[i] = n;
+                self.label[i] = label;
+                let _ = core::fmt::Write::write_str(&mut self.sample[i], message);
+                i
+            }
+            // The table is full: counted, printed (a new kind is news).
+            None => return 1,
+        };
+        self.count[i] += 1;
+        self.count[i]
+    }
+
+    /// One line per kind: `fuzz: KIND <label> count=<n>: <first message>`.
+    fn print(&self) {
+        for i in 0..self.used {
+            println!(
+                "fuzz: KIND {} count={}: {}",
+                self.label[i],
+                self.count[i],
+                self.sample[i].as_str()
             );
         }
     }
@@ -296,8 +414,38 @@ pub(crate) fn stgi() {
     unsafe { asm!("stgi", options(nomem, nostack)) };
 }
 
+/// Debug and task-priority registers are one set for L1 and L2 (DR0-DR3
+/// are in no VMCB; CR8 is the real TPR when V_INTR_MASKING is off): an L2
+/// may have written them, so every iteration starts from the reset values.
+fn reset_shared_registers() {
+    let (dr0, dr1, dr2, dr3, dr7, cr8): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: reads of debug registers and CR8 at CPL 0.
+    unsafe {
+        asm!("mov {}, dr0", out(reg) dr0, options(nomem, nostack));
+        asm!("mov {}, dr1", out(reg) dr1, options(nomem, nostack));
+        asm!("mov {}, dr2", out(reg) dr2, options(nomem, nostack));
+        asm!("mov {}, dr3", out(reg) dr3, options(nomem, nostack));
+        asm!("mov {}, dr7", out(reg) dr7, options(nomem, nostack));
+        asm!("mov {}, cr8", out(reg) cr8, options(nomem, nostack));
+    }
+    if dr7 != 0x400 || (dr0 | dr1 | dr2 | dr3) != 0 {
+        // SAFETY: breakpoints off first, then the addresses cleared.
+        unsafe {
+            asm!("mov dr7, {}", in(reg) 0x400u64, options(nomem, nostack));
+            asm!("mov dr0, {0}", "mov dr1, {0}", "mov dr2, {0}", "mov dr3, {0}",
+                in(reg) 0u64, options(nomem, nostack));
+            asm!("mov dr6, {}", in(reg) 0xffff_0ff0u64, options(nomem, nostack));
+        }
+    }
+    if cr8 != 0 {
+        // SAFETY: L1 runs with interrupts off; TPR 0 is its start value.
+        unsafe { asm!("mov cr8, {}", in(reg) 0u64, options(nomem, nostack)) };
+    }
+}
+
 /// Puts L1's SVM state back to the start of an iteration.
 fn reset(svm: &mut Svm) {
+    reset_shared_registers();
     // VM_CR first: with SVMDIS set, setting EFER.SVME is #GP.
     if svm.vm_cr_touched {
         wrmsr(svm::msr::VM_CR, 0);
@@ -362,12 +510,14 @@ fn guest_main(params: &'static StartParams) -> ! {
         max_phys,
         lines: 0,
         l2_may_write_tsc: false,
+        replay: false,
     };
     let end = spec.first.saturating_add(spec.count);
     let mut i = spec.first;
     while i < end && rdtsc() < deadline {
         rec.next = i;
-        if spec.count <= REPLAY_MAX || (i % PROGRESS_EVERY == 0 && i != spec.first) {
+        ctx.replay = spec.count <= REPLAY_MAX;
+        if !ctx.replay && i % PROGRESS_EVERY == 0 && i != spec.first {
             println!("fuzz: progress seed={} iter={i}", spec.seed);
         }
         ctx.iteration = i;
@@ -377,6 +527,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         i += 1;
     }
     rec.next = i;
+    kinds().print();
     println!(
         "fuzz: L1 done seed={} iterations {}..{i}: {} mismatches, {} emulator deviations, {} legal vmcb12s refused",
         spec.seed, spec.first, rec.mismatches, rec.deviations, rec.invalid_but_legal
@@ -403,6 +554,16 @@ fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
     let v = l1::vmcb();
     vmcb12::template(v, &mut rng, mode, entry);
     ctx.fields = vmcb12::corrupt(v, &mut rng, ctx.ram);
+    if ctx.replay {
+        println!(
+            "fuzz: progress seed={} iter={} mode={} fields={} code={:02x?}",
+            ctx.seed,
+            ctx.iteration,
+            mode.name(),
+            ctx.fields,
+            &code[..len]
+        );
+    }
     let mut regs = l1::Regs::default();
     v.state.rax = if ctx.fields.fields[..ctx.fields.len].contains(&24) {
         v.state.rax
