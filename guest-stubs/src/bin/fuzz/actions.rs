@@ -3,7 +3,7 @@
 //! STGI/CLGI in any order, VM_HSAVE_PA, EFER.SVME and VM_CR writes,
 //! INVLPGA and SKINIT, each checked against the APM.
 
-use crate::{clgi, l1, sandbox, stgi, vmrun_checked, Ctx, Outcome, Svm};
+use crate::{clgi, l1, sandbox, stgi, vmrun_checked, Ctx, Outcome, Shown, ShownVector, Svm};
 use core::arch::asm;
 use core::ptr::addr_of_mut;
 use guest_stubs::cpu::{rdmsr, wrmsr};
@@ -81,12 +81,14 @@ fn judge_fault(ctx: &mut Ctx, svm: &Svm, what: &str, pa: u64, got: Option<Fault>
     }
     if !svm.svme && got_vector == Some(13) && emulator_checks_first(pa, ctx.max_phys) {
         ctx.deviation(format_args!(
-            "{what} {pa:#x} with EFER.SVME clear: #GP from QEMU's address check before the intercept, #UD expected"
+            "{what} {pa:#x}, EFER.SVME clear: #GP (QEMU checks the address first), not #UD"
         ));
         return;
     }
     ctx.mismatch(format_args!(
-        "{what} {pa:#x}: got {got:x?}, expected vector {want:?} (EFER.SVME {})",
+        "{what} {pa:#x}: {}, expected {} (EFER.SVME {})",
+        Shown(got),
+        ShownVector(want),
         svm.svme
     ));
 }
@@ -168,8 +170,9 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
                 let want = if svm.svme { None } else { Some(6) };
                 if got.map(|f| f.vector) != want {
                     ctx.mismatch(format_args!(
-                        "{}: got {got:x?}",
-                        if set { "STGI" } else { "CLGI" }
+                        "{}: {}",
+                        if set { "STGI" } else { "CLGI" },
+                        Shown(got)
                     ));
                 }
                 if got.is_none() {
@@ -188,7 +191,11 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
             // APM 15.30.4: not page aligned or beyond MAXPHYADDR is #GP.
             let bad = value & 0xfff != 0 || (max_phys < 64 && value >> max_phys != 0);
             if got.map(|f| f.vector) != bad.then_some(13) {
-                ctx.mismatch(format_args!("WRMSR VM_HSAVE_PA {value:#x}: got {got:x?}"));
+                ctx.mismatch(format_args!(
+                    "WRMSR VM_HSAVE_PA {value:#x}: {}, expected {}",
+                    Shown(got),
+                    ShownVector(bad.then_some(13))
+                ));
             }
             if got.is_none() {
                 svm.hsave = value != 0;
@@ -199,7 +206,10 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
             let efer = rdmsr(EFER);
             let got = catch(2, || wrmsr(EFER, efer ^ EFER_SVME));
             if got.is_some() {
-                ctx.mismatch(format_args!("toggling EFER.SVME ({efer:#x}): {got:x?}"));
+                ctx.mismatch(format_args!(
+                    "toggling EFER.SVME ({efer:#x}): {}",
+                    Shown(got)
+                ));
             } else {
                 svm.svme = rdmsr(EFER) & EFER_SVME != 0;
                 if svm.svme == (efer & EFER_SVME != 0) {
@@ -229,7 +239,11 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
             });
             let want = if svm.svme { None } else { Some(6) };
             if got.map(|f| f.vector) != want {
-                ctx.mismatch(format_args!("INVLPGA: got {got:x?}, expected {want:?}"));
+                ctx.mismatch(format_args!(
+                    "INVLPGA: {}, expected {}",
+                    Shown(got),
+                    ShownVector(want)
+                ));
             }
         }
         _ => {
@@ -239,7 +253,7 @@ pub(crate) fn one(ctx: &mut Ctx, svm: &mut Svm, rng: &mut Rng) {
                 asm!("skinit eax", in("eax") 0x10_0000u32, options(nostack))
             });
             if got.map(|f| f.vector) != Some(6) {
-                ctx.mismatch(format_args!("SKINIT: got {got:x?}, expected #UD"));
+                ctx.mismatch(format_args!("SKINIT: {}, expected #UD", Shown(got)));
             }
         }
     }

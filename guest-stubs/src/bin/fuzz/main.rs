@@ -326,6 +326,39 @@ impl Kinds {
     }
 }
 
+/// A fault as reproducer lines show it: `#13(0x0)`, or `no fault`.
+pub(crate) struct Shown(pub Option<Fault>);
+
+impl core::fmt::Display for Shown {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(fault) => write!(f, "#{}({:#x})", fault.vector, fault.error_code),
+            None => write!(f, "no fault"),
+        }
+    }
+}
+
+/// An expected vector: `#13`, or `no fault`.
+pub(crate) struct ShownVector(pub Option<u64>);
+
+impl core::fmt::Display for ShownVector {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "#{v}"),
+            None => write!(f, "no fault"),
+        }
+    }
+}
+
+impl core::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Outcome::Exit(code) => write!(f, "exit {code:#x}"),
+            Outcome::Fault(fault) => Shown(Some(fault)).fmt(f),
+        }
+    }
+}
+
 /// The outcome of a VMRUN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -616,19 +649,19 @@ pub(crate) fn judge_vmrun(
         (false, _, Outcome::Fault(f)) if f.vector == 6 => return false,
         (false, _, o) => {
             ctx.mismatch(format_args!(
-                "VMRUN with EFER.SVME clear: {o:x?}, expected #UD"
+                "VMRUN with EFER.SVME clear: {o}, expected #UD"
             ));
             return false;
         }
         (true, false, Outcome::Fault(f)) if (f.vector, f.error_code) == (13, 0) => return false,
         (true, false, o) => {
             ctx.mismatch(format_args!(
-                "VMRUN without VM_HSAVE_PA: {o:x?}, expected #GP(0)"
+                "VMRUN without VM_HSAVE_PA: {o}, expected #GP(0)"
             ));
             return false;
         }
         (true, true, Outcome::Fault(f)) => {
-            ctx.mismatch(format_args!("VMRUN of a good address faulted: {f:x?}"));
+            ctx.mismatch(format_args!("VMRUN of a good address: {}", Shown(Some(f))));
             return false;
         }
         (true, true, Outcome::Exit(code)) => code,
