@@ -154,6 +154,8 @@ pub const RECORD_GPA: u64 = 0x6000;
 pub const RECORD_MAGIC: u64 = 0x4655_5a5a_5245_4331; // "1CERZZUF"
 /// Histogram slots in a [`Record`].
 pub const HISTOGRAM_SLOTS: usize = 120;
+/// Report-kind slots in a [`Record`].
+pub const KIND_SLOTS: usize = 48;
 /// Histogram key of a fault L1 took itself (low byte: the vector) instead
 /// of a #VMEXIT.
 pub const L1_FAULT_KEY: u64 = 0x1_0000_0000;
@@ -177,6 +179,8 @@ pub struct Record {
     pub invalid_but_legal: u64,
     /// `(exit code or L1_FAULT_KEY | vector, count)`; count 0 = free.
     pub histogram: [[u64; 2]; HISTOGRAM_SLOTS],
+    /// `(kind_hash of a report, count)`; count 0 = free.
+    pub kinds: [[u64; 2]; KIND_SLOTS],
 }
 
 impl Record {
@@ -190,18 +194,18 @@ impl Record {
             deviations: 0,
             invalid_but_legal: 0,
             histogram: [[0; 2]; HISTOGRAM_SLOTS],
+            kinds: [[0; 2]; KIND_SLOTS],
         }
     }
 
     /// Counts `n` outcomes `key` (dropped when every slot is taken).
     pub fn count(&mut self, key: u64, n: u64) {
-        for slot in self.histogram.iter_mut() {
-            if slot[1] == 0 || slot[0] == key {
-                slot[0] = key;
-                slot[1] += n;
-                return;
-            }
-        }
+        add(&mut self.histogram, key, n);
+    }
+
+    /// Counts `n` reports of kind `hash` ([`kind_hash`]).
+    pub fn count_kind(&mut self, hash: u64, n: u64) {
+        add(&mut self.kinds, hash, n);
     }
 
     /// Adds another record's counts to this one.
@@ -215,7 +219,35 @@ impl Record {
                 self.count(key, n);
             }
         }
+        for [key, n] in other.kinds {
+            if n != 0 {
+                self.count_kind(key, n);
+            }
+        }
     }
+}
+
+/// Adds `n` to `key`'s slot (dropped when every slot is taken).
+fn add(slots: &mut [[u64; 2]], key: u64, n: u64) {
+    for slot in slots.iter_mut() {
+        if slot[1] == 0 || slot[0] == key {
+            slot[0] = key;
+            slot[1] += n;
+            return;
+        }
+    }
+}
+
+/// A report's kind as a number (FNV-1a of the label and [`kind_of`] the
+/// message), printed in its reproducer line and counted in the record.
+pub fn kind_hash(label: &str, message: &str) -> u64 {
+    let mut buf = [0u8; 256];
+    let n = kind_of(message, &mut buf);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in label.as_bytes().iter().chain(b" ").chain(&buf[..n]) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl Default for Record {
@@ -494,7 +526,11 @@ mod tests {
         assert_eq!(a.histogram[0], [0x81, 3]);
         assert_eq!(a.histogram[1], [0x78, 6]);
         assert_eq!(a.histogram[2], [0, 0]);
-        assert_eq!(a.done, 3);
+        a.count_kind(9, 1);
+        b.count_kind(9, 2);
+        a.merge(&b);
+        assert_eq!(a.kinds[0], [9, 3]);
+        assert_eq!(a.done, 6, "merged twice");
         assert!(core::mem::size_of::<Record>() <= 4096);
     }
 
@@ -598,6 +634,14 @@ mod tests {
         assert_eq!(&out[..n], b"EVENTINJ  still valid after exit ");
         let n = kind_of("got Some(Fault { vector: d, error_code: 0 })", &mut out);
         assert_eq!(&out[..n], b"got Some(Fault { vector: d, error_code:  })");
+        assert_eq!(
+            kind_hash("MISMATCH", "EVENTINJ 0x1 still valid"),
+            kind_hash("MISMATCH", "EVENTINJ 0x2222 still valid")
+        );
+        assert_ne!(
+            kind_hash("MISMATCH", "EVENTINJ 0x1 still valid"),
+            kind_hash("NOTE", "EVENTINJ 0x1 still valid")
+        );
         let mut short = [0u8; 4];
         assert_eq!(kind_of("abcdef", &mut short), 4);
     }

@@ -118,6 +118,7 @@ pub fn run(value: &str) -> bool {
     let elapsed_ms = (crate::time::uptime_ms() - started).max(1);
     let iterations = total.done + stopped_iterations;
     print_histogram(&total);
+    print_kinds(&total);
     println!(
         "fuzz: {} oracle mismatches, {} emulator deviations (not counted), {} legal-looking vmcb12s ended in VMEXIT_INVALID",
         total.mismatches, total.deviations, total.invalid_but_legal
@@ -212,6 +213,14 @@ fn outcome_name(key: u64) -> String {
         String::from("VMEXIT_INVALID")
     } else {
         format!("{:?} ({key:#x})", ExitCode::from_raw(key))
+    }
+}
+
+/// One line per kind of L1 report: `fuzz: kind <hash> <count>` (the
+/// reproducer lines carry the hash as `kind=<hash>`).
+fn print_kinds(r: &Record) {
+    for [hash, n] in r.kinds.iter().filter(|s| s[1] != 0) {
+        println!("fuzz: kind {hash:016x} {n}");
     }
 }
 

@@ -77,13 +77,13 @@ pub struct BootReport {
     pub notes: Vec<String>,
     /// L0's warnings that the CPU refused a vmcb12 its checks accepted.
     pub cpu_refusals: u64,
-    /// `fuzz: KIND <label> count=<n>: <sample>` lines (exact counts of a
-    /// VM that finished its range), summed by label and sample kind.
-    pub kinds: BTreeMap<String, (u64, String)>,
+    /// The kernel's `fuzz: kind <hash> <n>` lines: exact counts of each
+    /// kind of L1 report (the reproducer lines carry `kind=<hash>`).
+    pub kinds: BTreeMap<String, u64>,
 }
 
-/// A message's kind: without its numbers (`svm::fuzz::kind_of`: every run
-/// of `[0-9a-fA-Fx]` that starts with a digit is dropped).
+/// A message without its numbers (every run of `[0-9a-fA-Fx]` that starts
+/// with a digit dropped), to group lines that differ only in them.
 pub fn kind_of(message: &str) -> String {
     let mut out = String::new();
     let mut chars = message.chars().peekable();
@@ -100,14 +100,10 @@ pub fn kind_of(message: &str) -> String {
     out
 }
 
-/// The kind of a MISMATCH/DEVIATION/NOTE line: its label and its message
-/// (after `action=...: `) without numbers.
-fn line_kind(line: &str) -> String {
-    let label = line.split_whitespace().nth(1).unwrap_or("");
-    let message = line.split_once("action=").map_or(line, |(_, rest)| {
-        rest.split_once(": ").map_or(rest, |(_, m)| m)
-    });
-    format!("{label} {}", kind_of(message))
+/// The `kind=<hash>` of a MISMATCH/DEVIATION/NOTE line.
+fn line_kind(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("kind="))
 }
 
 /// Parses `fuzz: <N> iterations, seed <S>: <K> hypervisor failures`.
@@ -165,16 +161,10 @@ pub fn parse_boot(serial: &str) -> BootReport {
             r.deviations.push(line.to_string());
         } else if body.starts_with("NOTE ") {
             r.notes.push(line.to_string());
-        } else if let Some(rest) = body.strip_prefix("KIND ") {
-            let Some((head, sample)) = rest.split_once(": ") else {
-                continue;
-            };
-            let (label, count) = head.split_once(" count=").unwrap_or((head, "0"));
-            let entry = r
-                .kinds
-                .entry(format!("{label} {}", kind_of(sample)))
-                .or_insert((0, sample.to_string()));
-            entry.0 += count.parse::<u64>().unwrap_or(0);
+        } else if let Some(rest) = body.strip_prefix("kind ") {
+            if let Some((hash, n)) = rest.split_once(' ') {
+                *r.kinds.entry(hash.to_string()).or_default() += n.parse().unwrap_or(0);
+            }
         } else if let Some(rest) = body.strip_prefix("progress ") {
             r.last_iteration = rest
                 .split_whitespace()
@@ -385,12 +375,21 @@ fn merge(total: &mut BootReport, boot: &BootReport) {
     total.deviation_count += boot.deviation_count;
     total.notes.extend(boot.notes.iter().cloned());
     total.cpu_refusals += boot.cpu_refusals;
-    for (kind, (n, sample)) in &boot.kinds {
-        let entry = total
-            .kinds
-            .entry(kind.clone())
-            .or_insert((0, sample.clone()));
-        entry.0 += n;
+    if boot.result.is_some() {
+        for (kind, n) in &boot.kinds {
+            *total.kinds.entry(kind.clone()).or_default() += n;
+        }
+    } else {
+        // The kernel did not get to its counts: the lines printed are a
+        // lower bound.
+        let lines = boot
+            .mismatches
+            .iter()
+            .chain(&boot.deviations)
+            .chain(&boot.notes);
+        for kind in lines.filter_map(|l| line_kind(l)) {
+            *total.kinds.entry(kind.to_string()).or_default() += 1;
+        }
     }
     for (name, n) in &boot.histogram {
         *total.histogram.entry(name.clone()).or_default() += n;
@@ -405,25 +404,26 @@ fn summarize(seed: u64, total: &BootReport, crashes: &[Crash]) {
     for (name, n) in hist {
         println!("fuzz:   {n:>10}  {name}");
     }
-    println!("fuzz: kinds of L1's reports, exact counts of the VMs that finished their range:");
-    for (kind, (n, sample)) in &total.kinds {
-        let label = kind.split(' ').next().unwrap_or("");
-        println!("  {label:<9} {n:>8}  {sample}");
-    }
-    let mut printed: BTreeMap<String, (u64, &String)> = BTreeMap::new();
-    for line in total
+    let mut first: BTreeMap<&str, &String> = BTreeMap::new();
+    let lines = total
         .mismatches
         .iter()
         .chain(&total.deviations)
-        .chain(&total.notes)
-    {
-        printed.entry(line_kind(line)).or_insert((0, line)).0 += 1;
+        .chain(&total.notes);
+    for line in lines {
+        if let Some(kind) = line_kind(line) {
+            first.entry(kind).or_insert(line);
+        }
     }
-    println!(
-        "fuzz: reproducer lines, by kind (lines printed: L1 prints the first 5 of a kind per VM; first line):"
-    );
-    for (n, line) in printed.values() {
-        println!("  {n:>6}  {line}");
+    let mut kinds: Vec<(u64, &str)> = total
+        .kinds
+        .iter()
+        .map(|(k, n)| (*n, first.get(k.as_str()).map_or(k.as_str(), |l| l.as_str())))
+        .collect();
+    kinds.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    println!("fuzz: L1's reports by kind (count, first reproducer line):");
+    for (n, line) in kinds {
+        println!("  {n:>8}  {line}");
     }
     println!(
         "fuzz: hypervisor failures (L0 stopped the VM, leaks, panics): {}",
@@ -500,7 +500,7 @@ mod tests {
         let serial = "\
 fuzz: seed 1 iterations 0..300
 [guest fuzz] fuzz: progress seed=1 iter=100
-[guest fuzz] fuzz: MISMATCH seed=1 iter=48 mode=vmmcall fields=event_inj action=none: EVENTINJ still valid
+[guest fuzz] fuzz: MISMATCH kind=00000000000000ab seed=1 iter=48 mode=vmmcall fields=event_inj action=none: EVENTINJ still valid
 [guest fuzz] fuzz: DEVIATION seed=1 iter=60 mode=bytes fields=cr0 action=vmrun_bad: #GP
 [guest fuzz] fuzz: progress seed=1 iter=200
 [WARN ] vm fuzz: the CPU refused a vmcb12 the checks accepted; VMEXIT_INVALID for L1
@@ -509,8 +509,8 @@ fuzz: FAILURE seed=1 iter=210: L0 stopped the VM while L2 ran: nested page fault
 fuzz: histogram of what L1 saw after its VMRUNs:
 fuzz:          120  Hlt (0x78)
 fuzz:            7  VMEXIT_INVALID
-[guest fuzz] fuzz: KIND MISMATCH count=12: EVENTINJ 0x1 still valid after exit 0xffffffff
-[guest fuzz] fuzz: KIND MISMATCH count=3: EVENTINJ 0x2 still valid after exit 0xffffffff
+fuzz: kind 00000000000000ab 12
+fuzz: kind 00000000000000cd 3
 fuzz: 1 oracle mismatches, 4 emulator deviations (not counted), 2 legal-looking vmcb12s ended in VMEXIT_INVALID
 fuzz: 300 iterations, seed 1: 2 hypervisor failures
 ";
@@ -518,7 +518,7 @@ fuzz: 300 iterations, seed 1: 2 hypervisor failures
         assert_eq!(r.result, Some((300, 1, 2)));
         assert_eq!(r.last_iteration, Some(200));
         assert_eq!(r.mismatches.len(), 1);
-        assert!(r.mismatches[0].starts_with("fuzz: MISMATCH seed=1 iter=48"));
+        assert!(r.mismatches[0].starts_with("fuzz: MISMATCH kind=00000000000000ab seed=1 iter=48"));
         assert_eq!(r.deviations.len(), 1);
         assert_eq!(r.failures.len(), 1);
         assert_eq!(r.deviation_count, 4);
@@ -526,14 +526,10 @@ fuzz: 300 iterations, seed 1: 2 hypervisor failures
         assert_eq!(r.histogram.get("VMEXIT_INVALID"), Some(&7));
         assert_eq!(r.histogram.len(), 2);
         assert_eq!((r.notes.len(), r.cpu_refusals), (1, 1));
-        assert_eq!(
-            r.kinds.get("MISMATCH EVENTINJ  still valid after exit "),
-            Some(&(
-                15,
-                "EVENTINJ 0x1 still valid after exit 0xffffffff".to_string()
-            ))
-        );
-        assert_eq!(line_kind(&r.mismatches[0]), "MISMATCH EVENTINJ still valid");
+        assert_eq!(r.kinds.get("00000000000000ab"), Some(&12));
+        assert_eq!(r.kinds.get("00000000000000cd"), Some(&3));
+        assert_eq!(line_kind(&r.mismatches[0]), Some("00000000000000ab"));
+        assert_eq!(kind_of("VMRUN 0x1000 ran, exit 0x81"), "VMRUN  ran, exit ");
     }
 
     #[test]

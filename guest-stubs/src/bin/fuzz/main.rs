@@ -198,11 +198,14 @@ impl Ctx {
     fn line(&mut self, kind: &str, what: core::fmt::Arguments<'_>) {
         let mut text = Text::default();
         let _ = core::fmt::Write::write_fmt(&mut text, what);
-        let first_few = kinds().count(kind, text.as_str()) <= LINES_PER_KIND;
-        if self.lines < MAX_LINES && first_few {
+        let hash = svm::fuzz::kind_hash(kind, text.as_str());
+        let rec = record();
+        rec.count_kind(hash, 1);
+        let seen = rec.kinds.iter().find(|s| s[0] == hash).map_or(1, |s| s[1]);
+        if self.lines < MAX_LINES && seen <= LINES_PER_KIND {
             self.lines += 1;
             println!(
-                "fuzz: {kind} seed={} iter={} mode={} fields={} action={}: {what}",
+                "fuzz: {kind} kind={hash:016x} seed={} iter={} mode={} fields={} action={}: {what}",
                 self.seed,
                 self.iteration,
                 self.mode.name(),
@@ -215,8 +218,6 @@ impl Ctx {
 
 /// Reproducer lines printed per kind of message and VM (all are counted).
 const LINES_PER_KIND: u64 = 5;
-/// Kinds of message told apart per VM.
-const KINDS: usize = 48;
 const TEXT: usize = 160;
 
 /// A formatted message, truncated.
@@ -249,80 +250,6 @@ impl core::fmt::Write for Text {
             }
         }
         Ok(())
-    }
-}
-
-/// Messages counted by kind ([`svm::fuzz::kind_of`]), with the first one
-/// of each as its sample.
-struct Kinds {
-    kind: [[u8; TEXT]; KINDS],
-    kind_len: [usize; KINDS],
-    label: [&'static str; KINDS],
-    sample: [Text; KINDS],
-    count: [u64; KINDS],
-    used: usize,
-}
-
-static mut KIND_TABLE: Kinds = Kinds {
-    kind: [[0; TEXT]; KINDS],
-    kind_len: [0; KINDS],
-    label: [""; KINDS],
-    sample: [const {
-        Text {
-            buf: [0; TEXT],
-            len: 0,
-        }
-    }; KINDS],
-    count: [0; KINDS],
-    used: 0,
-};
-
-fn kinds() -> &'static mut Kinds {
-    // SAFETY: single vCPU; only L1's own code touches the table.
-    unsafe { &mut *addr_of_mut!(KIND_TABLE) }
-}
-
-impl Kinds {
-    /// Counts `message` (labelled MISMATCH, DEVIATION, NOTE); returns how
-    /// many of its kind there were so far, this one included.
-    fn count(&mut self, label: &str, message: &str) -> u64 {
-        let mut k = [0u8; TEXT];
-        let n = svm::fuzz::kind_of(message, &mut k);
-        let label: &'static str = match label {
-            "MISMATCH" => "MISMATCH",
-            "DEVIATION" => "DEVIATION",
-            _ => "NOTE",
-        };
-        let found = (0..self.used)
-            .find(|&i| self.label[i] == label && self.kind[i][..self.kind_len[i]] == k[..n]);
-        let i = match found {
-            Some(i) => i,
-            None if self.used < KINDS => {
-                let i = self.used;
-                self.used += 1;
-                self.kind[i] = k;
-                self.kind_len[i] = n;
-                self.label[i] = label;
-                let _ = core::fmt::Write::write_str(&mut self.sample[i], message);
-                i
-            }
-            // The table is full: counted, printed (a new kind is news).
-            None => return 1,
-        };
-        self.count[i] += 1;
-        self.count[i]
-    }
-
-    /// One line per kind: `fuzz: KIND <label> count=<n>: <first message>`.
-    fn print(&self) {
-        for i in 0..self.used {
-            println!(
-                "fuzz: KIND {} count={}: {}",
-                self.label[i],
-                self.count[i],
-                self.sample[i].as_str()
-            );
-        }
     }
 }
 
@@ -560,7 +487,6 @@ fn guest_main(params: &'static StartParams) -> ! {
         i += 1;
     }
     rec.next = i;
-    kinds().print();
     println!(
         "fuzz: L1 done seed={} iterations {}..{i}: {} mismatches, {} emulator deviations, {} legal vmcb12s refused",
         spec.seed, spec.first, rec.mismatches, rec.deviations, rec.invalid_but_legal
