@@ -33,8 +33,6 @@ use vmcb12::{Corrupted, Mode};
 const MIN_RAM: u64 = 8 << 20;
 /// Mismatch lines printed per VM (all are counted).
 const MAX_LINES: u64 = 200;
-/// "Legal vmcb12 refused" lines printed per VM (all are counted).
-const MAX_NOTES: u64 = 10;
 /// A progress line every this many iterations: where an emulator crash
 /// happened, to the nearest line (`cargo xtask fuzz` restarts after it).
 const PROGRESS_EVERY: u64 = 100;
@@ -532,6 +530,9 @@ fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
     if rng.one_in(3) {
         for _ in 0..1 + rng.below(2) {
             actions::one(ctx, svm, &mut rng);
+            if ctx.replay {
+                println!("fuzz: action {}", ctx.action);
+            }
         }
     }
     let steps = match mode {
@@ -602,12 +603,19 @@ pub(crate) fn judge_vmrun(
         if broken.is_none() {
             // Not a failure (a rule the oracle does not know, or L0's
             // 64-bit-only L2), but worth a look: the first few per VM.
-            let n = record().invalid_but_legal;
             record().invalid_but_legal += 1;
-            if n < MAX_NOTES {
+            {
+                let st = &sent.state;
+                let long_mode = st.efer & svm::msr::EFER_LMA != 0
+                    && st.cr0 & svm::cr::CR0_PG != 0
+                    && st.cs.attrib & (1 << 9) != 0;
+                let why = match long_mode {
+                    false => "L2 outside 64-bit mode (L0's documented limit)",
+                    true => "a rule the oracle does not know, or the CPU's",
+                };
                 ctx.line(
                     "NOTE",
-                    format_args!("VMEXIT_INVALID for a vmcb12 the oracle finds legal"),
+                    format_args!("VMEXIT_INVALID for a vmcb12 the oracle finds legal: {why}"),
                 );
             }
         }
