@@ -609,9 +609,16 @@ pub(crate) fn judge_vmrun(
                 let long_mode = st.efer & svm::msr::EFER_LMA != 0
                     && st.cr0 & svm::cr::CR0_PG != 0
                     && st.cs.attrib & (1 << 9) != 0;
-                let why = match long_mode {
-                    false => "L2 outside 64-bit mode (L0's documented limit)",
-                    true => "a rule the oracle does not know, or the CPU's",
+                let c = &sent.control;
+                let outside = |base: u64, len: u64| (base & !0xfff).saturating_add(len) > ctx.ram;
+                let why = if !long_mode {
+                    "L2 outside 64-bit mode (L0's documented limit)"
+                } else if c.nested_ctl & 1 != 0 {
+                    "NP enable, nested paging not offered to L1"
+                } else if outside(c.msrpm_base_pa, 8 << 10) || outside(c.iopm_base_pa, 12 << 10) {
+                    "MSRPM/IOPM outside L1's RAM, below MAXPHYADDR (issue 8 A4)"
+                } else {
+                    "a rule the oracle does not know, or the CPU's"
                 };
                 ctx.line(
                     "NOTE",
