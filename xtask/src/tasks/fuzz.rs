@@ -451,7 +451,7 @@ fn summarize(seed: u64, total: &BootReport, crashes: &[Crash]) {
         total.cpu_refusals
     );
     println!(
-        "fuzz: NOTE lines (VMEXIT_INVALID for a vmcb12 the oracle finds legal): {}",
+        "fuzz: NOTE lines (legal vmcb12 refused): {}",
         total.notes.len()
     );
     println!(
@@ -504,7 +504,7 @@ fuzz: seed 1 iterations 0..300
 [guest fuzz] fuzz: DEVIATION seed=1 iter=60 mode=bytes fields=cr0 action=vmrun_bad: #GP
 [guest fuzz] fuzz: progress seed=1 iter=200
 [WARN ] vm fuzz: the CPU refused a vmcb12 the checks accepted; VMEXIT_INVALID for L1
-[guest fuzz] fuzz: NOTE seed=1 iter=201 mode=bytes fields=cr0 action=none: VMEXIT_INVALID for a vmcb12 the oracle finds legal
+[guest fuzz] fuzz: NOTE seed=1 iter=201 mode=bytes fields=cr0 action=none: legal vmcb12 refused
 fuzz: FAILURE seed=1 iter=210: L0 stopped the VM while L2 ran: nested page fault (replay: ...)
 fuzz: histogram of what L1 saw after its VMRUNs:
 fuzz:          120  Hlt (0x78)

@@ -612,18 +612,15 @@ pub(crate) fn judge_vmrun(
                 let c = &sent.control;
                 let outside = |base: u64, len: u64| (base & !0xfff).saturating_add(len) > ctx.ram;
                 let why = if !long_mode {
-                    "L2 outside 64-bit mode (L0's documented limit)"
+                    "L2 not in 64-bit mode (L0's limit)"
                 } else if c.nested_ctl & 1 != 0 {
-                    "NP enable, nested paging not offered to L1"
+                    "NP enable (NPT not offered)"
                 } else if outside(c.msrpm_base_pa, 8 << 10) || outside(c.iopm_base_pa, 12 << 10) {
-                    "MSRPM/IOPM outside L1's RAM, below MAXPHYADDR (issue 8 A4)"
+                    "MSRPM/IOPM outside RAM (A4)"
                 } else {
-                    "a rule the oracle does not know, or the CPU's"
+                    "unknown rule, or the CPU's"
                 };
-                ctx.line(
-                    "NOTE",
-                    format_args!("VMEXIT_INVALID for a vmcb12 the oracle finds legal: {why}"),
-                );
+                ctx.line("NOTE", format_args!("legal vmcb12 refused: {why}"));
             }
         }
         return false;
