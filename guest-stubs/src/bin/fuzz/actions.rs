@@ -3,7 +3,9 @@
 //! STGI/CLGI in any order, VM_HSAVE_PA, EFER.SVME and VM_CR writes,
 //! INVLPGA and SKINIT, each checked against the APM.
 
-use crate::{clgi, l1, sandbox, stgi, vmrun_checked, Ctx, Outcome, Shown, ShownVector, Svm};
+use crate::report::{Ctx, Shown, ShownVector};
+use crate::switch::{clgi, stgi, vmrun_checked, Outcome};
+use crate::{l1, sandbox, Svm};
 use core::arch::asm;
 use core::ptr::addr_of_mut;
 use guest_stubs::cpu::{rdmsr, wrmsr};

@@ -15,135 +15,31 @@ mod actions;
 #[path = "../nested/l1.rs"]
 #[allow(dead_code)]
 mod l1;
+mod report;
 mod sandbox;
+mod switch;
 mod vmcb12;
 
 use core::arch::asm;
 use core::ptr::addr_of_mut;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
-use guest_stubs::exceptions::{catch, Fault};
 use guest_stubs::verdict::{fail, pass};
 use guest_stubs::{println, StartParams};
-use svm::fuzz::{Record, Rng, Spec, L1_FAULT_KEY, RECORD_GPA};
+use report::{record, Ctx, Shown};
+use svm::fuzz::{Record, Rng, Spec};
 use svm::msr::{EFER, EFER_SVME, VM_HSAVE_PA};
 use svm::{EventInfo, Vmcb};
+use switch::{stgi, vmrun_checked, Outcome};
 use vmcb12::{Corrupted, Mode};
 
 /// RAM the fuzz VM must have (the sandbox sits at 4 MiB).
 const MIN_RAM: u64 = 8 << 20;
-/// Mismatch lines printed per VM (all are counted).
-const MAX_LINES: u64 = 200;
 /// A progress line every this many iterations: where an emulator crash
 /// happened, to the nearest line (`cargo xtask fuzz` restarts after it).
 const PROGRESS_EVERY: u64 = 100;
 /// Runs this short are replays: every iteration gets a line, so a crash of
 /// the emulator names its iteration exactly.
 const REPLAY_MAX: u64 = PROGRESS_EVERY;
-
-/// L1's view of itself, recorded before VMRUN and compared after.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct L1State {
-    cr0: u64,
-    cr3: u64,
-    cr4: u64,
-    efer: u64,
-    gdtr: (u16, u64),
-    idtr: (u16, u64),
-    cs: u16,
-    ss: u16,
-}
-
-fn descriptor_table(idt: bool) -> (u16, u64) {
-    let mut buf = [0u8; 10];
-    // SAFETY: SGDT/SIDT store 10 bytes into buf.
-    unsafe {
-        match idt {
-            false => asm!("sgdt [{}]", in(reg) buf.as_mut_ptr(), options(nostack)),
-            true => asm!("sidt [{}]", in(reg) buf.as_mut_ptr(), options(nostack)),
-        }
-    }
-    let limit = u16::from_le_bytes([buf[0], buf[1]]);
-    let mut base = [0u8; 8];
-    base.copy_from_slice(&buf[2..10]);
-    (limit, u64::from_le_bytes(base))
-}
-
-impl L1State {
-    fn now() -> Self {
-        let (cr0, cr3, cr4, cs, ss): (u64, u64, u64, u16, u16);
-        // SAFETY: reads of control and segment registers at CPL 0.
-        unsafe {
-            asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
-            asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
-            asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
-            asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack));
-            asm!("mov {:x}, ss", out(reg) ss, options(nomem, nostack));
-        }
-        Self {
-            cr0,
-            cr3,
-            cr4,
-            efer: rdmsr(EFER),
-            gdtr: descriptor_table(false),
-            idtr: descriptor_table(true),
-            cs,
-            ss,
-        }
-    }
-}
-
-static mut RSP_BEFORE: u64 = 0;
-static mut RSP_AFTER: u64 = 0;
-static mut FLAGS_BEFORE: u64 = 0;
-static mut FLAGS_AFTER: u64 = 0;
-
-/// The world switch: L1's registers saved around VMRUN, L2's from/to
-/// `regs`; RSP and RFLAGS recorded right before and after VMRUN (and RSP
-/// put back from the record, so a wrong one is reported, not crashed on).
-/// No CLGI/STGI here: the caller does them when it wants (they fault
-/// without EFER.SVME, and a fault inside must be VMRUN's own).
-fn world_switch(regs: &mut l1::Regs, vmcb_pa: u64) -> u64 {
-    let rax: u64;
-    // SAFETY: VMRUN is emulated by L0; every register but RAX is restored.
-    // A fault at VMRUN is skipped (3 bytes) by the caller's `catch`.
-    unsafe {
-        asm!(
-            "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
-            "push rdi",
-            "mov rbx, [rdi + 0x00]", "mov rcx, [rdi + 0x08]", "mov rdx, [rdi + 0x10]",
-            "mov rsi, [rdi + 0x18]", "mov rbp, [rdi + 0x28]", "mov r8, [rdi + 0x30]",
-            "mov r9, [rdi + 0x38]", "mov r10, [rdi + 0x40]", "mov r11, [rdi + 0x48]",
-            "mov r12, [rdi + 0x50]", "mov r13, [rdi + 0x58]", "mov r14, [rdi + 0x60]",
-            "mov r15, [rdi + 0x68]", "mov rdi, [rdi + 0x20]",
-            "mov [rip + {before}], rsp",
-            "pushfq",
-            "pop qword ptr [rip + {fbefore}]",
-            "vmrun rax",
-            "mov [rip + {after}], rsp",
-            "mov rsp, [rip + {before}]",
-            "pushfq",
-            "pop qword ptr [rip + {fafter}]",
-            "push rdi",
-            "mov rdi, [rsp + 8]",
-            "mov [rdi + 0x00], rbx", "mov [rdi + 0x08], rcx", "mov [rdi + 0x10], rdx",
-            "mov [rdi + 0x18], rsi", "mov [rdi + 0x28], rbp", "mov [rdi + 0x30], r8",
-            "mov [rdi + 0x38], r9", "mov [rdi + 0x40], r10", "mov [rdi + 0x48], r11",
-            "mov [rdi + 0x50], r12", "mov [rdi + 0x58], r13", "mov [rdi + 0x60], r14",
-            "mov [rdi + 0x68], r15",
-            "pop rbx", "mov [rdi + 0x20], rbx",
-            "pop rdi",
-            "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
-            before = sym RSP_BEFORE,
-            after = sym RSP_AFTER,
-            fbefore = sym FLAGS_BEFORE,
-            fafter = sym FLAGS_AFTER,
-            in("rdi") regs as *mut l1::Regs,
-            inout("rax") vmcb_pa => rax,
-            out("rcx") _, out("rdx") _, out("rsi") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-        );
-    }
-    rax
-}
 
 /// L1's SVM state as L1 set it (its own bookkeeping, to know what to
 /// expect and what to restore).
@@ -154,222 +50,6 @@ pub(crate) struct Svm {
     pub gif_clear: bool,
     pub vm_cr_touched: bool,
     pub garbage_loaded: bool,
-}
-
-/// One iteration's context for reports.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    pub seed: u64,
-    pub iteration: u64,
-    pub mode: Mode,
-    pub fields: Corrupted,
-    pub action: &'static str,
-    pub ram: u64,
-    pub max_phys: u8,
-    pub lines: u64,
-    /// L2's code has a WRMSR: it may set the TSC (L1's too when L1 lets
-    /// the write through, as on hardware), so no TSC oracle.
-    pub l2_may_write_tsc: bool,
-    /// A short run: every iteration prints what it does.
-    pub replay: bool,
-}
-
-pub(crate) fn record() -> &'static mut Record {
-    // SAFETY: RECORD_GPA is identity mapped L1 memory no one else writes
-    // (L2 cannot reach it; L0 reads it only after the VM stopped).
-    unsafe { &mut *(RECORD_GPA as *mut Record) }
-}
-
-impl Ctx {
-    /// Counts and prints a hypervisor failure (with a reproducer).
-    pub fn mismatch(&mut self, what: core::fmt::Arguments<'_>) {
-        record().mismatches += 1;
-        self.line("MISMATCH", what);
-    }
-
-    /// Counts and prints an outcome the emulator decided before L0.
-    pub fn deviation(&mut self, what: core::fmt::Arguments<'_>) {
-        record().deviations += 1;
-        self.line("DEVIATION", what);
-    }
-
-    fn line(&mut self, kind: &str, what: core::fmt::Arguments<'_>) {
-        let mut text = Text::default();
-        let _ = core::fmt::Write::write_fmt(&mut text, what);
-        let hash = svm::fuzz::kind_hash(kind, text.as_str());
-        let rec = record();
-        rec.count_kind(hash, 1);
-        let seen = rec.kinds.iter().find(|s| s[0] == hash).map_or(1, |s| s[1]);
-        if self.lines < MAX_LINES && seen <= LINES_PER_KIND {
-            self.lines += 1;
-            println!(
-                "fuzz: {kind} kind={hash:016x} seed={} iter={} mode={} fields={} action={}: {what}",
-                self.seed,
-                self.iteration,
-                self.mode.name(),
-                self.fields,
-                self.action
-            );
-        }
-    }
-}
-
-/// Reproducer lines printed per kind of message and VM (all are counted).
-const LINES_PER_KIND: u64 = 5;
-const TEXT: usize = 160;
-
-/// A formatted message, truncated.
-struct Text {
-    buf: [u8; TEXT],
-    len: usize,
-}
-
-impl Default for Text {
-    fn default() -> Self {
-        Self {
-            buf: [0; TEXT],
-            len: 0,
-        }
-    }
-}
-
-impl Text {
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
-    }
-}
-
-impl core::fmt::Write for Text {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for &b in s.as_bytes() {
-            if self.len < TEXT && b.is_ascii() {
-                self.buf[self.len] = b;
-                self.len += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A fault as reproducer lines show it: `#13(0x0)`, or `no fault`.
-pub(crate) struct Shown(pub Option<Fault>);
-
-impl core::fmt::Display for Shown {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0 {
-            Some(fault) => write!(f, "#{}({:#x})", fault.vector, fault.error_code),
-            None => write!(f, "no fault"),
-        }
-    }
-}
-
-/// An expected vector: `#13`, or `no fault`.
-pub(crate) struct ShownVector(pub Option<u64>);
-
-impl core::fmt::Display for ShownVector {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0 {
-            Some(v) => write!(f, "#{v}"),
-            None => write!(f, "no fault"),
-        }
-    }
-}
-
-impl core::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match *self {
-            Outcome::Exit(code) => write!(f, "exit {code:#x}"),
-            Outcome::Fault(fault) => Shown(Some(fault)).fmt(f),
-        }
-    }
-}
-
-/// The outcome of a VMRUN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Exit(u64),
-    Fault(Fault),
-}
-
-/// VMRUN of `vmcb_pa` with full world switch, faults caught; checks L1's
-/// state after it, counts the outcome.
-pub(crate) fn vmrun_checked(
-    ctx: &mut Ctx,
-    regs: &mut l1::Regs,
-    vmcb_pa: u64,
-    svm: &Svm,
-) -> Outcome {
-    let before = L1State::now();
-    let t0 = rdtsc();
-    if svm.svme && !svm.gif_clear {
-        clgi();
-    }
-    let mut rax = 0;
-    let fault = catch(3, || rax = world_switch(regs, vmcb_pa));
-    if svm.svme {
-        stgi();
-    }
-    let t1 = rdtsc();
-    let after = L1State::now();
-    // SAFETY: plain reads of L1's own statics.
-    let (rsp0, rsp1, f0, f1) = unsafe { (RSP_BEFORE, RSP_AFTER, FLAGS_BEFORE, FLAGS_AFTER) };
-    if after != before {
-        ctx.mismatch(format_args!(
-            "L1 state changed by VMRUN: {before:x?} -> {after:x?}"
-        ));
-    }
-    if rsp0 != rsp1 {
-        ctx.mismatch(format_args!("L1 RSP after VMRUN {rsp1:#x}, was {rsp0:#x}"));
-    }
-    if f0 != f1 && fault.is_none() {
-        ctx.mismatch(format_args!("L1 RFLAGS after #VMEXIT {f1:#x}, was {f0:#x}"));
-    }
-    // L1's TSC goes on: monotonic, and no vmcb12 offset leaked into it
-    // (an iteration takes far less than 2^38 ticks, minutes at GHz rates).
-    if !ctx.l2_may_write_tsc && (t1 < t0 || t1 - t0 > 1 << 38) {
-        let (code, o12) = match fault {
-            // SAFETY: a page of L1's memory when VMRUN did not fault.
-            None => unsafe {
-                let v = &*(vmcb_pa as *const Vmcb);
-                (v.control.exit_code, v.control.tsc_offset)
-            },
-            Some(_) => (0, 0),
-        };
-        ctx.mismatch(format_args!(
-            "L1 TSC across VMRUN: {t0:#x} then {t1:#x} (exit {code:#x}, vmcb12 TSC offset {o12:#x})"
-        ));
-    }
-    let outcome = match fault {
-        Some(f) => Outcome::Fault(f),
-        None => {
-            if rax != vmcb_pa {
-                ctx.mismatch(format_args!(
-                    "L1 RAX after #VMEXIT {rax:#x}, expected {vmcb_pa:#x}"
-                ));
-            }
-            // SAFETY: vmcb_pa is a page of L1's memory (the VMRUN ran).
-            Outcome::Exit(unsafe { (*(vmcb_pa as *const Vmcb)).control.exit_code })
-        }
-    };
-    record().count(
-        match outcome {
-            Outcome::Exit(code) if svm::fuzz::is_invalid(code) => u64::from(u32::MAX),
-            Outcome::Exit(code) => code,
-            Outcome::Fault(f) => L1_FAULT_KEY | f.vector,
-        },
-        1,
-    );
-    outcome
-}
-
-pub(crate) fn clgi() {
-    // SAFETY: emulated by L0 (EFER.SVME is set when called).
-    unsafe { asm!("clgi", options(nomem, nostack)) };
-}
-
-pub(crate) fn stgi() {
-    // SAFETY: as for clgi.
-    unsafe { asm!("stgi", options(nomem, nostack)) };
 }
 
 /// Debug and task-priority registers are one set for L1 and L2 (DR0-DR3
@@ -620,7 +300,7 @@ pub(crate) fn judge_vmrun(
                 } else {
                     "unknown rule, or the CPU's"
                 };
-                ctx.line("NOTE", format_args!("legal vmcb12 refused: {why}"));
+                ctx.note(format_args!("legal vmcb12 refused: {why}"));
             }
         }
         return false;
