@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 44] = [
+pub static CASES: [Case; 57] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -90,4 +90,17 @@ pub static CASES: [Case; 44] = [
     case("nested::cve_2021_3656_vmload_from_l2"),
     case("nested::long_mode_keys_on_lme_pg"),
     case("nested::hsave_pa_below_maxphyaddr"),
+    case("nested::checks_decide_before_the_cpu"),
+    case("nested::vmrun_invalid_cr0_high"),
+    case("nested::vmrun_invalid_cr0_nw_without_cd"),
+    case("nested::vmrun_invalid_cr3_beyond_maxphyaddr"),
+    case("nested::vmrun_invalid_cr4_hidden_feature"),
+    case("nested::vmrun_invalid_dr6_high"),
+    case("nested::vmrun_invalid_dr7_high"),
+    case("nested::vmrun_invalid_efer_reserved"),
+    case("nested::vmrun_invalid_long_mode_without_pae"),
+    case("nested::vmrun_invalid_long_mode_without_pe"),
+    case("nested::vmrun_invalid_cs_long_and_default"),
+    case("nested::vmrun_invalid_vmrun_not_intercepted"),
+    case("nested::vmrun_invalid_eventinj_vector"),
 ];
