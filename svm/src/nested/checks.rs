@@ -804,4 +804,140 @@ mod tests {
             )))
         );
     }
+
+    /// The VMRUN checks of QEMU TCG 7.2 (`helper_vmrun` and
+    /// `is_efer_invalid_state`, target/i386/tcg/sysemu/svm_helper.c), the
+    /// CPU L0 runs on here, applied to what L0 hands it for vmcb12 `v`:
+    /// L1's save area with EFER.LMA = LME && PG, L0's own maps, ASID,
+    /// intercepts and TLB_CONTROL (never refused). QEMU checks CR3 against
+    /// its MAXPHYADDR whenever the host is in long mode (L0 always is).
+    /// See docs/qemu-tcg.md, "VMRUN's checks".
+    fn qemu_refuses(v: &Vmcb, phys_bits: u8, cr4_reserved: u64) -> bool {
+        const FFXSR: u64 = 1 << 14;
+        let s = &v.state;
+        let efer = match enters_long_mode(v) {
+            true => s.efer | EFER_LMA,
+            false => s.efer & !EFER_LMA,
+        };
+        let efer_known = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME | FFXSR;
+        let lme_pg = efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+        let cs_l_d =
+            s.cs.attrib & VmcbSegment::ATTR_L != 0 && s.cs.attrib & VmcbSegment::ATTR_DB != 0;
+        let event = EventInfo(v.control.event_inj);
+        let bad_event = event.is_valid()
+            && match event.raw_type() {
+                0 | 2 | 4 => false,
+                3 => event.vector() == 2 || event.vector() >= 31,
+                _ => true,
+            };
+        s.cr0 & HIGH_HALF != 0
+            || (s.cr0 & CR0_NW != 0 && s.cr0 & CR0_CD == 0)
+            || s.cr3 & (u64::MAX << phys_bits) != 0
+            || s.cr4 & cr4_reserved != 0
+            || s.dr6 & HIGH_HALF != 0
+            || s.dr7 & HIGH_HALF != 0
+            || efer & EFER_SVME == 0
+            || efer & !efer_known != 0
+            || (lme_pg && s.cr4 & CR4_PAE == 0)
+            || (lme_pg && s.cr0 & CR0_PE == 0)
+            || (lme_pg && s.cr4 & CR4_PAE != 0 && cs_l_d)
+            || bad_event
+    }
+
+    /// The CPU of this machine as L1 sees it: `-cpu qemu64,+svm,+smep`
+    /// (no XSAVE, PCID, FSGSBASE, FFXSR), 40 physical bits.
+    fn qemu64_cpu() -> L1Cpuid {
+        L1Cpuid {
+            leaf1: [0, 0, 0, 0],
+            leaf7: [0, 1 << 7, 0, 0],
+            ext1: [0, 0, 1 << 2, (1 << 29) | (1 << 20)],
+            ext8: Some([40, 0, 0, 0]),
+            ext_a: [1, 16, 0, 1 << 3],
+        }
+    }
+
+    /// QEMU 7.2's reserved CR4 bits for that CPU (`cr4_reserved_bits`):
+    /// all but bits 0-10, PCIDE (never gated on CPUID) and SMEP.
+    const QEMU64_CR4_RESERVED: u64 = !(0x7FF | (1 << 17) | CR4_SMEP);
+
+    /// The vmcb12 a hostile L1 builds: the baseline with 1-4 corruptions
+    /// of the fields the CPU checks.
+    fn corrupted() -> impl Strategy<Value = Vmcb> {
+        let edit = (0u8..12, any::<u64>());
+        proptest::collection::vec(edit, 1..=4).prop_map(|edits| {
+            let mut v = baseline();
+            for (field, r) in edits {
+                let bit = 1u64 << (r % 64);
+                let s = &mut v.state;
+                match field {
+                    0 => s.cr0 ^= bit,
+                    1 => s.cr3 ^= bit,
+                    2 => s.cr4 ^= bit,
+                    3 => s.efer ^= bit,
+                    4 => s.dr6 ^= bit,
+                    5 => s.dr7 ^= bit,
+                    6 => s.cs.attrib ^= 1 << (r % 16),
+                    7 => v.control.event_inj = r & 0xFFFF_FFFF_8000_0FFF,
+                    8 => v.control.event_inj = EventInfo::exception(r as u8).0,
+                    9 => s.cr0 ^= 1 << (r % 32),
+                    10 => s.cr4 ^= 1 << (r % 24),
+                    _ => s.efer ^= 1 << (r % 16),
+                }
+            }
+            v
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        // Enough cases that a single-bit rule (CR0.PE) is hit many times.
+        #![proptest_config(ProptestConfig::with_cases(8192))]
+
+        /// What L0 accepts the CPU here accepts too: L0's verdict, not the
+        /// emulator's, decides every VMRUN (the guest-side twin is
+        /// `nested::checks_decide_before_the_cpu`).
+        #[test]
+        fn the_cpu_never_refuses_what_l0_accepts(v in corrupted()) {
+            let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
+            if check_vmcb12(&v, &limits).is_ok() {
+                prop_assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED));
+            }
+        }
+    }
+
+    /// Where L0 refuses what QEMU TCG accepts, the APM is on L0's side
+    /// (docs/qemu-tcg.md lists these as emulator deviations).
+    #[test]
+    fn l0_stricter_than_qemu_where_the_apm_says() {
+        let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
+        let cases: &[(&str, Mutation, Vmcb12Error)] = &[
+            (
+                "CR4.PCIDE without PCID in CPUID (APM 15.5.1: CR4 MBZ bits)",
+                |v| v.state.cr4 |= 1 << 17,
+                Vmcb12Error::Cr4Reserved(1 << 17),
+            ),
+            (
+                "EFER.FFXSR without FFXSR in CPUID (APM 15.5.1: EFER MBZ bits)",
+                |v| v.state.efer |= 1 << 14,
+                Vmcb12Error::EferReserved(1 << 14),
+            ),
+            (
+                "exception vector 9, reserved (APM 15.20)",
+                |v| v.control.event_inj = EventInfo::exception(9).0,
+                Vmcb12Error::IllegalEventInj(IllegalEvent::NotAnException(9)),
+            ),
+            (
+                "exception vector 27, reserved (APM 15.20)",
+                |v| v.control.event_inj = EventInfo::exception(27).0,
+                Vmcb12Error::IllegalEventInj(IllegalEvent::NotAnException(27)),
+            ),
+        ];
+        for (name, mutate, expected) in cases {
+            let mut v = baseline();
+            mutate(&mut v);
+            assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED), "{name}");
+            assert_eq!(check_vmcb12(&v, &limits), Err(*expected), "{name}");
+        }
+    }
 }

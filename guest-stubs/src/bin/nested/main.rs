@@ -83,9 +83,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         "nested::checks_decide_before_the_cpu" => checks_decide_before_the_cpu(),
         "nested::vmrun_invalid_cr0_high" => vmrun_invalid(|v| v.state.cr0 |= 1 << 32),
-        "nested::vmrun_invalid_cr0_nw_without_cd" => vmrun_invalid(|v| {
-            v.state.cr0 = (v.state.cr0 & !(1 << 30)) | (1 << 29)
-        }),
+        "nested::vmrun_invalid_cr0_nw_without_cd" => {
+            vmrun_invalid(|v| v.state.cr0 = (v.state.cr0 & !(1 << 30)) | (1 << 29))
+        }
         "nested::vmrun_invalid_cr3_beyond_maxphyaddr" => {
             vmrun_invalid(|v| v.state.cr3 |= 1 << max_phys_bits())
         }
@@ -1439,7 +1439,7 @@ fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
     let r = xorshift(x);
     let bit = 1u64 << (xorshift(x) % 64);
     let s = &mut v.state;
-    match r % 13 {
+    match r % 16 {
         0 => {
             s.cr0 ^= bit;
             "cr0"
@@ -1489,9 +1489,22 @@ fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
             v.control.event_inj ^= bit;
             "event_inj bit"
         }
-        _ => {
+        12 => {
             s.ds.attrib = xorshift(x) as u16;
             "ds.attrib"
+        }
+        // The architectural low bits, more often.
+        13 => {
+            s.cr0 ^= 1 << (bit.trailing_zeros() % 32);
+            "cr0 low"
+        }
+        14 => {
+            s.cr4 ^= 1 << (bit.trailing_zeros() % 24);
+            "cr4 low"
+        }
+        _ => {
+            s.efer ^= 1 << (bit.trailing_zeros() % 16);
+            "efer low"
         }
     }
 }
@@ -1502,7 +1515,7 @@ fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
 /// CPU's VMEXIT_INVALIDs as exits of that code). Each refusal by the CPU is
 /// printed with its iteration and the corrupted fields.
 fn checks_decide_before_the_cpu() {
-    const ITERATIONS: u64 = 400;
+    const ITERATIONS: u64 = 600;
     let mut regs = setup(Task::Yield, 0);
     // Every exception exits to L1, so no corruption runs L2 far.
     l1::vmcb().control.intercept_exceptions = u32::MAX;
@@ -1536,5 +1549,8 @@ fn checks_decide_before_the_cpu() {
     }
     println!("checks vs CPU: {ITERATIONS} vmcb12s, {ran} ran, {by_l0} refused by L0, {by_cpu} by the CPU");
     check_eq!(by_cpu, 0, "vmcb12s the CPU refused after L0's checks");
-    check!(ran > ITERATIONS / 10 && by_l0 > ITERATIONS / 10, "too few of one kind");
+    check!(
+        ran > ITERATIONS / 10 && by_l0 > ITERATIONS / 10,
+        "too few of one kind"
+    );
 }
