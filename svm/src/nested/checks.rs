@@ -7,7 +7,11 @@
 //! Reserved bits are those of the CPU L1 is shown ([`L1Limits::from_cpuid`],
 //! built from the CPUID L1 sees), so a bit CPUID offers L1 is never refused
 //! and a bit it hides always is. Beyond the architectural list, L0 also
-//! refuses features it does not offer L1 (nested paging, FlushByAsid).
+//! refuses TLB_CONTROL encodings needing FlushByAsid when it is not
+//! offered (KVM's `nested_svm_check_tlb_ctl`). NP_ENABLE is ignored when
+//! nested paging is not offered (KVM's `__nested_copy_vmcb_control_to_cache`;
+//! a CPU without nested paging has no such bit): L2 then runs with L1's
+//! CR3 under L0's tables, as always.
 //!
 //! Checking is pure: it reads the VMCB copy and the limits, nothing else.
 
@@ -37,8 +41,8 @@ pub struct L1Limits {
     /// MAXPHYADDR L1 sees (CPUID 0x8000_0008 EAX\[7:0\]); physical-address
     /// bits at or above it are reserved.
     pub max_phys_bits: u8,
-    /// Whether nested paging is offered to L1 (false for now: vmcb12 with
-    /// NP_ENABLE must fail).
+    /// Whether nested paging is offered to L1 (false for now: vmcb12's
+    /// NP_ENABLE and nCR3 are ignored). When it is, nCR3 is checked.
     pub npt_offered: bool,
     /// Whether FlushByAsid is offered to L1 (TLB_CONTROL 3 and 7).
     pub flush_by_asid: bool,
@@ -103,8 +107,9 @@ pub enum Vmcb12Error {
     /// TLB_CONTROL holds a reserved encoding, or one needing FlushByAsid,
     /// which is not offered (APM 15.16.1).
     TlbControl(u8),
-    /// NP_ENABLE is set but L0 does not offer nested paging to L1.
-    NestedPagingNotOffered,
+    /// Nested paging is offered, NP_ENABLE is set, and nCR3 has bits at or
+    /// above MAXPHYADDR (KVM's `nested_vmcb_check_controls`).
+    NestedCr3Reserved(u64),
     /// EVENTINJ holds an event VMRUN would refuse (APM 15.20).
     IllegalEventInj(IllegalEvent),
 }
@@ -115,7 +120,7 @@ pub enum Vmcb12Error {
 /// The order is the APM's list: EFER.SVME, CR0.CD/NW, CR0\[63:32\], CR3,
 /// CR4, DR6, DR7, EFER MBZ, the three long-mode rules, the VMRUN
 /// intercept, the permission maps, EVENTINJ, ASID; then TLB_CONTROL (KVM's
-/// `nested_svm_check_tlb_ctl`) and the L0-specific nested-paging rule.
+/// `nested_svm_check_tlb_ctl`) and nCR3 when nested paging is offered.
 /// Only the first failure is reported, so the order matters only for
 /// VMCBs that break several rules.
 ///
@@ -215,8 +220,10 @@ fn check_controls(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if !tlb_ok {
         return Err(Vmcb12Error::TlbControl(c.tlb_control));
     }
-    if c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0 && !limits.npt_offered {
-        return Err(Vmcb12Error::NestedPagingNotOffered);
+    // NP_ENABLE means nothing unless nested paging is offered.
+    if c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0 && limits.npt_offered {
+        let reserved = u64::MAX << limits.max_phys_bits.min(MAX_CR3_PHYS_BITS);
+        mbz(c.ncr3 & reserved, Vmcb12Error::NestedCr3Reserved)?;
     }
     Ok(())
 }
@@ -520,11 +527,6 @@ mod tests {
                 E::TlbControl(0xFF),
             ),
             (
-                "NP_ENABLE",
-                |v| v.control.nested_ctl = NestedCtl::NP_ENABLE.bits(),
-                E::NestedPagingNotOffered,
-            ),
-            (
                 "inject exception vector 2",
                 |v| v.control.event_inj = EventInfo::exception(2).0,
                 E::IllegalEventInj(IllegalEvent::NotAnException(2)),
@@ -578,6 +580,11 @@ mod tests {
                 v.control.intercept_exceptions = u32::MAX;
             }),
             ("other nested_ctl bits", |v| v.control.nested_ctl = !1),
+            // Not offered: ignored, whatever nCR3 holds.
+            ("NP_ENABLE without nested paging", |v| {
+                v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+                v.control.ncr3 = u64::MAX;
+            }),
             ("legal injected #PF", |v| {
                 v.control.event_inj = EventInfo::exception_with_error_code(14, 2).0;
             }),
@@ -764,8 +771,17 @@ mod tests {
     fn npt_allowed_when_offered() {
         let mut v = baseline();
         v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+        v.control.ncr3 = TOP - 0x1000;
         let mut l = limits();
         l.npt_offered = true;
+        assert_eq!(check_vmcb12(&v, &l), Ok(()));
+        v.control.ncr3 = TOP | 0x1000;
+        assert_eq!(
+            check_vmcb12(&v, &l),
+            Err(Vmcb12Error::NestedCr3Reserved(TOP))
+        );
+        // Without NP_ENABLE nCR3 means nothing.
+        v.control.nested_ctl = 0;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
     }
 

@@ -108,6 +108,7 @@ fn guest_main(params: &'static StartParams) -> ! {
             vmrun_invalid(|v| v.control.intercept_misc2 &= !InterceptMisc2::VMRUN.bits())
         }
         "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
+        "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -276,6 +277,20 @@ fn vmrun_invalid_eventinj_vector() {
     l1::prepare(l2::entry);
     l1::vmcb().control.event_inj = EventInfo::exception(6).0;
     run_expect(&mut regs, ExitCode::Shutdown);
+}
+
+/// Nested paging is not offered (CPUID 0x8000_000A EDX.NP clear), so
+/// vmcb12's NP_ENABLE and nCR3 mean nothing: L2 runs on L1's CR3 as
+/// always (KVM clears NP_ENABLE for an L1 without NPT; a CPU without
+/// nested paging has no such bit). Refusing it was L0's own rule.
+fn np_enable_ignored_without_npt() {
+    check_eq!(cpuid(0x8000_000A, 0)[3] & 1, 0, "NP offered to L1");
+    let mut regs = setup(Task::Yield, 0);
+    let c = &mut l1::vmcb().control;
+    c.nested_ctl = 1;
+    c.ncr3 = 0xFFFF_0000_DEAD_B000;
+    let (_, code) = refused_by_l0(&mut regs);
+    check_eq!(ExitCode::from_raw(code), ExitCode::Hlt, "L2's exit");
 }
 
 /// L0 raises #GP for L2's RDMSR of an unknown MSR (L1's MSR map lets it
