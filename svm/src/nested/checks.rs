@@ -10,8 +10,8 @@
 //! refuses TLB_CONTROL encodings needing FlushByAsid when it is not
 //! offered (KVM's `nested_svm_check_tlb_ctl`). NP_ENABLE is ignored when
 //! nested paging is not offered (KVM's `__nested_copy_vmcb_control_to_cache`;
-//! a CPU without nested paging has no such bit): L2 then runs with L1's
-//! CR3 under L0's tables, as always.
+//! a CPU without nested paging has no such bit): L2's CR3 stays an
+//! L1-physical address under L0's nested page tables, as always.
 //!
 //! Checking is pure: it reads the VMCB copy and the limits, nothing else.
 
