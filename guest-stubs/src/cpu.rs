@@ -46,3 +46,39 @@ pub fn rdtscp() -> (u64, u32) {
 pub fn has_rdtscp() -> bool {
     cpuid(0x8000_0001, 0)[3] & (1 << 27) != 0
 }
+
+/// MOV DRn, `value` for n in 0-3, 6, 7 (others ignored).
+pub fn write_dr(n: u8, value: u64) {
+    // SAFETY: debug registers are the guest's own; CPL 0.
+    unsafe {
+        match n {
+            0 => asm!("mov dr0, {}", in(reg) value, options(nomem, nostack)),
+            1 => asm!("mov dr1, {}", in(reg) value, options(nomem, nostack)),
+            2 => asm!("mov dr2, {}", in(reg) value, options(nomem, nostack)),
+            3 => asm!("mov dr3, {}", in(reg) value, options(nomem, nostack)),
+            6 => asm!("mov dr6, {}", in(reg) value, options(nomem, nostack)),
+            7 => asm!("mov dr7, {}", in(reg) value, options(nomem, nostack)),
+            _ => {}
+        }
+    }
+}
+
+/// DR6 (DR6.BS, bit 14: single step; B0-B3, bits 0-3: breakpoints).
+pub fn read_dr6() -> u64 {
+    let v: u64;
+    // SAFETY: reading DR6 has no side effects at CPL 0.
+    unsafe { asm!("mov {}, dr6", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// DR6's value with no debug condition recorded.
+pub const DR6_CLEAR: u64 = 0xffff_0ff0;
+/// DR6.BS: the #DB came from single-stepping.
+pub const DR6_BS: u64 = 1 << 14;
+
+/// Sets RFLAGS.TF and executes one NOP: a single-step #DB (a trap) follows
+/// the NOP. Whoever handles it must clear TF.
+pub fn single_step_nop() {
+    // SAFETY: pushfq/popfq are balanced; only RFLAGS.TF changes.
+    unsafe { asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop") };
+}

@@ -12,6 +12,8 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
+pub mod privileged;
+pub mod user;
 pub mod verdict;
 
 pub use svm::guest_abi::StartParams;
@@ -57,3 +59,22 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         None => verdict::fail(format_args!("panic: {}", info.message())),
     }
 }
+
+/// Guests have no heap. When the guests are built together with the kernel
+/// (`cargo xtask build`), `svm` comes with the kernel's `decode` feature,
+/// which links `alloc`, so the link needs an allocator: this one never
+/// allocates. (The guests embedded in the kernel are built on their own,
+/// without it: hv/build.rs.)
+struct NoHeap;
+
+// SAFETY: `alloc` always reports failure (null), which GlobalAlloc allows;
+// `dealloc` is never reached since nothing was ever allocated.
+unsafe impl core::alloc::GlobalAlloc for NoHeap {
+    unsafe fn alloc(&self, _: core::alloc::Layout) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _: *mut u8, _: core::alloc::Layout) {}
+}
+
+#[global_allocator]
+static NO_HEAP: NoHeap = NoHeap;

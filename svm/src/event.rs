@@ -284,6 +284,134 @@ pub const fn sanitize_for_reinjection(info: EventInfo) -> EventInfo {
     }
 }
 
+/// Whether `info` is a software event: INTn (TYPE 4), or INT3/INTO (TYPE 3,
+/// vector 3 or 4). Their delivery pushes a return address past the
+/// instruction that raised them, which VMRUN takes from NEXT_RIP when it
+/// injects one (with NRIP save, APM 15.20 and 15.7.1).
+pub const fn is_soft(info: EventInfo) -> bool {
+    match info.event_type() {
+        Some(EventType::SoftwareInterrupt) => true,
+        Some(EventType::Exception) => matches!(info.vector(), 3 | 4),
+        _ => false,
+    }
+}
+
+/// A soft event L0 injects for L1 (vmcb12's EVENTINJ with its NEXT_RIP)
+/// on a CPU without NRIP save: L0 moves RIP to `next_rip` itself, so the
+/// CPU pushes it as the return address (QEMU TCG pushes the VMCB's RIP for
+/// an injected TYPE 4 event), and must move it back to `old_rip` whenever
+/// the event turns out not to have been delivered (KVM: svm.c
+/// `svm_complete_soft_interrupt`, `soft_int_old_rip`/`soft_int_next_rip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftEvent {
+    /// RIP of the instruction that raised it (vmcb12's RIP).
+    pub old_rip: u64,
+    /// The return address L1 asked for (vmcb12's NEXT_RIP).
+    pub next_rip: u64,
+}
+
+/// The EXITINTINFO a #VMEXIT reports (APM 15.7.2): an event still waiting
+/// in EVENTINJ (`pending`, never delivered, e.g. L0 made the exit up
+/// before the guest ran: KVM `nested_save_pending_event_to_vmcb12`)
+/// comes first; otherwise the event the CPU was delivering when it exited
+/// (`exit_int_info`), fixed up for QEMU TCG's typing.
+pub const fn reported_event(pending: EventInfo, exit_int_info: EventInfo) -> EventInfo {
+    if pending.is_valid() {
+        pending
+    } else if exit_int_info.is_valid() {
+        sanitize_for_reinjection(exit_int_info)
+    } else {
+        EventInfo::NONE
+    }
+}
+
+/// RIP as the guest must see it when `event` (the event reported at an
+/// exit, or one re-injected) did not complete: back on the instruction
+/// when L0 had moved RIP to the soft event's `next_rip` on a CPU without
+/// NRIP save. Any exception counts, not only the soft event: an INTn whose
+/// delivery raised #NP reports the #NP, and the fault is still at the INTn
+/// (KVM `svm_complete_soft_interrupt`, the `!nrips` branch).
+pub const fn unwind_soft_rip(
+    event: EventInfo,
+    rip: u64,
+    soft: Option<SoftEvent>,
+    host_nrips: bool,
+) -> u64 {
+    match soft {
+        Some(s)
+            if !host_nrips
+                && rip == s.next_rip
+                && (is_soft(event) || matches!(event.event_type(), Some(EventType::Exception))) =>
+        {
+            s.old_rip
+        }
+        _ => rip,
+    }
+}
+
+/// What L0 does with EXITINTINFO after an exit it handles itself (the
+/// guest that exited resumes), as KVM's `svm_complete_interrupts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// EVENTINJ for the next VMRUN (NONE: nothing to re-inject).
+    pub event_inj: EventInfo,
+    /// The guest's RIP.
+    pub rip: u64,
+    /// NEXT_RIP for the next VMRUN (used by NRIP-save CPUs for soft events).
+    pub next_rip: u64,
+    /// The soft event L0 still owes the guest, if it is the one re-injected.
+    pub soft: Option<SoftEvent>,
+}
+
+/// Decides the re-injection after an exit L0 handles (APM 15.7.2: the
+/// event in EXITINTINFO was not delivered; the VMM re-injects it).
+///
+/// - Nothing was being delivered: nothing to do, and a soft event L0 was
+///   tracking has been delivered.
+/// - A soft event (INTn, INT3, INTO) that L0 injected itself (`soft`, with
+///   RIP still where L0 left it): re-injected with the same return address
+///   (NEXT_RIP on NRIP-save CPUs; RIP is already there otherwise).
+/// - A soft event the guest's own instruction raised: not re-injected. RIP
+///   is still on the instruction (APM 15.7.2), so the guest executes it
+///   again and raises the event again; this needs no instruction length,
+///   which L0 does not always have (no NRIP save under QEMU TCG).
+/// - Anything else (interrupt, NMI, exception): re-injected as is, after
+///   [`sanitize_for_reinjection`]; RIP unwound by [`unwind_soft_rip`].
+pub const fn complete(
+    exit_int_info: EventInfo,
+    rip: u64,
+    soft: Option<SoftEvent>,
+    host_nrips: bool,
+) -> Completion {
+    let none = Completion {
+        event_inj: EventInfo::NONE,
+        rip,
+        next_rip: 0,
+        soft: None,
+    };
+    if !exit_int_info.is_valid() {
+        return none;
+    }
+    let event = sanitize_for_reinjection(exit_int_info);
+    if is_soft(event) {
+        return match soft {
+            Some(s) if rip == if host_nrips { s.old_rip } else { s.next_rip } => Completion {
+                event_inj: event,
+                rip,
+                next_rip: s.next_rip,
+                soft,
+            },
+            _ => none,
+        };
+    }
+    Completion {
+        event_inj: event,
+        rip: unwind_soft_rip(event, rip, soft, host_nrips),
+        next_rip: 0,
+        soft: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +554,132 @@ mod tests {
         for e in cases {
             assert_eq!(sanitize_for_reinjection(e), e, "{e:?}");
         }
+    }
+
+    #[test]
+    fn soft_events() {
+        assert!(is_soft(EventInfo::software_interrupt(0x80)));
+        assert!(is_soft(EventInfo::exception(3)));
+        assert!(is_soft(EventInfo::exception(4)));
+        assert!(!is_soft(EventInfo::exception(6)));
+        assert!(!is_soft(EventInfo::external_interrupt(3)));
+        assert!(!is_soft(EventInfo::nmi()));
+    }
+
+    #[test]
+    fn pending_event_is_reported_first() {
+        let pending = EventInfo::external_interrupt(0x30);
+        assert_eq!(reported_event(pending, EventInfo::NONE), pending);
+        assert_eq!(
+            reported_event(pending, EventInfo::exception(14).with_error_code(2)),
+            pending
+        );
+        // Not pending: the CPU's EXITINTINFO, TCG typing fixed.
+        assert_eq!(
+            reported_event(EventInfo(0x30), EventInfo(0x8000_0341)),
+            EventInfo::external_interrupt(0x41)
+        );
+        assert_eq!(
+            reported_event(EventInfo::NONE, EventInfo(0x0000_0341)),
+            EventInfo::NONE
+        );
+    }
+
+    const SOFT: SoftEvent = SoftEvent {
+        old_rip: 0x1000,
+        next_rip: 0x1002,
+    };
+
+    #[test]
+    fn nothing_to_complete() {
+        let c = complete(EventInfo(0x341), 0x1002, Some(SOFT), false);
+        assert_eq!(c.event_inj, EventInfo::NONE);
+        assert_eq!((c.rip, c.next_rip, c.soft), (0x1002, 0, None));
+    }
+
+    #[test]
+    fn interrupted_interrupt_is_reinjected() {
+        // TCG's report of an external interrupt cut short by an L0 exit.
+        let c = complete(EventInfo(0x8000_0330), 0x4000, None, false);
+        assert_eq!(c.event_inj, EventInfo::external_interrupt(0x30));
+        assert_eq!((c.rip, c.soft), (0x4000, None));
+        let pf = EventInfo::exception_with_error_code(14, 2);
+        assert_eq!(complete(pf, 0x4000, None, true).event_inj, pf);
+        assert_eq!(
+            complete(EventInfo(0x8000_0302), 0, None, false).event_inj,
+            EventInfo::nmi()
+        );
+    }
+
+    #[test]
+    fn guests_own_int_n_is_executed_again() {
+        let c = complete(EventInfo::software_interrupt(0x80), 0x7000, None, false);
+        assert_eq!((c.event_inj, c.rip), (EventInfo::NONE, 0x7000));
+        // A tracked soft event, but RIP is elsewhere: the guest's own.
+        let c = complete(
+            EventInfo::software_interrupt(0x80),
+            0x7000,
+            Some(SOFT),
+            false,
+        );
+        assert_eq!((c.event_inj, c.soft), (EventInfo::NONE, None));
+    }
+
+    #[test]
+    fn l0s_soft_event_is_reinjected_with_its_return_address() {
+        let e = EventInfo::software_interrupt(0x30);
+        // No NRIP save: RIP stays on next_rip, TCG pushes it again.
+        let c = complete(e, SOFT.next_rip, Some(SOFT), false);
+        assert_eq!((c.event_inj, c.rip, c.soft), (e, SOFT.next_rip, Some(SOFT)));
+        // NRIP save: RIP never moved; NEXT_RIP is written again.
+        let c = complete(e, SOFT.old_rip, Some(SOFT), true);
+        assert_eq!(
+            (c.event_inj, c.rip, c.next_rip, c.soft),
+            (e, SOFT.old_rip, SOFT.next_rip, Some(SOFT))
+        );
+        // INT3 injected as an exception comes back typed as TCG types it.
+        let c = complete(EventInfo(0x8000_0403), SOFT.next_rip, Some(SOFT), false);
+        assert_eq!(c.event_inj, EventInfo::software_interrupt(3));
+    }
+
+    #[test]
+    fn fault_raised_by_l0s_soft_event_unwinds_rip() {
+        let np = EventInfo::exception_with_error_code(11, 0x30 * 8 + 2);
+        let c = complete(np, SOFT.next_rip, Some(SOFT), false);
+        assert_eq!((c.event_inj, c.rip, c.soft), (np, SOFT.old_rip, None));
+        // With NRIP save RIP never moved.
+        let c = complete(np, SOFT.old_rip, Some(SOFT), true);
+        assert_eq!(c.rip, SOFT.old_rip);
+    }
+
+    #[test]
+    fn unwinding_for_reflected_exits() {
+        let e = EventInfo::software_interrupt(0x30);
+        assert_eq!(
+            unwind_soft_rip(e, SOFT.next_rip, Some(SOFT), false),
+            SOFT.old_rip
+        );
+        assert_eq!(
+            unwind_soft_rip(e, SOFT.next_rip, Some(SOFT), true),
+            SOFT.next_rip
+        );
+        assert_eq!(
+            unwind_soft_rip(e, SOFT.next_rip, None, false),
+            SOFT.next_rip
+        );
+        assert_eq!(unwind_soft_rip(e, 0x9999, Some(SOFT), false), 0x9999);
+        assert_eq!(
+            unwind_soft_rip(
+                EventInfo::external_interrupt(0x30),
+                SOFT.next_rip,
+                Some(SOFT),
+                false
+            ),
+            SOFT.next_rip
+        );
+        assert_eq!(
+            unwind_soft_rip(EventInfo::NONE, SOFT.next_rip, Some(SOFT), false),
+            SOFT.next_rip
+        );
     }
 }

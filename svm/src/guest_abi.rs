@@ -10,8 +10,8 @@
 //!
 //! Hypercalls: `VMMCALL` with the number in `RAX`, arguments in `RBX`,
 //! `RCX`, `RDX`; the result comes back in `RAX` (unknown numbers return
-//! [`HC_UNKNOWN`]). Only CPL 0 may call (#UD otherwise). Numbers 2-9 are
-//! test hooks: they answer only in VMs set up for tests (else
+//! [`HC_UNKNOWN`]). Only CPL 0 may call (#UD otherwise). Numbers 2-10 and
+//! 16-18 are test hooks: they answer only in VMs set up for tests (else
 //! [`HC_UNKNOWN`]), and they are the only hypercalls an L2 can make when its
 //! L1 does not intercept VMMCALL (any other is #UD there, which goes to L1
 //! if L1 intercepts #UD).
@@ -109,13 +109,34 @@ pub const HC_WAIT_PIT_US: u64 = 6;
 pub const HC_TSC_MOVE_L1: u64 = 7;
 /// Hypercall: queue an external interrupt with vector `RBX` (32-255) for
 /// this (L1) vCPU; L0 delivers it once L1's GIF and RFLAGS.IF allow. While
-/// L2 runs and L1 intercepts INTR, it first ends L2's run with #VMEXIT(INTR);
-/// otherwise it waits for L2's next exit to L1. One interrupt is held; a
+/// L2 runs and L1 intercepts INTR, it first ends L2's run with #VMEXIT(INTR)
+/// when the masking IF allows (L1's saved IF with V_INTR_MASKING, else
+/// L2's); otherwise it waits for L2's next exit to L1. One interrupt is held; a
 /// second call replaces it. Returns 0, or [`HC_UNKNOWN`] below vector 32.
 pub const HC_QUEUE_INTERRUPT: u64 = 8;
 /// Hypercall: host TSC ticks L0 spent handling this vCPU's exits so far
 /// (under QEMU's `-icount shift=0`, L0's instruction count). For benches.
 pub const HC_HOST_TICKS: u64 = 9;
+/// Test hook: L0 intercepts exception `RBX` (0-31, not one L0 always
+/// intercepts) for the calling L1 until it first occurs, then drops the
+/// intercept and resumes L1 without delivering it, as after a fix-up of its
+/// own (shadow paging, MMIO). An event whose delivery the exception cut
+/// short is delivered again (EXITINTINFO re-injection). Returns 0, or
+/// [`HC_UNKNOWN`] for another vector or from L2.
+pub const HC_INTERCEPT_ONCE: u64 = 10;
+/// Test hook: queue a virtual NMI for this (L1) vCPU. L0 delivers it once
+/// L1's GIF allows and no NMI handler of L1 is still running (NMIs are
+/// blocked from an injected NMI to the IRET that ends its handler). While
+/// L2 runs and L1 intercepts NMI, it first ends L2's run with
+/// #VMEXIT(NMI). One NMI is held; more merge. Returns 0.
+pub const HC_QUEUE_NMI: u64 = 16;
+/// Test hook: L0 sends a physical NMI to its own CPU so that it arrives
+/// while this guest runs (at the next entry). It is L0's: the guest (and
+/// an L1 intercepting NMI) must never see it. Returns 0.
+pub const HC_PHYSICAL_NMI: u64 = 17;
+/// Test hook: the intercepts of the VMCB the caller runs in (L2: the
+/// merged one), `intercept_misc1 << 32 | intercept_exceptions`.
+pub const HC_L0_INTERCEPTS: u64 = 18;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;
 

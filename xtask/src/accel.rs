@@ -31,8 +31,14 @@ impl Accel {
     pub fn qemu_args(self) -> [&'static str; 4] {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            // RDTSCP is not in qemu64 by default; the kernel uses it.
-            Accel::Tcg => ["-accel", "tcg", "-cpu", "qemu64,+svm,+npt,+vgif,+rdtscp"],
+            // RDTSCP is not in qemu64 by default; the kernel uses it. SMEP
+            // gives L1 a CR4 feature beyond the x86-64 base (its checks).
+            Accel::Tcg => [
+                "-accel",
+                "tcg",
+                "-cpu",
+                "qemu64,+svm,+npt,+vgif,+rdtscp,+smep",
+            ],
         }
     }
 }

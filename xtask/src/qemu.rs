@@ -156,7 +156,11 @@ mod tests {
         assert!(has_pair(&args, "-serial", "stdio"));
         assert!(has_pair(&args, "-debugcon", "file:/t/qemu-debugcon.log"));
         assert!(has_pair(&args, "-accel", "tcg"));
-        assert!(has_pair(&args, "-cpu", "qemu64,+svm,+npt,+vgif,+rdtscp"));
+        assert!(has_pair(
+            &args,
+            "-cpu",
+            "qemu64,+svm,+npt,+vgif,+rdtscp,+smep"
+        ));
         assert!(has_pair(&args, "-kernel", "/k/hv"));
         assert!(has_pair(&args, "-append", "fault=page x=1"));
         assert!(!args.contains(&"-S".into()));

@@ -6,12 +6,20 @@
 #![no_main]
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
-use guest_stubs::exceptions::catch;
+use guest_stubs::cpu::{read_dr6, single_step_nop, write_dr, DR6_BS, DR6_CLEAR};
+use guest_stubs::exceptions::{catch, catch_trap, nmis_taken, set_nmi_hook};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
 use guest_stubs::{check, check_eq, println, StartParams};
 use svm::guest_abi::{self, HC_ECHO_SUM, HC_EXIT_COUNT, HC_UNKNOWN};
+use svm::guest_abi::{
+    HC_HOST_TICKS, HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
+    HC_TSC_SHIFT_HOST_BACK, HC_WAIT_PIT_US,
+};
+use svm::guest_abi::{HC_L0_INTERCEPTS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
+use svm::ExitCode;
 
 #[unsafe(no_mangle)]
 fn guest_main(params: &'static StartParams) -> ! {
@@ -30,6 +38,20 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::npf_outside_memory" => npf_outside_memory,
         "guest::debug_exit_blocked" => debug_exit_blocked,
         "guest::runaway_stopped" => runaway,
+        "guest::l0_intercepts_ac_db_nmi" => l0_intercepts_ac_db_nmi,
+        "guest::db_single_step_reinjected" => db_single_step_reinjected,
+        "guest::db_data_breakpoint_reinjected" => db_data_breakpoint_reinjected,
+        "guest::cve_2015_8104_db_loop" => cve_2015_8104_db_loop,
+        "guest::ac_user_mode_reinjected" => ac_user_mode_reinjected,
+        "guest::nmi_delivered" => nmi_delivered,
+        "guest::nmi_blocked_until_iret" => nmi_blocked_until_iret,
+        "guest::physical_nmi_stays_with_l0" => physical_nmi_stays_with_l0,
+        "guest::test_hooks_off" => test_hooks_off,
+        "guest::exit_limit_from_config" => exit_loop,
+        "guest::cpuid_odd_prefixes" => cpuid_odd_prefixes,
+        "guest::cr_writes_checked" => cr_writes_checked,
+        "guest::leave_long_mode" => leave_long_mode,
+        "guest::ltr_checked" => ltr_checked,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -186,4 +208,366 @@ fn debug_exit_blocked(_: &StartParams) {
     // with a failure status if it got through.
     unsafe { asm!("out dx, eax", in("dx") 0xf4u16, in("eax") 0x11u32, options(nomem, nostack)) };
     println!("still running after writing the debug-exit port");
+}
+
+/// L0 intercepts #AC, #DB and #MC and physical NMIs in this guest (QEMU
+/// TCG never raises #AC, so the #AC intercept can only be seen here).
+fn l0_intercepts_ac_db_nmi(_: &StartParams) {
+    let v = call(HC_L0_INTERCEPTS, 0, 0, 0);
+    let (exceptions, misc1) = (v as u32, (v >> 32) as u32);
+    check!(
+        exceptions & (1 << 17) != 0,
+        "#AC not intercepted: {exceptions:#x}"
+    );
+    check!(
+        exceptions & (1 << 1) != 0,
+        "#DB not intercepted: {exceptions:#x}"
+    );
+    check!(
+        exceptions & (1 << 18) != 0,
+        "#MC not intercepted: {exceptions:#x}"
+    );
+    check!(
+        misc1 & svm::InterceptMisc1::NMI.bits() != 0,
+        "NMI not intercepted: {misc1:#x}"
+    );
+}
+
+/// A single-step #DB exits to L0 and comes back to this guest's handler
+/// with DR6.BS set (as the CPU wrote it before the intercept).
+fn db_single_step_reinjected(_: &StartParams) {
+    let before = exits(ExitCode::Exception(1).to_raw());
+    write_dr(6, DR6_CLEAR);
+    let got = catch_trap(single_step_nop);
+    let Some(f) = got else {
+        fail(format_args!("single step raised no #DB"))
+    };
+    check_eq!(f.vector, 1, "vector");
+    check!(
+        f.dr6 & DR6_BS != 0,
+        "DR6.BS clear in the handler: {:#x}",
+        f.dr6
+    );
+    check!(
+        exits(ExitCode::Exception(1).to_raw()) - before >= 1,
+        "L0 saw no #DB exit"
+    );
+}
+
+/// A data breakpoint (DR0, write, 4 bytes) exits to L0 and reaches this
+/// guest's handler with DR6.B0 set.
+fn db_data_breakpoint_reinjected(_: &StartParams) {
+    static TARGET: AtomicU64 = AtomicU64::new(0);
+    let before = exits(ExitCode::Exception(1).to_raw());
+    write_dr(6, DR6_CLEAR);
+    write_dr(0, &raw const TARGET as u64);
+    // L0 enable, RW0 = 01 (writes), LEN0 = 11 (4 bytes).
+    write_dr(7, 0x400 | 1 | (0b01 << 16) | (0b11 << 18));
+    let got = catch_trap(|| TARGET.store(1, Ordering::SeqCst));
+    write_dr(7, 0x400);
+    let Some(f) = got else {
+        fail(format_args!("the write to DR0's address raised no #DB"))
+    };
+    check_eq!(f.vector, 1, "vector");
+    check!(f.dr6 & 1 != 0, "DR6.B0 clear in the handler: {:#x}", f.dr6);
+    check!(
+        exits(ExitCode::Exception(1).to_raw()) - before >= 1,
+        "L0 saw no #DB exit"
+    );
+    check_eq!(read_dr6() & 1, 1, "DR6.B0 after the handler");
+}
+
+/// CVE-2015-8104: a data breakpoint on the stack slots a #DB delivery
+/// pushes to, then a #DB. Each delivery raises another #DB (benign on
+/// benign: no #DF), forever. With L0's #DB intercept every attempt exits,
+/// so L0 stops the guest at its budget; the host stays alive.
+fn cve_2015_8104_db_loop(_: &StartParams) {
+    write_dr(6, DR6_CLEAR);
+    // SAFETY: deliberately fatal for this guest. RSP is made 8 mod 16 at
+    // the NOP (R), so the #DB frame starts at R - 8 aligned down, R - 16
+    // (SS first), away from PUSHFQ's R - 8: DR0 covers that quadword
+    // (RW0 = 11 reads/writes, LEN0 = 10 8 bytes). RSP is restored after.
+    unsafe {
+        core::arch::asm!(
+            "mov r11, rsp",
+            "and rsp, -16",
+            "sub rsp, 8",
+            "lea rax, [rsp - 16]",
+            "mov dr0, rax",
+            "mov rax, {dr7}",
+            "mov dr7, rax",
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "nop",
+            "mov rsp, r11",
+            dr7 = const 0x400u64 | 1 | (0b11 << 16) | (0b10 << 18),
+            out("rax") _,
+            out("r11") _,
+        )
+    };
+    write_dr(7, 0x400);
+    fail(format_args!(
+        "the #DB was delivered: its stack pushes did not hit the data breakpoint"
+    ));
+}
+
+/// An NMI L0 queues reaches this guest's handler at the next entry.
+fn nmi_delivered(_: &StartParams) {
+    let before = nmis_taken();
+    check_eq!(call(HC_QUEUE_NMI, 0, 0, 0), 0, "queue hypercall");
+    check_eq!(nmis_taken() - before, 1, "NMIs taken after the hypercall");
+}
+
+static NMIS_IN_HANDLER: AtomicU64 = AtomicU64::new(0);
+
+/// In the first NMI's handler: queue a second one and exit to L0 a few
+/// times; L0 must hold it until this handler's IRET.
+fn queue_second_nmi() {
+    if nmis_taken() != 1 {
+        return;
+    }
+    call(HC_QUEUE_NMI, 0, 0, 0);
+    for _ in 0..3 {
+        call(HC_ECHO_SUM, 0, 0, 0);
+    }
+    NMIS_IN_HANDLER.store(nmis_taken(), Ordering::SeqCst);
+}
+
+/// NMIs are blocked from an injected NMI to the IRET of its handler (L0
+/// intercepts IRET meanwhile); the held NMI comes after.
+fn nmi_blocked_until_iret(_: &StartParams) {
+    set_nmi_hook(Some(queue_second_nmi));
+    call(HC_QUEUE_NMI, 0, 0, 0);
+    check_eq!(
+        NMIS_IN_HANDLER.load(Ordering::SeqCst),
+        1,
+        "NMIs taken when the first handler ended"
+    );
+    // The handler has returned; the next exit lets the second NMI in.
+    call(HC_ECHO_SUM, 0, 0, 0);
+    set_nmi_hook(None);
+    check_eq!(nmis_taken(), 2, "NMIs taken after the IRET");
+    check!(
+        exits(ExitCode::Iret.to_raw()) >= 1,
+        "no IRET exit (L0 must watch for the end of the handler)"
+    );
+}
+
+/// A physical NMI that arrives while the guest runs is L0's: the guest's
+/// handler never sees it, L0 took an NMI exit.
+fn physical_nmi_stays_with_l0(_: &StartParams) {
+    let before = exits(ExitCode::Nmi.to_raw());
+    check_eq!(call(HC_PHYSICAL_NMI, 0, 0, 0), 0, "hypercall");
+    for _ in 0..1000 {
+        core::hint::spin_loop();
+    }
+    call(HC_ECHO_SUM, 0, 0, 0);
+    check_eq!(nmis_taken(), 0, "NMIs in the guest");
+    check!(
+        exits(ExitCode::Nmi.to_raw()) - before >= 1,
+        "L0 took no NMI exit"
+    );
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.user, "ax"
+    .global user_misaligned_load
+user_misaligned_load:
+    mov rax, [rsp + 1]
+    ud2
+    "#
+);
+
+unsafe extern "C" {
+    fn user_misaligned_load();
+}
+
+/// #AC: CR0.AM and RFLAGS.AC set, a misaligned load at CPL 3. L0
+/// intercepts #AC and re-injects it: this guest's handler gets vector 17,
+/// error code 0, and L0 counted the exit (0x51).
+fn ac_user_mode_reinjected(_: &StartParams) {
+    const CR0_AM: u64 = 1 << 18;
+    const RFLAGS_AC: u64 = 1 << 18;
+    guest_stubs::user::init();
+    let before = exits(ExitCode::Exception(17).to_raw());
+    // SAFETY: CR0.AM only enables alignment checks at CPL 3.
+    unsafe {
+        asm!("mov rax, cr0", "or rax, {am}", "mov cr0, rax", am = const CR0_AM, out("rax") _, options(nomem, nostack))
+    };
+    let got = guest_stubs::exceptions::run_user(
+        user_misaligned_load as *const () as u64,
+        guest_stubs::user::user_stack_top() - 64,
+        0x2 | RFLAGS_AC,
+    );
+    let Some(f) = got else {
+        fail(format_args!("CPL 3 code returned without a fault"))
+    };
+    check!(
+        (f.vector, f.error_code) == (17, 0),
+        "misaligned CPL 3 load with AC: vector {} error code {:#x}, not #AC(0)",
+        f.vector,
+        f.error_code
+    );
+    check!(
+        exits(ExitCode::Exception(17).to_raw()) - before >= 1,
+        "L0 saw no #AC exit"
+    );
+}
+
+/// In a VM that is not a test, the test hooks do not exist: each answers
+/// HC_UNKNOWN (and does nothing), the ordinary hypercalls still work.
+fn test_hooks_off(_: &StartParams) {
+    let hooks = [
+        (HC_EXIT_COUNT, 0x81),
+        (HC_TSC_SET_MODE, 1),
+        (HC_TSC_SHIFT_HOST_BACK, 1 << 40),
+        (HC_TSC_FREEZE_RESTORE, 0),
+        (HC_WAIT_PIT_US, 1_000_000),
+        (HC_TSC_MOVE_L1, 1 << 40),
+        (HC_QUEUE_INTERRUPT, 0x40),
+        (HC_HOST_TICKS, 0),
+        (svm::guest_abi::HC_INTERCEPT_ONCE, 3),
+        (HC_QUEUE_NMI, 0),
+        (HC_PHYSICAL_NMI, 0),
+        (HC_L0_INTERCEPTS, 0),
+    ];
+    for (nr, arg) in hooks {
+        check_eq!(
+            call(nr, arg, 100, 0),
+            HC_UNKNOWN,
+            format_args!("test hook {nr}")
+        );
+    }
+    check_eq!(
+        call(HC_ECHO_SUM, 1, 2, 3),
+        guest_abi::echo_sum(1, 2, 3),
+        "HC_ECHO_SUM"
+    );
+}
+
+/// Exits forever (a hypercall each time): only an exit limit ends it.
+fn exit_loop(_: &StartParams) {
+    loop {
+        call(HC_ECHO_SUM, 1, 2, 3);
+    }
+}
+
+/// CPUID with prefix orders the CPU accepts (a REX before a legacy prefix
+/// is ignored): L0 must emulate each and step over all of its bytes.
+fn cpuid_odd_prefixes(_: &StartParams) {
+    use guest_stubs::privileged::{cpuid_odd, ODD_CPUID};
+    let want = cpuid(0x4000_0000, 0);
+    for (form, bytes) in ODD_CPUID.iter().enumerate() {
+        check_eq!(
+            cpuid_odd(form, 0x4000_0000),
+            want,
+            format_args!("CPUID encoded {bytes:02x?}")
+        );
+    }
+}
+
+/// Runs `f`, whose instruction is `len` bytes, and checks it raised
+/// #GP(`code`) (and was skipped).
+fn expect_gp(what: &str, len: u64, code: u64, f: impl FnOnce()) {
+    match catch(len, f) {
+        Some(fault) => check_eq!((fault.vector, fault.error_code), (13, code), what),
+        None => fail(format_args!("{what}: no #GP")),
+    }
+}
+
+/// CR0/CR4/CR8 writes get the CPU's checks (ISSUE 8 C1): what the CPU
+/// refuses raises #GP and changes nothing, the rest takes effect.
+fn cr_writes_checked(_: &StartParams) {
+    use guest_stubs::privileged::*;
+    let (cr0, cr4) = (read_cr(0), read_cr(4));
+    let (pe, ts, mp, nw, cd, pg) = (
+        1u64,
+        1u64 << 3,
+        1u64 << 1,
+        1u64 << 29,
+        1u64 << 30,
+        1u64 << 31,
+    );
+    expect_gp("mov cr0, 0 in 64-bit mode", 3, 0, || write_cr0(0));
+    expect_gp("CR0.PG cleared in 64-bit mode", 3, 0, || {
+        write_cr0(cr0 & !pg)
+    });
+    expect_gp("CR0.PG without PE", 3, 0, || write_cr0(cr0 & !pe));
+    expect_gp("CR0.NW without CD", 3, 0, || write_cr0(cr0 | nw));
+    expect_gp("CR0 bit 32", 3, 0, || write_cr0(cr0 | 1 << 32));
+    expect_gp("CR4.PAE cleared in long mode", 3, 0, || {
+        write_cr4(cr4 & !(1 << 5))
+    });
+    expect_gp("CR4 reserved bit 15", 3, 0, || write_cr4(cr4 | 1 << 15));
+    expect_gp("CR4 bit 40", 3, 0, || write_cr4(cr4 | 1 << 40));
+    check_eq!(
+        (read_cr(0), read_cr(4)),
+        (cr0, cr4),
+        "CR0/CR4 after refused writes"
+    );
+    // What the CPU takes.
+    lmsw((cr0 as u16) | ts as u16);
+    check_eq!(read_cr(0), cr0 | ts, "CR0 after LMSW setting TS");
+    clts();
+    check_eq!(read_cr(0), cr0 & !ts, "CR0 after CLTS");
+    lmsw(0);
+    check_eq!(read_cr(0), cr0 & !(ts | mp | 0b100), "LMSW 0 (PE stays)");
+    let word = (cr0 as u16) | mp as u16;
+    lmsw_mem(&word);
+    check_eq!(read_cr(0), cr0 | mp, "CR0 after LMSW from memory");
+    write_cr0(cr0 | cd);
+    check_eq!(read_cr(0), cr0 | cd, "CR0 with CD");
+    write_cr0(cr0);
+    if cpuid(1, 0)[3] & (1 << 13) != 0 {
+        write_cr4(cr4 | 1 << 7);
+        check_eq!(read_cr(4), cr4 | 1 << 7, "CR4 with PGE");
+        write_cr4(cr4);
+    }
+    write_cr8(5);
+    check_eq!(read_cr8(), 5, "CR8 after mov cr8, 5");
+    expect_gp("CR8 bit 4", 4, 0, || write_cr8(16));
+    write_cr8_r9(0);
+    check_eq!(read_cr8(), 0, "CR8 after mov cr8, r9");
+}
+
+/// A guest leaving long mode through compatibility mode reaches CR0.PG=0,
+/// CR4.PAE=0, EFER.LME=1 legally; exits in that state must not take the
+/// machine down (ISSUE 8 C1), and the guest sees its own EFER.
+fn leave_long_mode(_: &StartParams) {
+    use guest_stubs::privileged::{load_test_gdt, visit_legacy_mode};
+    use svm::msr::{EFER, EFER_LMA, EFER_LME};
+    load_test_gdt();
+    let (leaf0, efer) = visit_legacy_mode();
+    check_eq!(leaf0, cpuid(0, 0)[0], "CPUID.0 EAX without paging");
+    check_eq!(
+        u64::from(efer) & (EFER_LME | EFER_LMA),
+        EFER_LME,
+        "EFER.LME/LMA without paging"
+    );
+    check_eq!(
+        rdmsr(EFER) & (EFER_LME | EFER_LMA),
+        EFER_LME | EFER_LMA,
+        "EFER back in long mode"
+    );
+}
+
+/// LTR raises the CPU's faults (a null selector is #GP(0), not an empty
+/// TR) and loads an available TSS, marking it busy (ISSUE 8 C2).
+fn ltr_checked(_: &StartParams) {
+    use guest_stubs::privileged::{descriptor, load_test_gdt, ltr, str_selector, TSS_SEL};
+    load_test_gdt();
+    expect_gp("ltr with a null selector", 3, 0, || ltr(0));
+    expect_gp("ltr of a code segment", 3, 0x08, || ltr(0x08));
+    expect_gp("ltr with TI set", 3, 0x34, || ltr(0x34));
+    expect_gp("ltr past the GDT limit", 3, 0x40, || ltr(0x40));
+    ltr(TSS_SEL);
+    check_eq!(str_selector(), TSS_SEL, "TR after ltr");
+    check_eq!(
+        (descriptor(TSS_SEL) >> 40) & 0xf,
+        0xb,
+        "TSS type after ltr (busy)"
+    );
+    expect_gp("ltr of a busy TSS", 3, u64::from(TSS_SEL), || ltr(TSS_SEL));
 }

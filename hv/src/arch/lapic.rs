@@ -119,6 +119,27 @@ pub fn start_timer(vector: u8, period_ms: u32, want_x2apic: bool) -> Result<u32,
     Ok(count)
 }
 
+const REG_ICR_LOW: u64 = 0x300;
+const REG_ICR_HIGH: u64 = 0x310;
+
+/// Sends this CPU an NMI (ICR: delivery mode NMI, asserted, physical
+/// destination = its own APIC ID; the self shorthand is for fixed
+/// interrupts only). For tests of the NMI intercept.
+pub fn send_self_nmi() {
+    const NMI_ASSERT: u32 = (0b100 << 8) | (1 << 14);
+    match MMIO.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let id = read(REG_ID);
+            // SAFETY: x2APIC ICR (MSR 0x830), one 64-bit write.
+            unsafe { super::cpu::wrmsr(0x830, (u64::from(id) << 32) | u64::from(NMI_ASSERT)) };
+        }
+        _ => {
+            write(REG_ICR_HIGH, read(REG_ID) & 0xff00_0000);
+            write(REG_ICR_LOW, NMI_ASSERT);
+        }
+    }
+}
+
 /// Ends the interrupt being handled.
 pub fn eoi() {
     write(REG_EOI, 0);

@@ -1,6 +1,7 @@
 //! `fuzz=SEED,ITERATIONS[,MINUTES[,START]]`: runs the hostile L1
 //! (`guest-stubs/src/bin/fuzz/`) instead of the self-tests, as a
-//! production-like VM (nested SVM, no time budget, no test hypercalls).
+//! production VM (`VmConfig::guest`: nested SVM, no run limits, no test
+//! hypercalls).
 //!
 //! L1 runs a range of iterations and keeps its counts in a record in its
 //! memory ([`svm::fuzz::Record`]), which L0 reads when the VM ends. A VM
@@ -19,26 +20,20 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use svm::fuzz::{Cmdline, Record, Spec, L1_FAULT_KEY, RECORD_GPA, RECORD_MAGIC};
-use svm::tsc::TscMode;
 use svm::ExitCode;
 
 static FUZZ_L1: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/fuzz"));
 
 /// The fuzz VM's RAM: L1's image and stack, and L2's sandbox at 4 MiB.
 const FUZZ_RAM: u64 = 8 << 20;
-/// Iterations per VM. Keeps a VM below the run loop's exit limit
-/// (`vcpu::MAX_EXITS`; an iteration takes tens of L0 exits) until that limit
-/// becomes self-test configuration; a fresh VM costs little.
+/// Iterations per VM: a VM has no run limits (a production VM), but a
+/// fresh one every few thousand iterations has its frames counted and
+/// starts L1 from scratch.
 const CHUNK: u64 = 5_000;
 
-/// A production-like VM: nested SVM, L0's vmcb12 checks, no time budget,
-/// no test hypercalls.
-const FUZZ_CONFIG: VmConfig = VmConfig {
-    tsc_mode: TscMode::Offsetting,
-    time_budget_ms: u64::MAX,
-    test_hypercalls: false,
-    ..VmConfig::NESTED
-};
+/// A production VM: nested SVM, L0's vmcb12 checks, no run limits, no
+/// test hypercalls.
+const FUZZ_CONFIG: VmConfig = VmConfig::guest(true);
 
 /// How one VM of the run ended.
 struct VmEnd {

@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 25] = [
+pub static CASES: [Case; 63] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -71,4 +71,43 @@ pub static CASES: [Case; 25] = [
     case("nested::l2_hypercall_refused"),
     case("nested::l2_rdtscp_intercept"),
     case("nested::pending_interrupt_preempts_l2"),
+    case("nested::pending_interrupt_waits_for_l1_if"),
+    case("nested::pending_event_to_exitintinfo"),
+    case("nested::soft_int_next_rip"),
+    case("nested::exitintinfo_reinjected_by_l0"),
+    case("nested::cve_2021_29657_vmcb12_changed_after_vmrun"),
+    case("nested::cve_2021_3653_v_intr_masking_avic"),
+    case("nested::l2_runs_with_l0_intercepts"),
+    case("nested::l2_db_to_l1"),
+    case("nested::l2_db_to_l2_handler"),
+    case("nested::nmi_held_while_gif_clear"),
+    case("nested::nmi_for_l1_exits_l2"),
+    case("nested::physical_nmi_not_reflected"),
+    case("nested::cr4_smep_accepted"),
+    case("nested::tlb_control_invalid"),
+    case("nested::msrpm_outside_ram_intercepts_all"),
+    case("nested::msrpm_beyond_maxphyaddr_invalid"),
+    case("nested::cve_2021_3656_vmload_from_l2"),
+    case("nested::long_mode_keys_on_lme_pg"),
+    case("nested::hsave_pa_below_maxphyaddr"),
+    // ISSUE 8 A6 and C: odd encodings and privileged writes in L2.
+    case("nested::l2_cpuid_odd_prefixes"),
+    case("nested::l2_leaves_long_mode"),
+    case("nested::l2_dr7_write"),
+    case("nested::l2_cr8_with_v_irq"),
+    case("nested::vmload_zero_tr_user_fault"),
+    case("nested::checks_decide_before_the_cpu"),
+    case("nested::vmrun_invalid_cr0_high"),
+    case("nested::vmrun_invalid_cr0_nw_without_cd"),
+    case("nested::vmrun_invalid_cr3_beyond_maxphyaddr"),
+    case("nested::vmrun_invalid_cr4_hidden_feature"),
+    case("nested::vmrun_invalid_dr6_high"),
+    case("nested::vmrun_invalid_dr7_high"),
+    case("nested::vmrun_invalid_efer_reserved"),
+    case("nested::vmrun_invalid_long_mode_without_pae"),
+    case("nested::vmrun_invalid_long_mode_without_pe"),
+    case("nested::vmrun_invalid_cs_long_and_default"),
+    case("nested::vmrun_invalid_vmrun_not_intercepted"),
+    case("nested::vmrun_invalid_eventinj_vector"),
+    case("nested::np_enable_ignored_without_npt"),
 ];

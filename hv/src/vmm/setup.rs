@@ -15,14 +15,18 @@ const NESTED_CTL_NP_ENABLE: u64 = 1;
 
 /// Intercepts every guest gets, whatever else it asks for.
 pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts) {
-    // INTR: the watchdog's interrupt must end any guest's run.
+    // INTR: the watchdog's interrupt must end any guest's run. NMI: a
+    // physical NMI is the host's (the guest gets virtual ones, `svm::nmi`).
     let misc1 = InterceptMisc1::INTR
+        | InterceptMisc1::NMI
         | InterceptMisc1::CPUID
         | InterceptMisc1::HLT
         | InterceptMisc1::IOIO_PROT
         | InterceptMisc1::MSR_PROT
         | InterceptMisc1::SHUTDOWN
         | InterceptMisc1::INVLPGA;
+    // LTR: emulated with the CPU's checks (exits/tr.rs).
+    let misc1 = misc1 | InterceptMisc1::TR_WRITE;
     // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); the rest of the
     // SVM instructions would act on host state.
     let misc2 = InterceptMisc2::VMRUN
@@ -32,8 +36,10 @@ pub fn base_intercepts() -> (InterceptMisc1, InterceptMisc2, ExceptionIntercepts
         | InterceptMisc2::STGI
         | InterceptMisc2::CLGI
         | InterceptMisc2::SKINIT;
+    // #AC and #DB: each delivery exits, so an #AC-on-#AC or #DB-on-#DB
+    // loop (CVE-2015-5307/8104) runs through L0 and cannot lock the CPU.
     // A machine check is the host's business, never the guest's.
-    (misc1, misc2, ExceptionIntercepts::MC)
+    (misc1, misc2, svm::exception::L0_EXCEPTIONS)
 }
 
 /// Prepares `vcpu` to start `vm`'s guest at `entry` in 64-bit mode.
@@ -45,6 +51,9 @@ pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
     c.intercept_misc1 = misc1.bits();
     c.intercept_misc2 = misc2.bits();
     c.intercept_exceptions = exceptions.bits();
+    // CR0/CR4/CR8 and DR7 writes: emulated (exits/cr.rs, exits/dr.rs).
+    c.intercept_cr = super::exits::cr::INTERCEPT_CR;
+    c.intercept_dr = super::exits::dr::INTERCEPT_DR;
     c.iopm_base_pa = vm.iopm.phys();
     c.msrpm_base_pa = vm.msrpm.phys();
     c.guest_asid = 1;

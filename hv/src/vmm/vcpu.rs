@@ -11,10 +11,6 @@ use alloc::collections::BTreeMap;
 use svm::tsc::VcpuTsc;
 use svm::{ExitCode, Vmcb};
 
-/// Exits after which a guest is stopped (a guest looping on exits would
-/// otherwise never end).
-pub const MAX_EXITS: u64 = 1_000_000;
-
 /// A vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -34,9 +30,16 @@ pub struct Vcpu {
     pub tsc_aux: u32,
     /// Nested-SVM state (L1's virtual SVM, hsave, the running L2).
     pub nested: Nested,
+    /// The guest's EFER.LME is hidden from the CPU in the VMCB (paging off,
+    /// see `exits::cr::before_entry`).
+    pub lme_hidden: bool,
     /// Host TSC ticks spent in L0 between exits and entries (under
     /// `-icount shift=0` these are L0's instructions).
     pub host_ticks: u64,
+    /// Virtual NMIs for this vCPU (L1's) and their blocking.
+    pub nmi: svm::nmi::NmiState,
+    /// Test hook: send a physical NMI to this CPU just before the next entry.
+    pub physical_nmi_at_entry: bool,
 }
 
 impl Vcpu {
@@ -53,6 +56,9 @@ impl Vcpu {
             tsc_aux: 0,
             nested: Nested::new()?,
             host_ticks: 0,
+            nmi: svm::nmi::NmiState::default(),
+            physical_nmi_at_entry: false,
+            lme_hidden: false,
         })
     }
 
@@ -66,20 +72,29 @@ impl Vcpu {
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
+            if let Action::Stop(stop) = exits::exception::deliver_pending_nmi(self, vm, host) {
+                return stop;
+            }
             if let Action::Stop(stop) =
                 super::nested::insns::deliver_pending_interrupt(self, vm, host)
             {
                 return stop;
             }
             super::tsc::prepare_entry(self, vm);
+            exits::exception::arm_physical_nmi(self);
             if let Some(t) = exited_at {
                 self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
             }
+            exits::cr::before_entry(self);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            exits::cr::after_exit(self);
             exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(vm);
+            // What the CPU did not deliver is in EXITINTINFO now; from here
+            // a valid EVENTINJ means an event L0 queued and nobody received.
+            self.vmcb.control.event_inj = 0;
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
             if code == ExitCode::Intr {
                 // A physical interrupt (the watchdog), held since the exit:
@@ -87,21 +102,26 @@ impl Vcpu {
                 // SAFETY: the IDT handles every vector the host enables.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
-            if crate::time::uptime_ms().saturating_sub(started_ms) > vm.time_budget_ms {
-                log::warn!(
-                    "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
-                    vm.name,
-                    vm.time_budget_ms,
-                    self.vmcb.state.rip
-                );
-                return Stop::TimedOut(vm.time_budget_ms);
+            // Self-tests only: a VM that is not a test has no limits.
+            if let Some(limits) = vm.limits {
+                let ran_ms = crate::time::uptime_ms().saturating_sub(started_ms);
+                if ran_ms > limits.time_budget_ms {
+                    log::warn!(
+                        "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
+                        vm.name,
+                        limits.time_budget_ms,
+                        self.vmcb.state.rip
+                    );
+                    return Stop::TimedOut(limits.time_budget_ms);
+                }
             }
             // The TLB needs flushing only for the first run.
             self.vmcb.control.tlb_control = 0;
             self.exits += 1;
             *self.exit_counts.entry(code.to_raw()).or_insert(0) += 1;
+            let max_exits = vm.limits.map_or(u64::MAX, |l| l.max_exits);
             match exits::dispatch(self, vm, host, code) {
-                Action::Resume if self.exits >= MAX_EXITS => return Stop::TooManyExits,
+                Action::Resume if self.exits >= max_exits => return Stop::TooManyExits(max_exits),
                 Action::Resume => {}
                 Action::Stop(stop) => return stop,
             }

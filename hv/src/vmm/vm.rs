@@ -6,12 +6,37 @@ use super::npt::Npt;
 use super::phys_box::PhysBox;
 use alloc::string::String;
 use alloc::vec::Vec;
+use svm::cpuid_filter::{filter, GuestCpuidPolicy};
+use svm::nested::checks::L1Limits;
+use svm::nested::l1_cpu::L1Cpuid;
 use svm::tsc::{TscMode, VmTsc};
 use svm::{IoPermissionMap, MsrPermissionMap};
 
-/// A guest's run time limit unless configured otherwise (the longest
-/// self-test takes well under a second, even unoptimized under TCG).
-pub const DEFAULT_TIME_BUDGET_MS: u64 = 20_000;
+/// Limits on a guest's run. Only the self-test harness sets them (a guest
+/// under test that loops must not hang the suite); a VM that is not a test
+/// has none and runs until its guest stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Exits after which the guest is stopped ([`Stop::TooManyExits`]).
+    ///
+    /// [`Stop::TooManyExits`]: super::exits::Stop::TooManyExits
+    pub max_exits: u64,
+    /// Longest the guest may run, in milliseconds of watchdog time
+    /// ([`Stop::TimedOut`]).
+    ///
+    /// [`Stop::TimedOut`]: super::exits::Stop::TimedOut
+    pub time_budget_ms: u64,
+}
+
+impl RunLimits {
+    /// What the self-test harness gives a test that sets nothing else:
+    /// the longest self-test takes well under a second, even unoptimized
+    /// under TCG, with far fewer exits.
+    pub const SELF_TEST: RunLimits = RunLimits {
+        max_exits: 1_000_000,
+        time_budget_ms: 20_000,
+    };
+}
 
 /// How a VM is set up.
 #[derive(Clone, Copy, Debug)]
@@ -24,30 +49,39 @@ pub struct VmConfig {
     /// off, to show that a vmcb12 the CPU itself refuses still ends as
     /// VMEXIT_INVALID for L1; guests cannot change it.
     pub vmcb12_checks: bool,
-    /// Longest a guest may run, in milliseconds of watchdog time.
-    pub time_budget_ms: u64,
+    /// Run limits: `None` (a VM that is not a test) runs until the guest
+    /// stops. The self-test harness fills in [`RunLimits::SELF_TEST`] when
+    /// a test sets none.
+    pub limits: Option<RunLimits>,
     /// Whether the test hypercalls answer (exit counts, TSC hooks, waits,
-    /// queued interrupts), including from an L2. The self-tests need them;
-    /// a VM that is not a test would turn them off.
+    /// queued interrupts), including from an L2. Only self-tests turn them
+    /// on: they skew the host's TSC or stall the host CPU.
     pub test_hypercalls: bool,
 }
 
 impl VmConfig {
-    /// TSC offsetting, no SVM for the guest.
+    /// A VM that is not a test: TSC offsetting, SVM offered or not, no
+    /// run limits, no test hypercalls (they answer HC_UNKNOWN).
+    pub const fn guest(nested_svm: bool) -> VmConfig {
+        VmConfig {
+            tsc_mode: TscMode::Offsetting,
+            nested_svm,
+            vmcb12_checks: true,
+            limits: None,
+            test_hypercalls: false,
+        }
+    }
+
+    /// Self-test VM: TSC offsetting, no SVM, test hypercalls on.
     pub const PLAIN: VmConfig = VmConfig {
-        tsc_mode: TscMode::Offsetting,
-        nested_svm: false,
-        vmcb12_checks: true,
-        time_budget_ms: DEFAULT_TIME_BUDGET_MS,
         test_hypercalls: true,
+        ..VmConfig::guest(false)
     };
-    /// TSC offsetting, SVM offered: the guest can be an L1 hypervisor.
+    /// Self-test VM: TSC offsetting, SVM offered (the guest can be an L1
+    /// hypervisor), test hypercalls on.
     pub const NESTED: VmConfig = VmConfig {
-        tsc_mode: TscMode::Offsetting,
-        nested_svm: true,
-        vmcb12_checks: true,
-        time_budget_ms: DEFAULT_TIME_BUDGET_MS,
         test_hypercalls: true,
+        ..VmConfig::guest(true)
     };
 }
 
@@ -85,10 +119,13 @@ pub struct Vm {
     pub nested_svm: bool,
     /// See [`VmConfig::vmcb12_checks`].
     pub vmcb12_checks: bool,
-    /// See [`VmConfig::time_budget_ms`].
-    pub time_budget_ms: u64,
+    /// See [`VmConfig::limits`].
+    pub limits: Option<RunLimits>,
     /// See [`VmConfig::test_hypercalls`].
     pub test_hypercalls: bool,
+    /// What vmcb12 may hold, from the CPUID this VM's guest sees (so
+    /// computed once, here).
+    pub l1_limits: L1Limits,
 }
 
 impl Vm {
@@ -117,7 +154,8 @@ impl Vm {
             tsc,
             nested_svm: config.nested_svm,
             vmcb12_checks: config.vmcb12_checks,
-            time_budget_ms: config.time_budget_ms,
+            limits: config.limits,
+            l1_limits: l1_limits(config.nested_svm),
             test_hypercalls: config.test_hypercalls,
             name: String::from(name),
             memory,
@@ -149,4 +187,19 @@ impl Vm {
             self.console_byte(b'\n');
         }
     }
+}
+
+/// The limits of the CPU the guest is shown: the host's CPUID through the
+/// same filter the guest's CPUID exits use (the TSC frequency leaf does
+/// not matter here). L0 does not offer nested paging to L1.
+fn l1_limits(nested_svm: bool) -> L1Limits {
+    let policy = GuestCpuidPolicy {
+        svm: nested_svm,
+        tsc_khz: 0,
+    };
+    let cpuid = L1Cpuid::read(|leaf, subleaf| {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        filter(leaf, subleaf, [r.eax, r.ebx, r.ecx, r.edx], policy)
+    });
+    L1Limits::from_cpuid(&cpuid, false)
 }

@@ -98,6 +98,10 @@ pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u
         "vmload rax",
         "cli",
         "stgi",
+        // A physical NMI held since the exit (the NMI intercept) is taken
+        // here: the host's NMI handler knows this window (arch::idt).
+        ".global hv_world_switch_nmi_window",
+        "hv_world_switch_nmi_window:",
         "pop rdi",
         "pop r15",
         "pop r14",
@@ -106,7 +110,22 @@ pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u
         "pop rbp",
         "pop rbx",
         "ret",
+        ".global hv_world_switch_nmi_window_end",
+        "hv_world_switch_nmi_window_end:",
     )
+}
+
+unsafe extern "C" {
+    static hv_world_switch_nmi_window: u8;
+    static hv_world_switch_nmi_window_end: u8;
+}
+
+/// Whether `rip` is where the host takes an NMI held since a guest's
+/// #VMEXIT(NMI): from the world switch's STGI to its return.
+pub fn in_nmi_window(rip: u64) -> bool {
+    let start = &raw const hv_world_switch_nmi_window as u64;
+    let end = &raw const hv_world_switch_nmi_window_end as u64;
+    (start..end).contains(&rip)
 }
 
 static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegs, rdi), 0x20);

@@ -3,23 +3,30 @@
 //! copy of L1's vmcb12 before running L2 from it.
 //!
 //! A failure means L1's VMRUN "fails" the way silicon's does: L0 writes
-//! VMEXIT_INVALID into vmcb12 and resumes L1, instead of entering L2. Beyond
-//! the architectural list, L0 also needs the permission maps it is about to
-//! read to lie inside L1's RAM, and refuses features it does not offer L1
-//! (nested paging for now).
+//! VMEXIT_INVALID into vmcb12 and resumes L1, instead of entering L2.
+//! Reserved bits are those of the CPU L1 is shown ([`L1Limits::from_cpuid`],
+//! built from the CPUID L1 sees), so a bit CPUID offers L1 is never refused
+//! and a bit it hides always is. Beyond the architectural list, L0 also
+//! refuses TLB_CONTROL encodings needing FlushByAsid when it is not
+//! offered (KVM's `nested_svm_check_tlb_ctl`). NP_ENABLE is ignored when
+//! nested paging is not offered (KVM's `__nested_copy_vmcb_control_to_cache`;
+//! a CPU without nested paging has no such bit): L2's CR3 stays an
+//! L1-physical address under L0's nested page tables, as always.
 //!
 //! Checking is pure: it reads the VMCB copy and the limits, nothing else.
 
+use super::l1_cpu::L1Cpuid;
 use crate::cr::{CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE};
 use crate::event::{EventInfo, IllegalEvent};
 use crate::exec_ctl::NestedCtl;
 use crate::intercept::InterceptMisc2;
 use crate::iopm::IOPM_SIZE;
-use crate::msr::{EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME};
+use crate::msr::{EFER_LME, EFER_SVME};
 use crate::msrpm::MSRPM_SIZE;
 use crate::vmcb::{Vmcb, VmcbSegment};
 
-/// Bits 63:32 of CR0, DR6 and DR7, all MBZ.
+/// Bits 63:32 of CR0, DR6 and DR7, all MBZ; also of CR3 outside long mode
+/// (the legacy and PAE CR3 formats are 32 bits wide, APM 3.1.2).
 const HIGH_HALF: u64 = 0xFFFF_FFFF_0000_0000;
 /// Bits 11:0 of IOPM_BASE_PA / MSRPM_BASE_PA, which the CPU ignores
 /// (APM Table B-1).
@@ -28,37 +35,35 @@ const PAGE_OFFSET_MASK: u64 = 0xFFF;
 /// "Long-Mode CR3"), so no MAXPHYADDR above 52 is meaningful.
 const MAX_CR3_PHYS_BITS: u8 = 52;
 
-/// EFER bits a plain x86-64 CPU lets L1 set for L2: SCE, LME, LMA, NXE and
-/// SVME (SVME is required anyway). Everything else (LMSLE, FFXSR, TCE,
-/// MCOMMIT, INTWB, UAIE, AIBRSE, ...) is treated as reserved unless L0
-/// offers the feature and widens [`L1Limits::efer_allowed`].
-pub const EFER_ALLOWED_DEFAULT: u64 = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME;
-
-/// CR4 bits a plain x86-64 CPU lets L1 set for L2: the architectural bits
-/// every x86-64 processor has, 0-10 (VME, PVI, TSD, DE, PSE, PAE, MCE, PGE,
-/// PCE, OSFXSR, OSXMMEXCPT), plus 16 (FSGSBASE) and 18 (OSXSAVE).
-///
-/// Left out, hence reserved: UMIP (11), LA57 (12), PCIDE (17), SMEP (20),
-/// SMAP (21), PKE (22), CET (23) and anything newer. L0 should narrow this
-/// further if its virtual CPUID hides FSGSBASE or XSAVE, and widen it only
-/// for features its CPUID shows L1.
-pub const CR4_ALLOWED_DEFAULT: u64 = 0x7FF | (1 << 16) | (1 << 18);
-
-/// What the checks need to know about L1 and what L0 offers it.
+/// What the checks need to know about the CPU L1 is shown.
 #[derive(Clone, Copy, Debug)]
 pub struct L1Limits {
-    /// L1's RAM is guest-physical [0, memory_size).
-    pub memory_size: u64,
-    /// MAXPHYADDR of the (virtual) CPU, e.g. 40; physical-address bits at
-    /// or above it are reserved.
+    /// MAXPHYADDR L1 sees (CPUID 0x8000_0008 EAX\[7:0\]); physical-address
+    /// bits at or above it are reserved.
     pub max_phys_bits: u8,
-    /// Whether nested paging is offered to L1 (false for now: vmcb12 with
-    /// NP_ENABLE must fail).
+    /// Whether nested paging is offered to L1 (false for now: vmcb12's
+    /// NP_ENABLE and nCR3 are ignored). When it is, nCR3 is checked.
     pub npt_offered: bool,
+    /// Whether FlushByAsid is offered to L1 (TLB_CONTROL 3 and 7).
+    pub flush_by_asid: bool,
     /// CR4 bits L1 may set for L2 (others reserved).
     pub cr4_allowed: u64,
     /// EFER bits L1 may set for L2 (others reserved).
     pub efer_allowed: u64,
+}
+
+impl L1Limits {
+    /// The limits of the CPU L1 sees: reserved CR4/EFER bits, MAXPHYADDR
+    /// and FlushByAsid all from its CPUID; nested paging as L0 offers it.
+    pub fn from_cpuid(cpuid: &L1Cpuid, npt_offered: bool) -> Self {
+        Self {
+            max_phys_bits: cpuid.max_phys_bits(),
+            npt_offered,
+            flush_by_asid: cpuid.flush_by_asid(),
+            cr4_allowed: cpuid.cr4_allowed(),
+            efer_allowed: cpuid.efer_allowed(),
+        }
+    }
 }
 
 /// Why vmcb12 is refused. Variants carrying a `u64` hold the offending
@@ -78,7 +83,8 @@ pub enum Vmcb12Error {
     Cr0CdClearNwSet,
     /// CR0 bits 63:32 are set.
     Cr0High(u64),
-    /// CR3 MBZ bits are set (long mode: bits at or above MAXPHYADDR).
+    /// CR3 MBZ bits are set (long mode: bits at or above MAXPHYADDR;
+    /// otherwise bits 63:32).
     Cr3Reserved(u64),
     /// CR4 bits outside [`L1Limits::cr4_allowed`] are set.
     Cr4Reserved(u64),
@@ -92,34 +98,47 @@ pub enum Vmcb12Error {
     Dr6High(u64),
     /// DR7 bits 63:32 are set.
     Dr7High(u64),
-    /// The 8 KiB MSR permission map at this (page-aligned) base does not
-    /// lie inside L1's memory.
-    MsrpmOutsideMemory(u64),
-    /// The 12 KiB I/O permission map at this (page-aligned) base does not
-    /// lie inside L1's memory.
-    IopmOutsideMemory(u64),
-    /// NP_ENABLE is set but L0 does not offer nested paging to L1.
-    NestedPagingNotOffered,
+    /// The 8 KiB MSR permission map at this (page-aligned) base reaches
+    /// MAXPHYADDR.
+    MsrpmBeyondMaxPhys(u64),
+    /// The 12 KiB I/O permission map at this (page-aligned) base reaches
+    /// MAXPHYADDR.
+    IopmBeyondMaxPhys(u64),
+    /// TLB_CONTROL holds a reserved encoding, or one needing FlushByAsid,
+    /// which is not offered (APM 15.16.1).
+    TlbControl(u8),
+    /// Nested paging is offered, NP_ENABLE is set, and nCR3 has bits at or
+    /// above MAXPHYADDR (KVM's `nested_vmcb_check_controls`).
+    NestedCr3Reserved(u64),
     /// EVENTINJ holds an event VMRUN would refuse (APM 15.20).
     IllegalEventInj(IllegalEvent),
 }
 
-/// APM 15.5.1: every check VMRUN makes (plus L1-memory bounds of the
-/// permission maps, which L0 must read from L1 memory), in the APM's order.
-/// Ok or the first failure.
+/// APM 15.5.1: every check VMRUN makes, in the APM's order. Ok or the
+/// first failure.
 ///
 /// The order is the APM's list: EFER.SVME, CR0.CD/NW, CR0\[63:32\], CR3,
 /// CR4, DR6, DR7, EFER MBZ, the three long-mode rules, the VMRUN
-/// intercept, the permission maps, EVENTINJ, ASID; the L0-specific
-/// nested-paging rule comes last. Only the first failure is reported, so
-/// the order matters only for VMCBs that break several rules.
+/// intercept, the permission maps, EVENTINJ, ASID; then TLB_CONTROL (KVM's
+/// `nested_svm_check_tlb_ctl`) and nCR3 when nested paging is offered.
+/// Only the first failure is reported, so the order matters only for
+/// VMCBs that break several rules.
+///
+/// Every long-mode rule, CR3's format included, keys on the mode VMRUN is
+/// about to enter, EFER.LME && CR0.PG (the APM's wording; KVM's
+/// `nested_vmcb_valid_sregs`); vmcb12's EFER.LMA is not consulted.
 ///
 /// "EFER.LMA or EFER.LME is non-zero and this processor does not support
-/// long mode" is covered by [`L1Limits::efer_allowed`]: leave LME/LMA out
-/// of it for a CPU without long mode.
+/// long mode" is covered by [`L1Limits::efer_allowed`], which has LME/LMA
+/// only when L1's CPUID shows long mode.
 pub fn check_vmcb12(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     check_save(vmcb, limits)?;
     check_controls(vmcb, limits)
+}
+
+/// Whether vmcb12 enters long mode: EFER.LME and CR0.PG (LMA follows).
+pub fn enters_long_mode(vmcb: &Vmcb) -> bool {
+    vmcb.state.efer & EFER_LME != 0 && vmcb.state.cr0 & CR0_PG != 0
 }
 
 /// The guest-state half of the list.
@@ -133,17 +152,15 @@ fn check_save(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     }
     mbz(s.cr0 & HIGH_HALF, Vmcb12Error::Cr0High)?;
 
-    // EFER.LME with CR0.PG is the mode VMRUN is about to enter (LMA is
-    // derived from them), as in the three long-mode rules below.
-    let long_mode = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
-    // CR3: only the long-mode format has MBZ bits above bit 31 that depend
-    // on MAXPHYADDR (APM 3.1.2). Legacy and PAE CR3 are 32 bits wide; like
-    // KVM and QEMU, nothing is checked there.
-    if long_mode {
-        let bits = limits.max_phys_bits.min(MAX_CR3_PHYS_BITS);
-        let reserved = s.cr3 & (u64::MAX << bits);
-        mbz(reserved, Vmcb12Error::Cr3Reserved)?;
-    }
+    let long_mode = enters_long_mode(vmcb);
+    // CR3 (APM 3.1.2): the long-mode format has MBZ bits from MAXPHYADDR
+    // up; the legacy and PAE formats are 32-bit registers, so bits 63:32
+    // are MBZ there. Low reserved bits (2:0, 11:5) are ignored, not MBZ.
+    let cr3_mbz = match long_mode {
+        true => u64::MAX << limits.max_phys_bits.min(MAX_CR3_PHYS_BITS),
+        false => HIGH_HALF,
+    };
+    mbz(s.cr3 & cr3_mbz, Vmcb12Error::Cr3Reserved)?;
     mbz(s.cr4 & !limits.cr4_allowed, Vmcb12Error::Cr4Reserved)?;
     mbz(s.dr6 & HIGH_HALF, Vmcb12Error::Dr6High)?;
     mbz(s.dr7 & HIGH_HALF, Vmcb12Error::Dr7High)?;
@@ -172,19 +189,20 @@ fn check_controls(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if c.intercept_misc2 & InterceptMisc2::VMRUN.bits() == 0 {
         return Err(Vmcb12Error::VmrunNotIntercepted);
     }
-    // APM: "The MSR or IOIO intercept tables extend to a physical address
-    // that is greater than or equal to the maximum supported physical
-    // address". L0 reads both maps from L1's memory, so the bound is L1's
-    // RAM, which lies below MAXPHYADDR. The CPU ignores bits 11:0 of both
-    // bases (Table B-1), so they are checked page-aligned. Checked whether
-    // or not MSR_PROT / IOIO_PROT is set, as hardware does.
+    // APM 15.5.1: "The MSR or IOIO intercept tables extend to a physical
+    // address that is greater than or equal to the maximum supported
+    // physical address" (KVM: nested_svm_check_bitmap_pa, the map's last
+    // byte). Nothing requires the maps to be in RAM: L0 reads bytes
+    // outside L1's RAM as all-ones (super::map_view). The CPU ignores bits
+    // 11:0 of both bases (Table B-1), so they are checked page-aligned.
+    // Checked whether or not MSR_PROT / IOIO_PROT is set, as hardware does.
     let msrpm = c.msrpm_base_pa & !PAGE_OFFSET_MASK;
-    if !inside_memory(msrpm, MSRPM_SIZE, limits.memory_size) {
-        return Err(Vmcb12Error::MsrpmOutsideMemory(msrpm));
+    if !below_max_phys(msrpm, MSRPM_SIZE, limits.max_phys_bits) {
+        return Err(Vmcb12Error::MsrpmBeyondMaxPhys(msrpm));
     }
     let iopm = c.iopm_base_pa & !PAGE_OFFSET_MASK;
-    if !inside_memory(iopm, IOPM_SIZE, limits.memory_size) {
-        return Err(Vmcb12Error::IopmOutsideMemory(iopm));
+    if !below_max_phys(iopm, IOPM_SIZE, limits.max_phys_bits) {
+        return Err(Vmcb12Error::IopmBeyondMaxPhys(iopm));
     }
     EventInfo(c.event_inj)
         .check()
@@ -192,8 +210,20 @@ fn check_controls(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if c.guest_asid == 0 {
         return Err(Vmcb12Error::AsidZero);
     }
-    if c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0 && !limits.npt_offered {
-        return Err(Vmcb12Error::NestedPagingNotOffered);
+    // APM 15.16.1: 0 (nothing) and 1 (everything) always; 3 and 7 need
+    // FlushByAsid; every other encoding is reserved.
+    let tlb_ok = match c.tlb_control {
+        0 | 1 => true,
+        3 | 7 => limits.flush_by_asid,
+        _ => false,
+    };
+    if !tlb_ok {
+        return Err(Vmcb12Error::TlbControl(c.tlb_control));
+    }
+    // NP_ENABLE means nothing unless nested paging is offered.
+    if c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0 && limits.npt_offered {
+        let reserved = u64::MAX << limits.max_phys_bits.min(MAX_CR3_PHYS_BITS);
+        mbz(c.ncr3 & reserved, Vmcb12Error::NestedCr3Reserved)?;
     }
     Ok(())
 }
@@ -207,30 +237,100 @@ fn mbz(bits: u64, make: fn(u64) -> Vmcb12Error) -> Result<(), Vmcb12Error> {
     }
 }
 
-/// Whether `[base, base + len)` lies inside `[0, memory_size)`, without
-/// overflowing.
-fn inside_memory(base: u64, len: usize, memory_size: u64) -> bool {
-    base.checked_add(len as u64)
-        .is_some_and(|end| end <= memory_size)
+/// Whether the last byte of `[base, base + len)` lies below
+/// 2^`max_phys_bits`, without overflowing.
+fn below_max_phys(base: u64, len: usize, max_phys_bits: u8) -> bool {
+    let Some(last) = base.checked_add(len as u64 - 1) else {
+        return false;
+    };
+    match 1u64.checked_shl(u32::from(max_phys_bits)) {
+        Some(limit) => last < limit,
+        None => true,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::EventType;
+    use crate::msr::{EFER_LMA, EFER_NXE, EFER_SCE};
+    use crate::nested::l1_cpu::{CR4_FSGSBASE, CR4_OSXSAVE, CR4_SMEP};
 
     const MEM: u64 = 16 << 20;
     const MSRPM_AT: u64 = 0x10_0000;
     const IOPM_AT: u64 = 0x20_0000;
+    const TOP: u64 = 1 << 40;
+
+    /// A CPU showing L1 long mode, NX, SVM, FSGSBASE and XSAVE, 40
+    /// physical bits; no SMEP, PCID, LA57, FFXSR, FlushByAsid.
+    fn cpu() -> L1Cpuid {
+        L1Cpuid {
+            leaf1: [0, 0, 1 << 26, 0],
+            leaf7: [0, 1, 0, 0],
+            ext1: [0, 0, 1 << 2, (1 << 29) | (1 << 20)],
+            ext8: Some([40, 0, 0, 0]),
+            ext_a: [1, 16, 0, 1 << 3],
+        }
+    }
 
     fn limits() -> L1Limits {
-        L1Limits {
-            memory_size: MEM,
-            max_phys_bits: 40,
-            npt_offered: false,
-            cr4_allowed: CR4_ALLOWED_DEFAULT,
-            efer_allowed: EFER_ALLOWED_DEFAULT,
-        }
+        L1Limits::from_cpuid(&cpu(), false)
+    }
+
+    #[test]
+    fn limits_follow_cpuid() {
+        let l = limits();
+        assert_eq!(l.cr4_allowed, 0x7FF | CR4_FSGSBASE | CR4_OSXSAVE);
+        assert_eq!(
+            l.efer_allowed,
+            EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME
+        );
+        assert_eq!(l.max_phys_bits, 40);
+        assert!(!l.flush_by_asid && !l.npt_offered);
+    }
+
+    /// The defect this replaced: CR4 bits CPUID shows L1 (SMEP here) were
+    /// refused, and bits it hides (OSXSAVE without XSAVE) accepted.
+    #[test]
+    fn cr4_follows_what_cpuid_shows() {
+        let mut v = baseline();
+        v.state.cr4 |= CR4_SMEP;
+        assert_eq!(
+            check_vmcb12(&v, &limits()),
+            Err(Vmcb12Error::Cr4Reserved(CR4_SMEP))
+        );
+        let mut c = cpu();
+        c.leaf7[1] |= 1 << 7;
+        assert_eq!(check_vmcb12(&v, &L1Limits::from_cpuid(&c, false)), Ok(()));
+        let mut v = baseline();
+        v.state.cr4 |= CR4_OSXSAVE;
+        assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+        let mut c = cpu();
+        c.leaf1[2] = 0;
+        assert_eq!(
+            check_vmcb12(&v, &L1Limits::from_cpuid(&c, false)),
+            Err(Vmcb12Error::Cr4Reserved(CR4_OSXSAVE))
+        );
+    }
+
+    #[test]
+    fn efer_follows_what_cpuid_shows() {
+        let mut c = cpu();
+        c.ext1[3] &= !(1 << 20); // no NX
+        let mut v = baseline();
+        v.state.efer |= EFER_NXE;
+        assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+        assert_eq!(
+            check_vmcb12(&v, &L1Limits::from_cpuid(&c, false)),
+            Err(Vmcb12Error::EferReserved(EFER_NXE))
+        );
+        // No long mode: LME and LMA are reserved.
+        let mut c = cpu();
+        c.ext1[3] = 0;
+        assert_eq!(
+            check_vmcb12(&baseline(), &L1Limits::from_cpuid(&c, false)),
+            Err(Vmcb12Error::EferReserved(EFER_LME | EFER_LMA))
+        );
     }
 
     /// A 64-bit code segment descriptor: base 0, limit 0xFFFFF, G, L,
@@ -269,12 +369,6 @@ mod tests {
         assert_ne!(v.state.cs.attrib & VmcbSegment::ATTR_L, 0);
         assert_eq!(v.state.cs.attrib & VmcbSegment::ATTR_DB, 0);
         assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
-    }
-
-    #[test]
-    fn default_masks() {
-        assert_eq!(EFER_ALLOWED_DEFAULT, 0x1D01);
-        assert_eq!(CR4_ALLOWED_DEFAULT, 0x5_07FF);
     }
 
     type Mutation = fn(&mut Vmcb);
@@ -380,29 +474,57 @@ mod tests {
                 E::Dr7High(1 << 63),
             ),
             (
-                "MSRPM past the end",
-                |v| v.control.msrpm_base_pa = MEM - 0x1000,
-                E::MsrpmOutsideMemory(MEM - 0x1000),
+                "MSRPM's last page at MAXPHYADDR",
+                |v| v.control.msrpm_base_pa = TOP - 0x1000,
+                E::MsrpmBeyondMaxPhys(TOP - 0x1000),
             ),
             (
                 "MSRPM at 2^64 - 4K",
                 |v| v.control.msrpm_base_pa = u64::MAX,
-                E::MsrpmOutsideMemory(!0xFFF),
+                E::MsrpmBeyondMaxPhys(!0xFFF),
             ),
             (
-                "IOPM past the end",
-                |v| v.control.iopm_base_pa = MEM - 0x2000,
-                E::IopmOutsideMemory(MEM - 0x2000),
+                "IOPM's last page at MAXPHYADDR",
+                |v| v.control.iopm_base_pa = TOP - 0x2000,
+                E::IopmBeyondMaxPhys(TOP - 0x2000),
             ),
             (
-                "IOPM way out",
-                |v| v.control.iopm_base_pa = 1 << 40,
-                E::IopmOutsideMemory(1 << 40),
+                "IOPM at MAXPHYADDR",
+                |v| v.control.iopm_base_pa = TOP,
+                E::IopmBeyondMaxPhys(TOP),
             ),
             (
-                "NP_ENABLE",
-                |v| v.control.nested_ctl = NestedCtl::NP_ENABLE.bits(),
-                E::NestedPagingNotOffered,
+                "CR3 bit 32 outside long mode",
+                |v| {
+                    v.state.cr0 &= !CR0_PG;
+                    v.state.cr3 |= 1 << 32;
+                },
+                E::Cr3Reserved(1 << 32),
+            ),
+            (
+                "CR4.SMEP not shown",
+                |v| v.state.cr4 |= CR4_SMEP,
+                E::Cr4Reserved(CR4_SMEP),
+            ),
+            (
+                "TLB_CONTROL 2",
+                |v| v.control.tlb_control = 2,
+                E::TlbControl(2),
+            ),
+            (
+                "TLB_CONTROL 3 without FlushByAsid",
+                |v| v.control.tlb_control = 3,
+                E::TlbControl(3),
+            ),
+            (
+                "TLB_CONTROL 7 without FlushByAsid",
+                |v| v.control.tlb_control = 7,
+                E::TlbControl(7),
+            ),
+            (
+                "TLB_CONTROL 0xFF",
+                |v| v.control.tlb_control = 0xFF,
+                E::TlbControl(0xFF),
             ),
             (
                 "inject exception vector 2",
@@ -433,11 +555,20 @@ mod tests {
             ("CR0.CD and NW both set", |v| v.state.cr0 |= CR0_CD | CR0_NW),
             ("CR0.CD alone", |v| v.state.cr0 |= CR0_CD),
             ("CR3 just below MAXPHYADDR", |v| v.state.cr3 |= 1 << 39),
-            ("every default CR4 bit", |v| {
-                v.state.cr4 = CR4_ALLOWED_DEFAULT
+            ("every CR4 bit CPUID shows", |v| {
+                v.state.cr4 = 0x7FF | CR4_FSGSBASE | CR4_OSXSAVE
             }),
-            ("every default EFER bit", |v| {
-                v.state.efer = EFER_ALLOWED_DEFAULT
+            ("every EFER bit CPUID shows", |v| {
+                v.state.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME
+            }),
+            ("TLB_CONTROL 1", |v| v.control.tlb_control = 1),
+            ("maps outside RAM, below MAXPHYADDR", |v| {
+                v.control.msrpm_base_pa = MEM;
+                v.control.iopm_base_pa = MEM - 0x1000;
+            }),
+            ("maps ending just below MAXPHYADDR", |v| {
+                v.control.msrpm_base_pa = TOP - 0x2000;
+                v.control.iopm_base_pa = TOP - 0x3000;
             }),
             ("DR6/DR7 low halves", |v| {
                 v.state.dr6 = 0xFFFF_FFFF;
@@ -449,6 +580,11 @@ mod tests {
                 v.control.intercept_exceptions = u32::MAX;
             }),
             ("other nested_ctl bits", |v| v.control.nested_ctl = !1),
+            // Not offered: ignored, whatever nCR3 holds.
+            ("NP_ENABLE without nested paging", |v| {
+                v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+                v.control.ncr3 = u64::MAX;
+            }),
             ("legal injected #PF", |v| {
                 v.control.event_inj = EventInfo::exception_with_error_code(14, 2).0;
             }),
@@ -482,13 +618,19 @@ mod tests {
         v.state.cs.attrib |= VmcbSegment::ATTR_DB; // L|D is meaningless here
         v.state.cr3 = 0xFFFF_F000;
         assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
-        // LME set but paging off (about to enable long mode): no PAE yet.
+        // LME set but paging off (about to enable long mode): no PAE yet,
+        // and CR3 has the 32-bit legacy format.
         let mut v = baseline();
         v.state.cr0 = CR0_PE;
         v.state.cr4 = 0;
         v.state.efer = EFER_LME | EFER_SVME;
-        v.state.cr3 = 1 << 45;
+        v.state.cr3 = 0xFFFF_F000;
         assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+        v.state.cr3 = 1 << 35;
+        assert_eq!(
+            check_vmcb12(&v, &limits()),
+            Err(Vmcb12Error::Cr3Reserved(1 << 35))
+        );
         // Real mode.
         let mut v = baseline();
         v.state.cr0 = 1 << 4;
@@ -515,62 +657,131 @@ mod tests {
         assert_eq!(check_vmcb12(&v, &l), Err(Vmcb12Error::Cr3Reserved(1 << 55)));
     }
 
+    /// Every long-mode rule keys on EFER.LME && CR0.PG, never on
+    /// vmcb12's EFER.LMA.
     #[test]
-    fn maps_may_end_exactly_at_the_end_of_memory() {
-        let msrpm_end = MSRPM_AT + MSRPM_SIZE as u64;
-        let iopm_end = IOPM_AT + IOPM_SIZE as u64;
-        let mut l = limits();
-        // MSRPM is the last thing in memory (IOPM moved to 0): an exact
-        // fit passes, one byte short fails.
+    fn long_mode_keys_on_lme_and_pg() {
+        // LME and PG without LMA: long mode (VMRUN sets LMA), so the
+        // long-mode rules and CR3 format apply.
         let mut v = baseline();
-        v.control.iopm_base_pa = 0;
-        l.memory_size = msrpm_end;
-        assert_eq!(check_vmcb12(&v, &l), Ok(()));
-        l.memory_size = msrpm_end - 1;
+        v.state.efer = EFER_LME | EFER_SVME;
+        assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+        v.state.cr3 = 1 << 39 | 1 << 33;
+        assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+        v.state.cr4 = 0;
         assert_eq!(
-            check_vmcb12(&v, &l),
-            Err(Vmcb12Error::MsrpmOutsideMemory(MSRPM_AT))
+            check_vmcb12(&v, &limits()),
+            Err(Vmcb12Error::LongModeWithoutPae)
         );
-        // Likewise the IOPM, which sits above the MSRPM in the baseline.
-        let v = baseline();
-        l.memory_size = iopm_end;
+        // LMA without LME: not long mode; PAE and PE may be clear, CS.L
+        // and CS.D may both be set, and CR3 has the 32-bit format.
+        let mut v = baseline();
+        v.state.efer = EFER_LMA | EFER_SVME;
+        v.state.cr4 = 0;
+        v.state.cs.attrib |= VmcbSegment::ATTR_DB;
+        assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+        v.state.cr3 = 1 << 33;
+        assert_eq!(
+            check_vmcb12(&v, &limits()),
+            Err(Vmcb12Error::Cr3Reserved(1 << 33))
+        );
+        assert!(!enters_long_mode(&v));
+        assert!(enters_long_mode(&baseline()));
+    }
+
+    #[test]
+    fn maps_must_end_below_max_phys() {
+        let mut l = limits();
+        // An exact fit below 2^40 passes; one page higher fails.
+        let mut v = baseline();
+        v.control.msrpm_base_pa = TOP - MSRPM_SIZE as u64;
+        v.control.iopm_base_pa = TOP - IOPM_SIZE as u64;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
-        l.memory_size = iopm_end - 1;
+        // With a narrower MAXPHYADDR the same maps reach it.
+        l.max_phys_bits = 39;
         assert_eq!(
             check_vmcb12(&v, &l),
-            Err(Vmcb12Error::IopmOutsideMemory(IOPM_AT))
+            Err(Vmcb12Error::MsrpmBeyondMaxPhys(TOP - MSRPM_SIZE as u64))
+        );
+        v.control.msrpm_base_pa = 0;
+        assert_eq!(
+            check_vmcb12(&v, &l),
+            Err(Vmcb12Error::IopmBeyondMaxPhys(TOP - IOPM_SIZE as u64))
+        );
+        // A MAXPHYADDR of 64 or more lets every non-wrapping map through.
+        l.max_phys_bits = 64;
+        v.control.iopm_base_pa = u64::MAX - IOPM_SIZE as u64 + 1;
+        assert_eq!(check_vmcb12(&v, &l), Ok(()));
+        v.control.iopm_base_pa = u64::MAX;
+        assert_eq!(
+            check_vmcb12(&v, &l),
+            Err(Vmcb12Error::IopmBeyondMaxPhys(!0xFFF))
         );
     }
 
     #[test]
     fn map_bases_are_page_aligned_first() {
-        let mut l = limits();
-        l.memory_size = IOPM_AT + IOPM_SIZE as u64;
+        let l = limits();
         let mut v = baseline();
         // Bits 11:0 are ignored: a base ending in 0xFFF is the page below.
-        v.control.msrpm_base_pa = MSRPM_AT | 0xFFF;
-        v.control.iopm_base_pa = IOPM_AT | 0xFFF;
+        v.control.msrpm_base_pa = (TOP - 0x2000) | 0xFFF;
+        v.control.iopm_base_pa = (TOP - 0x3000) | 0xFFF;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
         // And errors report the aligned base.
-        v.control.iopm_base_pa = (IOPM_AT + 0x1000) | 0x123;
+        v.control.iopm_base_pa = (TOP - 0x2000) | 0x123;
         assert_eq!(
             check_vmcb12(&v, &l),
-            Err(Vmcb12Error::IopmOutsideMemory(IOPM_AT + 0x1000))
+            Err(Vmcb12Error::IopmBeyondMaxPhys(TOP - 0x2000))
         );
         v.control.iopm_base_pa = IOPM_AT;
-        v.control.msrpm_base_pa = (l.memory_size - 0x1000) | 0x800;
+        v.control.msrpm_base_pa = (TOP - 0x1000) | 0x800;
         assert_eq!(
             check_vmcb12(&v, &l),
-            Err(Vmcb12Error::MsrpmOutsideMemory(l.memory_size - 0x1000))
+            Err(Vmcb12Error::MsrpmBeyondMaxPhys(TOP - 0x1000))
         );
+    }
+
+    #[test]
+    fn tlb_control_with_flush_by_asid() {
+        let mut c = cpu();
+        c.ext_a[3] |= 1 << 6;
+        let l = L1Limits::from_cpuid(&c, false);
+        assert!(l.flush_by_asid);
+        for (tlb, ok) in [
+            (0, true),
+            (1, true),
+            (2, false),
+            (3, true),
+            (4, false),
+            (7, true),
+            (8, false),
+        ] {
+            let mut v = baseline();
+            v.control.tlb_control = tlb;
+            let expected = if ok {
+                Ok(())
+            } else {
+                Err(Vmcb12Error::TlbControl(tlb))
+            };
+            assert_eq!(check_vmcb12(&v, &l), expected, "TLB_CONTROL {tlb}");
+        }
     }
 
     #[test]
     fn npt_allowed_when_offered() {
         let mut v = baseline();
         v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+        v.control.ncr3 = TOP - 0x1000;
         let mut l = limits();
         l.npt_offered = true;
+        assert_eq!(check_vmcb12(&v, &l), Ok(()));
+        v.control.ncr3 = TOP | 0x1000;
+        assert_eq!(
+            check_vmcb12(&v, &l),
+            Err(Vmcb12Error::NestedCr3Reserved(TOP))
+        );
+        // Without NP_ENABLE nCR3 means nothing.
+        v.control.nested_ctl = 0;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
     }
 
@@ -594,7 +805,7 @@ mod tests {
         let mut v = baseline();
         v.control.intercept_misc2 = 0;
         v.control.guest_asid = 0;
-        v.control.msrpm_base_pa = MEM;
+        v.control.msrpm_base_pa = TOP;
         assert_eq!(
             check_vmcb12(&v, &limits()),
             Err(Vmcb12Error::VmrunNotIntercepted)
@@ -608,5 +819,141 @@ mod tests {
                 2
             )))
         );
+    }
+
+    /// The VMRUN checks of QEMU TCG 7.2 (`helper_vmrun` and
+    /// `is_efer_invalid_state`, target/i386/tcg/sysemu/svm_helper.c), the
+    /// CPU L0 runs on here, applied to what L0 hands it for vmcb12 `v`:
+    /// L1's save area with EFER.LMA = LME && PG, L0's own maps, ASID,
+    /// intercepts and TLB_CONTROL (never refused). QEMU checks CR3 against
+    /// its MAXPHYADDR whenever the host is in long mode (L0 always is).
+    /// See docs/qemu-tcg.md, "VMRUN's checks".
+    fn qemu_refuses(v: &Vmcb, phys_bits: u8, cr4_reserved: u64) -> bool {
+        const FFXSR: u64 = 1 << 14;
+        let s = &v.state;
+        let efer = match enters_long_mode(v) {
+            true => s.efer | EFER_LMA,
+            false => s.efer & !EFER_LMA,
+        };
+        let efer_known = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME | FFXSR;
+        let lme_pg = efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+        let cs_l_d =
+            s.cs.attrib & VmcbSegment::ATTR_L != 0 && s.cs.attrib & VmcbSegment::ATTR_DB != 0;
+        let event = EventInfo(v.control.event_inj);
+        let bad_event = event.is_valid()
+            && match event.raw_type() {
+                0 | 2 | 4 => false,
+                3 => event.vector() == 2 || event.vector() >= 31,
+                _ => true,
+            };
+        s.cr0 & HIGH_HALF != 0
+            || (s.cr0 & CR0_NW != 0 && s.cr0 & CR0_CD == 0)
+            || s.cr3 & (u64::MAX << phys_bits) != 0
+            || s.cr4 & cr4_reserved != 0
+            || s.dr6 & HIGH_HALF != 0
+            || s.dr7 & HIGH_HALF != 0
+            || efer & EFER_SVME == 0
+            || efer & !efer_known != 0
+            || (lme_pg && s.cr4 & CR4_PAE == 0)
+            || (lme_pg && s.cr0 & CR0_PE == 0)
+            || (lme_pg && s.cr4 & CR4_PAE != 0 && cs_l_d)
+            || bad_event
+    }
+
+    /// The CPU of this machine as L1 sees it: `-cpu qemu64,+svm,+smep`
+    /// (no XSAVE, PCID, FSGSBASE, FFXSR), 40 physical bits.
+    fn qemu64_cpu() -> L1Cpuid {
+        L1Cpuid {
+            leaf1: [0, 0, 0, 0],
+            leaf7: [0, 1 << 7, 0, 0],
+            ext1: [0, 0, 1 << 2, (1 << 29) | (1 << 20)],
+            ext8: Some([40, 0, 0, 0]),
+            ext_a: [1, 16, 0, 1 << 3],
+        }
+    }
+
+    /// QEMU 7.2's reserved CR4 bits for that CPU (`cr4_reserved_bits`):
+    /// all but bits 0-10, PCIDE (never gated on CPUID) and SMEP.
+    const QEMU64_CR4_RESERVED: u64 = !(0x7FF | (1 << 17) | CR4_SMEP);
+
+    /// The vmcb12 a hostile L1 builds: the baseline with 1-4 corruptions
+    /// of the fields the CPU checks.
+    fn corrupted() -> impl Strategy<Value = Vmcb> {
+        let edit = (0u8..12, any::<u64>());
+        proptest::collection::vec(edit, 1..=4).prop_map(|edits| {
+            let mut v = baseline();
+            for (field, r) in edits {
+                let bit = 1u64 << (r % 64);
+                let s = &mut v.state;
+                match field {
+                    0 => s.cr0 ^= bit,
+                    1 => s.cr3 ^= bit,
+                    2 => s.cr4 ^= bit,
+                    3 => s.efer ^= bit,
+                    4 => s.dr6 ^= bit,
+                    5 => s.dr7 ^= bit,
+                    6 => s.cs.attrib ^= 1 << (r % 16),
+                    7 => v.control.event_inj = r & 0xFFFF_FFFF_8000_0FFF,
+                    8 => v.control.event_inj = EventInfo::exception(r as u8).0,
+                    9 => s.cr0 ^= 1 << (r % 32),
+                    10 => s.cr4 ^= 1 << (r % 24),
+                    _ => s.efer ^= 1 << (r % 16),
+                }
+            }
+            v
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        // Enough cases that a single-bit rule (CR0.PE) is hit many times.
+        #![proptest_config(ProptestConfig::with_cases(8192))]
+
+        /// What L0 accepts the CPU here accepts too: L0's verdict, not the
+        /// emulator's, decides every VMRUN (the guest-side twin is
+        /// `nested::checks_decide_before_the_cpu`).
+        #[test]
+        fn the_cpu_never_refuses_what_l0_accepts(v in corrupted()) {
+            let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
+            if check_vmcb12(&v, &limits).is_ok() {
+                prop_assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED));
+            }
+        }
+    }
+
+    /// Where L0 refuses what QEMU TCG accepts, the APM is on L0's side
+    /// (docs/qemu-tcg.md lists these as emulator deviations).
+    #[test]
+    fn l0_stricter_than_qemu_where_the_apm_says() {
+        let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
+        let cases: &[(&str, Mutation, Vmcb12Error)] = &[
+            (
+                "CR4.PCIDE without PCID in CPUID (APM 15.5.1: CR4 MBZ bits)",
+                |v| v.state.cr4 |= 1 << 17,
+                Vmcb12Error::Cr4Reserved(1 << 17),
+            ),
+            (
+                "EFER.FFXSR without FFXSR in CPUID (APM 15.5.1: EFER MBZ bits)",
+                |v| v.state.efer |= 1 << 14,
+                Vmcb12Error::EferReserved(1 << 14),
+            ),
+            (
+                "exception vector 9, reserved (APM 15.20)",
+                |v| v.control.event_inj = EventInfo::exception(9).0,
+                Vmcb12Error::IllegalEventInj(IllegalEvent::NotAnException(9)),
+            ),
+            (
+                "exception vector 27, reserved (APM 15.20)",
+                |v| v.control.event_inj = EventInfo::exception(27).0,
+                Vmcb12Error::IllegalEventInj(IllegalEvent::NotAnException(27)),
+            ),
+        ];
+        for (name, mutate, expected) in cases {
+            let mut v = baseline();
+            mutate(&mut v);
+            assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED), "{name}");
+            assert_eq!(check_vmcb12(&v, &limits), Err(*expected), "{name}");
+        }
     }
 }

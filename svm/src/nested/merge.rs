@@ -7,6 +7,7 @@
 //! state and nothing that would hand L1 control of physical interrupts or
 //! of features L0 does not offer.
 
+use super::map_view::{self, MsrpmView};
 use crate::int_ctl::IntCtl;
 use crate::iopm::IOPM_SIZE;
 use crate::msrpm::MSRPM_SIZE;
@@ -81,11 +82,12 @@ pub fn merge_iopm(l0: &[u8; IOPM_SIZE], l1: &[u8; IOPM_SIZE], out: &mut [u8; IOP
 /// which follow L1 (`None`: L1 does not enable its map, so L0's 0 stays).
 /// `out` must already hold L0's map; only the holes' bits are written, so
 /// a nested VMRUN costs a few bit operations instead of an 8 KiB merge.
-/// Equals [`merge_msrpm`] under that condition (tested).
-pub fn merge_msrpm_holes(l1: Option<&[u8; MSRPM_SIZE]>, holes: &[u32], out: &mut [u8; MSRPM_SIZE]) {
+/// Equals [`merge_msrpm`] under that condition (tested). L1's map is read
+/// through a [`MsrpmView`]: its bytes outside L1's RAM intercept.
+pub fn merge_msrpm_holes(l1: Option<&MsrpmView<'_>>, holes: &[u32], out: &mut [u8; MSRPM_SIZE]) {
     for &msr in holes {
-        let read = l1.is_some_and(|m| crate::msrpm::reads_intercepted(m, msr));
-        let write = l1.is_some_and(|m| crate::msrpm::writes_intercepted(m, msr));
+        let read = l1.is_some_and(|m| map_view::msr_reads_intercepted(m, msr));
+        let write = l1.is_some_and(|m| map_view::msr_writes_intercepted(m, msr));
         // Holes are inside the map's ranges, or they could not be holes.
         let _ = crate::msrpm::set_read_intercept(out, msr, read);
         let _ = crate::msrpm::set_write_intercept(out, msr, write);
@@ -150,6 +152,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// L0's own intercepts (#AC/#DB/#MC, NMI) survive whatever vmcb12 asks.
+    #[test]
+    fn l0_exceptions_and_nmi_kept_for_l2() {
+        let mut l0 = ControlArea::new();
+        l0.intercept_exceptions = crate::exception::L0_EXCEPTIONS.bits();
+        l0.intercept_misc1 = crate::intercept::InterceptMisc1::NMI.bits();
+        let vmcb12 = ControlArea::new();
+        let mut out = ControlArea::new();
+        merge_intercepts(&l0, &vmcb12, &mut out);
+        assert_eq!(out.intercept_exceptions, (1 << 1) | (1 << 17) | (1 << 18));
+        assert_eq!(out.intercept_misc1, 1 << 1);
     }
 
     #[test]
@@ -320,7 +335,29 @@ mod tests {
                 full.copy_from_slice(&l0[..]);
             }
             let mut holes_only = l0.clone();
-            merge_msrpm_holes(enabled.then_some(&*l1), &holes, &mut holes_only);
+            let view = MsrpmView::full(&l1);
+            merge_msrpm_holes(enabled.then_some(&view), &holes, &mut holes_only);
+            prop_assert!(full[..] == holes_only[..]);
+        }
+
+        /// A map partly or wholly outside L1's RAM: the holes' bits follow
+        /// L1's bytes in RAM and intercept outside it (all-ones).
+        #[test]
+        fn hole_merge_outside_ram(in_ram in 0usize..=MSRPM_SIZE, fill in any::<u8>()) {
+            let holes = [0x10u32, 0xC000_0100, 0xC000_0102, 0xC001_0000];
+            let ram = std::vec![fill; in_ram];
+            let view = MsrpmView::in_ram(&ram, 0);
+            let mut expected_l1 = Box::new([0xFFu8; MSRPM_SIZE]);
+            expected_l1[..in_ram].fill(fill);
+            let mut l0 = Box::new([0xFFu8; MSRPM_SIZE]);
+            for &msr in &holes {
+                msrpm::set_read_intercept(&mut l0, msr, false).unwrap();
+                msrpm::set_write_intercept(&mut l0, msr, false).unwrap();
+            }
+            let mut full = Box::new([0u8; MSRPM_SIZE]);
+            merge_msrpm(&l0, &expected_l1, &mut full);
+            let mut holes_only = l0.clone();
+            merge_msrpm_holes(Some(&view), &holes, &mut holes_only);
             prop_assert!(full[..] == holes_only[..]);
         }
     }

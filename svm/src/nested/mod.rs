@@ -11,8 +11,11 @@
 //! [`tsc`] describes.
 
 pub mod checks;
+pub mod l1_cpu;
+pub mod map_view;
 pub mod merge;
 pub mod route;
+pub mod svm_insn;
 pub mod tsc;
 pub mod vmexit;
 pub mod vmload;

@@ -7,10 +7,9 @@
 //! (APM 15.9-15.13); otherwise only L0 asked for it, and L0 handles it and
 //! resumes L2.
 
+use super::map_view::{self, IopmView, MsrpmView};
 use crate::exit::{ExitCode, IoioInfo};
 use crate::intercept::{InterceptMisc1, InterceptMisc2, InterceptMisc3};
-use crate::iopm::{self, IOPM_SIZE};
-use crate::msrpm::{self, MSRPM_SIZE};
 use crate::vmcb::ControlArea;
 
 /// Where an exit from L2 goes.
@@ -169,13 +168,14 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 /// the access touches, per its size, APM 15.10.1); exceptions by
 /// intercept_exceptions bit; CR/DR read/write by their bit; other exit
 /// codes by their misc1/misc2/misc3 bit. Exits that are never L1's: NPF
-/// (nested paging is not offered to L1, so an NPF is L0's table), physical
-/// INTR/NMI/SMI/INIT when L1 does not intercept them, VMEXIT_INVALID,
-/// Unknown.
+/// (nested paging is not offered to L1, so an NPF is L0's table), #MC,
+/// physical INTR and physical NMIs (L0's whatever L1 intercepts), SMI/INIT
+/// when L1 does not intercept them, VMEXIT_INVALID, Unknown.
 ///
 /// Details and limits:
 /// - `l1_msrpm` / `l1_iopm` are only consulted when vmcb12 sets MSR_PROT /
-///   IOIO_PROT; pass anything (e.g. zeros) otherwise.
+///   IOIO_PROT; pass anything (e.g. zeros) otherwise. Their bytes outside
+///   L1's RAM read as all-ones ([`MsrpmView`]): such bits intercept.
 /// - MSR exits: EXITINFO1 bit 0 tells WRMSR from RDMSR (hardware writes
 ///   only 0 or 1), the MSR is ECX, the low half of `rcx`.
 /// - An IOIO exit whose EXITINFO1 does not decode (no single size bit,
@@ -185,8 +185,8 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 ///   its RDTSCP bit. QEMU TCG reports RDTSCP with the RDTSC exit code, so
 ///   callers must pass the decoded instruction (the kernel decodes RDTSC
 ///   exits from L2 and passes `Rdtscp` for a real RDTSCP).
-/// - Physical INTR/NMI/SMI/INIT go to L1 when L1 intercepts them; the
-///   event itself is still L0's to service.
+/// - Physical NMI/SMI/INIT go to L1 when L1 intercepts them; the event
+///   itself is still L0's to service. Physical INTR never goes to L1.
 /// - CR0 writes: [`ExitCode::CrWrite`]`(0)` follows L1's CR0-write bit
 ///   only. If L0 intercepts all CR0 writes while L1 sets only
 ///   CR0_SEL_WRITE, hardware reports CrWrite(0) (the general intercept
@@ -197,12 +197,20 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 pub fn route_exit(
     exit: &ExitFacts,
     vmcb12: &ControlArea,
-    l1_msrpm: &[u8; MSRPM_SIZE],
-    l1_iopm: &[u8; IOPM_SIZE],
+    l1_msrpm: MsrpmView<'_>,
+    l1_iopm: IopmView<'_>,
 ) -> Route {
     // A machine check is the host's, whatever L1 intercepts: L1 must not
     // see (or be trusted to handle) the physical machine's errors.
     if exit.code == ExitCode::Exception(18) {
+        return Route::L0;
+    }
+    // Physical interrupts are L0's (its devices, its watchdog): L0 takes
+    // them and resumes L2. L1 gets #VMEXIT(INTR) only for an interrupt L0
+    // holds for it ([`pending_interrupt_exits_l2`]). So is a physical NMI:
+    // an NMI L0 holds for L1 reaches L1 as #VMEXIT(NMI) by L0's choice
+    // (`crate::nmi`), never through here.
+    if matches!(exit.code, ExitCode::Intr | ExitCode::Nmi) {
         return Route::L0;
     }
     let Some(bit) = intercept_bit_of(exit.code) else {
@@ -212,8 +220,8 @@ pub fn route_exit(
         return Route::L0;
     }
     let l1_wants = match exit.code {
-        ExitCode::Msr => msr_intercepted(l1_msrpm, exit),
-        ExitCode::Ioio => io_intercepted(l1_iopm, exit.exit_info1),
+        ExitCode::Msr => msr_intercepted(&l1_msrpm, exit),
+        ExitCode::Ioio => io_intercepted(&l1_iopm, exit.exit_info1),
         _ => true,
     };
     if l1_wants {
@@ -225,27 +233,135 @@ pub fn route_exit(
 
 /// Whether L1's MSRPM intercepts this RDMSR/WRMSR (APM 15.11). MSRs outside
 /// the map's ranges always are.
-fn msr_intercepted(map: &[u8; MSRPM_SIZE], exit: &ExitFacts) -> bool {
+fn msr_intercepted(map: &MsrpmView<'_>, exit: &ExitFacts) -> bool {
     let msr = exit.rcx as u32;
     if exit.exit_info1 & 1 != 0 {
-        msrpm::writes_intercepted(map, msr)
+        map_view::msr_writes_intercepted(map, msr)
     } else {
-        msrpm::reads_intercepted(map, msr)
+        map_view::msr_reads_intercepted(map, msr)
     }
 }
 
 /// Whether L1's IOPM intercepts this access: any of the ports it touches,
 /// port..port+size-1 (APM 15.10.1).
-fn io_intercepted(map: &[u8; IOPM_SIZE], exit_info1: u64) -> bool {
+fn io_intercepted(map: &IopmView<'_>, exit_info1: u64) -> bool {
     match IoioInfo::from_exit_info1(exit_info1) {
-        Some(io) => iopm::is_intercepted(map, io.port, io.size),
+        Some(io) => map_view::io_intercepted(map, io.port, io.size),
         None => true,
     }
+}
+
+/// Whether an interrupt L0 holds for L1 ends L2's run with #VMEXIT(INTR)
+/// now, as KVM decides it (svm.c `svm_interrupt_blocked`, nested.c
+/// `svm_check_nested_events`): L1 intercepts INTR, L1's (virtual) GIF is
+/// set, and the interrupt is not masked by RFLAGS.IF — L1's own IF, saved
+/// at its VMRUN (`l1_rflags`, in hsave), when vmcb12 sets V_INTR_MASKING
+/// (APM 15.21.1: the host's IF masks physical interrupts), else L2's
+/// (`l2_rflags`, L2's IF masks them). L2's interrupt shadow does not
+/// block the exit (it is not an interrupt delivered to L2).
+///
+/// When L1 does not intercept INTR the interrupt waits for L2's next exit
+/// to L1 (hardware would deliver it through L2's IDT; not emulated).
+pub fn pending_interrupt_exits_l2(
+    vmcb12: &ControlArea,
+    gif: bool,
+    l1_rflags: u64,
+    l2_rflags: u64,
+) -> bool {
+    const IF: u64 = 1 << 9;
+    let intercepted = vmcb12.intercept_misc1 & InterceptMisc1::INTR.bits() != 0;
+    let v_intr_masking = vmcb12.int_ctl & crate::IntCtl::V_INTR_MASKING.bits() != 0;
+    let rflags = if v_intr_masking { l1_rflags } else { l2_rflags };
+    intercepted && gif && rflags & IF != 0
+}
+
+#[cfg(test)]
+mod pending_interrupt_tests {
+    use super::*;
+    use crate::IntCtl;
+
+    const IF: u64 = 1 << 9;
+
+    fn vmcb12(intr: bool, masking: bool) -> ControlArea {
+        let mut c = ControlArea::new();
+        if intr {
+            c.intercept_misc1 = InterceptMisc1::INTR.bits();
+        }
+        if masking {
+            c.int_ctl = IntCtl::V_INTR_MASKING.bits();
+        }
+        c
+    }
+
+    #[test]
+    fn v_intr_masking_uses_l1s_saved_if() {
+        let c = vmcb12(true, true);
+        assert!(pending_interrupt_exits_l2(&c, true, IF | 2, 2));
+        assert!(!pending_interrupt_exits_l2(&c, true, 2, IF | 2));
+    }
+
+    #[test]
+    fn without_v_intr_masking_l2s_if_decides() {
+        let c = vmcb12(true, false);
+        assert!(pending_interrupt_exits_l2(&c, true, 2, IF | 2));
+        assert!(!pending_interrupt_exits_l2(&c, true, IF | 2, 2));
+    }
+
+    #[test]
+    fn gif_and_the_intercept_are_required() {
+        assert!(!pending_interrupt_exits_l2(
+            &vmcb12(true, true),
+            false,
+            IF,
+            IF
+        ));
+        assert!(!pending_interrupt_exits_l2(
+            &vmcb12(false, true),
+            true,
+            IF,
+            IF
+        ));
+        assert!(!pending_interrupt_exits_l2(
+            &vmcb12(false, false),
+            true,
+            IF,
+            IF
+        ));
+    }
+
+    #[test]
+    fn physical_interrupts_stay_l0s() {
+        let exit = ExitFacts {
+            code: ExitCode::Intr,
+            exit_info1: 0,
+            rcx: 0,
+        };
+        let (msrpm, iopm) = (
+            [0xffu8; crate::msrpm::MSRPM_SIZE],
+            [0xffu8; crate::iopm::IOPM_SIZE],
+        );
+        let mut c = vmcb12(true, true);
+        c.intercept_misc1 = u32::MAX;
+        assert_eq!(super::route(&exit, &c, &msrpm, &iopm), Route::L0);
+    }
+}
+
+/// [`route_exit`] over maps wholly in memory (the tests' maps).
+#[cfg(test)]
+fn route(
+    exit: &ExitFacts,
+    vmcb12: &ControlArea,
+    msrpm: &[u8; crate::msrpm::MSRPM_SIZE],
+    iopm: &[u8; crate::iopm::IOPM_SIZE],
+) -> Route {
+    route_exit(exit, vmcb12, msrpm.into(), iopm.into())
 }
 
 #[cfg(test)]
 mod machine_check_tests {
     use super::*;
+    use crate::iopm::IOPM_SIZE;
+    use crate::msrpm::MSRPM_SIZE;
 
     #[test]
     fn machine_checks_stay_with_l0() {
@@ -257,12 +373,27 @@ mod machine_check_tests {
             rcx: 0,
         };
         let (m, i) = ([0u8; MSRPM_SIZE], [0u8; IOPM_SIZE]);
-        assert_eq!(route_exit(&facts, &v12, &m, &i), Route::L0);
+        assert_eq!(route(&facts, &v12, &m, &i), Route::L0);
         let gp = ExitFacts {
             code: ExitCode::Exception(13),
             ..facts
         };
-        assert_eq!(route_exit(&gp, &v12, &m, &i), Route::L1);
+        assert_eq!(route(&gp, &v12, &m, &i), Route::L1);
+    }
+
+    #[test]
+    fn physical_nmis_stay_with_l0() {
+        let mut v12 = ControlArea::new();
+        v12.intercept_misc1 = InterceptMisc1::NMI.bits();
+        let nmi = ExitFacts {
+            code: ExitCode::Nmi,
+            exit_info1: 0,
+            rcx: 0,
+        };
+        let (m, i) = ([0u8; MSRPM_SIZE], [0u8; IOPM_SIZE]);
+        assert_eq!(route(&nmi, &v12, &m, &i), Route::L0);
+        v12.intercept_misc1 = u32::MAX;
+        assert_eq!(route(&nmi, &v12, &m, &i), Route::L0);
     }
 }
 
@@ -271,6 +402,8 @@ mod tests {
     use super::*;
     use crate::exit::{AddressSize, IoDirection};
     use crate::intercept::{CrIntercepts, DrIntercepts, ExceptionIntercepts};
+    use crate::iopm::{self, IOPM_SIZE};
+    use crate::msrpm::{self, MSRPM_SIZE};
     use std::boxed::Box;
     use std::vec::Vec;
 
@@ -405,28 +538,21 @@ mod tests {
             c.intercept_misc3 = u32::MAX;
             c
         };
-        // #MC is L0's whatever the bits say (machine_checks_stay_with_l0).
+        // #MC, INTR and NMI are L0's whatever the bits say
+        // (machine_checks_stay_with_l0, physical_interrupts_stay_l0s).
         for code in all_codes()
             .into_iter()
-            .filter(|c| *c != ExitCode::Exception(18))
+            .filter(|c| !matches!(c, ExitCode::Exception(18) | ExitCode::Intr | ExitCode::Nmi))
         {
             let mut exit = facts(code);
             exit.exit_info1 = if code == ExitCode::Ioio { 0x80_0010 } else { 0 };
             let nothing = ControlArea::new();
-            assert_eq!(
-                route_exit(&exit, &nothing, &msrpm, &iopm),
-                Route::L0,
-                "{code:?}"
-            );
+            assert_eq!(route(&exit, &nothing, &msrpm, &iopm), Route::L0, "{code:?}");
             match intercept_bit_of(code) {
                 Some(bit) => {
                     let mut only = ControlArea::new();
                     set(&mut only, bit);
-                    assert_eq!(
-                        route_exit(&exit, &only, &msrpm, &iopm),
-                        Route::L1,
-                        "{code:?}"
-                    );
+                    assert_eq!(route(&exit, &only, &msrpm, &iopm), Route::L1, "{code:?}");
                     // Every other bit set, this one clear: still L0's.
                     let mut all_but = everything;
                     match bit {
@@ -437,15 +563,11 @@ mod tests {
                         InterceptBit::Misc2(b) => all_but.intercept_misc2 &= !(1 << b),
                         InterceptBit::Misc3(b) => all_but.intercept_misc3 &= !(1 << b),
                     }
-                    assert_eq!(
-                        route_exit(&exit, &all_but, &msrpm, &iopm),
-                        Route::L0,
-                        "{code:?}"
-                    );
+                    assert_eq!(route(&exit, &all_but, &msrpm, &iopm), Route::L0, "{code:?}");
                 }
                 None => {
                     assert_eq!(
-                        route_exit(&exit, &everything, &msrpm, &iopm),
+                        route(&exit, &everything, &msrpm, &iopm),
                         Route::L0,
                         "{code:?}"
                     );
@@ -482,10 +604,11 @@ mod tests {
             (ExitCode::Cpuid, m1(InterceptMisc1::CPUID), Route::L1),
             (ExitCode::Cpuid, m1(InterceptMisc1::HLT), Route::L0),
             (ExitCode::Hlt, m1(InterceptMisc1::HLT), Route::L1),
-            (ExitCode::Intr, m1(InterceptMisc1::INTR), Route::L1),
+            // Physical interrupts are L0's, whatever L1 intercepts.
+            (ExitCode::Intr, m1(InterceptMisc1::INTR), Route::L0),
             (ExitCode::Intr, none, Route::L0),
             (ExitCode::Nmi, m1(InterceptMisc1::INTR), Route::L0),
-            (ExitCode::Nmi, m1(InterceptMisc1::NMI), Route::L1),
+            (ExitCode::Nmi, m1(InterceptMisc1::NMI), Route::L0),
             (ExitCode::Smi, none, Route::L0),
             (ExitCode::Init, none, Route::L0),
             (ExitCode::Shutdown, m1(InterceptMisc1::SHUTDOWN), Route::L1),
@@ -529,7 +652,7 @@ mod tests {
         ];
         for (code, ctl, expected) in cases {
             assert_eq!(
-                route_exit(&facts(code), &ctl, &msrpm, &iopm),
+                route(&facts(code), &ctl, &msrpm, &iopm),
                 expected,
                 "{code:?} under {:#x}/{:#x}/{:#x}/{:#x}",
                 ctl.intercept_cr,
@@ -561,7 +684,7 @@ mod tests {
             ExitCode::Vmgexit,
         ] {
             assert_eq!(
-                route_exit(&facts(code), &all, &msrpm, &iopm),
+                route(&facts(code), &all, &msrpm, &iopm),
                 Route::L0,
                 "{code:?}"
             );
@@ -591,31 +714,31 @@ mod tests {
         let fs = u64::from(FS_BASE);
         // Reads.
         assert_eq!(
-            route_exit(&msr_exit(fs, false), &prot, &read_only, &iopm),
+            route(&msr_exit(fs, false), &prot, &read_only, &iopm),
             Route::L1
         );
         assert_eq!(
-            route_exit(&msr_exit(fs, false), &prot, &write_only, &iopm),
+            route(&msr_exit(fs, false), &prot, &write_only, &iopm),
             Route::L0
         );
         // Writes.
         assert_eq!(
-            route_exit(&msr_exit(fs, true), &prot, &write_only, &iopm),
+            route(&msr_exit(fs, true), &prot, &write_only, &iopm),
             Route::L1
         );
         assert_eq!(
-            route_exit(&msr_exit(fs, true), &prot, &read_only, &iopm),
+            route(&msr_exit(fs, true), &prot, &read_only, &iopm),
             Route::L0
         );
         // Only ECX counts: junk in RCX's high half is ignored.
         let junk = (0xDEAD_u64 << 32) | fs;
         assert_eq!(
-            route_exit(&msr_exit(junk, false), &prot, &read_only, &iopm),
+            route(&msr_exit(junk, false), &prot, &read_only, &iopm),
             Route::L1
         );
         // A neighbour is not intercepted.
         assert_eq!(
-            route_exit(&msr_exit(fs + 1, false), &prot, &read_only, &iopm),
+            route(&msr_exit(fs + 1, false), &prot, &read_only, &iopm),
             Route::L0
         );
         // Outside the three ranges: always L1's with MSR_PROT...
@@ -623,25 +746,17 @@ mod tests {
         for msr in [0x1_0000, 0x2000, 0x4000_0000, 0xC000_2000, 0xFFFF_FFFF] {
             for write in [false, true] {
                 let exit = msr_exit(msr, write);
-                assert_eq!(
-                    route_exit(&exit, &prot, &empty, &iopm),
-                    Route::L1,
-                    "{msr:#x}"
-                );
+                assert_eq!(route(&exit, &prot, &empty, &iopm), Route::L1, "{msr:#x}");
                 // ... and L0's without it, whatever the map.
                 let full = Box::new([0xFF; MSRPM_SIZE]);
                 let none = ControlArea::new();
-                assert_eq!(
-                    route_exit(&exit, &none, &full, &iopm),
-                    Route::L0,
-                    "{msr:#x}"
-                );
+                assert_eq!(route(&exit, &none, &full, &iopm), Route::L0, "{msr:#x}");
             }
         }
         // No MSR_PROT: L0's even for MSRs L1's map intercepts.
         let none = ControlArea::new();
         assert_eq!(
-            route_exit(&msr_exit(fs, false), &none, &read_only, &iopm),
+            route(&msr_exit(fs, false), &none, &read_only, &iopm),
             Route::L0
         );
     }
@@ -684,7 +799,7 @@ mod tests {
         ];
         for (port, size, expected) in cases {
             assert_eq!(
-                route_exit(&io_exit(port, size), &prot, &msrpm, &port80),
+                route(&io_exit(port, size), &prot, &msrpm, &port80),
                 expected,
                 "port {port:#x} size {size}"
             );
@@ -692,31 +807,54 @@ mod tests {
         // An IN is routed the same way.
         let mut exit = io_exit(0x80, 1);
         exit.exit_info1 |= 1;
-        assert_eq!(route_exit(&exit, &prot, &msrpm, &port80), Route::L1);
+        assert_eq!(route(&exit, &prot, &msrpm, &port80), Route::L1);
         // L1's wrap-around bits decide accesses running past 0xFFFF.
         let (_, mut wrap) = maps();
         iopm::set_wrap_intercept(&mut wrap, true);
-        assert_eq!(
-            route_exit(&io_exit(0xFFFF, 1), &prot, &msrpm, &wrap),
-            Route::L0
-        );
-        assert_eq!(
-            route_exit(&io_exit(0xFFFF, 2), &prot, &msrpm, &wrap),
-            Route::L1
-        );
+        assert_eq!(route(&io_exit(0xFFFF, 1), &prot, &msrpm, &wrap), Route::L0);
+        assert_eq!(route(&io_exit(0xFFFF, 2), &prot, &msrpm, &wrap), Route::L1);
         // Without IOIO_PROT, L0's whatever the map says.
         let full = Box::new([0xFF; IOPM_SIZE]);
         let none = ControlArea::new();
         for (port, size, _) in cases {
-            assert_eq!(
-                route_exit(&io_exit(port, size), &none, &msrpm, &full),
-                Route::L0
-            );
+            assert_eq!(route(&io_exit(port, size), &none, &msrpm, &full), Route::L0);
         }
         // A malformed EXITINFO1 (no size bit) goes to L1 with IOIO_PROT.
         let mut bad = io_exit(0xE9, 1);
         bad.exit_info1 &= !0x70;
-        assert_eq!(route_exit(&bad, &prot, &msrpm, &port80), Route::L1);
-        assert_eq!(route_exit(&bad, &none, &msrpm, &port80), Route::L0);
+        assert_eq!(route(&bad, &prot, &msrpm, &port80), Route::L1);
+        assert_eq!(route(&bad, &none, &msrpm, &port80), Route::L0);
+    }
+
+    /// L1's maps outside its RAM read as all-ones: with MSR_PROT /
+    /// IOIO_PROT every access is L1's; without them nothing changes.
+    #[test]
+    fn maps_outside_ram_intercept_everything() {
+        use crate::nested::map_view::{IopmView, MsrpmView};
+        let prot = {
+            let mut c = ControlArea::new();
+            c.intercept_misc1 = (InterceptMisc1::MSR_PROT | InterceptMisc1::IOIO_PROT).bits();
+            c
+        };
+        let none = ControlArea::new();
+        let (m, i) = (MsrpmView::unbacked(), IopmView::unbacked());
+        for exit in [
+            msr_exit(0xC000_0100, false),
+            msr_exit(0xC000_0100, true),
+            msr_exit(0x10, false),
+            io_exit(0x80, 1),
+            io_exit(0xE9, 4),
+        ] {
+            assert_eq!(route_exit(&exit, &prot, m, i), Route::L1, "{exit:?}");
+            assert_eq!(route_exit(&exit, &none, m, i), Route::L0, "{exit:?}");
+        }
+        // Half of the MSRPM in RAM (zeros): FS_BASE (byte 0x840) passes,
+        // the C001_xxxx range (bytes 0x1000 on) exits.
+        let ram = std::vec![0u8; 0x1000];
+        let half = MsrpmView::in_ram(&ram, 0);
+        let exit = msr_exit(0xC000_0100, false);
+        assert_eq!(route_exit(&exit, &prot, half, i), Route::L0);
+        let exit = msr_exit(0xC001_0000, false);
+        assert_eq!(route_exit(&exit, &prot, half, i), Route::L1);
     }
 }

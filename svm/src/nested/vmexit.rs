@@ -6,7 +6,7 @@
 //! #VMEXIT saves and the exit information — never the controls L1 wrote
 //! (the TSC offset, intercepts, map addresses), which L2 cannot change.
 
-use crate::{EventInfo, Vmcb};
+use crate::{ControlArea, EventInfo, Vmcb};
 
 /// The exit as L1 sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +60,19 @@ pub fn save_l2_to_vmcb12(active: &Vmcb, exit: &ExitInfo, vmcb12: &mut Vmcb) {
     c.exit_int_info = exit.int_info;
     c.next_rip = exit.next_rip;
     c.event_inj &= !EventInfo::VALID;
+}
+
+/// What a VMRUN that fails its checks writes into vmcb12 (APM 15.5.1):
+/// EXITCODE VMEXIT_INVALID (-1), no exit information, no NEXT_RIP, and
+/// EVENTINJ cleared, so the refused event is not left looking pending
+/// (KVM nested.c `nested_svm_vmrun_error_vmexit`: `event_inj = 0`).
+pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
+    vmcb12.exit_code = u64::MAX;
+    vmcb12.exit_info1 = 0;
+    vmcb12.exit_info2 = 0;
+    vmcb12.exit_int_info = 0;
+    vmcb12.next_rip = 0;
+    vmcb12.event_inj = 0;
 }
 
 /// Copies L1's state and L0's controls back from hsave into the active
@@ -141,6 +154,20 @@ mod tests {
         assert_eq!(v12.control.event_inj, 0x306, "valid bit cleared, rest kept");
         assert_eq!(v12.control.int_ctl, 0x105);
         assert_eq!(v12.state.fs.base, 0x1111, "FS is VMSAVE's business");
+    }
+
+    #[test]
+    fn vmexit_invalid_clears_the_event() {
+        let mut c = ControlArea::new();
+        c.event_inj = EventInfo::exception_with_error_code(13, 0).0;
+        c.exit_info1 = 7;
+        c.next_rip = 0x1003;
+        c.tsc_offset = 5;
+        write_vmexit_invalid(&mut c);
+        assert_eq!(c.exit_code, u64::MAX);
+        assert_eq!((c.exit_info1, c.exit_info2, c.exit_int_info), (0, 0, 0));
+        assert_eq!((c.next_rip, c.event_inj), (0, 0));
+        assert_eq!(c.tsc_offset, 5, "L1's controls stay");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! TR, LDTR with their hidden state, KernelGsBase, STAR, LSTAR, CSTAR,
 //! SFMASK, SYSENTER_CS/ESP/EIP).
 
+use crate::emulate::tr::tr_for_cpu;
 use crate::StateSaveArea;
 
 fn copy(from: &StateSaveArea, to: &mut StateSaveArea) {
@@ -21,9 +22,12 @@ fn copy(from: &StateSaveArea, to: &mut StateSaveArea) {
     to.sysenter_eip = from.sysenter_eip;
 }
 
-/// VMLOAD: from the VMCB in L1 memory into L1's state.
+/// VMLOAD: from the VMCB in L1 memory into L1's state. TR is taken as it
+/// is, but with its present bit set ([`tr_for_cpu`]: the emulator aborts on
+/// a TR without it where the CPU uses the cached TR as loaded).
 pub fn vmload(l1_state: &mut StateSaveArea, from: &StateSaveArea) {
     copy(from, l1_state);
+    l1_state.tr = tr_for_cpu(l1_state.tr);
 }
 
 /// VMSAVE: from L1's state into the VMCB in L1 memory.
@@ -61,5 +65,13 @@ mod tests {
         vmsave(&l1.state, &mut out.state);
         assert_eq!((out.state.kernel_gs_base, out.state.fs.base), (0xabc, 0xf5));
         assert_eq!(out.state.rip, 0x42);
+    }
+
+    #[test]
+    fn vmload_of_a_zeroed_page_gives_a_present_tr() {
+        let mut l1 = Vmcb::new();
+        l1.state.tr = crate::VmcbSegment::new(0x28, 0x8b, 0x67, 0x5000);
+        vmload(&mut l1.state, &Vmcb::new().state);
+        assert_eq!(l1.state.tr, crate::VmcbSegment::new(0, 0x80, 0, 0));
     }
 }

@@ -3,7 +3,8 @@
 
 use super::merge::{merge_int_ctl, merge_intercepts};
 use super::tsc::compose;
-use crate::{ControlArea, StateSaveArea};
+use crate::event::{is_soft, SoftEvent};
+use crate::{ControlArea, EventInfo, StateSaveArea};
 
 /// Where L0 keeps what L2 runs with, besides vmcb12's own fields.
 #[derive(Clone, Copy, Debug)]
@@ -39,10 +40,43 @@ pub fn build_l2_controls(l0: &ControlArea, vmcb12: &ControlArea, l2: &L2Controls
     c.exit_info1 = 0;
     c.exit_info2 = 0;
     c.exit_int_info = 0;
-    c.next_rip = 0;
+    // NRIP save is offered to L1: vmcb12's NEXT_RIP is the return address
+    // of a soft event it injects (APM 15.20; KVM
+    // nested_vmcb02_prepare_control). A CPU without NRIP save ignores it
+    // and L0 emulates it ([`soft_event_entry`]).
+    c.next_rip = vmcb12.next_rip;
     // Everything in the active VMCB is new to the CPU.
     c.vmcb_clean = 0;
     c
+}
+
+/// L2's first RIP and the soft event L0 tracks for vmcb12's EVENTINJ.
+///
+/// A soft event (INTn, INT3, INTO) pushes vmcb12's NEXT_RIP as its return
+/// address on a CPU with NRIP save (APM 15.20). Without it (QEMU TCG,
+/// which pushes the VMCB's RIP for an injected TYPE 4 event), L0 starts L2
+/// at NEXT_RIP instead, so the same address is pushed, and remembers the
+/// real RIP to put back if the event is not delivered
+/// ([`crate::event::unwind_soft_rip`]). With NRIP save RIP stays.
+///
+/// Limit (as KVM's `!nrips` path): if the delivery faults inside L2 without
+/// any exit (e.g. #NP for a missing gate, not intercepted), the fault's
+/// frame holds NEXT_RIP where hardware would push vmcb12's RIP.
+pub fn soft_event_entry(
+    vmcb12_event_inj: u64,
+    rip: u64,
+    next_rip: u64,
+    host_nrips: bool,
+) -> (u64, Option<SoftEvent>) {
+    let event = EventInfo(vmcb12_event_inj);
+    if !event.is_valid() || !is_soft(event) {
+        return (rip, None);
+    }
+    let soft = SoftEvent {
+        old_rip: rip,
+        next_rip,
+    };
+    (if host_nrips { rip } else { next_rip }, Some(soft))
 }
 
 /// Loads L2's state from vmcb12 into the active save area: the fields
@@ -112,6 +146,42 @@ mod tests {
         assert_eq!(c.intercept_misc2, InterceptMisc2::VMRUN.bits());
         assert_eq!(c.event_inj, 0x8000_0306);
         assert_eq!(c.vmcb_clean, 0);
+    }
+
+    #[test]
+    fn next_rip_comes_from_vmcb12() {
+        let mut v12 = ControlArea::new();
+        v12.next_rip = 0x4002;
+        let mut l0 = ControlArea::new();
+        l0.next_rip = 0x9999; // stale, from L1's last exit
+        assert_eq!(build_l2_controls(&l0, &v12, &l2c()).next_rip, 0x4002);
+    }
+
+    #[test]
+    fn soft_events_start_at_next_rip_without_nrips() {
+        let int30 = EventInfo::software_interrupt(0x30).0;
+        let soft = Some(SoftEvent {
+            old_rip: 0x4000,
+            next_rip: 0x4002,
+        });
+        assert_eq!(
+            soft_event_entry(int30, 0x4000, 0x4002, false),
+            (0x4002, soft)
+        );
+        assert_eq!(
+            soft_event_entry(int30, 0x4000, 0x4002, true),
+            (0x4000, soft)
+        );
+        let int3 = EventInfo::exception(3).0;
+        assert_eq!(soft_event_entry(int3, 0x4000, 0x4001, false).0, 0x4001);
+        // Not soft, or not valid: RIP stays, nothing tracked.
+        for e in [
+            EventInfo::external_interrupt(0x30).0,
+            EventInfo::exception(6).0,
+            int30 & !EventInfo::VALID,
+        ] {
+            assert_eq!(soft_event_entry(e, 0x4000, 0x4002, false), (0x4000, None));
+        }
     }
 
     #[test]

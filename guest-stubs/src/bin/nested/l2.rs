@@ -50,6 +50,64 @@ pub enum Task {
     /// vmcb12.tsc_offset in L1's memory := R7 (L2 can reach L1's memory),
     /// RDTSC → R0, yield.
     PokeVmcb12Offset,
+    /// Spin until R7 TSC ticks have passed (no exit of its own), R0 := 1,
+    /// yield.
+    SpinThenYield,
+    /// HC_QUEUE_INTERRUPT(R7 & 0xff) for L1 → R6, spin R7 >> 8 TSC ticks,
+    /// R0 := 1, yield.
+    QueueSpinYield,
+    /// In vmcb12 (L1's memory, after VMRUN took its copy): clear the HLT
+    /// and VMRUN intercepts, ASID := 0; R0 := 1, yield (HLT).
+    PokeVmcb12Controls,
+    /// DR6 := clear, single-step a NOP (a #DB trap), yield.
+    SingleStep,
+    /// HC_QUEUE_NMI for L1, then count loop iterations in R0 forever.
+    QueueNmiAndSpin,
+    /// HC_PHYSICAL_NMI → R6, spin a little, yield.
+    PhysicalNmi,
+    /// HC_L0_INTERCEPTS → R0 (the merged intercepts L2 runs with), yield.
+    L0Intercepts,
+    /// SVM instructions L1 does not intercept (CVE-2021-3656): WRMSR
+    /// FS_BASE, VMSAVE to [`VMSAVE_PAGE`], VMLOAD from [`VMLOAD_PAGE`],
+    /// KERNEL_GS_BASE → R0, FS_BASE → R1; VMSAVE to R7 (outside L1's RAM:
+    /// #GP); EFER → R2, clear EFER.SVME, EFER → R3, VMLOAD (#UD); SVME
+    /// back on; CLGI, STGI, INVLPGA; SKINIT (#UD); R4 := 1, yield.
+    SvmInsns,
+}
+
+/// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
+pub static mut VMSAVE_PAGE: svm::Vmcb = svm::Vmcb::new();
+/// The VMLOAD source of [`Task::SvmInsns`].
+pub static mut VMLOAD_PAGE: svm::Vmcb = svm::Vmcb::new();
+
+fn svm_insns(bad: u64) {
+    wrmsr(svm::msr::FS_BASE, 0xF5F5_0000);
+    // SAFETY: emulated by L0 on pages of L1's memory (L1 does not
+    // intercept them); the faults are L1's to handle (it skips them).
+    unsafe {
+        asm!("vmsave rax", in("rax") core::ptr::addr_of!(VMSAVE_PAGE) as u64, options(nostack));
+        asm!("vmload rax", in("rax") core::ptr::addr_of!(VMLOAD_PAGE) as u64, options(nostack));
+    }
+    put(0, rdmsr(svm::msr::KERNEL_GS_BASE));
+    put(1, rdmsr(svm::msr::FS_BASE));
+    // SAFETY: as above (#GP).
+    unsafe { asm!("vmsave rax", in("rax") bad, options(nostack)) };
+    let efer = rdmsr(svm::msr::EFER);
+    put(2, efer);
+    wrmsr(svm::msr::EFER, efer & !svm::msr::EFER_SVME);
+    put(3, rdmsr(svm::msr::EFER));
+    // SAFETY: as above (#UD: SVME clear).
+    unsafe {
+        asm!("vmload rax", in("rax") core::ptr::addr_of!(VMLOAD_PAGE) as u64, options(nostack))
+    };
+    wrmsr(svm::msr::EFER, efer);
+    // SAFETY: GIF and a TLB flush; SKINIT is #UD (L1 skips it).
+    unsafe {
+        asm!("clgi", "stgi", options(nomem, nostack));
+        asm!("invlpga rax, ecx", in("rax") 0u64, in("ecx") 1u32, options(nostack));
+        asm!("skinit eax", in("eax") 0u32, options(nostack));
+    }
+    put(4, 1);
 }
 
 /// The payload L1 picked.
@@ -151,6 +209,51 @@ pub extern "C" fn entry() -> ! {
             };
             put(0, rdtsc());
         }
+        x if x == Task::SpinThenYield as u64 => {
+            spin_ticks(input);
+            put(0, 1);
+        }
+        x if x == Task::QueueSpinYield as u64 => {
+            put(
+                6,
+                call(svm::guest_abi::HC_QUEUE_INTERRUPT, input & 0xff, 0, 0),
+            );
+            spin_ticks(input >> 8);
+            put(0, 1);
+        }
+        x if x == Task::PokeVmcb12Controls as u64 => {
+            // SAFETY: vmcb12 is a static of L1's image; L1 does not run now.
+            // Volatile: the writes are the point, nothing here reads them.
+            unsafe {
+                let c = &raw mut (*core::ptr::addr_of_mut!(crate::l1::VMCB12)).control;
+                let misc1 = (*c).intercept_misc1 & !svm::InterceptMisc1::HLT.bits();
+                let misc2 = (*c).intercept_misc2 & !svm::InterceptMisc2::VMRUN.bits();
+                core::ptr::write_volatile(&raw mut (*c).intercept_misc1, misc1);
+                core::ptr::write_volatile(&raw mut (*c).intercept_misc2, misc2);
+                core::ptr::write_volatile(&raw mut (*c).guest_asid, 0);
+            }
+            put(0, 1);
+        }
+        x if x == Task::SingleStep as u64 => {
+            guest_stubs::cpu::write_dr(6, guest_stubs::cpu::DR6_CLEAR);
+            guest_stubs::cpu::single_step_nop();
+        }
+        x if x == Task::QueueNmiAndSpin as u64 => {
+            put(6, call(svm::guest_abi::HC_QUEUE_NMI, 0, 0, 0));
+            loop {
+                RESULTS[0].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        x if x == Task::PhysicalNmi as u64 => {
+            put(6, call(svm::guest_abi::HC_PHYSICAL_NMI, 0, 0, 0));
+            for _ in 0..1000 {
+                core::hint::spin_loop();
+            }
+        }
+        x if x == Task::L0Intercepts as u64 => {
+            put(0, call(svm::guest_abi::HC_L0_INTERCEPTS, 0, 0, 0))
+        }
+        x if x == Task::SvmInsns as u64 => svm_insns(input),
         x if x == Task::FreezePause as u64 => {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));
@@ -163,9 +266,72 @@ pub extern "C" fn entry() -> ! {
     }
 }
 
+/// Spins (no exits) until `ticks` TSC ticks have passed.
+fn spin_ticks(ticks: u64) {
+    let t0 = rdtsc();
+    while rdtsc().wrapping_sub(t0) < ticks {
+        core::hint::spin_loop();
+    }
+}
+
 /// A second L2 entry for event injection: its IDT's vector 0x30 gate leads
-/// to [`vector_30`], which records the vector and yields.
+/// to [`vector_30`] (through `l2_vector_30_entry`, which records the
+/// return RIP the delivery pushed in [`RETURN_RIP`]), which records the
+/// vector and yields.
 pub static GOT_VECTOR: AtomicU64 = AtomicU64::new(0);
+/// The return RIP vector 0x30's delivery pushed.
+pub static RETURN_RIP: AtomicU64 = AtomicU64::new(0);
+/// How many interrupts reached [`any_vector`].
+pub static ANY_VECTOR: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    ".global l2_vector_30_entry",
+    "l2_vector_30_entry:",
+    "mov rax, [rsp]",
+    "mov [rip + {ret}], rax",
+    "jmp {handler}",
+    ret = sym RETURN_RIP,
+    handler = sym vector_30,
+);
+
+unsafe extern "C" {
+    fn l2_vector_30_entry();
+}
+
+/// Handler of every vector in [`L2_IDT_ALL`]: counts and yields.
+pub extern "C" fn any_vector() -> ! {
+    ANY_VECTOR.fetch_add(1, Ordering::SeqCst);
+    loop {
+        yield_to_l1();
+    }
+}
+
+/// An interrupt gate to `h` in L2's code segment.
+fn gate(h: u64) -> [u64; 2] {
+    [
+        (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48,
+        h >> 32,
+    ]
+}
+
+/// A full L2 IDT, every vector to [`any_vector`].
+#[repr(C, align(16))]
+pub struct IdtAll(pub [[u64; 2]; 256]);
+
+/// L2's IDT for the tests where no interrupt must reach L2.
+pub static mut L2_IDT_ALL: IdtAll = IdtAll([[0; 2]; 256]);
+
+/// Fills [`L2_IDT_ALL`] and returns its address and limit.
+pub fn l2_idt_all() -> (u64, u32) {
+    // SAFETY: single vCPU; L2 is not running.
+    let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT_ALL) };
+    idt.0.fill(gate(any_vector as *const () as u64));
+    ANY_VECTOR.store(0, Ordering::SeqCst);
+    (
+        idt as *const IdtAll as u64,
+        (core::mem::size_of::<IdtAll>() - 1) as u32,
+    )
+}
 
 /// Handler of vector 0x30 in L2 (never returns: L1 ends the test).
 pub extern "C" fn vector_30() -> ! {
@@ -175,7 +341,18 @@ pub extern "C" fn vector_30() -> ! {
     }
 }
 
-/// An L2 IDT with only vector 0x30 present.
+/// DR6 as L2's #DB handler saw it (0: no #DB in L2).
+pub static DB_DR6: AtomicU64 = AtomicU64::new(0);
+
+/// Handler of #DB in L2: records DR6 and yields (never returns).
+pub extern "C" fn debug() -> ! {
+    DB_DR6.store(guest_stubs::cpu::read_dr6(), Ordering::SeqCst);
+    loop {
+        yield_to_l1();
+    }
+}
+
+/// An L2 IDT with only vectors 1 (#DB) and 0x30 present.
 #[repr(C, align(16))]
 pub struct Idt(pub [[u64; 2]; 0x31]);
 
@@ -184,11 +361,12 @@ pub static mut L2_IDT: Idt = Idt([[0; 2]; 0x31]);
 
 /// Fills [`L2_IDT`] and returns its address and limit.
 pub fn l2_idt() -> (u64, u32) {
-    let h = vector_30 as *const () as u64;
     // SAFETY: single vCPU; L2 is not running.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT) };
-    idt.0[0x30][0] = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
-    idt.0[0x30][1] = h >> 32;
+    idt.0[0x30] = gate(l2_vector_30_entry as *const () as u64);
+    idt.0[1] = gate(debug as *const () as u64);
+    GOT_VECTOR.store(0, Ordering::SeqCst);
+    RETURN_RIP.store(0, Ordering::SeqCst);
     (
         idt as *const Idt as u64,
         (core::mem::size_of::<Idt>() - 1) as u32,

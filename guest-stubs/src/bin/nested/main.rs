@@ -6,12 +6,13 @@
 #![no_std]
 #![no_main]
 
+mod hardening;
 mod l1;
 mod l2;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
-use guest_stubs::exceptions::{catch, interrupts_taken};
+use guest_stubs::exceptions::{catch, interrupts_taken, nmis_taken};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
 use guest_stubs::{check, check_eq, println, StartParams};
@@ -62,6 +63,58 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_hypercall_refused" => l2_hypercall_refused(),
         "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
         "nested::pending_interrupt_preempts_l2" => pending_interrupt_preempts_l2(),
+        "nested::pending_interrupt_waits_for_l1_if" => pending_interrupt_waits_for_l1_if(),
+        "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
+        "nested::soft_int_next_rip" => soft_int_next_rip(),
+        "nested::exitintinfo_reinjected_by_l0" => exitintinfo_reinjected_by_l0(),
+        "nested::cve_2021_29657_vmcb12_changed_after_vmrun" => vmcb12_changed_after_vmrun(),
+        "nested::cve_2021_3653_v_intr_masking_avic" => v_intr_masking_avic(),
+        "nested::l2_runs_with_l0_intercepts" => l2_runs_with_l0_intercepts(),
+        "nested::l2_db_to_l1" => l2_db_to_l1(),
+        "nested::l2_db_to_l2_handler" => l2_db_to_l2_handler(),
+        "nested::nmi_held_while_gif_clear" => nmi_held_while_gif_clear(),
+        "nested::nmi_for_l1_exits_l2" => nmi_for_l1_exits_l2(),
+        "nested::physical_nmi_not_reflected" => physical_nmi_not_reflected(),
+        "nested::cr4_smep_accepted" => cr4_smep_accepted(),
+        "nested::tlb_control_invalid" => tlb_control_invalid(),
+        "nested::msrpm_outside_ram_intercepts_all" => maps_outside_ram(params.memory_size),
+        "nested::msrpm_beyond_maxphyaddr_invalid" => maps_beyond_maxphyaddr(),
+        "nested::cve_2021_3656_vmload_from_l2" => vmload_vmsave_from_l2(),
+        "nested::long_mode_keys_on_lme_pg" => long_mode_keys_on_lme_pg(),
+        "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
+        "nested::l2_cpuid_odd_prefixes" => hardening::l2_cpuid_odd_prefixes(),
+        "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
+        "nested::l2_dr7_write" => hardening::l2_dr7_write(),
+        "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
+        "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
+        "nested::checks_decide_before_the_cpu" => checks_decide_before_the_cpu(),
+        "nested::vmrun_invalid_cr0_high" => vmrun_invalid(|v| v.state.cr0 |= 1 << 32),
+        "nested::vmrun_invalid_cr0_nw_without_cd" => {
+            vmrun_invalid(|v| v.state.cr0 = (v.state.cr0 & !(1 << 30)) | (1 << 29))
+        }
+        "nested::vmrun_invalid_cr3_beyond_maxphyaddr" => {
+            vmrun_invalid(|v| v.state.cr3 |= 1 << max_phys_bits())
+        }
+        "nested::vmrun_invalid_cr4_hidden_feature" => {
+            vmrun_invalid(|v| v.state.cr4 |= hidden_cr4_bit())
+        }
+        "nested::vmrun_invalid_dr6_high" => vmrun_invalid(|v| v.state.dr6 |= 1 << 32),
+        "nested::vmrun_invalid_dr7_high" => vmrun_invalid(|v| v.state.dr7 |= 1 << 63),
+        "nested::vmrun_invalid_efer_reserved" => vmrun_invalid(|v| v.state.efer |= 1 << 9),
+        "nested::vmrun_invalid_long_mode_without_pae" => {
+            vmrun_invalid(|v| v.state.cr4 &= !svm::cr::CR4_PAE)
+        }
+        "nested::vmrun_invalid_long_mode_without_pe" => {
+            vmrun_invalid(|v| v.state.cr0 &= !svm::cr::CR0_PE)
+        }
+        "nested::vmrun_invalid_cs_long_and_default" => {
+            vmrun_invalid(|v| v.state.cs.attrib |= svm::VmcbSegment::ATTR_DB)
+        }
+        "nested::vmrun_invalid_vmrun_not_intercepted" => {
+            vmrun_invalid(|v| v.control.intercept_misc2 &= !InterceptMisc2::VMRUN.bits())
+        }
+        "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
+        "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -77,7 +130,7 @@ fn setup(task: Task, input: u64) -> Regs {
 
 /// Runs L2 and checks it exited with `code`.
 #[track_caller]
-fn run_expect(regs: &mut Regs, code: ExitCode) {
+pub(crate) fn run_expect(regs: &mut Regs, code: ExitCode) {
     let (_, exit) = l1::run(regs);
     check_eq!(ExitCode::from_raw(exit), code, "L2's exit");
 }
@@ -146,19 +199,104 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
     let mut regs = setup(Task::Yield, 0);
     let good = l1::vmcb().clone();
     break_it(l1::vmcb());
-    let (_, code) = l1::run(&mut regs);
+    l1::vmcb().control.event_inj = EventInfo::external_interrupt(0x30).0;
+    let (_, code) = refused_by_l0(&mut regs);
     check_eq!(code, VMEXIT_INVALID, "exit code of a bad vmcb12");
+    check_eq!(
+        l1::vmcb().control.event_inj & EventInfo::VALID,
+        0,
+        "EVENTINJ valid bit after VMEXIT_INVALID"
+    );
     *l1::vmcb() = good;
     run_expect(&mut regs, ExitCode::Hlt);
     // An illegal EVENTINJ (reserved type 1) is refused too.
     l1::prepare(l2::entry);
     l1::vmcb().control.event_inj = EventInfo::VALID | (1 << 8) | 0x20;
-    let (_, code) = l1::run(&mut regs);
+    let (_, code) = refused_by_l0(&mut regs);
     check_eq!(
         code,
         VMEXIT_INVALID,
         "exit code with a reserved EVENTINJ type"
     );
+    check_eq!(
+        l1::vmcb().control.event_inj & EventInfo::VALID,
+        0,
+        "refused EVENTINJ left valid"
+    );
+}
+
+/// [`l1::run`], checking that the CPU refused nothing: a VMEXIT_INVALID L1
+/// gets must be L0's verdict (APM 15.5.1 checks made on vmcb12 before
+/// L2's state reaches the CPU), not the CPU's refusal of the state L0
+/// built from it (which L0 would count as an exit with that code).
+#[track_caller]
+fn refused_by_l0(regs: &mut Regs) -> (u64, u64) {
+    let before = exits_of(ExitCode::Invalid);
+    let result = l1::run(regs);
+    check_eq!(
+        exits_of(ExitCode::Invalid) - before,
+        0,
+        "VMEXIT_INVALIDs from the CPU (a vmcb12 L0's checks let through)"
+    );
+    result
+}
+
+/// MAXPHYADDR as L1 sees it (CPUID 0x8000_0008 EAX[7:0]).
+fn max_phys_bits() -> u32 {
+    cpuid(0x8000_0008, 0)[0] & 0xFF
+}
+
+/// The first CR4 bit whose feature CPUID hides from L1 (so reserved).
+fn hidden_cr4_bit() -> u64 {
+    let [_, _, ecx1, _] = cpuid(1, 0);
+    let [_, ebx7, ecx7, _] = cpuid(7, 0);
+    let candidates = [
+        (ebx7 & (1 << 0), 16),  // FSGSBASE
+        (ecx1 & (1 << 26), 18), // XSAVE: OSXSAVE
+        (ecx7 & (1 << 3), 22),  // PKU: PKE
+        (ecx7 & (1 << 16), 12), // LA57
+        (ebx7 & (1 << 20), 21), // SMAP
+        (ecx7 & (1 << 2), 11),  // UMIP
+    ];
+    match candidates.iter().find(|(shown, _)| *shown == 0) {
+        Some(&(_, bit)) => 1 << bit,
+        None => fail(format_args!("CPUID shows L1 every candidate CR4 feature")),
+    }
+}
+
+/// EVENTINJ of TYPE exception with a vector that is no exception (NMI's
+/// 2, reserved 9, 15, 22-27, 31, and 32 up) is L0's VMEXIT_INVALID (APM
+/// 15.20); QEMU TCG refuses only 2 and 31 up (docs/qemu-tcg.md). The
+/// defined vectors L1 does not intercept reach L2 (no IDT: triple fault,
+/// SHUTDOWN to L1).
+fn vmrun_invalid_eventinj_vector() {
+    let mut regs = setup(Task::Yield, 0);
+    for vector in [2u8, 9, 15, 22, 27, 31, 32, 0xFF] {
+        l1::prepare(l2::entry);
+        l1::vmcb().control.event_inj = EventInfo::exception(vector).0;
+        let (_, code) = refused_by_l0(&mut regs);
+        check!(
+            code == VMEXIT_INVALID,
+            "exception vector {vector} in EVENTINJ: exit {code:#x}"
+        );
+    }
+    l1::prepare(l2::entry);
+    l1::vmcb().control.event_inj = EventInfo::exception(6).0;
+    run_expect(&mut regs, ExitCode::Shutdown);
+}
+
+/// Nested paging is not offered (CPUID 0x8000_000A EDX.NP clear), so
+/// vmcb12's NP_ENABLE and nCR3 mean nothing: L2 runs on L1's CR3 as
+/// always (KVM clears NP_ENABLE for an L1 without NPT; a CPU without
+/// nested paging has no such bit). Refusing it was L0's own rule.
+fn np_enable_ignored_without_npt() {
+    check_eq!(cpuid(0x8000_000A, 0)[3] & 1, 0, "NP offered to L1");
+    let mut regs = setup(Task::Yield, 0);
+    let c = &mut l1::vmcb().control;
+    c.nested_ctl = 1;
+    c.ncr3 = 0xFFFF_0000_DEAD_B000;
+    let (_, code) = refused_by_l0(&mut regs);
+    check_eq!(ExitCode::from_raw(code), ExitCode::Hlt, "L2's exit");
 }
 
 /// L0 raises #GP for L2's RDMSR of an unknown MSR (L1's MSR map lets it
@@ -194,24 +332,44 @@ fn l2_rdtscp_intercept() {
     check_eq!(v.control.next_rip, v.state.rip + 3, "RDTSCP nRIP");
 }
 
-/// An interrupt L0 holds for L1 ends L2's run at once when L1 intercepts
-/// INTR (L2 does not get back to its loop), and reaches L1's handler when
-/// L1 sets GIF again (its STGI after VMRUN).
-fn pending_interrupt_preempts_l2() {
-    let mut regs = setup(Task::QueueAndSpin, 0x41);
-    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
-    // SAFETY: the runtime IDT counts vector 0x41; L1 takes interrupts now.
+/// #VMEXITs with `code` L0 has taken for this VM (L1's and L2's).
+fn exits_of(code: ExitCode) -> u64 {
+    call(svm::guest_abi::HC_EXIT_COUNT, code.to_raw(), 0, 0)
+}
+
+/// How long the spinning L2s run: several watchdog periods (10 ms).
+const SPIN_US: u64 = 60_000;
+
+/// Waits (at most 200 ms) for interrupt `vector` to reach L1 with IF set:
+/// L0 injects it at its next exit (the watchdog's at the latest).
+fn wait_for_interrupt(vector: u8) -> u64 {
+    let t0 = rdtsc();
+    // SAFETY: the runtime IDT counts every vector.
     unsafe { asm!("sti", options(nomem, nostack)) };
-    // L0's watchdog may preempt L2 (INTR, which L1 intercepts) before it
-    // queues the interrupt: then L1 just runs L2 on.
-    let mut runs = 0;
-    while interrupts_taken(0x41) == 0 && runs < 50 {
-        let (_, code) = l1::run(&mut regs);
-        check_eq!(ExitCode::from_raw(code), ExitCode::Intr, "L2's exit");
-        runs += 1;
+    while interrupts_taken(vector) == 0 && rdtsc() - t0 < ticks(200_000) {
+        core::hint::spin_loop();
     }
     // SAFETY: back to interrupts off.
     unsafe { asm!("cli", options(nomem, nostack)) };
+    interrupts_taken(vector)
+}
+
+/// An interrupt L0 holds for L1 ends L2's run at once when L1 intercepts
+/// INTR and L1's IF (saved at VMRUN, V_INTR_MASKING set) allows it: L2
+/// does not get back to its loop, and the interrupt reaches L1's handler
+/// when L1 sets GIF again (its STGI after VMRUN).
+fn pending_interrupt_preempts_l2() {
+    let mut regs = setup(Task::QueueAndSpin, 0x41);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    v.control.int_ctl |= svm::IntCtl::V_INTR_MASKING.bits();
+    // SAFETY: the runtime IDT counts vector 0x41; L1 takes interrupts now.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+    let (_, code) = l1::run(&mut regs);
+    // SAFETY: back to interrupts off.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+    check_eq!(ExitCode::from_raw(code), ExitCode::Intr, "L2's exit");
+    check_eq!(l2::result(6), 0, "queue hypercall");
     check_eq!(
         interrupts_taken(0x41),
         1,
@@ -224,15 +382,279 @@ fn pending_interrupt_preempts_l2() {
     );
 }
 
-/// An L2 that never exits comes back to L1 as #VMEXIT(INTR) when L1
-/// intercepts INTR: L0's watchdog interrupt is reflected (after L0 took it).
+/// The converse (KVM svm_interrupt_blocked): with V_INTR_MASKING, L1's IF
+/// saved at VMRUN masks L1's pending interrupt, so L1 ran VMRUN with IF
+/// clear and L2 is not preempted (it spins, then yields by HLT); the
+/// interrupt waits for L1's own STI. Without V_INTR_MASKING, L2's IF masks
+/// it instead: L2 with IF set is preempted although L1's IF is clear.
+fn pending_interrupt_waits_for_l1_if() {
+    let mut regs = setup(Task::QueueSpinYield, 0x41 | ticks(SPIN_US / 2) << 8);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    v.control.int_ctl |= svm::IntCtl::V_INTR_MASKING.bits();
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        ExitCode::from_raw(code),
+        ExitCode::Hlt,
+        "L2's exit (L1's IF was clear at VMRUN)"
+    );
+    check_eq!(
+        (l2::result(6), l2::result(0)),
+        (0, 1),
+        "queue result, L2 finished its spin"
+    );
+    check_eq!(interrupts_taken(0x41), 0, "interrupt 0x41 with IF clear");
+    check_eq!(wait_for_interrupt(0x41), 1, "interrupt 0x41 after STI");
+
+    // V_INTR_MASKING clear: L2's IF (set) decides, L1's (clear) does not.
+    l2::set(Task::QueueAndSpin, 0x42);
+    l1::prepare(l2::entry);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    let (idt, limit) = l2::l2_idt_all();
+    v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    v.state.rflags = 0x202;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        ExitCode::from_raw(code),
+        ExitCode::Intr,
+        "L2's exit (V_INTR_MASKING clear, L2's IF set)"
+    );
+    check_eq!(l2::result(0), 0, "L2 loop iterations after queueing");
+    check_eq!(
+        l2::ANY_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+        0,
+        "interrupts in L2"
+    );
+    check_eq!(wait_for_interrupt(0x42), 1, "interrupt 0x42 after STI");
+}
+
+/// Physical interrupts are L0's: L0's watchdog interrupts an L2 that
+/// spins without exiting, but L2 resumes and L1 (which intercepts INTR)
+/// sees only L2's own HLT, after several watchdog periods of spinning
+/// that L0 counts as INTR exits.
 fn runaway_l2_preempted() {
+    let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    let before = exits_of(ExitCode::Intr);
+    run_expect(&mut regs, ExitCode::Hlt);
+    let intr = exits_of(ExitCode::Intr) - before;
+    check_eq!(l2::result(0), 1, "L2 finished its spin");
+    check!(
+        intr >= 2,
+        "{intr} INTR exits in L0 during {SPIN_US} us of L2 spinning"
+    );
+}
+
+/// APM 15.7.2 / KVM nested_save_pending_event_to_vmcb12: an interrupt L0
+/// holds for L1 preempts L2 before L2 ran, so vmcb12's EVENTINJ was never
+/// delivered: it is in EXITINTINFO (not lost), the exit has no nRIP, and
+/// L1 re-injecting it delivers it. A soft interrupt (INTn with nRIP) comes
+/// back with L2's RIP where L1 put it.
+fn pending_event_to_exitintinfo() {
+    let mut regs = setup(Task::Yield, 0);
+    let spin = l2::spin as *const () as u64;
+    let vectors = [
+        (0x41u8, EventInfo::external_interrupt(0x30)),
+        (0x42, EventInfo::software_interrupt(0x30)),
+    ];
+    for (l1_vector, event) in vectors {
+        l1::prepare(l2::spin);
+        let (idt, limit) = l2::l2_idt();
+        let v = l1::vmcb();
+        v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+        v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+        v.control.int_ctl |= svm::IntCtl::V_INTR_MASKING.bits();
+        v.control.event_inj = event.0;
+        v.control.next_rip = spin + 2;
+        // SAFETY: GIF clear holds the interrupt until after VMRUN; IF set
+        // lets it preempt L2 (V_INTR_MASKING) and reach L1 after STGI.
+        unsafe { asm!("clgi", "sti", options(nomem, nostack)) };
+        let queued = call(
+            svm::guest_abi::HC_QUEUE_INTERRUPT,
+            u64::from(l1_vector),
+            0,
+            0,
+        );
+        let (_, code) = l1::run(&mut regs);
+        // SAFETY: interrupts back off.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        check_eq!(queued, 0, "queue hypercall");
+        check_eq!(
+            ExitCode::from_raw(code),
+            ExitCode::Intr,
+            "exit for L1's interrupt"
+        );
+        check_eq!(
+            v.control.exit_int_info,
+            event.0,
+            "EXITINTINFO: the EVENTINJ L2 never got"
+        );
+        check_eq!(
+            l2::GOT_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+            0,
+            "L2's handler ran"
+        );
+        check_eq!(
+            v.control.event_inj & EventInfo::VALID,
+            0,
+            "EVENTINJ valid bit"
+        );
+        check_eq!(v.control.next_rip, 0, "nRIP of a made-up INTR exit");
+        check_eq!(v.state.rip, spin, "L2's RIP");
+        check_eq!(interrupts_taken(l1_vector), 1, "L1's interrupt after STGI");
+        // L1 re-injects the event (with its nRIP): L2 gets it now.
+        v.control.event_inj = v.control.exit_int_info;
+        v.control.next_rip = spin + 2;
+        run_expect(&mut regs, ExitCode::Hlt);
+        check_eq!(
+            l2::GOT_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+            0x30,
+            "vector L2's handler saw"
+        );
+    }
+}
+
+/// NRIP save is offered, so a soft interrupt L1 injects returns to
+/// vmcb12's nRIP (APM 15.20), not to vmcb12's RIP, also when L0's CPU has
+/// no NRIP save (QEMU TCG).
+fn soft_int_next_rip() {
     let mut regs = setup(Task::Yield, 0);
     l1::prepare(l2::spin);
-    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
-    run_expect(&mut regs, ExitCode::Intr);
-    // Twice, to show L2 resumes where it was and is preempted again.
-    run_expect(&mut regs, ExitCode::Intr);
+    let spin = l2::spin as *const () as u64;
+    let (idt, limit) = l2::l2_idt();
+    let v = l1::vmcb();
+    v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    v.control.event_inj = EventInfo::software_interrupt(0x30).0;
+    v.control.next_rip = spin + 2;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(
+        l2::GOT_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+        0x30,
+        "vector L2's handler saw"
+    );
+    check_eq!(
+        l2::RETURN_RIP.load(core::sync::atomic::Ordering::SeqCst),
+        spin + 2,
+        "return RIP pushed for INT 0x30 (vmcb12 RIP + 2)"
+    );
+}
+
+/// APM 15.7.2 / KVM svm_complete_interrupts: an exit L0 handles itself
+/// in the middle of delivering an event does not lose the event. L0
+/// injects interrupt 0x43 into L1 (queued, IF set); L1's gate 0x43 is not
+/// present, so the delivery raises #NP, which L0 intercepts this once
+/// (HC_INTERCEPT_ONCE) and resolves without delivering it. L0 must deliver
+/// 0x43 again from EXITINTINFO: the second delivery raises #NP, now L1's
+/// (error code: IDT entry 0x43). Without the re-injection no #NP arrives.
+fn exitintinfo_reinjected_by_l0() {
+    let mut idtr = [0u16; 5];
+    // SAFETY: SIDT stores 10 bytes.
+    unsafe { asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let base = u64::from(idtr[1])
+        | u64::from(idtr[2]) << 16
+        | u64::from(idtr[3]) << 32
+        | u64::from(idtr[4]) << 48;
+    let gate = (base + 0x43 * 16) as *mut u64;
+    // SAFETY: L1's own IDT (the runtime's static); the gate is restored below.
+    let saved = unsafe { gate.read_volatile() };
+    // SAFETY: as above; P is bit 47.
+    unsafe { gate.write_volatile(saved & !(1 << 47)) };
+    check_eq!(
+        call(svm::guest_abi::HC_INTERCEPT_ONCE, 11, 0, 0),
+        0,
+        "HC_INTERCEPT_ONCE(#NP)"
+    );
+    let fault = catch(1, || {
+        // SAFETY: the queue hypercall returns at once; L0 injects 0x43 at
+        // the NOP after it (IF set, no STI shadow), where #NP is taken and
+        // the 1-byte NOP skipped.
+        unsafe {
+            asm!(
+                "xchg {v}, rbx",
+                "sti",
+                "nop",
+                "vmmcall",
+                "nop",
+                "cli",
+                "xchg {v}, rbx",
+                v = inout(reg) 0x43u64 => _,
+                inout("rax") svm::guest_abi::HC_QUEUE_INTERRUPT => _,
+                options(nostack),
+            )
+        };
+    });
+    // SAFETY: as above.
+    unsafe { gate.write_volatile(saved) };
+    // The error code names IDT entry 0x43 (bit 1 IDT, bit 0 EXT): index
+    // 0x43 in bits 15:3 (APM 8.4.1); QEMU TCG's 64-bit delivery puts
+    // vector * 16 there instead (docs/qemu-tcg.md).
+    let fault = fault.map(|f| (f.vector, f.error_code & !1));
+    check!(
+        matches!(fault, Some((11, 0x21a | 0x432))),
+        "#NP for the gate of interrupt 0x43 after L0's own #NP exit: {fault:x?}"
+    );
+    check_eq!(interrupts_taken(0x43), 0, "interrupt 0x43 taken");
+}
+
+/// CVE-2021-29657: L2 rewrites vmcb12 in L1's memory after VMRUN took its
+/// copy — clears the HLT and VMRUN intercepts and sets ASID 0. L0 goes on
+/// with the checked copy (L2's HLT still exits to L1), writes no controls
+/// back, and the next VMRUN judges the changed vmcb12 (VMEXIT_INVALID).
+fn vmcb12_changed_after_vmrun() {
+    let mut regs = setup(Task::PokeVmcb12Controls, 0);
+    let good = l1::vmcb().clone();
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(0), 1, "L2 rewrote vmcb12");
+    let v = l1::vmcb();
+    check_eq!(
+        (
+            v.control.guest_asid,
+            v.control.intercept_misc1 & InterceptMisc1::HLT.bits(),
+            v.control.intercept_misc2 & InterceptMisc2::VMRUN.bits()
+        ),
+        (0, 0, 0),
+        "vmcb12's controls as L2 left them"
+    );
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(code, VMEXIT_INVALID, "next VMRUN of the changed vmcb12");
+    *l1::vmcb() = good;
+    l2::set(Task::Yield, 0);
+    run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// CVE-2021-3653: vmcb12's int_ctl with V_INTR_MASKING clear and the AVIC
+/// enable bit set must not reach L2's VMCB. With V_INTR_MASKING clear L2's
+/// IF would mask physical interrupts: an L2 spinning with IF clear would
+/// keep L0's watchdog out. L0 still takes its INTR exits; with IF set no
+/// physical interrupt reaches L2's IDT; L2 runs normally (no AVIC).
+fn v_intr_masking_avic() {
+    let int_ctl = svm::IntCtl::AVIC_ENABLE.bits();
+    for rflags in [0x2, 0x202] {
+        let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
+        let v = l1::vmcb();
+        v.control.int_ctl = int_ctl;
+        v.state.rflags = rflags;
+        let (idt, limit) = l2::l2_idt_all();
+        v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+        let before = exits_of(ExitCode::Intr);
+        run_expect(&mut regs, ExitCode::Hlt);
+        let intr = exits_of(ExitCode::Intr) - before;
+        check_eq!(
+            l2::result(0),
+            1,
+            "L2 finished its spin (RFLAGS {rflags:#x})"
+        );
+        check_eq!(
+            l2::ANY_VECTOR.load(core::sync::atomic::Ordering::SeqCst),
+            0,
+            "interrupts in L2's IDT (RFLAGS {rflags:#x})"
+        );
+        check!(
+            intr >= 2,
+            "{intr} INTR exits in L0 during {SPIN_US} us of L2 (RFLAGS {rflags:#x})"
+        );
+    }
 }
 
 /// Run with L0's vmcb12 checks off (the hypervisor's test configuration):
@@ -242,11 +664,17 @@ fn cpu_refusal_reflected() {
     let mut regs = setup(Task::Yield, 0);
     let good = l1::vmcb().clone();
     l1::vmcb().state.efer &= !EFER_SVME;
+    l1::vmcb().control.event_inj = EventInfo::external_interrupt(0x30).0;
     let (rax, code) = l1::run(&mut regs);
     check_eq!(
         code,
         VMEXIT_INVALID,
         "exit code when the CPU refuses vmcb12"
+    );
+    check_eq!(
+        l1::vmcb().control.event_inj & EventInfo::VALID,
+        0,
+        "EVENTINJ valid bit after the CPU's VMEXIT_INVALID"
     );
     check_eq!(rax, &raw const l1::VMCB12 as u64, "L1's RAX");
     *l1::vmcb() = good;
@@ -676,5 +1104,474 @@ fn freeze_restore_while_l2_runs() {
         t1 - t0 < 2 * ticks(SMALL_US),
         "L1 saw {} ticks pass (pause policy)",
         t1 - t0
+    );
+}
+
+/// HC_EXIT_COUNT: L0's exits of `code` so far.
+fn l0_exits(code: ExitCode) -> u64 {
+    call(svm::guest_abi::HC_EXIT_COUNT, code.to_raw(), 0, 0)
+}
+
+/// L2 runs with L0's #AC/#DB/#MC and NMI intercepts (the merge keeps
+/// them) though vmcb12 asks for none of them.
+fn l2_runs_with_l0_intercepts() {
+    let mut regs = setup(Task::L0Intercepts, 0);
+    run_expect(&mut regs, ExitCode::Hlt);
+    let v = l2::result(0);
+    let (exceptions, misc1) = (v as u32, (v >> 32) as u32);
+    check_eq!(
+        exceptions & ((1 << 1) | (1 << 17) | (1 << 18)),
+        (1 << 1) | (1 << 17) | (1 << 18),
+        "#DB/#AC/#MC intercepts in L2's VMCB"
+    );
+    check!(
+        misc1 & InterceptMisc1::NMI.bits() != 0,
+        "NMI intercept in L2's VMCB ({misc1:#x})"
+    );
+}
+
+/// L1 intercepts #DB: L2's single-step #DB is #VMEXIT(#DB) for L1, with
+/// EXITINFO1 0 and DR6.BS in vmcb12.
+fn l2_db_to_l1() {
+    let mut regs = setup(Task::SingleStep, 0);
+    l1::vmcb().control.intercept_exceptions |= 1 << 1;
+    run_expect(&mut regs, ExitCode::Exception(1));
+    let v = l1::vmcb();
+    check_eq!(v.control.exit_info1, 0, "EXITINFO1 of #DB");
+    check!(
+        v.state.dr6 & guest_stubs::cpu::DR6_BS != 0,
+        "DR6.BS in vmcb12: {:#x}",
+        v.state.dr6
+    );
+}
+
+/// L1 does not intercept #DB: L0 takes the exit and L2's own handler gets
+/// the #DB with DR6.BS.
+fn l2_db_to_l2_handler() {
+    let mut regs = setup(Task::SingleStep, 0);
+    let (idt, limit) = l2::l2_idt();
+    l1::vmcb().state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    let before = l0_exits(ExitCode::Exception(1));
+    run_expect(&mut regs, ExitCode::Hlt);
+    let dr6 = l2::DB_DR6.load(core::sync::atomic::Ordering::SeqCst);
+    check!(
+        dr6 & guest_stubs::cpu::DR6_BS != 0,
+        "DR6 in L2's #DB handler: {dr6:#x}"
+    );
+    check!(
+        l0_exits(ExitCode::Exception(1)) - before >= 1,
+        "L0 saw no #DB exit from L2"
+    );
+}
+
+/// With GIF clear an NMI L0 holds for L1 waits (across exits); STGI lets
+/// it in.
+fn nmi_held_while_gif_clear() {
+    l1::enable_svm();
+    // SAFETY: CLGI/STGI are emulated by L0.
+    unsafe { asm!("clgi", options(nomem, nostack)) };
+    check_eq!(
+        call(svm::guest_abi::HC_QUEUE_NMI, 0, 0, 0),
+        0,
+        "queue hypercall"
+    );
+    call(svm::guest_abi::HC_ECHO_SUM, 0, 0, 0);
+    let held = nmis_taken();
+    // SAFETY: as above.
+    unsafe { asm!("stgi", "nop", options(nomem, nostack)) };
+    check_eq!((held, nmis_taken()), (0, 1), "NMIs (GIF clear, then set)");
+}
+
+/// An NMI L0 holds for L1 ends L2's run at once as #VMEXIT(NMI) when L1
+/// intercepts NMI, and reaches L1's handler after its STGI.
+fn nmi_for_l1_exits_l2() {
+    let mut regs = setup(Task::QueueNmiAndSpin, 0);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::NMI.bits();
+    run_expect(&mut regs, ExitCode::Nmi);
+    check_eq!(l2::result(6), 0, "queue hypercall result");
+    check_eq!(
+        l2::result(0),
+        0,
+        "L2 loop iterations after queueing (the exit must come first)"
+    );
+    check_eq!(nmis_taken(), 1, "NMIs in L1 after its STGI");
+}
+
+/// A physical NMI that arrives while L2 runs is L0's, even though L1
+/// intercepts NMI: L1 sees no #VMEXIT(NMI) and no NMI.
+fn physical_nmi_not_reflected() {
+    let mut regs = setup(Task::PhysicalNmi, 0);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::NMI.bits();
+    let before = l0_exits(ExitCode::Nmi);
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(6), 0, "hypercall result");
+    check_eq!(nmis_taken(), 0, "NMIs in L1");
+    check!(l0_exits(ExitCode::Nmi) - before >= 1, "L0 took no NMI exit");
+}
+
+/// CR4 bits in vmcb12 follow the CPUID L1 sees: SMEP, which CPUID.7
+/// shows (the TCG machine has +smep), runs L2; a bit CPUID hides is
+/// VMEXIT_INVALID.
+fn cr4_smep_accepted() {
+    const SMEP: u64 = 1 << 20;
+    let ebx7 = cpuid(7, 0)[1];
+    check!(ebx7 & (1 << 7) != 0, "CPUID.7:EBX.SMEP not shown to L1");
+    let mut regs = setup(Task::Yield, 0);
+    l1::vmcb().state.cr4 |= SMEP;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check!(
+        l1::vmcb().state.cr4 & SMEP != 0,
+        "L2's CR4.SMEP after the exit"
+    );
+    // The first CR4 bit whose feature CPUID hides from L1.
+    let [_, _, ecx1, _] = cpuid(1, 0);
+    let [_, ebx7, ecx7, _] = cpuid(7, 0);
+    let candidates = [
+        (ecx1 & (1 << 26), 18), // XSAVE: OSXSAVE
+        (ecx7 & (1 << 3), 22),  // PKU: PKE
+        (ecx7 & (1 << 16), 12), // LA57
+        (ecx1 & (1 << 17), 17), // PCID: PCIDE
+        (ebx7 & (1 << 0), 16),  // FSGSBASE
+        (ebx7 & (1 << 20), 21), // SMAP
+    ];
+    let Some(&(_, hidden)) = candidates.iter().find(|(shown, _)| *shown == 0) else {
+        fail(format_args!("CPUID shows L1 every candidate CR4 feature"))
+    };
+    l1::prepare(l2::entry);
+    l1::vmcb().state.cr4 |= 1 << hidden;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        code,
+        VMEXIT_INVALID,
+        format_args!("vmcb12 with hidden CR4 bit {hidden}")
+    );
+}
+
+/// TLB_CONTROL must be 0 or 1 (3 and 7 need FlushByAsid, not offered):
+/// 2 and 3 are VMEXIT_INVALID, 1 runs L2.
+fn tlb_control_invalid() {
+    check_eq!(
+        cpuid(0x8000_000A, 0)[3] & (1 << 6),
+        0,
+        "FlushByAsid offered"
+    );
+    let mut regs = setup(Task::Yield, 0);
+    for bad in [2u8, 3, 0x10] {
+        l1::prepare(l2::entry);
+        l1::vmcb().control.tlb_control = bad;
+        let (_, code) = l1::run(&mut regs);
+        check_eq!(
+            code,
+            VMEXIT_INVALID,
+            format_args!("exit code with TLB_CONTROL {bad}")
+        );
+    }
+    l1::prepare(l2::entry);
+    l1::vmcb().control.tlb_control = 1;
+    run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// Permission maps only need to end below MAXPHYADDR. Just above L1's RAM
+/// (unbacked: reads as all-ones) they intercept everything: L2's RDMSR of
+/// FS_BASE and EFER and its OUT 0x80 all exit to L1.
+fn maps_outside_ram(memory_size: u64) {
+    let mut regs = setup(Task::Msrs, 0);
+    l1::vmcb().control.msrpm_base_pa = memory_size;
+    run_expect(&mut regs, ExitCode::Msr);
+    check_eq!(regs.gpr[1] as u32, FS_BASE, "first MSR exit's ECX");
+    let (_, code) = l1::skip_and_run(&mut regs);
+    check_eq!(
+        (ExitCode::from_raw(code), regs.gpr[1] as u32),
+        (ExitCode::Msr, EFER),
+        "second exit"
+    );
+    // Straddling the end of RAM: the C001_xxxx range (second half) is
+    // outside and intercepts.
+    l2::set(Task::RdmsrUnknown, 0);
+    l1::prepare(l2::entry);
+    l1::vmcb().control.msrpm_base_pa = memory_size - 0x1000;
+    run_expect(&mut regs, ExitCode::Msr);
+    check_eq!(regs.gpr[1] as u32, 0xc001_1ffe, "MSR exit's ECX");
+    let mut regs = setup(Task::Ports, 0);
+    l1::vmcb().control.iopm_base_pa = memory_size + 0x10_0000;
+    run_expect(&mut regs, ExitCode::Ioio);
+    let info = svm::IoioInfo::from_exit_info1(l1::vmcb().control.exit_info1);
+    check!(
+        info.is_some_and(|i| i.port == 0x80),
+        "IOIO exit info {info:?}"
+    );
+}
+
+/// A map whose last byte reaches MAXPHYADDR (CPUID 0x8000_0008 as L1 sees
+/// it) is VMEXIT_INVALID; one ending just below runs (and intercepts all).
+fn maps_beyond_maxphyaddr() {
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    check!((32..=52).contains(&bits), "MAXPHYADDR {bits}");
+    let top = 1u64 << bits;
+    let mut regs = setup(Task::Msrs, 0);
+    let cases = [
+        (top - 0x2000, 0, true),
+        (top - 0x1000, 0, false),
+        (top, 0, false),
+        (0, top - 0x3000, true),
+        (0, top - 0x2000, false),
+    ];
+    for (msrpm, iopm, runs) in cases {
+        l1::prepare(l2::entry);
+        let c = &mut l1::vmcb().control;
+        c.msrpm_base_pa = if msrpm == 0 { c.msrpm_base_pa } else { msrpm };
+        c.iopm_base_pa = if iopm == 0 { c.iopm_base_pa } else { iopm };
+        let (_, code) = l1::run(&mut regs);
+        // A map outside RAM intercepts every MSR; L1's own (empty) map
+        // lets L2 run to its HLT.
+        let expected = match (runs, msrpm) {
+            (false, _) => VMEXIT_INVALID,
+            (true, 0) => ExitCode::Hlt.to_raw(),
+            (true, _) => ExitCode::Msr.to_raw(),
+        };
+        check!(
+            code == expected,
+            "MSRPM {msrpm:#x} IOPM {iopm:#x}: exit {code:#x}, expected {expected:#x}"
+        );
+    }
+}
+
+/// CVE-2021-3656: L1 does not intercept VMLOAD/VMSAVE (nor STGI, CLGI,
+/// INVLPGA, SKINIT). L2's VMSAVE captures L2's state into L1's memory,
+/// its VMLOAD changes only the running state, as the CPU L1 sees would
+/// (and what VMRUN/#VMEXIT do not switch stays as L2 left it, APM 15.5.2);
+/// an address outside L1's RAM (host memory at this address) is #GP; with
+/// L2's own EFER.SVME clear they are #UD; L1's SVME is untouched.
+fn vmload_vmsave_from_l2() {
+    const BAD: u64 = 0x0100_0000;
+    let mut regs = setup(Task::SvmInsns, BAD);
+    // SAFETY: L1's pages; L2 is not running.
+    let (p, q) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(l2::VMSAVE_PAGE),
+            &mut *core::ptr::addr_of_mut!(l2::VMLOAD_PAGE),
+        )
+    };
+    wrmsr(KERNEL_GS_BASE, 0x1111);
+    check_eq!(vmsave(q as *mut Vmcb as u64), None, "L1's VMSAVE");
+    q.state.kernel_gs_base = 0x6666;
+    q.state.fs.base = 0x7777_0000;
+    *p = Vmcb::new();
+    let v = l1::vmcb();
+    v.control.intercept_exceptions |= (1 << 13) | (1 << 6);
+    run_expect(&mut regs, ExitCode::Exception(13));
+    check_eq!(
+        (p.state.fs.base, p.state.kernel_gs_base),
+        (0xF5F5_0000, 0x1111),
+        "L2's VMSAVE: L2's FS base, the shared KernelGsBase"
+    );
+    check_eq!(
+        (l2::result(0), l2::result(1)),
+        (0x6666, 0x7777_0000),
+        "KernelGsBase and FS base in L2 after its VMLOAD"
+    );
+    check_eq!(v.state.rax, BAD, "the faulting VMSAVE's RAX");
+    check_eq!(
+        rdmsr(KERNEL_GS_BASE),
+        0x6666,
+        "L1's KernelGsBase after the exit (not switched by #VMEXIT)"
+    );
+    check!(rdmsr(EFER) & EFER_SVME != 0, "L1's EFER.SVME");
+    v.state.rip += 3;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(
+        ExitCode::from_raw(code),
+        ExitCode::Exception(6),
+        "VMLOAD with L2's SVME clear"
+    );
+    check_eq!(v.state.efer & EFER_SVME, 0, "vmcb12.EFER.SVME at the exit");
+    check!(
+        l2::result(2) & EFER_SVME != 0 && l2::result(3) & EFER_SVME == 0,
+        "L2's EFER before/after clearing SVME: {:#x} {:#x}",
+        l2::result(2),
+        l2::result(3)
+    );
+    check!(
+        rdmsr(EFER) & EFER_SVME != 0,
+        "L1's EFER.SVME after L2 cleared its own"
+    );
+    // VMRUN requires vmcb12.EFER.SVME (APM 15.5.1): L1 sets it again, as
+    // real hypervisors do.
+    v.state.efer |= EFER_SVME;
+    v.state.rip += 3;
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(ExitCode::from_raw(code), ExitCode::Exception(6), "SKINIT");
+    v.state.rip += 3;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(4), 1, "L2 finished");
+    wrmsr(KERNEL_GS_BASE, 0);
+}
+
+/// Long mode is EFER.LME with CR0.PG, for every check and for the mode L2
+/// runs in: a vmcb12 whose EFER.LMA is clear (LME and PG set) enters
+/// 64-bit L2 with LMA set by the CPU, as L1 sees it after the exit.
+fn long_mode_keys_on_lme_pg() {
+    const LMA: u64 = 1 << 10;
+    let mut regs = setup(Task::Yield, 0);
+    l1::vmcb().state.efer &= !LMA;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check!(
+        l1::vmcb().state.efer & LMA != 0,
+        "vmcb12.EFER.LMA after the exit"
+    );
+}
+
+/// VM_HSAVE_PA takes any 4 KiB-aligned address below MAXPHYADDR (CPUID
+/// 0x8000_0008 as L1 sees it), in RAM or not (L0 never uses the page);
+/// at MAXPHYADDR it is #GP. VMRUN works with it.
+fn hsave_pa_below_maxphyaddr(memory_size: u64) {
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    let top = 1u64 << bits;
+    wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+    for pa in [memory_size, top - 0x1000] {
+        let fault = catch(2, || wrmsr(VM_HSAVE_PA, pa)).map(|f| f.vector);
+        check!(
+            fault.is_none(),
+            "WRMSR VM_HSAVE_PA {pa:#x}: fault {fault:?}"
+        );
+        check_eq!(rdmsr(VM_HSAVE_PA), pa, "VM_HSAVE_PA read back");
+    }
+    let fault = catch(2, || wrmsr(VM_HSAVE_PA, top)).map(|f| f.vector);
+    check_eq!(fault, Some(13), "WRMSR VM_HSAVE_PA at MAXPHYADDR");
+    l2::set(Task::Yield, 0);
+    l1::prepare(l2::entry);
+    let mut regs = Regs::default();
+    run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// xorshift64: the corruption stream of [`checks_decide_before_the_cpu`].
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Corrupts one field VMRUN loads into the CPU from vmcb12 (L0 replaces the
+/// controls the CPU checks itself: maps, ASID, intercepts, TLB_CONTROL,
+/// nested paging). Never RIP, RSP, GDTR, IDTR or CR3's address bits: L2
+/// must not touch memory outside L1's RAM. Returns the field's name.
+fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
+    let r = xorshift(x);
+    let bit = 1u64 << (xorshift(x) % 64);
+    let s = &mut v.state;
+    match r % 16 {
+        0 => {
+            s.cr0 ^= bit;
+            "cr0"
+        }
+        1 => {
+            // Bits above 39 or the low 12 (PWT, PCD, ignored bits).
+            s.cr3 ^= bit & !0xFF_FFFF_F000;
+            "cr3"
+        }
+        2 => {
+            s.cr4 ^= bit;
+            "cr4"
+        }
+        3 => {
+            s.efer ^= bit;
+            "efer"
+        }
+        4 => {
+            s.dr6 ^= bit;
+            "dr6"
+        }
+        5 => {
+            s.dr7 ^= bit;
+            "dr7"
+        }
+        6 => {
+            s.rflags ^= bit;
+            "rflags"
+        }
+        7 => {
+            s.cs.attrib ^= 1 << (bit.trailing_zeros() % 16);
+            "cs.attrib"
+        }
+        8 => {
+            s.ss.attrib ^= 1 << (bit.trailing_zeros() % 16);
+            "ss.attrib"
+        }
+        9 => {
+            s.cpl = xorshift(x) as u8 & 3;
+            "cpl"
+        }
+        10 => {
+            v.control.event_inj = xorshift(x) & 0xFFFF_FFFF_8000_0FFF;
+            "event_inj"
+        }
+        11 => {
+            v.control.event_inj ^= bit;
+            "event_inj bit"
+        }
+        12 => {
+            s.ds.attrib = xorshift(x) as u16;
+            "ds.attrib"
+        }
+        // The architectural low bits, more often.
+        13 => {
+            s.cr0 ^= 1 << (bit.trailing_zeros() % 32);
+            "cr0 low"
+        }
+        14 => {
+            s.cr4 ^= 1 << (bit.trailing_zeros() % 24);
+            "cr4 low"
+        }
+        _ => {
+            s.efer ^= 1 << (bit.trailing_zeros() % 16);
+            "efer low"
+        }
+    }
+}
+
+/// L0's checks, not the CPU, decide VMRUN: vmcb12s corrupted in the fields
+/// the CPU loads (1-4 per run, a fixed xorshift stream) either run L2 or
+/// get VMEXIT_INVALID from L0; the CPU never refuses one (L0 counts the
+/// CPU's VMEXIT_INVALIDs as exits of that code). Each refusal by the CPU is
+/// printed with its iteration and the corrupted fields.
+fn checks_decide_before_the_cpu() {
+    const ITERATIONS: u64 = 600;
+    let mut regs = setup(Task::Yield, 0);
+    // Every exception exits to L1, so no corruption runs L2 far.
+    l1::vmcb().control.intercept_exceptions = u32::MAX;
+    let good = l1::vmcb().clone();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let (mut by_l0, mut by_cpu, mut ran) = (0, 0, 0);
+    for i in 0..ITERATIONS {
+        let mut v = good.clone();
+        let n = 1 + xorshift(&mut x) % 4;
+        let mut fields = [""; 4];
+        for f in fields.iter_mut().take(n as usize) {
+            *f = corrupt(&mut v, &mut x);
+        }
+        let s = v.state;
+        let inj = v.control.event_inj;
+        *l1::vmcb() = v;
+        let before = exits_of(ExitCode::Invalid);
+        let (_, code) = l1::run(&mut regs);
+        let cpu = exits_of(ExitCode::Invalid) - before;
+        match (code == VMEXIT_INVALID, cpu) {
+            (_, 0) if code == VMEXIT_INVALID => by_l0 += 1,
+            (_, 0) => ran += 1,
+            _ => {
+                by_cpu += 1;
+                println!(
+                    "iteration {i}: the CPU refused ({fields:?}): cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} dr6 {:#x} dr7 {:#x} rflags {:#x} cs {:#x} ss {:#x} cpl {} eventinj {inj:#x}",
+                    s.cr0, s.cr3, s.cr4, s.efer, s.dr6, s.dr7, s.rflags, s.cs.attrib, s.ss.attrib, s.cpl
+                );
+            }
+        }
+    }
+    println!("checks vs CPU: {ITERATIONS} vmcb12s, {ran} ran, {by_l0} refused by L0, {by_cpu} by the CPU");
+    check_eq!(by_cpu, 0, "vmcb12s the CPU refused after L0's checks");
+    check!(
+        ran > ITERATIONS / 10 && by_l0 > ITERATIONS / 10,
+        "too few of one kind"
     );
 }

@@ -6,10 +6,11 @@ use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use alloc::string::String;
 use svm::guest_abi::{
-    echo_sum, HC_DONE, HC_ECHO_SUM, HC_EXIT_COUNT, HC_HOST_TICKS, HC_QUEUE_INTERRUPT,
-    HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE, HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN,
-    HC_WAIT_PIT_US,
+    echo_sum, HC_DONE, HC_ECHO_SUM, HC_EXIT_COUNT, HC_HOST_TICKS, HC_INTERCEPT_ONCE,
+    HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
+    HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN, HC_WAIT_PIT_US,
 };
+use svm::guest_abi::{HC_L0_INTERCEPTS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
 use svm::tsc::{RestorePolicy, TscMode};
 use svm::ExitCode;
 
@@ -31,6 +32,10 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             | HC_TSC_MOVE_L1
             | HC_QUEUE_INTERRUPT
             | HC_HOST_TICKS
+            | HC_INTERCEPT_ONCE
+            | HC_QUEUE_NMI
+            | HC_PHYSICAL_NMI
+            | HC_L0_INTERCEPTS
     );
     let from_l2 = vcpu.nested.in_l2();
     if vcpu.vmcb.state.cpl != 0 || (from_l2 && !(test_hook && vm.test_hypercalls)) {
@@ -85,6 +90,25 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             }
             _ => HC_UNKNOWN,
         },
+        HC_INTERCEPT_ONCE => match u8::try_from(a) {
+            Ok(v) if v < 32 && !from_l2 && l0_exceptions() & (1 << v) == 0 => {
+                vcpu.vmcb.control.intercept_exceptions |= 1 << v;
+                0
+            }
+            _ => HC_UNKNOWN,
+        },
+        HC_QUEUE_NMI => {
+            vcpu.nmi.queue();
+            0
+        }
+        HC_PHYSICAL_NMI => {
+            vcpu.physical_nmi_at_entry = true;
+            0
+        }
+        HC_L0_INTERCEPTS => {
+            let c = &vcpu.vmcb.control;
+            (u64::from(c.intercept_misc1) << 32) | u64::from(c.intercept_exceptions)
+        }
         HC_WAIT_PIT_US => {
             crate::time::pit::wait_us(a.min(MAX_WAIT_US));
             0
@@ -92,6 +116,27 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         _ => HC_UNKNOWN,
     };
     resume_with(vcpu, vm, host, result)
+}
+
+/// The exceptions L0 intercepts for every guest.
+fn l0_exceptions() -> u32 {
+    crate::vmm::setup::base_intercepts().2.bits()
+}
+
+/// Whether exception `vector` exited only because of [`HC_INTERCEPT_ONCE`]:
+/// if so the intercept is dropped and the guest resumes (the event the
+/// exception interrupted was queued again by the exit path).
+pub fn intercept_once_hit(vcpu: &mut Vcpu, vm: &Vm, vector: u8) -> bool {
+    let bit = 1u32.checked_shl(u32::from(vector)).unwrap_or(0);
+    let c = &mut vcpu.vmcb.control;
+    let hit = vm.test_hypercalls
+        && !vcpu.nested.in_l2()
+        && bit & l0_exceptions() == 0
+        && c.intercept_exceptions & bit != 0;
+    if hit {
+        c.intercept_exceptions &= !bit;
+    }
+    hit
 }
 
 /// Longest wait a guest may ask for (1 s): guests cannot stall the host.

@@ -1,10 +1,15 @@
 //! #VMEXIT handling: one dispatch, one handler per exit reason.
 
 mod cpuid;
+pub mod cr;
+pub mod dr;
+pub mod exception;
 mod hypercall;
 mod ioio;
 mod msr;
+mod reinject;
 pub mod rip;
+mod tr;
 mod tsc;
 
 use super::enable::HostCpu;
@@ -48,9 +53,9 @@ pub enum Stop {
     InvalidVmcb,
     /// An exit the hypervisor has no handler for (or cannot complete).
     Unhandled(String),
-    /// [`super::vcpu::MAX_EXITS`] reached.
-    TooManyExits,
-    /// The guest ran past its time budget (milliseconds).
+    /// The exit limit of a self-test ([`super::vm::RunLimits`]) reached.
+    TooManyExits(u64),
+    /// The guest ran past its self-test time budget (milliseconds).
     TimedOut(u64),
 }
 
@@ -71,7 +76,7 @@ impl fmt::Display for Stop {
             }
             Stop::InvalidVmcb => write!(f, "VMRUN refused the VMCB (VMEXIT_INVALID)"),
             Stop::Unhandled(why) => write!(f, "unhandled exit: {why}"),
-            Stop::TooManyExits => write!(f, "more than {} exits", super::vcpu::MAX_EXITS),
+            Stop::TooManyExits(n) => write!(f, "reached its limit of {n} exits"),
             Stop::TimedOut(ms) => write!(f, "still running after its {ms} ms budget"),
         }
     }
@@ -79,6 +84,7 @@ impl fmt::Display for Stop {
 
 /// Handles the exit the vCPU just took.
 pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
+    exception::observe_exit(vcpu);
     // While L2 runs, an exit L1 asked for is L1's; the rest are L0's.
     if code == ExitCode::Invalid && vcpu.nested.in_l2() {
         return nested::vmexit::reflect_invalid(vcpu, vm);
@@ -86,7 +92,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran.
     let code = match code {
         ExitCode::Rdtsc if vcpu.nested.in_l2() => match rip::decode_at_rip(vcpu, vm) {
-            Ok((svm::decode::Insn::Rdtscp, _)) => ExitCode::Rdtscp,
+            Ok(d) if d.insn == svm::decode::Insn::Rdtscp => ExitCode::Rdtscp,
             _ => code,
         },
         _ => code,
@@ -97,36 +103,39 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
             exit_info1: vcpu.vmcb.control.exit_info1,
             rcx: vcpu.regs.rcx,
         };
-        let Some((msrpm, iopm)) = nested::l1_maps(&vm.memory, &l2.vmcb12) else {
-            return Action::Stop(Stop::Unhandled(
-                "L1's permission maps left its memory".into(),
-            ));
-        };
+        let (msrpm, iopm) = nested::l1_maps(&vm.memory, &l2.vmcb12);
         if route_exit(&facts, &l2.vmcb12.control, msrpm, iopm) == Route::L1 {
             return nested::vmexit::reflect(vcpu, vm, host, code);
         }
     }
+    // L0 handles this exit: an event it interrupted is delivered again.
+    reinject::complete_interrupts(vcpu, host);
     let l1_hypervisor = vm.nested_svm && !vcpu.nested.in_l2();
     let action = match code {
         ExitCode::Cpuid => cpuid::handle(vcpu, vm, host),
         ExitCode::Msr => msr::handle(vcpu, vm, host),
         ExitCode::Ioio => ioio::handle(vcpu, vm),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
-        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm),
+        ExitCode::CrWrite(n @ (0 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
+        ExitCode::DrWrite(n @ (5 | 7)) => dr::handle(vcpu, vm, host, n),
+        ExitCode::TrWrite => tr::handle(vcpu, vm, host),
+        ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm, host),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
         ExitCode::Vmrun if l1_hypervisor => nested::vmrun::emulate(vcpu, vm, host),
+        // From L1, or from an L2 whose L1 does not intercept them: the
+        // instruction acts on the running guest (nested::insns).
         ExitCode::Vmload
         | ExitCode::Vmsave
         | ExitCode::Stgi
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga
-            if l1_hypervisor =>
+            if vm.nested_svm =>
         {
             nested::insns::emulate(vcpu, vm, host, code)
         }
-        // SVM not offered (or an L2 whose L1 does not intercept them): the
-        // instructions are undefined there.
+        // SVM not offered (or VMRUN from an L2, which L1 must intercept:
+        // only a test turning L0's checks off gets here): undefined.
         ExitCode::Vmrun
         | ExitCode::Vmload
         | ExitCode::Vmsave
@@ -134,8 +143,15 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         | ExitCode::Clgi
         | ExitCode::Skinit
         | ExitCode::Invlpga => raise(vcpu, vm, host, EventInfo::exception(6)),
-        // The host took the interrupt already (Vcpu::run); nothing else to do.
+        ExitCode::Exception(v) if hypercall::intercept_once_hit(vcpu, vm, v) => Action::Resume,
+        // The host took the interrupt already (Vcpu::run); nothing else to
+        // do. Physical interrupts are L0's also while L2 runs (route_exit):
+        // L2 resumes.
         ExitCode::Intr => Action::Resume,
+        ExitCode::Exception(vector) => exception::handle(vcpu, vector),
+        // A physical NMI: the host took it at its STGI (world_switch).
+        ExitCode::Nmi => Action::Resume,
+        ExitCode::Iret => exception::iret(vcpu),
         ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
         ExitCode::Npf => Action::Stop(Stop::NestedPageFault {
             gpa: vcpu.vmcb.control.exit_info2,

@@ -63,15 +63,17 @@ fn read(vcpu: &Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
 
 /// EFER as the running guest sees it. The VMCB's EFER always has SVME set
 /// (VMRUN requires it, APM 15.5.1); L1 sees its virtual SVME, a plain
-/// guest none, L2 what vmcb12 gave it.
+/// guest none, L2 its own virtual SVME.
 fn efer_as_seen(vcpu: &Vcpu) -> u64 {
-    let efer = vcpu.vmcb.state.efer;
-    if vcpu.nested.in_l2() {
-        efer
-    } else if vcpu.nested.svme {
+    let efer = vcpu.vmcb.state.efer & !EFER_SVME;
+    let svme = match &vcpu.nested.l2 {
+        Some(l2) => l2.svme,
+        None => vcpu.nested.svme,
+    };
+    if svme {
         efer | EFER_SVME
     } else {
-        efer & !EFER_SVME
+        efer
     }
 }
 
@@ -94,13 +96,12 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
             vcpu.tsc_aux = value as u32;
             true
         }
-        // The host save area must be a page of L1's memory; L0 records the
-        // address and never uses it (L1's state goes to hypervisor memory).
+        // A 4 KiB-aligned address below the MAXPHYADDR L1 sees (APM
+        // 15.30.4; KVM page_address_valid), RAM or not: L0 records it and
+        // never uses it (L1's state goes to hypervisor memory).
         VM_HSAVE_PA if svm_msrs(vcpu, vm) => {
-            let ok = value.is_multiple_of(4096)
-                && value
-                    .checked_add(4096)
-                    .is_some_and(|e| e <= vm.memory.size());
+            let bits = u32::from(vm.l1_limits.max_phys_bits);
+            let ok = value.is_multiple_of(4096) && value.checked_shr(bits).unwrap_or(0) == 0;
             if ok {
                 vcpu.nested.hsave_pa = value;
             }
@@ -111,19 +112,27 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     }
 }
 
+/// EFER writes: SCE and NXE, and SVME for a VM offered SVM. L1's SVME is
+/// blocked by VM_CR.SVMDIS; L2's is L2's own (virtual, [`super::super::
+/// nested::L2::svme`]), which it changes when L1 does not intercept EFER.
 fn write_efer(vcpu: &mut Vcpu, vm: &Vm, value: u64) -> bool {
     let current = efer_as_seen(vcpu);
     let mut writable = EFER_WRITABLE;
-    let svm_allowed = vm.nested_svm && vcpu.nested.vm_cr & VmCr::SVMDIS.bits() == 0;
-    if svm_allowed && !vcpu.nested.in_l2() {
+    let in_l2 = vcpu.nested.in_l2();
+    let svm_allowed = vm.nested_svm && (in_l2 || vcpu.nested.vm_cr & VmCr::SVMDIS.bits() == 0);
+    if svm_allowed {
         writable |= EFER_SVME;
     }
     // Only writable bits may change; LMA is read-only and ignored.
     if (value ^ current) & !writable & !EFER_LMA != 0 || value & EFER_LME != current & EFER_LME {
         return false;
     }
-    if !vcpu.nested.in_l2() && writable & EFER_SVME != 0 {
-        vcpu.nested.svme = value & EFER_SVME != 0;
+    if svm_allowed {
+        let svme = value & EFER_SVME != 0;
+        match &mut vcpu.nested.l2 {
+            Some(l2) => l2.svme = svme,
+            None => vcpu.nested.svme = svme,
+        }
     }
     let kept = vcpu.vmcb.state.efer & !EFER_WRITABLE;
     vcpu.vmcb.state.efer = kept | (value & EFER_WRITABLE) | EFER_SVME;

@@ -1,33 +1,248 @@
-//! Moving the guest past an intercepted instruction.
+//! The instruction at the guest's RIP: fetching and decoding it (any CPU
+//! mode), moving the guest past it, and the fault the CPU would raise when
+//! there is no instruction to emulate.
 //!
-//! With NRIP save the CPU reports the next RIP (`next_rip`, APM 15.7.1);
-//! without it (QEMU TCG) the instruction at RIP is decoded here.
+//! With NRIP save the CPU reports the next RIP (`next_rip`, APM 15.7.1) and
+//! that is used for lengths; without it (QEMU TCG) the instruction is
+//! decoded. A guest's odd but valid encoding, or bytes that vanished under
+//! L0, never stop the VM: the guest gets what the CPU would give it
+//! (#UD for an invalid encoding, the page walk's #PF for unreadable bytes).
 
-use super::{Action, Stop};
+use super::{nested, raise, Action, Stop};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
-use svm::decode::{self, Insn, MAX_INSN_LEN};
+use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
+use svm::emulate::fetch::{self, Paging};
+use svm::walk::WalkError;
+use svm::{EventInfo, ExitCode};
 
-/// The intercepted instruction at the guest's RIP and its length, decoded
-/// from guest memory.
-pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<(Insn, u64), Stop> {
+/// Why L0 has no instruction (or operand) to emulate.
+#[derive(Debug)]
+pub enum NoInsn {
+    /// The fault the CPU would raise; `cr2` for a #PF.
+    Fault {
+        /// The exception.
+        event: EventInfo,
+        /// The faulting linear address (#PF only).
+        cr2: Option<u64>,
+    },
+    /// A limit of L0 (a paging mode it does not walk yet, memory outside
+    /// the guest's RAM): only this VM stops.
+    Limit(Stop),
+}
+
+impl NoInsn {
+    /// #UD: not an instruction L0 can emulate there.
+    pub const fn ud() -> Self {
+        NoInsn::Fault {
+            event: EventInfo::exception(6),
+            cr2: None,
+        }
+    }
+
+    /// #GP(0).
+    pub const fn gp0() -> Self {
+        NoInsn::Fault {
+            event: EventInfo::exception_with_error_code(13, 0),
+            cr2: None,
+        }
+    }
+
+    /// Raises the fault in the guest that ran the instruction (an L2's goes
+    /// to L1 as a #VMEXIT when L1 intercepts the vector), or stops the VM.
+    pub fn deliver(self, vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+        match self {
+            NoInsn::Limit(stop) => {
+                log::warn!("vm {}: {stop}", vm.name);
+                Action::Stop(stop)
+            }
+            NoInsn::Fault {
+                event,
+                cr2: Some(cr2),
+            } => raise_page_fault(vcpu, vm, host, event, cr2),
+            NoInsn::Fault { event, cr2: None } => raise(vcpu, vm, host, event),
+        }
+    }
+}
+
+/// A #PF with its address: CR2 for the guest, or EXITINFO2 for L1 when it
+/// intercepts #PF in L2 (APM 15.12).
+fn raise_page_fault(
+    vcpu: &mut Vcpu,
+    vm: &mut Vm,
+    host: &HostCpu,
+    event: EventInfo,
+    cr2: u64,
+) -> Action {
+    if let Some(l2) = &vcpu.nested.l2 {
+        if l2.vmcb12.control.intercept_exceptions & (1 << 14) != 0 {
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = u64::from(event.error_code().unwrap_or(0));
+            c.exit_info2 = cr2;
+            c.exit_int_info = 0;
+            return nested::vmexit::reflect(vcpu, vm, host, ExitCode::Exception(14));
+        }
+    }
+    vcpu.vmcb.state.cr2 = cr2;
+    super::inject(vcpu, event)
+}
+
+/// The code size the guest runs with (16, 32, 64).
+pub fn bitness(vcpu: &Vcpu) -> u32 {
     let s = &vcpu.vmcb.state;
+    decode::bitness(s.cr0, s.efer, s.rflags, s.cs.attrib)
+}
+
+/// The base of segment `seg` (0 for ES/CS/SS/DS in 64-bit mode).
+pub fn segment_base(vcpu: &Vcpu, seg: Seg) -> u64 {
+    let s = &vcpu.vmcb.state;
+    let long = bitness(vcpu) == 64;
+    match seg {
+        Seg::Fs => s.fs.base,
+        Seg::Gs => s.gs.base,
+        _ if long => 0,
+        Seg::Es => s.es.base,
+        Seg::Cs => s.cs.base,
+        Seg::Ss => s.ss.base,
+        Seg::Ds => s.ds.base,
+    }
+}
+
+/// The guest-physical address of linear address `la`, through the guest's
+/// paging (none, or 4-level long-mode paging), or the fault; `fetch` for
+/// instruction bytes (the #PF error code says so).
+fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> {
+    let s = &vcpu.vmcb.state;
+    match fetch::paging(s.cr0, s.efer) {
+        Paging::Off => return Ok(la & 0xffff_ffff),
+        Paging::Long => {}
+        Paging::Legacy => {
+            return Err(NoInsn::Limit(Stop::Unhandled(alloc::format!(
+                "L0 cannot walk legacy-mode page tables yet (rip {:#x})",
+                s.rip
+            ))))
+        }
+    }
+    svm::walk::translate(|a| vm.memory.read_u64(a), s.cr3, la).map_err(|e| match e {
+        WalkError::NotPresent(_) => {
+            let nxe = s.efer & svm::msr::EFER_NXE != 0;
+            let code = fetch::not_present_error_code(s.cpl, fetch, nxe);
+            NoInsn::Fault {
+                event: EventInfo::exception_with_error_code(14, code),
+                cr2: Some(la),
+            }
+        }
+        WalkError::NonCanonical => NoInsn::gp0(),
+        WalkError::OutsideMemory(gpa) => {
+            NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 })
+        }
+    })
+}
+
+/// Reads up to `out.len()` bytes at linear address `la`: how many were
+/// read, and the fault that stopped the read early.
+fn read_linear_upto(
+    vcpu: &Vcpu,
+    vm: &Vm,
+    la: u64,
+    out: &mut [u8],
+    fetch: bool,
+) -> (usize, Option<NoInsn>) {
+    let mut done = 0;
+    while done < out.len() {
+        let at = la.wrapping_add(done as u64);
+        let pa = match translate(vcpu, vm, at, fetch) {
+            Ok(pa) => pa,
+            Err(e) => return (done, Some(e)),
+        };
+        let in_page = (4096 - (pa % 4096)).min((out.len() - done) as u64);
+        match vm.memory.slice(pa, in_page) {
+            Ok(src) => out[done..done + in_page as usize].copy_from_slice(src),
+            Err(o) => {
+                let stop = Stop::NestedPageFault {
+                    gpa: o.gpa,
+                    error_code: 0,
+                };
+                return (done, Some(NoInsn::Limit(stop)));
+            }
+        }
+        done += in_page as usize;
+    }
+    (done, None)
+}
+
+/// Reads `out.len()` bytes at linear address `la` (an operand).
+pub fn read_linear(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> Result<(), NoInsn> {
+    match read_linear_upto(vcpu, vm, la, out, false) {
+        (_, Some(fault)) => Err(fault),
+        (_, None) => Ok(()),
+    }
+}
+
+/// Writes `data` at linear address `la`, byte by byte (a GDT entry: 8 bytes).
+pub fn write_linear(vcpu: &Vcpu, vm: &mut Vm, la: u64, data: &[u8]) -> Result<(), NoInsn> {
+    for (i, b) in data.iter().enumerate() {
+        let pa = translate(vcpu, vm, la.wrapping_add(i as u64), false)?;
+        match vm.memory.slice_mut(pa, 1) {
+            Ok(dst) => dst[0] = *b,
+            Err(o) => {
+                let stop = Stop::NestedPageFault {
+                    gpa: o.gpa,
+                    error_code: 0,
+                };
+                return Err(NoInsn::Limit(stop));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The linear address of the byte at RIP + `offset`.
+fn code_address(vcpu: &Vcpu, offset: u64) -> u64 {
+    let s = &vcpu.vmcb.state;
+    fetch::code_address(bitness(vcpu), s.cs.base, s.rip, offset)
+}
+
+/// The instruction at the guest's RIP, decoded from guest memory in the
+/// guest's mode.
+pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<Decoded, NoInsn> {
     let mut bytes = [0u8; MAX_INSN_LEN];
-    let n = vm.memory.read_virt(s.cr3, s.rip, &mut bytes);
-    decode::intercepted_len(&bytes[..n])
-        .map(|(insn, len)| (insn, len as u64))
-        .ok_or_else(|| {
-            Stop::Unhandled(alloc::format!(
-                "cannot decode the instruction at rip {:#x}: {:02x?}",
-                s.rip,
-                &bytes[..n]
-            ))
-        })
+    // Read to the first unreadable byte; its fault counts only if the
+    // instruction needs that byte.
+    let la = code_address(vcpu, 0);
+    let (n, fault) = if bitness(vcpu) == 64 {
+        read_linear_upto(vcpu, vm, la, &mut bytes, true)
+    } else {
+        // Outside 64-bit mode the code address wraps per byte.
+        let mut n = 0;
+        let mut fault = None;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            let (got, f) = read_linear_upto(
+                vcpu,
+                vm,
+                code_address(vcpu, i as u64),
+                core::slice::from_mut(b),
+                true,
+            );
+            if got == 0 {
+                fault = f;
+                break;
+            }
+            n += 1;
+        }
+        (n, fault)
+    };
+    match decode::decode(&bytes[..n], bitness(vcpu), vcpu.vmcb.state.rip) {
+        Ok(d) => Ok(d),
+        Err(DecodeError::Invalid) => Err(NoInsn::ud()),
+        // The bytes ran out where the read faulted: that fault (#PF).
+        Err(DecodeError::Truncated(_)) => Err(fault.unwrap_or_else(NoInsn::gp0)),
+    }
 }
 
 /// Length of the intercepted instruction at the guest's RIP.
-pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, Stop> {
+pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
     let s = &vcpu.vmcb.state;
     if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {
         let next = vcpu.vmcb.control.next_rip;
@@ -35,21 +250,30 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, Stop> {
             return Ok(next - s.rip);
         }
     }
-    decode_at_rip(vcpu, vm).map(|(_, len)| len)
+    decode_at_rip(vcpu, vm).map(|d| d.len as u64)
+}
+
+/// RIP after an instruction of `len` bytes, wrapped to the code size.
+pub fn rip_after(vcpu: &Vcpu, len: u64) -> u64 {
+    let next = vcpu.vmcb.state.rip.wrapping_add(len);
+    match bitness(vcpu) {
+        64 => next,
+        32 => next & 0xffff_ffff,
+        _ => next & 0xffff,
+    }
 }
 
 /// Advances RIP past the intercepted instruction.
-pub fn advance(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) -> Result<(), Stop> {
+pub fn advance(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) -> Result<(), NoInsn> {
     let len = insn_len(vcpu, vm, host)?;
-    vcpu.vmcb.state.rip = vcpu.vmcb.state.rip.wrapping_add(len);
+    vcpu.vmcb.state.rip = rip_after(vcpu, len);
     Ok(())
 }
 
-/// An exit with nothing to emulate (HLT with no interrupt to wait for):
-/// step over it.
+/// An exit with nothing (more) to emulate: step over the instruction.
 pub fn skip(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     match advance(vcpu, vm, host) {
         Ok(()) => Action::Resume,
-        Err(stop) => Action::Stop(stop),
+        Err(no) => no.deliver(vcpu, vm, host),
     }
 }

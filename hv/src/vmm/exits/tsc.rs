@@ -2,29 +2,28 @@
 //! QEMU TCG reports RDTSCP with the RDTSC exit code (docs/qemu-tcg.md), so the
 //! instruction is decoded to know whether ECX must get TSC_AUX.
 
-use super::{rip, Action};
+use super::rip::{self, NoInsn};
+use super::Action;
+use crate::vmm::enable::HostCpu;
 use crate::vmm::tsc::view_now;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::decode::Insn;
 
-pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
-    let (insn, len) = match rip::decode_at_rip(vcpu, vm) {
+pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    let d = match rip::decode_at_rip(vcpu, vm) {
         Ok(d) => d,
-        Err(stop) => return Action::Stop(stop),
+        Err(no) => return no.deliver(vcpu, vm, host),
     };
     let tsc = view_now(vcpu, vm);
-    match insn {
+    match d.insn {
         Insn::Rdtsc => {}
         Insn::Rdtscp => vcpu.regs.rcx = u64::from(vcpu.tsc_aux),
-        other => {
-            return Action::Stop(super::Stop::Unhandled(alloc::format!(
-                "RDTSC exit on {other:?}"
-            )));
-        }
+        // The bytes changed under L0 since the exit: no RDTSC to emulate.
+        _ => return NoInsn::ud().deliver(vcpu, vm, host),
     }
     vcpu.vmcb.state.rax = tsc & 0xffff_ffff;
     vcpu.regs.rdx = tsc >> 32;
-    vcpu.vmcb.state.rip = vcpu.vmcb.state.rip.wrapping_add(len);
+    vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
     Action::Resume
 }

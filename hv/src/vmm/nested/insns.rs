@@ -1,39 +1,51 @@
-//! The other SVM instructions L1 executes: VMLOAD, VMSAVE (on L1's memory,
-//! never executed on an L1-supplied address), STGI, CLGI (a virtual GIF),
-//! INVLPGA, SKINIT (#UD). APM Vol. 2, 15.5.2, 15.17, 15.27.
+//! The other SVM instructions, executed by L1 or by an L2 whose L1 does
+//! not intercept them: VMLOAD, VMSAVE (never executed on a guest-supplied
+//! address: L0 copies between the guest's current state and the VMCB in
+//! L1's memory), STGI, CLGI (the vCPU's virtual GIF), INVLPGA, SKINIT
+//! (#UD). APM Vol. 2, 15.5.2, 15.16, 15.17, 15.27.
+//!
+//! From L2 they act on L2's current state (the active VMCB), with rAX an
+//! L1-physical address: L1 is not offered nested paging, so L2-physical is
+//! L1-physical. Never host memory (CVE-2021-3656).
 
 use super::l1_vmcb_mut;
 use crate::vmm::enable::HostCpu;
-use crate::vmm::exits::{inject, rip, Action};
+use crate::vmm::exits::{raise, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
+use svm::nested::route::pending_interrupt_exits_l2;
+use svm::nested::svm_insn::permission_fault;
 use svm::nested::vmload::{vmload, vmsave};
 use svm::{EventInfo, ExitCode, TlbControl};
 
-/// #UD when L1's EFER.SVME is clear, #GP(0) at CPL > 0 (APM 15.4/15.5).
-fn fault_for_l1(vcpu: &Vcpu) -> Option<EventInfo> {
-    if !vcpu.nested.svme {
-        Some(EventInfo::exception(6))
-    } else if vcpu.vmcb.state.cpl != 0 {
-        Some(EventInfo::exception_with_error_code(13, 0))
-    } else {
-        None
-    }
+/// The fault the running guest's own EFER.SVME (L1's virtual SVME, or
+/// L2's) and CPL give an SVM instruction, if any.
+fn fault_for_guest(vcpu: &Vcpu) -> Option<EventInfo> {
+    let svme = match &vcpu.nested.l2 {
+        Some(l2) => l2.svme,
+        None => vcpu.nested.svme,
+    };
+    permission_fault(svme, vcpu.vmcb.state.cpl)
 }
 
-/// Emulates VMLOAD, VMSAVE, STGI, CLGI, INVLPGA or SKINIT for L1.
+/// Emulates VMLOAD, VMSAVE, STGI, CLGI, INVLPGA or SKINIT for the running
+/// guest. Faults go through [`raise`]: from L2, L1 gets them as exits when
+/// it intercepts the vector.
 pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
     if code == ExitCode::Skinit {
-        return inject(vcpu, EventInfo::exception(6));
+        return raise(vcpu, vm, host, EventInfo::exception(6));
     }
-    if let Some(fault) = fault_for_l1(vcpu) {
-        return inject(vcpu, fault);
+    if let Some(fault) = fault_for_guest(vcpu) {
+        return raise(vcpu, vm, host, fault);
     }
     match code {
         ExitCode::Vmload | ExitCode::Vmsave => {
+            // A page of L1's RAM, or #GP(0) (an unaligned address or one
+            // outside L1's memory, as KVM).
             let gpa = vcpu.vmcb.state.rax;
             let Some(other) = l1_vmcb_mut(&mut vm.memory, gpa) else {
-                return inject(vcpu, EventInfo::exception_with_error_code(13, 0));
+                let gp = EventInfo::exception_with_error_code(13, 0);
+                return raise(vcpu, vm, host, gp);
             };
             if code == ExitCode::Vmload {
                 vmload(&mut vcpu.vmcb.state, &other.state);
@@ -41,10 +53,12 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
                 vmsave(&vcpu.vmcb.state, &mut other.state);
             }
         }
+        // One GIF per vCPU, whichever level runs (APM 15.17; KVM
+        // stgi/clgi_interception); the nested #VMEXIT clears it anyway.
         ExitCode::Stgi => vcpu.nested.gif = true,
         ExitCode::Clgi => vcpu.nested.gif = false,
-        // L1 invalidates an L2 mapping: L2's TLB is flushed at every nested
-        // VMRUN anyway; flush now too, in case L1 runs on the entries.
+        // A guest invalidates a mapping: flush the running guest's TLB at
+        // its next entry (L2's is also flushed at every nested VMRUN).
         ExitCode::Invlpga => vcpu.vmcb.control.tlb_control = TlbControl::FlushAll.as_u8(),
         _ => {}
     }
@@ -53,15 +67,26 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
 
 /// Delivers the interrupt L0 holds for L1 once L1 can take it: not in L2,
 /// GIF set, RFLAGS.IF set, no interrupt shadow, no other event pending.
-/// While L2 runs and L1 intercepts INTR, the interrupt first ends L2's run
-/// with #VMEXIT(INTR) to L1 (and waits for L1's STGI), as a physical
-/// interrupt for L1 would.
+///
+/// While L2 runs, the interrupt ends L2's run with #VMEXIT(INTR) to L1 (and
+/// then waits for L1's STGI) when L1 intercepts INTR and neither its GIF
+/// nor the IF that masks it — L1's saved IF with V_INTR_MASKING, else L2's
+/// — holds it back ([`pending_interrupt_exits_l2`], as KVM's
+/// svm_check_nested_events). Physical interrupts are never reflected: they
+/// are L0's (route_exit). The exit is made up before L2 runs again, so an
+/// event waiting in EVENTINJ goes to L1 in EXITINTINFO (reflect).
 pub fn deliver_pending_interrupt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let Some(vector) = vcpu.nested.pending_interrupt else {
         return Action::Resume;
     };
     if let Some(l2) = &vcpu.nested.l2 {
-        if l2.vmcb12.control.intercept_misc1 & svm::InterceptMisc1::INTR.bits() != 0 {
+        let exits = pending_interrupt_exits_l2(
+            &l2.vmcb12.control,
+            vcpu.nested.gif,
+            vcpu.nested.hsave.state.rflags,
+            vcpu.vmcb.state.rflags,
+        );
+        if exits {
             let c = &mut vcpu.vmcb.control;
             c.exit_info1 = 0;
             c.exit_info2 = 0;

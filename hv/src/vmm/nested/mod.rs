@@ -13,8 +13,7 @@ pub mod vmrun;
 use super::memory::GuestMemory;
 use super::phys_box::PhysBox;
 use alloc::boxed::Box;
-use svm::iopm::IOPM_SIZE;
-use svm::msrpm::MSRPM_SIZE;
+use svm::nested::map_view::{IopmView, MsrpmView};
 use svm::{MsrPermissionMap, Vmcb};
 
 /// ASID L0 runs every L2 with (L1 runs with 1).
@@ -28,6 +27,22 @@ pub struct L2 {
     /// The hypervisor's copy of vmcb12, read once at VMRUN and checked;
     /// the only version of vmcb12's controls L0 uses while L2 runs.
     pub vmcb12: Box<Vmcb>,
+    /// L2's EFER.SVME (virtual: the active VMCB's SVME stays set, as the
+    /// real VMRUN requires). Set from vmcb12 at VMRUN, changed by L2's
+    /// WRMSR EFER when L1 does not intercept it, shown in L2's RDMSR and
+    /// in vmcb12.EFER at the exit; decides whether L2's SVM instructions
+    /// are #UD (APM 15.4).
+    pub svme: bool,
+}
+
+/// vmcb12.EFER as L2 left it: the active VMCB's EFER with L2's virtual
+/// SVME (for the nested #VMEXIT, after the save-area copy).
+pub fn show_l2_svme(vmcb12: &mut Vmcb, l2: &L2) {
+    let svme = svm::msr::EFER_SVME;
+    vmcb12.state.efer = match l2.svme {
+        true => vmcb12.state.efer | svme,
+        false => vmcb12.state.efer & !svme,
+    };
 }
 
 /// A vCPU's nested-SVM state.
@@ -45,6 +60,9 @@ pub struct Nested {
     pub pending_interrupt: Option<u8>,
     /// The running L2, if any.
     pub l2: Option<L2>,
+    /// The soft event from vmcb12's EVENTINJ that L0 is still delivering
+    /// to L2 (its RIP bookkeeping: [`svm::event::SoftEvent`]).
+    pub soft_event: Option<svm::event::SoftEvent>,
     /// L1's state and L0's controls while L2 runs (never L1's page).
     pub hsave: PhysBox<Vmcb>,
     /// L0's MSR map merged with L1's, for L2 (L2's I/O map is L0's: it
@@ -66,6 +84,7 @@ impl Nested {
             gif: true,
             pending_interrupt: None,
             l2: None,
+            soft_event: None,
             hsave: PhysBox::new_zeroed().ok_or("out of memory for hsave")?,
             msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
             msrpm_holds_l0: false,
@@ -98,17 +117,14 @@ pub fn l1_vmcb_mut(memory: &mut GuestMemory, gpa: u64) -> Option<&mut Vmcb> {
     Some(unsafe { &mut *(bytes.as_mut_ptr() as *mut Vmcb) })
 }
 
-/// L1's MSR and I/O permission maps for vmcb12, in L1's memory (read
-/// where they are, never copied: checked to be inside at VMRUN).
-pub fn l1_maps<'m>(
-    memory: &'m GuestMemory,
-    vmcb12: &Vmcb,
-) -> Option<(&'m [u8; MSRPM_SIZE], &'m [u8; IOPM_SIZE])> {
-    let msrpm = memory
-        .slice(vmcb12.control.msrpm_base_pa & !0xfff, MSRPM_SIZE as u64)
-        .ok()?;
-    let iopm = memory
-        .slice(vmcb12.control.iopm_base_pa & !0xfff, IOPM_SIZE as u64)
-        .ok()?;
-    Some((msrpm.try_into().ok()?, iopm.try_into().ok()?))
+/// L1's MSR and I/O permission maps for vmcb12, read where they are in
+/// L1's memory, never copied. vmcb12's checks only keep them below
+/// MAXPHYADDR, so part or all of a map may lie outside L1's RAM: those
+/// bytes read as all-ones (unbacked memory on hardware), i.e. intercept.
+pub fn l1_maps<'m>(memory: &'m GuestMemory, vmcb12: &Vmcb) -> (MsrpmView<'m>, IopmView<'m>) {
+    let ram = memory.bytes();
+    (
+        MsrpmView::in_ram(ram, vmcb12.control.msrpm_base_pa & !0xfff),
+        IopmView::in_ram(ram, vmcb12.control.iopm_base_pa & !0xfff),
+    )
 }

@@ -5,21 +5,16 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{rip, Action, Stop};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
-use svm::event::sanitize_for_reinjection;
+use svm::event::{reported_event, unwind_soft_rip};
+use svm::nested::vmexit::write_vmexit_invalid;
 use svm::nested::vmexit::{restore_l1, save_l2_to_vmcb12, ExitInfo};
 use svm::{EventInfo, ExitCode};
 
 /// nRIP for L1 (which is offered NRIP save): the next RIP for instruction
 /// intercepts (APM Vol. 2, 15.7.1) — the CPU's when it saves nRIP, else
-/// decoded — from EXITINFO2 for IOIO, else 0.
+/// decoded — from EXITINFO2 for IOIO, else 0. Never the VMCB's NEXT_RIP
+/// for other exits: it is stale there (or vmcb12's own value).
 fn next_rip(vcpu: &Vcpu, vm: &Vm, host: &HostCpu, code: ExitCode) -> u64 {
-    let hardware = vcpu.vmcb.control.next_rip;
-    if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS)
-        && hardware != 0
-        && code != ExitCode::Ioio
-    {
-        return hardware;
-    }
     let instruction = matches!(
         code,
         ExitCode::Cpuid
@@ -39,6 +34,10 @@ fn next_rip(vcpu: &Vcpu, vm: &Vm, host: &HostCpu, code: ExitCode) -> u64 {
             | ExitCode::Invd
             | ExitCode::Xsetbv
     );
+    let hardware = vcpu.vmcb.control.next_rip;
+    if instruction && hardware != 0 && host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {
+        return hardware;
+    }
     match code {
         ExitCode::Ioio => vcpu.vmcb.control.exit_info2,
         _ if instruction => match rip::insn_len(vcpu, vm, host) {
@@ -49,9 +48,17 @@ fn next_rip(vcpu: &Vcpu, vm: &Vm, host: &HostCpu, code: ExitCode) -> u64 {
     }
 }
 
-/// Reflects the exit L2 just took to L1: L2's state and the exit go to
-/// vmcb12 in L1's memory, L1's state comes back from hsave by copy, L1's
-/// GIF is cleared, and L1 resumes after its VMRUN with its RAX intact.
+/// Reflects the exit L2 just took (or L0 made up: callers set EXITINFO1/2
+/// and clear EXITINTINFO) to L1: L2's state and the exit go to vmcb12 in
+/// L1's memory, L1's state comes back from hsave by copy, L1's GIF is
+/// cleared, and L1 resumes after its VMRUN with its RAX intact.
+///
+/// An event still in the active EVENTINJ was never delivered to L2 (the
+/// run loop clears EVENTINJ after every exit, so it is one L0 queued since,
+/// or vmcb12's own when L2 has not run yet): L1 finds it in EXITINTINFO
+/// and re-injects it (APM 15.7.2; KVM nested_save_pending_event_to_vmcb12).
+/// Such an exit has no NEXT_RIP. RIP is put back where L1 expects it if L0
+/// had moved it for a soft event ([`svm::event::unwind_soft_rip`]).
 pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
     let Some(l2) = vcpu.nested.l2.take() else {
         return Action::Stop(Stop::Unhandled(
@@ -59,23 +66,28 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         ));
     };
     let c = &vcpu.vmcb.control;
-    let int_info = EventInfo(c.exit_int_info);
+    let pending = EventInfo(c.event_inj);
+    // QEMU TCG types interrupts as exceptions in EXITINTINFO
+    // (docs/qemu-tcg.md): reported_event sanitizes it.
+    let int_info = reported_event(pending, EventInfo(c.exit_int_info));
     let exit = ExitInfo {
         code: code.to_raw(),
         info1: c.exit_info1,
         info2: c.exit_info2,
-        // QEMU TCG types interrupts as exceptions here (docs/qemu-tcg.md).
-        int_info: if int_info.is_valid() {
-            sanitize_for_reinjection(int_info).0
-        } else {
-            0
+        int_info: int_info.0,
+        next_rip: match pending.is_valid() {
+            true => 0,
+            false => next_rip(vcpu, vm, host, code),
         },
-        next_rip: next_rip(vcpu, vm, host, code),
     };
+    let host_nrips = host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS);
+    let soft = vcpu.nested.soft_event.take();
+    vcpu.vmcb.state.rip = unwind_soft_rip(int_info, vcpu.vmcb.state.rip, soft, host_nrips);
     let Some(vmcb12) = l1_vmcb_mut(&mut vm.memory, l2.vmcb12_gpa) else {
         return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
     };
     save_l2_to_vmcb12(&vcpu.vmcb, &exit, vmcb12);
+    super::show_l2_svme(vmcb12, &l2);
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
     vcpu.nested.gif = false;
@@ -98,11 +110,8 @@ pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
     let Some(vmcb12) = l1_vmcb_mut(&mut vm.memory, l2.vmcb12_gpa) else {
         return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
     };
-    vmcb12.control.exit_code = ExitCode::Invalid.to_raw();
-    vmcb12.control.exit_info1 = 0;
-    vmcb12.control.exit_info2 = 0;
-    vmcb12.control.exit_int_info = 0;
-    vmcb12.control.next_rip = 0;
+    write_vmexit_invalid(&mut vmcb12.control);
+    vcpu.nested.soft_event = None;
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     vcpu.vmcb
         .as_bytes_mut()

@@ -3,19 +3,15 @@
 
 use super::{l1_maps, l1_vmcb_mut, Nested, L2, L2_ASID};
 use crate::vmm::enable::HostCpu;
-use crate::vmm::exits::{inject, rip, Action, Stop};
+use crate::vmm::exits::{inject, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::{Vm, PASSTHROUGH_MSRS};
 use alloc::boxed::Box;
-use svm::nested::checks::{check_vmcb12, L1Limits, CR4_ALLOWED_DEFAULT, EFER_ALLOWED_DEFAULT};
+use svm::nested::checks::{check_vmcb12, enters_long_mode};
 use svm::nested::merge::merge_msrpm_holes;
-use svm::nested::vmrun::{build_l2_controls, load_l2_state, L2Controls};
+use svm::nested::vmexit::write_vmexit_invalid;
+use svm::nested::vmrun::{build_l2_controls, load_l2_state, soft_event_entry, L2Controls};
 use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
-
-/// VMEXIT_INVALID as software reads it from the VMCB (-1).
-const VMEXIT_INVALID: u64 = u64::MAX;
-/// The physical-address width vmcb12's addresses are checked against.
-pub const L1_MAX_PHYS_BITS: u8 = 40;
 
 /// Emulates VMRUN executed by L1.
 pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
@@ -34,8 +30,8 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     }
     // L1 resumes after its VMRUN when L2 exits.
     let resume_rip = match rip::insn_len(vcpu, vm, host) {
-        Ok(len) => vcpu.vmcb.state.rip.wrapping_add(len),
-        Err(stop) => return Action::Stop(stop),
+        Ok(len) => rip::rip_after(vcpu, len),
+        Err(no) => return no.deliver(vcpu, vm, host),
     };
 
     // Step 2: read vmcb12 from L1 memory once; only the copy is used after.
@@ -49,16 +45,10 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         .unwrap_or_else(zeroed_box::<Vmcb>);
     copy.as_bytes_mut().copy_from_slice(in_l1.as_bytes());
 
-    // Step 3: check the copy; a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
-    let limits = L1Limits {
-        memory_size: vm.memory.size(),
-        max_phys_bits: L1_MAX_PHYS_BITS,
-        npt_offered: false,
-        cr4_allowed: CR4_ALLOWED_DEFAULT,
-        efer_allowed: EFER_ALLOWED_DEFAULT,
-    };
+    // Step 3: check the copy against the CPU L1 is shown (its CPUID: see
+    // Vm::l1_limits); a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
     let verdict = if vm.vmcb12_checks {
-        check_vmcb12(&copy, &limits)
+        check_vmcb12(&copy, &vm.l1_limits)
     } else {
         Ok(())
     };
@@ -79,33 +69,36 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
             return inject(vcpu, gp);
         };
-        in_l1.control.exit_code = VMEXIT_INVALID;
-        in_l1.control.exit_info1 = 0;
-        in_l1.control.exit_info2 = 0;
-        in_l1.control.exit_int_info = 0;
-        in_l1.control.next_rip = 0;
+        write_vmexit_invalid(&mut in_l1.control);
         vcpu.nested.gif = false;
         vcpu.vmcb.state.rip = resume_rip;
         return Action::Resume;
     }
 
-    // Step 4: the permission maps for L2, the union of L0's and L1's (L1's
-    // are inside its memory: checked). L0 intercepts every port and every
-    // MSR but the few it passes through, so the union is L0's I/O map
-    // itself, and L0's MSR map with only those MSRs' bits taken from L1's.
-    // A map L1 does not enable (MSR_PROT clear) means nothing.
-    let Some((l1_msrpm, _)) = l1_maps(&vm.memory, &copy) else {
-        return Action::Stop(Stop::Unhandled(
-            "permission maps vanished after the checks".into(),
-        ));
+    // EFER.LMA is the CPU's, not L1's: set exactly when EFER.LME and
+    // CR0.PG are (APM 14.6.1), the condition every long-mode check keyed
+    // on, so L2 runs in the mode the checks judged.
+    let lma = svm::msr::EFER_LMA;
+    copy.state.efer = match enters_long_mode(&copy) {
+        true => copy.state.efer | lma,
+        false => copy.state.efer & !lma,
     };
+
+    // Step 4: the permission maps for L2, the union of L0's and L1's (L1's
+    // bytes outside its RAM read as all-ones). L0 intercepts every port
+    // and every MSR but the few it passes through, so the union is L0's
+    // I/O map itself, and L0's MSR map with only those MSRs' bits taken
+    // from L1's. A map L1 does not enable (MSR_PROT clear) means nothing.
+    let (l1_msrpm, _) = l1_maps(&vm.memory, &copy);
     let misc1 = InterceptMisc1::from_bits_retain(copy.control.intercept_misc1);
     let merged = &mut vcpu.nested.msrpm;
     if !vcpu.nested.msrpm_holds_l0 {
         merged.0.copy_from_slice(&vm.msrpm.0);
         vcpu.nested.msrpm_holds_l0 = true;
     }
-    let l1_map = misc1.contains(InterceptMisc1::MSR_PROT).then_some(l1_msrpm);
+    let l1_map = misc1
+        .contains(InterceptMisc1::MSR_PROT)
+        .then_some(&l1_msrpm);
     merge_msrpm_holes(l1_map, &PASSTHROUGH_MSRS, &mut merged.0);
 
     // Step 5: stash L1's state and L0's controls in hsave.
@@ -128,18 +121,28 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let active: &mut Vmcb = &mut vcpu.vmcb;
     active.control = build_l2_controls(&nested.hsave.control, &copy.control, &l2c);
     load_l2_state(&mut active.state, &copy.state);
+    let host_nrips = host.features.has(svm::SvmFeatureFlags::NRIPS);
+    let (rip, soft) = soft_event_entry(
+        copy.control.event_inj,
+        copy.state.rip,
+        copy.control.next_rip,
+        host_nrips,
+    );
+    active.state.rip = rip;
+    nested.soft_event = soft;
     nested.gif = true;
     nested.l2 = Some(L2 {
         vmcb12_gpa: gpa,
+        svme: copy.state.efer & svm::msr::EFER_SVME != 0,
         vmcb12: copy,
     });
     Action::Resume
 }
 
-/// Whether vmcb12 starts L2 in 64-bit mode (EFER.LMA, CR0.PG, CS.L).
+/// Whether vmcb12 starts L2 in 64-bit mode: long mode as the checks key
+/// it (EFER.LME and CR0.PG) with CS.L.
 fn long_mode(vmcb12: &Vmcb) -> bool {
-    let s = &vmcb12.state;
-    s.efer & svm::msr::EFER_LMA != 0 && s.cr0 & svm::cr::CR0_PG != 0 && s.cs.attrib & (1 << 9) != 0
+    enters_long_mode(vmcb12) && vmcb12.state.cs.attrib & svm::VmcbSegment::ATTR_L != 0
 }
 
 /// A zeroed `T` on the heap, never on the stack (a VMCB is 4 KiB).
