@@ -33,6 +33,8 @@ pub fn broken_rule(v: &Vmcb, max_phys_bits: u8) -> Option<&'static str> {
             .checked_add(len - 1)
             .is_none_or(|last| max_phys_bits < 64 && last >> max_phys_bits != 0)
     };
+    // Long mode: CR3 bits at or above MAXPHYADDR are MBZ.
+    let beyond_phys = |x: u64| max_phys_bits < 64 && x >> max_phys_bits != 0;
     let event = crate::EventInfo(c.event_inj);
     let rules: [(bool, &'static str); 17] = [
         (s.efer & EFER_SVME == 0, "EFER.SVME clear"),
@@ -41,7 +43,7 @@ pub fn broken_rule(v: &Vmcb, max_phys_bits: u8) -> Option<&'static str> {
             "CR0.CD clear and CR0.NW set",
         ),
         (s.cr0 >> 32 != 0, "CR0[63:32] not zero"),
-        (lme_pg && s.cr3 >> 52 != 0, "CR3 MBZ bits (long mode)"),
+        (lme_pg && beyond_phys(s.cr3), "CR3 MBZ bits (long mode)"),
         (s.cr4 & CR4_MBZ != 0, "CR4 MBZ bits"),
         (s.dr6 >> 32 != 0, "DR6[63:32] not zero"),
         (s.dr7 >> 32 != 0, "DR7[63:32] not zero"),
@@ -75,6 +77,69 @@ pub fn broken_rule(v: &Vmcb, max_phys_bits: u8) -> Option<&'static str> {
         .iter()
         .find(|(broken, _)| *broken)
         .map(|(_, why)| *why)
+}
+
+/// CR4 bits a CPU may offer, by the CPUID bit that offers each:
+/// `(bit, leaf, register index (0 EAX .. 3 EDX), register bit)`.
+pub const CR4_FEATURES: [(u32, u32, usize, u32); 9] = [
+    (11, 7, 2, 2),  // UMIP: CPUID 7.0 ECX[2]
+    (12, 7, 2, 16), // LA57: CPUID 7.0 ECX[16]
+    (16, 7, 1, 0),  // FSGSBASE: CPUID 7.0 EBX[0]
+    (17, 1, 2, 17), // PCIDE: CPUID 1 ECX[17]
+    (18, 1, 2, 26), // OSXSAVE: CPUID 1 ECX[26]
+    (20, 7, 1, 7),  // SMEP: CPUID 7.0 EBX[7]
+    (21, 7, 1, 20), // SMAP: CPUID 7.0 EBX[20]
+    (22, 7, 2, 3),  // PKE: CPUID 7.0 ECX[3]
+    (23, 7, 2, 7),  // CET: CPUID 7.0 ECX[7]
+];
+/// EFER bits a CPU may offer, as [`CR4_FEATURES`]: NXE, FFXSR, TCE.
+pub const EFER_FEATURES: [(u32, u32, usize, u32); 3] = [
+    (11, 0x8000_0001, 3, 20),
+    (14, 0x8000_0001, 3, 25),
+    (15, 0x8000_0001, 2, 17),
+];
+/// CR4 bits 0-10, which every long-mode CPU has.
+pub const CR4_BASE: u64 = 0x7ff;
+/// EFER bits every SVM CPU in long mode has: SCE, LME, LMA, SVME.
+pub const EFER_BASE: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 12);
+
+/// The bits of a [`CR4_FEATURES`]/[`EFER_FEATURES`] table that `cpuid`
+/// (leaf → `[eax, ebx, ecx, edx]`) offers, plus `base`.
+pub fn offered(
+    base: u64,
+    table: &[(u32, u32, usize, u32)],
+    cpuid: impl Fn(u32) -> [u32; 4],
+) -> u64 {
+    table
+        .iter()
+        .fold(base, |bits, &(bit, leaf, reg, cpuid_bit)| {
+            match cpuid(leaf)[reg] & (1 << cpuid_bit) != 0 {
+                true => bits | (1 << bit),
+                false => bits,
+            }
+        })
+}
+
+/// The rules of APM 15.5.1 and 15.16.1 as this CPU applies them: a CR4 or
+/// EFER bit the CPUID L1 sees does not offer is MBZ, and TLB_CONTROL 3/7
+/// need FlushByAsid (CPUID 0x8000_000A EDX[6]). (Beyond [`broken_rule`],
+/// which knows only what holds on every CPU.)
+pub fn cpuid_rule(
+    v: &Vmcb,
+    cr4_allowed: u64,
+    efer_allowed: u64,
+    flush_by_asid: bool,
+) -> Option<&'static str> {
+    if !flush_by_asid && matches!(v.control.tlb_control, 3 | 7) {
+        // APM 15.16.1: flushing this guest's entries needs FlushByAsid.
+        Some("TLB_CONTROL 3/7 without FlushByAsid")
+    } else if v.state.cr4 & !cr4_allowed != 0 {
+        Some("CR4 bit L1's CPUID does not offer")
+    } else if v.state.efer & !efer_allowed != 0 {
+        Some("EFER bit L1's CPUID does not offer")
+    } else {
+        None
+    }
 }
 
 /// APM 15.20: reserved types (1, 5-7), and exceptions with vector 2 (NMI)
@@ -167,7 +232,7 @@ mod tests {
             (|v| v.state.efer &= !EFER_SVME, "EFER.SVME clear"),
             (|v| v.state.cr0 |= CR0_NW, "CR0.CD clear and CR0.NW set"),
             (|v| v.state.cr0 |= 1 << 40, "CR0[63:32] not zero"),
-            (|v| v.state.cr3 |= 1 << 60, "CR3 MBZ bits (long mode)"),
+            (|v| v.state.cr3 |= 1 << 40, "CR3 MBZ bits (long mode)"),
             (|v| v.state.cr4 |= 1 << 15, "CR4 MBZ bits"),
             (|v| v.state.dr6 |= 1 << 32, "DR6[63:32] not zero"),
             (|v| v.state.dr7 |= 1 << 63, "DR7[63:32] not zero"),
@@ -210,6 +275,42 @@ mod tests {
         v.control.event_inj = (1 << 31) | (3 << 8) | 14;
         v.control.msrpm_base_pa = (1 << 40) - 0x2000;
         assert_eq!(broken_rule(&v, 40), None);
+    }
+
+    #[test]
+    fn cpuid_decides_the_feature_bits() {
+        // A CPU with SMEP (7.0 EBX[7]) and NX (0x8000_0001 EDX[20]) only.
+        let cpuid = |leaf: u32| match leaf {
+            7 => [0, 1 << 7, 0, 0],
+            0x8000_0001 => [0, 0, 0, 1 << 20],
+            _ => [0; 4],
+        };
+        let cr4 = offered(CR4_BASE, &CR4_FEATURES, cpuid);
+        let efer = offered(EFER_BASE, &EFER_FEATURES, cpuid);
+        assert_eq!(cr4, 0x7ff | (1 << 20));
+        assert_eq!(efer, EFER_BASE | (1 << 11));
+        let mut v = legal();
+        v.state.cr4 |= 1 << 20;
+        v.state.efer |= 1 << 11;
+        assert_eq!(cpuid_rule(&v, cr4, efer, false), None);
+        v.state.cr4 |= 1 << 16;
+        assert_eq!(
+            cpuid_rule(&v, cr4, efer, false),
+            Some("CR4 bit L1's CPUID does not offer")
+        );
+        v.state.cr4 &= !(1 << 16);
+        v.state.efer |= 1 << 14;
+        assert_eq!(
+            cpuid_rule(&v, cr4, efer, false),
+            Some("EFER bit L1's CPUID does not offer")
+        );
+        let mut v = legal();
+        v.control.tlb_control = 3;
+        assert_eq!(cpuid_rule(&v, cr4, efer, true), None);
+        assert_eq!(
+            cpuid_rule(&v, cr4, efer, false),
+            Some("TLB_CONTROL 3/7 without FlushByAsid")
+        );
     }
 
     #[test]

@@ -119,6 +119,10 @@ fn guest_main(params: &'static StartParams) -> ! {
     *rec = Record::new();
     rec.next = spec.first;
     let max_phys = (cpuid(0x8000_0008, 0)[0] & 0xff) as u8;
+    let leaf = |l: u32| cpuid(l, 0);
+    let cr4_allowed = svm::fuzz::offered(svm::fuzz::CR4_BASE, &svm::fuzz::CR4_FEATURES, leaf);
+    let efer_allowed = svm::fuzz::offered(svm::fuzz::EFER_BASE, &svm::fuzz::EFER_FEATURES, leaf);
+    let flush_by_asid = cpuid(0x8000_000a, 0)[3] & (1 << 6) != 0;
     let khz = u64::from(cpuid(0x4000_0010, 0)[0]);
     let deadline = match spec.ms {
         0 => u64::MAX,
@@ -146,6 +150,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         action: "none",
         ram: params.memory_size,
         max_phys,
+        cr4_allowed,
+        efer_allowed,
+        flush_by_asid,
         lines: 0,
         l2_may_write_tsc: false,
         replay: false,
@@ -189,7 +196,12 @@ fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
     sandbox::rebuild(&code[..len], offset);
     let entry = sandbox::CODE + offset as u64;
     let v = l1::vmcb();
-    vmcb12::template(v, &mut rng, mode, entry);
+    vmcb12::template(v, &mut rng, mode, entry, ctx.flush_by_asid);
+    // SAFETY: L1's own static; L2 cannot reach it.
+    let template = unsafe { &mut *addr_of_mut!(SENT) };
+    if ctx.replay {
+        template.clone_from(v);
+    }
     ctx.fields = vmcb12::corrupt(v, &mut rng, ctx.ram);
     if ctx.replay {
         println!(
@@ -200,6 +212,7 @@ fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
             ctx.fields,
             &code[..len]
         );
+        print_corruption(template, v);
     }
     let mut regs = l1::Regs::default();
     v.state.rax = if ctx.fields.fields[..ctx.fields.len].contains(&24) {
@@ -223,6 +236,17 @@ fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
     for _ in 0..steps {
         if !run_once(ctx, svm, &mut regs, pa) {
             break;
+        }
+    }
+}
+
+/// In replays: the bytes of vmcb12 the corruptions changed, as
+/// `offset: template -> corrupted` (offsets into the 4 KiB page).
+fn print_corruption(template: &Vmcb, v: &Vmcb) {
+    let (a, b) = (template.as_bytes(), v.as_bytes());
+    for (at, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        if x != y {
+            println!("fuzz: vmcb12[{at:#05x}]: {x:02x} -> {y:02x}");
         }
     }
 }
@@ -286,21 +310,24 @@ pub(crate) fn judge_vmrun(
             record().invalid_but_legal += 1;
             {
                 let st = &sent.state;
-                let long_mode = st.efer & svm::msr::EFER_LMA != 0
+                // L0 runs 64-bit L2s only (EFER.LME, CR0.PG, CS.L).
+                let long_mode = st.efer & svm::msr::EFER_LME != 0
                     && st.cr0 & svm::cr::CR0_PG != 0
                     && st.cs.attrib & (1 << 9) != 0;
-                let c = &sent.control;
-                let outside = |base: u64, len: u64| (base & !0xfff).saturating_add(len) > ctx.ram;
-                let why = if !long_mode {
-                    "L2 not in 64-bit mode (L0's limit)"
-                } else if c.nested_ctl & 1 != 0 {
-                    "NP enable (NPT not offered)"
-                } else if outside(c.msrpm_base_pa, 8 << 10) || outside(c.iopm_base_pa, 12 << 10) {
-                    "MSRPM/IOPM outside RAM (A4)"
-                } else {
-                    "unknown rule, or the CPU's"
+                let why = match svm::fuzz::cpuid_rule(
+                    sent,
+                    ctx.cr4_allowed,
+                    ctx.efer_allowed,
+                    ctx.flush_by_asid,
+                ) {
+                    _ if !long_mode => "L2 not in 64-bit mode (L0's limit)",
+                    Some(rule) => rule,
+                    None => "unknown rule, or the CPU's",
                 };
-                ctx.note(format_args!("legal vmcb12 refused: {why}"));
+                ctx.note(format_args!(
+                    "legal vmcb12 refused: {why} (EFER {:#x} CR0 {:#x} CR4 {:#x} CR3 {:#x})",
+                    st.efer, st.cr0, st.cr4, st.cr3
+                ));
             }
         }
         return false;

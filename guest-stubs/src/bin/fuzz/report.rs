@@ -19,6 +19,11 @@ pub(crate) struct Ctx {
     pub action: &'static str,
     pub ram: u64,
     pub max_phys: u8,
+    /// CR4 and EFER bits L1's CPUID offers (to tell L0's refusals apart).
+    pub cr4_allowed: u64,
+    pub efer_allowed: u64,
+    /// FlushByAsid (TLB_CONTROL 3 and 7) offered to L1.
+    pub flush_by_asid: bool,
     pub lines: u64,
     /// L2's code has a WRMSR: it may set the TSC (L1's too when L1 lets
     /// the write through, as on hardware), so no TSC oracle.

@@ -99,8 +99,9 @@ pub(crate) fn l2_value(rng: &mut Rng, ram: u64) -> u64 {
 }
 
 /// The valid template: L2 at CPL 0 or 3 in 64-bit mode on the sandbox,
-/// L1's CR0/CR4/EFER, random but legal controls.
-pub(crate) fn template(v: &mut Vmcb, rng: &mut Rng, mode: Mode, entry: u64) {
+/// L1's CR0/CR4/EFER, random but legal controls (TLB_CONTROL 3 and 7 only
+/// with FlushByAsid).
+pub(crate) fn template(v: &mut Vmcb, rng: &mut Rng, mode: Mode, entry: u64, flush_by_asid: bool) {
     *v = Vmcb::new();
     let c = &mut v.control;
     c.intercept_misc1 = KEEPALIVE_MISC1 | (rng.bits() as u32 & rng.bits() as u32);
@@ -114,7 +115,10 @@ pub(crate) fn template(v: &mut Vmcb, rng: &mut Rng, mode: Mode, entry: u64) {
     c.iopm_base_pa = l1::iopm().as_ptr() as u64;
     c.msrpm_base_pa = l1::msrpm().as_ptr() as u64;
     c.guest_asid = 1 + rng.below(16) as u32;
-    c.tlb_control = rng.pick(&[0u8, 1, 3, 7]);
+    c.tlb_control = match flush_by_asid {
+        true => rng.pick(&[0u8, 1, 3, 7]),
+        false => rng.pick(&[0u8, 1]),
+    };
     c.int_ctl = if rng.one_in(2) { 1 << 24 } else { 0 };
     c.tsc_offset = if rng.one_in(2) { 0 } else { rng.value() };
     let s = &mut v.state;
