@@ -10,8 +10,8 @@ mod oracle;
 
 pub use oracle::{
     broken_rule, cpuid_rule, emulator_checks_first, exit_intercepted, is_invalid, offered,
-    svm_address, AddressVerdict, CR4_BASE, CR4_FEATURES, CR4_MBZ, EFER_BASE, EFER_FEATURES,
-    EFER_MBZ,
+    reserved_exception_injected, svm_address, AddressVerdict, CR4_BASE, CR4_FEATURES, CR4_MBZ,
+    EFER_BASE, EFER_FEATURES, EFER_MBZ,
 };
 
 /// xorshift64* (Vigna): small, fast and good enough to pick corruptions.

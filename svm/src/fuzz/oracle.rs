@@ -142,6 +142,15 @@ pub fn cpuid_rule(
     }
 }
 
+/// An EVENTINJ exception (type 3) whose vector names no exception on AMD
+/// CPUs (APM Vol. 2, Table 8-1: 9, 15, 20, 22-27, 31): hardware and L0 may
+/// refuse it (APM 15.20). Not in [`broken_rule`], which keeps to what every
+/// CPU refuses; it tells L0's refusals apart.
+pub fn reserved_exception_injected(v: &Vmcb) -> bool {
+    let e = crate::EventInfo(v.control.event_inj);
+    e.is_valid() && e.raw_type() == 3 && matches!(e.vector(), 9 | 15 | 20 | 22..=27 | 31)
+}
+
 /// APM 15.20: reserved types (1, 5-7), and exceptions with vector 2 (NMI)
 /// or above 31, cannot be injected.
 fn event_legal(e: crate::EventInfo) -> bool {
@@ -311,6 +320,17 @@ mod tests {
             cpuid_rule(&v, cr4, efer, false),
             Some("TLB_CONTROL 3/7 without FlushByAsid")
         );
+    }
+
+    #[test]
+    fn reserved_exception_vectors() {
+        let mut v = legal();
+        v.control.event_inj = (1 << 31) | (3 << 8) | 27;
+        assert!(reserved_exception_injected(&v));
+        v.control.event_inj = (1 << 31) | (3 << 8) | 14;
+        assert!(!reserved_exception_injected(&v));
+        v.control.event_inj = (1 << 31) | 27; // an external interrupt
+        assert!(!reserved_exception_injected(&v));
     }
 
     #[test]

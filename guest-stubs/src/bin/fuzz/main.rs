@@ -321,6 +321,9 @@ pub(crate) fn judge_vmrun(
                     ctx.flush_by_asid,
                 ) {
                     _ if !long_mode => "L2 not in 64-bit mode (L0's limit)",
+                    _ if svm::fuzz::reserved_exception_injected(sent) => {
+                        "EVENTINJ of a reserved exception vector"
+                    }
                     Some(rule) => rule,
                     None => "unknown rule, or the CPU's",
                 };
