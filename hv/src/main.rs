@@ -76,6 +76,16 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     }
 
     banner::print(&boot);
+    // `fuzz=SEED,ITERATIONS[,MINUTES[,START]]`: the hostile-L1 fuzzer
+    // instead of the self-tests.
+    if let Some(spec) = boot.cmdline_value("fuzz") {
+        let clean = selftest::fuzz::run(spec);
+        exit(if clean {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        })
+    }
     let summary = selftest::run(boot.cmdline_value("tests"));
     exit(if summary.failed == 0 {
         ExitCode::Success

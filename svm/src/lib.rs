@@ -26,6 +26,7 @@ pub mod event;
 pub mod exception;
 pub mod exec_ctl;
 pub mod exit;
+pub mod fuzz;
 pub mod guest_abi;
 pub mod int_ctl;
 pub mod intercept;

@@ -17,6 +17,9 @@ commands:
   test    host unit tests of every crate, then the QEMU boot tests
   lint    rustfmt check and clippy (host crates and bare-metal crates)
   bench   instructions per exit round trip, counted under QEMU -icount (release kernel)
+  fuzz    the hostile-L1 fuzzer under QEMU TCG (release kernel): histogram, failures,
+          `fuzz: N iterations, seed S: K hypervisor failures`; fails when K > 0 or
+          QEMU died
 
 options:
   --release                 optimized kernel (build, run, image, test)
@@ -27,6 +30,10 @@ options:
   --gdb                     run: wait for gdb on :1234 before the first instruction
   --timeout SECS            run: kill QEMU and fail after SECS seconds
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
+  --seed S                  fuzz: seed (default: from the clock, printed)
+  --iterations N            fuzz: iterations (default 10000)
+  --minutes M               fuzz: stop after M minutes
+  --start I                 fuzz: first iteration (to replay one: --iterations 1)
 
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
@@ -43,6 +50,7 @@ pub enum Task {
     Test { release: bool },
     Lint,
     Bench,
+    Fuzz(crate::tasks::fuzz::FuzzArgs),
 }
 
 /// How `run` should boot.
@@ -106,10 +114,27 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         },
         "lint" => Task::Lint,
         "bench" => Task::Bench,
+        "fuzz" => Task::Fuzz(parse_fuzz(&mut options)?),
         other => bail!("unknown command `{other}` (see cargo xtask --help)"),
     };
     options.finish()?;
     Ok(task)
+}
+
+fn parse_fuzz(options: &mut Options) -> Result<crate::tasks::fuzz::FuzzArgs> {
+    let defaults = crate::tasks::fuzz::FuzzArgs::default();
+    Ok(crate::tasks::fuzz::FuzzArgs {
+        seed: options.value("--seed", parse_u64)?,
+        iterations: options
+            .value("--iterations", parse_u64)?
+            .unwrap_or(defaults.iterations),
+        minutes: options.value("--minutes", parse_u64)?,
+        start: options.value("--start", parse_u64)?.unwrap_or(0),
+    })
+}
+
+fn parse_u64(word: &str) -> std::result::Result<u64, &'static str> {
+    word.parse().map_err(|_| "a non-negative integer")
 }
 
 fn parse_boot(word: &str) -> std::result::Result<Boot, &'static str> {
@@ -256,6 +281,33 @@ mod tests {
         };
         assert!(!args.release);
         assert_eq!(args.cmdline, vec!["--release".to_string()]);
+    }
+
+    #[test]
+    fn fuzz_takes_its_options() {
+        use crate::tasks::fuzz::{FuzzArgs, DEFAULT_ITERATIONS};
+        assert_eq!(
+            parse_words("fuzz").unwrap(),
+            Task::Fuzz(FuzzArgs {
+                seed: None,
+                iterations: DEFAULT_ITERATIONS,
+                minutes: None,
+                start: 0
+            })
+        );
+        assert_eq!(
+            parse_words("fuzz --seed 7 --iterations=20000 --minutes 10 --start 1700").unwrap(),
+            Task::Fuzz(FuzzArgs {
+                seed: Some(7),
+                iterations: 20000,
+                minutes: Some(10),
+                start: 1700
+            })
+        );
+        assert!(parse_words("fuzz --seed -1").is_err());
+        assert!(parse_words("fuzz --iterations").is_err());
+        assert!(parse_words("fuzz --release").is_err());
+        assert!(parse_words("fuzz -- x").is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn execute(task: Task) -> Result<bool> {
         Task::Test { release } => tasks::test::test(release)?,
         Task::Lint => tasks::lint::lint()?,
         Task::Bench => tasks::bench::bench()?,
+        Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),
         Task::Run(args) => {
             let verdict = tasks::run::run(&args)?;
             eprintln!("xtask: {verdict}");

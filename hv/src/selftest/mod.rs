@@ -6,6 +6,7 @@
 //! `, N skipped`). The command-line word `tests=<prefix>[,<prefix>...]`
 //! selects tests by name prefix; `tests=none` runs none.
 
+pub mod fuzz;
 mod guest;
 mod nested;
 mod tsc;

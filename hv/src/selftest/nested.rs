@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 51] = [
+pub static CASES: [Case; 65] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -96,6 +96,20 @@ pub static CASES: [Case; 51] = [
     case("nested::l2_dr7_write"),
     case("nested::l2_cr8_with_v_irq"),
     case("nested::vmload_zero_tr_user_fault"),
+    case("nested::checks_decide_before_the_cpu"),
+    case("nested::vmrun_invalid_cr0_high"),
+    case("nested::vmrun_invalid_cr0_nw_without_cd"),
+    case("nested::vmrun_invalid_cr3_beyond_maxphyaddr"),
+    case("nested::vmrun_invalid_cr4_hidden_feature"),
+    case("nested::vmrun_invalid_dr6_high"),
+    case("nested::vmrun_invalid_dr7_high"),
+    case("nested::vmrun_invalid_efer_reserved"),
+    case("nested::vmrun_invalid_long_mode_without_pae"),
+    case("nested::vmrun_invalid_long_mode_without_pe"),
+    case("nested::vmrun_invalid_cs_long_and_default"),
+    case("nested::vmrun_invalid_vmrun_not_intercepted"),
+    case("nested::vmrun_invalid_eventinj_vector"),
+    case("nested::np_enable_ignored_without_npt"),
     // ISSUE 8 C: unbacked L1-physical memory.
     case("nested::l2_unbacked_memory"),
     case("nested::l2_unbacked_page_walk"),

@@ -7,7 +7,11 @@
 //! Reserved bits are those of the CPU L1 is shown ([`L1Limits::from_cpuid`],
 //! built from the CPUID L1 sees), so a bit CPUID offers L1 is never refused
 //! and a bit it hides always is. Beyond the architectural list, L0 also
-//! refuses features it does not offer L1 (nested paging, FlushByAsid).
+//! refuses TLB_CONTROL encodings needing FlushByAsid when it is not
+//! offered (KVM's `nested_svm_check_tlb_ctl`). NP_ENABLE is ignored when
+//! nested paging is not offered (KVM's `__nested_copy_vmcb_control_to_cache`;
+//! a CPU without nested paging has no such bit): L2's CR3 stays an
+//! L1-physical address under L0's nested page tables, as always.
 //!
 //! Checking is pure: it reads the VMCB copy and the limits, nothing else.
 
@@ -37,8 +41,8 @@ pub struct L1Limits {
     /// MAXPHYADDR L1 sees (CPUID 0x8000_0008 EAX\[7:0\]); physical-address
     /// bits at or above it are reserved.
     pub max_phys_bits: u8,
-    /// Whether nested paging is offered to L1 (false for now: vmcb12 with
-    /// NP_ENABLE must fail).
+    /// Whether nested paging is offered to L1 (false for now: vmcb12's
+    /// NP_ENABLE and nCR3 are ignored). When it is, nCR3 is checked.
     pub npt_offered: bool,
     /// Whether FlushByAsid is offered to L1 (TLB_CONTROL 3 and 7).
     pub flush_by_asid: bool,
@@ -103,8 +107,9 @@ pub enum Vmcb12Error {
     /// TLB_CONTROL holds a reserved encoding, or one needing FlushByAsid,
     /// which is not offered (APM 15.16.1).
     TlbControl(u8),
-    /// NP_ENABLE is set but L0 does not offer nested paging to L1.
-    NestedPagingNotOffered,
+    /// Nested paging is offered, NP_ENABLE is set, and nCR3 has bits at or
+    /// above MAXPHYADDR (KVM's `nested_vmcb_check_controls`).
+    NestedCr3Reserved(u64),
     /// EVENTINJ holds an event VMRUN would refuse (APM 15.20).
     IllegalEventInj(IllegalEvent),
 }
@@ -115,7 +120,7 @@ pub enum Vmcb12Error {
 /// The order is the APM's list: EFER.SVME, CR0.CD/NW, CR0\[63:32\], CR3,
 /// CR4, DR6, DR7, EFER MBZ, the three long-mode rules, the VMRUN
 /// intercept, the permission maps, EVENTINJ, ASID; then TLB_CONTROL (KVM's
-/// `nested_svm_check_tlb_ctl`) and the L0-specific nested-paging rule.
+/// `nested_svm_check_tlb_ctl`) and nCR3 when nested paging is offered.
 /// Only the first failure is reported, so the order matters only for
 /// VMCBs that break several rules.
 ///
@@ -215,8 +220,10 @@ fn check_controls(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if !tlb_ok {
         return Err(Vmcb12Error::TlbControl(c.tlb_control));
     }
-    if c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0 && !limits.npt_offered {
-        return Err(Vmcb12Error::NestedPagingNotOffered);
+    // NP_ENABLE means nothing unless nested paging is offered.
+    if c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0 && limits.npt_offered {
+        let reserved = u64::MAX << limits.max_phys_bits.min(MAX_CR3_PHYS_BITS);
+        mbz(c.ncr3 & reserved, Vmcb12Error::NestedCr3Reserved)?;
     }
     Ok(())
 }
@@ -520,11 +527,6 @@ mod tests {
                 E::TlbControl(0xFF),
             ),
             (
-                "NP_ENABLE",
-                |v| v.control.nested_ctl = NestedCtl::NP_ENABLE.bits(),
-                E::NestedPagingNotOffered,
-            ),
-            (
                 "inject exception vector 2",
                 |v| v.control.event_inj = EventInfo::exception(2).0,
                 E::IllegalEventInj(IllegalEvent::NotAnException(2)),
@@ -578,6 +580,11 @@ mod tests {
                 v.control.intercept_exceptions = u32::MAX;
             }),
             ("other nested_ctl bits", |v| v.control.nested_ctl = !1),
+            // Not offered: ignored, whatever nCR3 holds.
+            ("NP_ENABLE without nested paging", |v| {
+                v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+                v.control.ncr3 = u64::MAX;
+            }),
             ("legal injected #PF", |v| {
                 v.control.event_inj = EventInfo::exception_with_error_code(14, 2).0;
             }),
@@ -764,8 +771,17 @@ mod tests {
     fn npt_allowed_when_offered() {
         let mut v = baseline();
         v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+        v.control.ncr3 = TOP - 0x1000;
         let mut l = limits();
         l.npt_offered = true;
+        assert_eq!(check_vmcb12(&v, &l), Ok(()));
+        v.control.ncr3 = TOP | 0x1000;
+        assert_eq!(
+            check_vmcb12(&v, &l),
+            Err(Vmcb12Error::NestedCr3Reserved(TOP))
+        );
+        // Without NP_ENABLE nCR3 means nothing.
+        v.control.nested_ctl = 0;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
     }
 
@@ -803,5 +819,141 @@ mod tests {
                 2
             )))
         );
+    }
+
+    /// The VMRUN checks of QEMU TCG 7.2 (`helper_vmrun` and
+    /// `is_efer_invalid_state`, target/i386/tcg/sysemu/svm_helper.c), the
+    /// CPU L0 runs on here, applied to what L0 hands it for vmcb12 `v`:
+    /// L1's save area with EFER.LMA = LME && PG, L0's own maps, ASID,
+    /// intercepts and TLB_CONTROL (never refused). QEMU checks CR3 against
+    /// its MAXPHYADDR whenever the host is in long mode (L0 always is).
+    /// See docs/qemu-tcg.md, "VMRUN's checks".
+    fn qemu_refuses(v: &Vmcb, phys_bits: u8, cr4_reserved: u64) -> bool {
+        const FFXSR: u64 = 1 << 14;
+        let s = &v.state;
+        let efer = match enters_long_mode(v) {
+            true => s.efer | EFER_LMA,
+            false => s.efer & !EFER_LMA,
+        };
+        let efer_known = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME | FFXSR;
+        let lme_pg = efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+        let cs_l_d =
+            s.cs.attrib & VmcbSegment::ATTR_L != 0 && s.cs.attrib & VmcbSegment::ATTR_DB != 0;
+        let event = EventInfo(v.control.event_inj);
+        let bad_event = event.is_valid()
+            && match event.raw_type() {
+                0 | 2 | 4 => false,
+                3 => event.vector() == 2 || event.vector() >= 31,
+                _ => true,
+            };
+        s.cr0 & HIGH_HALF != 0
+            || (s.cr0 & CR0_NW != 0 && s.cr0 & CR0_CD == 0)
+            || s.cr3 & (u64::MAX << phys_bits) != 0
+            || s.cr4 & cr4_reserved != 0
+            || s.dr6 & HIGH_HALF != 0
+            || s.dr7 & HIGH_HALF != 0
+            || efer & EFER_SVME == 0
+            || efer & !efer_known != 0
+            || (lme_pg && s.cr4 & CR4_PAE == 0)
+            || (lme_pg && s.cr0 & CR0_PE == 0)
+            || (lme_pg && s.cr4 & CR4_PAE != 0 && cs_l_d)
+            || bad_event
+    }
+
+    /// The CPU of this machine as L1 sees it: `-cpu qemu64,+svm,+smep`
+    /// (no XSAVE, PCID, FSGSBASE, FFXSR), 40 physical bits.
+    fn qemu64_cpu() -> L1Cpuid {
+        L1Cpuid {
+            leaf1: [0, 0, 0, 0],
+            leaf7: [0, 1 << 7, 0, 0],
+            ext1: [0, 0, 1 << 2, (1 << 29) | (1 << 20)],
+            ext8: Some([40, 0, 0, 0]),
+            ext_a: [1, 16, 0, 1 << 3],
+        }
+    }
+
+    /// QEMU 7.2's reserved CR4 bits for that CPU (`cr4_reserved_bits`):
+    /// all but bits 0-10, PCIDE (never gated on CPUID) and SMEP.
+    const QEMU64_CR4_RESERVED: u64 = !(0x7FF | (1 << 17) | CR4_SMEP);
+
+    /// The vmcb12 a hostile L1 builds: the baseline with 1-4 corruptions
+    /// of the fields the CPU checks.
+    fn corrupted() -> impl Strategy<Value = Vmcb> {
+        let edit = (0u8..12, any::<u64>());
+        proptest::collection::vec(edit, 1..=4).prop_map(|edits| {
+            let mut v = baseline();
+            for (field, r) in edits {
+                let bit = 1u64 << (r % 64);
+                let s = &mut v.state;
+                match field {
+                    0 => s.cr0 ^= bit,
+                    1 => s.cr3 ^= bit,
+                    2 => s.cr4 ^= bit,
+                    3 => s.efer ^= bit,
+                    4 => s.dr6 ^= bit,
+                    5 => s.dr7 ^= bit,
+                    6 => s.cs.attrib ^= 1 << (r % 16),
+                    7 => v.control.event_inj = r & 0xFFFF_FFFF_8000_0FFF,
+                    8 => v.control.event_inj = EventInfo::exception(r as u8).0,
+                    9 => s.cr0 ^= 1 << (r % 32),
+                    10 => s.cr4 ^= 1 << (r % 24),
+                    _ => s.efer ^= 1 << (r % 16),
+                }
+            }
+            v
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        // Enough cases that a single-bit rule (CR0.PE) is hit many times.
+        #![proptest_config(ProptestConfig::with_cases(8192))]
+
+        /// What L0 accepts the CPU here accepts too: L0's verdict, not the
+        /// emulator's, decides every VMRUN (the guest-side twin is
+        /// `nested::checks_decide_before_the_cpu`).
+        #[test]
+        fn the_cpu_never_refuses_what_l0_accepts(v in corrupted()) {
+            let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
+            if check_vmcb12(&v, &limits).is_ok() {
+                prop_assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED));
+            }
+        }
+    }
+
+    /// Where L0 refuses what QEMU TCG accepts, the APM is on L0's side
+    /// (docs/qemu-tcg.md lists these as emulator deviations).
+    #[test]
+    fn l0_stricter_than_qemu_where_the_apm_says() {
+        let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
+        let cases: &[(&str, Mutation, Vmcb12Error)] = &[
+            (
+                "CR4.PCIDE without PCID in CPUID (APM 15.5.1: CR4 MBZ bits)",
+                |v| v.state.cr4 |= 1 << 17,
+                Vmcb12Error::Cr4Reserved(1 << 17),
+            ),
+            (
+                "EFER.FFXSR without FFXSR in CPUID (APM 15.5.1: EFER MBZ bits)",
+                |v| v.state.efer |= 1 << 14,
+                Vmcb12Error::EferReserved(1 << 14),
+            ),
+            (
+                "exception vector 9, reserved (APM 15.20)",
+                |v| v.control.event_inj = EventInfo::exception(9).0,
+                Vmcb12Error::IllegalEventInj(IllegalEvent::NotAnException(9)),
+            ),
+            (
+                "exception vector 27, reserved (APM 15.20)",
+                |v| v.control.event_inj = EventInfo::exception(27).0,
+                Vmcb12Error::IllegalEventInj(IllegalEvent::NotAnException(27)),
+            ),
+        ];
+        for (name, mutate, expected) in cases {
+            let mut v = baseline();
+            mutate(&mut v);
+            assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED), "{name}");
+            assert_eq!(check_vmcb12(&v, &limits), Err(*expected), "{name}");
+        }
     }
 }

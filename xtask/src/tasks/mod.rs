@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod fuzz;
 pub mod image;
 pub mod lint;
 pub mod run;

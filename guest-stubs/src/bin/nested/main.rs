@@ -87,6 +87,34 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
         "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
+        "nested::checks_decide_before_the_cpu" => checks_decide_before_the_cpu(),
+        "nested::vmrun_invalid_cr0_high" => vmrun_invalid(|v| v.state.cr0 |= 1 << 32),
+        "nested::vmrun_invalid_cr0_nw_without_cd" => {
+            vmrun_invalid(|v| v.state.cr0 = (v.state.cr0 & !(1 << 30)) | (1 << 29))
+        }
+        "nested::vmrun_invalid_cr3_beyond_maxphyaddr" => {
+            vmrun_invalid(|v| v.state.cr3 |= 1 << max_phys_bits())
+        }
+        "nested::vmrun_invalid_cr4_hidden_feature" => {
+            vmrun_invalid(|v| v.state.cr4 |= hidden_cr4_bit())
+        }
+        "nested::vmrun_invalid_dr6_high" => vmrun_invalid(|v| v.state.dr6 |= 1 << 32),
+        "nested::vmrun_invalid_dr7_high" => vmrun_invalid(|v| v.state.dr7 |= 1 << 63),
+        "nested::vmrun_invalid_efer_reserved" => vmrun_invalid(|v| v.state.efer |= 1 << 9),
+        "nested::vmrun_invalid_long_mode_without_pae" => {
+            vmrun_invalid(|v| v.state.cr4 &= !svm::cr::CR4_PAE)
+        }
+        "nested::vmrun_invalid_long_mode_without_pe" => {
+            vmrun_invalid(|v| v.state.cr0 &= !svm::cr::CR0_PE)
+        }
+        "nested::vmrun_invalid_cs_long_and_default" => {
+            vmrun_invalid(|v| v.state.cs.attrib |= svm::VmcbSegment::ATTR_DB)
+        }
+        "nested::vmrun_invalid_vmrun_not_intercepted" => {
+            vmrun_invalid(|v| v.control.intercept_misc2 &= !InterceptMisc2::VMRUN.bits())
+        }
+        "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
+        "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
         "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
@@ -174,7 +202,7 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
     let good = l1::vmcb().clone();
     break_it(l1::vmcb());
     l1::vmcb().control.event_inj = EventInfo::external_interrupt(0x30).0;
-    let (_, code) = l1::run(&mut regs);
+    let (_, code) = refused_by_l0(&mut regs);
     check_eq!(code, VMEXIT_INVALID, "exit code of a bad vmcb12");
     check_eq!(
         l1::vmcb().control.event_inj & EventInfo::VALID,
@@ -186,7 +214,7 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
     // An illegal EVENTINJ (reserved type 1) is refused too.
     l1::prepare(l2::entry);
     l1::vmcb().control.event_inj = EventInfo::VALID | (1 << 8) | 0x20;
-    let (_, code) = l1::run(&mut regs);
+    let (_, code) = refused_by_l0(&mut regs);
     check_eq!(
         code,
         VMEXIT_INVALID,
@@ -197,6 +225,80 @@ fn vmrun_invalid(break_it: fn(&mut Vmcb)) {
         0,
         "refused EVENTINJ left valid"
     );
+}
+
+/// [`l1::run`], checking that the CPU refused nothing: a VMEXIT_INVALID L1
+/// gets must be L0's verdict (APM 15.5.1 checks made on vmcb12 before
+/// L2's state reaches the CPU), not the CPU's refusal of the state L0
+/// built from it (which L0 would count as an exit with that code).
+#[track_caller]
+fn refused_by_l0(regs: &mut Regs) -> (u64, u64) {
+    let before = exits_of(ExitCode::Invalid);
+    let result = l1::run(regs);
+    check_eq!(
+        exits_of(ExitCode::Invalid) - before,
+        0,
+        "VMEXIT_INVALIDs from the CPU (a vmcb12 L0's checks let through)"
+    );
+    result
+}
+
+/// MAXPHYADDR as L1 sees it (CPUID 0x8000_0008 EAX[7:0]).
+fn max_phys_bits() -> u32 {
+    cpuid(0x8000_0008, 0)[0] & 0xFF
+}
+
+/// The first CR4 bit whose feature CPUID hides from L1 (so reserved).
+fn hidden_cr4_bit() -> u64 {
+    let [_, _, ecx1, _] = cpuid(1, 0);
+    let [_, ebx7, ecx7, _] = cpuid(7, 0);
+    let candidates = [
+        (ebx7 & (1 << 0), 16),  // FSGSBASE
+        (ecx1 & (1 << 26), 18), // XSAVE: OSXSAVE
+        (ecx7 & (1 << 3), 22),  // PKU: PKE
+        (ecx7 & (1 << 16), 12), // LA57
+        (ebx7 & (1 << 20), 21), // SMAP
+        (ecx7 & (1 << 2), 11),  // UMIP
+    ];
+    match candidates.iter().find(|(shown, _)| *shown == 0) {
+        Some(&(_, bit)) => 1 << bit,
+        None => fail(format_args!("CPUID shows L1 every candidate CR4 feature")),
+    }
+}
+
+/// EVENTINJ of TYPE exception with a vector that is no exception (NMI's
+/// 2, reserved 9, 15, 22-27, 31, and 32 up) is L0's VMEXIT_INVALID (APM
+/// 15.20); QEMU TCG refuses only 2 and 31 up (docs/qemu-tcg.md). The
+/// defined vectors L1 does not intercept reach L2 (no IDT: triple fault,
+/// SHUTDOWN to L1).
+fn vmrun_invalid_eventinj_vector() {
+    let mut regs = setup(Task::Yield, 0);
+    for vector in [2u8, 9, 15, 22, 27, 31, 32, 0xFF] {
+        l1::prepare(l2::entry);
+        l1::vmcb().control.event_inj = EventInfo::exception(vector).0;
+        let (_, code) = refused_by_l0(&mut regs);
+        check!(
+            code == VMEXIT_INVALID,
+            "exception vector {vector} in EVENTINJ: exit {code:#x}"
+        );
+    }
+    l1::prepare(l2::entry);
+    l1::vmcb().control.event_inj = EventInfo::exception(6).0;
+    run_expect(&mut regs, ExitCode::Shutdown);
+}
+
+/// Nested paging is not offered (CPUID 0x8000_000A EDX.NP clear), so
+/// vmcb12's NP_ENABLE and nCR3 mean nothing: L2 runs on L1's CR3 as
+/// always (KVM clears NP_ENABLE for an L1 without NPT; a CPU without
+/// nested paging has no such bit). Refusing it was L0's own rule.
+fn np_enable_ignored_without_npt() {
+    check_eq!(cpuid(0x8000_000A, 0)[3] & 1, 0, "NP offered to L1");
+    let mut regs = setup(Task::Yield, 0);
+    let c = &mut l1::vmcb().control;
+    c.nested_ctl = 1;
+    c.ncr3 = 0xFFFF_0000_DEAD_B000;
+    let (_, code) = refused_by_l0(&mut regs);
+    check_eq!(ExitCode::from_raw(code), ExitCode::Hlt, "L2's exit");
 }
 
 /// L0 raises #GP for L2's RDMSR of an unknown MSR (L1's MSR map lets it
@@ -1342,6 +1444,138 @@ fn hsave_pa_below_maxphyaddr(memory_size: u64) {
     l1::prepare(l2::entry);
     let mut regs = Regs::default();
     run_expect(&mut regs, ExitCode::Hlt);
+}
+
+/// xorshift64: the corruption stream of [`checks_decide_before_the_cpu`].
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Corrupts one field VMRUN loads into the CPU from vmcb12 (L0 replaces the
+/// controls the CPU checks itself: maps, ASID, intercepts, TLB_CONTROL,
+/// nested paging). Never RIP, RSP, GDTR, IDTR or CR3's address bits: L2
+/// must not touch memory outside L1's RAM. Returns the field's name.
+fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
+    let r = xorshift(x);
+    let bit = 1u64 << (xorshift(x) % 64);
+    let s = &mut v.state;
+    match r % 16 {
+        0 => {
+            s.cr0 ^= bit;
+            "cr0"
+        }
+        1 => {
+            // Bits above 39 or the low 12 (PWT, PCD, ignored bits).
+            s.cr3 ^= bit & !0xFF_FFFF_F000;
+            "cr3"
+        }
+        2 => {
+            s.cr4 ^= bit;
+            "cr4"
+        }
+        3 => {
+            s.efer ^= bit;
+            "efer"
+        }
+        4 => {
+            s.dr6 ^= bit;
+            "dr6"
+        }
+        5 => {
+            s.dr7 ^= bit;
+            "dr7"
+        }
+        6 => {
+            s.rflags ^= bit;
+            "rflags"
+        }
+        7 => {
+            s.cs.attrib ^= 1 << (bit.trailing_zeros() % 16);
+            "cs.attrib"
+        }
+        8 => {
+            s.ss.attrib ^= 1 << (bit.trailing_zeros() % 16);
+            "ss.attrib"
+        }
+        9 => {
+            s.cpl = xorshift(x) as u8 & 3;
+            "cpl"
+        }
+        10 => {
+            v.control.event_inj = xorshift(x) & 0xFFFF_FFFF_8000_0FFF;
+            "event_inj"
+        }
+        11 => {
+            v.control.event_inj ^= bit;
+            "event_inj bit"
+        }
+        12 => {
+            s.ds.attrib = xorshift(x) as u16;
+            "ds.attrib"
+        }
+        // The architectural low bits, more often.
+        13 => {
+            s.cr0 ^= 1 << (bit.trailing_zeros() % 32);
+            "cr0 low"
+        }
+        14 => {
+            s.cr4 ^= 1 << (bit.trailing_zeros() % 24);
+            "cr4 low"
+        }
+        _ => {
+            s.efer ^= 1 << (bit.trailing_zeros() % 16);
+            "efer low"
+        }
+    }
+}
+
+/// L0's checks, not the CPU, decide VMRUN: vmcb12s corrupted in the fields
+/// the CPU loads (1-4 per run, a fixed xorshift stream) either run L2 or
+/// get VMEXIT_INVALID from L0; the CPU never refuses one (L0 counts the
+/// CPU's VMEXIT_INVALIDs as exits of that code). Each refusal by the CPU is
+/// printed with its iteration and the corrupted fields.
+fn checks_decide_before_the_cpu() {
+    const ITERATIONS: u64 = 600;
+    let mut regs = setup(Task::Yield, 0);
+    // Every exception exits to L1, so no corruption runs L2 far.
+    l1::vmcb().control.intercept_exceptions = u32::MAX;
+    let good = l1::vmcb().clone();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let (mut by_l0, mut by_cpu, mut ran) = (0, 0, 0);
+    for i in 0..ITERATIONS {
+        let mut v = good.clone();
+        let n = 1 + xorshift(&mut x) % 4;
+        let mut fields = [""; 4];
+        for f in fields.iter_mut().take(n as usize) {
+            *f = corrupt(&mut v, &mut x);
+        }
+        let s = v.state;
+        let inj = v.control.event_inj;
+        *l1::vmcb() = v;
+        let before = exits_of(ExitCode::Invalid);
+        let (_, code) = l1::run(&mut regs);
+        let cpu = exits_of(ExitCode::Invalid) - before;
+        match (code == VMEXIT_INVALID, cpu) {
+            (_, 0) if code == VMEXIT_INVALID => by_l0 += 1,
+            (_, 0) => ran += 1,
+            _ => {
+                by_cpu += 1;
+                println!(
+                    "iteration {i}: the CPU refused ({fields:?}): cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} dr6 {:#x} dr7 {:#x} rflags {:#x} cs {:#x} ss {:#x} cpl {} eventinj {inj:#x}",
+                    s.cr0, s.cr3, s.cr4, s.efer, s.dr6, s.dr7, s.rflags, s.cs.attrib, s.ss.attrib, s.cpl
+                );
+            }
+        }
+    }
+    println!("checks vs CPU: {ITERATIONS} vmcb12s, {ran} ran, {by_l0} refused by L0, {by_cpu} by the CPU");
+    check_eq!(by_cpu, 0, "vmcb12s the CPU refused after L0's checks");
+    check!(
+        ran > ITERATIONS / 10 && by_l0 > ITERATIONS / 10,
+        "too few of one kind"
+    );
 }
 
 /// L2's accesses to unbacked L1-physical memory (L1 has no nested paging,

@@ -1,0 +1,82 @@
+//! Running QEMU for the fuzzer with hang detection: a console silent for
+//! too long ends the run.
+
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{bail, process, runner, Result};
+
+/// Runs QEMU like [`runner::run`] with the console echoed, killing it at
+/// `timeout` or when its console stays silent for `idle` (a hang).
+pub(super) fn run_watched(
+    mut cmd: Command,
+    timeout: Duration,
+    idle: Duration,
+) -> Result<runner::Outcome> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe and touches only the new child: the
+    // kernel kills QEMU if xtask dies first.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    process::echo(&cmd);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => bail!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
+    };
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let pump = |mut pipe: Box<dyn Read + Send>, mut sink: Box<dyn Write + Send>| {
+        let last = Arc::clone(&last);
+        std::thread::spawn(move || {
+            let (mut all, mut buf) = (Vec::new(), [0u8; 4096]);
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                all.extend_from_slice(&buf[..n]);
+                // The console is best effort.
+                let _ = sink.write_all(&buf[..n]).and_then(|()| sink.flush());
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            }
+            all
+        })
+    };
+    let out = pump(
+        Box::new(child.stdout.take().expect("piped")),
+        Box::new(std::io::stdout()),
+    );
+    let err = pump(
+        Box::new(child.stderr.take().expect("piped")),
+        Box::new(std::io::stderr()),
+    );
+    let started = Instant::now();
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (Some(status), None);
+        }
+        let silent = last.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let waited = started.elapsed();
+        if waited >= timeout || silent >= idle {
+            // Kill fails only if QEMU exited meanwhile; wait reaps it anyway.
+            let _ = child.kill();
+            child.wait()?;
+            break (None, Some(if waited >= timeout { timeout } else { silent }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+    };
+    Ok(runner::Outcome {
+        status: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        serial: text(out),
+        stderr: text(err),
+    })
+}
