@@ -123,6 +123,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::np_enable_ignored_without_npt",
     "nested::l2_unbacked_memory",
     "nested::l2_unbacked_page_walk",
+    "nested::l2_unbacked_cr3_faults",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 65] = [
+pub static CASES: [Case; 66] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -113,4 +113,5 @@ pub static CASES: [Case; 65] = [
     // ISSUE 8 C: unbacked L1-physical memory.
     case("nested::l2_unbacked_memory"),
     case("nested::l2_unbacked_page_walk"),
+    case("nested::l2_unbacked_cr3_faults"),
 ];

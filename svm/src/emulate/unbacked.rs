@@ -7,6 +7,8 @@
 //! walk faults on them (reserved bits), and with paging off linear
 //! addresses are 32 bits wide.
 
+use crate::event::{EventInfo, EventType};
+
 /// The first guest-physical address beyond a MAXPHYADDR of
 /// `max_phys_bits`, capped at 2^48 (what 4-level nested tables map).
 pub fn phys_limit(max_phys_bits: u8) -> u64 {
@@ -36,6 +38,29 @@ pub fn reserved_error_code(cpl: u8, write: bool, fetch: bool, nxe: bool) -> u32 
         code |= 1 << 4;
     }
     code
+}
+
+/// What a #PF raised while the CPU delivers `first` becomes (APM Vol. 2,
+/// 8.2.9, the double-fault table): after a #PF, a #DF; after a #DF, a
+/// shutdown (triple fault); after a benign or contributory event, the #PF
+/// itself (delivered serially).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultInDelivery {
+    /// The #PF.
+    PageFault,
+    /// #DF (error code 0).
+    DoubleFault,
+    /// Shutdown.
+    Shutdown,
+}
+
+/// See [`FaultInDelivery`]; `first` is EXITINTINFO.
+pub fn page_fault_in_delivery(first: EventInfo) -> FaultInDelivery {
+    match (first.event_type(), first.vector()) {
+        (Some(EventType::Exception), 8) => FaultInDelivery::Shutdown,
+        (Some(EventType::Exception), 14) => FaultInDelivery::DoubleFault,
+        _ => FaultInDelivery::PageFault,
+    }
 }
 
 /// A string store (STOS, MOVS) whose destination is unbacked: what the CPU
@@ -152,6 +177,22 @@ mod tests {
         assert!(is_unbacked(0x40_0000, 0x40_0000, limit));
         assert!(is_unbacked(limit - 1, 0x40_0000, limit));
         assert!(!is_unbacked(limit, 0x40_0000, limit));
+    }
+
+    #[test]
+    fn page_faults_while_delivering() {
+        use FaultInDelivery as F;
+        let f = page_fault_in_delivery;
+        assert_eq!(
+            f(EventInfo::exception_with_error_code(14, 9)),
+            F::DoubleFault
+        );
+        assert_eq!(f(EventInfo::exception_with_error_code(8, 0)), F::Shutdown);
+        assert_eq!(f(EventInfo::exception_with_error_code(13, 0)), F::PageFault);
+        assert_eq!(f(EventInfo::exception(6)), F::PageFault);
+        assert_eq!(f(EventInfo::external_interrupt(0x30)), F::PageFault);
+        assert_eq!(f(EventInfo::nmi()), F::PageFault);
+        assert_eq!(f(EventInfo::software_interrupt(14)), F::PageFault, "INT 14");
     }
 
     #[test]

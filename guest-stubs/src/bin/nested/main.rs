@@ -117,6 +117,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
         "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
+        "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -1620,4 +1621,44 @@ fn l2_unbacked_page_walk(memory_size: u64) {
         "#PF error code and address (EXITINFO1, EXITINFO2)"
     );
     check_eq!(l2::result(0), 0, "L2 went on past the faulting read");
+}
+
+/// L2 starts with CR3 in unbacked memory (and L1's IDT): its fetch walks an
+/// all-ones PML4E, a #PF with RSVD (L1 intercepting #PF sees it, EXITINFO2
+/// = RIP); without that intercept the #PF's delivery walks the same
+/// tables: #DF (L1 intercepting #DF sees it); without that, the #DF's
+/// delivery faults too: shutdown, which L1 intercepts (APM 8.2.9).
+fn l2_unbacked_cr3_faults(memory_size: u64) {
+    let a = guest_stubs::unbacked::address(memory_size);
+    let mut idtr = [0u8; 10];
+    // SAFETY: SIDT stores 10 bytes into the buffer.
+    unsafe { asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let limit = u32::from(u16::from_le_bytes([idtr[0], idtr[1]]));
+    let base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
+    let nxe = rdmsr(EFER) & svm::msr::EFER_NXE != 0;
+    for (vector, want) in [
+        (Some(14), ExitCode::Exception(14)),
+        (Some(8), ExitCode::Exception(8)),
+        (None, ExitCode::Shutdown),
+    ] {
+        let mut regs = setup(Task::Yield, 0);
+        let v = l1::vmcb();
+        v.state.cr3 = a;
+        v.state.idtr.base = base;
+        v.state.idtr.limit = limit;
+        if let Some(vector) = vector {
+            v.control.intercept_exceptions |= 1 << vector;
+        }
+        let rip = v.state.rip;
+        run_expect(&mut regs, want);
+        if vector == Some(14) {
+            let c = &l1::vmcb().control;
+            let code = if nxe { 0x19 } else { 0x9 };
+            check_eq!(
+                (c.exit_info1, c.exit_info2),
+                (code, rip),
+                "#PF of the fetch (EXITINFO1, EXITINFO2)"
+            );
+        }
+    }
 }

@@ -20,15 +20,16 @@
 //!   instruction whose store L0 does not complete): the VM stops, as
 //!   before (limits, documented in README).
 
-use super::{rip, Action, Stop};
+use super::{nested, raise, rip, Action, Stop};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use rip::NoInsn;
 use svm::decode::{AluSrc, CallTarget, Decoded, RegRef, StoreDrop};
 use svm::emulate::alu;
-use svm::emulate::unbacked::StringRegs;
-use svm::{EventInfo, NpfErrorCode};
+use svm::emulate::fetch::{self, Paging};
+use svm::emulate::unbacked::{page_fault_in_delivery, FaultInDelivery, StringRegs};
+use svm::{EventInfo, ExitCode, InterceptMisc1, NpfErrorCode};
 
 /// RFLAGS.DF.
 const RFLAGS_DF: u64 = 1 << 10;
@@ -44,10 +45,14 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     if !rip::is_unbacked(vm, gpa) || !info.contains(NpfErrorCode::PRESENT) {
         return Action::Stop(stop());
     }
-    if EventInfo(c.exit_int_info).is_valid() {
-        // Pushing an event's frame, or reading its gate, through unbacked
-        // memory: L0 does not emulate event delivery.
-        return limit(vm, "event delivery through unbacked memory", stop());
+    let first = EventInfo(c.exit_int_info);
+    if first.is_valid() {
+        if info.contains(NpfErrorCode::GUEST_PAGE_TABLE) {
+            return walk_in_delivery(vcpu, vm, host, first, stop());
+        }
+        // Pushing an event's frame onto unbacked memory: L0 does not
+        // emulate event delivery.
+        return limit(vm, "an event's frame pushed onto unbacked memory", stop());
     }
     if info.contains(NpfErrorCode::GUEST_PAGE_TABLE) {
         page_walk(vcpu, vm, host, stop())
@@ -107,6 +112,82 @@ fn page_walk(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Action
             stop,
         ),
     }
+}
+
+/// The CPU's walk met unbacked memory while delivering `first`
+/// (EXITINTINFO): a #PF (RSVD) in the delivery, which the double-fault
+/// rules turn into #DF or shutdown (APM 8.2.9).
+fn walk_in_delivery(
+    vcpu: &mut Vcpu,
+    vm: &mut Vm,
+    host: &HostCpu,
+    first: EventInfo,
+    stop: Stop,
+) -> Action {
+    match page_fault_in_delivery(first) {
+        FaultInDelivery::Shutdown => shutdown(vcpu, vm, host),
+        FaultInDelivery::DoubleFault => {
+            raise(vcpu, vm, host, EventInfo::exception_with_error_code(8, 0))
+        }
+        FaultInDelivery::PageFault => match delivery_fault(vcpu, vm, first) {
+            Some(no) => no.deliver(vcpu, vm, host),
+            None => limit(
+                vm,
+                "a page walk through unbacked memory while delivering an event, for an access L0 does not find",
+                stop,
+            ),
+        },
+    }
+}
+
+/// A triple fault: L1's #VMEXIT(SHUTDOWN) if L2 ran and L1 intercepts it,
+/// else the VM shuts down (APM 15.11; KVM shuts L1 down when it does not
+/// intercept L2's shutdown).
+fn shutdown(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    vcpu.vmcb.control.event_inj = 0;
+    if let Some(l2) = &vcpu.nested.l2 {
+        if l2.vmcb12.control.intercept_misc1 & InterceptMisc1::SHUTDOWN.bits() != 0 {
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = 0;
+            c.exit_info2 = 0;
+            c.exit_int_info = 0;
+            return nested::vmexit::reflect(vcpu, vm, host, ExitCode::Shutdown);
+        }
+    }
+    Action::Stop(Stop::Shutdown)
+}
+
+/// The #PF of an event delivery (long mode, no IST, at CPL 0) through
+/// unbacked tables: the IDT gate's walk, then the frame's (APM 8.9.3: the
+/// frame goes at RSP aligned down to 16). Delivery accesses are
+/// supervisor accesses (U/S clear in the error code).
+fn delivery_fault(vcpu: &Vcpu, vm: &Vm, first: EventInfo) -> Option<NoInsn> {
+    let s = &vcpu.vmcb.state;
+    if fetch::paging(s.cr0, s.efer) != Paging::Long {
+        return None;
+    }
+    let supervisor = |no: NoInsn| match no {
+        NoInsn::Fault {
+            event,
+            cr2: Some(cr2),
+        } => NoInsn::Fault {
+            event: EventInfo::exception_with_error_code(14, event.error_code().unwrap_or(0) & !4),
+            cr2: Some(cr2),
+        },
+        _ => no,
+    };
+    let gate = s.idtr.base.wrapping_add(u64::from(first.vector()) * 16);
+    if let Some(no) = walk_fault(vcpu, vm, gate, 16, false) {
+        return supervisor(no).into();
+    }
+    let mut bytes = [0u8; 8];
+    rip::read_linear(vcpu, vm, gate, &mut bytes).ok()?;
+    let ist = bytes[4] & 7;
+    if ist != 0 || s.cpl != 0 {
+        return None;
+    }
+    let top = s.rsp & !0xF;
+    walk_fault(vcpu, vm, top.wrapping_sub(48), 48, true).map(supervisor)
 }
 
 /// A store to unbacked memory: drop it and complete the instruction.
