@@ -271,3 +271,10 @@ pub fn visit_legacy_mode() -> (u32, u32) {
     };
     (leaf0, efer)
 }
+
+/// MOV CR3, value (`0F 22 D8`, 3 bytes).
+pub fn write_cr3(value: u64) {
+    // SAFETY: the caller writes its own CR3 back (same tables), or a value
+    // the hypervisor refuses with #GP (caught, 3 bytes).
+    unsafe { asm!("mov cr3, rax", in("rax") value, options(nostack)) };
+}

@@ -52,6 +52,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::cr_writes_checked" => cr_writes_checked,
         "guest::leave_long_mode" => leave_long_mode,
         "guest::ltr_checked" => ltr_checked,
+        "guest::cr3_write_checked" => cr3_write_checked,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -570,4 +571,42 @@ fn ltr_checked(_: &StartParams) {
         "TSS type after ltr (busy)"
     );
     expect_gp("ltr of a busy TSS", 3, u64::from(TSS_SEL), || ltr(TSS_SEL));
+}
+
+/// MOV CR3 gets the CPU's checks (QEMU loads any value, then refuses the
+/// next VMRUN): bits at or above MAXPHYADDR, and bit 63 without PCIDE, are
+/// #GP(0) and leave CR3 as it was (APM 3.1.2); valid values load, PWT/PCD
+/// included; with PCIDE (if the CPU has PCID) bit 63 is not stored.
+fn cr3_write_checked(_: &StartParams) {
+    use guest_stubs::privileged::{read_cr, write_cr3, write_cr4};
+    let cr3 = read_cr(3);
+    let max_phys = cpuid(0x8000_0008, 0)[0] & 0xff;
+    expect_gp("CR3 bit MAXPHYADDR", 3, 0, || {
+        write_cr3(cr3 | 1 << max_phys)
+    });
+    expect_gp("CR3 bit 63 without PCIDE", 3, 0, || {
+        write_cr3(cr3 | 1 << 63)
+    });
+    expect_gp("CR3 = the fuzzer's value", 3, 0, || {
+        write_cr3(0xea38_a504_73e1_82b5)
+    });
+    check_eq!(read_cr(3), cr3, "CR3 after refused writes");
+    write_cr3(cr3);
+    check_eq!(read_cr(3), cr3, "CR3 reloaded");
+    write_cr3(cr3 | 0x18);
+    check_eq!(read_cr(3), cr3 | 0x18, "CR3 with PWT and PCD");
+    write_cr3(cr3);
+    if cpuid(1, 0)[2] & (1 << 17) == 0 {
+        println!("no PCID: PCIDE part skipped");
+        return;
+    }
+    let (cr4, pcide) = (read_cr(4), 1u64 << 17);
+    write_cr4(cr4 | pcide);
+    write_cr3(cr3 | 1 << 63 | 5);
+    check_eq!(read_cr(3), cr3 | 5, "CR3 after a no-flush write of PCID 5");
+    expect_gp("CR3 bit 62 with PCIDE", 3, 0, || {
+        write_cr3(cr3 | 1 << 63 | 1 << 62)
+    });
+    write_cr3(cr3);
+    write_cr4(cr4);
 }
