@@ -278,3 +278,18 @@ pub fn write_cr3(value: u64) {
     // the hypervisor refuses with #GP (caught, 3 bytes).
     unsafe { asm!("mov cr3, rax", in("rax") value, options(nostack)) };
 }
+
+/// Sets RFLAGS.TF and runs MOV CR3, value: the single-step #DB follows the
+/// MOV itself. Whoever handles it must clear TF.
+pub fn single_step_write_cr3(value: u64) {
+    // SAFETY: as for write_cr3; pushfq/popfq are balanced.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "mov cr3, rax",
+            in("rax") value,
+        )
+    };
+}

@@ -596,6 +596,18 @@ fn cr3_write_checked(_: &StartParams) {
     write_cr3(cr3 | 0x18);
     check_eq!(read_cr(3), cr3 | 0x18, "CR3 with PWT and PCD");
     write_cr3(cr3);
+    // Single-stepped: the #DB follows the MOV (L0 raises it; the host side
+    // checks that the CPU raised none after the next instruction).
+    write_dr(6, DR6_CLEAR);
+    match catch_trap(|| guest_stubs::privileged::single_step_write_cr3(cr3)) {
+        Some(f) => check!(
+            f.vector == 1 && f.dr6 & DR6_BS != 0,
+            "single-stepped MOV CR3: vector {}, DR6 {:#x}",
+            f.vector,
+            f.dr6
+        ),
+        None => fail(format_args!("single-stepped MOV CR3: no #DB")),
+    }
     if cpuid(1, 0)[2] & (1 << 17) == 0 {
         println!("no PCID: PCIDE part skipped");
         return;
