@@ -608,6 +608,16 @@ fn cr3_write_checked(_: &StartParams) {
         ),
         None => fail(format_args!("single-stepped MOV CR3: no #DB")),
     }
+    // The cost of a CR3 write (every one exits), for `cargo xtask bench`.
+    const N: u64 = 100;
+    let l0_before = call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0);
+    let t0 = guest_stubs::cpu::rdtsc();
+    for _ in 0..N {
+        write_cr3(cr3);
+    }
+    let per = (guest_stubs::cpu::rdtsc() - t0) / N;
+    let l0 = (call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0) - l0_before) / N;
+    println!("MOV CR3 round trip (MOV CR3 -> L0 -> guest): {per} TSC ticks as the guest measures it, {l0} in L0");
     if cpuid(1, 0)[2] & (1 << 17) == 0 {
         println!("no PCID: PCIDE part skipped");
         return;

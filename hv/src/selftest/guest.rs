@@ -233,8 +233,8 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| match o.vcpu.exit_count(ExitCode::CrWrite(3)) {
             // The single-step #DB after MOV CR3 is L0's to raise.
-            n if n >= 7 => exits_are(o, ExitCode::Exception(1), 0),
-            n => Err(format!("{n} CR3 write exits, expected at least 7")),
+            n if n >= 107 => exits_are(o, ExitCode::Exception(1), 0),
+            n => Err(format!("{n} CR3 write exits, expected at least 107")),
         },
     },
 ];
