@@ -312,8 +312,8 @@ mod tests {
         assert_eq!(write_cr3(&LONG, 1 << 40, 40), gp, "bit MAXPHYADDR");
         assert_eq!(write_cr3(&LONG, 1 << 63, 40), gp, "bit 63 without PCIDE");
         assert_eq!(write_cr3(&LONG, 1 << 52, 64), gp, "bits 63:52 MBZ");
-        let (ok, flush) = write_cr3(&LONG, (1 << 40) - 0x1000 | 0x18, 40).unwrap();
-        assert_eq!((ok.cr3, flush), ((1 << 40) - 0x1000 | 0x18, true));
+        let (ok, flush) = write_cr3(&LONG, ((1 << 40) - 0x1000) | 0x18, 40).unwrap();
+        assert_eq!((ok.cr3, flush), (((1 << 40) - 0x1000) | 0x18, true));
         assert_eq!(
             ok,
             CrState {
@@ -339,7 +339,10 @@ mod tests {
         };
         let (ok, flush) = write_cr3(&pcid, CR3_NO_FLUSH | 0x3005, 40).unwrap();
         assert_eq!((ok.cr3, flush), (0x3005, false));
-        assert_eq!(write_cr3(&pcid, 0x3005, 40).unwrap().1, true);
+        assert!(
+            write_cr3(&pcid, 0x3005, 40).unwrap().1,
+            "flush without bit 63"
+        );
         assert_eq!(write_cr3(&pcid, CR3_NO_FLUSH | 1 << 62, 40), gp);
     }
 
