@@ -26,6 +26,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::cr_writes_checked",
     "guest::leave_long_mode",
     "guest::ltr_checked",
+    "guest::cr3_write_checked",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -118,6 +119,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::vmrun_invalid_vmrun_not_intercepted",
     "nested::vmrun_invalid_eventinj_vector",
     "nested::np_enable_ignored_without_npt",
+    "nested::l2_cr3_reserved_bits",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -225,6 +225,18 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::TrWrite, 6),
     },
+    // MOV CR3 emulated with the CPU's checks (QEMU checks nothing).
+    Case {
+        name: "guest::cr3_write_checked",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::CrWrite(3)) {
+            // The single-step #DB after MOV CR3 is L0's to raise.
+            n if n >= 107 => exits_are(o, ExitCode::Exception(1), 0),
+            n => Err(format!("{n} CR3 write exits, expected at least 107")),
+        },
+    },
 ];
 
 /// Tests QEMU TCG cannot run (docs/qemu-tcg.md): not in the default run;

@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 63] = [
+pub static CASES: [Case; 64] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -110,4 +110,5 @@ pub static CASES: [Case; 63] = [
     case("nested::vmrun_invalid_vmrun_not_intercepted"),
     case("nested::vmrun_invalid_eventinj_vector"),
     case("nested::np_enable_ignored_without_npt"),
+    case("nested::l2_cr3_reserved_bits"),
 ];

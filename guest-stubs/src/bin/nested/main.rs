@@ -115,6 +115,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         }
         "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
         "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
+        "nested::l2_cr3_reserved_bits" => hardening::l2_cr3_reserved_bits(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
