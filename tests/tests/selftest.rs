@@ -27,6 +27,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::leave_long_mode",
     "guest::ltr_checked",
     "guest::cr3_write_checked",
+    "guest::single_step_over_emulated",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.

@@ -53,6 +53,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::leave_long_mode" => leave_long_mode,
         "guest::ltr_checked" => ltr_checked,
         "guest::cr3_write_checked" => cr3_write_checked,
+        "guest::single_step_over_emulated" => single_step_over_emulated,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -631,4 +632,73 @@ fn cr3_write_checked(_: &StartParams) {
     });
     write_cr3(cr3);
     write_cr4(cr4);
+}
+
+/// Single-stepping over instructions L0 emulates (CPUID, RDMSR, OUT):
+/// each ends with the single-step #DB (DR6.BS) right after it, as on the
+/// CPU, raised by L0 itself (the host side checks that the CPU raised no
+/// #DB: an emulated instruction never runs on it).
+fn single_step_over_emulated(_: &StartParams) {
+    fn stepped(name: &str, step: fn()) {
+        write_dr(6, DR6_CLEAR);
+        let Some(f) = catch_trap(step) else {
+            fail(format_args!("{name}: single step raised no #DB"))
+        };
+        check!(
+            f.vector == 1 && f.dr6 & DR6_BS != 0,
+            "{name}: vector {} DR6 {:#x}, expected #DB with BS",
+            f.vector,
+            f.dr6
+        );
+    }
+    stepped("CPUID", step_cpuid);
+    stepped("RDMSR", step_rdmsr);
+    stepped("OUT", step_out);
+}
+
+// In the three below, POPFQ sets TF, so the trap follows the next
+// instruction; the #DB handler clears TF.
+fn step_cpuid() {
+    // SAFETY: CPUID changes only the registers named (RBX saved around it).
+    unsafe {
+        asm!(
+            "push rbx",
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "cpuid",
+            "pop rbx",
+            inout("eax") 0 => _,
+            out("ecx") _,
+            out("edx") _,
+        )
+    };
+}
+
+fn step_rdmsr() {
+    // SAFETY: RDMSR of EFER changes only EAX and EDX.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "rdmsr",
+            in("ecx") svm::msr::EFER,
+            out("eax") _,
+            out("edx") _,
+        )
+    };
+}
+
+fn step_out() {
+    // SAFETY: port 0x80 has no device; the OUT is dropped by L0.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "out 0x80, al",
+            in("al") 0u8,
+        )
+    };
 }

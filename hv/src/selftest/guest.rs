@@ -237,6 +237,15 @@ pub static CASES: &[Case] = &[
             n => Err(format!("{n} CR3 write exits, expected at least 107")),
         },
     },
+    Case {
+        name: "guest::single_step_over_emulated",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // Three instructions L0 emulates, each single-stepped: the #DB is
+        // L0's to raise (an emulated instruction never runs on the CPU).
+        check: |o| exits_are(o, ExitCode::Exception(1), 0),
+    },
 ];
 
 /// Tests QEMU TCG cannot run (docs/qemu-tcg.md): not in the default run;

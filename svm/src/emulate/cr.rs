@@ -166,18 +166,6 @@ pub fn write_cr3(s: &CrState, value: u64, max_phys_bits: u8) -> Result<(CrState,
     Ok((CrState { cr3, ..*s }, !no_flush))
 }
 
-/// RFLAGS.TF.
-pub const RFLAGS_TF: u64 = 1 << 8;
-/// DR6.BS: the #DB is a single-step trap.
-pub const DR6_BS: u64 = 1 << 14;
-
-/// After an instruction L0 emulated: the DR6 of the single-step #DB the
-/// CPU raises when RFLAGS.TF was set at its start (APM Vol. 2 ch. 13,
-/// single-step; KVM's `kvm_skip_emulated_instruction`), or `None`.
-pub fn single_step_dr6(rflags: u64, dr6: u64) -> Option<u64> {
-    (rflags & RFLAGS_TF != 0).then_some(dr6 | DR6_BS)
-}
-
 /// MOV to CR8: the new task priority (V_TPR under V_INTR_MASKING, APM
 /// 15.21.4), or #GP(0) when bits 63:4 are set (APM 3.1.5).
 pub fn write_cr8(value: u64) -> Result<u8, Fault> {
@@ -344,15 +332,6 @@ mod tests {
             "flush without bit 63"
         );
         assert_eq!(write_cr3(&pcid, CR3_NO_FLUSH | 1 << 62, 40), gp);
-    }
-
-    #[test]
-    fn single_step_after_an_emulated_write() {
-        assert_eq!(single_step_dr6(0x2, 0xffff_0ff0), None);
-        assert_eq!(
-            single_step_dr6(0x2 | RFLAGS_TF, 0xffff_0ff0),
-            Some(0xffff_0ff0 | DR6_BS)
-        );
     }
 
     #[test]

@@ -166,26 +166,12 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
             let s = &mut vcpu.vmcb.state;
             (s.cr0, s.cr3, s.cr4, s.efer) = (new.cr0, new.cr3, new.cr4, new.efer);
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            single_step(vcpu, vm, host)
+            rip::single_step(vcpu, vm, host)
         }
         Err(f) => {
             let event = fault_event(vcpu, f);
             raise(vcpu, vm, host, event)
         }
-    }
-}
-
-/// After an emulated write: the single-step #DB the CPU would have raised
-/// (the guest's own single-stepping, or L1's through #VMEXIT(#DB); the
-/// fuzzer single-steps L2 over MOV CR3).
-fn single_step(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
-    let s = &mut vcpu.vmcb.state;
-    match rules::single_step_dr6(s.rflags, s.dr6) {
-        Some(dr6) => {
-            s.dr6 = dr6;
-            raise(vcpu, vm, host, EventInfo::exception(1))
-        }
-        None => Action::Resume,
     }
 }
 
