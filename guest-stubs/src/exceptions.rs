@@ -300,15 +300,7 @@ pub fn run_user(entry: u64, user_rsp: u64, rflags: u64) -> Option<Fault> {
         );
     }
     USER_RETURN_RIP.store(0, Ordering::SeqCst);
-    match VECTOR.load(Ordering::SeqCst) {
-        u64::MAX => None,
-        vector => Some(Fault {
-            vector,
-            error_code: ERROR_CODE.load(Ordering::SeqCst),
-            cr2: CR2.load(Ordering::SeqCst),
-            dr6: DR6.load(Ordering::SeqCst),
-        }),
-    }
+    taken()
 }
 
 /// Runs `f`, whose faulting instruction (if any) is `insn_len` bytes long and
@@ -329,6 +321,11 @@ fn catch_with(skip: u64, f: impl FnOnce()) -> Option<Fault> {
     SKIP.store(skip, Ordering::SeqCst);
     f();
     SKIP.store(0, Ordering::SeqCst);
+    taken()
+}
+
+/// The fault the handler recorded since VECTOR was reset, if any.
+fn taken() -> Option<Fault> {
     match VECTOR.load(Ordering::SeqCst) {
         u64::MAX => None,
         vector => Some(Fault {

@@ -271,3 +271,25 @@ pub fn visit_legacy_mode() -> (u32, u32) {
     };
     (leaf0, efer)
 }
+
+/// MOV CR3, value (`0F 22 D8`, 3 bytes).
+pub fn write_cr3(value: u64) {
+    // SAFETY: the caller writes its own CR3 back (same tables), or a value
+    // the hypervisor refuses with #GP (caught, 3 bytes).
+    unsafe { asm!("mov cr3, rax", in("rax") value, options(nostack)) };
+}
+
+/// Sets RFLAGS.TF and runs MOV CR3, value: the single-step #DB follows the
+/// MOV itself. Whoever handles it must clear TF.
+pub fn single_step_write_cr3(value: u64) {
+    // SAFETY: as for write_cr3; pushfq/popfq are balanced.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "mov cr3, rax",
+            in("rax") value,
+        )
+    };
+}

@@ -21,6 +21,19 @@ pub const L0_EXCEPTIONS: ExceptionIntercepts = ExceptionIntercepts::DB
 /// DR7.GD, general detect (APM Vol. 2, 13.1.1.5).
 pub const DR7_GD: u64 = 1 << 13;
 
+/// RFLAGS.TF.
+pub const RFLAGS_TF: u64 = 1 << 8;
+/// DR6.BS: the #DB is a single-step trap.
+pub const DR6_BS: u64 = 1 << 14;
+
+/// After an instruction L0 emulated (CPUID, RDMSR, MOV CR, ...): the DR6
+/// of the single-step #DB the CPU raises when RFLAGS.TF was set at its
+/// start (APM Vol. 2, 13.1.4 single-step; KVM's
+/// `kvm_skip_emulated_instruction`), or `None`.
+pub fn single_step_dr6(rflags: u64, dr6: u64) -> Option<u64> {
+    (rflags & RFLAGS_TF != 0).then_some(dr6 | DR6_BS)
+}
+
 /// What L0 does with an exception exit it owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExceptionExit {
@@ -78,6 +91,15 @@ pub fn l0_exception_exit(vector: u8, exit_info1: u64, dr7: u64) -> ExceptionExit
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn single_step_after_an_emulated_instruction() {
+        assert_eq!(single_step_dr6(0x2, 0xffff_0ff0), None);
+        assert_eq!(
+            single_step_dr6(0x2 | RFLAGS_TF, 0xffff_0ff0),
+            Some(0xffff_0ff0 | DR6_BS)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -52,6 +52,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::cr_writes_checked" => cr_writes_checked,
         "guest::leave_long_mode" => leave_long_mode,
         "guest::ltr_checked" => ltr_checked,
+        "guest::cr3_write_checked" => cr3_write_checked,
+        "guest::single_step_over_emulated" => single_step_over_emulated,
         "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
         "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
@@ -824,4 +826,133 @@ fn ltr_checked(_: &StartParams) {
         "TSS type after ltr (busy)"
     );
     expect_gp("ltr of a busy TSS", 3, u64::from(TSS_SEL), || ltr(TSS_SEL));
+}
+
+/// MOV CR3 gets the CPU's checks (QEMU loads any value, then refuses the
+/// next VMRUN): bits at or above MAXPHYADDR, and bit 63 without PCIDE, are
+/// #GP(0) and leave CR3 as it was (APM 3.1.2); valid values load, PWT/PCD
+/// included; with PCIDE (if the CPU has PCID) bit 63 is not stored.
+fn cr3_write_checked(_: &StartParams) {
+    use guest_stubs::privileged::{read_cr, write_cr3, write_cr4};
+    let cr3 = read_cr(3);
+    let max_phys = cpuid(0x8000_0008, 0)[0] & 0xff;
+    expect_gp("CR3 bit MAXPHYADDR", 3, 0, || {
+        write_cr3(cr3 | 1 << max_phys)
+    });
+    expect_gp("CR3 bit 63 without PCIDE", 3, 0, || {
+        write_cr3(cr3 | 1 << 63)
+    });
+    expect_gp("CR3 = the fuzzer's value", 3, 0, || {
+        write_cr3(0xea38_a504_73e1_82b5)
+    });
+    check_eq!(read_cr(3), cr3, "CR3 after refused writes");
+    write_cr3(cr3);
+    check_eq!(read_cr(3), cr3, "CR3 reloaded");
+    write_cr3(cr3 | 0x18);
+    check_eq!(read_cr(3), cr3 | 0x18, "CR3 with PWT and PCD");
+    write_cr3(cr3);
+    // Single-stepped: the #DB follows the MOV (L0 raises it; the host side
+    // checks that the CPU raised none after the next instruction).
+    write_dr(6, DR6_CLEAR);
+    match catch_trap(|| guest_stubs::privileged::single_step_write_cr3(cr3)) {
+        Some(f) => check!(
+            f.vector == 1 && f.dr6 & DR6_BS != 0,
+            "single-stepped MOV CR3: vector {}, DR6 {:#x}",
+            f.vector,
+            f.dr6
+        ),
+        None => fail(format_args!("single-stepped MOV CR3: no #DB")),
+    }
+    // The cost of a CR3 write (every one exits), for `cargo xtask bench`.
+    const N: u64 = 100;
+    let l0_before = call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0);
+    let t0 = guest_stubs::cpu::rdtsc();
+    for _ in 0..N {
+        write_cr3(cr3);
+    }
+    let per = (guest_stubs::cpu::rdtsc() - t0) / N;
+    let l0 = (call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0) - l0_before) / N;
+    println!("MOV CR3 round trip (MOV CR3 -> L0 -> guest): {per} TSC ticks as the guest measures it, {l0} in L0");
+    if cpuid(1, 0)[2] & (1 << 17) == 0 {
+        println!("no PCID: PCIDE part skipped");
+        return;
+    }
+    let (cr4, pcide) = (read_cr(4), 1u64 << 17);
+    write_cr4(cr4 | pcide);
+    write_cr3(cr3 | 1 << 63 | 5);
+    check_eq!(read_cr(3), cr3 | 5, "CR3 after a no-flush write of PCID 5");
+    expect_gp("CR3 bit 62 with PCIDE", 3, 0, || {
+        write_cr3(cr3 | 1 << 63 | 1 << 62)
+    });
+    write_cr3(cr3);
+    write_cr4(cr4);
+}
+
+/// Single-stepping over instructions L0 emulates (CPUID, RDMSR, OUT):
+/// each ends with the single-step #DB (DR6.BS) right after it, as on the
+/// CPU, raised by L0 itself (the host side checks that the CPU raised no
+/// #DB: an emulated instruction never runs on it).
+fn single_step_over_emulated(_: &StartParams) {
+    fn stepped(name: &str, step: fn()) {
+        write_dr(6, DR6_CLEAR);
+        let Some(f) = catch_trap(step) else {
+            fail(format_args!("{name}: single step raised no #DB"))
+        };
+        check!(
+            f.vector == 1 && f.dr6 & DR6_BS != 0,
+            "{name}: vector {} DR6 {:#x}, expected #DB with BS",
+            f.vector,
+            f.dr6
+        );
+    }
+    stepped("CPUID", step_cpuid);
+    stepped("RDMSR", step_rdmsr);
+    stepped("OUT", step_out);
+}
+
+// In the three below, POPFQ sets TF, so the trap follows the next
+// instruction; the #DB handler clears TF.
+fn step_cpuid() {
+    // SAFETY: CPUID changes only the registers named (RBX saved around it).
+    unsafe {
+        asm!(
+            "push rbx",
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "cpuid",
+            "pop rbx",
+            inout("eax") 0 => _,
+            out("ecx") _,
+            out("edx") _,
+        )
+    };
+}
+
+fn step_rdmsr() {
+    // SAFETY: RDMSR of EFER changes only EAX and EDX.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "rdmsr",
+            in("ecx") svm::msr::EFER,
+            out("eax") _,
+            out("edx") _,
+        )
+    };
+}
+
+fn step_out() {
+    // SAFETY: port 0x80 has no device; the OUT is dropped by L0.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "out 0x80, al",
+            in("al") 0u8,
+        )
+    };
 }

@@ -226,6 +226,27 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::TrWrite, 6),
     },
+    // MOV CR3 emulated with the CPU's checks (QEMU checks nothing).
+    Case {
+        name: "guest::cr3_write_checked",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::CrWrite(3)) {
+            // The single-step #DB after MOV CR3 is L0's to raise.
+            n if n >= 107 => exits_are(o, ExitCode::Exception(1), 0),
+            n => Err(format!("{n} CR3 write exits, expected at least 107")),
+        },
+    },
+    Case {
+        name: "guest::single_step_over_emulated",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // Three instructions L0 emulates, each single-stepped: the #DB is
+        // L0's to raise (an emulated instruction never runs on the CPU).
+        check: |o| exits_are(o, ExitCode::Exception(1), 0),
+    },
     // ISSUE 8 C: page walks through unbacked memory fault in the guest.
     Case {
         name: "guest::unbacked_page_walk_rsvd",

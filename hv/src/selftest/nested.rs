@@ -30,7 +30,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 66] = [
+pub static CASES: [Case; 67] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -110,6 +110,7 @@ pub static CASES: [Case; 66] = [
     case("nested::vmrun_invalid_vmrun_not_intercepted"),
     case("nested::vmrun_invalid_eventinj_vector"),
     case("nested::np_enable_ignored_without_npt"),
+    case("nested::l2_cr3_reserved_bits"),
     // ISSUE 8 C: unbacked L1-physical memory.
     case("nested::l2_unbacked_memory"),
     case("nested::l2_unbacked_page_walk"),

@@ -51,7 +51,7 @@ pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
     c.intercept_misc1 = misc1.bits();
     c.intercept_misc2 = misc2.bits();
     c.intercept_exceptions = exceptions.bits();
-    // CR0/CR4/CR8 and DR7 writes: emulated (exits/cr.rs, exits/dr.rs).
+    // CR0/CR3/CR4/CR8 and DR7 writes: emulated (exits/cr.rs, exits/dr.rs).
     c.intercept_cr = super::exits::cr::INTERCEPT_CR;
     c.intercept_dr = super::exits::dr::INTERCEPT_DR;
     c.iopm_base_pa = vm.iopm.phys();

@@ -1,6 +1,6 @@
-//! MOV to CR0/CR4/CR8, LMSW and CLTS, with the checks the CPU makes
+//! MOV to CR0/CR3/CR4/CR8, LMSW and CLTS, with the checks the CPU makes
 //! (APM Vol. 2, 3.1.1 "CR0", 3.1.3 "CR4", 14.6/14.7 long-mode activation and
-//! consistency, 15.21.4 "TPR access"). L0 intercepts these writes for every
+//! consistency, 15.21.4 "TPR access"; CR3: 3.1.2). L0 intercepts these writes for every
 //! guest so that no guest state the CPU would refuse reaches the emulator
 //! (docs/qemu-tcg.md: QEMU takes `mov cr0, 0` in 64-bit mode, and hangs
 //! at the next #VMEXIT after a guest reached CR0.PG=0, CR4.PAE=0,
@@ -145,6 +145,27 @@ pub fn flushes_tlb(old: &CrState, new: &CrState) -> bool {
     (old.cr0 ^ new.cr0) & CR0_BITS != 0 || (old.cr4 ^ new.cr4) & CR4_BITS != 0
 }
 
+/// CR3 bit 63 with CR4.PCIDE: keep the new PCID's TLB entries (APM 3.1.2).
+/// It is an instruction flag, never stored in CR3.
+pub const CR3_NO_FLUSH: u64 = 1 << 63;
+
+/// MOV to CR3: the new state and whether the TLB is flushed, or #GP(0)
+/// when the value has bits at or above MAXPHYADDR (`max_phys_bits`, from
+/// the guest's CPUID 0x8000_0008) or in 63:52 (APM 3.1.2 "CR3": reserved,
+/// MBZ). With CR4.PCIDE bit 63 is the no-flush flag and bits 11:0 the PCID.
+/// As KVM's `kvm_set_cr3`: the address check whatever the paging mode
+/// (outside 64-bit mode the operand has 32 bits anyway); the PAE PDPTEs are
+/// not checked (L0's guests run 64-bit or without paging).
+pub fn write_cr3(s: &CrState, value: u64, max_phys_bits: u8) -> Result<(CrState, bool), Fault> {
+    let pcide = s.cr4 & CR4_PCIDE != 0;
+    let no_flush = pcide && value & CR3_NO_FLUSH != 0;
+    let cr3 = if pcide { value & !CR3_NO_FLUSH } else { value };
+    if cr3 >> max_phys_bits.min(52) != 0 {
+        return Err(Fault::Gp(0));
+    }
+    Ok((CrState { cr3, ..*s }, !no_flush))
+}
+
 /// MOV to CR8: the new task priority (V_TPR under V_INTR_MASKING, APM
 /// 15.21.4), or #GP(0) when bits 63:4 are set (APM 3.1.5).
 pub fn write_cr8(value: u64) -> Result<u8, Fault> {
@@ -269,6 +290,48 @@ mod tests {
         assert_eq!(clts_value(cr0), CR0_PE | CR0_PG);
         assert!(!is_selective_cr0_write(cr0, cr0 & !CR0_TS | CR0_MP));
         assert!(is_selective_cr0_write(cr0, cr0 | CR0_WP));
+    }
+
+    #[test]
+    fn cr3_reserved_bits_and_pcid() {
+        let gp = Err(Fault::Gp(0));
+        // The fuzzer's value (bit 63 and bits above MAXPHYADDR).
+        assert_eq!(write_cr3(&LONG, 0xea38_a504_73e1_82b5, 40), gp);
+        assert_eq!(write_cr3(&LONG, 1 << 40, 40), gp, "bit MAXPHYADDR");
+        assert_eq!(write_cr3(&LONG, 1 << 63, 40), gp, "bit 63 without PCIDE");
+        assert_eq!(write_cr3(&LONG, 1 << 52, 64), gp, "bits 63:52 MBZ");
+        let (ok, flush) = write_cr3(&LONG, ((1 << 40) - 0x1000) | 0x18, 40).unwrap();
+        assert_eq!((ok.cr3, flush), (((1 << 40) - 0x1000) | 0x18, true));
+        assert_eq!(
+            ok,
+            CrState {
+                cr3: ok.cr3,
+                ..LONG
+            },
+            "only CR3 changes"
+        );
+        assert_eq!(
+            write_cr3(&LONG, 0x2000, 36).unwrap(),
+            (
+                CrState {
+                    cr3: 0x2000,
+                    ..LONG
+                },
+                true
+            )
+        );
+        // PCIDE: bit 63 is the no-flush flag, not stored; the rest is checked.
+        let pcid = CrState {
+            cr4: CR4_PAE | CR4_PCIDE,
+            ..LONG
+        };
+        let (ok, flush) = write_cr3(&pcid, CR3_NO_FLUSH | 0x3005, 40).unwrap();
+        assert_eq!((ok.cr3, flush), (0x3005, false));
+        assert!(
+            write_cr3(&pcid, 0x3005, 40).unwrap().1,
+            "flush without bit 63"
+        );
+        assert_eq!(write_cr3(&pcid, CR3_NO_FLUSH | 1 << 62, 40), gp);
     }
 
     #[test]

@@ -280,3 +280,38 @@ pub fn vmload_zero_tr_user_fault() {
     check_eq!(ExitCode::from_raw(code), ExitCode::Shutdown, "L2's exit");
     check!(seen(0) == 0, "L2 ran");
 }
+
+extern "C" fn cr3_write() -> ! {
+    p::write_cr3(INPUT.load(Ordering::SeqCst));
+    put(0, p::read_cr(3));
+    yield_forever()
+}
+
+/// The fuzzer's CR3 (bit 63 and bits above MAXPHYADDR).
+const BAD_CR3: u64 = 0xea38_a504_73e1_82b5;
+
+/// L2 writes a CR3 with reserved bits and L1 does not intercept CR3
+/// writes: the write is #GP(0) (to L1, which intercepts #GP) and vmcb12's
+/// CR3 is unchanged, where QEMU alone loads it and refuses the next VMRUN
+/// (VMEXIT_INVALID mid-run). A valid write loads; with L1's CR3 write
+/// intercept the write is L1's exit.
+pub fn l2_cr3_reserved_bits() {
+    let mut regs = setup(cr3_write, BAD_CR3);
+    let cr3 = l1::vmcb().state.cr3;
+    l1::vmcb().control.intercept_exceptions |= 1 << 13;
+    run_expect(&mut regs, ExitCode::Exception(13));
+    check_eq!(l1::vmcb().control.exit_info1, 0, "#GP error code");
+    check_eq!(seen(0), 0, "L2 went past the bad CR3 write");
+    check_eq!(l1::vmcb().state.cr3, cr3, "vmcb12 CR3 after the #GP");
+
+    let mut regs = setup(cr3_write, cr3 | 0x18);
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(seen(0), cr3 | 0x18, "L2's CR3 after a valid write");
+    check_eq!(l1::vmcb().state.cr3, cr3 | 0x18, "vmcb12 CR3");
+
+    let mut regs = setup(cr3_write, BAD_CR3);
+    l1::vmcb().control.intercept_cr |= 1 << (16 + 3);
+    run_expect(&mut regs, ExitCode::CrWrite(3));
+    check_eq!(seen(0), 0, "L2 went past its intercepted CR3 write");
+    check_eq!(l1::vmcb().state.cr3, cr3, "vmcb12 CR3 at L1's CR3 exit");
+}

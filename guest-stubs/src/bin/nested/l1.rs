@@ -63,19 +63,6 @@ pub fn enable_svm() {
     wrmsr(VM_HSAVE_PA, addr_of_mut!(HSAVE) as u64);
 }
 
-fn read_cr(n: u8) -> u64 {
-    let v: u64;
-    // SAFETY: reading control registers has no side effects at CPL 0.
-    unsafe {
-        match n {
-            0 => asm!("mov {}, cr0", out(reg) v, options(nomem, nostack)),
-            3 => asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)),
-            _ => asm!("mov {}, cr4", out(reg) v, options(nomem, nostack)),
-        }
-    }
-    v
-}
-
 /// Prepares vmcb12 for an L2 starting at `entry`, in L1's own mode,
 /// page tables and GDT, on its own stack, with no IDT. Intercepts: VMRUN
 /// (required), HLT (L2's "yield to L1"), SHUTDOWN (an L2 crash stays L2's),
@@ -97,9 +84,9 @@ pub fn prepare(entry: extern "C" fn() -> !) {
     c.iopm_base_pa = addr_of_mut!(IOPM) as u64;
     let s = &mut v.state;
     svm::guest_abi::load_start_segments(s);
-    s.cr0 = read_cr(0);
-    s.cr3 = read_cr(3);
-    s.cr4 = read_cr(4);
+    s.cr0 = guest_stubs::privileged::read_cr(0);
+    s.cr3 = guest_stubs::privileged::read_cr(3);
+    s.cr4 = guest_stubs::privileged::read_cr(4);
     s.efer = rdmsr(EFER);
     s.rflags = 2;
     s.rip = entry as *const () as u64;

@@ -115,6 +115,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         }
         "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
         "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
+        "nested::l2_cr3_reserved_bits" => hardening::l2_cr3_reserved_bits(),
         "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),

@@ -1,4 +1,4 @@
-//! CR0/CR4/CR8 write exits (MOV to CR, LMSW, CLTS), emulated with the CPU's
+//! CR0/CR3/CR4/CR8 write exits (MOV to CR, LMSW, CLTS), emulated with the CPU's
 //! checks ([`svm::emulate::cr`]), and the EFER.LME the CPU is shown while
 //! a guest runs without paging.
 
@@ -14,8 +14,11 @@ use svm::{EventInfo, ExitCode, InterceptMisc1, TlbControl, VmcbSegment};
 
 /// The CR write intercepts L0 keeps for every guest: CR0 and CR4 (no state
 /// the CPU would refuse reaches the emulator), CR8 (the TPR, which QEMU
-/// cannot take from a guest with a virtual interrupt pending: docs/qemu-tcg.md).
-pub const INTERCEPT_CR: u32 = (1 << 16) | (1 << (16 + 4)) | (1 << (16 + 8));
+/// cannot take from a guest with a virtual interrupt pending: docs/qemu-tcg.md),
+/// CR3 (QEMU loads reserved bits the CPU refuses with #GP, then refuses the
+/// guest's next VMRUN; the value must be checked before the CPU sees it, so
+/// there is no cheaper way than intercepting every write).
+pub const INTERCEPT_CR: u32 = (1 << 16) | (1 << (16 + 3)) | (1 << (16 + 4)) | (1 << (16 + 8));
 
 /// Before VMRUN: hide EFER.LME from the CPU while the guest's paging is
 /// off ([`rules::efer_for_cpu`]).
@@ -101,7 +104,7 @@ pub fn fault_event(vcpu: &mut Vcpu, f: Fault) -> EventInfo {
     }
 }
 
-/// Handles a write exit of control register `cr` (0, 4 or 8).
+/// Handles a write exit of control register `cr` (0, 3, 4 or 8).
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
     let d = match rip::decode_at_rip(vcpu, vm) {
         Ok(d) => d,
@@ -134,8 +137,14 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
         efer: s.efer,
         cs_l: s.cs.attrib & VmcbSegment::ATTR_L != 0,
     };
+    let mut cr3_flush = false;
     let result = match cr {
         0 => rules::write_cr0(&old, value),
+        // MAXPHYADDR as the guest's CPUID shows it (the vmcb12 checks' too).
+        3 => rules::write_cr3(&old, value, vm.l1_limits.max_phys_bits).map(|(new, flush)| {
+            cr3_flush = flush;
+            new
+        }),
         // The CR4 bits the guest's CPUID shows (the vmcb12 checks' source too).
         4 => rules::write_cr4(&old, value, vm.l1_limits.cr4_allowed),
         _ => rules::write_cr8(value).map(|tpr| {
@@ -149,16 +158,34 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
         Ok(new) => {
             if rules::flushes_tlb(&old, &new) {
                 vcpu.vmcb.control.tlb_control = TlbControl::FlushAll.as_u8();
+            } else if cr3_flush {
+                // MOV CR3 flushes the guest's non-global entries (APM
+                // 5.5.2): flushing its ASID is a superset.
+                vcpu.vmcb.control.tlb_control = flush_guest(host).as_u8();
             }
             let s = &mut vcpu.vmcb.state;
-            (s.cr0, s.cr4, s.efer) = (new.cr0, new.cr4, new.efer);
+            (s.cr0, s.cr3, s.cr4, s.efer) = (new.cr0, new.cr3, new.cr4, new.efer);
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         Err(f) => {
             let event = fault_event(vcpu, f);
             raise(vcpu, vm, host, event)
         }
+    }
+}
+
+/// The TLB_CONTROL that flushes the running guest's ASID, or every ASID
+/// on a CPU without FlushByAsid (APM 15.16.1).
+fn flush_guest(host: &HostCpu) -> TlbControl {
+    if host
+        .features
+        .flags
+        .contains(svm::SvmFeatureFlags::FLUSH_BY_ASID)
+    {
+        TlbControl::FlushThisAsid
+    } else {
+        TlbControl::FlushAll
     }
 }
 

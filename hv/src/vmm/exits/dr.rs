@@ -43,7 +43,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, n: u8) -> Action {
         Ok(value) => {
             vcpu.vmcb.state.dr7 = value;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         Err(f) => {
             let event = fault_event(vcpu, f);

@@ -5,6 +5,7 @@
 //! EXITINFO2 holds the next RIP (APM Vol. 2, 15.10.2), NRIP or not.
 
 use super::{Action, Stop};
+use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::{IoDirection, IoioInfo};
@@ -15,7 +16,7 @@ const DEBUGCON: u16 = 0xe9;
 /// LSR: transmit holding register and transmitter empty.
 const LSR_TX_READY: u64 = 0x60;
 
-pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
+pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let Some(io) = IoioInfo::from_exit_info1(vcpu.vmcb.control.exit_info1) else {
         return Action::Stop(Stop::Unhandled(alloc::format!(
             "malformed IOIO exitinfo1 {:#x}",
@@ -47,7 +48,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
         }
     }
     vcpu.vmcb.state.rip = vcpu.vmcb.control.exit_info2;
-    Action::Resume
+    super::rip::single_step(vcpu, vm, host)
 }
 
 /// Writes an IN result into the low `size_mask` bits of RAX.

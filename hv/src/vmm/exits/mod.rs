@@ -116,9 +116,9 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     let action = match code {
         ExitCode::Cpuid => cpuid::handle(vcpu, vm, host),
         ExitCode::Msr => msr::handle(vcpu, vm, host),
-        ExitCode::Ioio => ioio::handle(vcpu, vm),
+        ExitCode::Ioio => ioio::handle(vcpu, vm, host),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
-        ExitCode::CrWrite(n @ (0 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
+        ExitCode::CrWrite(n @ (0 | 3 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
         ExitCode::DrWrite(n @ (5 | 7)) => dr::handle(vcpu, vm, host, n),
         ExitCode::TrWrite => tr::handle(vcpu, vm, host),
         ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm, host),

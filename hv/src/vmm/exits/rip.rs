@@ -318,7 +318,22 @@ pub fn advance(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) -> Result<(), NoInsn> {
 /// An exit with nothing (more) to emulate: step over the instruction.
 pub fn skip(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     match advance(vcpu, vm, host) {
-        Ok(()) => Action::Resume,
+        Ok(()) => single_step(vcpu, vm, host),
         Err(no) => no.deliver(vcpu, vm, host),
+    }
+}
+
+/// After L0 emulated an instruction and moved RIP past it: the
+/// single-step #DB the CPU would have raised if RFLAGS.TF was set (the
+/// guest's own single-stepping, or L1's through #VMEXIT(#DB)). Injected,
+/// so it does not exit again.
+pub fn single_step(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    let s = &mut vcpu.vmcb.state;
+    match svm::exception::single_step_dr6(s.rflags, s.dr6) {
+        Some(dr6) => {
+            s.dr6 = dr6;
+            raise(vcpu, vm, host, EventInfo::exception(1))
+        }
+        None => Action::Resume,
     }
 }

@@ -53,7 +53,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             }
             vcpu.vmcb.state.tr = tr;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         Err(f) => {
             let event = fault_event(vcpu, f);

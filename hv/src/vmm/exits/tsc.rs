@@ -25,5 +25,5 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     vcpu.vmcb.state.rax = tsc & 0xffff_ffff;
     vcpu.regs.rdx = tsc >> 32;
     vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-    Action::Resume
+    rip::single_step(vcpu, vm, host)
 }
