@@ -387,7 +387,8 @@ fn unbacked_read_modify_write(params: &StartParams) {
     // SAFETY: as above.
     unsafe {
         asm!("xchg qword ptr [{a}], r9", a = in(reg) a, inout("r9") r9, options(nostack));
-        asm!("xchg byte ptr [{a}], ah", a = in(reg) a, inout("rax") ah, options(nostack));
+        // AH cannot be encoded with a REX prefix: the address in RDX.
+        asm!("xchg byte ptr [rdx], ah", in("rdx") a, inout("rax") ah, options(nostack));
     }
     check_eq!(r9, u64::MAX, "R9 after XCHG with unbacked memory");
     check_eq!(ah, 0xFF34, "RAX after XCHG AH with unbacked memory");
@@ -445,6 +446,21 @@ fn unbacked_read_modify_write(params: &StartParams) {
         pushed,
         u64::MAX,
         "the return address popped from unbacked memory"
+    );
+    // A dropped store is an instruction L0 completes: a single step over it
+    // traps right after it, raised by L0 (the host side checks that no #DB
+    // exit happened).
+    write_dr(6, DR6_CLEAR);
+    let stepped = catch_trap(|| {
+        // SAFETY: as above; POPFQ sets TF, the trap follows the store and
+        // the #DB handler clears TF.
+        unsafe {
+            asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov qword ptr [{a}], 0", a = in(reg) a)
+        };
+    });
+    check!(
+        matches!(stepped, Some(f) if f.vector == 1 && f.dr6 & DR6_BS != 0),
+        "single step over a dropped store: {stepped:?}"
     );
     // SAFETY: as above.
     let v = unsafe { core::ptr::read_volatile(a as *const u64) };

@@ -7,7 +7,8 @@
 //!   read-modify-write (ADD .. XOR, INC, DEC, NEG, NOT, shifts and
 //!   rotates), the register for
 //!   XCHG and XADD, RAX for a failed CMPXCHG, CF for BTS/BTR/BTC with an
-//!   immediate, RSP (and RIP) for a push or near CALL in 64-bit code;
+//!   immediate, RSP (and RIP) for a push or near CALL in 64-bit code,
+//!   then the single-step #DB if RFLAGS.TF is set (rip::single_step);
 //! - the guest's page walk touching unbacked memory (EXITINFO1 bit 33):
 //!   walks of guest tables count as writes (APM 15.25.10; QEMU TCG always
 //!   does), so the read-only mapping faults. The CPU would have read an
@@ -225,7 +226,7 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
     match d.store_drop() {
         StoreDrop::Skip => {
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::String(store) => {
             let dst = writes[0].map_or(0, |a| a.la);
@@ -252,10 +253,11 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             vcpu.regs.rcx = after.rcx;
             vcpu.regs.rsi = after.rsi;
             vcpu.regs.rdi = after.rdi;
-            if after.done {
-                vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            if !after.done {
+                return Action::Resume;
             }
-            Action::Resume
+            vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Alu { op, size, src } => {
             let src = match src {
@@ -266,7 +268,7 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             let s = &mut vcpu.vmcb.state;
             s.rflags = alu::apply(op, size, u64::MAX, src, s.rflags).1;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Shift { op, size, count } => {
             let count = match count {
@@ -276,7 +278,7 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             let s = &mut vcpu.vmcb.state;
             s.rflags = alu::shift(op, size, u64::MAX, count, s.rflags).1;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Xadd { size, reg } => {
             let src = reg.read(super::cr::gpr(vcpu, reg.n), size);
@@ -284,7 +286,7 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             s.rflags = alu::apply(alu::Op::Add, size, u64::MAX, src, s.rflags).1;
             set_register(vcpu, reg, size, u64::MAX);
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Cmpxchg { size } => {
             let acc = super::cr::gpr(vcpu, 0);
@@ -297,17 +299,17 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
                 set_register(vcpu, rax, size, u64::MAX);
             }
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::BitTest => {
             vcpu.vmcb.state.rflags |= 1;
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Xchg { size, reg } => {
             set_register(vcpu, reg, size, u64::MAX);
             vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Stack { delta, call } => {
             let target = match call {
@@ -332,7 +334,7 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             let s = &mut vcpu.vmcb.state;
             s.rsp = s.rsp.wrapping_add_signed(delta);
             s.rip = target;
-            Action::Resume
+            rip::single_step(vcpu, vm, host)
         }
         StoreDrop::Unsupported => limit(
             vm,
