@@ -242,7 +242,7 @@ extern "C" fn handle(frame: &mut Frame) {
         // Single-stepping ends with the trap.
         frame.rflags &= !(1 << 8);
     } else {
-        frame.rip += skip;
+        frame.rip = frame.rip.wrapping_add(skip);
     }
 }
 

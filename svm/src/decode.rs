@@ -8,7 +8,12 @@
 //! prefix order (a REX followed by a legacy prefix is ignored, as the CPU
 //! ignores it), the 15-byte limit, 16/32/64-bit code.
 
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
+use crate::emulate::alu;
+use crate::emulate::unbacked::StringStore;
+use iced_x86::{
+    Code, CodeSize, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+};
 
 /// The instructions the hypervisor intercepts and emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +270,364 @@ impl Decoded {
     }
 }
 
+/// One memory access of an instruction: where, how many bytes, and
+/// whether it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Linear address of its first byte.
+    pub la: u64,
+    /// Bytes.
+    pub size: u64,
+    /// A (possibly conditional) write; a read otherwise.
+    pub write: bool,
+}
+
+/// What dropping the stores of an instruction (into unbacked memory)
+/// leaves for L0 to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreDrop {
+    /// The stores are its only effect: move RIP past it.
+    Skip,
+    /// A string store: registers move as [`StringStore::drop_stores`] says.
+    String(StringStore),
+    /// A read-modify-write of the memory operand: RFLAGS as
+    /// [`alu::apply`] gives them for an all-ones destination.
+    Alu {
+        /// The operation.
+        op: alu::Op,
+        /// Operand size in bytes.
+        size: u32,
+        /// The source operand.
+        src: AluSrc,
+    },
+    /// A shift or rotate of the memory operand: RFLAGS as
+    /// [`alu::shift`] gives them for an all-ones destination.
+    Shift {
+        /// The operation.
+        op: alu::Shift,
+        /// Operand size in bytes.
+        size: u32,
+        /// The count: an immediate, or CL when `None`.
+        count: Option<u8>,
+    },
+    /// XCHG with memory: the register gets the all-ones value.
+    Xchg {
+        /// Operand size in bytes.
+        size: u32,
+        /// The register.
+        reg: RegRef,
+    },
+    /// XADD with memory: the register gets all-ones, RFLAGS those of the
+    /// addition.
+    Xadd {
+        /// Operand size in bytes.
+        size: u32,
+        /// The register.
+        reg: RegRef,
+    },
+    /// CMPXCHG with memory: RFLAGS of comparing the accumulator with
+    /// all-ones; if they differ the accumulator gets all-ones.
+    Cmpxchg {
+        /// Operand size in bytes.
+        size: u32,
+    },
+    /// BTS, BTR, BTC with an immediate bit: CF gets the bit (1).
+    BitTest,
+    /// A push onto the stack in 64-bit code (PUSH, PUSHF, near CALL): RSP
+    /// moves by `delta`; a CALL goes to its target.
+    Stack {
+        /// RSP's change (negative).
+        delta: i64,
+        /// For a CALL: where it goes.
+        call: Option<CallTarget>,
+    },
+    /// It also writes registers or flags in ways L0 does not emulate, or
+    /// changes the flow otherwise (far CALL, ENTER, SHLD, CMPXCHG16B, ...).
+    Unsupported,
+}
+
+/// The target of a near CALL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallTarget {
+    /// A relative CALL: this address.
+    Direct(u64),
+    /// CALL reg: the register's value.
+    Reg(u8),
+    /// CALL \[mem\]: the 8 bytes at [`Decoded::memory_address`].
+    Memory,
+}
+
+/// A push or near CALL in 64-bit code.
+fn stack_push(i: &Instruction) -> Option<StoreDrop> {
+    if i.code_size() != CodeSize::Code64 || i.stack_pointer_increment() >= 0 {
+        return None;
+    }
+    let delta = i64::from(i.stack_pointer_increment());
+    let call = match (i.mnemonic(), i.op0_kind()) {
+        (Mnemonic::Push | Mnemonic::Pushfq | Mnemonic::Pushf, _) => None,
+        (Mnemonic::Call, OpKind::NearBranch64) => Some(CallTarget::Direct(i.near_branch_target())),
+        (Mnemonic::Call, OpKind::Register) if i.op0_register().is_gpr64() => {
+            Some(CallTarget::Reg(gpr(i.op0_register())?))
+        }
+        (Mnemonic::Call, OpKind::Memory) if i.memory_size().size() == 8 => Some(CallTarget::Memory),
+        _ => return None,
+    };
+    Some(StoreDrop::Stack { delta, call })
+}
+
+/// A general register as an operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegRef {
+    /// 0 = RAX .. 15 = R15.
+    pub n: u8,
+    /// AH, CH, DH or BH (bits 15:8 of register `n`).
+    pub high8: bool,
+}
+
+impl RegRef {
+    /// The operand's value (`size` bytes) from the register's value.
+    pub fn read(&self, value: u64, size: u32) -> u64 {
+        let v = if self.high8 { value >> 8 } else { value };
+        match size {
+            8 => v,
+            _ => v & ((1u64 << (size * 8)) - 1),
+        }
+    }
+}
+
+/// The source of an [`StoreDrop::Alu`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AluSrc {
+    /// A unary operation.
+    None,
+    /// A register.
+    Reg(RegRef),
+    /// An immediate (sign-extended as the instruction does).
+    Imm(u64),
+}
+
+/// A general register of any width as an operand.
+fn reg_ref(reg: Register) -> Option<RegRef> {
+    let r = reg as u32;
+    let at = |first: Register, last: Register| {
+        (first as u32..=last as u32)
+            .contains(&r)
+            .then(|| (r - first as u32) as u8)
+    };
+    if let Some(n) = at(Register::AL, Register::BL) {
+        return Some(RegRef { n, high8: false });
+    }
+    if let Some(n) = at(Register::AH, Register::BH) {
+        return Some(RegRef { n, high8: true });
+    }
+    if let Some(n) = at(Register::SPL, Register::R15L) {
+        return Some(RegRef {
+            n: n + 4,
+            high8: false,
+        });
+    }
+    gpr(reg).map(|n| RegRef { n, high8: false })
+}
+
+/// A read-modify-write with a memory destination (operand 0).
+fn read_modify_write(i: &Instruction) -> Option<StoreDrop> {
+    if i.op0_kind() != OpKind::Memory {
+        return None;
+    }
+    let size = i.memory_size().size() as u32;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let src = || match i.op1_kind() {
+        OpKind::Register => reg_ref(i.op1_register()).map(AluSrc::Reg),
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(AluSrc::Imm(i.immediate(1))),
+        _ => None,
+    };
+    let binary = |op| src().map(|src| StoreDrop::Alu { op, size, src });
+    let unary = |op| {
+        Some(StoreDrop::Alu {
+            op,
+            size,
+            src: AluSrc::None,
+        })
+    };
+    let shift = |op| {
+        let count = match i.op1_kind() {
+            OpKind::Immediate8 => Some(i.immediate8()),
+            OpKind::Register if i.op1_register() == Register::CL => None,
+            _ => return None,
+        };
+        Some(StoreDrop::Shift { op, size, count })
+    };
+    match i.mnemonic() {
+        Mnemonic::Add => binary(alu::Op::Add),
+        Mnemonic::Or => binary(alu::Op::Or),
+        Mnemonic::Adc => binary(alu::Op::Adc),
+        Mnemonic::Sbb => binary(alu::Op::Sbb),
+        Mnemonic::And => binary(alu::Op::And),
+        Mnemonic::Sub => binary(alu::Op::Sub),
+        Mnemonic::Xor => binary(alu::Op::Xor),
+        Mnemonic::Inc => unary(alu::Op::Inc),
+        Mnemonic::Dec => unary(alu::Op::Dec),
+        Mnemonic::Neg => unary(alu::Op::Neg),
+        Mnemonic::Not => unary(alu::Op::Not),
+        Mnemonic::Rol => shift(alu::Shift::Rol),
+        Mnemonic::Ror => shift(alu::Shift::Ror),
+        Mnemonic::Rcl => shift(alu::Shift::Rcl),
+        Mnemonic::Rcr => shift(alu::Shift::Rcr),
+        Mnemonic::Shl | Mnemonic::Sal => shift(alu::Shift::Shl),
+        Mnemonic::Shr => shift(alu::Shift::Shr),
+        Mnemonic::Sar => shift(alu::Shift::Sar),
+        Mnemonic::Xadd if i.op1_kind() == OpKind::Register => {
+            reg_ref(i.op1_register()).map(|reg| StoreDrop::Xadd { size, reg })
+        }
+        Mnemonic::Cmpxchg => Some(StoreDrop::Cmpxchg { size }),
+        // A register bit offset can address another location: immediate only.
+        Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if i.op1_kind() == OpKind::Immediate8 => {
+            Some(StoreDrop::BitTest)
+        }
+        Mnemonic::Xchg if i.op1_kind() == OpKind::Register => {
+            reg_ref(i.op1_register()).map(|reg| StoreDrop::Xchg { size, reg })
+        }
+        _ => None,
+    }
+}
+
+impl Decoded {
+    /// Each memory access of the instruction, in the order the decoder
+    /// lists them (explicit operands, then string and stack operands), with
+    /// its linear address from the guest's registers (`gpr_value`, 0 = RAX)
+    /// and segment bases. Accesses whose address needs other registers
+    /// (vector indexes) are left out; one of unknown size (a REP string)
+    /// counts its first byte.
+    pub fn memory_accesses(
+        &self,
+        gpr_value: impl Fn(u8) -> u64,
+        seg_base: impl Fn(Seg) -> u64,
+        mut each: impl FnMut(Access),
+    ) {
+        let mut factory = InstructionInfoFactory::new();
+        let info = factory.info(&self.raw);
+        for m in info.used_memory() {
+            let write = match m.access() {
+                OpAccess::Write
+                | OpAccess::CondWrite
+                | OpAccess::ReadWrite
+                | OpAccess::ReadCondWrite => true,
+                OpAccess::Read | OpAccess::CondRead => false,
+                OpAccess::None | OpAccess::NoMemAccess => continue,
+            };
+            let la = m.virtual_address(0, |reg, _, _| register_value(reg, &gpr_value, &seg_base));
+            if let Some(la) = la {
+                each(Access {
+                    la,
+                    size: m.memory_size().size().max(1) as u64,
+                    write,
+                });
+            }
+        }
+    }
+
+    /// What is left to do when every store of this instruction goes to
+    /// unbacked memory and is dropped.
+    pub fn store_drop(&self) -> StoreDrop {
+        use Code as C;
+        let i = &self.raw;
+        let size = match i.code() {
+            C::Stosb_m8_AL | C::Movsb_m8_m8 => 1,
+            C::Stosw_m16_AX | C::Movsw_m16_m16 => 2,
+            C::Stosd_m32_EAX | C::Movsd_m32_m32 => 4,
+            C::Stosq_m64_RAX | C::Movsq_m64_m64 => 8,
+            _ => 0,
+        };
+        if size != 0 {
+            let address_size = match i.op0_kind() {
+                OpKind::MemoryESDI => 16,
+                OpKind::MemoryESEDI => 32,
+                _ => 64,
+            };
+            return StoreDrop::String(StringStore {
+                size,
+                // REPE/REPNE mean REP for STOS and MOVS.
+                rep: i.has_rep_prefix() || i.has_repne_prefix(),
+                has_source: matches!(
+                    i.code(),
+                    C::Movsb_m8_m8 | C::Movsw_m16_m16 | C::Movsd_m32_m32 | C::Movsq_m64_m64
+                ),
+                address_size,
+            });
+        }
+        if let Some(drop) = read_modify_write(i).or_else(|| stack_push(i)) {
+            return drop;
+        }
+        let mut factory = InstructionInfoFactory::new();
+        let info = factory.info(i);
+        let writes_register = info.used_registers().iter().any(|r| {
+            matches!(
+                r.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            )
+        });
+        let stores_only = info.used_memory().iter().all(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Write | OpAccess::Read | OpAccess::NoMemAccess
+            )
+        }) && info
+            .used_memory()
+            .iter()
+            .any(|m| m.access() == OpAccess::Write);
+        if !writes_register
+            && stores_only
+            && i.rflags_modified() == 0
+            && i.flow_control() == FlowControl::Next
+            && !i.has_lock_prefix()
+        {
+            StoreDrop::Skip
+        } else {
+            StoreDrop::Unsupported
+        }
+    }
+}
+
+/// A register's value for an address: general registers of any width from
+/// `gpr_value`, segment registers as their base.
+fn register_value(
+    reg: Register,
+    gpr_value: &impl Fn(u8) -> u64,
+    seg_base: &impl Fn(Seg) -> u64,
+) -> Option<u64> {
+    let seg = match reg {
+        Register::ES => Some(Seg::Es),
+        Register::CS => Some(Seg::Cs),
+        Register::SS => Some(Seg::Ss),
+        Register::DS => Some(Seg::Ds),
+        Register::FS => Some(Seg::Fs),
+        Register::GS => Some(Seg::Gs),
+        _ => None,
+    };
+    if let Some(seg) = seg {
+        return Some(seg_base(seg));
+    }
+    let n = gpr(reg)?;
+    let v = gpr_value(n);
+    Some(match reg.size_bytes() {
+        2 => v & 0xffff,
+        4 => v & 0xffff_ffff,
+        _ => v,
+    })
+}
+
 trait RegSize {
     fn size_bytes(self) -> usize;
 }
@@ -434,6 +797,212 @@ mod tests {
         assert_eq!(
             decode(&[0x40, 0x0F, 0xA2], 32, 0).map(|d| (d.insn, d.len)),
             Ok((Insn::Other, 1))
+        );
+    }
+
+    fn accesses(bytes: &[u8], regs: [u64; 16]) -> std::vec::Vec<Access> {
+        let d = decode(bytes, 64, 0x1000).unwrap();
+        let mut v = std::vec::Vec::new();
+        d.memory_accesses(|n| regs[n as usize], |_| 0, |a| v.push(a));
+        v
+    }
+
+    #[test]
+    fn memory_accesses_with_their_direction() {
+        let mut regs = [0u64; 16];
+        regs[0] = 0x5000; // RAX
+        regs[1] = 0x10; // RCX
+        regs[4] = 0x8000; // RSP
+        regs[7] = 0x9000; // RDI
+                          // mov [rax+rcx*2], ebx: a 4-byte write.
+        let w = Access {
+            la: 0x5020,
+            size: 4,
+            write: true,
+        };
+        assert_eq!(accesses(&[0x89, 0x1C, 0x48], regs), [w]);
+        // mov rbx, [rax]: an 8-byte read.
+        let r = Access {
+            la: 0x5000,
+            size: 8,
+            write: false,
+        };
+        assert_eq!(accesses(&[0x48, 0x8B, 0x18], regs), [r]);
+        // push rbx: a write below RSP.
+        let p = Access {
+            la: 0x7FF8,
+            size: 8,
+            write: true,
+        };
+        assert_eq!(accesses(&[0x53], regs), [p]);
+        // rep stosq: at RDI; the decoder gives no size for a REP string
+        // (its length depends on RCX): the first byte counts.
+        let s = Access {
+            la: 0x9000,
+            size: 1,
+            write: true,
+        };
+        assert_eq!(accesses(&[0xF3, 0x48, 0xAB], regs), [s]);
+        // RIP-relative: from the next instruction.
+        let rel = accesses(&[0x8B, 0x05, 0x10, 0, 0, 0], regs);
+        assert_eq!(rel[0].la, 0x1000 + 6 + 0x10);
+    }
+
+    #[test]
+    fn register_operands_read_by_size() {
+        let v = 0x1122_3344_5566_7788;
+        let r = |n, high8| RegRef { n, high8 };
+        assert_eq!(r(0, true).read(v, 1), 0x77);
+        assert_eq!(r(0, false).read(v, 1), 0x88);
+        assert_eq!(r(0, false).read(v, 2), 0x7788);
+        assert_eq!(r(0, false).read(v, 4), 0x5566_7788);
+        assert_eq!(r(0, false).read(v, 8), v);
+    }
+
+    #[test]
+    fn which_dropped_stores_l0_completes() {
+        let drop = |bytes: &[u8]| decode(bytes, 64, 0).unwrap().store_drop();
+        // Plain stores.
+        assert_eq!(drop(&[0x48, 0x89, 0x18]), StoreDrop::Skip, "mov [rax], rbx");
+        assert_eq!(
+            drop(&[0xC6, 0x00, 0x12]),
+            StoreDrop::Skip,
+            "mov byte [rax], 0x12"
+        );
+        assert_eq!(drop(&[0x0F, 0x94, 0x00]), StoreDrop::Skip, "sete [rax]");
+        assert_eq!(
+            drop(&[0x0F, 0x29, 0x00]),
+            StoreDrop::Skip,
+            "movaps [rax], xmm0"
+        );
+        // String stores.
+        let rep_stosb = StringStore {
+            size: 1,
+            rep: true,
+            has_source: false,
+            address_size: 64,
+        };
+        assert_eq!(drop(&[0xF3, 0xAA]), StoreDrop::String(rep_stosb));
+        assert_eq!(
+            drop(&[0x67, 0xA5]),
+            StoreDrop::String(StringStore {
+                size: 4,
+                rep: false,
+                has_source: true,
+                address_size: 32,
+            }),
+            "movsd with a 32-bit address"
+        );
+        // Read-modify-writes: the flags (or the register) from all-ones.
+        let al = RegRef { n: 0, high8: false };
+        let alu = |op, size, src| StoreDrop::Alu { op, size, src };
+        assert_eq!(
+            drop(&[0x00, 0x00]),
+            alu(alu::Op::Add, 1, AluSrc::Reg(al)),
+            "add [rax], al"
+        );
+        let bh = RegRef { n: 3, high8: true };
+        assert_eq!(
+            drop(&[0x20, 0x38]),
+            alu(alu::Op::And, 1, AluSrc::Reg(bh)),
+            "and [rax], bh"
+        );
+        let dil = RegRef { n: 7, high8: false };
+        assert_eq!(
+            drop(&[0x40, 0x08, 0x38]),
+            alu(alu::Op::Or, 1, AluSrc::Reg(dil)),
+            "or [rax], dil"
+        );
+        assert_eq!(
+            drop(&[0x48, 0x83, 0x28, 0xF0]),
+            alu(alu::Op::Sub, 8, AluSrc::Imm(0xFFFF_FFFF_FFFF_FFF0)),
+            "sub qword [rax], -16"
+        );
+        assert_eq!(
+            drop(&[0xF0, 0xFF, 0x00]),
+            alu(alu::Op::Inc, 4, AluSrc::None),
+            "lock inc dword [rax]"
+        );
+        let rbx = RegRef { n: 3, high8: false };
+        assert_eq!(
+            drop(&[0x48, 0x87, 0x18]),
+            StoreDrop::Xchg { size: 8, reg: rbx },
+            "xchg [rax], rbx"
+        );
+        let shift = |op, size, count| StoreDrop::Shift { op, size, count };
+        assert_eq!(
+            drop(&[0xD1, 0x20]),
+            shift(alu::Shift::Shl, 4, Some(1)),
+            "shl dword [rax], 1"
+        );
+        assert_eq!(
+            drop(&[0x48, 0xD3, 0x38]),
+            shift(alu::Shift::Sar, 8, None),
+            "sar qword [rax], cl"
+        );
+        assert_eq!(
+            drop(&[0xC0, 0x10, 0x05]),
+            shift(alu::Shift::Rcl, 1, Some(5)),
+            "rcl byte [rax], 5"
+        );
+        assert_eq!(
+            drop(&[0xF0, 0x48, 0x0F, 0xC1, 0x18]),
+            StoreDrop::Xadd { size: 8, reg: rbx },
+            "lock xadd [rax], rbx"
+        );
+        assert_eq!(
+            drop(&[0x0F, 0xB1, 0x18]),
+            StoreDrop::Cmpxchg { size: 4 },
+            "cmpxchg [rax], ebx"
+        );
+        assert_eq!(
+            drop(&[0x0F, 0xBA, 0x28, 0x03]),
+            StoreDrop::BitTest,
+            "bts dword [rax], 3"
+        );
+        // More than L0 emulates.
+        assert_eq!(
+            drop(&[0x0F, 0xAB, 0x18]),
+            StoreDrop::Unsupported,
+            "bts [rax], ebx"
+        );
+        assert_eq!(
+            drop(&[0x0F, 0xA4, 0x18, 0x04]),
+            StoreDrop::Unsupported,
+            "shld [rax], ebx, 4"
+        );
+        assert_eq!(
+            drop(&[0xFF, 0x18]),
+            StoreDrop::Unsupported,
+            "call far [rax]"
+        );
+        assert_eq!(
+            decode(&[0x53], 32, 0).unwrap().store_drop(),
+            StoreDrop::Unsupported,
+            "push ebx in 32-bit code"
+        );
+        // Pushes and near calls in 64-bit code.
+        let push = |delta| StoreDrop::Stack { delta, call: None };
+        assert_eq!(drop(&[0x53]), push(-8), "push rbx");
+        assert_eq!(drop(&[0x66, 0x53]), push(-2), "push bx");
+        assert_eq!(drop(&[0x9C]), push(-8), "pushfq");
+        assert_eq!(drop(&[0x6A, 0x12]), push(-8), "push 0x12");
+        let call = |target| StoreDrop::Stack {
+            delta: -8,
+            call: Some(target),
+        };
+        // decode() places the instruction at 0: the target is 5 + 0x10.
+        assert_eq!(
+            drop(&[0xE8, 0x10, 0, 0, 0]),
+            call(CallTarget::Direct(0x15)),
+            "call rel32"
+        );
+        assert_eq!(drop(&[0xFF, 0xD3]), call(CallTarget::Reg(3)), "call rbx");
+        assert_eq!(drop(&[0xFF, 0x10]), call(CallTarget::Memory), "call [rax]");
+        assert_eq!(
+            drop(&[0x48, 0x0F, 0xC7, 0x08]),
+            StoreDrop::Unsupported,
+            "cmpxchg16b"
         );
     }
 }

@@ -44,9 +44,6 @@ fn a_bad_fuzz_word_fails() {
 
 /// The short fixed-seed fuzz: no hypervisor failure and QEMU survives.
 #[test]
-#[ignore = "finds hypervisor failures until L0 stops ending the VM when an L2 page walk \
-            or access reaches unbacked L1-physical memory (issue 8 C; seed 1 iteration 110): \
-            remove this line once `cargo xtask fuzz --seed 1 --iterations 3000` reports 0"]
 fn fixed_seed_fuzz_finds_no_hypervisor_failure() {
     let boot = boot_direct(&["fuzz=1,3000"]);
     let r = report(&boot);

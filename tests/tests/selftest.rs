@@ -28,6 +28,9 @@ const GUEST_TESTS: &[&str] = &[
     "guest::ltr_checked",
     "guest::cr3_write_checked",
     "guest::single_step_over_emulated",
+    "guest::unbacked_page_walk_rsvd",
+    "guest::unbacked_up_to_maxphyaddr",
+    "guest::unbacked_read_modify_write",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -121,6 +124,9 @@ const NESTED_TESTS: &[&str] = &[
     "nested::vmrun_invalid_eventinj_vector",
     "nested::np_enable_ignored_without_npt",
     "nested::l2_cr3_reserved_bits",
+    "nested::l2_unbacked_memory",
+    "nested::l2_unbacked_page_walk",
+    "nested::l2_unbacked_cr3_faults",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -12,7 +12,7 @@ use guest_stubs::cpu::{read_dr6, single_step_nop, write_dr, DR6_BS, DR6_CLEAR};
 use guest_stubs::exceptions::{catch, catch_trap, nmis_taken, set_nmi_hook};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
-use guest_stubs::{check, check_eq, println, StartParams};
+use guest_stubs::{check, check_eq, println, unbacked, StartParams};
 use svm::guest_abi::{self, HC_ECHO_SUM, HC_EXIT_COUNT, HC_UNKNOWN};
 use svm::guest_abi::{
     HC_HOST_TICKS, HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
@@ -54,6 +54,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::ltr_checked" => ltr_checked,
         "guest::cr3_write_checked" => cr3_write_checked,
         "guest::single_step_over_emulated" => single_step_over_emulated,
+        "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
+        "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
+        "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -186,15 +189,282 @@ fn triple_fault(_: &StartParams) {
     unsafe { asm!("lidt [{}]", "ud2", in(reg) null_idt.as_ptr(), options(nostack, noreturn)) };
 }
 
-/// A read past guest RAM (but inside the guest's page tables) hits the
-/// nested page tables: the hypervisor stops the guest with an NPF report.
+/// Memory past guest RAM (below MAXPHYADDR, inside the guest's page
+/// tables) behaves as on a PC with nothing there: reads give all-ones,
+/// stores are dropped (the guest goes on, string stores finish with their
+/// registers moved), and code there is 0xFF bytes (`FF FF`: #UD).
 fn npf_outside_memory(params: &StartParams) {
-    let addr = params.memory_size + 0x1000_0000;
-    // SAFETY: deliberately fatal for this guest.
-    let v = unsafe { core::ptr::read_volatile(addr as *const u64) };
-    fail(format_args!(
-        "read of {addr:#x} outside guest memory returned {v:#x}"
-    ));
+    let a = unbacked::address(params.memory_size);
+    let read = |at: u64| {
+        // SAFETY: `a` and the pages after it are identity-mapped unbacked
+        // memory: it reads all-ones and drops stores (so for all below).
+        unsafe { core::ptr::read_volatile(at as *const u64) }
+    };
+    check_eq!(read(a), u64::MAX, format_args!("read of unbacked {a:#x}"));
+    // SAFETY: as above.
+    let byte = unsafe { core::ptr::read_volatile((a + 3) as *const u8) };
+    check_eq!(
+        byte,
+        0xFF,
+        format_args!("byte read of unbacked {:#x}", a + 3)
+    );
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(a as *mut u64, 0x1234_5678) };
+    check_eq!(
+        read(a),
+        u64::MAX,
+        format_args!("read of {a:#x} after a store")
+    );
+    // Two pages of REP STOSQ.
+    let (rcx, rdi): (u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("rep stosq", inout("rcx") 1024u64 => rcx, inout("rdi") a + 0x2000 => rdi,
+             in("rax") 0u64, options(nostack))
+    };
+    check_eq!((rcx, rdi), (0, a + 0x4000), "RCX, RDI after REP STOSQ");
+    check_eq!(read(a + 0x3000), u64::MAX, "read after REP STOSQ");
+    // REP MOVSB from RAM, across a page boundary.
+    static SRC: [u8; 256] = [0x5A; 256];
+    let (rcx, rsi, rdi): (u64, u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("rep movsb", inout("rcx") 256u64 => rcx, inout("rsi") SRC.as_ptr() => rsi,
+             inout("rdi") a + 0xF80 => rdi, options(nostack))
+    };
+    check_eq!(
+        (rcx, rsi, rdi),
+        (0, SRC.as_ptr() as u64 + 256, a + 0x1080),
+        "RCX, RSI, RDI after REP MOVSB"
+    );
+    check_eq!(read(a + 0xFF8), u64::MAX, "read after REP MOVSB");
+    // Downwards (DF=1), across a page boundary.
+    let (rcx, rdi): (u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("std", "rep stosb", "cld", inout("rcx") 0x20u64 => rcx,
+             inout("rdi") a + 0x1010 => rdi, in("al") 0u8, options(nostack))
+    };
+    check_eq!((rcx, rdi), (0, a + 0xFF0), "RCX, RDI after STD; REP STOSB");
+    let Some(f) = unbacked::exec_at(a + 0x40) else {
+        fail(format_args!(
+            "code at unbacked {:#x} ran without a fault",
+            a + 0x40
+        ))
+    };
+    check_eq!(f.vector, 6, "vector of the fault running 0xFF bytes");
+}
+
+/// A page walk through unbacked memory reads all-ones entries, whose
+/// reserved bits give a #PF with P and RSVD (APM 5.3.1, 8.4.2): linear
+/// 1 GiB's PD is in unbacked memory; a read, a write and a fetch there.
+fn unbacked_page_walk_rsvd(params: &StartParams) {
+    let a = unbacked::address(params.memory_size);
+    unbacked::set_pdpt(1, a | 3);
+    let la = 1u64 << 30;
+    let read = catch(3, || {
+        // SAFETY: the #PF is expected and skipped (3 bytes).
+        unsafe { asm!("mov rax, [rcx]", in("rcx") la, out("rax") _, options(nostack, readonly)) };
+    });
+    let write = catch(3, || {
+        // SAFETY: as above.
+        unsafe { asm!("mov [rcx], rax", in("rcx") la + 8, in("rax") 0u64, options(nostack)) };
+    });
+    let fetch = unbacked::exec_at(la + 0x10);
+    unbacked::set_pdpt(1, 0);
+    let got =
+        |f: Option<guest_stubs::exceptions::Fault>| f.map(|f| (f.vector, f.error_code, f.cr2));
+    check_eq!(
+        got(read),
+        Some((14, 0x9, la)),
+        "#PF of a read (vector, error code, CR2)"
+    );
+    check_eq!(got(write), Some((14, 0xB, la + 8)), "#PF of a write");
+    // I/D is set only with EFER.NXE.
+    let id = if rdmsr(svm::msr::EFER) & svm::msr::EFER_NXE != 0 {
+        0x10
+    } else {
+        0
+    };
+    check_eq!(
+        got(fetch),
+        Some((14, 0x9 | id, la + 0x10)),
+        "#PF of a fetch"
+    );
+}
+
+/// The last unbacked page below MAXPHYADDR reads all-ones and drops
+/// stores; the first page at MAXPHYADDR is a reserved-bit #PF from the
+/// guest's own walk (the CPU's, no exit).
+fn unbacked_up_to_maxphyaddr(_: &StartParams) {
+    #[repr(C, align(4096))]
+    struct Table([u64; 512]);
+    static mut PD: Table = Table([0; 512]);
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
+    let top = 1u64 << bits;
+    const PRESENT_RW_2M: u64 = 0x83;
+    // SAFETY: a static of this guest, identity-mapped (GPA = address).
+    unsafe {
+        let pd = &raw mut PD;
+        (*pd).0[0] = (top - (2 << 20)) | PRESENT_RW_2M;
+        (*pd).0[1] = top | PRESENT_RW_2M;
+    }
+    unbacked::set_pdpt(2, &raw const PD as u64 | 3);
+    let la = 2u64 << 30;
+    let last = la + (2 << 20) - 8;
+    // SAFETY: mapped to the last 8 bytes below MAXPHYADDR.
+    let before = unsafe { core::ptr::read_volatile(last as *const u64) };
+    // SAFETY: as above; the store is dropped.
+    unsafe { core::ptr::write_volatile(last as *mut u64, 0) };
+    // SAFETY: as above.
+    let after = unsafe { core::ptr::read_volatile(last as *const u64) };
+    let beyond = catch(3, || {
+        // SAFETY: the #PF is expected and skipped (3 bytes).
+        unsafe {
+            asm!("mov rax, [rcx]", in("rcx") la + (2 << 20), out("rax") _, options(nostack, readonly))
+        };
+    });
+    unbacked::set_pdpt(2, 0);
+    check_eq!(
+        (before, after),
+        (u64::MAX, u64::MAX),
+        format_args!(
+            "reads of GPA {:#x} (MAXPHYADDR {bits}) before and after a store",
+            top - 8
+        )
+    );
+    // Hardware reports P|RSVD (0x9); QEMU TCG's own walk reports RSVD
+    // without P (0x8, docs/qemu-tcg.md): P is not checked here.
+    check_eq!(
+        beyond.map(|f| (f.vector, f.error_code & !1, f.cr2)),
+        Some((14, 0x8, la + (2 << 20))),
+        format_args!("#PF reading GPA {top:#x} (vector, error code without P, CR2)")
+    );
+}
+
+/// Read-modify-writes of unbacked memory (the fuzzer's `00 00`, ADD
+/// [RAX], AL, is one) complete with the flags of an all-ones operand,
+/// the store dropped (shifts too); XCHG, XADD and a failed CMPXCHG load
+/// all-ones, BTS sets CF; pushes and calls onto a stack
+/// there move RSP.
+fn unbacked_read_modify_write(params: &StartParams) {
+    let a = unbacked::address(params.memory_size);
+    const ARITH: u64 = 0x8D5;
+    let flags = |f: u64| f & ARITH;
+    let (add, inc, neg, and): (u64, u64, u64, u64);
+    // SAFETY: `a` is identity-mapped unbacked memory: it reads all-ones and
+    // drops stores. STC before INC: INC keeps CF.
+    unsafe {
+        asm!("add qword ptr [{a}], 1", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) add);
+        asm!("stc", "lock inc dword ptr [{a}]", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) inc);
+        asm!("neg byte ptr [{a}]", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) neg);
+        asm!("and word ptr [{a}], 0x7fff", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) and);
+    }
+    let (shl, ror): (u64, u64);
+    // SAFETY: as above.
+    unsafe {
+        asm!("shl dword ptr [{a}], 1", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) shl);
+        asm!("clc", "ror byte ptr [{a}], cl", "pushfq", "pop {f}", a = in(reg) a, in("cl") 3u8, f = out(reg) ror);
+    }
+    // 0xffffffff << 1 = 0xfffffffe: CF, SF (PF: 0xfe has 7 bits set: odd).
+    check_eq!(
+        flags(shl) & !0x10,
+        0x81,
+        "flags of SHL dword [unbacked], 1 (AF undefined)"
+    );
+    // ROR 0xff by 3: CF = MSB = 1, OF undefined; SF/ZF/PF unchanged.
+    check_eq!(ror & 1, 1, "CF of CLC; ROR byte [unbacked], CL=3");
+    // -1 + 1 = 0: CF, PF, AF, ZF.
+    check_eq!(flags(add), 0x55, "flags of ADD qword [unbacked], 1");
+    // 0xffffffff + 1 = 0 (CF kept from STC): CF, PF, AF, ZF.
+    check_eq!(flags(inc), 0x55, "flags of STC; LOCK INC dword [unbacked]");
+    // -(0xff) = 1: CF, AF.
+    check_eq!(flags(neg), 0x11, "flags of NEG byte [unbacked]");
+    // 0xffff & 0x7fff = 0x7fff: PF (0xff: even).
+    check_eq!(flags(and), 0x04, "flags of AND word [unbacked], 0x7fff");
+    let mut r9 = 5u64;
+    let mut ah = 0x1234u64;
+    // SAFETY: as above.
+    unsafe {
+        asm!("xchg qword ptr [{a}], r9", a = in(reg) a, inout("r9") r9, options(nostack));
+        // AH cannot be encoded with a REX prefix: the address in RDX.
+        asm!("xchg byte ptr [rdx], ah", in("rdx") a, inout("rax") ah, options(nostack));
+    }
+    check_eq!(r9, u64::MAX, "R9 after XCHG with unbacked memory");
+    check_eq!(ah, 0xFF34, "RAX after XCHG AH with unbacked memory");
+    let (mut r10, mut rax, mut rax2, cmpxchg, bts): (u64, u64, u64, u64, u64);
+    r10 = 1;
+    // SAFETY: as above.
+    unsafe {
+        asm!("lock xadd dword ptr [{a}], r10d", a = in(reg) a, inout("r10") r10, options(nostack));
+        asm!("lock cmpxchg qword ptr [{a}], r10", "pushfq", "pop {f}", a = in(reg) a,
+             in("r10") 0u64, inout("rax") 7u64 => rax, f = out(reg) cmpxchg);
+        asm!("cmpxchg word ptr [{a}], r10w", a = in(reg) a, in("r10") 0u64,
+             inout("rax") 0x5555_FFFFu64 => rax2, options(nostack));
+        asm!("clc", "bts qword ptr [{a}], 5", "pushfq", "pop {f}", a = in(reg) a, f = out(reg) bts);
+    }
+    check_eq!(r10, 0xFFFF_FFFF, "R10 after XADD with unbacked memory");
+    check_eq!(
+        rax,
+        u64::MAX,
+        "RAX after a failed CMPXCHG with unbacked memory"
+    );
+    check_eq!(cmpxchg & 0x40, 0, "ZF of a failed CMPXCHG");
+    check_eq!(
+        rax2,
+        0x5555_FFFF,
+        "RAX after a CMPXCHG that matched (AX = 0xFFFF)"
+    );
+    check_eq!(bts & 1, 1, "CF of BTS on unbacked memory");
+    // A stack in unbacked memory: pushes and a call go nowhere, RSP moves.
+    let (rsp, pushed): (u64, u64);
+    // SAFETY: as above; interrupts are off and no fault is raised between
+    // the two RSP moves, so nothing else uses this stack.
+    unsafe {
+        asm!(
+            "mov {old}, rsp",
+            "mov rsp, {a}",
+            "push 0x1234",
+            "pushfq",
+            "push {old}",
+            "call 2f",
+            "2:",
+            "pop {pushed}",
+            "mov {a}, rsp",
+            "mov rsp, {old}",
+            old = out(reg) _,
+            a = inout(reg) a + 0x100 => rsp,
+            pushed = out(reg) pushed,
+        );
+    }
+    check_eq!(
+        rsp,
+        a + 0x100 - 24,
+        "RSP after three pushes, a CALL and a POP"
+    );
+    check_eq!(
+        pushed,
+        u64::MAX,
+        "the return address popped from unbacked memory"
+    );
+    // A dropped store is an instruction L0 completes: a single step over it
+    // traps right after it, raised by L0 (the host side checks that no #DB
+    // exit happened).
+    write_dr(6, DR6_CLEAR);
+    let stepped = catch_trap(|| {
+        // SAFETY: as above; POPFQ sets TF, the trap follows the store and
+        // the #DB handler clears TF.
+        unsafe {
+            asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov qword ptr [{a}], 0", a = in(reg) a)
+        };
+    });
+    check!(
+        matches!(stepped, Some(f) if f.vector == 1 && f.dr6 & DR6_BS != 0),
+        "single step over a dropped store: {stepped:?}"
+    );
+    // SAFETY: as above.
+    let v = unsafe { core::ptr::read_volatile(a as *const u64) };
+    check_eq!(v, u64::MAX, "unbacked memory after the stores");
 }
 
 /// A guest that never exits: only the hypervisor's watchdog can stop it.

@@ -90,11 +90,12 @@ pub static CASES: &[Case] = &[
         name: "guest::npf_outside_memory",
         image: GUEST,
         config: VmConfig::PLAIN,
-        expect: Expect::Stop(
-            |s, o| matches!(s, Stop::NestedPageFault { gpa, .. } if *gpa == o.memory_size + 0x1000_0000),
-            "a nested page fault at RAM size + 0x1000_0000",
-        ),
-        check: no_check,
+        expect: Expect::Pass,
+        // The stores reached L0 (the all-ones frame is never writable).
+        check: |o| match o.vcpu.exit_count(ExitCode::Npf) {
+            0 => Err(String::from("no NPF exits for the stores")),
+            _ => Ok(()),
+        },
     },
     Case {
         name: "guest::debug_exit_blocked",
@@ -244,6 +245,29 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         // Three instructions L0 emulates, each single-stepped: the #DB is
         // L0's to raise (an emulated instruction never runs on the CPU).
+        check: |o| exits_are(o, ExitCode::Exception(1), 0),
+    },
+    // ISSUE 8 C: page walks through unbacked memory fault in the guest.
+    Case {
+        name: "guest::unbacked_page_walk_rsvd",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::unbacked_up_to_maxphyaddr",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::unbacked_read_modify_write",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // The single step over a dropped store is L0's #DB to raise.
         check: |o| exits_are(o, ExitCode::Exception(1), 0),
     },
 ];

@@ -37,8 +37,6 @@ pub struct Outcome {
     pub stop: Stop,
     /// The vCPU, with its exit statistics and final VMCB.
     pub vcpu: Vcpu,
-    /// Guest RAM size.
-    pub memory_size: u64,
     /// Guest console lines.
     pub console: Vec<String>,
 }
@@ -153,7 +151,6 @@ fn run_case(case: &Case, host: &enable::HostCpu) -> Result<(), String> {
     let outcome = Outcome {
         stop,
         vcpu,
-        memory_size,
         console: core::mem::take(&mut vm.console),
     };
     drop(vm);

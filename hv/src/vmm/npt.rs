@@ -2,8 +2,17 @@
 //! format as ordinary long-mode tables. APM Vol. 2, 15.25.5: every level is
 //! treated as a user access, so each entry needs U=1.
 //!
-//! Only the VM's own RAM block is mapped: nothing of the hypervisor is ever
-//! reachable from a guest, and any other access is a nested page fault.
+//! The VM's own RAM block is mapped writable. Every other guest-physical
+//! page below the MAXPHYADDR the guest sees is unbacked memory, which on a
+//! PC reads all-ones and drops writes (svm::emulate::unbacked): it is
+//! mapped read-only (and executable: a fetch gets 0xFF bytes) to one frame
+//! of 0xFF bytes owned by this VM, through tables shared by every fully
+//! unbacked range (one PT whose entries all map that frame, one PD whose
+//! entries all point at that PT, one PDPT likewise), so the whole space
+//! costs four frames. Writes there are nested page faults that L0 drops
+//! (exits::npf). Nothing of the hypervisor is reachable from a guest: the
+//! frame holds only 0xFF and no guest can write it; tables are never
+//! mapped. At and above MAXPHYADDR nothing is mapped.
 
 use crate::mem::frame::{self, FRAME_SIZE};
 use alloc::vec::Vec;
@@ -37,10 +46,27 @@ const TABLE: Flags = Flags::PRESENT
     .union(Flags::WRITABLE)
     .union(Flags::USER_ACCESSIBLE);
 
+/// Raw entry bits for the unbacked tables.
+const P: u64 = 1;
+const W: u64 = 1 << 1;
+const U: u64 = 1 << 2;
+const PS: u64 = 1 << 7;
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+/// A table entry: the leaves decide the access.
+const TABLE_ENTRY: u64 = P | W | U;
+/// A leaf onto the all-ones frame: read and execute, no write.
+const UNBACKED_LEAF: u64 = P | U;
+
+/// Entry `i` of the table at host-physical `table`.
+fn entry(table: u64, i: u64) -> *mut u64 {
+    (crate::mem::paging::phys_to_virt(table) + i * 8) as *mut u64
+}
+
 impl Npt {
     /// Maps guest-physical `[0, size)` to host-physical `[host, host + size)`
-    /// with 2 MiB pages (both must be 2 MiB aligned).
-    pub fn new(host: u64, size: u64) -> Result<Self, &'static str> {
+    /// with 2 MiB pages (both must be 2 MiB aligned), and `[size, limit)`
+    /// read-only to all-ones (`limit`: svm::emulate::unbacked::phys_limit).
+    pub fn new(host: u64, size: u64, limit: u64) -> Result<Self, &'static str> {
         let mut tables = Vec::new();
         let pml4 = frame::alloc_zeroed(1, FRAME_SIZE).ok_or("out of memory for the NPT root")?;
         tables.push(pml4);
@@ -75,7 +101,77 @@ impl Npt {
                 Err(_) => return Err("overlapping NPT mapping"),
             }
         }
+        npt.map_unbacked(limit)?;
         Ok(npt)
+    }
+
+    /// A fresh table frame (zeroed), recorded to be freed with the VM.
+    fn new_table(&mut self) -> Result<u64, &'static str> {
+        let t = frame::alloc_zeroed(1, FRAME_SIZE).ok_or("out of memory for the NPT")?;
+        self.tables.push(t);
+        Ok(t)
+    }
+
+    /// Maps every page below `limit` that is not RAM onto the all-ones
+    /// frame, read-only.
+    fn map_unbacked(&mut self, limit: u64) -> Result<(), &'static str> {
+        let ones = self.new_table()?;
+        // SAFETY: a fresh frame of ours, in the direct map.
+        unsafe { core::ptr::write_bytes(entry(ones, 0) as *mut u8, 0xFF, FRAME_SIZE as usize) };
+        // full[l - 1]: the entry at level l (1 = PT .. 4 = PML4) for a range
+        // that is unbacked throughout. Each shared table is one frame in
+        // `tables`, however many entries point at it: freed once.
+        let mut full = [ones | UNBACKED_LEAF, 0, 0, 0];
+        for level in 1..4 {
+            let shared = self.new_table()?;
+            for i in 0..512 {
+                // SAFETY: our fresh table frame.
+                unsafe { entry(shared, i).write(full[level - 1]) };
+            }
+            full[level] = shared | TABLE_ENTRY;
+        }
+        self.fill(self.pml4, 4, 0, limit, &full)
+    }
+
+    /// Fills the non-present entries of `table` (at `level`, mapping from
+    /// guest-physical `base`) below `limit` with unbacked memory: shared
+    /// tables where the entry's whole range is below `limit`, a table of
+    /// its own where `limit` cuts it.
+    fn fill(
+        &mut self,
+        table: u64,
+        level: u8,
+        base: u64,
+        limit: u64,
+        full: &[u64; 4],
+    ) -> Result<(), &'static str> {
+        let span = 1u64 << (12 + 9 * u32::from(level - 1));
+        for i in 0..512u64 {
+            let start = base + i * span;
+            if start >= limit {
+                break;
+            }
+            // SAFETY: `table` is one of this NPT's own table frames.
+            let e = unsafe { entry(table, i).read() };
+            if e & P != 0 {
+                // RAM: a table (recurse) or a 2 MiB page (already mapped).
+                if level > 1 && e & PS == 0 {
+                    self.fill(e & ADDR, level - 1, start, limit, full)?;
+                }
+                continue;
+            }
+            let value = if start + span <= limit {
+                full[usize::from(level) - 1]
+            } else {
+                // `limit` is a power of two of at least 4 KiB: level > 1.
+                let own = self.new_table()?;
+                self.fill(own, level - 1, start, limit, full)?;
+                own | TABLE_ENTRY
+            };
+            // SAFETY: as above.
+            unsafe { entry(table, i).write(value) };
+        }
+        Ok(())
     }
 
     /// The nCR3 value.

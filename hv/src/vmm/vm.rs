@@ -132,7 +132,9 @@ impl Vm {
     /// A VM with `memory_size` bytes of zeroed RAM (a multiple of 2 MiB).
     pub fn new(name: &str, memory_size: u64, config: VmConfig) -> Result<Self, &'static str> {
         let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
-        let npt = Npt::new(memory.host_phys(), memory_size)?;
+        let l1_limits = l1_limits(config.nested_svm);
+        let unbacked_limit = svm::emulate::unbacked::phys_limit(l1_limits.max_phys_bits);
+        let npt = Npt::new(memory.host_phys(), memory_size, unbacked_limit)?;
         let mut msrpm: PhysBox<MsrPermissionMap> =
             PhysBox::new_zeroed().ok_or("out of memory for the MSRPM")?;
         msrpm.set_intercept_all();
@@ -155,7 +157,7 @@ impl Vm {
             nested_svm: config.nested_svm,
             vmcb12_checks: config.vmcb12_checks,
             limits: config.limits,
-            l1_limits: l1_limits(config.nested_svm),
+            l1_limits,
             test_hypercalls: config.test_hypercalls,
             name: String::from(name),
             memory,

@@ -4,10 +4,12 @@
 //! state as plain data and returns the new state or the fault the CPU would
 //! raise, with the checks of the AMD APM Vol. 2 (and KVM where it is silent).
 
+pub mod alu;
 pub mod cr;
 pub mod dr;
 pub mod fetch;
 pub mod tr;
+pub mod unbacked;
 
 /// A fault the emulated instruction raises instead of completing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,6 +73,13 @@ pub enum Task {
     /// #GP); EFER → R2, clear EFER.SVME, EFER → R3, VMLOAD (#UD); SVME
     /// back on; CLGI, STGI, INVLPGA; SKINIT (#UD); R4 := 1, yield.
     SvmInsns,
+    /// Unbacked L1-physical memory at R7: its u64 → R0, a store there,
+    /// its u64 → R1, REP STOSB of 0x1800 bytes at R7 + 0x800 → RCX in R2,
+    /// RDI in R3, yield.
+    Unbacked,
+    /// Read the u64 at linear R7 (L1 put its PD in unbacked memory), R0 :=
+    /// 1, yield.
+    UnbackedWalk,
 }
 
 /// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
@@ -108,6 +115,25 @@ fn svm_insns(bad: u64) {
         asm!("skinit eax", in("eax") 0u32, options(nostack));
     }
     put(4, 1);
+}
+
+fn unbacked(a: u64) {
+    let read = || {
+        // SAFETY: `a` is identity-mapped unbacked memory: reads all-ones.
+        unsafe { core::ptr::read_volatile(a as *const u64) }
+    };
+    put(0, read());
+    // SAFETY: as above; the store is dropped.
+    unsafe { core::ptr::write_volatile(a as *mut u64, 0x1234) };
+    put(1, read());
+    let (rcx, rdi): (u64, u64);
+    // SAFETY: as above (8 KiB of it).
+    unsafe {
+        asm!("rep stosb", inout("rcx") 0x1800u64 => rcx, inout("rdi") a + 0x800 => rdi,
+             in("al") 0u8, options(nostack))
+    };
+    put(2, rcx);
+    put(3, rdi);
 }
 
 /// The payload L1 picked.
@@ -258,6 +284,12 @@ pub extern "C" fn entry() -> ! {
             put(0, rdtsc());
             put(6, call(svm::guest_abi::HC_TSC_FREEZE_RESTORE, 0, input, 0));
             put(1, rdtsc());
+        }
+        x if x == Task::Unbacked as u64 => unbacked(input),
+        x if x == Task::UnbackedWalk as u64 => {
+            // SAFETY: faults (#PF, L1 intercepts it) or reads.
+            unsafe { core::ptr::read_volatile(input as *const u64) };
+            put(0, 1);
         }
         _ => {}
     }

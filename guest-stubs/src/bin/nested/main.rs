@@ -116,6 +116,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
         "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
         "nested::l2_cr3_reserved_bits" => hardening::l2_cr3_reserved_bits(),
+        "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
+        "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
+        "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -1575,4 +1578,88 @@ fn checks_decide_before_the_cpu() {
         ran > ITERATIONS / 10 && by_l0 > ITERATIONS / 10,
         "too few of one kind"
     );
+}
+
+/// L2's accesses to unbacked L1-physical memory (L1 has no nested paging,
+/// so they are L0's guest-physical): reads give all-ones, stores are
+/// dropped, and L2 goes on to its HLT (ISSUE 8 C).
+fn l2_unbacked_memory(memory_size: u64) {
+    let a = guest_stubs::unbacked::address(memory_size);
+    let mut regs = setup(Task::Unbacked, a);
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(
+        (l2::result(0), l2::result(1)),
+        (u64::MAX, u64::MAX),
+        "L2's reads of unbacked memory before and after its store"
+    );
+    check_eq!(
+        (l2::result(2), l2::result(3)),
+        (0, a + 0x2000),
+        "RCX, RDI after L2's REP STOSB"
+    );
+}
+
+/// L2's page walk through a PD in unbacked memory: the all-ones PDE has
+/// reserved bits, so the #PF (P|RSVD) reaches L1, which intercepts #PF,
+/// with the linear address in EXITINFO2 (APM 15.12).
+fn l2_unbacked_page_walk(memory_size: u64) {
+    let a = guest_stubs::unbacked::address(memory_size);
+    let la = 1u64 << 30;
+    guest_stubs::unbacked::set_pdpt(1, a | 3);
+    let mut regs = setup(Task::UnbackedWalk, la);
+    l1::vmcb().control.intercept_exceptions |= 1 << 14;
+    let (_, exit) = l1::run(&mut regs);
+    guest_stubs::unbacked::set_pdpt(1, 0);
+    check_eq!(
+        ExitCode::from_raw(exit),
+        ExitCode::Exception(14),
+        "L2's exit"
+    );
+    let c = &l1::vmcb().control;
+    check_eq!(
+        (c.exit_info1, c.exit_info2),
+        (0x9, la),
+        "#PF error code and address (EXITINFO1, EXITINFO2)"
+    );
+    check_eq!(l2::result(0), 0, "L2 went on past the faulting read");
+}
+
+/// L2 starts with CR3 in unbacked memory (and L1's IDT): its fetch walks an
+/// all-ones PML4E, a #PF with RSVD (L1 intercepting #PF sees it, EXITINFO2
+/// = RIP); without that intercept the #PF's delivery walks the same
+/// tables: #DF (L1 intercepting #DF sees it); without that, the #DF's
+/// delivery faults too: shutdown, which L1 intercepts (APM 8.2.9).
+fn l2_unbacked_cr3_faults(memory_size: u64) {
+    let a = guest_stubs::unbacked::address(memory_size);
+    let mut idtr = [0u8; 10];
+    // SAFETY: SIDT stores 10 bytes into the buffer.
+    unsafe { asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let limit = u32::from(u16::from_le_bytes([idtr[0], idtr[1]]));
+    let base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
+    let nxe = rdmsr(EFER) & svm::msr::EFER_NXE != 0;
+    for (vector, want) in [
+        (Some(14), ExitCode::Exception(14)),
+        (Some(8), ExitCode::Exception(8)),
+        (None, ExitCode::Shutdown),
+    ] {
+        let mut regs = setup(Task::Yield, 0);
+        let v = l1::vmcb();
+        v.state.cr3 = a;
+        v.state.idtr.base = base;
+        v.state.idtr.limit = limit;
+        if let Some(vector) = vector {
+            v.control.intercept_exceptions |= 1 << vector;
+        }
+        let rip = v.state.rip;
+        run_expect(&mut regs, want);
+        if vector == Some(14) {
+            let c = &l1::vmcb().control;
+            let code = if nxe { 0x19 } else { 0x9 };
+            check_eq!(
+                (c.exit_info1, c.exit_info2),
+                (code, rip),
+                "#PF of the fetch (EXITINFO1, EXITINFO2)"
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod exception;
 mod hypercall;
 mod ioio;
 mod msr;
+mod npf;
 mod reinject;
 pub mod rip;
 mod tr;
@@ -42,7 +43,8 @@ pub enum Stop {
     },
     /// Triple fault (SHUTDOWN intercept).
     Shutdown,
-    /// Nested page fault: an access outside guest RAM.
+    /// Nested page fault L0 does not resolve: beyond the guest's
+    /// MAXPHYADDR, or a limit of L0 with unbacked memory (exits::npf).
     NestedPageFault {
         /// Guest-physical address (EXITINFO2).
         gpa: u64,
@@ -153,10 +155,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Nmi => Action::Resume,
         ExitCode::Iret => exception::iret(vcpu),
         ExitCode::Shutdown => Action::Stop(Stop::Shutdown),
-        ExitCode::Npf => Action::Stop(Stop::NestedPageFault {
-            gpa: vcpu.vmcb.control.exit_info2,
-            error_code: vcpu.vmcb.control.exit_info1,
-        }),
+        ExitCode::Npf => npf::handle(vcpu, vm, host),
         ExitCode::Invalid => Action::Stop(Stop::InvalidVmcb),
         other => Action::Stop(Stop::Unhandled(alloc::format!("{other:?}"))),
     };

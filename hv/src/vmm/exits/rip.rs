@@ -14,7 +14,8 @@ use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
 use svm::emulate::fetch::{self, Paging};
-use svm::walk::WalkError;
+use svm::emulate::unbacked;
+use svm::walk::{Reserved, WalkError};
 use svm::{EventInfo, ExitCode};
 
 /// Why L0 has no instruction (or operand) to emulate.
@@ -109,10 +110,33 @@ pub fn segment_base(vcpu: &Vcpu, seg: Seg) -> u64 {
     }
 }
 
+/// Reads the 8-byte entry at guest-physical `gpa` as the CPU's page walk
+/// does: RAM, or all-ones from unbacked memory below MAXPHYADDR
+/// (svm::emulate::unbacked); `None` beyond it.
+fn read_phys_u64(vm: &Vm, gpa: u64) -> Option<u64> {
+    vm.memory
+        .read_u64(gpa)
+        .or_else(|| is_unbacked(vm, gpa).then_some(u64::MAX))
+}
+
+/// Whether `gpa` is unbacked guest-physical memory (reads all-ones).
+pub fn is_unbacked(vm: &Vm, gpa: u64) -> bool {
+    let limit = unbacked::phys_limit(vm.l1_limits.max_phys_bits);
+    unbacked::is_unbacked(gpa, vm.memory.size(), limit)
+}
+
 /// The guest-physical address of linear address `la`, through the guest's
-/// paging (none, or 4-level long-mode paging), or the fault; `fetch` for
-/// instruction bytes (the #PF error code says so).
-fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> {
+/// paging (none, or 4-level long-mode paging), or the fault the CPU's walk
+/// gives (a page-table entry in unbacked memory is all-ones: #PF with
+/// RSVD); `write` and `fetch` say what the access is (the #PF error code
+/// says so).
+pub fn translate_access(
+    vcpu: &Vcpu,
+    vm: &Vm,
+    la: u64,
+    write: bool,
+    fetch: bool,
+) -> Result<u64, NoInsn> {
     let s = &vcpu.vmcb.state;
     match fetch::paging(s.cr0, s.efer) {
         Paging::Off => return Ok(la & 0xffff_ffff),
@@ -124,14 +148,23 @@ fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> 
             ))))
         }
     }
-    svm::walk::translate(|a| vm.memory.read_u64(a), s.cr3, la).map_err(|e| match e {
+    let nxe = s.efer & svm::msr::EFER_NXE != 0;
+    let reserved = Reserved {
+        max_phys_bits: vm.l1_limits.max_phys_bits,
+        nxe,
+    };
+    let page_fault = |code: u32| NoInsn::Fault {
+        event: EventInfo::exception_with_error_code(14, code),
+        cr2: Some(la),
+    };
+    svm::walk::translate_checked(|a| read_phys_u64(vm, a), s.cr3, la, reserved).map_err(|e| match e
+    {
         WalkError::NotPresent(_) => {
-            let nxe = s.efer & svm::msr::EFER_NXE != 0;
-            let code = fetch::not_present_error_code(s.cpl, fetch, nxe);
-            NoInsn::Fault {
-                event: EventInfo::exception_with_error_code(14, code),
-                cr2: Some(la),
-            }
+            let w = if write { 1 << 1 } else { 0 };
+            page_fault(fetch::not_present_error_code(s.cpl, fetch, nxe) | w)
+        }
+        WalkError::Reserved(_) => {
+            page_fault(unbacked::reserved_error_code(s.cpl, write, fetch, nxe))
         }
         WalkError::NonCanonical => NoInsn::gp0(),
         WalkError::OutsideMemory(gpa) => {
@@ -140,8 +173,13 @@ fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> 
     })
 }
 
+fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> {
+    translate_access(vcpu, vm, la, false, fetch)
+}
+
 /// Reads up to `out.len()` bytes at linear address `la`: how many were
-/// read, and the fault that stopped the read early.
+/// read, and the fault that stopped the read early. Unbacked memory reads
+/// 0xFF bytes.
 fn read_linear_upto(
     vcpu: &Vcpu,
     vm: &Vm,
@@ -157,8 +195,11 @@ fn read_linear_upto(
             Err(e) => return (done, Some(e)),
         };
         let in_page = (4096 - (pa % 4096)).min((out.len() - done) as u64);
+        let dst = &mut out[done..done + in_page as usize];
         match vm.memory.slice(pa, in_page) {
-            Ok(src) => out[done..done + in_page as usize].copy_from_slice(src),
+            Ok(src) => dst.copy_from_slice(src),
+            // RAM ends on a 2 MiB boundary: a page is RAM or not.
+            Err(_) if is_unbacked(vm, pa) => dst.fill(0xFF),
             Err(o) => {
                 let stop = Stop::NestedPageFault {
                     gpa: o.gpa,
@@ -180,10 +221,14 @@ pub fn read_linear(vcpu: &Vcpu, vm: &Vm, la: u64, out: &mut [u8]) -> Result<(), 
     }
 }
 
-/// Writes `data` at linear address `la`, byte by byte (a GDT entry: 8 bytes).
+/// Writes `data` at linear address `la`, byte by byte (a GDT entry: 8
+/// bytes); writes to unbacked memory are dropped.
 pub fn write_linear(vcpu: &Vcpu, vm: &mut Vm, la: u64, data: &[u8]) -> Result<(), NoInsn> {
     for (i, b) in data.iter().enumerate() {
-        let pa = translate(vcpu, vm, la.wrapping_add(i as u64), false)?;
+        let pa = translate_access(vcpu, vm, la.wrapping_add(i as u64), true, false)?;
+        if is_unbacked(vm, pa) {
+            continue;
+        }
         match vm.memory.slice_mut(pa, 1) {
             Ok(dst) => dst[0] = *b,
             Err(o) => {
