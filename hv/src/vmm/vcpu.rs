@@ -79,7 +79,7 @@ impl Vcpu {
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
             exited_at = Some(crate::time::host_tsc::read_raw());
-            super::tsc::after_exit(vm);
+            super::tsc::after_exit(self, vm);
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
             if code == ExitCode::Intr {
                 // A physical interrupt (the watchdog), held since the exit:
