@@ -50,6 +50,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::vmload_vmsave" => vmload_vmsave(),
         "nested::gif_stgi_clgi" => gif_stgi_clgi(),
         "nested::tsc_offset_composes" => tsc_offset_composes(),
+        "nested::tsc_offset_composes::exiting" => tsc_offset_composes_exiting(),
         "nested::tsc_l0_write_while_l2_runs" => tsc_l0_write_while_l2_runs(),
         "nested::tsc_exit_restores_l1_offset" => tsc_exit_restores_l1_offset(),
         "nested::tsc_l2_rdmsr_sees_l2_view" => tsc_l2_rdmsr_sees_l2_view(),
@@ -528,6 +529,21 @@ fn tsc_offset_composes() {
     check!(
         t1 + O12 <= l2 && l2 <= t2 + O12,
         "L2 read {l2:#x}, L1 read {t1:#x} and {t2:#x}, o12 {O12:#x}"
+    );
+}
+
+/// With RDTSC exiting (the hypervisor's configuration for this test), L0
+/// emulates L2's RDTSC and RDMSR IA32_TSC: both include vmcb12's offset.
+fn tsc_offset_composes_exiting() {
+    let mut regs = setup(Task::RdmsrTsc, 0);
+    l1::vmcb().control.tsc_offset = O12;
+    let t1 = rdtsc();
+    run_expect(&mut regs, ExitCode::Hlt);
+    let t2 = rdtsc();
+    let (a, m, b) = (l2::result(0), l2::result(1), l2::result(2));
+    check!(
+        t1 + O12 <= a && a <= m && m <= b && b <= t2 + O12,
+        "L2: RDTSC {a:#x}, RDMSR {m:#x}, RDTSC {b:#x}; L1 read {t1:#x} and {t2:#x}, o12 {O12:#x}"
     );
 }
 
