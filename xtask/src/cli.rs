@@ -17,6 +17,9 @@ commands:
   test    host unit tests of every crate, then the QEMU boot tests
   lint    rustfmt check and clippy (host crates and bare-metal crates)
   bench   instructions per exit round trip, counted under QEMU -icount (release kernel)
+  mutants apply each mutation of xtask/mutants.txt to a scratch copy and run the guest
+          self-tests it names (TCG, direct boot); every one must be killed.
+          `mutants --list` lists them; `mutants NAME...` runs those only
 
 options:
   --release                 optimized kernel (build, run, image, test)
@@ -43,6 +46,7 @@ pub enum Task {
     Test { release: bool },
     Lint,
     Bench,
+    Mutants { list: bool, names: Vec<String> },
 }
 
 /// How `run` should boot.
@@ -106,6 +110,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         },
         "lint" => Task::Lint,
         "bench" => Task::Bench,
+        "mutants" => Task::Mutants {
+            list: options.flag("--list"),
+            names: options.positional(),
+        },
         other => bail!("unknown command `{other}` (see cargo xtask --help)"),
     };
     options.finish()?;
@@ -189,6 +197,13 @@ impl Options {
         }
     }
 
+    /// The words that are not options (`--...`), taken.
+    fn positional(&mut self) -> Vec<String> {
+        let (options, words) = self.words.drain(..).partition(|w| w.starts_with("--"));
+        self.words = options;
+        words
+    }
+
     fn take_cmdline(&mut self) -> Vec<String> {
         self.cmdline.take().unwrap_or_default()
     }
@@ -256,6 +271,25 @@ mod tests {
         };
         assert!(!args.release);
         assert_eq!(args.cmdline, vec!["--release".to_string()]);
+    }
+
+    #[test]
+    fn mutants_takes_names_and_list() {
+        assert_eq!(
+            parse_words("mutants --list a b").unwrap(),
+            Task::Mutants {
+                list: true,
+                names: vec!["a".into(), "b".into()],
+            }
+        );
+        assert_eq!(
+            parse_words("mutants").unwrap(),
+            Task::Mutants {
+                list: false,
+                names: vec![],
+            }
+        );
+        assert!(parse_words("mutants --release").is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn execute(task: Task) -> Result<bool> {
         Task::Test { release } => tasks::test::test(release)?,
         Task::Lint => tasks::lint::lint()?,
         Task::Bench => tasks::bench::bench()?,
+        Task::Mutants { list, names } => return tasks::mutants::mutants(list, &names),
         Task::Run(args) => {
             let verdict = tasks::run::run(&args)?;
             eprintln!("xtask: {verdict}");

@@ -64,7 +64,9 @@ pub static CASES: [Case; 26] = [
             let n = o.vcpu.exit_count(ExitCode::Rdtsc) + o.vcpu.exit_count(ExitCode::Rdtscp);
             match n {
                 4.. => Ok(()),
-                n => Err(format!("{n} RDTSC exits with RDTSC exiting, expected 4 or more")),
+                n => Err(format!(
+                    "{n} RDTSC exits with RDTSC exiting, expected 4 or more"
+                )),
             }
         },
         ..case("nested::tsc_offset_composes::exiting")

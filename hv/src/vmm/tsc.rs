@@ -108,12 +108,13 @@ pub fn move_l1(vcpu: &mut Vcpu, vm: &mut Vm, delta: u64) {
 }
 
 /// The test hook HC_TSC_SHIFT_HOST_BACK: the hypervisor's view of the host
-/// TSC jumps back by `ticks`. The skew changes the programmed offset, and
-/// the model absorbs the backwards jump at once.
+/// TSC jumps back by `ticks`. The skew is part of the programmed offset;
+/// the next reading of the host TSC (here, at once) sees it behind the last
+/// one and absorbs the jump, as for a real host TSC going backwards.
 pub fn shift_host_back(vcpu: &mut Vcpu, vm: &mut Vm, ticks: u64) {
     host_tsc::shift_back(ticks);
-    vm.tsc.observe_host(host_tsc::read());
     l1_offset_changed(vcpu, vm);
+    observe(vcpu, vm, host_tsc::read());
 }
 
 /// Sets or clears the RDTSC/RDTSCP intercepts in `c` to `on`, keeping

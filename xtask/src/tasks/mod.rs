@@ -4,6 +4,7 @@ pub mod bench;
 pub mod build;
 pub mod image;
 pub mod lint;
+pub mod mutants;
 pub mod run;
 pub mod test;
 

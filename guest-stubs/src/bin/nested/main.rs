@@ -372,7 +372,11 @@ fn msrpm_merge() {
         efer & EFER_SVME != 0 && efer & (1 << 8) != 0,
         "L2's EFER from L0: {efer:#x}"
     );
-    check_eq!(l2::result(2), KGS, "L2's KERNEL_GS_BASE (L1's, passed through)");
+    check_eq!(
+        l2::result(2),
+        KGS,
+        "L2's KERNEL_GS_BASE (L1's, passed through)"
+    );
     let tsc = l2::result(3);
     check!(
         t1 + O12 <= tsc && tsc <= t2 + O12,
