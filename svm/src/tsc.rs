@@ -136,11 +136,6 @@ impl VmTsc {
         }
     }
 
-    /// `B`, the VM-wide base offset.
-    pub fn base(&self) -> u64 {
-        self.base
-    }
-
     /// TSC frequency in kHz.
     pub fn khz(&self) -> u64 {
         self.khz
