@@ -222,13 +222,14 @@ pub fn tests_filter(mutants: &[&Mutant]) -> Option<String> {
     Some(prefixes.join(","))
 }
 
-/// The first failing self-test in a run's console output: the name in the
-/// first `test <name> ... FAILED` line.
-pub fn first_failure(serial: &str) -> Option<&str> {
+/// The first failing self-test in a run's console output: the name and
+/// the verdict (`FAILED (<reason>)`) of the first `test <name> ... FAILED`
+/// line.
+pub fn first_failure(serial: &str) -> Option<(&str, &str)> {
     serial.lines().find_map(|line| {
         let rest = line.trim_end().strip_prefix("test ")?;
         let (name, verdict) = rest.split_once(" ... ")?;
-        verdict.starts_with("FAILED").then_some(name)
+        verdict.starts_with("FAILED").then_some((name, verdict))
     })
 }
 
@@ -364,7 +365,10 @@ end
     #[test]
     fn finds_the_first_failing_test() {
         let serial = "test a ... ok\n[guest b] x ... FAILED\ntest b::c ... FAILED (guest failed: x)\ntest d ... FAILED\n";
-        assert_eq!(first_failure(serial), Some("b::c"));
+        assert_eq!(
+            first_failure(serial),
+            Some(("b::c", "FAILED (guest failed: x)"))
+        );
         assert_eq!(first_failure("test a ... ok\n1 passed, 0 failed\n"), None);
     }
 

@@ -183,7 +183,11 @@ fn build_and_run(work: &Path, filter: Option<&str>) -> Result<Run> {
     let verdict = Verdict::of(&outcome);
     Ok(match (verdict, mutants::first_failure(&outcome.serial)) {
         (Verdict::Success, None) => Run::Passed,
-        (_, Some(test)) => Run::Failed(test.to_string()),
+        (_, Some((test, why))) => {
+            // The reason, to tell a real kill from a flaky timing test.
+            eprintln!("xtask:   {test} ... {why}");
+            Run::Failed(test.to_string())
+        }
         (verdict, None) => Run::Failed(format!("no test failed; {verdict}")),
     })
 }
