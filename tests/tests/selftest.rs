@@ -127,6 +127,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_unbacked_memory",
     "nested::l2_unbacked_page_walk",
     "nested::l2_unbacked_cr3_faults",
+    "nested::tsc_offset_composes::exiting",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,
