@@ -40,6 +40,9 @@ pub struct Vcpu {
     pub nmi: svm::nmi::NmiState,
     /// Test hook: send a physical NMI to this CPU just before the next entry.
     pub physical_nmi_at_entry: bool,
+    /// The guest's DR0-DR3 (L1's and L2's: one set, as on the CPU), in the
+    /// CPU while this vCPU runs (`exits::dr`).
+    pub db: [u64; 4],
 }
 
 impl Vcpu {
@@ -59,6 +62,7 @@ impl Vcpu {
             nmi: svm::nmi::NmiState::default(),
             physical_nmi_at_entry: false,
             lme_hidden: false,
+            db: [0; 4],
         })
     }
 
@@ -67,8 +71,16 @@ impl Vcpu {
         self.exit_counts.get(&code.to_raw()).copied().unwrap_or(0)
     }
 
-    /// Runs the guest until an exit handler stops it.
+    /// Runs the guest until an exit handler stops it, with its DR0-DR3 in
+    /// the CPU meanwhile (the next VM must not see them).
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        exits::dr::load(&self.db);
+        let stop = self.run_loop(vm, host);
+        exits::dr::load(&[0; 4]);
+        stop
+    }
+
+    fn run_loop(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
