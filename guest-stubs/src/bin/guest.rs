@@ -1011,4 +1011,9 @@ fn dr0_3_writes_armed(_: &StartParams) {
         write_dr(n, 0);
         check_eq!(read_dr(n), 0, format_args!("DR{n} cleared"));
     }
+    // Left for L0 to clear when this VM stops (nested::l2_dr0_3_writes_armed,
+    // later in the run, checks that a new VM starts with zeros).
+    for n in 0..4 {
+        write_dr(n, unused_address(9, n));
+    }
 }

@@ -71,16 +71,10 @@ impl Vcpu {
         self.exit_counts.get(&code.to_raw()).copied().unwrap_or(0)
     }
 
-    /// Runs the guest until an exit handler stops it, with its DR0-DR3 in
-    /// the CPU meanwhile (the next VM must not see them).
+    /// Runs the guest until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
         exits::dr::load(&self.db);
-        let stop = self.run_loop(vm, host);
-        exits::dr::load(&[0; 4]);
-        stop
-    }
-
-    fn run_loop(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {

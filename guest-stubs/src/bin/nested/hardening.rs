@@ -337,6 +337,11 @@ extern "C" fn dr0_3_write() -> ! {
 /// QEMU: round 0 inserts a watchpoint, round 1 removes it as a breakpoint.
 pub fn l2_dr0_3_writes_armed() {
     const DR7S: [u64; 6] = [0x10401, 0x401, 0x11fff, 0x300ff, 0x11fff, 0x401];
+    // A new VM: the DR0-3 an earlier VM left (guest::dr0_3_writes_armed)
+    // are not its own.
+    for n in 0..4u8 {
+        check_eq!(cpu::read_dr(n), 0, format_args!("DR{n} of a new VM"));
+    }
     let mut last = 0;
     for (round, dr7) in DR7S.into_iter().enumerate() {
         last = 0xdead_0000 + round as u64 * 0x100;
@@ -347,7 +352,11 @@ pub fn l2_dr0_3_writes_armed() {
             let want = last + 8 * u64::from(n);
             let what = format_args!("L2's DR{n}, vmcb12 DR7 {dr7:#x}");
             check_eq!(seen(usize::from(n)), want, what);
-            check_eq!(cpu::read_dr(n), want, "L1's DR{n} after the #VMEXIT");
+            check_eq!(
+                cpu::read_dr(n),
+                want,
+                format_args!("L1's DR{n} after the #VMEXIT")
+            );
         }
     }
     let mut regs = setup(dr0_3_write, 0xbad0);

@@ -6,7 +6,9 @@
 //! switches). L0 keeps the guest's values in [`Vcpu::db`] and in the CPU
 //! itself while the vCPU runs ([`load`]), and writes a guest's MOV DR0-3
 //! there with its own MOV in host mode, where DR7 = 0x400 arms nothing
-//! (QEMU's helper then only stores the value). Reads are not intercepted.
+//! (QEMU's helper then only stores the value). Nothing else writes them
+//! while the vCPU runs (L0 does not use them; every guest write exits), so
+//! guest reads are not intercepted.
 
 use super::cr::{fault_event, gpr_operand};
 use super::rip::{self, NoInsn};
@@ -26,8 +28,9 @@ pub const INTERCEPT_DR: u32 = (0b1111 << 16) | (1 << (16 + 5)) | (1 << (16 + 7))
 /// CR4.DE
 const CR4_DE: u64 = 1 << 3;
 
-/// Puts `db` into the CPU's DR0-DR3: the running vCPU's values before its
-/// first entry, the host's (zeros) when it stops.
+/// Puts `db` into the CPU's DR0-DR3: the vCPU's values when it starts
+/// running (what the last VM left there is not its own), and after each
+/// write L0 emulates.
 pub fn load(db: &[u64; 4]) {
     // SAFETY: L0 runs with DR7 = 0x400 (no breakpoint enabled, L0 never
     // writes DR7), so these only set addresses; a guest's DR7 arms them
