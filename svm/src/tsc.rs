@@ -19,8 +19,10 @@
 //!
 //! The vCPU's (L1) offset is `O_i = B + F_i` and its TSC is
 //! `TSC_i(H) = H + O_i`; [`VmTsc::offset`] is the only function that
-//! computes `O_i`, and the kernel derives VMCB.tsc_offset from it at every
-//! VMRUN instead of caching an offset anywhere.
+//! computes `O_i`. The kernel programs VMCB.tsc_offset from it the moment
+//! an operation below changes it (while L2 runs, into hsave and, as a delta,
+//! the live L2 VMCB: [`crate::nested::tsc`]), and checks before every VMRUN
+//! (in debug kernels) that the programmed offset is still `O_i`.
 //!
 //! - Guest writes TSC_ADJUST := a: `F_i += a - A_i`, `A_i = a` (the TSC moves
 //!   by the same delta, as on hardware).
@@ -132,11 +134,6 @@ impl VmTsc {
             khz,
             mode,
         }
-    }
-
-    /// `B`, the VM-wide base offset.
-    pub fn base(&self) -> u64 {
-        self.base
     }
 
     /// TSC frequency in kHz.

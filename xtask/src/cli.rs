@@ -20,6 +20,9 @@ commands:
   fuzz    the hostile-L1 fuzzer under QEMU TCG (release kernel): histogram, failures,
           `fuzz: N iterations, seed S: K hypervisor failures`; fails when K > 0 or
           QEMU died
+  mutants apply each mutation of xtask/mutants.txt to a scratch copy and run the guest
+          self-tests it names (TCG, direct boot); every one must be killed.
+          `mutants --list` lists them; `mutants NAME...` runs those only
 
 options:
   --release                 optimized kernel (build, run, image, test)
@@ -51,6 +54,7 @@ pub enum Task {
     Lint,
     Bench,
     Fuzz(crate::tasks::fuzz::FuzzArgs),
+    Mutants { list: bool, names: Vec<String> },
 }
 
 /// How `run` should boot.
@@ -115,6 +119,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "lint" => Task::Lint,
         "bench" => Task::Bench,
         "fuzz" => Task::Fuzz(parse_fuzz(&mut options)?),
+        "mutants" => Task::Mutants {
+            list: options.flag("--list"),
+            names: options.positional(),
+        },
         other => bail!("unknown command `{other}` (see cargo xtask --help)"),
     };
     options.finish()?;
@@ -214,6 +222,13 @@ impl Options {
         }
     }
 
+    /// The words that are not options (`--...`), taken.
+    fn positional(&mut self) -> Vec<String> {
+        let (options, words) = self.words.drain(..).partition(|w| w.starts_with("--"));
+        self.words = options;
+        words
+    }
+
     fn take_cmdline(&mut self) -> Vec<String> {
         self.cmdline.take().unwrap_or_default()
     }
@@ -308,6 +323,25 @@ mod tests {
         assert!(parse_words("fuzz --iterations").is_err());
         assert!(parse_words("fuzz --release").is_err());
         assert!(parse_words("fuzz -- x").is_err());
+    }
+
+    #[test]
+    fn mutants_takes_names_and_list() {
+        assert_eq!(
+            parse_words("mutants --list a b").unwrap(),
+            Task::Mutants {
+                list: true,
+                names: vec!["a".into(), "b".into()],
+            }
+        );
+        assert_eq!(
+            parse_words("mutants").unwrap(),
+            Task::Mutants {
+                list: false,
+                names: vec![],
+            }
+        );
+        assert!(parse_words("mutants --release").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod limine;
 pub mod limine_conf;
 pub mod limine_fetch;
 pub mod mbr;
+pub mod mutants;
 pub mod ovmf;
 pub mod process;
 pub mod qemu;

@@ -6,6 +6,8 @@ use super::{no_check, Case, Expect, Outcome};
 use crate::vmm::vm::VmConfig;
 use alloc::format;
 use alloc::string::String;
+use svm::tsc::TscMode;
+use svm::ExitCode;
 
 static L1_HYPERVISOR: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/nested"));
 
@@ -30,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 68] = [
+pub static CASES: [Case; 69] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -51,6 +53,24 @@ pub static CASES: [Case; 68] = [
     case("nested::vmload_vmsave"),
     case("nested::gif_stgi_clgi"),
     case("nested::tsc_offset_composes"),
+    // The same with RDTSC exiting: L0 emulates L2's RDTSC and RDMSR TSC.
+    Case {
+        config: VmConfig {
+            tsc_mode: TscMode::Exiting,
+            ..VmConfig::NESTED
+        },
+        check: |o| {
+            // L1's two RDTSCs and L2's two at least.
+            let n = o.vcpu.exit_count(ExitCode::Rdtsc) + o.vcpu.exit_count(ExitCode::Rdtscp);
+            match n {
+                4.. => Ok(()),
+                n => Err(format!(
+                    "{n} RDTSC exits with RDTSC exiting, expected 4 or more"
+                )),
+            }
+        },
+        ..case("nested::tsc_offset_composes::exiting")
+    },
     case("nested::tsc_l0_write_while_l2_runs"),
     case("nested::tsc_exit_restores_l1_offset"),
     case("nested::tsc_l2_rdmsr_sees_l2_view"),

@@ -83,6 +83,8 @@ pub fn init_vmcb(vcpu: &mut Vcpu, vm: &Vm, entry: u64) {
 
     vcpu.regs = Default::default();
     vcpu.regs.rdi = PARAMS_GPA;
+    // The VM's TSC counts from its creation (seed 002).
+    super::tsc::l1_offset_changed(vcpu, vm);
 }
 
 /// Writes the start page tables, GDT and start parameters into guest RAM.

@@ -1,14 +1,25 @@
 //! The kernel side of TSC virtualization: reading the host TSC for a VM,
-//! programming the VMCB from [`svm::tsc`]'s model before every VMRUN (and,
-//! while L2 runs, [`svm::nested::tsc`]'s hsave rules), and the guest's
+//! programming L1's TSC offset when L0 changes it, and the guest's
 //! TSC-related state (TSC_AUX, RDTSC interception).
+//!
+//! # Who writes the offset (seed 000)
+//!
+//! L0 changes L1's offset only through the functions of this module (a
+//! guest TSC or TSC_ADJUST write, a backwards host TSC absorbed by
+//! [`svm::tsc::VmTsc::observe_host`], the test skew, a freeze/restore, the
+//! test move), and each change goes, at the moment it happens, through
+//! [`l1_offset_changed`], which programs the new offset: into the active
+//! VMCB, or while L2 runs into hsave with the same delta applied to the
+//! live L2 VMCB. After a nested #VMEXIT L1 runs with the offset copied back
+//! from hsave: nothing recomputes it before an entry. [`prepare_entry`]
+//! only checks it against the model (in debug kernels).
 
 use super::vcpu::Vcpu;
 use super::vm::Vm;
 use crate::arch::cpu::wrmsr;
 use crate::time::host_tsc;
 use core::sync::atomic::{AtomicU64, Ordering};
-use svm::nested::tsc::program_entry;
+use svm::nested::tsc::{compose, program_l1_offset};
 use svm::tsc::TscMode;
 use svm::{CleanBits, ControlArea, InterceptMisc1, InterceptMisc2};
 
@@ -22,24 +33,88 @@ fn offset_written(c: &mut ControlArea) {
     c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
 }
 
+/// L1's offset as the CPU must be given it: the model's offset is against
+/// the hypervisor's view of the host TSC, and the CPU adds the offset to
+/// the raw TSC; the two differ by the skew (0 outside tests).
+fn model_l1_offset(vcpu: &Vcpu, vm: &Vm) -> u64 {
+    vm.tsc.offset(&vcpu.tsc).wrapping_add(host_tsc::skew())
+}
+
+/// The one place L0 programs L1's TSC offset, called whenever the model
+/// (or the skew) has just changed it. While L2 runs, hsave takes the new
+/// L1 offset and the live L2 VMCB the same delta (seed 000); the nested
+/// #VMEXIT then hands L1 hsave's copy. A VM has one vCPU, so a VM-wide
+/// change is this vCPU's.
+pub fn l1_offset_changed(vcpu: &mut Vcpu, vm: &Vm) {
+    let new_l1 = model_l1_offset(vcpu, vm);
+    let nested = &mut vcpu.nested;
+    let hsave = nested
+        .l2
+        .is_some()
+        .then_some(&mut nested.hsave.control.tsc_offset);
+    let active = &mut vcpu.vmcb.control;
+    program_l1_offset(new_l1, &mut active.tsc_offset, hsave);
+    offset_written(active);
+}
+
+/// Takes note of a host TSC reading before it is used for this VM: a host
+/// TSC behind the last one is absorbed into L1's offset, programmed now.
+fn observe(vcpu: &mut Vcpu, vm: &mut Vm, host: u64) {
+    if vm.tsc.observe_host(host) != 0 {
+        l1_offset_changed(vcpu, vm);
+    }
+}
+
 /// L1's TSC now (for emulated reads), after the monotonicity check.
-pub fn guest_now(vcpu: &Vcpu, vm: &mut Vm) -> u64 {
+pub fn guest_now(vcpu: &mut Vcpu, vm: &mut Vm) -> u64 {
     let host = host_tsc::read();
-    vm.tsc.observe_host(host);
+    observe(vcpu, vm, host);
     vm.tsc.guest_tsc(&vcpu.tsc, host)
 }
 
 /// The running guest's TSC now: L1's, or while L2 runs, L1's + vmcb12's
 /// offset (what RDTSC in L2 returns).
-pub fn view_now(vcpu: &Vcpu, vm: &mut Vm) -> u64 {
+pub fn view_now(vcpu: &mut Vcpu, vm: &mut Vm) -> u64 {
     let l1 = guest_now(vcpu, vm);
     l1.wrapping_add(vcpu.nested.l2_tsc_offset().unwrap_or(0))
 }
 
 /// Right after a #VMEXIT: the guest may have read the TSC up to now, so
 /// "now" is the point its TSC must never fall behind.
-pub fn after_exit(vm: &mut Vm) {
-    vm.tsc.observe_host(host_tsc::read());
+pub fn after_exit(vcpu: &mut Vcpu, vm: &mut Vm) {
+    observe(vcpu, vm, host_tsc::read());
+}
+
+/// WRMSR IA32_TSC := `value` (from L1, or from L2 when L1 does not
+/// intercept it): sets L1's TSC.
+pub fn write_tsc(vcpu: &mut Vcpu, vm: &mut Vm, value: u64) {
+    let host = host_tsc::read();
+    observe(vcpu, vm, host);
+    vm.tsc.write_tsc(&mut vcpu.tsc, host, value);
+    l1_offset_changed(vcpu, vm);
+}
+
+/// WRMSR IA32_TSC_ADJUST := `value` (L1 and L2 share the register): L1's
+/// TSC moves by the change.
+pub fn write_adjust(vcpu: &mut Vcpu, vm: &mut Vm, value: u64) {
+    vcpu.tsc.write_adjust(value);
+    l1_offset_changed(vcpu, vm);
+}
+
+/// L0 moves the VM's TSC by `delta` ticks (the test hook HC_TSC_MOVE_L1).
+pub fn move_l1(vcpu: &mut Vcpu, vm: &mut Vm, delta: u64) {
+    vm.tsc.shift(delta);
+    l1_offset_changed(vcpu, vm);
+}
+
+/// The test hook HC_TSC_SHIFT_HOST_BACK: the hypervisor's view of the host
+/// TSC jumps back by `ticks`. The skew is part of the programmed offset;
+/// the next reading of the host TSC (here, at once) sees it behind the last
+/// one and absorbs the jump, as for a real host TSC going backwards.
+pub fn shift_host_back(vcpu: &mut Vcpu, vm: &mut Vm, ticks: u64) {
+    host_tsc::shift_back(ticks);
+    l1_offset_changed(vcpu, vm);
+    observe(vcpu, vm, host_tsc::read());
 }
 
 /// Sets or clears the RDTSC/RDTSCP intercepts in `c` to `on`, keeping
@@ -63,23 +138,43 @@ fn set_rdtsc_intercepts(c: &mut ControlArea, on: bool, keep: (u32, u32)) {
     }
 }
 
-/// Everything TSC-related the next VMRUN needs.
+/// Debug kernels: the programmed offsets are the model's (L1's in the
+/// active VMCB, or in hsave with L1's + vmcb12's in the active VMCB while
+/// L2 runs). Guests cannot reach these fields (L0 uses its vmcb12 copy),
+/// so a mismatch is an L0 bug.
+fn cross_check(vcpu: &Vcpu, vm: &Vm) {
+    let l1 = model_l1_offset(vcpu, vm);
+    let active = vcpu.vmcb.control.tsc_offset;
+    match &vcpu.nested.l2 {
+        Some(l2) => {
+            debug_assert_eq!(
+                vcpu.nested.hsave.control.tsc_offset, l1,
+                "hsave's L1 TSC offset is not the model's"
+            );
+            debug_assert_eq!(
+                active,
+                compose(l1, l2.vmcb12.control.tsc_offset),
+                "L2's TSC offset is not L1's + vmcb12's"
+            );
+        }
+        None => debug_assert_eq!(active, l1, "L1's TSC offset is not the model's"),
+    }
+}
+
+/// Everything TSC-related the next VMRUN needs: a last monotonicity check,
+/// the RDTSC intercepts of the TSC mode, TSC_AUX. The offset is already
+/// programmed (see the module docs).
 pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
-    vm.tsc.observe_host(host_tsc::read());
-    // L1's offset, always derived from the model, never cached. The
-    // hardware adds the offset to the raw TSC; the model's host TSC is the
-    // hypervisor's view, which differs by the skew (0 outside tests).
-    let l1 = vm.tsc.offset(&vcpu.tsc).wrapping_add(host_tsc::skew());
+    observe(vcpu, vm, host_tsc::read());
+    if cfg!(debug_assertions) {
+        cross_check(vcpu, vm);
+    }
     let exiting = vm.tsc.mode == TscMode::Exiting;
     let nested = &mut vcpu.nested;
     let active = &mut vcpu.vmcb.control;
     match &nested.l2 {
         Some(l2) => {
-            // Seed 000: hsave gets the new L1 offset, the live L2 VMCB the
-            // same delta (a no-op when L1's offset did not change).
-            let hsave = &mut nested.hsave.control;
-            program_entry(l1, &mut active.tsc_offset, Some(&mut hsave.tsc_offset));
-            set_rdtsc_intercepts(hsave, exiting, (0, 0));
+            set_rdtsc_intercepts(&mut nested.hsave.control, exiting, (0, 0));
             // vmcb12's RDTSCP intercept needs the RDTSC one too under QEMU
             // TCG, where RDTSCP obeys the RDTSC bit (docs/qemu-tcg.md); an
             // RDTSC L1 did not ask for is then L0's to emulate.
@@ -93,12 +188,8 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
                 };
             set_rdtsc_intercepts(active, exiting, (v12_misc1, v12.intercept_misc2));
         }
-        None => {
-            program_entry(l1, &mut active.tsc_offset, None);
-            set_rdtsc_intercepts(active, exiting, (0, 0));
-        }
+        None => set_rdtsc_intercepts(active, exiting, (0, 0)),
     }
-    offset_written(active);
 
     let aux = u64::from(vcpu.tsc_aux);
     if LOADED_TSC_AUX.swap(aux, Ordering::Relaxed) != aux {
@@ -110,19 +201,18 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
 
 /// Seed 004's VM-wide freeze and restore, around a wait of `us` by the PIT
 /// (a clock that does not depend on the TSC): one state for the VM, one
-/// delta for every vCPU on restore. While L2 runs, the next entry carries
-/// the delta into hsave and the live L2 VMCB alike.
+/// delta for every vCPU on restore, programmed at once (while L2 runs:
+/// into hsave and, as the same delta, the live L2 VMCB).
 pub fn freeze_wait_restore(
     vcpu: &mut Vcpu,
     vm: &mut Vm,
     policy: svm::tsc::RestorePolicy,
     us: u64,
 ) -> Result<(), svm::tsc::TscStateMismatch> {
-    // L1's offset is the model's (hsave holds the same value, written from
-    // the model at every entry while L2 runs); vmcb12's offset is L1's and
-    // is not part of L0's state.
+    // L1's offset is the model's (the programmed one follows it); vmcb12's
+    // offset is L1's and is not part of L0's state.
     let host = host_tsc::read();
-    vm.tsc.observe_host(host);
+    observe(vcpu, vm, host);
     let state = vm.tsc.freeze(
         core::slice::from_ref(&vcpu.tsc),
         host,
@@ -130,11 +220,13 @@ pub fn freeze_wait_restore(
     );
     crate::time::pit::wait_us(us);
     let host = host_tsc::read();
-    vm.tsc.restore(
+    let restored = vm.tsc.restore(
         core::slice::from_mut(&mut vcpu.tsc),
         &state,
         policy,
         host,
         crate::time::now_ns(),
-    )
+    );
+    l1_offset_changed(vcpu, vm);
+    restored
 }

@@ -97,7 +97,7 @@ impl Vcpu {
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
             exits::cr::after_exit(self);
             exited_at = Some(crate::time::host_tsc::read_raw());
-            super::tsc::after_exit(vm);
+            super::tsc::after_exit(self, vm);
             // What the CPU did not deliver is in EXITINTINFO now; from here
             // a valid EVENTINJ means an event L0 queued and nobody received.
             self.vmcb.control.event_inj = 0;

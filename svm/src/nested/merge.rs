@@ -95,8 +95,10 @@ pub fn merge_msrpm_holes(l1: Option<&MsrpmView<'_>>, holes: &[u32], out: &mut [u
 }
 
 /// `out[i] = a[i] | b[i]`, eight bytes at a time (the kernel is built
-/// without SIMD); backs [`merge_msrpm`] and [`merge_iopm`].
+/// without SIMD); backs [`merge_msrpm`] and [`merge_iopm`], whose sizes are
+/// multiples of 8.
 fn or_into<const N: usize>(a: &[u8; N], b: &[u8; N], out: &mut [u8; N]) {
+    const { assert!(N.is_multiple_of(8), "maps are whole 64-bit words") };
     let words = out
         .chunks_exact_mut(8)
         .zip(a.chunks_exact(8))
@@ -105,11 +107,6 @@ fn or_into<const N: usize>(a: &[u8; N], b: &[u8; N], out: &mut [u8; N]) {
         let x = u64::from_ne_bytes(x.try_into().unwrap_or([0; 8]));
         let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
         o.copy_from_slice(&(x | y).to_ne_bytes());
-    }
-    // Both map sizes are multiples of 8; a tail would be merged here.
-    let tail = N - N % 8;
-    for i in tail..N {
-        out[i] = a[i] | b[i];
     }
 }
 

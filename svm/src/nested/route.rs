@@ -481,6 +481,8 @@ mod tests {
         }
         for code in [
             ExitCode::CrRead(16),
+            ExitCode::CrWrite(16),
+            ExitCode::DrRead(16),
             ExitCode::DrWrite(16),
             ExitCode::Exception(32),
             ExitCode::CrWriteTrap(16),

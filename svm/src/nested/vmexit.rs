@@ -156,6 +156,24 @@ mod tests {
         assert_eq!(v12.state.fs.base, 0x1111, "FS is VMSAVE's business");
     }
 
+    /// Only V_TPR/V_IRQ and the interrupt shadow bit come from the active
+    /// VMCB; vmcb12's other int_ctl bits stay as L1 wrote them.
+    #[test]
+    fn vmcb12_int_ctl_and_shadow_take_only_the_saved_bits() {
+        let mut v12 = Vmcb::new();
+        v12.control.int_ctl = (1 << 24) | (0x31 << 32) | 0x1ff;
+        v12.control.interrupt_shadow = 1;
+        let mut active = Vmcb::new();
+        active.control.int_ctl = 0x1_0005;
+        active.control.interrupt_shadow = 0;
+        save_l2_to_vmcb12(&active, &exit(), &mut v12);
+        assert_eq!(v12.control.int_ctl, (1 << 24) | (0x31 << 32) | 0x005);
+        assert_eq!(v12.control.interrupt_shadow, 0);
+        active.control.interrupt_shadow = 0x3; // shadow and GUEST_INTERRUPT_MASK
+        save_l2_to_vmcb12(&active, &exit(), &mut v12);
+        assert_eq!(v12.control.interrupt_shadow, 1);
+    }
+
     #[test]
     fn vmexit_invalid_clears_the_event() {
         let mut c = ControlArea::new();

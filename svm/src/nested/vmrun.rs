@@ -148,6 +148,18 @@ mod tests {
         assert_eq!(c.vmcb_clean, 0);
     }
 
+    /// L2 starts with vmcb12's interrupt shadow bit only.
+    #[test]
+    fn l2_interrupt_shadow_is_vmcb12s_bit_0() {
+        let l0 = ControlArea::new();
+        let mut v12 = ControlArea::new();
+        for (shadow, expected) in [(0, 0), (1, 1), (0xfe, 0), (0x3, 1)] {
+            v12.interrupt_shadow = shadow;
+            let c = build_l2_controls(&l0, &v12, &l2c());
+            assert_eq!(c.interrupt_shadow, expected, "vmcb12 shadow {shadow:#x}");
+        }
+    }
+
     #[test]
     fn next_rip_comes_from_vmcb12() {
         let mut v12 = ControlArea::new();

@@ -161,6 +161,63 @@ fn state_words_round_trip() {
 }
 
 #[test]
+fn shift_moves_every_vcpu_by_the_delta() {
+    let mut vm = VmTsc::new(1000, KHZ, TscMode::Offsetting);
+    let mut vcpus = [VcpuTsc::default(); 2];
+    vcpus[1].write_adjust(500);
+    vm.shift(NEG_2_48);
+    assert_eq!(vm.guest_tsc(&vcpus[0], 1000), NEG_2_48);
+    assert_eq!(vm.guest_tsc(&vcpus[1], 1000), NEG_2_48.wrapping_add(500));
+}
+
+#[test]
+fn frequency_is_kept() {
+    assert_eq!(VmTsc::new(7, 2_596_142, TscMode::Exiting).khz(), 2_596_142);
+}
+
+#[test]
+fn restore_takes_the_most_vcpus_a_state_holds() {
+    let mut vm = VmTsc::new(0, KHZ, TscMode::Offsetting);
+    let mut vcpus = [VcpuTsc::default(); MAX_VCPUS];
+    vcpus[MAX_VCPUS - 1].write_adjust(9);
+    let state = vm.freeze(&vcpus, 100, 0);
+    let mut back = [VcpuTsc::default(); MAX_VCPUS];
+    vm.restore(&mut back, &state, RestorePolicy::Pause, 100, 0)
+        .unwrap();
+    assert_eq!(back, vcpus);
+    // A hand-made state for more vCPUs than a state holds is refused.
+    let mut big = state;
+    big.vcpu_count = MAX_VCPUS as u64 + 1;
+    let mut nine = [VcpuTsc::default(); MAX_VCPUS + 1];
+    assert!(vm
+        .restore(&mut nine, &big, RestorePolicy::Pause, 100, 0)
+        .is_err());
+}
+
+/// The serialized layout is a format (version 1): six header words, then
+/// `(A_i, F_i)` for each of the `MAX_VCPUS` slots.
+#[test]
+fn state_words_layout() {
+    assert_eq!(STATE_WORDS, 6 + 2 * MAX_VCPUS);
+    let vm = VmTsc::new(0, KHZ, TscMode::Offsetting);
+    let mut vcpus = [VcpuTsc::default(); MAX_VCPUS];
+    vcpus[MAX_VCPUS - 1].restore_adjust(0xa);
+    vcpus[MAX_VCPUS - 1].write_adjust(0xb);
+    let w = vm.freeze(&vcpus, 1, 2).to_words();
+    assert_eq!(w.len(), 22);
+    assert_eq!((w[0], w[1], w[2], w[5]), (1, 1, 2, MAX_VCPUS as u64));
+    assert_eq!(
+        (w[20], w[21]),
+        (0xb, 1),
+        "last slot: A = 0xb, F = 0xb - 0xa"
+    );
+    assert!(TscState::from_words(&w).is_some(), "a full state parses");
+    let mut too_many = w;
+    too_many[5] = MAX_VCPUS as u64 + 1;
+    assert_eq!(TscState::from_words(&too_many), None);
+}
+
+#[test]
 fn time_conversions() {
     assert_eq!(ns_to_ticks(1_000_000_000, KHZ), 2_000_000_000);
     assert_eq!(ticks_to_ns(2_000_000_000, KHZ), 1_000_000_000);

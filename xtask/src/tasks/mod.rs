@@ -5,6 +5,7 @@ pub mod build;
 pub mod fuzz;
 pub mod image;
 pub mod lint;
+pub mod mutants;
 pub mod run;
 pub mod test;
 

@@ -19,7 +19,9 @@ pub enum Task {
     VmmcallLoop,
     /// CPUID 0x4000_0000 → RESULTS[0..4].
     Cpuid,
-    /// RDMSR FS_BASE → R0, RDMSR EFER → R1, RDMSR KERNEL_GS_BASE → R2.
+    /// RDMSR FS_BASE → R0, RDMSR EFER → R1, RDMSR KERNEL_GS_BASE → R2,
+    /// RDMSR IA32_TSC → R3, WRMSR IA32_TSC_ADJUST := R7; L0's MSR exit
+    /// count across each of the last four → R6 (a byte each, in order).
     Msrs,
     /// OUT 0x80; a console line through COM1; yield.
     Ports,
@@ -157,6 +159,16 @@ fn put(i: usize, v: u64) {
     RESULTS[i].store(v, Ordering::SeqCst);
 }
 
+/// MSR exits L0 has taken for this vCPU so far (a test hook L2 may call).
+fn l0_msr_exits() -> u64 {
+    call(
+        svm::guest_abi::HC_EXIT_COUNT,
+        svm::ExitCode::Msr.to_raw(),
+        0,
+        0,
+    )
+}
+
 fn yield_to_l1() {
     // SAFETY: HLT in L2 exits to L1, which intercepts it.
     unsafe { asm!("hlt", options(nomem, nostack)) };
@@ -185,8 +197,21 @@ pub extern "C" fn entry() -> ! {
         }
         x if x == Task::Msrs as u64 => {
             put(0, rdmsr(svm::msr::FS_BASE));
-            put(1, rdmsr(svm::msr::EFER));
-            put(2, rdmsr(svm::msr::KERNEL_GS_BASE));
+            let mut counts = 0;
+            let mut counted = |i: usize, access: &mut dyn FnMut() -> u64| {
+                let before = l0_msr_exits();
+                let v = access();
+                counts |= (l0_msr_exits() - before) << (8 * i);
+                v
+            };
+            put(1, counted(0, &mut || rdmsr(svm::msr::EFER)));
+            put(2, counted(1, &mut || rdmsr(svm::msr::KERNEL_GS_BASE)));
+            put(3, counted(2, &mut || rdmsr(svm::msr::IA32_TSC)));
+            counted(3, &mut || {
+                wrmsr(svm::msr::IA32_TSC_ADJUST, input);
+                0
+            });
+            put(6, counts);
         }
         x if x == Task::Ports as u64 => {
             // SAFETY: port output, intercepted by L1 (0x80) or L0 (COM1).

@@ -51,6 +51,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::vmload_vmsave" => vmload_vmsave(),
         "nested::gif_stgi_clgi" => gif_stgi_clgi(),
         "nested::tsc_offset_composes" => tsc_offset_composes(),
+        "nested::tsc_offset_composes::exiting" => tsc_offset_composes_exiting(),
         "nested::tsc_l0_write_while_l2_runs" => tsc_l0_write_while_l2_runs(),
         "nested::tsc_exit_restores_l1_offset" => tsc_exit_restores_l1_offset(),
         "nested::tsc_l2_rdmsr_sees_l2_view" => tsc_l2_rdmsr_sees_l2_view(),
@@ -761,11 +762,21 @@ fn intercept_cpuid_to_l1() {
 }
 
 /// L1 intercepts reads of FS_BASE (which L0 passes through): L2's read
-/// exits to L1. EFER (L0's, not L1's) is answered by L0; KERNEL_GS_BASE
-/// (nobody's) does not exit at all.
+/// exits to L1. The merged map passes through only what neither L0 nor L1
+/// intercepts: KERNEL_GS_BASE (nobody's) reads the value L1 left, with no
+/// exit at all; EFER, IA32_TSC and IA32_TSC_ADJUST are L0's and L1 lets them
+/// through, so L0 emulates them for L2 (one MSR exit each, no exit to L1):
+/// EFER as L0 shows it, the L2 view of the TSC (under QEMU TCG a
+/// pass-through RDMSR of the TSC reads 0), and a TSC_ADJUST write that L1
+/// then reads back (TCG would drop a pass-through write).
 fn msrpm_merge() {
-    let mut regs = setup(Task::Msrs, 0);
+    const KGS: u64 = 0x0000_7b47_5342_1000; // canonical
+    const ADJUST: u64 = 0x1234_5678;
+    let mut regs = setup(Task::Msrs, ADJUST);
     l1::intercept_msr(FS_BASE, true, false);
+    l1::vmcb().control.tsc_offset = O12;
+    wrmsr(KERNEL_GS_BASE, KGS);
+    let adjust0 = rdmsr(IA32_TSC_ADJUST);
     run_expect(&mut regs, ExitCode::Msr);
     let v = l1::vmcb();
     check_eq!(
@@ -775,19 +786,40 @@ fn msrpm_merge() {
     );
     v.state.rax = 0x5678;
     regs.gpr[2] = 0x1234; // rdx
+    let t1 = rdtsc();
     let (_, code) = l1::skip_and_run(&mut regs);
+    let t2 = rdtsc();
     check_eq!(
         ExitCode::from_raw(code),
         ExitCode::Hlt,
-        "next exit (EFER and KERNEL_GS_BASE must not reach L1)"
+        "next exit (EFER, KERNEL_GS_BASE, TSC and TSC_ADJUST must not reach L1)"
     );
     check_eq!(l2::result(0), 0x1234_0000_5678, "FS_BASE as L1 emulated it");
+    check_eq!(
+        l2::result(6),
+        0x0101_0001,
+        "L0's MSR exits for L2's EFER, KERNEL_GS_BASE, TSC, TSC_ADJUST (a byte each)"
+    );
     let efer = l2::result(1);
     check!(
         efer & EFER_SVME != 0 && efer & (1 << 8) != 0,
         "L2's EFER from L0: {efer:#x}"
     );
-    let _ = KERNEL_GS_BASE;
+    check_eq!(
+        l2::result(2),
+        KGS,
+        "L2's KERNEL_GS_BASE (L1's, passed through)"
+    );
+    let tsc = l2::result(3);
+    check!(
+        t1 + O12 <= tsc && tsc <= t2 + O12,
+        "L2's RDMSR TSC {tsc:#x}, L1 read {t1:#x} and {t2:#x}, o12 {O12:#x}"
+    );
+    check_eq!(
+        (adjust0, rdmsr(IA32_TSC_ADJUST)),
+        (0, ADJUST),
+        "TSC_ADJUST before the run, and after L2 wrote it, as L1 reads it"
+    );
 }
 
 /// L1 intercepts port 0x80: L2's OUT 0x80 exits to L1; L2's console
@@ -961,6 +993,21 @@ fn tsc_offset_composes() {
     check!(
         t1 + O12 <= l2 && l2 <= t2 + O12,
         "L2 read {l2:#x}, L1 read {t1:#x} and {t2:#x}, o12 {O12:#x}"
+    );
+}
+
+/// With RDTSC exiting (the hypervisor's configuration for this test), L0
+/// emulates L2's RDTSC and RDMSR IA32_TSC: both include vmcb12's offset.
+fn tsc_offset_composes_exiting() {
+    let mut regs = setup(Task::RdmsrTsc, 0);
+    l1::vmcb().control.tsc_offset = O12;
+    let t1 = rdtsc();
+    run_expect(&mut regs, ExitCode::Hlt);
+    let t2 = rdtsc();
+    let (a, m, b) = (l2::result(0), l2::result(1), l2::result(2));
+    check!(
+        t1 + O12 <= a && a <= m && m <= b && b <= t2 + O12,
+        "L2: RDTSC {a:#x}, RDMSR {m:#x}, RDTSC {b:#x}; L1 read {t1:#x} and {t2:#x}, o12 {O12:#x}"
     );
 }
 

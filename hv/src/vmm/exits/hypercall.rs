@@ -64,7 +64,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             _ => HC_UNKNOWN,
         },
         HC_TSC_SHIFT_HOST_BACK => {
-            crate::time::host_tsc::shift_back(a);
+            crate::vmm::tsc::shift_host_back(vcpu, vm, a);
             0
         }
         HC_TSC_FREEZE_RESTORE => {
@@ -80,7 +80,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         }
         HC_HOST_TICKS => vcpu.host_ticks,
         HC_TSC_MOVE_L1 => {
-            vm.tsc.shift(a);
+            crate::vmm::tsc::move_l1(vcpu, vm, a);
             0
         }
         HC_QUEUE_INTERRUPT => match u8::try_from(a) {

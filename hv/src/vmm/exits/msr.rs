@@ -9,7 +9,7 @@
 
 use super::{raise, rip, Action};
 use crate::vmm::enable::HostCpu;
-use crate::vmm::tsc::view_now;
+use crate::vmm::tsc::{self, view_now};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::msr::{
@@ -49,7 +49,7 @@ fn svm_msrs(vcpu: &Vcpu, vm: &Vm) -> bool {
     vm.nested_svm && !vcpu.nested.in_l2()
 }
 
-fn read(vcpu: &Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
+fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
     match msr {
         EFER => Some(efer_as_seen(vcpu)),
         IA32_TSC => Some(view_now(vcpu, vm)),
@@ -80,15 +80,14 @@ fn efer_as_seen(vcpu: &Vcpu) -> u64 {
 fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     match msr {
         EFER => write_efer(vcpu, vm, value),
+        // From L1, or from L2 when L1 does not intercept: L1's TSC (the
+        // offset is programmed at once, into hsave while L2 runs).
         IA32_TSC => {
-            // From L1, or from L2 when L1 does not intercept: L1's TSC.
-            let host = crate::time::host_tsc::read();
-            vm.tsc.observe_host(host);
-            vm.tsc.write_tsc(&mut vcpu.tsc, host, value);
+            tsc::write_tsc(vcpu, vm, value);
             true
         }
         IA32_TSC_ADJUST => {
-            vcpu.tsc.write_adjust(value);
+            tsc::write_adjust(vcpu, vm, value);
             true
         }
         // TSC_AUX bits 63:32 are reserved (#GP if set).
