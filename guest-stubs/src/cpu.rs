@@ -63,6 +63,24 @@ pub fn write_dr(n: u8, value: u64) {
     }
 }
 
+/// MOV from DRn for n in 0-3, 6, 7 (0 for others).
+pub fn read_dr(n: u8) -> u64 {
+    let v: u64;
+    // SAFETY: reading a debug register has no side effects at CPL 0.
+    unsafe {
+        match n {
+            0 => asm!("mov {}, dr0", out(reg) v, options(nomem, nostack)),
+            1 => asm!("mov {}, dr1", out(reg) v, options(nomem, nostack)),
+            2 => asm!("mov {}, dr2", out(reg) v, options(nomem, nostack)),
+            3 => asm!("mov {}, dr3", out(reg) v, options(nomem, nostack)),
+            6 => asm!("mov {}, dr6", out(reg) v, options(nomem, nostack)),
+            7 => asm!("mov {}, dr7", out(reg) v, options(nomem, nostack)),
+            _ => v = 0,
+        }
+    }
+    v
+}
+
 /// DR6 (DR6.BS, bit 14: single step; B0-B3, bits 0-3: breakpoints).
 pub fn read_dr6() -> u64 {
     let v: u64;

@@ -31,6 +31,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::unbacked_page_walk_rsvd",
     "guest::unbacked_up_to_maxphyaddr",
     "guest::unbacked_read_modify_write",
+    "guest::dr0_3_writes_armed",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -128,6 +129,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_unbacked_page_walk",
     "nested::l2_unbacked_cr3_faults",
     "nested::tsc_offset_composes::exiting",
+    "nested::l2_dr0_3_writes_armed",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

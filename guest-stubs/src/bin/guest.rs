@@ -8,7 +8,7 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
-use guest_stubs::cpu::{read_dr6, single_step_nop, write_dr, DR6_BS, DR6_CLEAR};
+use guest_stubs::cpu::{read_dr, read_dr6, single_step_nop, write_dr, DR6_BS, DR6_CLEAR};
 use guest_stubs::exceptions::{catch, catch_trap, nmis_taken, set_nmi_hook};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::{fail, pass};
@@ -57,6 +57,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
         "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
+        "guest::dr0_3_writes_armed" => dr0_3_writes_armed,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -971,4 +972,48 @@ fn step_out() {
             in("al") 0u8,
         )
     };
+}
+
+/// DR7 values a guest arms before writing DR0-DR3: DR0 a 1-byte write
+/// watchpoint, then an instruction breakpoint, then all four enabled as in
+/// the fuzz case (seed 2, iteration 29884), then DR0 read/write.
+const ARMED_DR7S: [u64; 5] = [0x10401, 0x401, 0x11fff, 0x300ff, 0x10401];
+
+/// A breakpoint address nothing executes or touches (not mapped).
+fn unused_address(round: usize, n: u8) -> u64 {
+    0xdead_0000 + (round as u64) * 0x100 + u64::from(n) * 8
+}
+
+/// MOV DR0-DR3 with breakpoints armed in DR7 (ISSUE 8 C, the fuzz
+/// SIGSEGV): L0 emulates them and the guest reads back what it wrote. With
+/// the writes native, QEMU inserts DR0's watchpoint in round 0 and removes
+/// it as an instruction breakpoint in round 1 (DR7 changed by L0's
+/// emulated MOV DR7, which QEMU does not see): the emulator dies.
+fn dr0_3_writes_armed(_: &StartParams) {
+    for n in 0..4 {
+        check_eq!(read_dr(n), 0, format_args!("DR{n} of a fresh vCPU"));
+    }
+    for (round, dr7) in ARMED_DR7S.into_iter().enumerate() {
+        write_dr(7, dr7);
+        for n in 0..4 {
+            write_dr(n, unused_address(round, n));
+        }
+        for n in 0..4 {
+            check_eq!(
+                read_dr(n),
+                unused_address(round, n),
+                format_args!("DR{n} with DR7 {dr7:#x}")
+            );
+        }
+    }
+    write_dr(7, 0x400);
+    for n in 0..4 {
+        write_dr(n, 0);
+        check_eq!(read_dr(n), 0, format_args!("DR{n} cleared"));
+    }
+    // Left for L0 to clear when this VM stops (nested::l2_dr0_3_writes_armed,
+    // later in the run, checks that a new VM starts with zeros).
+    for n in 0..4 {
+        write_dr(n, unused_address(9, n));
+    }
 }

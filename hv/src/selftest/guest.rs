@@ -270,6 +270,15 @@ pub static CASES: &[Case] = &[
         // The single step over a dropped store is L0's #DB to raise.
         check: |o| exits_are(o, ExitCode::Exception(1), 0),
     },
+    // ISSUE 8 C (fuzz SIGSEGV): DR0-DR3 writes with DR7 armed, emulated by
+    // L0 (five rounds, the clear and the values left behind, per register).
+    Case {
+        name: "guest::dr0_3_writes_armed",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| (0..4).try_for_each(|n| exits_are(o, ExitCode::DrWrite(n), 7)),
+    },
 ];
 
 /// Tests QEMU TCG cannot run (docs/qemu-tcg.md): not in the default run;

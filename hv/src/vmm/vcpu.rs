@@ -40,6 +40,9 @@ pub struct Vcpu {
     pub nmi: svm::nmi::NmiState,
     /// Test hook: send a physical NMI to this CPU just before the next entry.
     pub physical_nmi_at_entry: bool,
+    /// The guest's DR0-DR3 (L1's and L2's: one set, as on the CPU), in the
+    /// CPU while this vCPU runs (`exits::dr`).
+    pub db: [u64; 4],
 }
 
 impl Vcpu {
@@ -59,6 +62,7 @@ impl Vcpu {
             nmi: svm::nmi::NmiState::default(),
             physical_nmi_at_entry: false,
             lme_hidden: false,
+            db: [0; 4],
         })
     }
 
@@ -69,6 +73,8 @@ impl Vcpu {
 
     /// Runs the guest until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
+        exits::dr::load(&self.db);
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {

@@ -1,7 +1,8 @@
-//! MOV to DR7 (and to DR5, its alias while CR4.DE is clear), emulated so
-//! that no guest runs the emulator's own DR7 bookkeeping (docs/qemu-tcg.md:
-//! QEMU crashes when a guest writes DR7 while breakpoints armed by another
-//! level are live). APM Vol. 2, 13.1.1 "Debug Registers".
+//! MOV to DR0-DR3, DR7 (and DR5, its alias while CR4.DE is clear), emulated
+//! so that no guest runs the emulator's own breakpoint bookkeeping
+//! (docs/qemu-tcg.md: QEMU crashes when a guest's MOV DR0-3 or DR7 removes a
+//! breakpoint by the type DR7 has now, not the one it was inserted with).
+//! APM Vol. 2, 13.1.1 "Debug Registers".
 
 use super::Fault;
 
@@ -37,6 +38,29 @@ pub fn write_dr7(current_dr7: u64, value: u64) -> Result<u64, Fault> {
     Ok((value & DR7_VOLATILE) | DR7_FIXED_1)
 }
 
+/// What an intercepted MOV to a debug register changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrWrite {
+    /// DR0-DR3 (`.0`) take this breakpoint address. Any value: the CPU
+    /// does not check it (KVM `__kvm_set_dr` stores it as is).
+    Address(u8, u64),
+    /// DR7 takes this value.
+    Dr7(u64),
+}
+
+/// MOV to DR`dr` (0-3, 5 or 7, the ones L0 intercepts): #UD for DR4/DR5
+/// while CR4.DE is set, then #DB when DR7.GD is set (APM 13.1.1.5), then
+/// the register's own rules. DR6 (and DR4) writes are not intercepted, so
+/// they never get here (#UD if they did).
+pub fn write(dr: u8, cr4_de: bool, current_dr7: u64, value: u64) -> Result<DrWrite, Fault> {
+    match alias(dr, cr4_de)? {
+        0..=3 if current_dr7 & DR7_GD != 0 => Err(Fault::DbGeneralDetect),
+        n @ 0..=3 => Ok(DrWrite::Address(n, value)),
+        7 => write_dr7(current_dr7, value).map(DrWrite::Dr7),
+        _ => Err(Fault::Ud),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +75,26 @@ mod tests {
             write_dr7(0x400 | DR7_GD, 0x400),
             Err(Fault::DbGeneralDetect)
         );
+    }
+
+    #[test]
+    fn dr0_3_take_any_value_unless_general_detect() {
+        for n in 0..4 {
+            assert_eq!(
+                write(n, false, 0x11fff, u64::MAX),
+                Ok(DrWrite::Address(n, u64::MAX))
+            );
+            assert_eq!(write(n, true, 0x400, 5), Ok(DrWrite::Address(n, 5)));
+            assert_eq!(
+                write(n, false, 0x400 | DR7_GD, 5),
+                Err(Fault::DbGeneralDetect)
+            );
+        }
+        assert_eq!(write(7, false, 0x400, 0x401), Ok(DrWrite::Dr7(0x401)));
+        assert_eq!(write(5, false, 0x400, 0x401), Ok(DrWrite::Dr7(0x401)));
+        assert_eq!(write(5, true, 0x400 | DR7_GD, 0x401), Err(Fault::Ud));
+        assert_eq!(write(6, false, 0x400, 0), Err(Fault::Ud));
+        assert_eq!(write(4, false, 0x400, 0), Err(Fault::Ud));
     }
 
     #[test]

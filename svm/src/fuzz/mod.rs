@@ -8,6 +8,7 @@
 
 mod oracle;
 
+pub use oracle::tsc_went_on;
 pub use oracle::{
     broken_rule, cpuid_rule, emulator_checks_first, exit_intercepted, is_invalid, offered,
     reserved_exception_injected, svm_address, AddressVerdict, CR4_BASE, CR4_FEATURES, CR4_MBZ,

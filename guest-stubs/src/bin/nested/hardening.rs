@@ -8,7 +8,7 @@ use crate::run_expect;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::privileged::{self as p, load_test_gdt};
-use guest_stubs::{check, check_eq};
+use guest_stubs::{check, check_eq, cpu};
 use svm::{ExitCode, VmcbSegment};
 
 /// What the L2 payload saw.
@@ -314,4 +314,57 @@ pub fn l2_cr3_reserved_bits() {
     run_expect(&mut regs, ExitCode::CrWrite(3));
     check_eq!(seen(0), 0, "L2 went past its intercepted CR3 write");
     check_eq!(l1::vmcb().state.cr3, cr3, "vmcb12 CR3 at L1's CR3 exit");
+}
+
+extern "C" fn dr0_3_write() -> ! {
+    let v = INPUT.load(Ordering::SeqCst);
+    // SAFETY: CPL 0; the fuzz case's instruction.
+    unsafe { asm!("mov dr0, r8", in("r8") v, options(nomem, nostack)) };
+    for n in 1..4u8 {
+        cpu::write_dr(n, v + 8 * u64::from(n));
+    }
+    for n in 0..4u8 {
+        put(usize::from(n), cpu::read_dr(n));
+    }
+    yield_forever()
+}
+
+/// vmcb12 arms DR7 (0x11fff as in the fuzz case, seed 2 iteration 29884,
+/// with DR0's type changing between runs) and L2 writes DR0-DR3 (ISSUE 8
+/// C, the fuzz SIGSEGV): L0 emulates the writes, L2 reads them back and L1
+/// sees them after the #VMEXIT (one set, not switched: APM 15.5.1). With
+/// vmcb12's DR0 write intercept the write is L1's exit. Native writes kill
+/// QEMU: round 0 inserts a watchpoint, round 1 removes it as a breakpoint.
+pub fn l2_dr0_3_writes_armed() {
+    const DR7S: [u64; 6] = [0x10401, 0x401, 0x11fff, 0x300ff, 0x11fff, 0x401];
+    // A new VM: the DR0-3 an earlier VM left (guest::dr0_3_writes_armed)
+    // are not its own.
+    for n in 0..4u8 {
+        check_eq!(cpu::read_dr(n), 0, format_args!("DR{n} of a new VM"));
+    }
+    let mut last = 0;
+    for (round, dr7) in DR7S.into_iter().enumerate() {
+        last = 0xdead_0000 + round as u64 * 0x100;
+        let mut regs = setup(dr0_3_write, last);
+        l1::vmcb().state.dr7 = dr7;
+        run_expect(&mut regs, ExitCode::Hlt);
+        for n in 0..4u8 {
+            let want = last + 8 * u64::from(n);
+            let what = format_args!("L2's DR{n}, vmcb12 DR7 {dr7:#x}");
+            check_eq!(seen(usize::from(n)), want, what);
+            check_eq!(
+                cpu::read_dr(n),
+                want,
+                format_args!("L1's DR{n} after the #VMEXIT")
+            );
+        }
+    }
+    let mut regs = setup(dr0_3_write, 0xbad0);
+    l1::vmcb().state.dr7 = 0x11fff;
+    l1::vmcb().control.intercept_dr |= 1 << 16;
+    run_expect(&mut regs, ExitCode::DrWrite(0));
+    check_eq!(cpu::read_dr(0), last, "DR0 after L1's DR0 write exit");
+    for n in 0..4u8 {
+        cpu::write_dr(n, 0);
+    }
 }

@@ -120,6 +120,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
+        "nested::l2_dr0_3_writes_armed" => hardening::l2_dr0_3_writes_armed(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()

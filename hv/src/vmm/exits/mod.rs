@@ -119,7 +119,7 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Ioio => ioio::handle(vcpu, vm, host),
         ExitCode::Hlt => rip::skip(vcpu, vm, host),
         ExitCode::CrWrite(n @ (0 | 3 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
-        ExitCode::DrWrite(n @ (5 | 7)) => dr::handle(vcpu, vm, host, n),
+        ExitCode::DrWrite(n @ (0..=3 | 5 | 7)) => dr::handle(vcpu, vm, host, n),
         ExitCode::TrWrite => tr::handle(vcpu, vm, host),
         ExitCode::Rdtsc | ExitCode::Rdtscp => tsc::handle(vcpu, vm, host),
         ExitCode::Vmmcall => hypercall::handle(vcpu, vm, host),
