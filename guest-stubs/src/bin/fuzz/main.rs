@@ -202,7 +202,7 @@ fn iteration(ctx: &mut Ctx, svm: &mut Svm) {
     if ctx.replay {
         template.clone_from(v);
     }
-    ctx.fields = vmcb12::corrupt(v, &mut rng, ctx.ram);
+    ctx.fields = vmcb12::corrupt(v, &mut rng, ctx.ram, mode);
     if ctx.replay {
         println!(
             "fuzz: progress seed={} iter={} mode={} fields={} code={:02x?}",

@@ -34,6 +34,9 @@ impl Mode {
 /// loops would hang L1 on hardware too.
 pub(crate) const KEEPALIVE_MISC1: u32 = (1 << 24) | (1 << 31);
 const DB_INTERCEPT: u32 = 1 << 1;
+/// POPF and IRET: the instructions that could clear a single-stepped L2's
+/// TF behind L1's back.
+const STEP_KEEPALIVE_MISC1: u32 = (1 << 17) | (1 << 20);
 const TF: u64 = 1 << 8;
 
 /// The corruptions of one iteration, by index into [`FIELDS`].
@@ -163,7 +166,7 @@ pub(crate) fn template(v: &mut Vmcb, rng: &mut Rng, mode: Mode, entry: u64, flus
 }
 
 /// Applies 1-4 corruptions; returns which.
-pub(crate) fn corrupt(v: &mut Vmcb, rng: &mut Rng, ram: u64) -> Corrupted {
+pub(crate) fn corrupt(v: &mut Vmcb, rng: &mut Rng, ram: u64, mode: Mode) -> Corrupted {
     let mut done = Corrupted {
         len: 1 + rng.below(4) as usize,
         ..Corrupted::default()
@@ -175,6 +178,16 @@ pub(crate) fn corrupt(v: &mut Vmcb, rng: &mut Rng, ram: u64) -> Corrupted {
     }
     // L1's survival, not the emulator's: see KEEPALIVE_MISC1 and l2_value.
     v.control.intercept_misc1 |= KEEPALIVE_MISC1;
+    // L1 has no timer (physical interrupts are L0's): a single-stepped L2
+    // must stay single-stepped, or `jnz $` with a corrupted RFLAGS runs
+    // forever, as it would on hardware for an L1 without a timer. So TF
+    // and the #DB intercept stay, and POPF/IRET (which could clear TF)
+    // exit to L1.
+    if mode != Mode::Vmmcall {
+        v.state.rflags |= TF;
+        v.control.intercept_exceptions |= DB_INTERCEPT;
+        v.control.intercept_misc1 |= STEP_KEEPALIVE_MISC1;
+    }
     if sandbox::is_l1_page(v.state.cr3, ram) {
         v.state.cr3 = (v.state.cr3 & !0x000f_ffff_ffff_f000) | sandbox::cr3();
     }
