@@ -31,10 +31,19 @@ use boot::BootInfo;
 /// The common entry: every boot path arrives here on the kernel's boot stack.
 pub fn kernel_main(boot: BootInfo) -> ! {
     console::init();
-    if let Some(level) = boot.cmdline_value("log") {
-        if !console::set_level(level) {
-            log::warn!("unknown log level {level:?} on the command line");
-        }
+    let bad_level = boot
+        .cmdline_value("log")
+        .filter(|level| !console::set_level(level));
+    arch::gdt::init();
+    arch::idt::init();
+    // The banner comes first: it is what a person (and the boot tests) reads
+    // first, and it must show even when a `fault=` word stops the kernel.
+    banner::print(&boot);
+    if let Some(level) = bad_level {
+        log::warn!("unknown log level {level:?} on the command line");
+    }
+    for word in boot.unknown_cmdline_words(&CMDLINE_KEYS) {
+        log::warn!("unknown command-line word {word:?} (known: {KNOWN_WORDS})");
     }
     if boot.memory.dropped() > 0 {
         fatal(format_args!(
@@ -43,8 +52,6 @@ pub fn kernel_main(boot: BootInfo) -> ! {
             boot::info::MAX_REGIONS
         ));
     }
-    arch::gdt::init();
-    arch::idt::init();
 
     mem::paging::set_hhdm_offset(boot.hhdm_offset);
     mem::frame::init(&boot);
@@ -75,7 +82,6 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         deliberate_fault(kind);
     }
 
-    banner::print(&boot);
     // `fuzz=SEED,ITERATIONS[,MINUTES[,START]]`: the hostile-L1 fuzzer
     // instead of the self-tests.
     if let Some(spec) = boot.cmdline_value("fuzz") {
@@ -87,11 +93,29 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         })
     }
     let summary = selftest::run(boot.cmdline_value("tests"));
-    exit(if summary.failed == 0 {
-        ExitCode::Success
-    } else {
+    exit(verdict(&summary))
+}
+
+/// The command-line keys the kernel knows (`key=value` words).
+const CMDLINE_KEYS: [&str; 5] = ["log", "fault", "tests", "apic", "fuzz"];
+/// The same, as the warning about an unknown word shows them (no heap yet).
+const KNOWN_WORDS: &str = "log=, fault=, tests=, apic=, fuzz=";
+
+/// A run's verdict: a failure when a test failed or the filter selected no
+/// test; "nothing ran" when tests were selected but all were skipped (no SVM
+/// here), so that a machine that cannot test never reports success.
+fn verdict(summary: &selftest::Summary) -> ExitCode {
+    if summary.nothing_selected || summary.failed > 0 {
         ExitCode::Failure
-    })
+    } else if summary.passed == 0 && summary.skipped > 0 {
+        crate::println!(
+            "nothing ran: all {} selected tests were skipped (exit status 37)",
+            summary.skipped
+        );
+        ExitCode::NothingRan
+    } else {
+        ExitCode::Success
+    }
 }
 
 /// Faults on purpose (`fault=page|panic|stack` on the command line), to show the

@@ -1,7 +1,7 @@
 //! The kernel's guest self-tests under QEMU TCG: every `guest::*` test
 //! reports `ok`, the totals line agrees, and the command line selects tests.
 
-use hv_tests::{boot_direct, Boot, SUCCESS_STATUS};
+use hv_tests::{boot_direct, Boot, FAILURE_STATUS, SUCCESS_STATUS};
 
 const GUEST_TESTS: &[&str] = &[
     "guest::cpuid",
@@ -198,4 +198,46 @@ fn the_command_line_selects_tests_by_prefix() {
     assert_eq!(names, ["guest::hlt", "guest::triple_fault"]);
     assert!(boot.lines().any(|l| l == "2 passed, 0 failed"));
     boot.assert_status(SUCCESS_STATUS);
+}
+
+/// How many tests a run without `tests=` runs.
+fn total_tests() -> usize {
+    let tsc: usize = TSC_TESTS
+        .iter()
+        .map(|&(_, both)| 1 + usize::from(both))
+        .sum();
+    GUEST_TESTS.len() + tsc + NESTED_TESTS.len()
+}
+
+#[test]
+fn a_filtered_run_says_how_many_tests_it_selected() {
+    let boot = boot_direct(&["tests=guest::cpuid"]);
+    let line = format!("selected 2 of {} tests (tests=guest::cpuid)", total_tests());
+    let lines: Vec<&str> = boot.lines().collect();
+    let at = lines.iter().position(|l| *l == line);
+    let first_test = lines.iter().position(|l| l.starts_with("test "));
+    assert!(at.is_some(), "no `{line}` line (serial output above)");
+    assert!(at < first_test, "`{line}` after the first test line");
+    let names: Vec<_> = results(&boot).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["guest::cpuid", "guest::cpuid_odd_prefixes"]);
+    boot.assert_status(SUCCESS_STATUS);
+}
+
+#[test]
+fn a_filter_that_selects_no_test_fails_and_names_the_groups() {
+    let boot = boot_direct(&["tests=bogus"]);
+    let line = boot
+        .lines()
+        .find(|l| l.starts_with("tests=bogus selects no test"))
+        .expect("no `tests=bogus selects no test` line (serial output above)");
+    assert!(
+        line.contains("guest, tsc, nested"),
+        "the groups are not named: {line}"
+    );
+    assert!(results(&boot).is_empty(), "tests ran: {:?}", results(&boot));
+    assert!(
+        !boot.lines().any(|l| l == "0 passed, 0 failed"),
+        "a totals line for a run that selected nothing"
+    );
+    boot.assert_status(FAILURE_STATUS);
 }

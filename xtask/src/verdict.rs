@@ -13,12 +13,17 @@ use crate::runner::Outcome;
 pub const SUCCESS_STATUS: i32 = (0x10 << 1) | 1;
 /// QEMU's exit status when the kernel reports failure.
 pub const FAILURE_STATUS: i32 = (0x11 << 1) | 1;
+/// QEMU's exit status when nothing ran: every selected test was skipped (no
+/// usable SVM), mirroring `ExitCode::NothingRan` (0x12) in hv/src/arch/port.rs.
+pub const NOTHING_RAN_STATUS: i32 = (0x12 << 1) | 1;
 
 /// The meaning of a run's end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Success,
     KernelFailure,
+    /// The kernel ran no test: every selected one was skipped (no usable SVM).
+    NothingRan,
     /// Triple fault or reset (status 0 under `-no-reboot`).
     Reset,
     TimedOut(Duration),
@@ -35,6 +40,7 @@ impl Verdict {
         match (outcome.status, outcome.signal) {
             (Some(SUCCESS_STATUS), _) => Verdict::Success,
             (Some(FAILURE_STATUS), _) => Verdict::KernelFailure,
+            (Some(NOTHING_RAN_STATUS), _) => Verdict::NothingRan,
             (Some(0), _) => Verdict::Reset,
             (Some(status), _) => Verdict::UnexpectedStatus(status),
             (None, Some(signal)) => Verdict::Signal(signal),
@@ -55,6 +61,10 @@ impl fmt::Display for Verdict {
             Verdict::KernelFailure => {
                 write!(f, "kernel reported failure (qemu status {FAILURE_STATUS})")
             }
+            Verdict::NothingRan => write!(
+                f,
+                "kernel ran no test: every selected test was skipped, SVM unavailable (qemu status {NOTHING_RAN_STATUS})"
+            ),
             Verdict::Reset => write!(f, "guest triple-faulted or reset (qemu status 0)"),
             Verdict::TimedOut(t) => write!(
                 f,
@@ -88,12 +98,14 @@ mod tests {
         assert_eq!(Verdict::of(&exited(33)), Verdict::Success);
         assert_eq!(Verdict::of(&exited(35)), Verdict::KernelFailure);
         assert_eq!(Verdict::of(&exited(0)), Verdict::Reset);
+        assert_eq!(NOTHING_RAN_STATUS, 37);
+        assert_eq!(Verdict::of(&exited(37)), Verdict::NothingRan);
         assert_eq!(Verdict::of(&exited(1)), Verdict::UnexpectedStatus(1));
     }
 
     #[test]
     fn only_33_is_success() {
-        for status in [0, 1, 35, 255] {
+        for status in [0, 1, 35, 37, 255] {
             assert!(!Verdict::of(&exited(status)).is_success());
         }
     }

@@ -104,8 +104,9 @@ fn rdmsr_matches_rdtsc() {
     );
     check!(
         b - a < us(SMALL_US),
-        "RDTSC-RDMSR-RDTSC took {} ticks (> SMALL_US)",
-        b - a
+        "RDTSC-RDMSR-RDTSC took {} ticks (> {SMALL_US} us = {} ticks)",
+        b - a,
+        us(SMALL_US)
     );
 }
 
@@ -204,8 +205,9 @@ fn exiting_mode_matches_offset_mode() {
     );
     check!(
         d - a < us(SMALL_US),
-        "timeline spread {} ticks (> SMALL_US)",
-        d - a
+        "timeline spread {} ticks (> {SMALL_US} us = {} ticks)",
+        d - a,
+        us(SMALL_US)
     );
     check_eq!(
         (aux_exiting, aux_native),

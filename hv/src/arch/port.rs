@@ -13,6 +13,9 @@ pub enum ExitCode {
     Success = 0x10,
     /// QEMU exits with status 35.
     Failure = 0x11,
+    /// Nothing ran: every selected test was skipped (no usable SVM here).
+    /// QEMU exits with status 37 (`xtask::verdict::NOTHING_RAN_STATUS`).
+    NothingRan = 0x12,
 }
 
 /// Ends the run: under a hypervisor (QEMU), through the exit device; on bare

@@ -260,6 +260,17 @@ impl BootInfo {
             .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
     }
 
+    /// Command-line words whose key (the part before `=`) is not in `known`.
+    pub fn unknown_cmdline_words<'a>(
+        &'a self,
+        known: &'a [&str],
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.cmdline
+            .as_str()
+            .split_ascii_whitespace()
+            .filter(move |w| !known.contains(&w.split('=').next().unwrap_or(w)))
+    }
+
     /// Marks `[base, base + len)` as `kind`, splitting the regions it overlaps.
     /// Used by adapters whose loader reports the kernel's own memory as usable.
     pub fn carve(&mut self, base: u64, len: u64, kind: MemoryKind) {

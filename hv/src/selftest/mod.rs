@@ -4,7 +4,9 @@
 //! Output, one line per test: `test <group>::<name> ... ok`, `... FAILED
 //! (<reason>)` or `... skipped (<reason>)`, then `N passed, N failed` (and
 //! `, N skipped`). The command-line word `tests=<prefix>[,<prefix>...]`
-//! selects tests by name prefix; `tests=none` runs none.
+//! selects tests by name prefix; `tests=none` runs none. A filtered run first
+//! prints `selected N of M tests (tests=...)`; a filter that selects no test is
+//! an error that names the groups (`guest`, `tsc`, `nested`).
 
 pub mod fuzz;
 mod guest;
@@ -64,6 +66,8 @@ pub fn no_check(_: &Outcome) -> Result<(), String> {
 /// Totals of a run.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// The `tests=` filter selected no test (not even `tests=none`).
+    pub nothing_selected: bool,
     /// Tests that passed.
     pub passed: usize,
     /// Tests that failed.
@@ -80,18 +84,46 @@ fn selected(name: &str, filter: Option<&str>) -> bool {
     }
 }
 
+/// The test groups, for the message about a filter that selects nothing.
+const GROUPS: &str = "guest, tsc, nested";
+
 /// Runs the selected tests and prints one line each and the totals.
 pub fn run(filter: Option<&str>) -> Summary {
     let mut summary = Summary::default();
     let host = enable::this_cpu();
     // Tests TCG cannot run: only when a filter names them in full.
     let named = |c: &&Case| filter.is_some_and(|f| f.split(',').any(|p| p == c.name));
-    let cases = guest::CASES
-        .iter()
-        .chain(tsc::CASES.iter())
-        .chain(nested::CASES.iter())
-        .chain(guest::ON_REQUEST.iter().filter(named));
-    for case in cases.filter(|c| selected(c.name, filter)) {
+    let all = || {
+        guest::CASES
+            .iter()
+            .chain(tsc::CASES.iter())
+            .chain(nested::CASES.iter())
+    };
+    let total = all().count();
+    let cases: Vec<&Case> = all()
+        .chain(guest::ON_REQUEST.iter().filter(named))
+        .filter(|c| selected(c.name, filter))
+        .collect();
+    match filter {
+        None | Some("none") => {}
+        Some(f) if cases.is_empty() => {
+            println!(
+                "tests={f} selects no test; the groups are {GROUPS} (e.g. tests=tsc:: or tests=guest::cpuid; tests=none runs none)"
+            );
+            summary.nothing_selected = true;
+            return summary;
+        }
+        Some(f) => {
+            for prefix in f
+                .split(',')
+                .filter(|p| !cases.iter().any(|c| c.name.starts_with(p)))
+            {
+                log::warn!("tests={f}: {prefix:?} selects no test (groups: {GROUPS})");
+            }
+            println!("selected {} of {total} tests (tests={f})", cases.len());
+        }
+    }
+    for case in cases {
         let host = match host {
             Ok(h) => h,
             Err(why) => {
