@@ -32,6 +32,8 @@ options:
   --firmware bios|uefi      run: default bios; uefi needs Limine
   --gdb                     run: wait for gdb on :1234 before the first instruction
   --timeout SECS            run: kill QEMU and fail after SECS seconds
+  --offline                 run, image, test: never download Limine (a failed
+                            download is remembered for an hour anyway)
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
   --seed S                  fuzz: seed (default: from the clock, printed)
   --iterations N            fuzz: iterations (default 10000)
@@ -47,14 +49,26 @@ environment:
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
     Help,
-    Build { release: bool },
+    Build {
+        release: bool,
+    },
     Run(RunArgs),
-    Image { release: bool, cmdline: Vec<String> },
-    Test { release: bool },
+    Image {
+        release: bool,
+        cmdline: Vec<String>,
+        offline: bool,
+    },
+    Test {
+        release: bool,
+        offline: bool,
+    },
     Lint,
     Bench,
     Fuzz(crate::tasks::fuzz::FuzzArgs),
-    Mutants { list: bool, names: Vec<String> },
+    Mutants {
+        list: bool,
+        names: Vec<String>,
+    },
 }
 
 /// How `run` should boot.
@@ -84,6 +98,8 @@ pub struct RunArgs {
     pub gdb: bool,
     pub timeout: Option<Duration>,
     pub cmdline: Vec<String>,
+    /// `--offline`: never download Limine.
+    pub offline: bool,
 }
 
 /// Parses the arguments after `cargo xtask`.
@@ -108,13 +124,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             gdb: options.flag("--gdb"),
             timeout: options.value("--timeout", parse_seconds)?,
             cmdline: options.take_cmdline(),
+            offline: options.flag("--offline"),
         }),
         "image" => Task::Image {
             release: options.flag("--release"),
             cmdline: options.take_cmdline(),
+            offline: options.flag("--offline"),
         },
         "test" => Task::Test {
             release: options.flag("--release"),
+            offline: options.flag("--offline"),
         },
         "lint" => Task::Lint,
         "bench" => Task::Bench,
@@ -277,6 +296,7 @@ mod tests {
                 gdb: true,
                 timeout: Some(Duration::from_secs(20)),
                 cmdline: vec!["fault=page".into(), "x".into()],
+                offline: false,
             })
         );
     }
@@ -296,6 +316,31 @@ mod tests {
         };
         assert!(!args.release);
         assert_eq!(args.cmdline, vec!["--release".to_string()]);
+    }
+
+    #[test]
+    fn offline_is_taken_by_run_image_and_test_only() {
+        let Task::Run(args) = parse_words("run --offline --boot limine").unwrap() else {
+            panic!("not run");
+        };
+        assert!(args.offline);
+        assert_eq!(
+            parse_words("image --offline").unwrap(),
+            Task::Image {
+                release: false,
+                cmdline: vec![],
+                offline: true
+            }
+        );
+        assert_eq!(
+            parse_words("test --release --offline").unwrap(),
+            Task::Test {
+                release: true,
+                offline: true
+            }
+        );
+        assert!(parse_words("build --offline").is_err());
+        assert!(parse_words("lint --offline").is_err());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::process::Command;
 use crate::error::Context;
 use crate::{bail, checksum, limine_fetch, process, workspace, Result};
 
+pub use crate::limine_fetch::Network;
+
 /// The BIOS stage loaded from the boot partition.
 pub const BIOS_SYS: &str = "limine-bios.sys";
 /// The El Torito BIOS boot image for CDs.
@@ -25,6 +27,26 @@ const BOOT_FILES: [&str; 4] = [BIOS_SYS, BIOS_CD, UEFI_CD, BOOTX64];
 /// How to get Limine when it is missing; appended to notices and errors.
 pub const HOW_TO_GET: &str =
     "set LIMINE_DIR to a directory with Limine's binaries to boot through Limine (see README.md)";
+
+/// The environment variable through which `cargo xtask test` tells the
+/// Limine boot test why it has no `LIMINE_DIR`, so that the test's "ignored"
+/// line gives the true reason.
+pub const UNAVAILABLE_ENV: &str = "HV_LIMINE_UNAVAILABLE";
+
+/// Why the Limine boot tests are skipped, from why there is no Limine.
+pub fn skip_reason(why: &str) -> String {
+    format!("Limine not available: {why}; {HOW_TO_GET}")
+}
+
+/// The one line `run` prints when it falls back to direct boot: the reason,
+/// and how to stop seeing it.
+pub fn direct_boot_advice(why: &str) -> String {
+    format!(
+        "xtask: Limine not available ({why}); booting directly (PVH). \
+         Use --boot direct to skip this check, --offline to never download, \
+         or LIMINE_DIR=DIR to use a Limine build (see README.md)."
+    )
+}
 
 /// A usable Limine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,12 +87,12 @@ pub fn dir_from_env() -> Option<PathBuf> {
 /// Finds Limine: `LIMINE_DIR`, else the pinned release (fetched and built if
 /// needed and possible). A broken `LIMINE_DIR` is an error; a missing
 /// network is not.
-pub fn locate() -> Result<Lookup> {
+pub fn locate(network: Network) -> Result<Lookup> {
     if let Some(dir) = dir_from_env() {
         return from_dir(&dir).map(Lookup::Found);
     }
     let cache = workspace::target_dir().join("limine");
-    match limine_fetch::ensure_built(&cache) {
+    match limine_fetch::ensure_built(&cache, network) {
         Ok(bin) => from_dir(&bin).map(Lookup::Found),
         Err(why) => Ok(Lookup::Unavailable(why)),
     }
@@ -144,6 +166,16 @@ fn compile_tool(source: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_boot_advice_names_the_ways_out() {
+        let line = direct_boot_advice("download failed 3 min ago: curl: (6)");
+        assert!(line.starts_with("xtask: Limine not available (download failed"));
+        assert!(line.contains("booting directly (PVH)"), "{line}");
+        assert!(line.contains("--boot direct"), "{line}");
+        assert!(line.contains("--offline"), "{line}");
+        assert!(line.contains("LIMINE_DIR"), "{line}");
+    }
 
     #[test]
     fn from_dir_explains_what_is_missing() {

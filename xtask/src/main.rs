@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use xtask::cli::{self, Task};
+use xtask::limine::Network;
 use xtask::{tasks, Result};
 
 fn main() -> ExitCode {
@@ -28,8 +29,14 @@ fn execute(task: Task) -> Result<bool> {
     match task {
         Task::Help => print!("{}", cli::USAGE),
         Task::Build { release } => tasks::build::build(release)?,
-        Task::Image { release, cmdline } => tasks::image::image(release, &cmdline)?,
-        Task::Test { release } => tasks::test::test(release)?,
+        Task::Image {
+            release,
+            cmdline,
+            offline,
+        } => tasks::image::image(release, &cmdline, Network::from_offline_flag(offline))?,
+        Task::Test { release, offline } => {
+            tasks::test::test(release, Network::from_offline_flag(offline))?
+        }
         Task::Lint => tasks::lint::lint()?,
         Task::Bench => tasks::bench::bench()?,
         Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),

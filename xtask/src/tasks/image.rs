@@ -2,12 +2,12 @@
 
 use crate::image::{self, Contents};
 use crate::kernel::{self, Profile};
-use crate::limine::{self, Lookup};
+use crate::limine::{self, Lookup, Network};
 use crate::{bail, workspace, Result};
 
-pub fn image(release: bool, cmdline: &[String]) -> Result<()> {
+pub fn image(release: bool, cmdline: &[String], network: Network) -> Result<()> {
     let kernel = kernel::build_all(Profile::from_release_flag(release))?;
-    let limine = match limine::locate()? {
+    let limine = match limine::locate(network)? {
         Lookup::Found(limine) => limine,
         Lookup::Unavailable(why) => {
             bail!(

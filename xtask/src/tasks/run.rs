@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::cli::{Boot, FirmwareKind, RunArgs};
 use crate::image::{self, Contents};
 use crate::kernel::{self, Profile};
-use crate::limine::{self, Limine, Lookup};
+use crate::limine::{self, Limine, Lookup, Network};
 use crate::qemu::{self, Firmware, Medium, RunConfig};
 use crate::verdict::Verdict;
 use crate::{accel, bail, host_tools, ovmf, runner, workspace, Result};
@@ -74,6 +74,7 @@ pub fn run(args: &RunArgs) -> Result<Verdict> {
 /// Limine when asked for or available, else direct boot (`None`), saying why.
 fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
     let uefi = args.firmware == FirmwareKind::Uefi;
+    let network = Network::from_offline_flag(args.offline);
     match args.boot {
         Some(Boot::Direct) if uefi => {
             bail!(
@@ -81,7 +82,7 @@ fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
             )
         }
         Some(Boot::Direct) => Ok(None),
-        Some(Boot::Limine) => match limine::locate()? {
+        Some(Boot::Limine) => match limine::locate(network)? {
             Lookup::Found(limine) => Ok(Some(limine)),
             Lookup::Unavailable(why) => {
                 bail!(
@@ -90,7 +91,7 @@ fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
                 )
             }
         },
-        None => match limine::locate()? {
+        None => match limine::locate(network)? {
             Lookup::Found(limine) => Ok(Some(limine)),
             Lookup::Unavailable(why) if uefi => {
                 bail!(
@@ -99,10 +100,7 @@ fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
                 )
             }
             Lookup::Unavailable(why) => {
-                eprintln!(
-                    "xtask: booting directly (PVH) without Limine: {why}; {}",
-                    limine::HOW_TO_GET
-                );
+                eprintln!("{}", limine::direct_boot_advice(&why));
                 Ok(None)
             }
         },

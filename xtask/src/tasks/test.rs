@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use super::Steps;
 use crate::kernel::{self, Profile};
-use crate::limine::{self, Lookup};
+use crate::limine::{self, Lookup, Network};
 use crate::{host_tools, ovmf, process, Result};
 
-pub fn test(release: bool) -> Result<()> {
+pub fn test(release: bool, network: Network) -> Result<()> {
     let mut steps = Steps::default();
     steps.step(
         "host unit tests",
@@ -24,11 +24,24 @@ pub fn test(release: bool) -> Result<()> {
             "--no-fail-fast",
         ])),
     );
-    steps.step("boot tests", boot_tests(release));
+    let mut skipped = None;
+    steps.step("boot tests", boot_tests(release, network, &mut skipped));
+    // The boot tests report the skip as "ignored" with this reason; repeat
+    // it last, where a person looks for the verdict.
+    if let Some(why) = skipped {
+        eprintln!("xtask: skipped: {}", skip_line(&why));
+    }
     steps.finish()
 }
 
-fn boot_tests(release: bool) -> Result<()> {
+/// The summary line of the skipped Limine boot test.
+fn skip_line(why: &str) -> String {
+    format!("limine_boot (ignored, not passed): {why}")
+}
+
+/// Runs the boot tests; `skipped` receives why the Limine test will be
+/// skipped, when it will be.
+fn boot_tests(release: bool, network: Network, skipped: &mut Option<String>) -> Result<()> {
     let kernel = kernel::build_all(Profile::from_release_flag(release))?;
     host_tools::require(&[host_tools::QEMU])?;
     let mut cmd = process::cargo();
@@ -44,30 +57,48 @@ fn boot_tests(release: bool) -> Result<()> {
         "--test-threads=1",
     ])
     .env("HV_KERNEL", &kernel);
-    if let Some(dir) = limine_for_tests()? {
-        // The Limine tests boot through UEFI as well, and build images.
-        host_tools::require(host_tools::IMAGE_TOOLS)?;
-        ovmf::locate()?;
-        cmd.env("LIMINE_DIR", dir);
+    match limine_for_tests(network)? {
+        Ok(dir) => {
+            // The Limine tests boot through UEFI as well, and build images.
+            host_tools::require(host_tools::IMAGE_TOOLS)?;
+            ovmf::locate()?;
+            cmd.env("LIMINE_DIR", dir);
+        }
+        Err(why) => {
+            let why = limine::skip_reason(&why);
+            eprintln!("xtask: the Limine boot tests will be skipped: {why}");
+            cmd.env(limine::UNAVAILABLE_ENV, &why);
+            *skipped = Some(why);
+        }
     }
     process::run(&mut cmd)
 }
 
-/// `LIMINE_DIR` as given, else the pinned release when it can be had; the
-/// Limine boot tests are skipped (visibly) without one.
-fn limine_for_tests() -> Result<Option<PathBuf>> {
+/// `LIMINE_DIR` as given, else the pinned release when it can be had, else
+/// why there is none.
+fn limine_for_tests(network: Network) -> Result<std::result::Result<PathBuf, String>> {
     if let Some(dir) = limine::dir_from_env() {
         // The tests run in another working directory: pass an absolute path.
-        return Ok(Some(std::fs::canonicalize(&dir).unwrap_or(dir)));
+        return Ok(Ok(std::fs::canonicalize(&dir).unwrap_or(dir)));
     }
-    match limine::locate()? {
-        Lookup::Found(found) => Ok(Some(found.files_dir)),
-        Lookup::Unavailable(why) => {
-            eprintln!(
-                "xtask: the Limine boot tests will be skipped: {why}; {}",
-                limine::HOW_TO_GET
-            );
-            Ok(None)
-        }
+    match limine::locate(network)? {
+        Lookup::Found(found) => Ok(Ok(found.files_dir)),
+        Lookup::Unavailable(why) => Ok(Err(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_skip_line_says_ignored_and_why() {
+        let line = skip_line(&limine::skip_reason("download failed 2 min ago: curl: (6)"));
+        assert!(line.contains("ignored, not passed"), "{line}");
+        assert!(
+            line.contains("Limine not available: download failed"),
+            "{line}"
+        );
+        assert!(line.contains("LIMINE_DIR"), "{line}");
     }
 }
