@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(task) => task,
         Err(e) => {
             eprintln!("xtask: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_code());
         }
     };
     match execute(task) {
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("xtask: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -27,10 +27,11 @@ fn main() -> ExitCode {
 fn execute(task: Task) -> Result<bool> {
     match task {
         Task::Help => print!("{}", cli::USAGE),
+        Task::CommandHelp(command) => print!("{}", cli::command_usage(command)),
         Task::Build { release } => tasks::build::build(release)?,
         Task::Image { release, cmdline } => tasks::image::image(release, &cmdline)?,
         Task::Test { release } => tasks::test::test(release)?,
-        Task::Lint => tasks::lint::lint()?,
+        Task::Lint => return tasks::lint::lint(),
         Task::Bench => tasks::bench::bench()?,
         Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),
         Task::Mutants { list, names } => return tasks::mutants::mutants(list, &names),

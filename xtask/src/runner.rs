@@ -100,7 +100,43 @@ fn wait(
     }
 }
 
-/// Reads a pipe to its end on a thread, copying to `sink` as bytes arrive.
+/// Turns the serial console's CRLF line ends into LF for our stdout, so that
+/// `grep '^57 passed, 0 failed$'` matches; a CR split from its LF across two
+/// reads is held back until the next byte shows what it is. Other CRs pass.
+#[derive(Debug, Default)]
+pub struct CrlfToLf {
+    held_cr: bool,
+}
+
+impl CrlfToLf {
+    /// The converted bytes of the next chunk of the stream.
+    pub fn convert(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len() + 1);
+        for &byte in input {
+            if std::mem::take(&mut self.held_cr) && byte != b'\n' {
+                out.push(b'\r');
+            }
+            if byte == b'\r' {
+                self.held_cr = true;
+            } else {
+                out.push(byte);
+            }
+        }
+        out
+    }
+
+    /// What is still held back when the stream ends.
+    pub fn finish(&mut self) -> Vec<u8> {
+        if std::mem::take(&mut self.held_cr) {
+            vec![b'\r']
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread, copying to `sink` as bytes arrive
+/// (with LF line ends; the returned copy is unchanged).
 fn tee(
     mut pipe: impl Read + Send + 'static,
     mut sink: Option<Box<dyn Write + Send>>,
@@ -108,21 +144,25 @@ fn tee(
     std::thread::spawn(move || {
         let mut all = Vec::new();
         let mut buffer = [0u8; 4096];
+        let mut lf = CrlfToLf::default();
+        // The console is best effort: a closed terminal must not stop the run.
+        let mut echo = |bytes: &[u8]| {
+            if let Some(sink) = sink.as_mut() {
+                let _ = sink.write_all(bytes).and_then(|()| sink.flush());
+            }
+        };
         loop {
             match pipe.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => {
                     all.extend_from_slice(&buffer[..n]);
-                    if let Some(sink) = sink.as_mut() {
-                        // The console is best effort: a closed terminal must
-                        // not stop the run.
-                        let _ = sink.write_all(&buffer[..n]).and_then(|()| sink.flush());
-                    }
+                    echo(&lf.convert(&buffer[..n]));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
+        echo(&lf.finish());
         all
     })
 }
@@ -140,6 +180,46 @@ mod tests {
         assert_eq!(outcome.serial, "serial\n");
         assert_eq!(outcome.stderr, "warning\n");
         assert!(outcome.timed_out.is_none());
+    }
+
+    #[test]
+    fn crlf_becomes_lf_even_split_across_reads() {
+        let mut lf = CrlfToLf::default();
+        let mut out = lf.convert(b"57 passed, 0 failed\r\nnext\r");
+        out.extend(lf.convert(b"\nlast\r"));
+        out.extend(lf.convert(b"x\r\r\n"));
+        out.extend(lf.finish());
+        assert_eq!(out, b"57 passed, 0 failed\nnext\nlast\rx\r\n");
+        let mut lf = CrlfToLf::default();
+        let mut out = lf.convert(b"end\r");
+        out.extend(lf.finish());
+        assert_eq!(out, b"end\r");
+    }
+
+    /// A sink whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn echo_is_lf_and_the_copy_is_raw() {
+        let sink = Shared::default();
+        let serial: &[u8] = b"test a ... ok\r\n57 passed, 0 failed\r\n";
+        let copy = tee(serial, Some(Box::new(sink.clone()))).join().unwrap();
+        assert_eq!(copy, serial);
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            b"test a ... ok\n57 passed, 0 failed\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What a QEMU run's end means.
 //!
-//! The kernel writes 0x10 (success) or 0x11 (failure) to isa-debug-exit, and
-//! QEMU exits with `(value << 1) | 1`: 33 or 35. With `-no-reboot` a triple
+//! The kernel writes 0x10 (success), 0x11 (failure) or 0x12 (nothing ran:
+//! every self-test was skipped) to isa-debug-exit, and QEMU exits with
+//! `(value << 1) | 1`: 33, 35 or 37. With `-no-reboot` a triple
 //! fault or reset ends QEMU with status 0, so 0 is a failure, never success.
 
 use std::fmt;
@@ -13,12 +14,17 @@ use crate::runner::Outcome;
 pub const SUCCESS_STATUS: i32 = (0x10 << 1) | 1;
 /// QEMU's exit status when the kernel reports failure.
 pub const FAILURE_STATUS: i32 = (0x11 << 1) | 1;
+/// QEMU's exit status when every self-test was skipped (no SVM): not a
+/// success, since nothing was tested.
+pub const NOTHING_RAN_STATUS: i32 = (0x12 << 1) | 1;
 
 /// The meaning of a run's end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Success,
     KernelFailure,
+    /// Every self-test was skipped: nothing was tested.
+    NothingRan,
     /// Triple fault or reset (status 0 under `-no-reboot`).
     Reset,
     TimedOut(Duration),
@@ -35,6 +41,7 @@ impl Verdict {
         match (outcome.status, outcome.signal) {
             (Some(SUCCESS_STATUS), _) => Verdict::Success,
             (Some(FAILURE_STATUS), _) => Verdict::KernelFailure,
+            (Some(NOTHING_RAN_STATUS), _) => Verdict::NothingRan,
             (Some(0), _) => Verdict::Reset,
             (Some(status), _) => Verdict::UnexpectedStatus(status),
             (None, Some(signal)) => Verdict::Signal(signal),
@@ -55,6 +62,10 @@ impl fmt::Display for Verdict {
             Verdict::KernelFailure => {
                 write!(f, "kernel reported failure (qemu status {FAILURE_STATUS})")
             }
+            Verdict::NothingRan => write!(
+                f,
+                "nothing ran: every self-test was skipped (no SVM) (qemu status {NOTHING_RAN_STATUS})"
+            ),
             Verdict::Reset => write!(f, "guest triple-faulted or reset (qemu status 0)"),
             Verdict::TimedOut(t) => write!(
                 f,
@@ -87,13 +98,15 @@ mod tests {
         assert_eq!(FAILURE_STATUS, 35);
         assert_eq!(Verdict::of(&exited(33)), Verdict::Success);
         assert_eq!(Verdict::of(&exited(35)), Verdict::KernelFailure);
+        assert_eq!(NOTHING_RAN_STATUS, 37);
+        assert_eq!(Verdict::of(&exited(37)), Verdict::NothingRan);
         assert_eq!(Verdict::of(&exited(0)), Verdict::Reset);
         assert_eq!(Verdict::of(&exited(1)), Verdict::UnexpectedStatus(1));
     }
 
     #[test]
     fn only_33_is_success() {
-        for status in [0, 1, 35, 255] {
+        for status in [0, 1, 35, 37, 255] {
             assert!(!Verdict::of(&exited(status)).is_success());
         }
     }
@@ -115,6 +128,10 @@ mod tests {
         assert_eq!(
             Verdict::KernelFailure.to_string(),
             "kernel reported failure (qemu status 35)"
+        );
+        assert_eq!(
+            Verdict::of(&exited(37)).to_string(),
+            "nothing ran: every self-test was skipped (no SVM) (qemu status 37)"
         );
         assert_eq!(
             Verdict::Reset.to_string(),
