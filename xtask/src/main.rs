@@ -3,24 +3,28 @@
 use std::process::ExitCode;
 
 use xtask::cli::{self, Task};
+use xtask::error::Kind as ErrorKind;
 use xtask::{tasks, Result};
 
 fn main() -> ExitCode {
     let task = match cli::parse(std::env::args().skip(1)) {
         Ok(task) => task,
-        Err(e) => {
-            eprintln!("xtask: {e}");
-            return ExitCode::from(e.exit_code());
-        }
+        Err(e) => return fail(&e),
     };
     match execute(task) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("xtask: error: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => fail(&e),
     }
+}
+
+/// Reports an error; the exit status says which kind (README "Exit status").
+fn fail(e: &xtask::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::Usage => eprintln!("xtask: {e}"),
+        ErrorKind::Failed => eprintln!("xtask: error: {e}"),
+    }
+    ExitCode::from(e.exit_code())
 }
 
 /// Runs a command; `Ok(false)` is a run whose failure was already reported.

@@ -100,26 +100,32 @@ fn wait(
     }
 }
 
-/// Turns the serial console's CRLF line ends into LF for our stdout, so that
-/// `grep '^57 passed, 0 failed$'` matches; a CR split from its LF across two
-/// reads is held back until the next byte shows what it is. Other CRs pass.
+/// Turns the serial console's line ends (CR LF, and CR CR LF as QEMU's
+/// serial port delivers the kernel's CR LF) into LF for our stdout, so that
+/// `grep '^57 passed, 0 failed$'` matches. CRs are held back until the next
+/// byte shows whether they end a line (a read may split them from their LF);
+/// other CRs pass unchanged.
 #[derive(Debug, Default)]
 pub struct CrlfToLf {
-    held_cr: bool,
+    held_crs: usize,
 }
 
 impl CrlfToLf {
     /// The converted bytes of the next chunk of the stream.
     pub fn convert(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(input.len() + 1);
+        let mut out = Vec::with_capacity(input.len() + self.held_crs);
         for &byte in input {
-            if std::mem::take(&mut self.held_cr) && byte != b'\n' {
-                out.push(b'\r');
-            }
-            if byte == b'\r' {
-                self.held_cr = true;
-            } else {
-                out.push(byte);
+            match byte {
+                b'\r' => self.held_crs += 1,
+                b'\n' => {
+                    self.held_crs = 0;
+                    out.push(b'\n');
+                }
+                _ => {
+                    out.extend(std::iter::repeat_n(b'\r', self.held_crs));
+                    self.held_crs = 0;
+                    out.push(byte);
+                }
             }
         }
         out
@@ -127,11 +133,7 @@ impl CrlfToLf {
 
     /// What is still held back when the stream ends.
     pub fn finish(&mut self) -> Vec<u8> {
-        if std::mem::take(&mut self.held_cr) {
-            vec![b'\r']
-        } else {
-            Vec::new()
-        }
+        vec![b'\r'; std::mem::take(&mut self.held_crs)]
     }
 }
 
@@ -187,9 +189,11 @@ mod tests {
         let mut lf = CrlfToLf::default();
         let mut out = lf.convert(b"57 passed, 0 failed\r\nnext\r");
         out.extend(lf.convert(b"\nlast\r"));
-        out.extend(lf.convert(b"x\r\r\n"));
+        out.extend(lf.convert(b"x\r\r\ny\r"));
+        out.extend(lf.convert(b"\r"));
+        out.extend(lf.convert(b"\n"));
         out.extend(lf.finish());
-        assert_eq!(out, b"57 passed, 0 failed\nnext\nlast\rx\r\n");
+        assert_eq!(out, b"57 passed, 0 failed\nnext\nlast\rx\ny\n");
         let mut lf = CrlfToLf::default();
         let mut out = lf.convert(b"end\r");
         out.extend(lf.finish());
@@ -213,7 +217,8 @@ mod tests {
     #[test]
     fn echo_is_lf_and_the_copy_is_raw() {
         let sink = Shared::default();
-        let serial: &[u8] = b"test a ... ok\r\n57 passed, 0 failed\r\n";
+        // QEMU's serial port delivers the kernel's CR LF as CR CR LF.
+        let serial: &[u8] = b"test a ... ok\r\r\n57 passed, 0 failed\r\n";
         let copy = tee(serial, Some(Box::new(sink.clone()))).join().unwrap();
         assert_eq!(copy, serial);
         assert_eq!(
