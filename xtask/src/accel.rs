@@ -66,9 +66,19 @@ impl fmt::Display for Choice {
 }
 
 /// Honours an explicit request; otherwise KVM exactly when it offers SVM.
-pub fn choose(requested: Option<Accel>) -> Choice {
-    let probe = probe_kvm_svm();
-    match (requested, probe) {
+/// `--accel kvm` where KVM offers no SVM is a usage error (exit 2), reported
+/// before anything is built: every self-test would be skipped.
+pub fn choose(requested: Option<Accel>) -> crate::Result<Choice> {
+    if requested == Some(Accel::Tcg) {
+        // No need to open /dev/kvm.
+        return decide(requested, Ok(()));
+    }
+    decide(requested, probe_kvm_svm())
+}
+
+/// The choice for a request and a probe result.
+fn decide(requested: Option<Accel>, probe: Result<(), String>) -> crate::Result<Choice> {
+    Ok(match (requested, probe) {
         (Some(Accel::Tcg), _) => Choice {
             accel: Accel::Tcg,
             reason: "requested".into(),
@@ -77,10 +87,10 @@ pub fn choose(requested: Option<Accel>) -> Choice {
             accel: Accel::Kvm,
             reason: "requested; /dev/kvm offers SVM to guests".into(),
         },
-        (Some(Accel::Kvm), Err(why)) => Choice {
-            accel: Accel::Kvm,
-            reason: format!("requested, although {why}"),
-        },
+        (Some(Accel::Kvm), Err(why)) => crate::usage!(
+            "--accel kvm, but {why}: the hypervisor needs SVM in its virtual CPU, so \
+             every self-test would be skipped; use --accel tcg (or leave --accel out)"
+        ),
         (None, Ok(())) => Choice {
             accel: Accel::Kvm,
             reason: "/dev/kvm offers SVM to guests".into(),
@@ -89,7 +99,7 @@ pub fn choose(requested: Option<Accel>) -> Choice {
             accel: Accel::Tcg,
             reason: why,
         },
-    }
+    })
 }
 
 // From <linux/kvm.h>; these numbers are part of the stable KVM ABI.
@@ -180,7 +190,23 @@ mod tests {
 
     #[test]
     fn explicit_tcg_needs_no_probe_result() {
-        assert_eq!(choose(Some(Accel::Tcg)).accel, Accel::Tcg);
+        assert_eq!(choose(Some(Accel::Tcg)).unwrap().accel, Accel::Tcg);
+    }
+
+    #[test]
+    fn kvm_without_svm_is_refused_as_a_usage_error() {
+        let no_svm = || Err("/dev/kvm offers no SVM to guests".to_string());
+        let error = decide(Some(Accel::Kvm), no_svm()).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(
+            error
+                .to_string()
+                .starts_with("--accel kvm, but /dev/kvm offers no SVM to guests:"),
+            "{error}"
+        );
+        assert_eq!(decide(None, no_svm()).unwrap().accel, Accel::Tcg);
+        assert_eq!(decide(Some(Accel::Kvm), Ok(())).unwrap().accel, Accel::Kvm);
+        assert_eq!(decide(None, Ok(())).unwrap().accel, Accel::Kvm);
     }
 
     #[test]

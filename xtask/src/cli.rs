@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::accel::Accel;
-use crate::{bail, Result};
+use crate::{usage, Result};
 
 pub const USAGE: &str = "\
 usage: cargo xtask <command> [options] [-- <kernel command line words>]
@@ -24,8 +24,9 @@ commands:
           self-tests it names (TCG, direct boot); every one must be killed.
           `mutants --list` lists them; `mutants NAME...` runs those only
 
-options:
-  --release                 optimized kernel (build, run, image, test)
+options (each says which commands take it; `cargo xtask <command> --help`
+shows one command's):
+  --release                 build, run, image, test: optimized kernel
   --boot limine|direct      run: through Limine (default when available) or
                             QEMU's direct PVH boot
   --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
@@ -34,11 +35,16 @@ options:
   --timeout SECS            run: kill QEMU and fail after SECS seconds
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
+  --list                    mutants: list the mutations, run none
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
   --seed S                  fuzz: seed (default: from the clock, printed)
   --iterations N            fuzz: iterations (default 10000)
   --minutes M               fuzz: stop after M minutes
   --start I                 fuzz: first iteration (to replay one: --iterations 1)
+
+exit status: 0 success; 1 the work failed (build, QEMU, a kernel verdict other
+than success, nothing ran); 2 a bad command line (unknown command or flag, bad
+value, flags that do not go together, --accel kvm where KVM offers no SVM)
 
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
@@ -49,6 +55,8 @@ environment:
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
     Help,
+    /// `cargo xtask <command> --help` or `cargo xtask help <command>`.
+    CommandHelp(&'static str),
     Build {
         release: bool,
     },
@@ -102,6 +110,103 @@ pub struct RunArgs {
     pub offline: bool,
 }
 
+impl RunArgs {
+    /// Rejects flag combinations that cannot work, before anything is built.
+    fn checked(self) -> Result<Self> {
+        if self.boot == Some(Boot::Direct) && self.firmware == FirmwareKind::Uefi {
+            usage!(
+                "--boot direct works with --firmware bios only (QEMU boots PVH ELFs without UEFI)"
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// The commands, in the order of [`USAGE`].
+pub const COMMANDS: [&str; 8] = [
+    "build", "run", "image", "test", "lint", "bench", "fuzz", "mutants",
+];
+
+/// One command's usage, cut from [`USAGE`] so there is one text to keep
+/// right: the command's description, the options whose description starts
+/// with a list of commands that names it, the exit statuses and the
+/// environment.
+pub fn command_usage(command: &str) -> String {
+    let options = options_of(command);
+    let mut out = format!("usage: cargo xtask {command}");
+    if !options.is_empty() {
+        out.push_str(" [options]");
+    }
+    if options
+        .iter()
+        .any(|lines| lines[0].trim_start().starts_with("-- "))
+    {
+        out.push_str(" [-- <kernel command line words>]");
+    }
+    out.push_str("\n\n");
+    let mut section = "";
+    let mut keep = false;
+    for line in USAGE.lines() {
+        if !line.starts_with(' ') {
+            section = line;
+            continue;
+        }
+        if section == "commands:" {
+            // A command line starts at column 2, its continuations deeper.
+            if !line.starts_with("   ") {
+                keep = line.split_whitespace().next() == Some(command);
+            }
+            if keep {
+                out.push_str(line.strip_prefix("  ").unwrap_or(line));
+                out.push('\n');
+            }
+        }
+    }
+    if !options.is_empty() {
+        out.push_str("\noptions:\n");
+        for lines in &options {
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    // The exit statuses and the environment hold for every command.
+    if let Some(at) = USAGE.find("\nexit status:") {
+        out.push_str(&USAGE[at..]);
+    }
+    out
+}
+
+/// The option entries of [`USAGE`] (first line and continuations) whose
+/// description starts with `cmd, cmd: ...` naming `command`.
+fn options_of(command: &str) -> Vec<Vec<&'static str>> {
+    let mut entries: Vec<Vec<&'static str>> = Vec::new();
+    let section = USAGE
+        .lines()
+        .skip_while(|l| !l.starts_with("options"))
+        .skip_while(|l| !l.starts_with(' '))
+        .take_while(|l| l.starts_with(' '));
+    for line in section {
+        match entries.last_mut() {
+            // Continuation lines are indented deeper than an option.
+            Some(entry) if !line.starts_with("  -") => entry.push(line),
+            _ => entries.push(vec![line]),
+        }
+    }
+    entries.retain(|entry| {
+        // The description follows the flag after a run of spaces.
+        let description = entry[0]
+            .trim_start()
+            .split_once("  ")
+            .map_or("", |(_, rest)| rest.trim_start());
+        description
+            .split_once(':')
+            .is_some_and(|(names, _)| names.split(", ").any(|name| name == command))
+    });
+    entries
+}
+
 /// Parses the arguments after `cargo xtask`.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
     let mut args = args.into_iter();
@@ -109,23 +214,39 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         return Ok(Task::Help);
     };
     let mut options = Options::new(&command, args.collect());
+    if let Some(known) = COMMANDS.iter().find(|c| **c == command) {
+        // Help wins over every other word, so `run --boot x --help` helps.
+        if options.flag("--help") | options.flag("-h") {
+            return Ok(Task::CommandHelp(known));
+        }
+    }
     let task = match command.as_str() {
-        "help" | "-h" | "--help" => Task::Help,
+        "help" | "-h" | "--help" => match options.positional().as_slice() {
+            [] => Task::Help,
+            [name] => match COMMANDS.iter().find(|c| *c == name) {
+                Some(known) => Task::CommandHelp(known),
+                None => usage!("unknown command `{name}` (see cargo xtask --help)"),
+            },
+            _ => usage!("`help` takes one command name"),
+        },
         "build" => Task::Build {
             release: options.flag("--release"),
         },
-        "run" => Task::Run(RunArgs {
-            release: options.flag("--release"),
-            boot: options.value("--boot", parse_boot)?,
-            accel: options.value("--accel", |w| Accel::parse(w).ok_or("kvm or tcg"))?,
-            firmware: options
-                .value("--firmware", parse_firmware)?
-                .unwrap_or_default(),
-            gdb: options.flag("--gdb"),
-            timeout: options.value("--timeout", parse_seconds)?,
-            cmdline: options.take_cmdline(),
-            offline: options.flag("--offline"),
-        }),
+        "run" => Task::Run(
+            RunArgs {
+                release: options.flag("--release"),
+                boot: options.value("--boot", parse_boot)?,
+                accel: options.value("--accel", |w| Accel::parse(w).ok_or("kvm or tcg"))?,
+                firmware: options
+                    .value("--firmware", parse_firmware)?
+                    .unwrap_or_default(),
+                gdb: options.flag("--gdb"),
+                timeout: options.value("--timeout", parse_seconds)?,
+                cmdline: options.take_cmdline(),
+                offline: options.flag("--offline"),
+            }
+            .checked()?,
+        ),
         "image" => Task::Image {
             release: options.flag("--release"),
             cmdline: options.take_cmdline(),
@@ -142,7 +263,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             list: options.flag("--list"),
             names: options.positional(),
         },
-        other => bail!("unknown command `{other}` (see cargo xtask --help)"),
+        other => usage!("unknown command `{other}` (see cargo xtask --help)"),
     };
     options.finish()?;
     Ok(task)
@@ -233,11 +354,11 @@ impl Options {
         let value = match word.strip_prefix(&prefix) {
             Some(value) => value.to_string(),
             None if at < self.words.len() => self.words.remove(at),
-            None => bail!("{name} needs a value"),
+            None => usage!("{name} needs a value"),
         };
         match parse(&value) {
             Ok(parsed) => Ok(Some(parsed)),
-            Err(expected) => bail!("{name} {value}: expected {expected}"),
+            Err(expected) => usage!("{name} {value}: expected {expected}"),
         }
     }
 
@@ -254,13 +375,14 @@ impl Options {
 
     fn finish(self) -> Result<()> {
         if let Some(word) = self.words.first() {
-            bail!(
-                "`{}` does not take `{word}` (see cargo xtask --help)",
+            usage!(
+                "`{}` does not take `{word}` (see cargo xtask {} --help)",
+                self.command,
                 self.command
             );
         }
         if self.cmdline.is_some() {
-            bail!("`{}` takes no kernel command line after `--`", self.command);
+            usage!("`{}` takes no kernel command line after `--`", self.command);
         }
         Ok(())
     }
@@ -390,12 +512,78 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_values_and_stray_options() {
-        assert!(parse_words("run --boot grub").is_err());
-        assert!(parse_words("run --timeout").is_err());
-        assert!(parse_words("run --timeout -3").is_err());
-        assert!(parse_words("build --gdb").is_err());
-        assert!(parse_words("lint -- x").is_err());
-        assert!(parse_words("frobnicate").is_err());
+    fn rejects_bad_values_and_stray_options_as_usage_errors() {
+        for line in [
+            "run --boot grub",
+            "run --timeout",
+            "run --timeout -3",
+            "build --gdb",
+            "lint -- x",
+            "frobnicate",
+            "frobnicate --help",
+            "help frobnicate",
+            "run --boot direct --firmware uefi",
+            "run --firmware=uefi --boot=direct --release",
+        ] {
+            let error = parse_words(line).expect_err(line);
+            assert_eq!(error.exit_code(), 2, "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        for command in COMMANDS {
+            for line in [
+                format!("{command} --help"),
+                format!("{command} -h"),
+                format!("help {command}"),
+                // Help wins over other words, even bad ones.
+                format!("{command} --bogus --help"),
+            ] {
+                assert_eq!(
+                    parse_words(&line).unwrap(),
+                    Task::CommandHelp(command),
+                    "{line}"
+                );
+            }
+            let text = command_usage(command);
+            assert!(
+                text.starts_with(&format!("usage: cargo xtask {command}")),
+                "{text}"
+            );
+            assert!(text.contains("XTASK_VERBOSE"), "{text}");
+        }
+        // After `--` it is a kernel word, not a request for help.
+        let Task::Run(args) = parse_words("run -- --help").unwrap() else {
+            panic!("not run");
+        };
+        assert_eq!(args.cmdline, vec!["--help".to_string()]);
+    }
+
+    #[test]
+    fn command_help_shows_its_own_options_only() {
+        let run = command_usage("run");
+        for option in [
+            "--release",
+            "--boot",
+            "--accel",
+            "--firmware",
+            "--gdb",
+            "--timeout",
+        ] {
+            assert!(run.contains(&format!("\n  {option} ")), "{option}: {run}");
+        }
+        assert!(
+            run.contains("QEMU's direct PVH boot"),
+            "continuation: {run}"
+        );
+        assert!(run.contains("[-- <kernel command line words>]"));
+        assert!(run.contains("kernel's verdict"), "description: {run}");
+        assert!(!run.contains("--seed") && !run.contains("--list"));
+        let fuzz = command_usage("fuzz");
+        assert!(fuzz.contains("--seed") && fuzz.contains("--start"));
+        assert!(!fuzz.contains("--release") && !fuzz.contains("[--"));
+        assert!(command_usage("mutants").contains("--list"));
+        assert!(!command_usage("lint").contains("options:"));
     }
 }

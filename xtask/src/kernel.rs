@@ -41,6 +41,20 @@ pub fn elf_path(profile: Profile, target_dir: &Path) -> PathBuf {
 /// Builds the given bare-metal packages into `target_dir`.
 pub fn build_packages(packages: &[&str], profile: Profile, target_dir: &Path) -> Result<()> {
     toolchain::ensure_kernel_target()?;
+    // Cargo is silent while it checks a fresh tree; say what is coming.
+    let names: Vec<&str> = packages
+        .iter()
+        .map(|p| match *p {
+            "hv" => "the kernel",
+            "guest-stubs" => "the guest stubs",
+            other => other,
+        })
+        .collect();
+    eprintln!(
+        "xtask: building {} ({})...",
+        names.join(" and "),
+        profile.dir_name()
+    );
     let mut cmd = process::cargo();
     cmd.arg("build");
     for package in packages {

@@ -3,31 +3,36 @@
 use std::process::ExitCode;
 
 use xtask::cli::{self, Task};
+use xtask::error::Kind as ErrorKind;
 use xtask::limine::Network;
 use xtask::{tasks, Result};
 
 fn main() -> ExitCode {
     let task = match cli::parse(std::env::args().skip(1)) {
         Ok(task) => task,
-        Err(e) => {
-            eprintln!("xtask: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&e),
     };
     match execute(task) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("xtask: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
+}
+
+/// Reports an error; the exit status says which kind (README "Exit status").
+fn fail(e: &xtask::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::Usage => eprintln!("xtask: {e}"),
+        ErrorKind::Failed => eprintln!("xtask: error: {e}"),
+    }
+    ExitCode::from(e.exit_code())
 }
 
 /// Runs a command; `Ok(false)` is a run whose failure was already reported.
 fn execute(task: Task) -> Result<bool> {
     match task {
         Task::Help => print!("{}", cli::USAGE),
+        Task::CommandHelp(command) => print!("{}", cli::command_usage(command)),
         Task::Build { release } => tasks::build::build(release)?,
         Task::Image {
             release,
@@ -37,7 +42,7 @@ fn execute(task: Task) -> Result<bool> {
         Task::Test { release, offline } => {
             tasks::test::test(release, Network::from_offline_flag(offline))?
         }
-        Task::Lint => tasks::lint::lint()?,
+        Task::Lint => return tasks::lint::lint(),
         Task::Bench => tasks::bench::bench()?,
         Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),
         Task::Mutants { list, names } => return tasks::mutants::mutants(list, &names),

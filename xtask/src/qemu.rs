@@ -14,6 +14,9 @@ pub const PROGRAM: &str = "qemu-system-x86_64";
 /// there and QEMU exits with status `(value << 1) | 1`.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
+/// The guest's RAM, for `-m` and the messages that name it.
+pub const MEMORY: &str = "512M";
+
 /// The TCP port gdb attaches to with `-s`.
 pub const GDB_PORT: u16 = 1234;
 
@@ -61,7 +64,7 @@ pub struct RunConfig {
 /// stdout; the caller decides whether that is a terminal or a pipe.
 pub fn command(config: &RunConfig) -> Result<Command> {
     let mut cmd = Command::new(PROGRAM);
-    cmd.args(["-machine", "q35", "-m", "512M", "-smp", "2"])
+    cmd.args(["-machine", "q35", "-m", MEMORY, "-smp", "2"])
         // A triple fault must end the run (status 0), not loop in resets.
         .args(["-no-reboot", "-display", "none"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])

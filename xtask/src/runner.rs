@@ -100,7 +100,45 @@ fn wait(
     }
 }
 
-/// Reads a pipe to its end on a thread, copying to `sink` as bytes arrive.
+/// Turns the serial console's line ends (CR LF, and CR CR LF as QEMU's
+/// serial port delivers the kernel's CR LF) into LF for our stdout, so that
+/// `grep '^57 passed, 0 failed$'` matches. CRs are held back until the next
+/// byte shows whether they end a line (a read may split them from their LF);
+/// other CRs pass unchanged.
+#[derive(Debug, Default)]
+pub struct CrlfToLf {
+    held_crs: usize,
+}
+
+impl CrlfToLf {
+    /// The converted bytes of the next chunk of the stream.
+    pub fn convert(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len() + self.held_crs);
+        for &byte in input {
+            match byte {
+                b'\r' => self.held_crs += 1,
+                b'\n' => {
+                    self.held_crs = 0;
+                    out.push(b'\n');
+                }
+                _ => {
+                    out.extend(std::iter::repeat_n(b'\r', self.held_crs));
+                    self.held_crs = 0;
+                    out.push(byte);
+                }
+            }
+        }
+        out
+    }
+
+    /// What is still held back when the stream ends.
+    pub fn finish(&mut self) -> Vec<u8> {
+        vec![b'\r'; std::mem::take(&mut self.held_crs)]
+    }
+}
+
+/// Reads a pipe to its end on a thread, copying to `sink` as bytes arrive
+/// (with LF line ends; the returned copy is unchanged).
 fn tee(
     mut pipe: impl Read + Send + 'static,
     mut sink: Option<Box<dyn Write + Send>>,
@@ -108,21 +146,25 @@ fn tee(
     std::thread::spawn(move || {
         let mut all = Vec::new();
         let mut buffer = [0u8; 4096];
+        let mut lf = CrlfToLf::default();
+        // The console is best effort: a closed terminal must not stop the run.
+        let mut echo = |bytes: &[u8]| {
+            if let Some(sink) = sink.as_mut() {
+                let _ = sink.write_all(bytes).and_then(|()| sink.flush());
+            }
+        };
         loop {
             match pipe.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => {
                     all.extend_from_slice(&buffer[..n]);
-                    if let Some(sink) = sink.as_mut() {
-                        // The console is best effort: a closed terminal must
-                        // not stop the run.
-                        let _ = sink.write_all(&buffer[..n]).and_then(|()| sink.flush());
-                    }
+                    echo(&lf.convert(&buffer[..n]));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
+        echo(&lf.finish());
         all
     })
 }
@@ -140,6 +182,49 @@ mod tests {
         assert_eq!(outcome.serial, "serial\n");
         assert_eq!(outcome.stderr, "warning\n");
         assert!(outcome.timed_out.is_none());
+    }
+
+    #[test]
+    fn crlf_becomes_lf_even_split_across_reads() {
+        let mut lf = CrlfToLf::default();
+        let mut out = lf.convert(b"57 passed, 0 failed\r\nnext\r");
+        out.extend(lf.convert(b"\nlast\r"));
+        out.extend(lf.convert(b"x\r\r\ny\r"));
+        out.extend(lf.convert(b"\r"));
+        out.extend(lf.convert(b"\n"));
+        out.extend(lf.finish());
+        assert_eq!(out, b"57 passed, 0 failed\nnext\nlast\rx\ny\n");
+        let mut lf = CrlfToLf::default();
+        let mut out = lf.convert(b"end\r");
+        out.extend(lf.finish());
+        assert_eq!(out, b"end\r");
+    }
+
+    /// A sink whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn echo_is_lf_and_the_copy_is_raw() {
+        let sink = Shared::default();
+        // QEMU's serial port delivers the kernel's CR LF as CR CR LF.
+        let serial: &[u8] = b"test a ... ok\r\r\n57 passed, 0 failed\r\n";
+        let copy = tee(serial, Some(Box::new(sink.clone()))).join().unwrap();
+        assert_eq!(copy, serial);
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            b"test a ... ok\n57 passed, 0 failed\n"
+        );
     }
 
     #[test]

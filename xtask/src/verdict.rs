@@ -1,7 +1,8 @@
 //! What a QEMU run's end means.
 //!
-//! The kernel writes 0x10 (success) or 0x11 (failure) to isa-debug-exit, and
-//! QEMU exits with `(value << 1) | 1`: 33 or 35. With `-no-reboot` a triple
+//! The kernel writes 0x10 (success), 0x11 (failure) or 0x12 (nothing ran:
+//! every self-test was skipped) to isa-debug-exit, and QEMU exits with
+//! `(value << 1) | 1`: 33, 35 or 37. With `-no-reboot` a triple
 //! fault or reset ends QEMU with status 0, so 0 is a failure, never success.
 
 use std::fmt;
@@ -63,7 +64,7 @@ impl fmt::Display for Verdict {
             }
             Verdict::NothingRan => write!(
                 f,
-                "kernel ran no test: every selected test was skipped, SVM unavailable (qemu status {NOTHING_RAN_STATUS})"
+                "nothing ran: every self-test was skipped (no SVM) (qemu status {NOTHING_RAN_STATUS})"
             ),
             Verdict::Reset => write!(f, "guest triple-faulted or reset (qemu status 0)"),
             Verdict::TimedOut(t) => write!(
@@ -97,6 +98,8 @@ mod tests {
         assert_eq!(FAILURE_STATUS, 35);
         assert_eq!(Verdict::of(&exited(33)), Verdict::Success);
         assert_eq!(Verdict::of(&exited(35)), Verdict::KernelFailure);
+        assert_eq!(NOTHING_RAN_STATUS, 37);
+        assert_eq!(Verdict::of(&exited(37)), Verdict::NothingRan);
         assert_eq!(Verdict::of(&exited(0)), Verdict::Reset);
         assert_eq!(NOTHING_RAN_STATUS, 37);
         assert_eq!(Verdict::of(&exited(37)), Verdict::NothingRan);
@@ -127,6 +130,10 @@ mod tests {
         assert_eq!(
             Verdict::KernelFailure.to_string(),
             "kernel reported failure (qemu status 35)"
+        );
+        assert_eq!(
+            Verdict::of(&exited(37)).to_string(),
+            "nothing ran: every self-test was skipped (no SVM) (qemu status 37)"
         );
         assert_eq!(
             Verdict::Reset.to_string(),

@@ -3,14 +3,16 @@
 use super::Steps;
 use crate::{process, toolchain, workspace, Result};
 
-pub fn lint() -> Result<()> {
+/// Runs every check and ends with one verdict line; `Ok(false)` when a check
+/// failed (its output is above).
+pub fn lint() -> Result<bool> {
     let mut steps = Steps::default();
     steps.step(
         "rustfmt",
         process::run(process::cargo().args(["fmt", "--all", "--check"])),
     );
     steps.step(
-        "clippy (host crates)",
+        "clippy host",
         process::run(process::cargo().args([
             "clippy",
             "--workspace",
@@ -25,7 +27,7 @@ pub fn lint() -> Result<()> {
         ])),
     );
     steps.step(
-        "clippy (bare-metal crates)",
+        "clippy bare-metal",
         toolchain::ensure_kernel_target().and_then(|()| {
             process::run(
                 process::cargo()
@@ -35,5 +37,6 @@ pub fn lint() -> Result<()> {
             )
         }),
     );
-    steps.finish()
+    eprintln!("{}", steps.verdict("lint"));
+    Ok(steps.passed())
 }

@@ -12,10 +12,8 @@ use crate::verdict::Verdict;
 use crate::{accel, bail, host_tools, ovmf, runner, workspace, Result};
 
 pub fn run(args: &RunArgs) -> Result<Verdict> {
-    if args.boot == Some(Boot::Direct) && args.firmware == FirmwareKind::Uefi {
-        // Checked before building: nothing could make this combination work.
-        bail!("--boot direct works with --firmware bios only (QEMU boots PVH ELFs without UEFI)");
-    }
+    // Before building: `--accel kvm` without SVM could only skip every test.
+    let choice = accel::choose(args.accel)?;
     let kernel = kernel::build_all(Profile::from_release_flag(args.release))?;
     let target = workspace::target_dir();
     host_tools::require(&[host_tools::QEMU])?;
@@ -46,7 +44,6 @@ pub fn run(args: &RunArgs) -> Result<Verdict> {
             }
         }
     };
-    let choice = accel::choose(args.accel);
     eprintln!("xtask: {choice}");
 
     let config = RunConfig {
@@ -58,6 +55,7 @@ pub fn run(args: &RunArgs) -> Result<Verdict> {
         icount: false,
     };
     let command = qemu::command(&config)?;
+    eprintln!("xtask: booting QEMU ({})...", describe(&config));
     if args.gdb {
         print_gdb_hint(&kernel);
     }
@@ -105,6 +103,21 @@ fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
             }
         },
     }
+}
+
+/// How QEMU boots, for the line printed before the (possibly long) silence
+/// until the kernel's first line: e.g. `TCG, direct, 512 MiB`.
+fn describe(config: &RunConfig) -> String {
+    let accel = match config.accel {
+        accel::Accel::Kvm => "KVM",
+        accel::Accel::Tcg => "TCG",
+    };
+    let boot = match (&config.medium, &config.firmware) {
+        (Medium::Direct { .. }, _) => "direct",
+        (_, Firmware::Bios) => "Limine, BIOS",
+        (_, Firmware::Uefi { .. }) => "Limine, UEFI",
+    };
+    format!("{accel}, {boot}, {}", qemu::MEMORY)
 }
 
 fn print_gdb_hint(kernel: &Path) {

@@ -37,12 +37,16 @@ pub(super) fn run_watched(
         let last = Arc::clone(&last);
         std::thread::spawn(move || {
             let (mut all, mut buf) = (Vec::new(), [0u8; 4096]);
+            let mut lf = runner::CrlfToLf::default();
             while let Ok(n @ 1..) = pipe.read(&mut buf) {
                 all.extend_from_slice(&buf[..n]);
                 // The console is best effort.
-                let _ = sink.write_all(&buf[..n]).and_then(|()| sink.flush());
+                let _ = sink
+                    .write_all(&lf.convert(&buf[..n]))
+                    .and_then(|()| sink.flush());
                 *last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             }
+            let _ = sink.write_all(&lf.finish()).and_then(|()| sink.flush());
             all
         })
     };
