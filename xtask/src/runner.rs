@@ -33,8 +33,8 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-/// Runs QEMU to the end (or the timeout).
-pub fn run(mut cmd: Command, options: Options) -> Result<Outcome> {
+/// Starts QEMU with its output piped and no input; it dies with xtask.
+pub fn spawn(mut cmd: Command) -> Result<std::process::Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -48,10 +48,15 @@ pub fn run(mut cmd: Command, options: Options) -> Result<Outcome> {
         });
     }
     process::echo(&cmd);
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
+    match cmd.spawn() {
+        Ok(child) => Ok(child),
         Err(e) => bail!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
-    };
+    }
+}
+
+/// Runs QEMU to the end (or the timeout).
+pub fn run(cmd: Command, options: Options) -> Result<Outcome> {
+    let mut child = spawn(cmd)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let serial = tee(

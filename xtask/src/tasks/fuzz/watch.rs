@@ -2,36 +2,21 @@
 //! too long ends the run.
 
 use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{bail, process, runner, Result};
+use crate::{runner, Result};
 
 /// Runs QEMU like [`runner::run`] with the console echoed, killing it at
 /// `timeout` or when its console stays silent for `idle` (a hang).
 pub(super) fn run_watched(
-    mut cmd: Command,
+    cmd: Command,
     timeout: Duration,
     idle: Duration,
 ) -> Result<runner::Outcome> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe and touches only the new child: the
-    // kernel kills QEMU if xtask dies first.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    process::echo(&cmd);
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => bail!("cannot start {}: {e}", cmd.get_program().to_string_lossy()),
-    };
+    let mut child = runner::spawn(cmd)?;
     let last = Arc::new(Mutex::new(Instant::now()));
     let pump = |mut pipe: Box<dyn Read + Send>, mut sink: Box<dyn Write + Send>| {
         let last = Arc::clone(&last);
