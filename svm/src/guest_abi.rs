@@ -137,10 +137,11 @@ pub const HC_PHYSICAL_NMI: u64 = 17;
 /// Test hook: the intercepts of the VMCB the caller runs in (L2: the
 /// merged one), `intercept_misc1 << 32 | intercept_exceptions`.
 pub const HC_L0_INTERCEPTS: u64 = 18;
-/// Test hook: L0's clock, in nanoseconds (the raw host TSC over its PIT
-/// calibration; unaffected by [`HC_TSC_SHIFT_HOST_BACK`] and by any guest
-/// TSC rule). Timing tests bracket a measurement with it to see how much
-/// real time passed (a descheduled QEMU shows here too).
+/// Test hook: nanoseconds since the VM was created, by L0's clock (the raw
+/// host TSC over its PIT calibration; unaffected by
+/// [`HC_TSC_SHIFT_HOST_BACK`] and by any guest TSC rule). Timing tests
+/// bracket a measurement with it to see how much real time passed (a
+/// descheduled QEMU shows here too).
 pub const HC_NOW_NS: u64 = 19;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;

@@ -38,12 +38,12 @@ fn now_us() -> u64 {
     call(svm::guest_abi::HC_NOW_NS, 0, 0, 0) / 1000
 }
 
-/// Runs of a timed L2 spin at most: a run the real clock shows was
-/// disturbed (QEMU descheduled, so the watchdog's ticks were merged) is
-/// retried; an undisturbed run is judged as it is.
-const SPIN_TRIES: u32 = 4;
-/// Real time beyond the spin that marks a run as disturbed.
-const DISTURBED_US: u64 = 10_000;
+/// Runs of a watchdog-timed L2 spin at most. On a busy host QEMU's timer
+/// thread can be starved while its vCPU runs on (seen: 0 watchdog ticks in
+/// 62 ms of real time), which no guest clock shows, so a run with too few
+/// INTR exits is retried: bounded, and a broken rule (physical interrupts
+/// not L0's) gives none in any run.
+const SPIN_TRIES: u32 = 6;
 
 #[unsafe(no_mangle)]
 fn guest_main(params: &'static StartParams) -> ! {
@@ -466,7 +466,7 @@ fn runaway_l2_preempted() {
             return;
         }
         check!(
-            real > SPIN_US + DISTURBED_US && run < SPIN_TRIES,
+            run < SPIN_TRIES,
             "{intr} INTR exits in L0 during {SPIN_US} us of L2 spinning ({real} us real, run {run})"
         );
     }
@@ -656,9 +656,9 @@ fn vmcb12_changed_after_vmrun() {
 /// physical interrupt reaches L2's IDT; L2 runs normally (no AVIC).
 fn v_intr_masking_avic() {
     let int_ctl = svm::IntCtl::AVIC_ENABLE.bits();
-    let mut run = 0;
     for rflags in [0x2, 0x202] {
-        let intr = loop {
+        let mut run = 0;
+        let (intr, real) = loop {
             run += 1;
             let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
             let v = l1::vmcb();
@@ -671,9 +671,8 @@ fn v_intr_masking_avic() {
             run_expect(&mut regs, ExitCode::Hlt);
             let real = now_us() - start;
             let intr = exits_of(ExitCode::Intr) - before;
-            // A disturbed run with too few ticks is retried (bounded).
-            if intr >= 2 || real <= SPIN_US + DISTURBED_US || run >= SPIN_TRIES {
-                break intr;
+            if intr >= 2 || run >= SPIN_TRIES {
+                break (intr, real);
             }
         };
         check_eq!(
@@ -688,7 +687,7 @@ fn v_intr_masking_avic() {
         );
         check!(
             intr >= 2,
-            "{intr} INTR exits in L0 during {SPIN_US} us of L2 (RFLAGS {rflags:#x})"
+            "{intr} INTR exits in L0 during {SPIN_US} us of L2 (RFLAGS {rflags:#x}, {real} us real, run {run})"
         );
     }
 }

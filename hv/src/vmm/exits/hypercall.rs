@@ -114,7 +114,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             crate::time::pit::wait_us(a.min(MAX_WAIT_US));
             0
         }
-        HC_NOW_NS => crate::time::now_ns(),
+        HC_NOW_NS => crate::time::now_ns().saturating_sub(vm.created_ns),
         _ => HC_UNKNOWN,
     };
     resume_with(vcpu, vm, host, result)
