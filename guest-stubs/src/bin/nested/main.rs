@@ -38,12 +38,18 @@ fn now_us() -> u64 {
     call(svm::guest_abi::HC_NOW_NS, 0, 0, 0) / 1000
 }
 
-/// Runs of a watchdog-timed L2 spin at most. On a busy host QEMU's timer
-/// thread can be starved while its vCPU runs on (seen: 0 watchdog ticks in
-/// 62 ms of real time), which no guest clock shows, so a run with too few
-/// INTR exits is retried: bounded, and a broken rule (physical interrupts
-/// not L0's) gives none in any run.
-const SPIN_TRIES: u32 = 6;
+/// Runs of a watchdog-timed L2 spin at most, each spinning twice as long
+/// as the one before ([`spin_us`]). On a busy host QEMU's timer thread can
+/// be starved while its vCPU runs on (seen: 0 watchdog ticks in 64 ms of
+/// real time), which no guest clock shows, so a run with too few INTR
+/// exits is retried: bounded (1.9 s of spinning in all), and a broken rule
+/// (physical interrupts not L0's) gives none in any run.
+const SPIN_TRIES: u32 = 5;
+
+/// The spin of run `run` (from 1).
+fn spin_us(run: u32) -> u64 {
+    SPIN_US << (run - 1)
+}
 
 #[unsafe(no_mangle)]
 fn guest_main(params: &'static StartParams) -> ! {
@@ -454,7 +460,7 @@ fn pending_interrupt_waits_for_l1_if() {
 /// that L0 counts as INTR exits.
 fn runaway_l2_preempted() {
     for run in 1..=SPIN_TRIES {
-        let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
+        let mut regs = setup(Task::SpinThenYield, ticks(spin_us(run)));
         l1::vmcb().control.intercept_misc1 |= InterceptMisc1::INTR.bits();
         let before = exits_of(ExitCode::Intr);
         let start = now_us();
@@ -467,7 +473,8 @@ fn runaway_l2_preempted() {
         }
         check!(
             run < SPIN_TRIES,
-            "{intr} INTR exits in L0 during {SPIN_US} us of L2 spinning ({real} us real, run {run})"
+            "{intr} INTR exits in L0 during {} us of L2 spinning ({real} us real, run {run})",
+            spin_us(run)
         );
     }
 }
@@ -660,7 +667,7 @@ fn v_intr_masking_avic() {
         let mut run = 0;
         let (intr, real) = loop {
             run += 1;
-            let mut regs = setup(Task::SpinThenYield, ticks(SPIN_US));
+            let mut regs = setup(Task::SpinThenYield, ticks(spin_us(run)));
             let v = l1::vmcb();
             v.control.int_ctl = int_ctl;
             v.state.rflags = rflags;
@@ -687,7 +694,8 @@ fn v_intr_masking_avic() {
         );
         check!(
             intr >= 2,
-            "{intr} INTR exits in L0 during {SPIN_US} us of L2 (RFLAGS {rflags:#x}, {real} us real, run {run})"
+            "{intr} INTR exits in L0 during {} us of L2 (RFLAGS {rflags:#x}, {real} us real, run {run})",
+            spin_us(run)
         );
     }
 }
