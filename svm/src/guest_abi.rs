@@ -11,7 +11,7 @@
 //! Hypercalls: `VMMCALL` with the number in `RAX`, arguments in `RBX`,
 //! `RCX`, `RDX`; the result comes back in `RAX` (unknown numbers return
 //! [`HC_UNKNOWN`]). Only CPL 0 may call (#UD otherwise). Numbers 2-10 and
-//! 16-18 are test hooks: they answer only in VMs set up for tests (else
+//! 16-19 are test hooks: they answer only in VMs set up for tests (else
 //! [`HC_UNKNOWN`]), and they are the only hypercalls an L2 can make when its
 //! L1 does not intercept VMMCALL (any other is #UD there, which goes to L1
 //! if L1 intercepts #UD).
@@ -137,6 +137,12 @@ pub const HC_PHYSICAL_NMI: u64 = 17;
 /// Test hook: the intercepts of the VMCB the caller runs in (L2: the
 /// merged one), `intercept_misc1 << 32 | intercept_exceptions`.
 pub const HC_L0_INTERCEPTS: u64 = 18;
+/// Test hook: nanoseconds since the VM was created, by L0's clock (the raw
+/// host TSC over its PIT calibration; unaffected by
+/// [`HC_TSC_SHIFT_HOST_BACK`] and by any guest TSC rule). Timing tests
+/// bracket a measurement with it to see how much real time passed (a
+/// descheduled QEMU shows here too).
+pub const HC_NOW_NS: u64 = 19;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;
 

@@ -705,6 +705,7 @@ fn test_hooks_off(_: &StartParams) {
         (HC_QUEUE_NMI, 0),
         (HC_PHYSICAL_NMI, 0),
         (HC_L0_INTERCEPTS, 0),
+        (svm::guest_abi::HC_NOW_NS, 0),
     ];
     for (nr, arg) in hooks {
         check_eq!(

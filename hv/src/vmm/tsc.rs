@@ -219,13 +219,18 @@ pub fn freeze_wait_restore(
         crate::time::now_ns(),
     );
     crate::time::pit::wait_us(us);
+    // The clock before the host TSC (at the freeze, after it): the elapsed
+    // time then never includes a moment the host TSC also counts, so a
+    // QEMU descheduled between the two reads cannot push the guest's TSC
+    // ahead of real time (seen under load: +37 us).
+    let ns = crate::time::now_ns();
     let host = host_tsc::read();
     let restored = vm.tsc.restore(
         core::slice::from_mut(&mut vcpu.tsc),
         &state,
         policy,
         host,
-        crate::time::now_ns(),
+        ns,
     );
     l1_offset_changed(vcpu, vm);
     restored

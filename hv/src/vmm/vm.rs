@@ -115,6 +115,9 @@ pub struct Vm {
     pub console: Vec<String>,
     /// The VM-wide TSC state.
     pub tsc: VmTsc,
+    /// L0's clock ([`crate::time::now_ns`]) when the VM was created: the
+    /// zero of [`svm::guest_abi::HC_NOW_NS`].
+    pub created_ns: u64,
     /// Whether the guest is offered SVM.
     pub nested_svm: bool,
     /// See [`VmConfig::vmcb12_checks`].
@@ -147,6 +150,8 @@ impl Vm {
             PhysBox::new_zeroed().ok_or("out of memory for the IOPM")?;
         iopm.set_intercept_all();
         // The VM is created now: its TSC counts from 0 from here (seed 002).
+        // Its clock's zero is read first, so it is never after the TSC's.
+        let created_ns = crate::time::now_ns();
         let tsc = VmTsc::new(
             crate::time::host_tsc::read(),
             crate::time::tsc_frequency().khz,
@@ -154,6 +159,7 @@ impl Vm {
         );
         Ok(Self {
             tsc,
+            created_ns,
             nested_svm: config.nested_svm,
             vmcb12_checks: config.vmcb12_checks,
             limits: config.limits,

@@ -10,7 +10,7 @@ use svm::guest_abi::{
     HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
     HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN, HC_WAIT_PIT_US,
 };
-use svm::guest_abi::{HC_L0_INTERCEPTS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
+use svm::guest_abi::{HC_L0_INTERCEPTS, HC_NOW_NS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
 use svm::tsc::{RestorePolicy, TscMode};
 use svm::ExitCode;
 
@@ -36,6 +36,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             | HC_QUEUE_NMI
             | HC_PHYSICAL_NMI
             | HC_L0_INTERCEPTS
+            | HC_NOW_NS
     );
     let from_l2 = vcpu.nested.in_l2();
     if vcpu.vmcb.state.cpl != 0 || (from_l2 && !(test_hook && vm.test_hypercalls)) {
@@ -113,6 +114,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             crate::time::pit::wait_us(a.min(MAX_WAIT_US));
             0
         }
+        HC_NOW_NS => crate::time::now_ns().saturating_sub(vm.created_ns),
         _ => HC_UNKNOWN,
     };
     resume_with(vcpu, vm, host, result)
