@@ -21,6 +21,7 @@ pub mod cpuid_filter;
 pub mod cr;
 #[cfg(any(test, feature = "decode"))]
 pub mod decode;
+pub mod devices;
 pub mod emulate;
 pub mod event;
 pub mod exception;
