@@ -247,6 +247,24 @@ impl LoadPlan {
     }
 }
 
+impl LoadPlan {
+    /// Copies the segments of `image` (the image this plan was made from)
+    /// into `ram`, guest-physical 0 at index 0, and zero-fills their BSS.
+    /// Returns `SegmentBeyondRam` (writing nothing) if `ram` is too short.
+    pub fn load_into(&self, image: &[u8], ram: &mut [u8]) -> Result<(), ImageError> {
+        if self.span().1 > ram.len() as u64 {
+            return Err(ImageError::SegmentBeyondRam);
+        }
+        for s in self.segments() {
+            let dst = &mut ram[s.paddr as usize..s.end() as usize];
+            let (file, bss) = dst.split_at_mut(s.file_len as usize);
+            file.copy_from_slice(s.bytes(image));
+            bss.fill(0);
+        }
+        Ok(())
+    }
+}
+
 const PT_LOAD: u32 = 1;
 const EM_386: u16 = 3;
 const ET_EXEC: u16 = 2;

@@ -603,3 +603,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn mem_lower_and_upper_come_from_the_map() {
+    let kib = |map: &[MemoryRegion]| {
+        let input = InfoInput {
+            file_name: b"k",
+            args: b"",
+            memory_map: map,
+            modules: &[],
+        };
+        let mut buf = [0u8; 256];
+        build_info(&mut buf, 0, &input).unwrap();
+        (get32(&buf, 4), get32(&buf, 8))
+    };
+    // One flat RAM region: mem_lower is capped at 640 KiB (spec 3.3),
+    // mem_upper counts from 1 MiB.
+    let flat = [MemoryRegion {
+        base: 0,
+        len: 16 * MIB,
+        kind: MEM_RAM,
+    }];
+    assert_eq!(kib(&flat), (640, 15 * 1024));
+    // Less than 640 KiB of RAM, nothing above 1 MiB.
+    assert_eq!(kib(&pc_memory_map(512 * 1024)), (512, 0));
+    // A reserved region at 1 MiB: no upper memory.
+    let hole = [MemoryRegion {
+        base: MIB,
+        len: MIB,
+        kind: MEM_RESERVED,
+    }];
+    assert_eq!(kib(&hole), (0, 0));
+}
+
+#[test]
+fn load_into_copies_file_bytes_and_zeroes_bss() {
+    let mut img = aout(0x300);
+    img[0x100] = 0x5A;
+    let p = plan(&img, RAM).unwrap();
+    let mut ram = vec![0xFFu8; 0x10_2000];
+    p.load_into(&img, &mut ram).unwrap();
+    assert_eq!(ram[0xF_FFFF], 0xFF, "below the segment untouched");
+    assert_eq!(&ram[0x10_0000..0x10_0200], &img[..0x200]);
+    assert_eq!(ram[0x10_0100], 0x5A);
+    assert!(
+        ram[0x10_0200..0x10_1000].iter().all(|&b| b == 0),
+        "BSS zeroed"
+    );
+    assert_eq!(ram[0x10_1000], 0xFF, "above the BSS untouched");
+    let mut short = vec![0xFFu8; 0x10_0FFF];
+    assert_eq!(
+        p.load_into(&img, &mut short),
+        Err(ImageError::SegmentBeyondRam)
+    );
+    assert!(short.iter().all(|&b| b == 0xFF), "nothing written");
+}
