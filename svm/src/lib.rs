@@ -34,6 +34,7 @@ pub mod intercept;
 pub mod iopm;
 pub mod msr;
 pub mod msrpm;
+pub mod multiboot;
 pub mod nested;
 pub mod nmi;
 pub mod tsc;
