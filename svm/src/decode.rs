@@ -246,27 +246,8 @@ impl Decoded {
         if self.raw.op0_kind() != OpKind::Memory {
             return None;
         }
-        self.raw.virtual_address(0, 0, |reg, _, _| {
-            let seg = match reg {
-                Register::ES => Some(Seg::Es),
-                Register::CS => Some(Seg::Cs),
-                Register::SS => Some(Seg::Ss),
-                Register::DS => Some(Seg::Ds),
-                Register::FS => Some(Seg::Fs),
-                Register::GS => Some(Seg::Gs),
-                _ => None,
-            };
-            if let Some(seg) = seg {
-                return Some(seg_base(seg));
-            }
-            let n = gpr(reg)?;
-            let v = gpr_value(n);
-            Some(match reg.size_bytes() {
-                2 => v & 0xffff,
-                4 => v & 0xffff_ffff,
-                _ => v,
-            })
-        })
+        self.raw
+            .virtual_address(0, 0, |reg, _, _| register_value(reg, &gpr_value, &seg_base))
     }
 }
 
