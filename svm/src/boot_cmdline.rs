@@ -28,7 +28,7 @@ pub fn split(cmdline: &str) -> (&str, &str) {
 /// pages), from 2 to 2048; returns bytes.
 pub fn guest_mem_bytes(value: &str) -> Option<u64> {
     let mib: u64 = value.parse().ok()?;
-    ((2..=2048).contains(&mib) && mib % 2 == 0).then_some(mib << 20)
+    ((2..=2048).contains(&mib) && mib.is_multiple_of(2)).then_some(mib << 20)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ impl GuestArgs {
 /// from 2 to [`MAX_MEM_MIB`].
 pub fn parse_mem_mib(word: &str) -> std::result::Result<u32, &'static str> {
     match word.parse::<u32>() {
-        Ok(mib) if (2..=MAX_MEM_MIB).contains(&mib) && mib % 2 == 0 => Ok(mib),
+        Ok(mib) if (2..=MAX_MEM_MIB).contains(&mib) && mib.is_multiple_of(2) => Ok(mib),
         _ => Err("an even number of MiB from 2 to 2048"),
     }
 }
