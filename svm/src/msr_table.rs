@@ -14,7 +14,9 @@
 //!   a guest can observe: DEBUGCTL, the MTRRs, the AMD PMU event selects
 //!   and counters (never counting: no event is emulated), HWCR;
 //! - constants ([`MsrClass::Fixed`]): machine-check MSRs with no bank
-//!   reporting anything, SYSCFG, PATCH_LEVEL; MTRRcap is read-only;
+//!   reporting anything, SYSCFG, PATCH_LEVEL, MTRRcap (read-only on the
+//!   CPU; a write of the value it holds is accepted here, so that a value
+//!   read can always be written back);
 //! - #GP for the rest (APM Vol. 2 and KVM: an MSR the CPU does not
 //!   implement raises #GP(0)).
 //!
@@ -51,8 +53,6 @@ pub enum MsrClass {
     /// Reads this value; a write of the same value is accepted and does
     /// nothing, any other #GP.
     Fixed(u64),
-    /// Reads this value; every write #GP (a read-only MSR).
-    ReadOnly(u64),
     /// #GP(0) on read and write.
     Gp,
 }
@@ -197,7 +197,7 @@ pub fn classify(msr: u32) -> MsrClass {
         msr::IA32_APIC_BASE => Apic,
         msr::IA32_TSC_ADJUST => TscAdjust,
         PATCH_LEVEL => Fixed(0),
-        MTRR_CAP => ReadOnly(MTRR_CAP_VALUE),
+        MTRR_CAP => Fixed(MTRR_CAP_VALUE),
         msr::IA32_SYSENTER_CS => Vmcb(VmcbMsr::SysenterCs),
         msr::IA32_SYSENTER_ESP => Vmcb(VmcbMsr::SysenterEsp),
         msr::IA32_SYSENTER_EIP => Vmcb(VmcbMsr::SysenterEip),
@@ -574,7 +574,7 @@ mod tests {
         match classify(msr) {
             MsrClass::Store(m) => Some(store.read(m)),
             MsrClass::Vmcb(f) => Some(f.read(s)),
-            MsrClass::Fixed(v) | MsrClass::ReadOnly(v) => Some(v),
+            MsrClass::Fixed(v) => Some(v),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@
 mod hardening;
 mod l1;
 mod l2;
+mod msrs;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
@@ -140,6 +141,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
         "nested::l2_dr0_3_writes_armed" => hardening::l2_dr0_3_writes_armed(),
+        "nested::l2_msr_sweep" => msrs::l2_msr_sweep(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()

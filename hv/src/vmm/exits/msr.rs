@@ -64,7 +64,7 @@ fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
         MsrClass::Apic => apic_read(vcpu, vm, msr),
         MsrClass::Vmcb(f) => Some(f.read(&vcpu.vmcb.state)),
         MsrClass::Store(m) => Some(vcpu.msrs.read(m)),
-        MsrClass::Fixed(v) | MsrClass::ReadOnly(v) => Some(v),
+        MsrClass::Fixed(v) => Some(v),
         MsrClass::HsavePa | MsrClass::VmCr | MsrClass::Gp => None,
     }
 }
@@ -145,11 +145,7 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
             .write(m, value, vm.l1_limits.max_phys_bits)
             .is_ok(),
         MsrClass::Fixed(v) => value == v,
-        MsrClass::TscAux
-        | MsrClass::HsavePa
-        | MsrClass::VmCr
-        | MsrClass::ReadOnly(_)
-        | MsrClass::Gp => false,
+        MsrClass::TscAux | MsrClass::HsavePa | MsrClass::VmCr | MsrClass::Gp => false,
     }
 }
 
