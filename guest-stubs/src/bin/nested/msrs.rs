@@ -4,12 +4,14 @@
 //! each one (L0 emulates or raises #GP in L2), compares with L1's view and
 //! writes back what it read. L2 must see L1's values (nothing in the
 //! table is switched by VMRUN but what the VMCB holds), every write-back
-//! must be accepted, and the VM must not stop.
+//! must be accepted, and the VM must not stop. Then L2 writes PAT and
+//! DEBUGCTL, which L1 must see after the #VMEXIT.
 
 use crate::l1;
 use crate::l2::{self, Task};
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_stubs::cpu::{rdmsr, wrmsr};
 use guest_stubs::msr_sweep::{sweep, try_rdmsr, INDICES};
 use guest_stubs::{check_eq, println};
 use svm::ExitCode;
@@ -23,6 +25,11 @@ static L1_GP: [AtomicU64; INDICES / 64] = [const { AtomicU64::new(0) }; INDICES 
 fn l1_gp(i: usize) -> bool {
     L1_GP[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
 }
+
+/// The PAT L2 writes after the sweep (WP in entry 0).
+const L2_PAT: u64 = 0x0007_0406_0007_0405;
+/// The DEBUGCTL L2 writes after the sweep (BTF: stored, not emulated).
+const L2_DEBUGCTL: u64 = 2;
 
 /// L1's IDT (L2 handles its own #GPs with the same handlers).
 fn l1_idt() -> (u64, u32) {
@@ -73,6 +80,13 @@ pub fn l2_msr_sweep() {
         "L2 write-backs of a value read refused (count, first MSR)"
     );
     check_eq!(l2::result(4), u64::from(readable), "MSRs L2 could read");
+    // Neither VMRUN nor #VMEXIT switches PAT without nested paging, nor
+    // DEBUGCTL without LBR virtualization (APM 15.5.1, 15.25.4): L2's
+    // writes are L1's values now.
+    check_eq!(rdmsr(0x277), L2_PAT, "L1's PAT after L2 wrote it");
+    check_eq!(rdmsr(0x1D9), L2_DEBUGCTL, "L1's DEBUGCTL after L2 wrote it");
+    wrmsr(0x277, svm::msr::PAT_POWER_ON);
+    wrmsr(0x1D9, 0);
 }
 
 /// The L2 side ([`Task::MsrSweep`]): R0/R1 = reads unlike L1's (count,
@@ -103,4 +117,6 @@ pub fn l2_side(put: impl Fn(usize, u64)) {
     put(2, u64::from(s.write_gps));
     put(3, s.first_write_gp.map_or(0, u64::from));
     put(4, u64::from(s.readable));
+    wrmsr(0x277, L2_PAT);
+    wrmsr(0x1D9, L2_DEBUGCTL);
 }
