@@ -192,7 +192,7 @@ fn msr_sweep(_: &StartParams) {
 
 /// CPUID shows an AMD CPU: the vendor in leaves 0 and 0x8000_0000, an
 /// AMD64 family, the local APIC and initial APIC ID 0, TSC_ADJUST, NX;
-/// no SVM for a guest not offered it, no x2APIC until it is emulated.
+/// no SVM for a guest not offered it, the x2APIC only with the APIC MSRs.
 fn cpuid_amd_cpu(_: &StartParams) {
     let vendor = |r: [u32; 4]| {
         let mut v = [0u8; 12];
@@ -212,6 +212,13 @@ fn cpuid_amd_cpu(_: &StartParams) {
     check!(family >= 0xF, "family {family:#x} is not an AMD64 family");
     check_eq!(ebx >> 24, 0, "initial APIC ID of vCPU 0");
     check!(edx & (1 << 9) != 0, "CPUID.1:EDX.APIC clear");
+    // The x2APIC only if the local APIC's MSRs are emulated.
+    if cpuid(1, 0)[2] & (1 << 21) != 0 {
+        check!(
+            guest_stubs::msr_sweep::try_rdmsr(0x1B).is_some(),
+            "x2APIC shown, but RDMSR IA32_APIC_BASE raises #GP"
+        );
+    }
     check!(cpuid(7, 0)[1] & (1 << 1) != 0, "TSC_ADJUST not shown");
     check!(cpuid(0x8000_0001, 0)[3] & (1 << 20) != 0, "NX not shown");
     check_eq!(
