@@ -447,6 +447,33 @@ mod tests {
     }
 
     #[test]
+    fn census_of_the_three_ranges() {
+        // Every index is classified (the match is total); these are the
+        // counts per class, so a change to the table is a visible one.
+        let (mut fixed, mut store, mut vmcb, mut apic, mut models, mut gp) = (0, 0, 0, 0, 0, 0);
+        for msr in every_index() {
+            match classify(msr) {
+                MsrClass::Fixed(_) => fixed += 1,
+                MsrClass::Store(_) => store += 1,
+                MsrClass::Vmcb(_) => vmcb += 1,
+                MsrClass::Apic => apic += 1,
+                MsrClass::Gp => gp += 1,
+                _ => models += 1,
+            }
+        }
+        // P5 MC x2, PATCH_LEVEL, MTRRcap, MCG x3, 32 MC banks x4, SYSCFG.
+        assert_eq!(fixed, 2 + 1 + 1 + 3 + 128 + 1);
+        // DEBUGCTL, MTRRdefType, 11 fixed + 16 variable MTRRs, 8 + 12 PMU, HWCR.
+        assert_eq!(store, STORE_SLOTS);
+        assert_eq!(store, 1 + 1 + 11 + 16 + 8 + 12 + 1);
+        assert_eq!(vmcb, 15);
+        assert_eq!(apic, 1 + 256);
+        // TSC, TSC_ADJUST, EFER, TSC_AUX, VM_CR, VM_HSAVE_PA.
+        assert_eq!(models, 6);
+        assert_eq!(fixed + store + vmcb + apic + models + gp, 3 * 8192);
+    }
+
+    #[test]
     fn the_kernel_models_have_their_indices() {
         assert_eq!(classify(0x10), MsrClass::Tsc);
         assert_eq!(classify(0x3B), MsrClass::TscAdjust);

@@ -133,6 +133,10 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
         MsrClass::Apic => apic_write(vcpu, vm, msr, value),
         MsrClass::Vmcb(f) => {
             let ok = f.write(&mut vcpu.vmcb.state, value).is_ok();
+            if ok && f == VmcbMsr::Pat {
+                // G_PAT is in the NP clean-bit group (APM 15.15.3).
+                vcpu.vmcb.control.vmcb_clean &= !svm::CleanBits::NP.bits();
+            }
             // PAT is not switched by VMRUN without nested paging (not
             // offered to L1): L2's write is L1's PAT after the #VMEXIT too.
             if ok && f == VmcbMsr::Pat && vcpu.nested.in_l2() {
