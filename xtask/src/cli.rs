@@ -20,23 +20,36 @@ commands:
   fuzz    the hostile-L1 fuzzer under QEMU TCG (release kernel): histogram, failures,
           `fuzz: N iterations, seed S: K hypervisor failures`; fails when K > 0 or
           QEMU died
+  kut     kvm-unit-tests' SVM suite (x86/svm.flat, x86/svm_npt.flat of a built
+          tree), one VM per subtest under our hypervisor (and bare QEMU TCG with
+          --compare): `name  ours  qemu` per subtest (PASS, FAIL, SKIP, TIMEOUT,
+          CRASH), totals, wall time. Fails when a subtest crashed or timed out
+          under ours, or nothing ran (no tree: it says how to get one)
   mutants apply each mutation of xtask/mutants.txt to a scratch copy and run the guest
           self-tests it names (TCG, direct boot); every one must be killed.
           `mutants --list` lists them; `mutants NAME...` runs those only
 
 options (each says which commands take it; `cargo xtask <command> --help`
 shows one command's):
-  --release                 build, run, image, test: optimized kernel
+  --release                 build, run, image, test, kut: optimized kernel
   --boot limine|direct      run: through Limine (default when available) or
                             QEMU's direct PVH boot
   --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
   --firmware bios|uefi      run: default bios; uefi needs Limine
   --gdb                     run: wait for gdb on :1234 before the first instruction
-  --timeout SECS            run: kill QEMU and fail after SECS seconds
+  --timeout SECS            run, kut: kill QEMU and fail after SECS seconds
+                            (kut: each run, default 120)
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
-  --list                    mutants: list the mutations, run none
+  --list                    mutants, kut: list the mutations or subtests, run none
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
+  --kut-dir DIR             kut: the built kvm-unit-tests tree (else KUT_DIR)
+  --only REGEX              kut: subtests whose name (spaces as _) matches;
+                            reg_corruption runs only when REGEX contains its name
+  --compare                 kut: also run each subtest under bare QEMU TCG
+  --smp N                   kut: CPUs of the VM (default 1)
+  --mem MiB                 kut: RAM of the VM (default 256)
+  --verbose                 kut: print the output of runs that failed
   --seed S                  fuzz: seed (default: from the clock, printed)
   --iterations N            fuzz: iterations (default 10000)
   --minutes M               fuzz: stop after M minutes
@@ -49,6 +62,7 @@ value, flags that do not go together, --accel kvm where KVM offers no SVM)
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
   XTASK_VERBOSE=1           print every command before running it
+  KUT_DIR=DIR               kut: the built kvm-unit-tests tree
 ";
 
 /// A parsed command.
@@ -73,6 +87,7 @@ pub enum Task {
     Lint,
     Bench,
     Fuzz(crate::tasks::fuzz::FuzzArgs),
+    Kut(crate::tasks::kut::KutArgs),
     Mutants {
         list: bool,
         names: Vec<String>,
@@ -123,8 +138,8 @@ impl RunArgs {
 }
 
 /// The commands, in the order of [`USAGE`].
-pub const COMMANDS: [&str; 8] = [
-    "build", "run", "image", "test", "lint", "bench", "fuzz", "mutants",
+pub const COMMANDS: [&str; 9] = [
+    "build", "run", "image", "test", "lint", "bench", "fuzz", "kut", "mutants",
 ];
 
 /// One command's usage, cut from [`USAGE`] so there is one text to keep
@@ -259,6 +274,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "lint" => Task::Lint,
         "bench" => Task::Bench,
         "fuzz" => Task::Fuzz(parse_fuzz(&mut options)?),
+        "kut" => Task::Kut(parse_kut(&mut options)?),
         "mutants" => Task::Mutants {
             list: options.flag("--list"),
             names: options.positional(),
@@ -279,6 +295,33 @@ fn parse_fuzz(options: &mut Options) -> Result<crate::tasks::fuzz::FuzzArgs> {
         minutes: options.value("--minutes", parse_u64)?,
         start: options.value("--start", parse_u64)?.unwrap_or(0),
     })
+}
+
+fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
+    let defaults = crate::tasks::kut::KutArgs::default();
+    Ok(crate::tasks::kut::KutArgs {
+        kut_dir: options.value("--kut-dir", |w| Ok(std::path::PathBuf::from(w)))?,
+        // Compiled (and a bad one refused, exit 2) before anything runs.
+        only: options.value("--only", |w| Ok(w.to_string()))?,
+        list: options.flag("--list"),
+        compare: options.flag("--compare"),
+        timeout: options
+            .value("--timeout", parse_seconds)?
+            .unwrap_or(defaults.timeout),
+        smp: options.value("--smp", parse_count)?.unwrap_or(defaults.smp),
+        mem_mib: options
+            .value("--mem", parse_count)?
+            .unwrap_or(defaults.mem_mib),
+        verbose: options.flag("--verbose"),
+        release: options.flag("--release"),
+    })
+}
+
+fn parse_count(word: &str) -> std::result::Result<u32, &'static str> {
+    match word.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a positive integer"),
+    }
 }
 
 fn parse_u64(word: &str) -> std::result::Result<u64, &'static str> {
