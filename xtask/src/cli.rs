@@ -536,6 +536,39 @@ mod tests {
     }
 
     #[test]
+    fn kut_takes_its_options() {
+        use crate::tasks::kut::KutArgs;
+        assert_eq!(parse_words("kut").unwrap(), Task::Kut(KutArgs::default()));
+        assert_eq!(
+            parse_words(
+                "kut --kut-dir /k --only ^npt --compare --timeout 30 --smp 2 --mem=4096 \
+                 --verbose --release --list"
+            )
+            .unwrap(),
+            Task::Kut(KutArgs {
+                kut_dir: Some("/k".into()),
+                only: Some("^npt".into()),
+                compare: true,
+                list: true,
+                timeout: Duration::from_secs(30),
+                smp: 2,
+                mem_mib: 4096,
+                verbose: true,
+                release: true,
+            })
+        );
+        for line in [
+            "kut --smp 0",
+            "kut --mem x",
+            "kut --timeout 0",
+            "kut --gdb",
+            "kut -- x",
+        ] {
+            assert_eq!(parse_words(line).expect_err(line).exit_code(), 2, "{line}");
+        }
+    }
+
+    #[test]
     fn mutants_takes_names_and_list() {
         assert_eq!(
             parse_words("mutants --list a b").unwrap(),

@@ -493,6 +493,43 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    fn shell(script: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    #[test]
+    fn a_run_ends_in_the_verdict_of_its_output_and_status() {
+        let timeout = Duration::from_secs(20);
+        let pass = run_one(
+            shell("printf 'PASS: x\\r\\nSUMMARY: 1 tests\\r\\n'; exit 1"),
+            timeout,
+        );
+        assert_eq!(pass.verdict, Verdict::Pass);
+        assert!(pass.output.contains("SUMMARY: 1 tests"));
+        // The same status without the summary line: the test never finished.
+        let cut = run_one(shell("echo 'PASS: x'; exit 1"), timeout);
+        assert_eq!(cut.verdict, Verdict::Fail);
+        let skip = run_one(
+            shell("echo 'SUMMARY: 1 tests, 1 skipped'; exit 77"),
+            timeout,
+        );
+        assert_eq!(skip.verdict, Verdict::Skip);
+        let dead = run_one(shell("echo 'SUMMARY: 1 tests' >&2; exit 2"), timeout);
+        assert_eq!(dead.verdict, Verdict::Crash);
+        assert!(dead.messages.contains("SUMMARY"));
+        let killed = run_one(shell("kill -9 $$"), timeout);
+        assert_eq!(killed.verdict, Verdict::Crash);
+        // `exec`: a grandchild would keep the pipe open after the kill (QEMU
+        // under `run` dies with its xtask: PR_SET_PDEATHSIG).
+        let hung = run_one(shell("exec sleep 30"), Duration::from_millis(200));
+        assert_eq!(hung.verdict, Verdict::Timeout);
+        assert!(hung.time < Duration::from_secs(10));
+        let missing = run_one(std::process::Command::new("/nonexistent/qemu"), timeout);
+        assert_eq!(missing.verdict, Verdict::Crash);
+    }
+
     #[test]
     fn exit_counts_come_from_the_hypervisors_last_line() {
         let output = "SUMMARY: 1 tests\r\nexits: 10\r\n  exits: 1234 (npf 3, vmrun 40)\r\n";
