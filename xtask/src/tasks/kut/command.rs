@@ -65,12 +65,14 @@ pub struct Ours {
 /// Our hypervisor as the L0, running the subtest's image as its guest.
 ///
 /// This is the one place that knows how: today it calls this xtask's own
-/// `run --boot direct --guest FILE --append WORDS --guest-mem MiB` (issue 10
-/// item 1), which prints the guest's COM1 verbatim and exits with QEMU's
-/// status. The kernel is already built, so that `run`'s cargo build is a
-/// no-op. Once the `run --guest` QEMU command line has a builder in
-/// xtask/src/qemu.rs, this should call it with `self.kernel` and spawn
-/// QEMU directly (no second xtask, no per-run build check).
+/// `run --boot direct --no-build --guest FILE --append WORDS --guest-mem MiB`
+/// (issue 10 item 1), which prints the guest's COM1 verbatim and exits with
+/// QEMU's status (its own statuses for a dead guest, a bad image, a failed
+/// xtask are none of kvm-unit-tests' and so CRASH). The kernel is built
+/// once before the first run, hence `--no-build`. With the `run --guest`
+/// QEMU command builder at hand (`qemu::command_with` and the guest's
+/// kernel command line), this can spawn QEMU directly with `self.kernel`
+/// instead: no second xtask per run.
 ///
 /// The hypervisor puts the file name in front of the words itself (the
 /// Multiboot command line's first word is the file name), so `--append`
@@ -78,7 +80,7 @@ pub struct Ours {
 /// has no option for the guest's CPU count yet.
 pub fn ours_command(ours: &Ours, guest: &Guest) -> Command {
     let mut cmd = Command::new(&ours.xtask);
-    cmd.args(["run", "--boot", "direct", "--accel", "tcg"]);
+    cmd.args(["run", "--boot", "direct", "--accel", "tcg", "--no-build"]);
     if ours.release {
         cmd.arg("--release");
     }
@@ -137,7 +139,7 @@ mod tests {
         assert_eq!(cmd.get_program(), "/t/xtask");
         assert_eq!(
             args(&cmd).join(" "),
-            "run --boot direct --accel tcg --release --guest /kut/x86/svm.flat \
+            "run --boot direct --accel tcg --no-build --release --guest /kut/x86/svm.flat \
              --append vmrun_intercept_check --guest-mem 256"
         );
     }
