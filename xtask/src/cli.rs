@@ -37,8 +37,7 @@ shows one command's):
   --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
   --firmware bios|uefi      run: default bios; uefi needs Limine
   --gdb                     run: wait for gdb on :1234 before the first instruction
-  --timeout SECS            run, kut: kill QEMU and fail after SECS seconds
-                            (kut: each run, default 120)
+  --timeout SECS            run: kill QEMU and fail after SECS seconds
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
   --list                    mutants, kut: list the mutations or subtests, run none
@@ -50,6 +49,7 @@ shows one command's):
   --smp N                   kut: CPUs of the VM (default 1)
   --mem MiB                 kut: RAM of the VM (default 256)
   --verbose                 kut: print the output of runs that failed
+  --timeout SECS            kut: kill a run after SECS seconds (default 120)
   --seed S                  fuzz: seed (default: from the clock, printed)
   --iterations N            fuzz: iterations (default 10000)
   --minutes M               fuzz: stop after M minutes
@@ -297,33 +297,6 @@ fn parse_fuzz(options: &mut Options) -> Result<crate::tasks::fuzz::FuzzArgs> {
     })
 }
 
-fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
-    let defaults = crate::tasks::kut::KutArgs::default();
-    Ok(crate::tasks::kut::KutArgs {
-        kut_dir: options.value("--kut-dir", |w| Ok(std::path::PathBuf::from(w)))?,
-        // Compiled (and a bad one refused, exit 2) before anything runs.
-        only: options.value("--only", |w| Ok(w.to_string()))?,
-        list: options.flag("--list"),
-        compare: options.flag("--compare"),
-        timeout: options
-            .value("--timeout", parse_seconds)?
-            .unwrap_or(defaults.timeout),
-        smp: options.value("--smp", parse_count)?.unwrap_or(defaults.smp),
-        mem_mib: options
-            .value("--mem", parse_count)?
-            .unwrap_or(defaults.mem_mib),
-        verbose: options.flag("--verbose"),
-        release: options.flag("--release"),
-    })
-}
-
-fn parse_count(word: &str) -> std::result::Result<u32, &'static str> {
-    match word.parse() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("a positive integer"),
-    }
-}
-
 fn parse_u64(word: &str) -> std::result::Result<u64, &'static str> {
     word.parse().map_err(|_| "a non-negative integer")
 }
@@ -348,6 +321,33 @@ fn parse_seconds(word: &str) -> std::result::Result<Duration, &'static str> {
     match word.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
         _ => Err("a positive number of seconds"),
+    }
+}
+
+fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
+    let defaults = crate::tasks::kut::KutArgs::default();
+    Ok(crate::tasks::kut::KutArgs {
+        kut_dir: options.value("--kut-dir", |w| Ok(std::path::PathBuf::from(w)))?,
+        // Compiled (and a bad one refused, exit 2) before anything runs.
+        only: options.value("--only", |w| Ok(w.to_string()))?,
+        list: options.flag("--list"),
+        compare: options.flag("--compare"),
+        timeout: options
+            .value("--timeout", parse_seconds)?
+            .unwrap_or(defaults.timeout),
+        smp: options.value("--smp", parse_count)?.unwrap_or(defaults.smp),
+        mem_mib: options
+            .value("--mem", parse_count)?
+            .unwrap_or(defaults.mem_mib),
+        verbose: options.flag("--verbose"),
+        release: options.flag("--release"),
+    })
+}
+
+fn parse_count(word: &str) -> std::result::Result<u32, &'static str> {
+    match word.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a positive integer"),
     }
 }
 
