@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::qemu;
+use crate::accel::Accel;
+use crate::guest::GuestArgs;
+use crate::qemu::{self, Firmware, GuestModule, Medium, RunConfig};
+use crate::Result;
 
 /// One subtest run: which image, which subtest, what machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,41 +59,44 @@ pub fn bare_command(guest: &Guest) -> Command {
 pub struct Ours {
     /// The hypervisor kernel ELF, already built.
     pub kernel: PathBuf,
-    /// Whether `kernel` is the release build.
-    pub release: bool,
-    /// This xtask, for the `run --guest` front end.
-    pub xtask: PathBuf,
+    /// Where each run's kernel debug console (port 0xE9) goes, one file per
+    /// subtest: `<dir>/<subtest>.debugcon.log`.
+    pub debugcon_dir: PathBuf,
 }
 
-/// Our hypervisor as the L0, running the subtest's image as its guest.
-///
-/// This is the one place that knows how: today it calls this xtask's own
-/// `run --boot direct --no-build --guest FILE --append WORDS --guest-mem MiB`
-/// (issue 10 item 1), which prints the guest's COM1 verbatim and exits with
-/// QEMU's status (its own statuses for a dead guest, a bad image, a failed
-/// xtask are none of kvm-unit-tests' and so CRASH). The kernel is built
-/// once before the first run, hence `--no-build`. With the `run --guest`
-/// QEMU command builder at hand (`qemu::command_with` and the guest's
-/// kernel command line), this can spawn QEMU directly with `self.kernel`
-/// instead: no second xtask per run.
-///
-/// The hypervisor puts the file name in front of the words itself (the
-/// Multiboot command line's first word is the file name), so `--append`
-/// carries the subtest name only. `--smp` is not passed on: the hypervisor
-/// has no option for the guest's CPU count yet.
-pub fn ours_command(ours: &Ours, guest: &Guest) -> Command {
-    let mut cmd = Command::new(&ours.xtask);
-    cmd.args(["run", "--boot", "direct", "--accel", "tcg", "--no-build"]);
-    if ours.release {
-        cmd.arg("--release");
-    }
-    cmd.arg("--guest")
-        .arg(guest.flat)
-        .arg("--append")
-        .arg(guest.subtest)
-        .arg("--guest-mem")
-        .arg(guest.mem_mib.to_string());
-    cmd
+/// Our hypervisor as the L0, running the subtest's image as its one guest:
+/// the QEMU command of `cargo xtask run --boot direct --guest FLAT --append
+/// SUBTEST --guest-mem MiB` (crate::guest), without a second xtask or a
+/// build per run. The hypervisor puts the image's file name in front of the
+/// words itself (the Multiboot command line's first word), so only the
+/// subtest name is passed. QEMU's status is the guest's `(code << 1) | 1`
+/// or one of the hypervisor's own (none of them kvm-unit-tests', so CRASH).
+/// TCG, as the bare column: the same accelerator under both L0s. `--smp` is
+/// not passed on: the hypervisor runs a guest on one vCPU.
+pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
+    let args = GuestArgs {
+        file: guest.flat.to_path_buf(),
+        append: guest.subtest.to_string(),
+        mem_mib: guest.mem_mib,
+    };
+    let config = RunConfig {
+        medium: Medium::Direct {
+            kernel: ours.kernel.clone(),
+            cmdline: args.kernel_cmdline(&[]),
+        },
+        firmware: Firmware::Bios,
+        accel: Accel::Tcg,
+        gdb: false,
+        debugcon: ours
+            .debugcon_dir
+            .join(format!("{}.debugcon.log", guest.subtest)),
+        icount: false,
+    };
+    let module = GuestModule {
+        file: args.file.clone(),
+        memory_mib: args.qemu_memory_mib(),
+    };
+    qemu::command_with(&config, Some(&module))
 }
 
 #[cfg(test)]
@@ -129,18 +135,32 @@ mod tests {
     }
 
     #[test]
-    fn ours_runs_the_same_image_and_subtest() {
+    fn ours_boots_the_hypervisor_with_the_image_as_its_module() {
         let ours = Ours {
             kernel: "/t/hv".into(),
-            release: true,
-            xtask: "/t/xtask".into(),
+            debugcon_dir: "/t/kut".into(),
         };
-        let cmd = ours_command(&ours, &guest());
-        assert_eq!(cmd.get_program(), "/t/xtask");
-        assert_eq!(
-            args(&cmd).join(" "),
-            "run --boot direct --accel tcg --no-build --release --guest /kut/x86/svm.flat \
-             --append vmrun_intercept_check --guest-mem 256"
+        let args = args(&ours_command(&ours, &guest()).unwrap());
+        let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+        assert!(pair("-kernel", "/t/hv"), "{args:?}");
+        assert!(pair("-initrd", "/kut/x86/svm.flat"), "{args:?}");
+        assert!(
+            pair(
+                "-append",
+                "guest=svm.flat guest_mem=256 -- vmrun_intercept_check"
+            ),
+            "{args:?}"
         );
+        assert!(pair("-accel", "tcg"), "{args:?}");
+        assert!(
+            pair(
+                "-debugcon",
+                "file:/t/kut/vmrun_intercept_check.debugcon.log"
+            ),
+            "{args:?}"
+        );
+        // The guest's RAM plus the hypervisor's share.
+        assert!(pair("-m", "512M"), "{args:?}");
+        assert!(args.contains(&"-no-reboot".to_string()));
     }
 }

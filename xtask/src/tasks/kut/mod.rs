@@ -21,7 +21,7 @@ use self::regex::Regex;
 use self::table::Row;
 use self::verdict::{End, Verdict};
 use crate::kernel::{self, Profile};
-use crate::{bail, host_tools, runner, Result};
+use crate::{bail, guest, host_tools, runner, workspace, Result};
 
 /// The environment variable naming a built kvm-unit-tests tree.
 pub const KUT_DIR_ENV: &str = "KUT_DIR";
@@ -122,6 +122,11 @@ pub fn kut(args: &KutArgs) -> Result<bool> {
         }),
         None => None,
     };
+    // The hypervisor's limits on a guest's RAM hold for the bare column too,
+    // so that the two columns run the same machine.
+    if let Err(expected) = guest::parse_mem_mib(&args.mem_mib.to_string()) {
+        crate::usage!("--mem {}: expected {expected}", args.mem_mib);
+    }
     let dir = args.kut_dir.clone().or_else(|| {
         std::env::var_os(KUT_DIR_ENV)
             .filter(|d| !d.is_empty())
@@ -149,12 +154,13 @@ pub fn kut(args: &KutArgs) -> Result<bool> {
     }
 
     host_tools::require(&[host_tools::QEMU])?;
+    let debugcon_dir = workspace::target_dir().join("kut");
+    std::fs::create_dir_all(&debugcon_dir)?;
     // Built once: every "ours" run boots this kernel.
     let profile = Profile::from_release_flag(args.release);
     let ours = Ours {
         kernel: kernel::build_all(profile)?,
-        release: args.release,
-        xtask: std::env::current_exe()?,
+        debugcon_dir: debugcon_dir.clone(),
     };
     let jobs = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -312,9 +318,12 @@ fn run_all(
                 };
                 let cmd = match column {
                     Column::Ours => command::ours_command(ours, &guest),
-                    Column::Qemu => command::bare_command(&guest),
+                    Column::Qemu => Ok(command::bare_command(&guest)),
                 };
-                let result = run_one(cmd, args.timeout);
+                let result = match cmd {
+                    Ok(cmd) => run_one(cmd, args.timeout),
+                    Err(e) => not_started(e, Duration::ZERO),
+                };
                 if sender.send((index, column, result)).is_err() {
                     break;
                 }
@@ -355,15 +364,26 @@ fn row<'a>(subtest: &'a Subtest, ours: &'a RunResult, qemu: Option<&RunResult>) 
     }
 }
 
-/// The hypervisor's exit counts for the run (the text after
-/// [`EXITS_PREFIX`] on its last such line), when it printed them.
-pub fn exits_line(output: &str) -> Option<&str> {
-    output
-        .lines()
+/// What the hypervisor said about the guest run's exits: its `exits: ...`
+/// line when it prints one (a breakdown), else the count at the end of its
+/// last `hv: guest NAME ... after N exits` line. The hook for showing where
+/// a run's time goes.
+pub fn exits_line(output: &str) -> Option<String> {
+    let lines: Vec<&str> = output.lines().map(str::trim).collect();
+    if let Some(rest) = lines
+        .iter()
         .rev()
-        .find_map(|line| line.trim().strip_prefix(EXITS_PREFIX))
-        .map(|rest| rest.trim())
+        .find_map(|line| line.strip_prefix(EXITS_PREFIX))
+        .map(str::trim)
         .filter(|rest| !rest.is_empty())
+    {
+        return Some(rest.to_string());
+    }
+    lines.iter().rev().find_map(|line| {
+        let rest = line.strip_prefix("hv: guest ")?.strip_suffix(" exits")?;
+        let count = rest.rsplit_once(" after ")?.1;
+        count.parse::<u64>().ok().map(|n| format!("{n} exits"))
+    })
 }
 
 fn run_one(cmd: std::process::Command, timeout: Duration) -> RunResult {
@@ -394,13 +414,18 @@ fn run_one(cmd: std::process::Command, timeout: Duration) -> RunResult {
                 messages: outcome.stderr,
             }
         }
-        Err(e) => RunResult {
-            verdict: Verdict::Crash,
-            why: Some(e.to_string()),
-            time,
-            output: String::new(),
-            messages: String::new(),
-        },
+        Err(e) => not_started(e, time),
+    }
+}
+
+/// A run whose L0 could not be started: CRASH, with the reason.
+fn not_started(error: crate::Error, time: Duration) -> RunResult {
+    RunResult {
+        verdict: Verdict::Crash,
+        why: Some(error.to_string()),
+        time,
+        output: String::new(),
+        messages: String::new(),
     }
 }
 
@@ -533,8 +558,19 @@ mod tests {
     #[test]
     fn exit_counts_come_from_the_hypervisors_last_line() {
         let output = "SUMMARY: 1 tests\r\nexits: 10\r\n  exits: 1234 (npf 3, vmrun 40)\r\n";
-        assert_eq!(exits_line(output), Some("1234 (npf 3, vmrun 40)"));
+        assert_eq!(
+            exits_line(output).as_deref(),
+            Some("1234 (npf 3, vmrun 40)")
+        );
         assert_eq!(exits_line("SUMMARY: 1 tests\n"), None);
         assert_eq!(exits_line("exits:\n"), None);
+        // The hypervisor's last line about the guest carries the count.
+        let output = "hv: running guest svm.flat (Multiboot, 256 MiB, entry 0x4000bc)\r\n\
+            SUMMARY: 1 tests\r\n\
+            hv: guest svm.flat wrote 0 to the exit device after 5321 exits\r\n";
+        assert_eq!(exits_line(output).as_deref(), Some("5321 exits"));
+        let died = "hv: guest svm.flat died: triple fault (shutdown); rip 0x41706f exit code 0x7f after 8 exits\n";
+        assert_eq!(exits_line(died).as_deref(), Some("8 exits"));
+        assert_eq!(exits_line("hv: guest x after many exits\n"), None);
     }
 }

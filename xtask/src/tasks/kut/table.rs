@@ -21,7 +21,7 @@ pub struct Row<'a> {
     pub ours_time: Duration,
     /// What the hypervisor said about the run (e.g. its exit counts), when
     /// it said something.
-    pub ours_note: Option<&'a str>,
+    pub ours_note: Option<String>,
 }
 
 /// The width of the name column for these subtest names.
@@ -49,7 +49,7 @@ pub fn row(row: &Row, name_width: usize) -> String {
         line.push_str(&format!("  {qemu:<VERDICT_WIDTH$}"));
     }
     line.push_str(&format!("  {:>7.1} s", row.ours_time.as_secs_f64()));
-    if let Some(note) = row.ours_note {
+    if let Some(note) = &row.ours_note {
         line.push_str("  ");
         line.push_str(note);
     }
@@ -131,7 +131,7 @@ mod tests {
                 ours: Verdict::Crash,
                 qemu: Some(Verdict::Fail),
                 ours_time: Duration::from_secs(61),
-                ours_note: Some("exits: 1200"),
+                ours_note: Some("1200 exits".into()),
             },
             Row {
                 name: "next_rip",
@@ -155,7 +155,7 @@ mod tests {
             [
                 "subtest    ours     qemu     ours time",
                 "vmrun      PASS     PASS         1.2 s",
-                "asid_zero  CRASH    FAIL        61.0 s  exits: 1200",
+                "asid_zero  CRASH    FAIL        61.0 s  1200 exits",
                 "next_rip   TIMEOUT  SKIP       120.0 s",
             ]
         );

@@ -79,7 +79,10 @@ impl Verdict {
             ),
             End::Exited(status) => (
                 Verdict::Crash,
-                Some(format!("status {status}: no kvm-unit-tests verdict")),
+                Some(format!(
+                    "status {status}: {}",
+                    hypervisor_status(status).unwrap_or("no kvm-unit-tests verdict")
+                )),
             ),
         }
     }
@@ -102,6 +105,17 @@ impl fmt::Display for Verdict {
             Verdict::Crash => "CRASH",
         })
     }
+}
+
+/// What our hypervisor's own statuses mean (crate::guest, crate::verdict).
+fn hypervisor_status(status: i32) -> Option<&'static str> {
+    Some(match status {
+        crate::guest::GUEST_DIED_STATUS => "the guest died (see the hypervisor's report)",
+        crate::guest::BAD_IMAGE_STATUS => "the hypervisor could not load the image",
+        crate::verdict::FAILURE_STATUS => "the hypervisor failed",
+        crate::verdict::NOTHING_RAN_STATUS => "the hypervisor found no usable SVM",
+        _ => return None,
+    })
 }
 
 /// The `SUMMARY: ...` line (trimmed), if the guest printed one at the start
@@ -163,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_dead_l0_is_a_crash_even_after_a_summary() {
-        for status in [0, 2, 33, 35, 101, 255] {
+        for status in [0, 2, 33, 35, 37, 39, 41, 101, 124, 126, 255] {
             assert_eq!(
                 verdict(PASSED, End::Exited(status)),
                 Verdict::Crash,
@@ -175,6 +189,14 @@ mod tests {
         assert_eq!(
             Verdict::of("", End::Exited(0)).1.as_deref(),
             Some("status 0: triple fault or reset")
+        );
+        assert_eq!(
+            Verdict::of("", End::Exited(39)).1.as_deref(),
+            Some("status 39: the guest died (see the hypervisor's report)")
+        );
+        assert_eq!(
+            Verdict::of("", End::Exited(2)).1.as_deref(),
+            Some("status 2: no kvm-unit-tests verdict")
         );
     }
 
