@@ -7,7 +7,7 @@
 
 pub mod command;
 pub mod names;
-pub mod regex;
+
 pub mod table;
 pub mod verdict;
 
@@ -17,11 +17,11 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use self::command::{Guest, Ours};
-use self::regex::Regex;
 use self::table::Row;
 use self::verdict::{End, Verdict};
 use crate::kernel::{self, Profile};
 use crate::{bail, guest, host_tools, runner, workspace, Result};
+use regex::Regex;
 
 /// The environment variable naming a built kvm-unit-tests tree.
 pub const KUT_DIR_ENV: &str = "KUT_DIR";
