@@ -6,15 +6,7 @@ use std::path::PathBuf;
 use super::Steps;
 use crate::kernel::{self, Profile};
 use crate::limine::{self, Lookup, Network};
-use crate::mbguest::{self, X2apic};
-use crate::{bail, host_tools, ovmf, process, workspace, Result};
-
-/// Whether `cargo xtask test` runs the Multiboot test guest under the
-/// hypervisor (`cargo xtask run --boot direct --guest`). Off until the
-/// pieces of issue 10 it needs have landed: `--guest` itself, the local
-/// APIC, CPU modes, MSRs and CPUID. Its run on bare QEMU (hv-tests,
-/// tests/tests/mbguest.rs) always runs.
-const MBGUEST_UNDER_HV: bool = false;
+use crate::{host_tools, mbguest, ovmf, process, workspace, Result};
 
 pub fn test(release: bool, network: Network) -> Result<()> {
     let mut steps = Steps::default();
@@ -34,17 +26,6 @@ pub fn test(release: bool, network: Network) -> Result<()> {
     );
     let mut skipped = None;
     steps.step("boot tests", boot_tests(release, network, &mut skipped));
-    if MBGUEST_UNDER_HV {
-        steps.step(
-            "multiboot guest under the hypervisor",
-            mbguest_under_hv(release),
-        );
-    } else {
-        eprintln!(
-            "xtask: the multiboot guest under the hypervisor is not run yet \
-             (MBGUEST_UNDER_HV in xtask/src/tasks/test.rs)"
-        );
-    }
     // The boot tests report the skip as "ignored" with this reason; repeat
     // it last, where a person looks for the verdict.
     if let Some(why) = skipped {
@@ -96,35 +77,6 @@ fn boot_tests(release: bool, network: Network, skipped: &mut Option<String>) -> 
         }
     }
     process::run(&mut cmd)
-}
-
-/// Boots the hypervisor with the Multiboot test guest (built by the boot
-/// tests' step) through this very xtask, as a user would, and judges the
-/// guest's COM1 lines, which `run` passes to stdout verbatim.
-fn mbguest_under_hv(release: bool) -> Result<()> {
-    let profile = Profile::from_release_flag(release);
-    let image = mbguest::image_path(profile, &workspace::target_dir());
-    let exe = std::env::current_exe()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["run", "--boot", "direct", "--guest"])
-        .arg(&image)
-        .args(["--append", mbguest::APPEND, "--timeout", "120"]);
-    if release {
-        cmd.arg("--release");
-    }
-    process::echo(&cmd);
-    let output = cmd.output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    match mbguest::judge(&stdout, None, X2apic::Required) {
-        Ok(passed) => {
-            eprintln!("xtask: multiboot guest under the hypervisor: {passed} checks passed");
-            Ok(())
-        }
-        Err(why) => {
-            eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-            bail!("multiboot guest under the hypervisor: {why} (output above)")
-        }
-    }
 }
 
 /// `LIMINE_DIR` as given, else the pinned release when it can be had, else
