@@ -17,10 +17,11 @@ struct Console {
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
+            // Raw sends: the driver's `send` would add a second CR.
             if b == b'\n' {
-                self.serial.send(b'\r');
+                self.serial.send_raw(b'\r');
             }
-            self.serial.send(b);
+            self.serial.send_raw(b);
             // SAFETY: port 0xE9 is a write-only debug sink; elsewhere writes are ignored.
             unsafe { self.debugcon.write(b) };
         }

@@ -8,7 +8,9 @@
 //! verbatim, its write of C to the exit device ends the run with QEMU status
 //! `(C << 1) | 1` as under bare QEMU. A Multiboot 1 image is loaded by
 //! [`svm::multiboot`] and entered in 32-bit protected mode; otherwise an
-//! ELF64 is loaded like the self-tests' stubs. The hypervisor says one line
+//! ELF64 is loaded and started like the self-tests' stubs (its "test name"
+//! the guest's command line), and its HC_DONE ends the run as a write of
+//! 0 (pass) or 1 (fail) to the exit device would. The hypervisor says one line
 //! before and one after (`hv: ...`); a guest that dies ends the run with
 //! [`ExitCode::GuestDied`], an image that cannot be loaded with
 //! [`ExitCode::BadImage`].
@@ -113,6 +115,18 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             // have under the guest alone.
             exit_raw(status >> 1)
         }
+        // A guest of the stubs' ABI reports through HC_DONE: as the
+        // kvm-unit-tests convention on the exit device, 0 pass, 1 fail.
+        Stop::Done { pass, message } => {
+            let code = u32::from(!pass);
+            println!(
+                "hv: guest {name} reported {} after {} exits{}{message}",
+                if pass { "success" } else { "failure" },
+                vcpu.exits,
+                if message.is_empty() { "" } else { ": " }
+            );
+            exit_raw(code)
+        }
         stop => {
             // exits::dispatch already logged the exit state (rip, exit
             // code, exit info).
@@ -142,7 +156,10 @@ fn load(vm: &mut Vm, vcpu: &mut Vcpu, image: &[u8], name: &str, args: &str) -> (
     }
     match loader::load(image, &mut vm.memory) {
         Ok(entry) => {
-            if let Err(why) = setup::write_start_state(vm, name) {
+            // The stubs' ABI (svm::guest_abi) has one string, the test
+            // name: the guest's command line when there is one.
+            let words = if args.is_empty() { name } else { args };
+            if let Err(why) = setup::write_start_state(vm, words) {
                 bad_image(format_args!("{name}: {why}"));
             }
             setup::init_vmcb(vcpu, vm, entry);

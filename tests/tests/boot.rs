@@ -57,10 +57,15 @@ fn panic_is_reported_and_fails() {
 
 #[test]
 fn unknown_command_line_words_are_warned_about() {
-    let boot = boot_direct(&["tests=none", "frob", "colour=blue"]);
+    // Words after `--` are a guest's: the kernel never reads them.
+    let boot = boot_direct(&["tests=none", "frob", "colour=blue", "--", "guestword"]);
+    assert!(
+        !boot.serial.contains("guestword"),
+        "a guest's word was read as the kernel's"
+    );
     for word in ["frob", "colour=blue"] {
         let warning = format!(
-            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=)"
+            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=)"
         );
         assert!(
             boot.lines().any(|l| l == warning),
@@ -264,4 +269,28 @@ fn a_malformed_guest_image_is_refused_before_it_runs() {
         "serial output above"
     );
     assert!(!serial.contains("hv: running guest"));
+}
+
+#[test]
+fn an_elf64_guest_runs_with_its_verdict_as_the_exit_status() {
+    // The guest stubs, which building the kernel builds (hv/build.rs).
+    kernel();
+    let stub =
+        xtask::workspace::root().join("target/guest-stubs/x86_64-unknown-none/release/guest");
+    let image = std::fs::read(&stub).unwrap_or_else(|e| panic!("{}: {e}", stub.display()));
+    // The command line is the stub's test name; HC_DONE(pass) is status 1.
+    let (status, serial) = boot_guest("guest", &image, "guest::console");
+    assert_eq!(status, Some(1), "serial output above");
+    assert!(
+        serial.contains("\nhello from the guest console\n"),
+        "serial output above"
+    );
+    assert!(serial.contains("hv: running guest guest (ELF64, 64 MiB"));
+    // A failure report is status 3, as kvm-unit-tests' failures.
+    let (status, serial) = boot_guest("guest", &image, "no_such_test");
+    assert_eq!(status, Some(3), "serial output above");
+    assert!(
+        serial.contains("reported failure after"),
+        "serial output above"
+    );
 }
