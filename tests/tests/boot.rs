@@ -294,3 +294,35 @@ fn an_elf64_guest_runs_with_its_verdict_as_the_exit_status() {
         "serial output above"
     );
 }
+
+/// REP INSB of fw_cfg's signature (key 0) into memory at 2 MiB, then REP
+/// OUTSB of it to COM1 and a newline; exit code 7 + the ECX left (0).
+const MB_STRING_IO: &[u8] = &[
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510
+    0x31, 0xc0, // xor eax, eax
+    0x66, 0xef, // out dx, ax (select the signature)
+    0x42, // inc edx (0x511)
+    0xbf, 0x00, 0x00, 0x20, 0x00, // mov edi, 0x200000
+    0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
+    0xfc, // cld
+    0xf3, 0x6c, // rep insb
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xbe, 0x00, 0x00, 0x20, 0x00, // mov esi, 0x200000
+    0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
+    0xf3, 0x6e, // rep outsb
+    0xb0, 0x0a, 0xee, // mov al, 10; out dx, al
+    0x8d, 0x41, 0x07, // lea eax, [ecx + 7]
+    0x66, 0xba, 0xf4, 0x00, // mov dx, 0xf4
+    0xef, 0xf4, // out dx, eax; hlt
+];
+
+#[test]
+fn a_guest_s_string_io_reaches_the_devices() {
+    let (status, serial) = boot_guest("strio.bin", &multiboot_image(MB_STRING_IO), "");
+    assert!(
+        serial.contains("\nQEMU\nhv: guest strio.bin wrote 7"),
+        "serial output above"
+    );
+    // (7 << 1) | 1: REP ran ECX down to 0.
+    assert_eq!(status, Some(15), "serial output above");
+}
