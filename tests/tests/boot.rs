@@ -296,7 +296,8 @@ fn an_elf64_guest_runs_with_its_verdict_as_the_exit_status() {
 }
 
 /// REP INSB of fw_cfg's signature (key 0) into memory at 2 MiB, then REP
-/// OUTSB of it to COM1 and a newline; exit code 7 + the ECX left (0).
+/// OUTSB of it to COM1 and a newline; REP INSB of 5000 bytes from an
+/// unassigned port; exit code 7 + the ECX left (0) + (last byte ^ 0xFF).
 const MB_STRING_IO: &[u8] = &[
     0x66, 0xba, 0x10, 0x05, // mov dx, 0x510
     0x31, 0xc0, // xor eax, eax
@@ -311,6 +312,14 @@ const MB_STRING_IO: &[u8] = &[
     0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
     0xf3, 0x6e, // rep outsb
     0xb0, 0x0a, 0xee, // mov al, 10; out dx, al
+    // 5000 bytes from an unassigned port: more than one exit's worth.
+    0x66, 0xba, 0xd0, 0x04, // mov dx, 0x4d0
+    0xbf, 0x00, 0x00, 0x30, 0x00, // mov edi, 0x300000
+    0xb9, 0x88, 0x13, 0x00, 0x00, // mov ecx, 5000
+    0xf3, 0x6c, // rep insb
+    0x0f, 0xb6, 0x05, 0x87, 0x13, 0x30, 0x00, // movzx eax, byte [0x301387] (the last)
+    0x35, 0xff, 0x00, 0x00, 0x00, // xor eax, 0xff (0 when all-ones was read)
+    0x01, 0xc1, // add ecx, eax
     0x8d, 0x41, 0x07, // lea eax, [ecx + 7]
     0x66, 0xba, 0xf4, 0x00, // mov dx, 0xf4
     0xef, 0xf4, // out dx, eax; hlt
