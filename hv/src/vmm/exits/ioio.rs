@@ -1,7 +1,8 @@
 //! Port I/O. Guests reach no host device. A VM with a platform
 //! ([`Vm::devices`], an external guest) has its accesses routed to
 //! [`svm::devices::PortBus`]: COM1 bytes go to the host console verbatim,
-//! a write to the exit device ends the run. A self-test VM has none: console
+//! a write to the exit device ends the run, INS/OUTS from L1 move their
+//! elements through guest memory ([`string_io`]). A self-test VM has none: console
 //! output on COM1's data port and the debugcon port 0xE9 goes to the host
 //! console with a prefix, COM1's line status reads "ready", and everything
 //! else (isa-debug-exit included) is dropped, reads returning all ones like
