@@ -113,6 +113,9 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            // A guest's unfinished line (external guests) is ended first,
+            // so the log line stands on its own.
+            end_raw_line();
             write_fmt(format_args!("[{:<5}] {}\n", record.level(), record.args()));
         }
     }

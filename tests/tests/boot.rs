@@ -240,11 +240,22 @@ fn a_multiboot_guest_runs_with_its_command_line_and_exit_status() {
 
 #[test]
 fn a_guest_that_dies_ends_with_its_own_status_and_a_report() {
-    // UD2 with no IDT: #UD, then #GP on the empty IDT, then a triple fault.
-    let (status, serial) = boot_guest("ud2.bin", &multiboot_image(&[0x0f, 0x0b]), "");
+    // "x" without a newline, then UD2 with no IDT: #UD, then #GP on the
+    // empty IDT, then a triple fault.
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', 0xee, // mov al, 'x'; out dx, al
+        0x0f, 0x0b, // ud2
+    ];
+    let (status, serial) = boot_guest("ud2.bin", &multiboot_image(&code), "");
     assert_eq!(
         status,
         Some(xtask::guest::GUEST_DIED_STATUS),
+        "serial output above"
+    );
+    // The hypervisor's report starts on a line of its own.
+    assert!(
+        serial.contains("x\r\n[WARN ] vm ud2.bin: stopped: triple fault (shutdown); rip 0x100027"),
         "serial output above"
     );
     assert!(
