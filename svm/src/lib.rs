@@ -34,6 +34,7 @@ pub mod int_ctl;
 pub mod intercept;
 pub mod iopm;
 pub mod msr;
+pub mod msr_table;
 pub mod msrpm;
 pub mod multiboot;
 pub mod nested;
