@@ -111,6 +111,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
                 status >> 1,
                 vcpu.exits
             );
+            print_exit_counts(&vcpu);
             // The same value to the real device: QEMU exits as it would
             // have under the guest alone.
             exit_raw(status >> 1)
@@ -125,6 +126,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
                 vcpu.exits,
                 if message.is_empty() { "" } else { ": " }
             );
+            print_exit_counts(&vcpu);
             exit_raw(code)
         }
         stop => {
@@ -141,9 +143,33 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
                 vcpu.vmcb.control.exit_code,
                 vcpu.exits
             );
+            print_exit_counts(&vcpu);
             exit(ExitCode::GuestDied)
         }
     }
+}
+
+/// Where the run's time went: the exits by reason, most frequent first
+/// (`hv: exits: Ioio 812, Msr 40, ...`), and the host TSC ticks spent in L0.
+fn print_exit_counts(vcpu: &Vcpu) {
+    let mut counts: alloc::vec::Vec<(u64, u64)> = vcpu
+        .exit_counts
+        .iter()
+        .map(|(&code, &n)| (code, n))
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut line = alloc::string::String::new();
+    for (code, n) in counts {
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&alloc::format!("{:?} {n}", svm::ExitCode::from_raw(code)));
+    }
+    println!(
+        "hv: exits: {} ({} host TSC ticks in L0)",
+        if line.is_empty() { "none" } else { &line },
+        vcpu.host_ticks
+    );
 }
 
 /// Loads `image` into `vm` and sets up `vcpu` to enter it: Multiboot 1 when

@@ -234,6 +234,8 @@ fn a_multiboot_guest_runs_with_its_command_line_and_exit_status() {
         "serial output above"
     );
     assert!(serial.starts_with("hv: running guest mb.bin (Multiboot, 64 MiB, entry 0x100020)"));
+    // Where the time went: the exits by reason, port I/O the most here.
+    assert!(serial.contains("\nhv: exits: Ioio "), "serial output above");
     // Quiet: no banner, no self-tests.
     assert!(!serial.contains("boot: pvh") && !serial.contains("passed"));
 }
