@@ -34,22 +34,27 @@ use cpu::{cr0, cr4, rdmsr, wrmsr, EFER_LMA, EFER_LME, IA32_EFER};
 use report::{bail, check, expect_eq, run, Outcome};
 
 /// Zero at entry if the loader cleared BSS (spec 3.1.3: bss_end_addr).
-static BSS_PROBE: [u64; 512] = [0; 512];
+/// Mutable so that it lands in .bss (an immutable zero static is .rodata,
+/// bytes of the file); nothing writes it.
+static mut BSS_PROBE: [u64; 512] = [0; 512];
 
 /// Called by the 32-bit entry in 64-bit mode, interrupts off.
 extern "C" fn mb_main() -> ! {
     let entry = boot::entry_state();
-    // Before anything else writes BSS.
-    // SAFETY: a static read; volatile so it is really read from memory.
-    let bss_dirty =
-        (0..BSS_PROBE.len()).find(|&i| unsafe { core::ptr::read_volatile(&BSS_PROBE[i]) } != 0);
+    // Before anything else writes BSS. Volatile: really read from memory.
+    let probe = (&raw const BSS_PROBE).cast::<u64>();
+    // SAFETY: reads within the static, which nothing writes.
+    let bss_dirty = (0..512).find_map(|i| match unsafe { probe.add(i).read_volatile() } {
+        0 => None,
+        v => Some((i, v)),
+    });
     io::serial_init();
     idt::init();
     io::println!("mbguest: Multiboot test guest");
 
     check("multiboot entry state", || multiboot::check_entry(&entry));
     check("multiboot bss zeroed", || match bss_dirty {
-        Some(i) => bail!("BSS word {i} is {:#x}", BSS_PROBE[i]),
+        Some((i, v)) => bail!("BSS word {i} is {v:#x}"),
         None => Ok(()),
     });
     let info = u64::from(entry.ebx);
