@@ -32,6 +32,7 @@ pub mod guest_abi;
 pub mod int_ctl;
 pub mod intercept;
 pub mod iopm;
+pub mod irq;
 pub mod msr;
 pub mod msrpm;
 pub mod multiboot;

@@ -250,6 +250,11 @@ impl Lapic {
         self.nmi_pending = false;
     }
 
+    /// Sets MAXPHYADDR (the guest's CPUID), for the base's reserved bits.
+    pub fn set_max_phys_bits(&mut self, bits: u8) {
+        self.max_phys_bits = bits;
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         match (self.base & BASE_EN != 0, self.base & BASE_EXTD != 0) {

@@ -22,6 +22,10 @@ use svm::{EventInfo, MsrAccess};
 const EFER_WRITABLE: u64 = EFER_SCE | EFER_NXE;
 
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // IA32_APIC_BASE and the x2APIC MSRs: the local APIC's (exits::apic).
+    if let Some(action) = super::apic::msr(vcpu, vm, host) {
+        return action;
+    }
     let msr = vcpu.regs.rcx as u32;
     let ok = match MsrAccess::from_exit_info1(vcpu.vmcb.control.exit_info1) {
         Some(MsrAccess::Read) => match read(vcpu, vm, msr) {
