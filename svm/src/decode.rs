@@ -588,7 +588,7 @@ impl Decoded {
     /// anything else (the caller raises #UD), and for LOCK or segment
     /// forms with no plain MMIO meaning.
     pub fn mmio(&self) -> Option<crate::emulate::mmio::MmioInsn> {
-        use crate::emulate::mmio::{Extend, MmioInsn, Reg};
+        use crate::emulate::mmio::{Extend, MmioInsn, Operand, Reg};
         let i = &self.raw;
         if i.has_lock_prefix() {
             return None;
@@ -630,6 +630,42 @@ impl Decoded {
                 }),
                 _ => None,
             },
+            Mnemonic::Cmp | Mnemonic::Test => {
+                let op = if i.mnemonic() == Mnemonic::Cmp {
+                    alu::Op::Sub
+                } else {
+                    alu::Op::And
+                };
+                let (mem_first, other_kind) = match (i.op0_kind(), i.op1_kind()) {
+                    (OpKind::Memory, k) => (true, k),
+                    (k, OpKind::Memory) => (false, k),
+                    _ => return None,
+                };
+                let other = match other_kind {
+                    OpKind::Register => {
+                        let r = if mem_first {
+                            i.op1_register()
+                        } else {
+                            i.op0_register()
+                        };
+                        Operand::Reg(reg(r)?)
+                    }
+                    OpKind::Immediate8
+                    | OpKind::Immediate16
+                    | OpKind::Immediate32
+                    | OpKind::Immediate8to16
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64 => Operand::Imm(i.immediate(1)),
+                    _ => return None,
+                };
+                Some(MmioInsn::Compare {
+                    op,
+                    size,
+                    other,
+                    mem_first,
+                })
+            }
             Mnemonic::Mov => load(Extend::None),
             Mnemonic::Movzx => load(Extend::Zero),
             Mnemonic::Movsx | Mnemonic::Movsxd => load(Extend::Sign),
@@ -899,7 +935,7 @@ mod tests {
 
     #[test]
     fn mmio_forms() {
-        use crate::emulate::mmio::{Extend, MmioInsn, Reg};
+        use crate::emulate::mmio::{Extend, MmioInsn, Operand, Reg};
         let m = |bytes: &[u8], bits| decode(bytes, bits, 0).unwrap().mmio();
         let r = |n, size| Reg {
             n,
@@ -972,6 +1008,25 @@ mod tests {
                 reg: r(0, 4),
                 size: 4,
                 extend: Extend::None
+            })
+        );
+        // testl $1, (%r15); cmp eax, [rbx]
+        assert_eq!(
+            m(&[0x41, 0xF7, 0x07, 1, 0, 0, 0], 64),
+            Some(MmioInsn::Compare {
+                op: alu::Op::And,
+                size: 4,
+                other: Operand::Imm(1),
+                mem_first: true
+            })
+        );
+        assert_eq!(
+            m(&[0x3B, 0x03], 64),
+            Some(MmioInsn::Compare {
+                op: alu::Op::Sub,
+                size: 4,
+                other: Operand::Reg(r(0, 4)),
+                mem_first: false
             })
         );
         // Not emulated: add [rax], eax; movs; lock-free xchg; mov between registers.

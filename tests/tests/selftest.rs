@@ -32,6 +32,12 @@ const GUEST_TESTS: &[&str] = &[
     "guest::unbacked_up_to_maxphyaddr",
     "guest::unbacked_read_modify_write",
     "guest::dr0_3_writes_armed",
+    "guest::lapic_mmio_id_version",
+    "guest::lapic_timer_one_shot",
+    "guest::lapic_timer_periodic",
+    "guest::lapic_tpr_eoi",
+    "guest::x2apic_self_ipi",
+    "guest::lapic_mmio_unemulated_ud",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.

@@ -4,7 +4,8 @@
 //! instruction itself ([`crate::decode::Decoded::mmio`]) and completes it
 //! here: the MOV forms a driver uses (register to memory, memory to
 //! register, immediate to memory; 1, 2, 4 or 8 bytes) and MOVZX/MOVSX/
-//! MOVSXD loads. Anything else is not emulated: the guest that ran it gets
+//! MOVSXD loads, and CMP/TEST with a memory operand (compilers fold a
+//! volatile load into them). Anything else is not emulated: the guest that ran it gets
 //! #UD (the caller raises it), never a stopped VM.
 
 use super::alu;
@@ -57,6 +58,26 @@ pub enum MmioInsn {
         /// Bytes written.
         size: u8,
     },
+    /// CMP or TEST reading `size` bytes: only RFLAGS change.
+    Compare {
+        /// CMP (`alu::Op::Sub`) or TEST (`alu::Op::And`).
+        op: alu::Op,
+        /// Bytes read (the operation size).
+        size: u8,
+        /// The other operand.
+        other: Operand,
+        /// Memory is the first (destination) operand: `CMP mem, x`.
+        mem_first: bool,
+    },
+}
+
+/// The non-memory operand of [`MmioInsn::Compare`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operand {
+    /// A register.
+    Reg(Reg),
+    /// An immediate (sign-extended as encoded).
+    Imm(u64),
 }
 
 fn mask(size: u8) -> u64 {
@@ -72,13 +93,40 @@ impl MmioInsn {
         match *self {
             MmioInsn::Load { size, .. }
             | MmioInsn::StoreReg { size, .. }
-            | MmioInsn::StoreImm { size, .. } => size,
+            | MmioInsn::StoreImm { size, .. }
+            | MmioInsn::Compare { size, .. } => size,
         }
     }
 
     /// Whether it writes memory.
     pub fn is_store(&self) -> bool {
-        !matches!(self, MmioInsn::Load { .. })
+        matches!(self, MmioInsn::StoreReg { .. } | MmioInsn::StoreImm { .. })
+    }
+
+    /// RFLAGS after a [`MmioInsn::Compare`] of `mem` with the other
+    /// operand (`reg_value`: its register's value; ignored for an
+    /// immediate); `rflags` unchanged for other instructions.
+    pub fn compare_flags(&self, rflags: u64, mem: u64, reg_value: u64) -> u64 {
+        let MmioInsn::Compare {
+            op,
+            size,
+            other,
+            mem_first,
+        } = *self
+        else {
+            return rflags;
+        };
+        let other = match other {
+            Operand::Reg(r) if r.high8 => reg_value >> 8,
+            Operand::Reg(_) => reg_value,
+            Operand::Imm(v) => v,
+        };
+        let (dst, src) = if mem_first {
+            (mem, other)
+        } else {
+            (other, mem)
+        };
+        alu::apply(op, u32::from(size), dst, src, rflags).1
     }
 
     /// The value a store writes, from the source register's value
@@ -90,7 +138,7 @@ impl MmioInsn {
                 v & mask(size)
             }
             MmioInsn::StoreImm { value, size } => value & mask(size),
-            MmioInsn::Load { .. } => 0,
+            MmioInsn::Load { .. } | MmioInsn::Compare { .. } => 0,
         }
     }
 
@@ -164,6 +212,34 @@ mod tests {
             0xFFFF_FFFF_8000_0000,
             "movsxd rax, dword"
         );
+    }
+
+    #[test]
+    fn compares_set_flags_only() {
+        const ZF: u64 = 1 << 6;
+        const CF: u64 = 1;
+        let test = MmioInsn::Compare {
+            op: alu::Op::And,
+            size: 4,
+            other: Operand::Imm(1),
+            mem_first: true,
+        };
+        assert_eq!(
+            test.compare_flags(2, 0x10, 0) & ZF,
+            ZF,
+            "test [m], 1 of 0x10"
+        );
+        assert_eq!(test.compare_flags(2, 0x11, 0) & ZF, 0);
+        // cmp eax, [m]: eax - mem borrows when mem is larger.
+        let cmp = MmioInsn::Compare {
+            op: alu::Op::Sub,
+            size: 4,
+            other: Operand::Reg(Reg { size: 4, ..RAX }),
+            mem_first: false,
+        };
+        assert_eq!(cmp.compare_flags(2, 5, 3) & CF, CF);
+        assert_eq!(cmp.compare_flags(2, 3, 3) & (CF | ZF), ZF);
+        assert!(!cmp.is_store());
     }
 
     #[test]

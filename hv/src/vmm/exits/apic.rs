@@ -150,6 +150,19 @@ pub fn mmio(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
                 vcpu.lapic.mmio_write(offset, size, value, now());
             }
         }
+        svm::emulate::mmio::MmioInsn::Compare { other, .. } => {
+            let mem = if apic {
+                vcpu.lapic.mmio_read(offset, size, now())
+            } else {
+                u64::MAX
+            };
+            let reg_value = match other {
+                svm::emulate::mmio::Operand::Reg(r) => super::cr::gpr(vcpu, r.n),
+                svm::emulate::mmio::Operand::Imm(_) => 0,
+            };
+            let s = &mut vcpu.vmcb.state;
+            s.rflags = insn.compare_flags(s.rflags, mem, reg_value);
+        }
         svm::emulate::mmio::MmioInsn::StoreImm { .. } => {
             if apic {
                 vcpu.lapic
