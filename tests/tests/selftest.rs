@@ -136,6 +136,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_unbacked_cr3_faults",
     "nested::tsc_offset_composes::exiting",
     "nested::l2_dr0_3_writes_armed",
+    "nested::l2_lapic_mmio",
+    "nested::l2_lapic_timer_exits_to_l1",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,
