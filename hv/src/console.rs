@@ -55,6 +55,28 @@ pub fn write_fmt(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Whether the last raw byte ([`write_raw`]) left a line unfinished.
+static RAW_MID_LINE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Writes a guest's console byte as it is: no CR added, no translation of
+/// backspace (a guest's COM1 output reaches the host console verbatim).
+pub fn write_raw(byte: u8) {
+    if let Some(c) = CONSOLE.lock().as_mut() {
+        c.serial.send_raw(byte);
+        // SAFETY: port 0xE9 is a write-only debug sink; elsewhere writes are ignored.
+        unsafe { c.debugcon.write(byte) };
+    }
+    RAW_MID_LINE.store(byte != b'\n', core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ends a line [`write_raw`] left unfinished, so that the next line of the
+/// hypervisor's own starts at the left margin.
+pub fn end_raw_line() {
+    if RAW_MID_LINE.swap(false, core::sync::atomic::Ordering::Relaxed) {
+        write_fmt(format_args!("\n"));
+    }
+}
+
 /// Takes the console even if a holder is stuck (fatal paths only): the
 /// holder will never run again.
 pub fn write_fmt_emergency(args: fmt::Arguments<'_>) {

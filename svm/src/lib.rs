@@ -16,6 +16,7 @@
 extern crate std;
 
 mod bitmap;
+pub mod boot_cmdline;
 pub mod cpuid;
 pub mod cpuid_filter;
 pub mod cr;

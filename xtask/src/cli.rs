@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::accel::Accel;
+use crate::guest::{self, GuestArgs};
 use crate::{usage, Result};
 
 pub const USAGE: &str = "\
@@ -33,6 +34,16 @@ shows one command's):
   --firmware bios|uefi      run: default bios; uefi needs Limine
   --gdb                     run: wait for gdb on :1234 before the first instruction
   --timeout SECS            run: kill QEMU and fail after SECS seconds
+  --guest FILE              run: the hypervisor runs FILE (Multiboot 1, e.g.
+                            kvm-unit-tests' x86/svm.flat, or ELF64) as its one
+                            guest, offered nested SVM, instead of the
+                            self-tests; its COM1 output is printed verbatim and
+                            run exits with QEMU's status (see guest mode below)
+  --append WORDS            run: the guest's command line after its name
+                            (one argument; needs --guest)
+  --guest-mem MIB           run: the guest's RAM in MiB, even, 2-2048 (default
+                            256; needs --guest)
+  --no-build                run: boot the kernel built last (no cargo build)
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
   --list                    mutants: list the mutations, run none
@@ -44,7 +55,16 @@ shows one command's):
 
 exit status: 0 success; 1 the work failed (build, QEMU, a kernel verdict other
 than success, nothing ran); 2 a bad command line (unknown command or flag, bad
-value, flags that do not go together, --accel kvm where KVM offers no SVM)
+value, flags that do not go together, --accel kvm where KVM offers no SVM,
+a --guest FILE that is missing)
+
+guest mode (run --guest): run exits with QEMU's own status, as a runner of
+bare QEMU would see it: (C<<1)|1 when the guest wrote C to port 0xF4 (so 1,
+3, 77, 127 for kvm-unit-tests). The hypervisor's own statuses are 39 (the
+guest died: triple fault, unhandled exit, unresolvable nested page fault;
+a `hv: ` report precedes it), 41 (the image could not be loaded: nothing
+ran), 35 (the hypervisor failed), 37 (no usable SVM). xtask's own: 2 (bad
+command line), 124 (--timeout), 126 (xtask failed: build, QEMU not started)
 
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
@@ -108,6 +128,10 @@ pub struct RunArgs {
     pub cmdline: Vec<String>,
     /// `--offline`: never download Limine.
     pub offline: bool,
+    /// `--guest FILE [--append WORDS] [--guest-mem MIB]`.
+    pub guest: Option<GuestArgs>,
+    /// `--no-build`: boot the kernel built last.
+    pub no_build: bool,
 }
 
 impl RunArgs {
@@ -244,6 +268,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
                 timeout: options.value("--timeout", parse_seconds)?,
                 cmdline: options.take_cmdline(),
                 offline: options.flag("--offline"),
+                guest: parse_guest(&mut options)?,
+                no_build: options.flag("--no-build"),
             }
             .checked()?,
         ),
@@ -279,6 +305,28 @@ fn parse_fuzz(options: &mut Options) -> Result<crate::tasks::fuzz::FuzzArgs> {
         minutes: options.value("--minutes", parse_u64)?,
         start: options.value("--start", parse_u64)?.unwrap_or(0),
     })
+}
+
+/// `--guest FILE [--append WORDS] [--guest-mem MIB]`: the file must exist,
+/// and the other two mean nothing without it.
+fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
+    let file = options.value("--guest", |w| Ok(std::path::PathBuf::from(w)))?;
+    let append = options.value("--append", |w| Ok(w.to_string()))?;
+    let mem_mib = options.value("--guest-mem", guest::parse_mem_mib)?;
+    let Some(file) = file else {
+        if append.is_some() || mem_mib.is_some() {
+            usage!("--append and --guest-mem need --guest FILE");
+        }
+        return Ok(None);
+    };
+    if let Err(why) = guest::check_file(&file) {
+        usage!("{why}");
+    }
+    Ok(Some(GuestArgs {
+        file,
+        append: append.unwrap_or_default(),
+        mem_mib: mem_mib.unwrap_or(guest::DEFAULT_MEM_MIB),
+    }))
 }
 
 fn parse_u64(word: &str) -> std::result::Result<u64, &'static str> {
@@ -419,8 +467,75 @@ mod tests {
                 timeout: Some(Duration::from_secs(20)),
                 cmdline: vec!["fault=page".into(), "x".into()],
                 offline: false,
+                guest: None,
+                no_build: false,
             })
         );
+    }
+
+    #[test]
+    fn run_takes_a_guest() {
+        // Tests run in the crate's directory, where Cargo.toml is a file.
+        let task = parse(
+            [
+                "run",
+                "--boot",
+                "direct",
+                "--guest",
+                "Cargo.toml",
+                "--append",
+                "vmrun -npt_*",
+                "--guest-mem=64",
+                "--no-build",
+                "--",
+                "log=warn",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        let Task::Run(args) = task else {
+            panic!("not run");
+        };
+        assert_eq!(
+            args.guest,
+            Some(GuestArgs {
+                file: "Cargo.toml".into(),
+                append: "vmrun -npt_*".into(),
+                mem_mib: 64,
+            })
+        );
+        assert!(args.no_build);
+        assert_eq!(args.cmdline, vec!["log=warn".to_string()]);
+        let Task::Run(args) = parse_words("run --guest Cargo.toml").unwrap() else {
+            panic!("not run");
+        };
+        let guest = args.guest.unwrap();
+        assert_eq!((guest.append.as_str(), guest.mem_mib), ("", 256));
+    }
+
+    #[test]
+    fn guest_flags_are_checked_before_anything_runs() {
+        for line in [
+            "run --append vmrun",
+            "run --guest-mem 64",
+            "run --guest /nonexistent/svm.flat",
+            "run --guest /",
+            "run --guest Cargo.toml --guest-mem 63",
+            "run --guest Cargo.toml --guest-mem 0",
+            "run --guest Cargo.toml --guest-mem lots",
+            "run --guest",
+            "build --guest Cargo.toml",
+        ] {
+            let error = parse_words(line).expect_err(line);
+            assert_eq!(error.exit_code(), 2, "{line}: {error}");
+        }
+        let missing = parse_words("run --guest /nonexistent/svm.flat").unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/svm.flat"),
+            "{missing}"
+        );
+        let mem = parse_words("run --guest Cargo.toml --guest-mem 3").unwrap_err();
+        assert!(mem.to_string().contains("even number of MiB"), "{mem}");
     }
 
     #[test]
@@ -570,6 +685,10 @@ mod tests {
             "--firmware",
             "--gdb",
             "--timeout",
+            "--guest",
+            "--append",
+            "--guest-mem",
+            "--no-build",
         ] {
             assert!(run.contains(&format!("\n  {option} ")), "{option}: {run}");
         }

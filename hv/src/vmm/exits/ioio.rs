@@ -1,8 +1,12 @@
-//! Port I/O. Guests reach no host device: console output on COM1's data
-//! port and the debugcon port 0xE9 goes to the host console with a prefix,
-//! COM1's line status reads "ready", and everything else (isa-debug-exit
-//! included) is dropped, reads returning all ones like an empty bus.
-//! EXITINFO2 holds the next RIP (APM Vol. 2, 15.10.2), NRIP or not.
+//! Port I/O. Guests reach no host device. A VM with a platform
+//! ([`Vm::devices`], an external guest) has its accesses routed to
+//! [`svm::devices::PortBus`]: COM1 bytes go to the host console verbatim,
+//! a write to the exit device ends the run. A self-test VM has none: console
+//! output on COM1's data port and the debugcon port 0xE9 goes to the host
+//! console with a prefix, COM1's line status reads "ready", and everything
+//! else (isa-debug-exit included) is dropped, reads returning all ones like
+//! an empty bus. EXITINFO2 holds the next RIP (APM Vol. 2, 15.10.2), NRIP
+//! or not.
 
 use super::{Action, Stop};
 use crate::vmm::enable::HostCpu;
@@ -29,8 +33,26 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         _ => 0xffff_ffff,
     };
     if io.string || io.rep {
-        // No guest device needs string I/O: drop it whole.
+        // No guest device needs string I/O: drop it whole. (INS/OUTS would
+        // need the address size, which TCG leaves out of EXITINFO1, and a
+        // walk of the running level's page tables.)
         vcpu.blocked_io += 1;
+    } else if let Some(bus) = vm.devices.as_mut() {
+        match io.direction {
+            IoDirection::In => {
+                let value = bus.read(io.port, io.size);
+                set_al(vcpu, u64::from(value), size_mask);
+            }
+            IoDirection::Out => {
+                let effect = bus.write(io.port, io.size, vcpu.vmcb.state.rax as u32);
+                if let Some(byte) = effect.output {
+                    crate::console::write_raw(byte);
+                }
+                if let Some(status) = effect.exit {
+                    return Action::Stop(Stop::ExitDevice(status));
+                }
+            }
+        }
     } else {
         match (io.direction, io.port) {
             (IoDirection::Out, COM1_DATA | DEBUGCON) if io.size == 1 => {
