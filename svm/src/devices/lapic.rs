@@ -101,6 +101,11 @@ pub const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 /// SPIV: APIC software enable.
 pub const SPIV_ENABLE: u32 = 1 << 8;
 
+/// Shortest period of a periodic timer (KVM's `min_timer_period_us`):
+/// a faster one (kvm-unit-tests arms 1 µs) would raise its interrupt again
+/// at every entry, before the guest's handler could return.
+pub const MIN_PERIOD_NS: u64 = 200_000;
+
 /// ESR: send illegal vector.
 const ESR_SEND_ILLEGAL: u32 = 1 << 5;
 /// ESR: received illegal vector.
@@ -410,7 +415,12 @@ impl Lapic {
     }
 
     fn period_ns(&self) -> u64 {
-        u64::from(self.timer.initial) * self.divisor()
+        let period = u64::from(self.timer.initial) * self.divisor();
+        if self.periodic() {
+            period.max(MIN_PERIOD_NS)
+        } else {
+            period
+        }
     }
 
     fn periodic(&self) -> bool {

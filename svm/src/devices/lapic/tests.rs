@@ -143,20 +143,33 @@ fn periodic_timer_rearms() {
     let mut a = enabled();
     a.mmio_write(reg::TDCR as u64, 4, 0xB, 0);
     a.mmio_write(reg::LVTT as u64, 4, u64::from(0x40 | LVT_TIMER_PERIODIC), 0);
-    a.mmio_write(reg::TMICT as u64, 4, 1000, 0);
-    a.advance(1000);
+    a.mmio_write(reg::TMICT as u64, 4, 1_000_000, 0);
+    a.advance(1_000_000);
     assert_eq!(a.pending_vector(), Some(0x40));
     a.ack(0x40);
     a.eoi();
-    assert_eq!(a.next_deadline(), Some(2000));
+    assert_eq!(a.next_deadline(), Some(2_000_000));
     // Several periods missed: one interrupt, the phase kept.
-    a.advance(4500);
+    a.advance(4_500_000);
     assert_eq!(a.pending_vector(), Some(0x40));
-    assert_eq!(a.next_deadline(), Some(5000));
-    assert_eq!(a.mmio_read(reg::TMCCT as u64, 4, 4700), 300);
+    assert_eq!(a.next_deadline(), Some(5_000_000));
+    assert_eq!(a.mmio_read(reg::TMCCT as u64, 4, 4_700_000), 300_000);
     // TMICT 0 stops it.
-    a.mmio_write(reg::TMICT as u64, 4, 0, 4800);
+    a.mmio_write(reg::TMICT as u64, 4, 0, 4_800_000);
     assert_eq!(a.next_deadline(), None);
+}
+
+#[test]
+fn periodic_timer_has_a_minimum_period() {
+    let mut a = enabled();
+    a.mmio_write(reg::TDCR as u64, 4, 0xB, 0);
+    a.mmio_write(reg::LVTT as u64, 4, u64::from(0x40 | LVT_TIMER_PERIODIC), 0);
+    a.mmio_write(reg::TMICT as u64, 4, 1000, 0);
+    assert_eq!(a.next_deadline(), Some(MIN_PERIOD_NS));
+    // A one-shot is not limited.
+    a.mmio_write(reg::LVTT as u64, 4, 0x40, 0);
+    a.mmio_write(reg::TMICT as u64, 4, 1000, 0);
+    assert_eq!(a.next_deadline(), Some(1000));
 }
 
 #[test]
