@@ -34,8 +34,10 @@ pub enum IrqAction {
     Wait,
     /// Into EVENTINJ of the running guest now (external interrupt).
     Inject,
-    /// L1 runs with IF clear or in a shadow: V_IRQ with the VINTR
-    /// intercept, so the CPU exits as soon as L1 could take it.
+    /// The running guest's IF, interrupt shadow or EVENTINJ holds it:
+    /// V_IRQ with the VINTR intercept, so the CPU exits as soon as the
+    /// guest could take it (for L2 only where L1 leaves V_IRQ and VINTR
+    /// free: the caller checks).
     OpenWindow,
     /// End L2's run with #VMEXIT(INTR) to L1 (the interrupt stays pending
     /// for L1).
@@ -48,19 +50,20 @@ pub fn irq_action(w: &IrqWindow) -> IrqAction {
         return IrqAction::Wait;
     }
     if w.in_l2 {
-        // With V_INTR_MASKING the interrupt is masked by L1's IF, else by
-        // L2's; the #VMEXIT(INTR) ignores L2's shadow and EVENTINJ.
-        let masked = if w.l1_v_intr_masking {
-            !w.l1_if
-        } else {
-            !w.guest_if
-        };
-        return if masked {
-            IrqAction::Wait
-        } else if w.l1_intercepts_intr {
+        // With V_INTR_MASKING the interrupt is masked by L1's IF (saved at
+        // VMRUN: it cannot change while L2 runs), else by L2's; the
+        // #VMEXIT(INTR) ignores L2's shadow and EVENTINJ.
+        if w.l1_v_intr_masking {
+            if !w.l1_if {
+                return IrqAction::Wait;
+            }
+        } else if !w.guest_if {
+            return IrqAction::OpenWindow;
+        }
+        return if w.l1_intercepts_intr {
             IrqAction::ExitToL1
         } else if w.shadow || w.event_pending {
-            IrqAction::Wait
+            IrqAction::OpenWindow
         } else {
             // Not intercepted: taken through L2's IDT, as the CPU does.
             IrqAction::Inject
@@ -142,12 +145,18 @@ mod tests {
         let l1_cli = IrqWindow { l1_if: false, ..L2 };
         assert_eq!(irq_action(&l1_cli), IrqAction::Wait);
         assert!(halt_can_wake(&l2_cli));
-        // Without V_INTR_MASKING, L2's IF masks it.
+        // Without V_INTR_MASKING, L2's IF masks it: wait for L2's STI.
         let plain = IrqWindow {
             l1_v_intr_masking: false,
             ..l2_cli
         };
-        assert_eq!(irq_action(&plain), IrqAction::Wait);
+        assert_eq!(irq_action(&plain), IrqAction::OpenWindow);
+        assert!(!halt_can_wake(&plain));
+        let plain_sti = IrqWindow {
+            guest_if: true,
+            ..plain
+        };
+        assert_eq!(irq_action(&plain_sti), IrqAction::ExitToL1);
         // Not intercepted: into L2 when its window is open.
         let direct = IrqWindow {
             l1_intercepts_intr: false,
@@ -158,6 +167,6 @@ mod tests {
             shadow: true,
             ..direct
         };
-        assert_eq!(irq_action(&direct_sti), IrqAction::Wait);
+        assert_eq!(irq_action(&direct_sti), IrqAction::OpenWindow);
     }
 }

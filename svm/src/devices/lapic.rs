@@ -12,9 +12,11 @@
 //! The kernel asks [`Lapic::pending_vector`] for the highest interrupt the
 //! CPU can take, injects it and calls [`Lapic::ack`]; [`Lapic::take_nmi`]
 //! gives a pending NMI. What is not modelled, on purpose:
-//! - SMI (ICR delivery mode 010): absorbed and counted. The APM (Vol. 2,
-//!   10.1) leaves SMM to the platform; L0 offers no SMM to its guests, so
-//!   an SMI has nowhere to go (KVM without SMM support drops it as well).
+//! - SMI (ICR delivery mode 010): held until GIF allows, then it ends L2's
+//!   run with #VMEXIT(SMI) if L1 intercepts SMI, and is otherwise dropped
+//!   (counted). L0 offers no SMM to its guests (the APM, Vol. 2 ch. 10,
+//!   leaves SMM to the platform), so an SMI that reaches the guest has
+//!   nowhere to go; KVM built without SMM drops it as well.
 //! - INIT and STARTUP to this CPU: ignored and counted (SMP comes later).
 //! - IPIs to other CPUs: there are none (one vCPU); recorded and dropped.
 
@@ -201,6 +203,7 @@ pub struct Lapic {
     tdcr: u32,
     timer: Timer,
     nmi_pending: bool,
+    smi_pending: bool,
     /// What became of IPIs that did not reach this CPU's IRR.
     pub stats: IpiStats,
 }
@@ -229,6 +232,7 @@ impl Lapic {
             tdcr: 0,
             timer: Timer::default(),
             nmi_pending: false,
+            smi_pending: false,
             stats: IpiStats::default(),
         };
         a.reset_registers();
@@ -253,6 +257,7 @@ impl Lapic {
         self.tdcr = 0;
         self.timer = Timer::default();
         self.nmi_pending = false;
+        self.smi_pending = false;
     }
 
     /// Sets MAXPHYADDR (the guest's CPUID), for the base's reserved bits.
@@ -395,6 +400,18 @@ impl Lapic {
     /// A pending NMI (from an ICR with delivery mode NMI), taken.
     pub fn take_nmi(&mut self) -> bool {
         core::mem::take(&mut self.nmi_pending)
+    }
+
+    /// A pending SMI, taken. L0 has no SMM for its guests: the caller ends
+    /// L2's run with #VMEXIT(SMI) when L1 intercepts SMI (APM 15.13.3),
+    /// and otherwise drops it.
+    pub fn take_smi(&mut self) -> bool {
+        core::mem::take(&mut self.smi_pending)
+    }
+
+    /// Whether an SMI waits (for GIF).
+    pub fn smi_pending(&self) -> bool {
+        self.smi_pending
     }
 
     /// Whether an NMI waits.
@@ -652,7 +669,10 @@ impl Lapic {
         }
         match mode {
             0 | 1 => self.self_ipi(vector),
-            2 => self.stats.smi += 1,
+            2 => {
+                self.stats.smi += 1;
+                self.smi_pending = true;
+            }
             4 => self.nmi_pending = true,
             5 | 6 => self.stats.init_sipi += 1,
             // Reserved delivery modes: nothing is sent.

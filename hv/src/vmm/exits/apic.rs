@@ -234,6 +234,20 @@ pub fn before_entry(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             vcpu.lapic.set_tpr(v_tpr << 4);
         }
     }
+    if vcpu.lapic.smi_pending() && vcpu.nested.gif && vcpu.lapic.take_smi() {
+        let l1_smi =
+            vcpu.nested.l2.as_ref().is_some_and(|l2| {
+                l2.vmcb12.control.intercept_misc1 & InterceptMisc1::SMI.bits() != 0
+            });
+        if l1_smi {
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = 0;
+            c.exit_info2 = 0;
+            c.exit_int_info = 0;
+            return nested::vmexit::reflect(vcpu, vm, host, ExitCode::Smi);
+        }
+        log::debug!("vm {}: SMI dropped (no SMM)", vm.name);
+    }
     let Some(vector) = vcpu.lapic.pending_vector() else {
         return Action::Resume;
     };
@@ -243,6 +257,9 @@ pub fn before_entry(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             vcpu.vmcb.control.event_inj = EventInfo::external_interrupt(vector).0;
             vcpu.lapic.ack(vector);
         }
+        // L2's V_IRQ and VINTR exits are L1's when it uses them: then the
+        // interrupt waits for the next exit.
+        IrqAction::OpenWindow if l1_uses_vintr(vcpu) => {}
         IrqAction::OpenWindow => {
             let c = &mut vcpu.vmcb.control;
             let int_ctl = IntCtl::from_bits_retain(c.int_ctl) | IntCtl::V_IRQ | IntCtl::V_IGN_TPR;
@@ -262,6 +279,16 @@ pub fn before_entry(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         }
     }
     Action::Resume
+}
+
+/// Whether L2 runs with L1's own virtual interrupt (V_IRQ) or VINTR
+/// intercept, which L0's window must not touch.
+fn l1_uses_vintr(vcpu: &Vcpu) -> bool {
+    vcpu.nested.l2.as_ref().is_some_and(|l2| {
+        let c = &l2.vmcb12.control;
+        c.intercept_misc1 & InterceptMisc1::VINTR.bits() != 0
+            || vcpu.vmcb.control.int_ctl & IntCtl::V_IRQ.bits() != 0
+    })
 }
 
 /// After each exit: the VINTR window L0 opened is closed again (its V_IRQ

@@ -201,6 +201,8 @@ fn self_ipi_nmi_smi_init_and_others() {
     // SMI to self: absorbed.
     a.mmio_write(reg::ICR as u64, 4, (1 << 18) | (2 << 8), 0);
     assert_eq!(a.stats.smi, 1);
+    assert!(a.take_smi());
+    assert!(!a.smi_pending());
     // INIT to self: ignored.
     a.mmio_write(reg::ICR as u64, 4, (1 << 18) | (5 << 8) | (1 << 14), 0);
     assert_eq!(a.stats.init_sipi, 1);
