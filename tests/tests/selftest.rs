@@ -138,6 +138,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_dr0_3_writes_armed",
     "nested::l2_lapic_mmio",
     "nested::l2_lapic_timer_exits_to_l1",
+    "nested::l2_lapic_intr_waits_for_l2_sti",
+    "nested::l2_lapic_smi_exits_to_l1",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -32,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 71] = [
+pub static CASES: [Case; 73] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -140,4 +140,6 @@ pub static CASES: [Case; 71] = [
     // ISSUE 10 items 4-5: L1's local APIC from L2 (MMIO, timer -> INTR).
     case("nested::l2_lapic_mmio"),
     case("nested::l2_lapic_timer_exits_to_l1"),
+    case("nested::l2_lapic_intr_waits_for_l2_sti"),
+    case("nested::l2_lapic_smi_exits_to_l1"),
 ];

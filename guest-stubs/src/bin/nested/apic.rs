@@ -59,3 +59,41 @@ pub fn l2_lapic_timer_exits_to_l1() {
     check!(lapic::bit(0x100, 0x40), "0x40 in service in L1's APIC");
     write(0xB0, 0);
 }
+
+/// Without V_INTR_MASKING, L2's IF masks L1's pending interrupt (a
+/// self-IPI): L2 runs with IF clear until its STI, and the #VMEXIT(INTR)
+/// comes right after the STI's shadow (an interrupt window L0 opens in
+/// L2, as in kvm-unit-tests' svm_intr_intercept_mix_if).
+pub fn l2_lapic_intr_waits_for_l2_sti() {
+    lapic::map();
+    lapic::enable();
+    let mut regs = setup(Task::StiThenYield, 0);
+    let v = l1::vmcb();
+    v.control.intercept_misc1 |= InterceptMisc1::INTR.bits();
+    v.control.int_ctl &= !svm::IntCtl::V_INTR_MASKING.bits();
+    v.state.rflags &= !(1 << 9);
+    let before = interrupts_taken(0x55);
+    write(0x300, (1 << 18) | 0x55);
+    let (_, code) = l1::run(&mut regs);
+    check_eq!(ExitCode::from_raw(code), ExitCode::Intr, "L2's exit");
+    check_eq!(l2::result(1), 1, "L2 ran with IF clear");
+    check_eq!(l2::result(0), 0, "L2 went on after its STI");
+    check_eq!(interrupts_taken(0x55), before, "0x55 in L1 with IF clear");
+    lapic::sti_nop_cli();
+    check_eq!(interrupts_taken(0x55), before + 1, "0x55 in L1 after STI");
+    write(0xB0, 0);
+}
+
+/// L2's self-SMI ends its run with #VMEXIT(SMI) when L1 intercepts SMI;
+/// without the intercept it is dropped (no SMM) and L2 goes on.
+pub fn l2_lapic_smi_exits_to_l1() {
+    lapic::map();
+    lapic::enable();
+    let mut regs = setup(Task::ApicSelfSmi, 0);
+    l1::vmcb().control.intercept_misc1 |= InterceptMisc1::SMI.bits();
+    run_expect(&mut regs, ExitCode::Smi);
+    check_eq!(l2::result(0), 0, "L2 went on after its SMI");
+    let mut regs = setup(Task::ApicSelfSmi, 0);
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(l2::result(0), 1, "L2 after an SMI L1 does not intercept");
+}

@@ -88,6 +88,10 @@ pub enum Task {
     /// ADD to the APIC page's TPR (#UD: L0 does not emulate it), R0 := 1,
     /// yield.
     ApicAdd,
+    /// R1 := 1 (IF clear), STI; NOP, R0 := 1, yield.
+    StiThenYield,
+    /// A self-SMI through the APIC page's ICR, R0 := 1, yield.
+    ApicSelfSmi,
 }
 
 /// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
@@ -330,6 +334,16 @@ pub extern "C" fn entry() -> ! {
             unsafe {
                 asm!("add dword ptr [rax], 1", in("rax") guest_stubs::lapic::BASE + 0x80, options(nostack))
             };
+            put(0, 1);
+        }
+        x if x == Task::StiThenYield as u64 => {
+            put(1, 1);
+            // SAFETY: L1 decides where the interrupt goes (an exit).
+            unsafe { asm!("sti", "nop", options(nomem, nostack)) };
+            put(0, 1);
+        }
+        x if x == Task::ApicSelfSmi as u64 => {
+            guest_stubs::lapic::write(0x300, (1 << 18) | (2 << 8));
             put(0, 1);
         }
         x if x == Task::UnbackedWalk as u64 => {

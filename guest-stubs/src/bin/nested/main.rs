@@ -143,6 +143,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_dr0_3_writes_armed" => hardening::l2_dr0_3_writes_armed(),
         "nested::l2_lapic_mmio" => apic::l2_lapic_mmio(),
         "nested::l2_lapic_timer_exits_to_l1" => apic::l2_lapic_timer_exits_to_l1(),
+        "nested::l2_lapic_intr_waits_for_l2_sti" => apic::l2_lapic_intr_waits_for_l2_sti(),
+        "nested::l2_lapic_smi_exits_to_l1" => apic::l2_lapic_smi_exits_to_l1(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
