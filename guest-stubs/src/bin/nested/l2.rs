@@ -83,7 +83,7 @@ pub enum Task {
     /// 1, yield.
     UnbackedWalk,
     /// L1's xAPIC page (L1 mapped it): version → R0, ID → R1, TPR := 0x20,
-    /// TPR → R2, TPR := 0; yield.
+    /// TPR → R2; yield (TPR stays 0x20).
     ApicMmio,
     /// ADD to the APIC page's TPR (#UD: L0 does not emulate it), R0 := 1,
     /// yield.
@@ -327,7 +327,6 @@ pub extern "C" fn entry() -> ! {
             put(1, u64::from(read(0x20)));
             write(0x80, 0x20);
             put(2, u64::from(read(0x80)));
-            write(0x80, 0);
         }
         x if x == Task::ApicAdd as u64 => {
             // SAFETY: the APIC page; the #UD goes to L1 (it intercepts it).

@@ -91,11 +91,13 @@ fn after_write(vcpu: &mut Vcpu, vm: &mut Vm) {
     if vcpu.lapic.take_nmi() {
         vcpu.nmi.queue();
     }
-    if !vcpu.nested.in_l2() {
-        let c = &mut vcpu.vmcb.control;
-        let tpr = u64::from(vcpu.lapic.tpr() >> 4);
-        c.int_ctl = (c.int_ctl & !0xF) | tpr;
-    }
+    // L1's V_TPR: in hsave while L2 runs (restored at the nested exit).
+    let c = match vcpu.nested.in_l2() {
+        true => &mut vcpu.nested.hsave.control,
+        false => &mut vcpu.vmcb.control,
+    };
+    let tpr = u64::from(vcpu.lapic.tpr() >> 4);
+    c.int_ctl = (c.int_ctl & !0xF) | tpr;
 }
 
 /// Whether a nested page fault at `gpa` is an MMIO page's.
