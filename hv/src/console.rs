@@ -17,10 +17,11 @@ struct Console {
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
+            // Raw sends: the driver's `send` would add a second CR.
             if b == b'\n' {
-                self.serial.send(b'\r');
+                self.serial.send_raw(b'\r');
             }
-            self.serial.send(b);
+            self.serial.send_raw(b);
             // SAFETY: port 0xE9 is a write-only debug sink; elsewhere writes are ignored.
             unsafe { self.debugcon.write(b) };
         }
@@ -112,6 +113,9 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            // A guest's unfinished line (external guests) is ended first,
+            // so the log line stands on its own.
+            end_raw_line();
             write_fmt(format_args!("[{:<5}] {}\n", record.level(), record.args()));
         }
     }

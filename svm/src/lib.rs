@@ -35,6 +35,7 @@ pub mod intercept;
 pub mod iopm;
 pub mod irq;
 pub mod msr;
+pub mod msr_table;
 pub mod msrpm;
 pub mod multiboot;
 pub mod nested;

@@ -57,10 +57,15 @@ fn panic_is_reported_and_fails() {
 
 #[test]
 fn unknown_command_line_words_are_warned_about() {
-    let boot = boot_direct(&["tests=none", "frob", "colour=blue"]);
+    // Words after `--` are a guest's: the kernel never reads them.
+    let boot = boot_direct(&["tests=none", "frob", "colour=blue", "--", "guestword"]);
+    assert!(
+        !boot.serial.contains("guestword"),
+        "a guest's word was read as the kernel's"
+    );
     for word in ["frob", "colour=blue"] {
         let warning = format!(
-            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=)"
+            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=)"
         );
         assert!(
             boot.lines().any(|l| l == warning),
@@ -229,17 +234,30 @@ fn a_multiboot_guest_runs_with_its_command_line_and_exit_status() {
         "serial output above"
     );
     assert!(serial.starts_with("hv: running guest mb.bin (Multiboot, 64 MiB, entry 0x100020)"));
+    // Where the time went: the exits by reason, port I/O the most here.
+    assert!(serial.contains("\nhv: exits: Ioio "), "serial output above");
     // Quiet: no banner, no self-tests.
     assert!(!serial.contains("boot: pvh") && !serial.contains("passed"));
 }
 
 #[test]
 fn a_guest_that_dies_ends_with_its_own_status_and_a_report() {
-    // UD2 with no IDT: #UD, then #GP on the empty IDT, then a triple fault.
-    let (status, serial) = boot_guest("ud2.bin", &multiboot_image(&[0x0f, 0x0b]), "");
+    // "x" without a newline, then UD2 with no IDT: #UD, then #GP on the
+    // empty IDT, then a triple fault.
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', 0xee, // mov al, 'x'; out dx, al
+        0x0f, 0x0b, // ud2
+    ];
+    let (status, serial) = boot_guest("ud2.bin", &multiboot_image(&code), "");
     assert_eq!(
         status,
         Some(xtask::guest::GUEST_DIED_STATUS),
+        "serial output above"
+    );
+    // The hypervisor's report starts on a line of its own.
+    assert!(
+        serial.contains("x\r\n[WARN ] vm ud2.bin: stopped: triple fault (shutdown); rip 0x100027"),
         "serial output above"
     );
     assert!(
@@ -264,4 +282,69 @@ fn a_malformed_guest_image_is_refused_before_it_runs() {
         "serial output above"
     );
     assert!(!serial.contains("hv: running guest"));
+}
+
+#[test]
+fn an_elf64_guest_runs_with_its_verdict_as_the_exit_status() {
+    // The guest stubs, which building the kernel builds (hv/build.rs).
+    kernel();
+    let stub =
+        xtask::workspace::root().join("target/guest-stubs/x86_64-unknown-none/release/guest");
+    let image = std::fs::read(&stub).unwrap_or_else(|e| panic!("{}: {e}", stub.display()));
+    // The command line is the stub's test name; HC_DONE(pass) is status 1.
+    let (status, serial) = boot_guest("guest", &image, "guest::console");
+    assert_eq!(status, Some(1), "serial output above");
+    assert!(
+        serial.contains("\nhello from the guest console\n"),
+        "serial output above"
+    );
+    assert!(serial.contains("hv: running guest guest (ELF64, 64 MiB"));
+    // A failure report is status 3, as kvm-unit-tests' failures.
+    let (status, serial) = boot_guest("guest", &image, "no_such_test");
+    assert_eq!(status, Some(3), "serial output above");
+    assert!(
+        serial.contains("reported failure after"),
+        "serial output above"
+    );
+}
+
+/// REP INSB of fw_cfg's signature (key 0) into memory at 2 MiB, then REP
+/// OUTSB of it to COM1 and a newline; REP INSB of 5000 bytes from an
+/// unassigned port; exit code 7 + the ECX left (0) + (last byte ^ 0xFF).
+const MB_STRING_IO: &[u8] = &[
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510
+    0x31, 0xc0, // xor eax, eax
+    0x66, 0xef, // out dx, ax (select the signature)
+    0x42, // inc edx (0x511)
+    0xbf, 0x00, 0x00, 0x20, 0x00, // mov edi, 0x200000
+    0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
+    0xfc, // cld
+    0xf3, 0x6c, // rep insb
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xbe, 0x00, 0x00, 0x20, 0x00, // mov esi, 0x200000
+    0xb9, 0x04, 0x00, 0x00, 0x00, // mov ecx, 4
+    0xf3, 0x6e, // rep outsb
+    0xb0, 0x0a, 0xee, // mov al, 10; out dx, al
+    // 5000 bytes from an unassigned port: more than one exit's worth.
+    0x66, 0xba, 0xd0, 0x04, // mov dx, 0x4d0
+    0xbf, 0x00, 0x00, 0x30, 0x00, // mov edi, 0x300000
+    0xb9, 0x88, 0x13, 0x00, 0x00, // mov ecx, 5000
+    0xf3, 0x6c, // rep insb
+    0x0f, 0xb6, 0x05, 0x87, 0x13, 0x30, 0x00, // movzx eax, byte [0x301387] (the last)
+    0x35, 0xff, 0x00, 0x00, 0x00, // xor eax, 0xff (0 when all-ones was read)
+    0x01, 0xc1, // add ecx, eax
+    0x8d, 0x41, 0x07, // lea eax, [ecx + 7]
+    0x66, 0xba, 0xf4, 0x00, // mov dx, 0xf4
+    0xef, 0xf4, // out dx, eax; hlt
+];
+
+#[test]
+fn a_guest_s_string_io_reaches_the_devices() {
+    let (status, serial) = boot_guest("strio.bin", &multiboot_image(MB_STRING_IO), "");
+    assert!(
+        serial.contains("\nQEMU\nhv: guest strio.bin wrote 7"),
+        "serial output above"
+    );
+    // (7 << 1) | 1: REP ran ECX down to 0.
+    assert_eq!(status, Some(15), "serial output above");
 }

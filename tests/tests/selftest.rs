@@ -38,6 +38,8 @@ const GUEST_TESTS: &[&str] = &[
     "guest::lapic_tpr_eoi",
     "guest::x2apic_self_ipi",
     "guest::lapic_mmio_unemulated_ud",
+    "guest::msr_sweep",
+    "guest::amd_cpuid",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -140,6 +142,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_lapic_timer_exits_to_l1",
     "nested::l2_lapic_intr_waits_for_l2_sti",
     "nested::l2_lapic_smi_exits_to_l1",
+    "nested::l2_msr_sweep",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

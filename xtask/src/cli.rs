@@ -21,13 +21,18 @@ commands:
   fuzz    the hostile-L1 fuzzer under QEMU TCG (release kernel): histogram, failures,
           `fuzz: N iterations, seed S: K hypervisor failures`; fails when K > 0 or
           QEMU died
+  kut     kvm-unit-tests' SVM suite (x86/svm.flat, x86/svm_npt.flat of a built
+          tree), one VM per subtest under our hypervisor (and bare QEMU TCG with
+          --compare): `name  ours  qemu` per subtest (PASS, FAIL, SKIP, TIMEOUT,
+          CRASH), totals, wall time. Fails when a subtest crashed or timed out
+          under ours, or nothing ran (no tree: it says how to get one)
   mutants apply each mutation of xtask/mutants.txt to a scratch copy and run the guest
           self-tests it names (TCG, direct boot); every one must be killed.
           `mutants --list` lists them; `mutants NAME...` runs those only
 
 options (each says which commands take it; `cargo xtask <command> --help`
 shows one command's):
-  --release                 build, run, image, test: optimized kernel
+  --release                 build, run, image, test, kut: optimized kernel
   --boot limine|direct      run: through Limine (default when available) or
                             QEMU's direct PVH boot
   --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
@@ -46,8 +51,17 @@ shows one command's):
   --no-build                run: boot the kernel built last (no cargo build)
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
-  --list                    mutants: list the mutations, run none
+  --list                    mutants, kut: list the mutations or subtests, run none
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
+  --kut-dir DIR             kut: the built kvm-unit-tests tree (else KUT_DIR)
+  --only REGEX              kut: subtests whose name (spaces as _) matches;
+                            reg_corruption runs only when REGEX contains its name
+  --compare                 kut: also run each subtest under bare QEMU TCG
+  --smp N                   kut: CPUs of the bare QEMU VM (default 1; the
+                            hypervisor runs a guest on one vCPU)
+  --mem MiB                 kut: RAM of the VM, even, 2-2048 (default 256)
+  --verbose                 kut: print the output of runs that failed
+  --timeout SECS            kut: kill a run after SECS seconds (default 120)
   --seed S                  fuzz: seed (default: from the clock, printed)
   --iterations N            fuzz: iterations (default 10000)
   --minutes M               fuzz: stop after M minutes
@@ -69,6 +83,7 @@ command line), 124 (--timeout), 126 (xtask failed: build, QEMU not started)
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
   XTASK_VERBOSE=1           print every command before running it
+  KUT_DIR=DIR               kut: the built kvm-unit-tests tree
 ";
 
 /// A parsed command.
@@ -93,6 +108,7 @@ pub enum Task {
     Lint,
     Bench,
     Fuzz(crate::tasks::fuzz::FuzzArgs),
+    Kut(crate::tasks::kut::KutArgs),
     Mutants {
         list: bool,
         names: Vec<String>,
@@ -147,8 +163,8 @@ impl RunArgs {
 }
 
 /// The commands, in the order of [`USAGE`].
-pub const COMMANDS: [&str; 8] = [
-    "build", "run", "image", "test", "lint", "bench", "fuzz", "mutants",
+pub const COMMANDS: [&str; 9] = [
+    "build", "run", "image", "test", "lint", "bench", "fuzz", "kut", "mutants",
 ];
 
 /// One command's usage, cut from [`USAGE`] so there is one text to keep
@@ -285,6 +301,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "lint" => Task::Lint,
         "bench" => Task::Bench,
         "fuzz" => Task::Fuzz(parse_fuzz(&mut options)?),
+        "kut" => Task::Kut(parse_kut(&mut options)?),
         "mutants" => Task::Mutants {
             list: options.flag("--list"),
             names: options.positional(),
@@ -353,6 +370,33 @@ fn parse_seconds(word: &str) -> std::result::Result<Duration, &'static str> {
     match word.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
         _ => Err("a positive number of seconds"),
+    }
+}
+
+fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
+    let defaults = crate::tasks::kut::KutArgs::default();
+    Ok(crate::tasks::kut::KutArgs {
+        kut_dir: options.value("--kut-dir", |w| Ok(std::path::PathBuf::from(w)))?,
+        // Compiled (and a bad one refused, exit 2) before anything runs.
+        only: options.value("--only", |w| Ok(w.to_string()))?,
+        list: options.flag("--list"),
+        compare: options.flag("--compare"),
+        timeout: options
+            .value("--timeout", parse_seconds)?
+            .unwrap_or(defaults.timeout),
+        smp: options.value("--smp", parse_count)?.unwrap_or(defaults.smp),
+        mem_mib: options
+            .value("--mem", parse_count)?
+            .unwrap_or(defaults.mem_mib),
+        verbose: options.flag("--verbose"),
+        release: options.flag("--release"),
+    })
+}
+
+fn parse_count(word: &str) -> std::result::Result<u32, &'static str> {
+    match word.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a positive integer"),
     }
 }
 
@@ -605,6 +649,39 @@ mod tests {
         assert!(parse_words("fuzz --iterations").is_err());
         assert!(parse_words("fuzz --release").is_err());
         assert!(parse_words("fuzz -- x").is_err());
+    }
+
+    #[test]
+    fn kut_takes_its_options() {
+        use crate::tasks::kut::KutArgs;
+        assert_eq!(parse_words("kut").unwrap(), Task::Kut(KutArgs::default()));
+        assert_eq!(
+            parse_words(
+                "kut --kut-dir /k --only ^npt --compare --timeout 30 --smp 2 --mem=4096 \
+                 --verbose --release --list"
+            )
+            .unwrap(),
+            Task::Kut(KutArgs {
+                kut_dir: Some("/k".into()),
+                only: Some("^npt".into()),
+                compare: true,
+                list: true,
+                timeout: Duration::from_secs(30),
+                smp: 2,
+                mem_mib: 4096,
+                verbose: true,
+                release: true,
+            })
+        );
+        for line in [
+            "kut --smp 0",
+            "kut --mem x",
+            "kut --timeout 0",
+            "kut --gdb",
+            "kut -- x",
+        ] {
+            assert_eq!(parse_words(line).expect_err(line).exit_code(), 2, "{line}");
+        }
     }
 
     #[test]

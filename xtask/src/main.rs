@@ -62,6 +62,7 @@ fn execute(task: Task) -> Result<bool> {
         Task::Lint => return tasks::lint::lint(),
         Task::Bench => tasks::bench::bench()?,
         Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),
+        Task::Kut(args) => return tasks::kut::kut(&args),
         Task::Mutants { list, names } => return tasks::mutants::mutants(list, &names),
         Task::Run(args) => {
             let verdict = tasks::run::run(&args)?;

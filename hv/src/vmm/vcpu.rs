@@ -47,6 +47,9 @@ pub struct Vcpu {
     pub lapic: svm::devices::lapic::Lapic,
     /// L0 opened an interrupt window (V_IRQ + VINTR) for the APIC.
     pub apic_window: bool,
+    /// The value-store MSRs (DEBUGCTL, MTRRs, PMU, HWCR; `svm::msr_table`),
+    /// shared by L1 and its L2s.
+    pub msrs: svm::msr_table::MsrStore,
 }
 
 impl Vcpu {
@@ -69,6 +72,7 @@ impl Vcpu {
             db: [0; 4],
             lapic: exits::apic::new_lapic(),
             apic_window: false,
+            msrs: svm::msr_table::MsrStore::default(),
         })
     }
 

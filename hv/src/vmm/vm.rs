@@ -213,7 +213,7 @@ impl Vm {
 fn l1_limits(nested_svm: bool) -> L1Limits {
     let policy = GuestCpuidPolicy {
         svm: nested_svm,
-        tsc_khz: 0,
+        ..GuestCpuidPolicy::default()
     };
     let cpuid = L1Cpuid::read(|leaf, subleaf| {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);

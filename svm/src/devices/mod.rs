@@ -12,6 +12,7 @@ pub mod fw_cfg;
 pub mod lapic;
 pub mod pic;
 pub mod serial;
+pub mod string_io;
 pub mod unassigned;
 
 pub use bus::PortBus;

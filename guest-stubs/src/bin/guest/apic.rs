@@ -175,6 +175,10 @@ pub fn tpr_eoi(_: &StartParams) {
 /// held until STI, the x2APIC #GP rules; x2APIC -> xAPIC is #GP,
 /// x2APIC -> disabled -> xAPIC resets the APIC.
 pub fn x2apic_self_ipi(_: &StartParams) {
+    check!(
+        guest_stubs::cpu::cpuid(1, 0)[2] & (1 << 21) != 0,
+        "CPUID.1:ECX.x2APIC clear"
+    );
     lapic::map();
     let base = rdmsr(MSR_APIC_BASE);
     check_eq!(base, RESET_BASE, "IA32_APIC_BASE");

@@ -92,6 +92,9 @@ pub enum Task {
     StiThenYield,
     /// A self-SMI through the APIC page's ICR, R0 := 1, yield.
     ApicSelfSmi,
+    /// RDMSR every index of the MSRPM ranges, compare with L1's view,
+    /// write back (`crate::msrs`), yield.
+    MsrSweep,
 }
 
 /// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
@@ -350,6 +353,7 @@ pub extern "C" fn entry() -> ! {
             unsafe { core::ptr::read_volatile(input as *const u64) };
             put(0, 1);
         }
+        x if x == Task::MsrSweep as u64 => crate::msrs::l2_side(put),
         _ => {}
     }
     loop {

@@ -29,52 +29,28 @@ fn now() -> u64 {
     crate::time::now_ns()
 }
 
-/// RDMSR/WRMSR of IA32_APIC_BASE or an x2APIC MSR: `None` for any other
-/// MSR. A refused access is #GP(0) in the guest that ran it.
-pub fn msr(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Option<Action> {
-    let msr = vcpu.regs.rcx as u32;
-    let is_apic =
-        msr == lapic::MSR_APIC_BASE || (lapic::X2APIC_FIRST..=lapic::X2APIC_LAST).contains(&msr);
-    if !is_apic {
-        return None;
+/// RDMSR of IA32_APIC_BASE or an x2APIC MSR (exits::msr's table sends
+/// them here); `None` is #GP(0).
+pub fn msr_read(vcpu: &mut Vcpu, msr: u32) -> Option<u64> {
+    if msr == lapic::MSR_APIC_BASE {
+        return Some(vcpu.lapic.base_msr());
     }
-    let write = vcpu.vmcb.control.exit_info1 & 1 != 0;
+    vcpu.lapic.read_msr(msr, now()).ok()
+}
+
+/// WRMSR of IA32_APIC_BASE or an x2APIC MSR; `false` is #GP(0).
+pub fn msr_write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     let a = &mut vcpu.lapic;
-    let ok = if write {
-        let value = (vcpu.vmcb.state.rax & 0xffff_ffff) | (vcpu.regs.rdx << 32);
-        if msr == lapic::MSR_APIC_BASE {
-            a.set_max_phys_bits(vm.l1_limits.max_phys_bits);
-            a.write_base_msr(value).is_ok()
-        } else {
-            a.write_msr(msr, value, now()).is_ok()
-        }
+    let ok = if msr == lapic::MSR_APIC_BASE {
+        a.set_max_phys_bits(vm.l1_limits.max_phys_bits);
+        a.write_base_msr(value).is_ok()
     } else {
-        let v = if msr == lapic::MSR_APIC_BASE {
-            Ok(a.base_msr())
-        } else {
-            a.read_msr(msr, now())
-        };
-        match v {
-            Ok(v) => {
-                vcpu.vmcb.state.rax = v & 0xffff_ffff;
-                vcpu.regs.rdx = v >> 32;
-                true
-            }
-            Err(_) => false,
-        }
+        a.write_msr(msr, value, now()).is_ok()
     };
-    if !ok {
-        return Some(raise(
-            vcpu,
-            vm,
-            host,
-            EventInfo::exception_with_error_code(13, 0),
-        ));
-    }
-    if write {
+    if ok {
         after_write(vcpu, vm);
     }
-    Some(rip::skip(vcpu, vm, host))
+    ok
 }
 
 /// After a register write: a relocated page gets its NPT hole, TPR goes
