@@ -35,6 +35,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::lapic_mmio_id_version",
     "guest::lapic_timer_one_shot",
     "guest::lapic_timer_periodic",
+    "guest::lapic_timer_periodic_minimum",
     "guest::lapic_tpr_eoi",
     "guest::x2apic_self_ipi",
     "guest::lapic_mmio_unemulated_ud",

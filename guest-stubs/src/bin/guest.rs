@@ -65,6 +65,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::lapic_timer_one_shot" => apic::timer_one_shot,
         "guest::lapic_timer_periodic" => apic::timer_periodic,
         "guest::lapic_tpr_eoi" => apic::tpr_eoi,
+        "guest::lapic_timer_periodic_minimum" => apic::timer_periodic_minimum,
         "guest::x2apic_self_ipi" => apic::x2apic_self_ipi,
         "guest::lapic_mmio_unemulated_ud" => apic::mmio_unemulated_ud,
         "guest::msr_sweep" => msr_sweep,

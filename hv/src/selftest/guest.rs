@@ -318,6 +318,13 @@ pub static CASES: &[Case] = &[
         check: no_check,
     },
     Case {
+        name: "guest::lapic_timer_periodic_minimum",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
         name: "guest::lapic_tpr_eoi",
         image: GUEST,
         config: VmConfig::PLAIN,
