@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
+pub mod lapic;
 pub mod msr_sweep;
 pub mod privileged;
 pub mod unbacked;

@@ -32,6 +32,13 @@ const GUEST_TESTS: &[&str] = &[
     "guest::unbacked_up_to_maxphyaddr",
     "guest::unbacked_read_modify_write",
     "guest::dr0_3_writes_armed",
+    "guest::lapic_mmio_id_version",
+    "guest::lapic_timer_one_shot",
+    "guest::lapic_timer_periodic",
+    "guest::lapic_timer_periodic_minimum",
+    "guest::lapic_tpr_eoi",
+    "guest::x2apic_self_ipi",
+    "guest::lapic_mmio_unemulated_ud",
     "guest::msr_sweep",
     "guest::amd_cpuid",
 ];
@@ -132,6 +139,10 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_unbacked_cr3_faults",
     "nested::tsc_offset_composes::exiting",
     "nested::l2_dr0_3_writes_armed",
+    "nested::l2_lapic_mmio",
+    "nested::l2_lapic_timer_exits_to_l1",
+    "nested::l2_lapic_intr_waits_for_l2_sti",
+    "nested::l2_lapic_smi_exits_to_l1",
     "nested::l2_msr_sweep",
 ];
 

@@ -5,6 +5,9 @@
 #![no_std]
 #![no_main]
 
+#[path = "guest/apic.rs"]
+mod apic;
+
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
@@ -58,6 +61,13 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
         "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
         "guest::dr0_3_writes_armed" => dr0_3_writes_armed,
+        "guest::lapic_mmio_id_version" => apic::mmio_id_version,
+        "guest::lapic_timer_one_shot" => apic::timer_one_shot,
+        "guest::lapic_timer_periodic" => apic::timer_periodic,
+        "guest::lapic_tpr_eoi" => apic::tpr_eoi,
+        "guest::lapic_timer_periodic_minimum" => apic::timer_periodic_minimum,
+        "guest::x2apic_self_ipi" => apic::x2apic_self_ipi,
+        "guest::lapic_mmio_unemulated_ud" => apic::mmio_unemulated_ud,
         "guest::msr_sweep" => msr_sweep,
         "guest::amd_cpuid" => cpuid_amd_cpu,
         other => fail(format_args!("no guest test named {other}")),

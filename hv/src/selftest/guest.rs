@@ -293,6 +293,59 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| (0..4).try_for_each(|n| exits_are(o, ExitCode::DrWrite(n), 7)),
     },
+    // ISSUE 10 item 5: the local APIC (guest-stubs/src/bin/guest/apic.rs).
+    Case {
+        name: "guest::lapic_mmio_id_version",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // ID, version, SPIV x2, the byte load, the MOVZX, the SPIV write.
+        check: |o| exits_are(o, ExitCode::Npf, 7),
+    },
+    Case {
+        name: "guest::lapic_timer_one_shot",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // The guest waited in HLT: one HLT exit, not a spin.
+        check: |o| exits_are(o, ExitCode::Hlt, 1),
+    },
+    Case {
+        name: "guest::lapic_timer_periodic",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::lapic_timer_periodic_minimum",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::lapic_tpr_eoi",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::x2apic_self_ipi",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // The self-IPI waited for STI in a VINTR window.
+        check: |o| exits_are(o, ExitCode::Vintr, 1),
+    },
+    Case {
+        name: "guest::lapic_mmio_unemulated_ud",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
 ];
 
 /// Tests QEMU TCG cannot run (docs/qemu-tcg.md): not in the default run;

@@ -8,6 +8,7 @@ pub mod alu;
 pub mod cr;
 pub mod dr;
 pub mod fetch;
+pub mod mmio;
 pub mod tr;
 pub mod unbacked;
 

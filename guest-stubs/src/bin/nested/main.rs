@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod apic;
 mod hardening;
 mod l1;
 mod l2;
@@ -29,7 +30,7 @@ const SMALL_US: u64 = 25_000;
 /// vmcb12's TSC offset in the TSC tests: 2^40 ticks (minutes at GHz rates).
 const O12: u64 = 1 << 40;
 
-fn ticks(us: u64) -> u64 {
+pub(crate) fn ticks(us: u64) -> u64 {
     u64::from(cpuid(0x4000_0010, 0)[0]) * us / 1000
 }
 
@@ -141,6 +142,10 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
         "nested::l2_dr0_3_writes_armed" => hardening::l2_dr0_3_writes_armed(),
+        "nested::l2_lapic_mmio" => apic::l2_lapic_mmio(),
+        "nested::l2_lapic_timer_exits_to_l1" => apic::l2_lapic_timer_exits_to_l1(),
+        "nested::l2_lapic_intr_waits_for_l2_sti" => apic::l2_lapic_intr_waits_for_l2_sti(),
+        "nested::l2_lapic_smi_exits_to_l1" => apic::l2_lapic_smi_exits_to_l1(),
         "nested::l2_msr_sweep" => msrs::l2_msr_sweep(),
         other => fail(format_args!("no nested test named {other}")),
     }
@@ -148,7 +153,7 @@ fn guest_main(params: &'static StartParams) -> ! {
 }
 
 /// Enables SVM and prepares L2 with `task`/`input`.
-fn setup(task: Task, input: u64) -> Regs {
+pub(crate) fn setup(task: Task, input: u64) -> Regs {
     l1::enable_svm();
     l2::set(task, input);
     l1::prepare(l2::entry);
@@ -376,7 +381,7 @@ fn exits_of(code: ExitCode) -> u64 {
 }
 
 /// How long the spinning L2s run: several watchdog periods (10 ms).
-const SPIN_US: u64 = 60_000;
+pub(crate) const SPIN_US: u64 = 60_000;
 
 /// Waits (at most 200 ms) for interrupt `vector` to reach L1 with IF set:
 /// L0 injects it at its next exit (the watchdog's at the latest).

@@ -70,18 +70,18 @@ fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
 }
 
 /// Whether the x2APIC registers (0x800–0x8FF) are emulated: CPUID.1:ECX
-/// shows the x2APIC only then. Set it with the local APIC arm below.
-pub const X2APIC_EMULATED: bool = false;
+/// shows the x2APIC only then. They are: the local APIC arm below.
+pub const X2APIC_EMULATED: bool = true;
 
-/// IA32_APIC_BASE and the x2APIC registers: the local APIC model's (not
-/// wired yet: #GP, as before the table).
-fn apic_read(_vcpu: &mut Vcpu, _vm: &mut Vm, _msr: u32) -> Option<u64> {
-    None
+/// IA32_APIC_BASE and the x2APIC registers: the vCPU's local APIC
+/// (exits::apic).
+fn apic_read(vcpu: &mut Vcpu, _vm: &mut Vm, msr: u32) -> Option<u64> {
+    super::apic::msr_read(vcpu, msr)
 }
 
 /// See [`apic_read`].
-fn apic_write(_vcpu: &mut Vcpu, _vm: &mut Vm, _msr: u32, _value: u64) -> bool {
-    false
+fn apic_write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
+    super::apic::msr_write(vcpu, vm, msr, value)
 }
 
 /// EFER as the running guest sees it. The VMCB's EFER always has SVME set

@@ -43,6 +43,9 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         gpa,
         error_code: info.bits(),
     };
+    if super::apic::is_mmio(vm, gpa) {
+        return super::apic::mmio(vcpu, vm, host);
+    }
     if !rip::is_unbacked(vm, gpa) || !info.contains(NpfErrorCode::PRESENT) {
         return Action::Stop(stop());
     }
