@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
+pub mod modes;
 pub mod privileged;
 pub mod unbacked;
 pub mod user;

@@ -201,11 +201,15 @@ pub enum Failure {
     OutsideMemory(u64),
 }
 
-/// PAE PDPTE reserved bits (APM 5.3.2, Figure 5-10): 2:1, 8:5, and from
-/// MAXPHYADDR up (bit 63 included: no NX in a PDPTE).
+/// PAE PDPTE reserved bits (APM 5.3.2; KVM `pdptr_rsvd_bits`): 2:1, 8:6,
+/// and from MAXPHYADDR up (bit 63 included: no NX in a PDPTE). Bit 5 (A) is
+/// not counted: QEMU TCG sets it in the PDPTEs it walks (measured by
+/// `guest::cpu_modes_tour`), so a guest's own PDPTEs carry it after their
+/// first use, and a check that refused it would refuse the guest's next
+/// MOV CR3 of the same tables.
 pub fn pdpte_reserved(entry: u64, max_phys_bits: u8) -> bool {
     let high = u64::MAX << max_phys_bits.min(52);
-    entry & PRESENT != 0 && entry & (high | 0x1E6) != 0
+    entry & PRESENT != 0 && entry & (high | 0x1C6) != 0
 }
 
 /// The address of the four PAE PDPTEs: CR3 bits 31:5 (APM 3.1.2).
@@ -608,8 +612,9 @@ mod tests {
     fn pdpte_reserved_bits() {
         assert!(!pdpte_reserved(0x2000 | 1, 40));
         assert!(!pdpte_reserved(0x2000 | 1 | 0xe00, 40), "11:9 ignored");
+        assert!(!pdpte_reserved(0x2000 | 1 | 0x20, 40), "A, set by QEMU");
         assert!(!pdpte_reserved(1 << 52, 40), "not present");
-        for bit in [1, 2, 5, 6, 7, 8, 40, 52, 62, 63] {
+        for bit in [1, 2, 6, 7, 8, 40, 52, 62, 63] {
             assert!(pdpte_reserved(0x2000 | 1 | 1 << bit, 40), "bit {bit}");
         }
         let mut m = tables_pae();

@@ -25,6 +25,8 @@ const GUEST_TESTS: &[&str] = &[
     "guest::cpuid_odd_prefixes",
     "guest::cr_writes_checked",
     "guest::leave_long_mode",
+    "guest::cpu_modes_tour",
+    "guest::efer_writes_checked",
     "guest::ltr_checked",
     "guest::cr3_write_checked",
     "guest::single_step_over_emulated",

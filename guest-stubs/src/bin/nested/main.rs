@@ -1631,8 +1631,13 @@ fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
 fn checks_decide_before_the_cpu() {
     const ITERATIONS: u64 = 600;
     let mut regs = setup(Task::Yield, 0);
-    // Every exception exits to L1, so no corruption runs L2 far.
+    // Every exception exits to L1, so no corruption runs L2 far. L2 starts
+    // in whatever mode its vmcb12 makes legal (compatibility mode, 16-bit
+    // code, legacy paging...): its code is CPUID; HLT, which runs alike in
+    // every mode, never 64-bit code read as 16-bit code (whose stores would
+    // land anywhere in L1's memory).
     l1::vmcb().control.intercept_exceptions = u32::MAX;
+    l1::vmcb().state.rip = guest_stubs::modes::cpuid_hlt_address();
     let good = l1::vmcb().clone();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let (mut by_l0, mut by_cpu, mut ran) = (0, 0, 0);

@@ -3,6 +3,7 @@
 mod cpuid;
 pub mod cr;
 pub mod dr;
+mod efer;
 pub mod exception;
 mod hypercall;
 mod ioio;

@@ -1,6 +1,5 @@
-//! RDMSR/WRMSR of intercepted MSRs. Emulated: EFER (SVME is virtual for an
-//! L1 hypervisor and hidden from plain guests), IA32_TSC, IA32_TSC_ADJUST
-//! and TSC_AUX (through [`svm::tsc`]'s model), and for VMs offered SVM,
+//! RDMSR/WRMSR of intercepted MSRs. Emulated: EFER ([`super::efer`]),
+//! IA32_TSC, IA32_TSC_ADJUST and TSC_AUX (through [`svm::tsc`]'s model), and for VMs offered SVM,
 //! VM_HSAVE_PA and VM_CR. Every other intercepted MSR raises #GP(0).
 //!
 //! While L2 runs, only MSR exits L1 did not ask for arrive here: L2 then
@@ -12,14 +11,8 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::tsc::{self, view_now};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
-use svm::msr::{
-    VmCr, EFER, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME, IA32_TSC, IA32_TSC_ADJUST,
-    TSC_AUX, VM_CR, VM_HSAVE_PA,
-};
+use svm::msr::{VmCr, EFER, IA32_TSC, IA32_TSC_ADJUST, TSC_AUX, VM_CR, VM_HSAVE_PA};
 use svm::{EventInfo, MsrAccess};
-
-/// EFER bits a guest may change (LME only through a mode switch, refused).
-const EFER_WRITABLE: u64 = EFER_SCE | EFER_NXE;
 
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let msr = vcpu.regs.rcx as u32;
@@ -51,7 +44,7 @@ fn svm_msrs(vcpu: &Vcpu, vm: &Vm) -> bool {
 
 fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
     match msr {
-        EFER => Some(efer_as_seen(vcpu)),
+        EFER => Some(super::efer::read(vcpu)),
         IA32_TSC => Some(view_now(vcpu, vm)),
         IA32_TSC_ADJUST => Some(vcpu.tsc.adjust()),
         TSC_AUX => Some(u64::from(vcpu.tsc_aux)),
@@ -61,25 +54,9 @@ fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
     }
 }
 
-/// EFER as the running guest sees it. The VMCB's EFER always has SVME set
-/// (VMRUN requires it, APM 15.5.1); L1 sees its virtual SVME, a plain
-/// guest none, L2 its own virtual SVME.
-fn efer_as_seen(vcpu: &Vcpu) -> u64 {
-    let efer = vcpu.vmcb.state.efer & !EFER_SVME;
-    let svme = match &vcpu.nested.l2 {
-        Some(l2) => l2.svme,
-        None => vcpu.nested.svme,
-    };
-    if svme {
-        efer | EFER_SVME
-    } else {
-        efer
-    }
-}
-
 fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     match msr {
-        EFER => write_efer(vcpu, vm, value),
+        EFER => super::efer::write(vcpu, vm, value),
         // From L1, or from L2 when L1 does not intercept: L1's TSC (the
         // offset is programmed at once, into hsave while L2 runs).
         IA32_TSC => {
@@ -109,33 +86,6 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
         VM_CR if svm_msrs(vcpu, vm) => write_vm_cr(vcpu, value),
         _ => false,
     }
-}
-
-/// EFER writes: SCE and NXE, and SVME for a VM offered SVM. L1's SVME is
-/// blocked by VM_CR.SVMDIS; L2's is L2's own (virtual, [`super::super::
-/// nested::L2::svme`]), which it changes when L1 does not intercept EFER.
-fn write_efer(vcpu: &mut Vcpu, vm: &Vm, value: u64) -> bool {
-    let current = efer_as_seen(vcpu);
-    let mut writable = EFER_WRITABLE;
-    let in_l2 = vcpu.nested.in_l2();
-    let svm_allowed = vm.nested_svm && (in_l2 || vcpu.nested.vm_cr & VmCr::SVMDIS.bits() == 0);
-    if svm_allowed {
-        writable |= EFER_SVME;
-    }
-    // Only writable bits may change; LMA is read-only and ignored.
-    if (value ^ current) & !writable & !EFER_LMA != 0 || value & EFER_LME != current & EFER_LME {
-        return false;
-    }
-    if svm_allowed {
-        let svme = value & EFER_SVME != 0;
-        match &mut vcpu.nested.l2 {
-            Some(l2) => l2.svme = svme,
-            None => vcpu.nested.svme = svme,
-        }
-    }
-    let kept = vcpu.vmcb.state.efer & !EFER_WRITABLE;
-    vcpu.vmcb.state.efer = kept | (value & EFER_WRITABLE) | EFER_SVME;
-    true
 }
 
 /// VM_CR (APM 15.30.1): SVMDIS and LOCK are writable until LOCK is set;
