@@ -146,6 +146,7 @@ fn prepare() {
     for i in 0..512u64 {
         t.pd_pae[i as usize] = (i << 21) | 0x83;
     }
+    t.pdpt = [0; 512];
     t.pdpt[0] = addr_of!(t.pd_pae) as u64 | 0x1;
     let word = addr_of!(LMSW_WORD) as u64;
     // SAFETY: as above.
@@ -157,6 +158,42 @@ fn prepare() {
         io.pd_4k = addr_of!(t.pd_4k) as u32;
         io.pdpt = addr_of!(t.pdpt) as u32;
     }
+}
+
+/// The identity maps of the legacy paging modes (CR3 values).
+#[derive(Clone, Copy, Debug)]
+pub struct LegacyTables {
+    /// 32-bit paging, 4 MiB pages (with CR4.PSE).
+    pub pd_pse: u64,
+    /// 32-bit paging, 4 KiB pages (the first 4 MiB).
+    pub pd_4k: u64,
+    /// PAE paging (PDPT; 2 MiB pages, the first GiB).
+    pub pdpt: u64,
+}
+
+/// Builds the tables (idempotent) and returns their CR3 values.
+pub fn legacy_tables() -> LegacyTables {
+    prepare();
+    // SAFETY: single vCPU; only addresses are taken.
+    let io = unsafe { &*addr_of!(IO) };
+    LegacyTables {
+        pd_pse: u64::from(io.pd_pse),
+        pd_4k: u64::from(io.pd_4k),
+        pdpt: u64::from(io.pdpt),
+    }
+}
+
+/// Writes PAE PDPTE `i` (0-3) of [`LegacyTables::pdpt`] (PDPTE 0 maps the
+/// first GiB; the others are not present until written).
+pub fn set_pdpte(i: usize, value: u64) {
+    // SAFETY: single vCPU; no walk uses the PDPT while L1 writes it.
+    unsafe { (*addr_of_mut!(TABLES)).pdpt[i] = value };
+}
+
+/// PAE PDPTE 0 as [`legacy_tables`] writes it.
+pub fn pdpte0() -> u64 {
+    // SAFETY: a plain read of a static only this vCPU writes.
+    unsafe { (*addr_of!(TABLES)).pdpt[0] }
 }
 
 /// Leaves long mode for every other mode and comes back, with interrupts

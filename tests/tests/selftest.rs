@@ -109,6 +109,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::hsave_pa_below_maxphyaddr",
     "nested::l2_cpuid_odd_prefixes",
     "nested::l2_leaves_long_mode",
+    "nested::l2_starts_in_every_mode",
+    "nested::l2_tours_every_mode",
     "nested::l2_dr7_write",
     "nested::l2_cr8_with_v_irq",
     "nested::vmload_zero_tr_user_fault",

@@ -32,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 69] = [
+pub static CASES: [Case; 71] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -113,6 +113,9 @@ pub static CASES: [Case; 69] = [
     // ISSUE 8 A6 and C: odd encodings and privileged writes in L2.
     case("nested::l2_cpuid_odd_prefixes"),
     case("nested::l2_leaves_long_mode"),
+    // Issue 10 item 3: L2 in every CPU mode.
+    case("nested::l2_starts_in_every_mode"),
+    case("nested::l2_tours_every_mode"),
     case("nested::l2_dr7_write"),
     case("nested::l2_cr8_with_v_irq"),
     case("nested::vmload_zero_tr_user_fault"),

@@ -9,6 +9,7 @@
 mod hardening;
 mod l1;
 mod l2;
+mod modes;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
@@ -104,6 +105,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         "nested::l2_cpuid_odd_prefixes" => hardening::l2_cpuid_odd_prefixes(),
         "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
+        "nested::l2_starts_in_every_mode" => modes::l2_starts_in_every_mode(),
+        "nested::l2_tours_every_mode" => modes::l2_tours_every_mode(),
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
         "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
