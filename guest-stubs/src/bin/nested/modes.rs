@@ -6,7 +6,7 @@
 
 use crate::l1::{self, Regs};
 use crate::run_expect;
-use core::arch::asm;
+use core::arch::{asm, global_asm};
 use core::ptr::addr_of_mut;
 use guest_stubs::modes::{self, LegacyTables, CPUID_HLT};
 use guest_stubs::{check, check_eq, cpu};
@@ -215,4 +215,67 @@ pub fn l2_tours_every_mode() {
         VmcbSegment::ATTR_L,
         "vmcb12 CS.L"
     );
+}
+
+global_asm!(
+    r#"
+    .global nested_modes_pdpte_cr3
+    // 32-bit: mark PDPTE 1 present (ECX = its address), reload CR3 (EAX),
+    // HLT.
+nested_modes_pdpte_cr3:
+    .byte 0x80, 0x09, 0x01
+    .byte 0x0f, 0x22, 0xd8
+    hlt
+    "#
+);
+
+unsafe extern "C" {
+    static nested_modes_pdpte_cr3: u8;
+}
+
+/// L2 in PAE paging makes PDPTE 1 present and reloads CR3: with a reserved
+/// bit (52) in it, MOV CR3 is #GP(0) (L1 intercepts #GP; the CPU loads and
+/// checks the four PDPTEs, APM 3.1.2; KVM `load_pdptrs`) and CR3 stays;
+/// with only ignored bits (11:9) the load succeeds.
+pub fn l2_pae_cr3_checks_pdptes() {
+    let t = modes::legacy_tables();
+    let pdpte0 = modes::pdpte0();
+    let at = core::ptr::addr_of!(nested_modes_pdpte_cr3) as u64;
+    let pae = Start {
+        rip: at,
+        ..starts(&t).into_iter().nth(5).expect("the PAE start")
+    };
+    for (what, pdpte1, gp) in [
+        ("bit 52", (pdpte0 & !1) | 1 << 52, true),
+        ("bits 11:9 (ignored)", (pdpte0 & !1) | 0xe00, false),
+    ] {
+        modes::set_pdpte(1, pdpte1);
+        let mut regs = prepare(&pae);
+        let v = l1::vmcb();
+        v.control.intercept_exceptions |= 1 << 13;
+        v.state.rax = t.pdpt;
+        regs.gpr[1] = t.pdpt + 8;
+        let (_, code) = l1::run(&mut regs);
+        modes::set_pdpte(1, 0);
+        let v = l1::vmcb();
+        match gp {
+            true => {
+                check_eq!(
+                    (ExitCode::from_raw(code), v.control.exit_info1),
+                    (ExitCode::Exception(13), 0),
+                    format_args!("L2's MOV CR3 with PDPTE 1 {what}")
+                );
+                check_eq!(v.state.rip, at + 3, "RIP at the refused MOV CR3");
+            }
+            false => {
+                check_eq!(
+                    ExitCode::from_raw(code),
+                    ExitCode::Hlt,
+                    format_args!("L2's exit after MOV CR3 with PDPTE 1 {what}")
+                );
+                check_eq!(v.state.rip, at + 6, "RIP at HLT");
+            }
+        }
+        check_eq!(v.state.cr3, t.pdpt, "L2's CR3");
+    }
 }
