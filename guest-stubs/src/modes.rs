@@ -37,7 +37,7 @@ pub const CODE64: u16 = 0x08;
 pub const CODE32: u16 = 0x18;
 /// Flat 16-bit code (4 GiB limit, D clear).
 pub const CODE16: u16 = 0x20;
-/// 16-bit data whose base is [`LMSW_WORD`]'s address.
+/// 16-bit data whose base is [`LMSW_WORDS`]' address.
 pub const DATA16: u16 = 0x28;
 
 /// A segment descriptor.
@@ -62,9 +62,9 @@ static mut GDT: Gdt = Gdt([
     0,
 ]);
 
-/// The word LMSW loads in 16-bit code: MP set, PE clear (LMSW never clears
-/// PE, so protected mode stays, real mode too).
-static LMSW_WORD: u16 = 0x0002;
+/// The words LMSW loads in 16-bit code: PE, MP and TS in protected mode,
+/// then MP alone in real mode (LMSW never clears PE: each mode stays).
+static LMSW_WORDS: [u16; 2] = [0x000b, 0x0002];
 
 /// Identity maps of the low 4 MiB (at least) for the legacy paging modes.
 #[repr(C, align(4096))]
@@ -92,7 +92,7 @@ static mut TABLES: Tables = Tables {
 /// What the tour's asm reads and writes ([`tour`]).
 #[repr(C)]
 struct TourIo {
-    out: [u32; 12],
+    out: [u32; 16],
     pd_pse: u32,
     pd_4k: u32,
     pdpt: u32,
@@ -100,7 +100,7 @@ struct TourIo {
 }
 
 static mut IO: TourIo = TourIo {
-    out: [0; 12],
+    out: [0; 16],
     pd_pse: 0,
     pd_4k: 0,
     pdpt: 0,
@@ -120,6 +120,10 @@ pub struct Seen {
     pub efer_legacy_paging: u32,
     /// EFER after paging came back on with LME set.
     pub efer_back: u32,
+    /// CR0 after LMSW in 16-bit protected mode (PE, MP, TS: 0xb in 3:0).
+    pub cr0_lmsw_pm16: u32,
+    /// CR0 after LMSW in real mode (MP: 0x2 in 3:0).
+    pub cr0_lmsw_real: u32,
 }
 
 /// The CPUID stops of [`tour`], in order.
@@ -148,12 +152,12 @@ fn prepare() {
     }
     t.pdpt = [0; 512];
     t.pdpt[0] = addr_of!(t.pd_pae) as u64 | 0x1;
-    let word = addr_of!(LMSW_WORD) as u64;
+    let word = addr_of!(LMSW_WORDS) as u64;
     // SAFETY: as above.
     unsafe {
         (*addr_of_mut!(GDT)).0[5] = descriptor(word, 0xffff, 0x93, 0);
         let io = &mut *addr_of_mut!(IO);
-        io.out = [0; 12];
+        io.out = [0; 16];
         io.pd_pse = addr_of!(t.pd_pse) as u32;
         io.pd_4k = addr_of!(t.pd_4k) as u32;
         io.pdpt = addr_of!(t.pdpt) as u32;
@@ -241,7 +245,7 @@ pub fn tour() -> Seen {
             "cpuid",
             "mov [edi], ebx",
             "mov eax, cr3",
-            "mov [edi + 60], eax",
+            "mov [edi + 76], eax",
             // Paging off: long mode ends (LMA clears), LME stays.
             "mov eax, cr0",
             "and eax, 0x7fffffff",
@@ -261,7 +265,7 @@ pub fn tour() -> Seen {
             "and eax, 0xffffffdf",
             "or eax, 0x10",
             "mov cr4, eax",
-            "mov eax, [edi + 48]",
+            "mov eax, [edi + 64]",
             "mov cr3, eax",
             "mov eax, cr0",
             "or eax, 0x80000000",
@@ -279,7 +283,7 @@ pub fn tour() -> Seen {
             "mov eax, cr4",
             "and eax, 0xffffffef",
             "mov cr4, eax",
-            "mov eax, [edi + 52]",
+            "mov eax, [edi + 68]",
             "mov cr3, eax",
             "mov eax, cr0",
             "or eax, 0x80000000",
@@ -294,7 +298,7 @@ pub fn tour() -> Seen {
             "mov eax, cr4",
             "or eax, 0x20",
             "mov cr4, eax",
-            "mov eax, [edi + 56]",
+            "mov eax, [edi + 72]",
             "mov cr3, eax",
             "mov eax, cr0",
             "or eax, 0x80000000",
@@ -319,8 +323,10 @@ pub fn tour() -> Seen {
             "mov [edi + 20], ebx",
             "mov ax, 0x28",
             "mov es, ax",
-            // LMSW es:[0] with a 16-bit address (0F 01 36 disp16).
+            // LMSW es:[0] with a 16-bit address (0F 01 36 disp16): sets TS.
             "lmsw word ptr es:[0]",
+            "mov eax, cr0",
+            "mov [edi + 48], eax",
             // Real mode: PE off, then ljmp 0:4f (32-bit offset, the CS
             // limit stays 4 GiB as on the CPU).
             "mov eax, cr0",
@@ -330,7 +336,10 @@ pub fn tour() -> Seen {
             ".long 4f",
             ".word 0",
             "4:",
-            "lmsw word ptr es:[0]",
+            // LMSW es:[2]: clears TS.
+            "lmsw word ptr es:[2]",
+            "mov eax, cr0",
+            "mov [edi + 52], eax",
             "xor eax, eax",
             "cpuid",
             "mov [edi + 24], ebx",
@@ -353,7 +362,7 @@ pub fn tour() -> Seen {
             "rdmsr",
             "or eax, 0x100",
             "wrmsr",
-            "mov eax, [edi + 60]",
+            "mov eax, [edi + 76]",
             "mov cr3, eax",
             "mov eax, cr0",
             "or eax, 0x80000000",
@@ -395,6 +404,8 @@ pub fn tour() -> Seen {
             efer_cleared: out[9],
             efer_legacy_paging: out[10],
             efer_back: out[11],
+            cr0_lmsw_pm16: out[12],
+            cr0_lmsw_real: out[13],
         }
     }
 }

@@ -869,9 +869,14 @@ fn cpu_modes_tour(_: &StartParams) {
         "EFER back in 64-bit mode"
     );
     check_eq!(
+        (seen.cr0_lmsw_pm16 & 0xf, seen.cr0_lmsw_real & 0xf),
+        (0xb, 0x2),
+        "CR0[3:0] after LMSW in 16-bit protected mode, in real mode"
+    );
+    check_eq!(
         guest_stubs::privileged::read_cr(0) & 0xf,
         0x3,
-        "CR0 PE|MP after the LMSWs"
+        "CR0 PE|MP after the tour"
     );
 }
 

@@ -204,6 +204,11 @@ pub fn l2_tours_every_mode() {
         (lme, 0, 0, lme | lma),
         "L2's EFER.LME/LMA: paging off, LME cleared, 32-bit paging, back"
     );
+    check_eq!(
+        (seen.cr0_lmsw_pm16 & 0xf, seen.cr0_lmsw_real & 0xf),
+        (0xb, 0x2),
+        "L2's CR0[3:0] after LMSW in 16-bit protected mode, in real mode"
+    );
     let s = &l1::vmcb().state;
     check_eq!(
         s.efer & (EFER_LME | EFER_LMA),
