@@ -111,6 +111,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_leaves_long_mode",
     "nested::l2_starts_in_every_mode",
     "nested::l2_tours_every_mode",
+    "nested::l2_tour_exits_to_l1_in_every_mode",
     "nested::l2_pae_cr3_checks_pdptes",
     "nested::l2_dr7_write",
     "nested::l2_cr8_with_v_irq",

@@ -32,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 72] = [
+pub static CASES: [Case; 73] = [
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),
@@ -116,6 +116,7 @@ pub static CASES: [Case; 72] = [
     // Issue 10 item 3: L2 in every CPU mode.
     case("nested::l2_starts_in_every_mode"),
     case("nested::l2_tours_every_mode"),
+    case("nested::l2_tour_exits_to_l1_in_every_mode"),
     case("nested::l2_pae_cr3_checks_pdptes"),
     case("nested::l2_dr7_write"),
     case("nested::l2_cr8_with_v_irq"),

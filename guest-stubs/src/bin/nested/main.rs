@@ -107,6 +107,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
         "nested::l2_starts_in_every_mode" => modes::l2_starts_in_every_mode(),
         "nested::l2_tours_every_mode" => modes::l2_tours_every_mode(),
+        "nested::l2_tour_exits_to_l1_in_every_mode" => modes::l2_tour_exits_to_l1_in_every_mode(),
         "nested::l2_pae_cr3_checks_pdptes" => modes::l2_pae_cr3_checks_pdptes(),
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),

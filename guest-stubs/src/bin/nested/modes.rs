@@ -181,6 +181,8 @@ extern "C" fn tour_then_hlt() -> ! {
 /// EFER writes (L1 intercepts none), LMSW in 16-bit code and real mode,
 /// and CPUID in every mode.
 pub fn l2_tours_every_mode() {
+    // SAFETY: L2 is not running.
+    unsafe { *addr_of_mut!(TOUR) = None };
     l1::enable_svm();
     l1::prepare(tour_then_hlt);
     let mut regs = Regs::default();
@@ -283,4 +285,59 @@ pub fn l2_pae_cr3_checks_pdptes() {
         }
         check_eq!(v.state.cr3, t.pdpt, "L2's CR3");
     }
+}
+
+/// The tour again, with L1 intercepting CPUID: at each stop L2 exits to L1
+/// in that mode (vmcb12 holds it: CR0.PG/PE, CR4.PAE/PSE, EFER.LME/LMA as
+/// below), L1 answers the CPUID, moves RIP past it and runs L2 again with
+/// VMRUN in that mode, as kvm-unit-tests' `mode_switch` does in real mode.
+pub fn l2_tour_exits_to_l1_in_every_mode() {
+    // SAFETY: L2 is not running.
+    unsafe { *addr_of_mut!(TOUR) = None };
+    const PG_PE: u64 = (1 << 31) | 1;
+    const PAE_PSE: u64 = CR4_PAE | CR4_PSE;
+    const LME_LMA: u64 = EFER_LME | EFER_LMA;
+    let want: [(u64, u64, u64); 8] = [
+        (PG_PE, CR4_PAE, LME_LMA),
+        (1, CR4_PAE, EFER_LME),
+        (PG_PE, CR4_PSE, 0),
+        (PG_PE, 0, 0),
+        (PG_PE, CR4_PAE, 0),
+        (1, 0, 0),
+        (0, 0, 0),
+        (PG_PE, CR4_PAE, LME_LMA),
+    ];
+    l1::enable_svm();
+    l1::prepare(tour_then_hlt);
+    l1::vmcb().control.intercept_misc1 |= svm::InterceptMisc1::CPUID.bits();
+    let mut regs = Regs::default();
+    for (stop, want) in modes::STOPS.iter().zip(want) {
+        let (_, code) = l1::run(&mut regs);
+        check_eq!(
+            ExitCode::from_raw(code),
+            ExitCode::Cpuid,
+            format_args!("L2's exit in {stop}")
+        );
+        let s = &mut l1::vmcb().state;
+        check_eq!(
+            (s.cr0 & PG_PE, s.cr4 & PAE_PSE, s.efer & LME_LMA),
+            want,
+            format_args!("vmcb12 CR0.PG/PE, CR4.PAE/PSE, EFER.LME/LMA in {stop}")
+        );
+        let [a, b, c, d] = cpu::cpuid(s.rax as u32, regs.gpr[1] as u32);
+        s.rax = u64::from(a);
+        (regs.gpr[0], regs.gpr[1], regs.gpr[2]) = (u64::from(b), u64::from(c), u64::from(d));
+        s.rip += 2;
+    }
+    run_expect(&mut regs, ExitCode::Hlt);
+    // SAFETY: L2 is stopped.
+    let Some(seen) = (unsafe { *addr_of_mut!(TOUR) }) else {
+        guest_stubs::verdict::fail(format_args!("L2 did not finish its tour"))
+    };
+    let vendor = cpu::cpuid(0, 0)[1];
+    check_eq!(
+        seen.cpuid,
+        [vendor; 8],
+        "L2's CPUID.0 EBX at each stop (L1's answers)"
+    );
 }
