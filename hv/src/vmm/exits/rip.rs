@@ -15,7 +15,8 @@ use crate::vmm::vm::Vm;
 use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
 use svm::emulate::fetch;
 use svm::emulate::unbacked;
-use svm::walk::{Access, Failure, PagingRegs};
+pub use svm::walk::Access;
+use svm::walk::{Failure, PagingRegs};
 use svm::{EventInfo, ExitCode};
 
 /// Why L0 has no instruction (or operand) to emulate.
@@ -157,11 +158,14 @@ pub fn translate_access(
     write: bool,
     fetch: bool,
 ) -> Result<u64, NoInsn> {
-    let access = Access {
-        write,
-        fetch,
-        user: vcpu.vmcb.state.cpl == 3,
-    };
+    let user = vcpu.vmcb.state.cpl == 3;
+    translate_as(vcpu, vm, la, Access { write, fetch, user })
+}
+
+/// [`translate_access`] for an access whose kind the caller states: an
+/// implicit supervisor access (the IDT, GDT or stack of an event delivery)
+/// is a supervisor access at any CPL (APM 5.6.1).
+pub fn translate_as(vcpu: &Vcpu, vm: &Vm, la: u64, access: Access) -> Result<u64, NoInsn> {
     let regs = paging_regs(vcpu, vm);
     svm::walk::translate_mode(|a| read_phys_u64(vm, a), &regs, la, access).map_err(|e| match e {
         Failure::PageFault(code) => NoInsn::Fault {
