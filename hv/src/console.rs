@@ -17,10 +17,11 @@ struct Console {
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
+            // Raw sends: the driver's `send` would add a second CR.
             if b == b'\n' {
-                self.serial.send(b'\r');
+                self.serial.send_raw(b'\r');
             }
-            self.serial.send(b);
+            self.serial.send_raw(b);
             // SAFETY: port 0xE9 is a write-only debug sink; elsewhere writes are ignored.
             unsafe { self.debugcon.write(b) };
         }
@@ -52,6 +53,28 @@ pub fn init() {
 pub fn write_fmt(args: fmt::Arguments<'_>) {
     if let Some(c) = CONSOLE.lock().as_mut() {
         let _ = c.write_fmt(args);
+    }
+}
+
+/// Whether the last raw byte ([`write_raw`]) left a line unfinished.
+static RAW_MID_LINE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Writes a guest's console byte as it is: no CR added, no translation of
+/// backspace (a guest's COM1 output reaches the host console verbatim).
+pub fn write_raw(byte: u8) {
+    if let Some(c) = CONSOLE.lock().as_mut() {
+        c.serial.send_raw(byte);
+        // SAFETY: port 0xE9 is a write-only debug sink; elsewhere writes are ignored.
+        unsafe { c.debugcon.write(byte) };
+    }
+    RAW_MID_LINE.store(byte != b'\n', core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ends a line [`write_raw`] left unfinished, so that the next line of the
+/// hypervisor's own starts at the left margin.
+pub fn end_raw_line() {
+    if RAW_MID_LINE.swap(false, core::sync::atomic::Ordering::Relaxed) {
+        write_fmt(format_args!("\n"));
     }
 }
 
@@ -90,6 +113,9 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            // A guest's unfinished line (external guests) is ended first,
+            // so the log line stands on its own.
+            end_raw_line();
             write_fmt(format_args!("[{:<5}] {}\n", record.level(), record.args()));
         }
     }

@@ -19,6 +19,7 @@ mod arch;
 mod banner;
 mod boot;
 mod console;
+mod guest_boot;
 mod mem;
 mod selftest;
 mod svm_support;
@@ -31,6 +32,13 @@ use boot::BootInfo;
 /// The common entry: every boot path arrives here on the kernel's boot stack.
 pub fn kernel_main(boot: BootInfo) -> ! {
     console::init();
+    // `guest=NAME`: run the boot module as the one guest (guest_boot). The
+    // console is then the guest's: the hypervisor keeps to warnings and
+    // its start and end lines.
+    let guest = boot.cmdline_value(guest_boot::KEY);
+    if guest.is_some() {
+        console::set_level("warn");
+    }
     let bad_level = boot
         .cmdline_value("log")
         .filter(|level| !console::set_level(level));
@@ -38,7 +46,9 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     arch::idt::init();
     // The banner comes first: it is what a person (and the boot tests) reads
     // first, and it must show even when a `fault=` word stops the kernel.
-    banner::print(&boot);
+    if guest.is_none() {
+        banner::print(&boot);
+    }
     if let Some(level) = bad_level {
         log::warn!("unknown log level {level:?} on the command line");
     }
@@ -82,6 +92,10 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         deliberate_fault(kind);
     }
 
+    if let Some(name) = guest {
+        guest_boot::run(&boot, name)
+    }
+
     // `fuzz=SEED,ITERATIONS[,MINUTES[,START]]`: the hostile-L1 fuzzer
     // instead of the self-tests.
     if let Some(spec) = boot.cmdline_value("fuzz") {
@@ -97,9 +111,18 @@ pub fn kernel_main(boot: BootInfo) -> ! {
 }
 
 /// The command-line keys the kernel knows (`key=value` words).
-const CMDLINE_KEYS: [&str; 5] = ["log", "fault", "tests", "apic", "fuzz"];
+/// Words after a `--` word are a guest's (`guest=`), not the kernel's.
+const CMDLINE_KEYS: [&str; 7] = [
+    "log",
+    "fault",
+    "tests",
+    "apic",
+    "fuzz",
+    guest_boot::KEY,
+    guest_boot::MEM_KEY,
+];
 /// The same, as the warning about an unknown word shows them (no heap yet).
-const KNOWN_WORDS: &str = "log=, fault=, tests=, apic=, fuzz=";
+const KNOWN_WORDS: &str = "log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=";
 
 /// A run's verdict: a failure when a test failed or the filter selected no
 /// test; "nothing ran" when tests were selected but all were skipped (no SVM

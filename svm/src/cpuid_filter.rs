@@ -1,7 +1,11 @@
-//! What guests see of CPUID: the host's values, minus what the hypervisor
-//! does not virtualize, plus what it emulates (IA32_TSC_ADJUST) and the
-//! hypervisor leaves at 0x4000_0000 (0x4000_0010: TSC frequency in kHz in
-//! EAX, the de-facto VMware/KVM convention).
+//! What guests see of CPUID: an AMD CPU ("AuthenticAMD", an AMD64
+//! family) with the host's features, minus what the hypervisor does not
+//! virtualize, plus what it emulates (IA32_TSC_ADJUST, SVM with NRIP save
+//! for an L1 hypervisor, the x2APIC once the local APIC model has it), and
+//! the hypervisor leaves at 0x4000_0000 (0x4000_0010: TSC frequency in kHz
+//! in EAX, the de-facto VMware/KVM convention). SMEP, NX and MAXPHYADDR
+//! are the host's: the CPU enforces them in the guest, and
+//! [`crate::nested::l1_cpu`] reads this same view for the VMRUN checks.
 
 /// The signature in leaf 0x4000_0000 EBX, ECX, EDX.
 pub const HYPERVISOR_SIGNATURE: &[u8; 12] = b"SVMRustHyper";
@@ -17,12 +21,23 @@ pub struct GuestCpuidPolicy {
     pub svm: bool,
     /// TSC frequency reported in [`TIMING_LEAF`] (0: unknown).
     pub tsc_khz: u32,
+    /// Whether the x2APIC (MSRs 0x800–0x8FF) is emulated: CPUID.1:ECX\[21\].
+    pub x2apic: bool,
+    /// The vCPU's initial APIC ID (CPUID.1:EBX\[31:24\]).
+    pub apic_id: u8,
 }
 
 /// CPUID registers in the order EAX, EBX, ECX, EDX.
 pub type Regs = [u32; 4];
 
+/// The vendor string in leaves 0 and 0x8000_0000 (EBX, EDX, ECX).
+pub const VENDOR: &[u8; 12] = b"AuthenticAMD";
+/// Lowest highest-extended-leaf shown to an L1 hypervisor: it finds its
+/// SVM features in 0x8000_000A (kvm-unit-tests reads none without it).
+pub const MIN_MAX_EXT_LEAF_SVM: u32 = 0x8000_000A;
 const LEAF1_ECX_VMX: u32 = 1 << 5;
+const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+const LEAF1_EDX_APIC: u32 = 1 << 9;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const EXT1_ECX_SVM: u32 = 1 << 2;
 /// ASIDs offered to an L1 hypervisor (CPUID 0x8000_000A EBX).
@@ -33,14 +48,47 @@ pub const NESTED_SVM_FEATURES: u32 = 1 << 3;
 /// CPUID.(EAX=7,ECX=0):EBX[1]: IA32_TSC_ADJUST, emulated for every guest.
 const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
 
+/// The vendor string as CPUID's EBX, EDX, ECX.
+fn vendor_words() -> (u32, u32, u32) {
+    let v = VENDOR;
+    let w = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+    (w(0), w(4), w(8))
+}
+
+/// Leaf 1 EAX with an AMD64 family: a host family below 0xF (not an
+/// AMD64 family numbering) becomes family 0x17 (base 0xF + extended 8);
+/// model and stepping stay.
+const fn amd_family(eax: u32) -> u32 {
+    if (eax >> 8) & 0xF == 0xF {
+        eax
+    } else {
+        (eax & !(0xF << 8) & !(0xFF << 20)) | 0xF << 8 | 0x08 << 20
+    }
+}
+
 /// The guest's view of CPUID `leaf`/`subleaf`, given the host's answer.
 pub fn filter(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs {
     let [eax, ebx, ecx, edx] = host;
+    let (v_ebx, v_edx, v_ecx) = vendor_words();
     match leaf {
-        // A hypervisor is present; VMX never is on AMD.
-        0x1 => [eax, ebx, (ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_VMX, edx],
+        0x0 => [eax, v_ebx, v_ecx, v_edx],
+        // A hypervisor is present; VMX never is on AMD. The local APIC is
+        // there, the x2APIC only if emulated; the initial APIC ID is the
+        // vCPU's.
+        0x1 => {
+            let x2apic = match policy.x2apic {
+                true => LEAF1_ECX_X2APIC,
+                false => 0,
+            };
+            let ecx = (ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_VMX & !LEAF1_ECX_X2APIC | x2apic;
+            let ebx = (ebx & 0x00FF_FFFF) | u32::from(policy.apic_id) << 24;
+            [amd_family(eax), ebx, ecx, edx | LEAF1_EDX_APIC]
+        }
         0x7 if subleaf == 0 => [eax, ebx | LEAF7_EBX_TSC_ADJUST, ecx, edx],
+        0x8000_0000 if policy.svm => [eax.max(MIN_MAX_EXT_LEAF_SVM), v_ebx, v_ecx, v_edx],
+        0x8000_0000 => [eax, v_ebx, v_ecx, v_edx],
         0x8000_0001 if !policy.svm => [eax, ebx, ecx & !EXT1_ECX_SVM, edx],
+        0x8000_0001 => [eax, ebx, ecx | EXT1_ECX_SVM, edx],
         0x8000_000A if !policy.svm => [0; 4],
         // What L1 gets: revision 1, its own ASIDs, and only the features
         // the hypervisor emulates: NRIP save (it fills next_rip itself).
@@ -67,23 +115,87 @@ mod tests {
 
     #[test]
     fn leaf1_sets_hypervisor_and_clears_vmx() {
-        let r = filter(1, 0, [1, 2, 0, 4], GuestCpuidPolicy::default());
-        assert_eq!(r, [1, 2, 1 << 31, 4]);
+        let r = filter(1, 0, [0xF01, 2, 0, 4], GuestCpuidPolicy::default());
+        assert_eq!(r, [0xF01, 2, 1 << 31, 4 | 1 << 9]);
         let r = filter(1, 0, HOST, GuestCpuidPolicy::default());
-        assert_eq!(r[2], 0xFFFF_FFDF);
+        // VMX (5) and x2APIC (21) clear: neither is emulated.
+        assert_eq!(r[2], 0xFFDF_FFDF);
+    }
+
+    #[test]
+    fn an_amd_cpu() {
+        let p = GuestCpuidPolicy::default();
+        let intel = [0xD, 0x756e_6547, 0x6c65_746e, 0x4965_6e69];
+        let r = filter(0, 0, intel, p);
+        let mut v = [0u8; 12];
+        v[0..4].copy_from_slice(&r[1].to_le_bytes());
+        v[4..8].copy_from_slice(&r[3].to_le_bytes());
+        v[8..12].copy_from_slice(&r[2].to_le_bytes());
+        assert_eq!(&v, b"AuthenticAMD");
+        assert_eq!(r[0], 0xD);
+        assert_eq!(filter(0x8000_0000, 0, intel, p)[1..], r[1..]);
+        // Family 6 model 0x55 stepping 4 becomes family 0x17, same model.
+        let eax = filter(1, 0, [0x0005_0654, 0, 0, 0], p)[0];
+        assert_eq!(((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF), 0x17);
+        assert_eq!(eax & 0xF00FF, 0x50054);
+        // An AMD family stays.
+        assert_eq!(filter(1, 0, [0x00A0_0F11, 0, 0, 0], p)[0], 0x00A0_0F11);
+    }
+
+    #[test]
+    fn x2apic_and_apic_id() {
+        let p = GuestCpuidPolicy {
+            x2apic: true,
+            apic_id: 0,
+            ..Default::default()
+        };
+        let r = filter(1, 0, [0xF00, 0x0102_0800, 0, 0], p);
+        assert_eq!(r[1], 0x0002_0800, "initial APIC ID 0 for vCPU 0");
+        assert_ne!(r[2] & 1 << 21, 0);
+        assert_ne!(r[3] & 1 << 9, 0);
+        let p = GuestCpuidPolicy { apic_id: 3, ..p };
+        assert_eq!(filter(1, 0, [0xF00, 0x0102_0800, 0, 0], p)[1], 0x0302_0800);
+    }
+
+    #[test]
+    fn max_extended_leaf_reaches_the_svm_leaf() {
+        let svm = GuestCpuidPolicy {
+            svm: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            filter(0x8000_0000, 0, [0x8000_0008, 0, 0, 0], svm)[0],
+            0x8000_000A
+        );
+        assert_eq!(
+            filter(0x8000_0000, 0, [0x8000_0021, 0, 0, 0], svm)[0],
+            0x8000_0021
+        );
+        let plain = GuestCpuidPolicy::default();
+        assert_eq!(
+            filter(0x8000_0000, 0, [0x8000_0008, 0, 0, 0], plain)[0],
+            0x8000_0008
+        );
+        // SVM shown when offered even if the host hides it from us.
+        assert_eq!(filter(0x8000_0001, 0, [0; 4], svm)[2], 1 << 2);
+    }
+
+    #[test]
+    fn nx_smep_and_maxphyaddr_are_the_hosts() {
+        let p = GuestCpuidPolicy::default();
+        assert_eq!(filter(0x8000_0001, 0, [0, 0, 0, 1 << 20], p)[3], 1 << 20);
+        assert_eq!(filter(7, 0, [0, 1 << 7, 0, 0], p)[1], 1 << 7 | 1 << 1);
+        assert_eq!(filter(0x8000_0008, 0, [0x3028, 0, 0, 0], p)[0], 0x3028);
     }
 
     #[test]
     fn svm_hidden_unless_offered() {
-        let hidden = GuestCpuidPolicy {
-            svm: false,
-            tsc_khz: 0,
-        };
+        let hidden = GuestCpuidPolicy::default();
         assert_eq!(filter(0x8000_0001, 0, HOST, hidden)[2], 0xFFFF_FFFB);
         assert_eq!(filter(0x8000_000A, 0, HOST, hidden), [0; 4]);
         let offered = GuestCpuidPolicy {
             svm: true,
-            tsc_khz: 0,
+            ..Default::default()
         };
         assert_eq!(filter(0x8000_0001, 0, HOST, offered), HOST);
     }
@@ -105,7 +217,6 @@ mod tests {
 
     #[test]
     fn other_leaves_pass_through() {
-        assert_eq!(filter(0, 0, HOST, GuestCpuidPolicy::default()), HOST);
         assert_eq!(filter(7, 1, HOST, GuestCpuidPolicy::default()), HOST);
         assert_eq!(
             filter(0x8000_0008, 0, HOST, GuestCpuidPolicy::default()),
@@ -122,8 +233,8 @@ mod tests {
     #[test]
     fn timing_leaf_reports_the_tsc_frequency() {
         let policy = GuestCpuidPolicy {
-            svm: false,
             tsc_khz: 2_345_678,
+            ..Default::default()
         };
         assert_eq!(filter(0x4000_0010, 0, HOST, policy), [2_345_678, 0, 0, 0]);
         assert!(filter(0x4000_0000, 0, HOST, policy)[0] >= 0x4000_0010);

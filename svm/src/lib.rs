@@ -16,6 +16,7 @@
 extern crate std;
 
 mod bitmap;
+pub mod boot_cmdline;
 pub mod cpuid;
 pub mod cpuid_filter;
 pub mod cr;
@@ -33,6 +34,7 @@ pub mod int_ctl;
 pub mod intercept;
 pub mod iopm;
 pub mod msr;
+pub mod msr_table;
 pub mod msrpm;
 pub mod multiboot;
 pub mod nested;

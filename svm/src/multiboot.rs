@@ -579,6 +579,31 @@ pub fn build_info(buf: &mut [u8], base: u32, input: &InfoInput<'_>) -> Result<us
     Ok(total)
 }
 
+/// Where the info block goes by preference: low memory below the legacy
+/// hole, which Multiboot kernels leave alone (kvm-unit-tests allocates from
+/// the end of its image up to `mem_upper`, and uses page 0 for its AP
+/// trampoline).
+pub const INFO_ADDR: u32 = 0x9_0000;
+/// Room the info block may take at [`INFO_ADDR`] (up to the 640 KiB hole).
+pub const INFO_ROOM: usize = 0x1_0000;
+
+/// The guest-physical address for an info block of `len` bytes: at
+/// [`INFO_ADDR`] when it fits there (no segment of `plan` overlaps and RAM
+/// reaches), else on the first page after the image, inside RAM and below
+/// 4 GiB. `None` when it fits nowhere.
+pub fn place_info(plan: &LoadPlan, ram_size: u64, len: usize) -> Option<u32> {
+    let fits = |at: u64| {
+        let end = at + len as u64;
+        end <= ram_size && end <= 1 << 32 && !plan.overlaps(at, end)
+    };
+    let low = u64::from(INFO_ADDR);
+    if len <= INFO_ROOM && fits(low) {
+        return Some(INFO_ADDR);
+    }
+    let after = plan.span().1.next_multiple_of(4096);
+    (fits(after)).then_some(after as u32)
+}
+
 /// The machine state at the entry point (spec 3.2), for the kernel to load
 /// into a VMCB's state save area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

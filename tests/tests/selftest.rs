@@ -34,6 +34,8 @@ const GUEST_TESTS: &[&str] = &[
     "guest::unbacked_up_to_maxphyaddr",
     "guest::unbacked_read_modify_write",
     "guest::dr0_3_writes_armed",
+    "guest::msr_sweep",
+    "guest::amd_cpuid",
 ];
 
 /// `(name, verdict)` of every `test <name> ... <verdict>` line.
@@ -136,6 +138,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_unbacked_cr3_faults",
     "nested::tsc_offset_composes::exiting",
     "nested::l2_dr0_3_writes_armed",
+    "nested::l2_msr_sweep",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

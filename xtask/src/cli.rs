@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::accel::Accel;
+use crate::guest::{self, GuestArgs};
 use crate::{usage, Result};
 
 pub const USAGE: &str = "\
@@ -20,23 +21,47 @@ commands:
   fuzz    the hostile-L1 fuzzer under QEMU TCG (release kernel): histogram, failures,
           `fuzz: N iterations, seed S: K hypervisor failures`; fails when K > 0 or
           QEMU died
+  kut     kvm-unit-tests' SVM suite (x86/svm.flat, x86/svm_npt.flat of a built
+          tree), one VM per subtest under our hypervisor (and bare QEMU TCG with
+          --compare): `name  ours  qemu` per subtest (PASS, FAIL, SKIP, TIMEOUT,
+          CRASH), totals, wall time. Fails when a subtest crashed or timed out
+          under ours, or nothing ran (no tree: it says how to get one)
   mutants apply each mutation of xtask/mutants.txt to a scratch copy and run the guest
           self-tests it names (TCG, direct boot); every one must be killed.
           `mutants --list` lists them; `mutants NAME...` runs those only
 
 options (each says which commands take it; `cargo xtask <command> --help`
 shows one command's):
-  --release                 build, run, image, test: optimized kernel
+  --release                 build, run, image, test, kut: optimized kernel
   --boot limine|direct      run: through Limine (default when available) or
                             QEMU's direct PVH boot
   --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
   --firmware bios|uefi      run: default bios; uefi needs Limine
   --gdb                     run: wait for gdb on :1234 before the first instruction
   --timeout SECS            run: kill QEMU and fail after SECS seconds
+  --guest FILE              run: the hypervisor runs FILE (Multiboot 1, e.g.
+                            kvm-unit-tests' x86/svm.flat, or ELF64) as its one
+                            guest, offered nested SVM, instead of the
+                            self-tests; its COM1 output is printed verbatim and
+                            run exits with QEMU's status (see guest mode below)
+  --append WORDS            run: the guest's command line after its name
+                            (one argument; needs --guest)
+  --guest-mem MIB           run: the guest's RAM in MiB, even, 2-2048 (default
+                            256; needs --guest)
+  --no-build                run: boot the kernel built last (no cargo build)
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
-  --list                    mutants: list the mutations, run none
+  --list                    mutants, kut: list the mutations or subtests, run none
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
+  --kut-dir DIR             kut: the built kvm-unit-tests tree (else KUT_DIR)
+  --only REGEX              kut: subtests whose name (spaces as _) matches;
+                            reg_corruption runs only when REGEX contains its name
+  --compare                 kut: also run each subtest under bare QEMU TCG
+  --smp N                   kut: CPUs of the bare QEMU VM (default 1; the
+                            hypervisor runs a guest on one vCPU)
+  --mem MiB                 kut: RAM of the VM, even, 2-2048 (default 256)
+  --verbose                 kut: print the output of runs that failed
+  --timeout SECS            kut: kill a run after SECS seconds (default 120)
   --seed S                  fuzz: seed (default: from the clock, printed)
   --iterations N            fuzz: iterations (default 10000)
   --minutes M               fuzz: stop after M minutes
@@ -44,11 +69,21 @@ shows one command's):
 
 exit status: 0 success; 1 the work failed (build, QEMU, a kernel verdict other
 than success, nothing ran); 2 a bad command line (unknown command or flag, bad
-value, flags that do not go together, --accel kvm where KVM offers no SVM)
+value, flags that do not go together, --accel kvm where KVM offers no SVM,
+a --guest FILE that is missing)
+
+guest mode (run --guest): run exits with QEMU's own status, as a runner of
+bare QEMU would see it: (C<<1)|1 when the guest wrote C to port 0xF4 (so 1,
+3, 77, 127 for kvm-unit-tests). The hypervisor's own statuses are 39 (the
+guest died: triple fault, unhandled exit, unresolvable nested page fault;
+a `hv: ` report precedes it), 41 (the image could not be loaded: nothing
+ran), 35 (the hypervisor failed), 37 (no usable SVM). xtask's own: 2 (bad
+command line), 124 (--timeout), 126 (xtask failed: build, QEMU not started)
 
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
   XTASK_VERBOSE=1           print every command before running it
+  KUT_DIR=DIR               kut: the built kvm-unit-tests tree
 ";
 
 /// A parsed command.
@@ -73,6 +108,7 @@ pub enum Task {
     Lint,
     Bench,
     Fuzz(crate::tasks::fuzz::FuzzArgs),
+    Kut(crate::tasks::kut::KutArgs),
     Mutants {
         list: bool,
         names: Vec<String>,
@@ -108,6 +144,10 @@ pub struct RunArgs {
     pub cmdline: Vec<String>,
     /// `--offline`: never download Limine.
     pub offline: bool,
+    /// `--guest FILE [--append WORDS] [--guest-mem MIB]`.
+    pub guest: Option<GuestArgs>,
+    /// `--no-build`: boot the kernel built last.
+    pub no_build: bool,
 }
 
 impl RunArgs {
@@ -123,8 +163,8 @@ impl RunArgs {
 }
 
 /// The commands, in the order of [`USAGE`].
-pub const COMMANDS: [&str; 8] = [
-    "build", "run", "image", "test", "lint", "bench", "fuzz", "mutants",
+pub const COMMANDS: [&str; 9] = [
+    "build", "run", "image", "test", "lint", "bench", "fuzz", "kut", "mutants",
 ];
 
 /// One command's usage, cut from [`USAGE`] so there is one text to keep
@@ -244,6 +284,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
                 timeout: options.value("--timeout", parse_seconds)?,
                 cmdline: options.take_cmdline(),
                 offline: options.flag("--offline"),
+                guest: parse_guest(&mut options)?,
+                no_build: options.flag("--no-build"),
             }
             .checked()?,
         ),
@@ -259,6 +301,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "lint" => Task::Lint,
         "bench" => Task::Bench,
         "fuzz" => Task::Fuzz(parse_fuzz(&mut options)?),
+        "kut" => Task::Kut(parse_kut(&mut options)?),
         "mutants" => Task::Mutants {
             list: options.flag("--list"),
             names: options.positional(),
@@ -279,6 +322,28 @@ fn parse_fuzz(options: &mut Options) -> Result<crate::tasks::fuzz::FuzzArgs> {
         minutes: options.value("--minutes", parse_u64)?,
         start: options.value("--start", parse_u64)?.unwrap_or(0),
     })
+}
+
+/// `--guest FILE [--append WORDS] [--guest-mem MIB]`: the file must exist,
+/// and the other two mean nothing without it.
+fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
+    let file = options.value("--guest", |w| Ok(std::path::PathBuf::from(w)))?;
+    let append = options.value("--append", |w| Ok(w.to_string()))?;
+    let mem_mib = options.value("--guest-mem", guest::parse_mem_mib)?;
+    let Some(file) = file else {
+        if append.is_some() || mem_mib.is_some() {
+            usage!("--append and --guest-mem need --guest FILE");
+        }
+        return Ok(None);
+    };
+    if let Err(why) = guest::check_file(&file) {
+        usage!("{why}");
+    }
+    Ok(Some(GuestArgs {
+        file,
+        append: append.unwrap_or_default(),
+        mem_mib: mem_mib.unwrap_or(guest::DEFAULT_MEM_MIB),
+    }))
 }
 
 fn parse_u64(word: &str) -> std::result::Result<u64, &'static str> {
@@ -305,6 +370,33 @@ fn parse_seconds(word: &str) -> std::result::Result<Duration, &'static str> {
     match word.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
         _ => Err("a positive number of seconds"),
+    }
+}
+
+fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
+    let defaults = crate::tasks::kut::KutArgs::default();
+    Ok(crate::tasks::kut::KutArgs {
+        kut_dir: options.value("--kut-dir", |w| Ok(std::path::PathBuf::from(w)))?,
+        // Compiled (and a bad one refused, exit 2) before anything runs.
+        only: options.value("--only", |w| Ok(w.to_string()))?,
+        list: options.flag("--list"),
+        compare: options.flag("--compare"),
+        timeout: options
+            .value("--timeout", parse_seconds)?
+            .unwrap_or(defaults.timeout),
+        smp: options.value("--smp", parse_count)?.unwrap_or(defaults.smp),
+        mem_mib: options
+            .value("--mem", parse_count)?
+            .unwrap_or(defaults.mem_mib),
+        verbose: options.flag("--verbose"),
+        release: options.flag("--release"),
+    })
+}
+
+fn parse_count(word: &str) -> std::result::Result<u32, &'static str> {
+    match word.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a positive integer"),
     }
 }
 
@@ -419,8 +511,75 @@ mod tests {
                 timeout: Some(Duration::from_secs(20)),
                 cmdline: vec!["fault=page".into(), "x".into()],
                 offline: false,
+                guest: None,
+                no_build: false,
             })
         );
+    }
+
+    #[test]
+    fn run_takes_a_guest() {
+        // Tests run in the crate's directory, where Cargo.toml is a file.
+        let task = parse(
+            [
+                "run",
+                "--boot",
+                "direct",
+                "--guest",
+                "Cargo.toml",
+                "--append",
+                "vmrun -npt_*",
+                "--guest-mem=64",
+                "--no-build",
+                "--",
+                "log=warn",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        let Task::Run(args) = task else {
+            panic!("not run");
+        };
+        assert_eq!(
+            args.guest,
+            Some(GuestArgs {
+                file: "Cargo.toml".into(),
+                append: "vmrun -npt_*".into(),
+                mem_mib: 64,
+            })
+        );
+        assert!(args.no_build);
+        assert_eq!(args.cmdline, vec!["log=warn".to_string()]);
+        let Task::Run(args) = parse_words("run --guest Cargo.toml").unwrap() else {
+            panic!("not run");
+        };
+        let guest = args.guest.unwrap();
+        assert_eq!((guest.append.as_str(), guest.mem_mib), ("", 256));
+    }
+
+    #[test]
+    fn guest_flags_are_checked_before_anything_runs() {
+        for line in [
+            "run --append vmrun",
+            "run --guest-mem 64",
+            "run --guest /nonexistent/svm.flat",
+            "run --guest /",
+            "run --guest Cargo.toml --guest-mem 63",
+            "run --guest Cargo.toml --guest-mem 0",
+            "run --guest Cargo.toml --guest-mem lots",
+            "run --guest",
+            "build --guest Cargo.toml",
+        ] {
+            let error = parse_words(line).expect_err(line);
+            assert_eq!(error.exit_code(), 2, "{line}: {error}");
+        }
+        let missing = parse_words("run --guest /nonexistent/svm.flat").unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/svm.flat"),
+            "{missing}"
+        );
+        let mem = parse_words("run --guest Cargo.toml --guest-mem 3").unwrap_err();
+        assert!(mem.to_string().contains("even number of MiB"), "{mem}");
     }
 
     #[test]
@@ -490,6 +649,39 @@ mod tests {
         assert!(parse_words("fuzz --iterations").is_err());
         assert!(parse_words("fuzz --release").is_err());
         assert!(parse_words("fuzz -- x").is_err());
+    }
+
+    #[test]
+    fn kut_takes_its_options() {
+        use crate::tasks::kut::KutArgs;
+        assert_eq!(parse_words("kut").unwrap(), Task::Kut(KutArgs::default()));
+        assert_eq!(
+            parse_words(
+                "kut --kut-dir /k --only ^npt --compare --timeout 30 --smp 2 --mem=4096 \
+                 --verbose --release --list"
+            )
+            .unwrap(),
+            Task::Kut(KutArgs {
+                kut_dir: Some("/k".into()),
+                only: Some("^npt".into()),
+                compare: true,
+                list: true,
+                timeout: Duration::from_secs(30),
+                smp: 2,
+                mem_mib: 4096,
+                verbose: true,
+                release: true,
+            })
+        );
+        for line in [
+            "kut --smp 0",
+            "kut --mem x",
+            "kut --timeout 0",
+            "kut --gdb",
+            "kut -- x",
+        ] {
+            assert_eq!(parse_words(line).expect_err(line).exit_code(), 2, "{line}");
+        }
     }
 
     #[test]
@@ -570,6 +762,10 @@ mod tests {
             "--firmware",
             "--gdb",
             "--timeout",
+            "--guest",
+            "--append",
+            "--guest-mem",
+            "--no-build",
         ] {
             assert!(run.contains(&format!("\n  {option} ")), "{option}: {run}");
         }

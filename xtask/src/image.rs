@@ -25,6 +25,16 @@ pub struct Contents<'a> {
 
 /// Builds the hybrid ISO at `iso`, staging its files in a directory next to it.
 pub fn build_iso(contents: &Contents<'_>, iso: &Path) -> Result<()> {
+    build_iso_with_guest(contents, iso, None)
+}
+
+/// [`build_iso`], with a guest image (`run --guest`) as a Limine module at
+/// [`limine_conf::GUEST_MODULE_PATH`].
+pub fn build_iso_with_guest(
+    contents: &Contents<'_>,
+    iso: &Path,
+    guest: Option<&Path>,
+) -> Result<()> {
     host_tools::require(&[host_tools::XORRISO])?;
     let root = sibling(iso, "root");
     if root.exists() {
@@ -32,9 +42,14 @@ pub fn build_iso(contents: &Contents<'_>, iso: &Path) -> Result<()> {
     }
     let limine_dir = root.join("boot/limine");
     copy(contents.kernel, &root.join("boot/hv"))?;
+    if let Some(guest) = guest {
+        let at = limine_conf::GUEST_MODULE_PATH.trim_start_matches('/');
+        copy(guest, &root.join(at))?;
+    }
+    let module = guest.map(|_| limine_conf::GUEST_MODULE_PATH);
     write(
         &limine_dir.join("limine.conf"),
-        &limine_conf::render(contents.cmdline),
+        &limine_conf::render_with_module(contents.cmdline, module),
     )?;
     for file in [limine::BIOS_SYS, limine::BIOS_CD, limine::UEFI_CD] {
         copy(&contents.limine.file(file), &limine_dir.join(file))?;

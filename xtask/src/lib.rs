@@ -8,6 +8,7 @@ pub mod accel;
 pub mod checksum;
 pub mod cli;
 pub mod error;
+pub mod guest;
 pub mod host_tools;
 pub mod image;
 pub mod kernel;

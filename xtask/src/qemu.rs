@@ -16,6 +16,8 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// The guest's RAM, for `-m` and the messages that name it.
 pub const MEMORY: &str = "512M";
+/// [`MEMORY`] in MiB.
+pub const MEMORY_MIB: u32 = 512;
 
 /// The TCP port gdb attaches to with `-s`.
 pub const GDB_PORT: u16 = 1234;
@@ -60,11 +62,31 @@ pub struct RunConfig {
     pub icount: bool,
 }
 
+/// A guest image for the hypervisor to run (`cargo xtask run --guest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestModule {
+    /// The image, handed over as the boot module.
+    pub file: PathBuf,
+    /// QEMU's `-m` in MiB (the guest's RAM and the hypervisor's).
+    pub memory_mib: u32,
+}
+
 /// The QEMU command for a configuration. The serial console (COM1) is QEMU's
 /// stdout; the caller decides whether that is a terminal or a pipe.
 pub fn command(config: &RunConfig) -> Result<Command> {
+    command_with(config, None)
+}
+
+/// [`command`], with a guest image: under direct boot it is QEMU's
+/// `-initrd`, which QEMU's PVH loader lists as the one boot module (a
+/// Limine medium carries it itself), and `-m` grows to fit it.
+pub fn command_with(config: &RunConfig, guest: Option<&GuestModule>) -> Result<Command> {
+    let memory = match guest {
+        Some(g) => format!("{}M", g.memory_mib),
+        None => MEMORY.to_string(),
+    };
     let mut cmd = Command::new(PROGRAM);
-    cmd.args(["-machine", "q35", "-m", MEMORY, "-smp", "2"])
+    cmd.args(["-machine", "q35", "-m", &memory, "-smp", "2"])
         // A triple fault must end the run (status 0), not loop in resets.
         .args(["-no-reboot", "-display", "none"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
@@ -92,6 +114,9 @@ pub fn command(config: &RunConfig) -> Result<Command> {
             cmd.arg("-kernel").arg(kernel);
             if !cmdline.is_empty() {
                 cmd.arg("-append").arg(cmdline.join(" "));
+            }
+            if let Some(g) = guest {
+                cmd.arg("-initrd").arg(&g.file);
             }
         }
         Medium::Cdrom(iso) => {
@@ -167,6 +192,32 @@ mod tests {
         assert!(has_pair(&args, "-kernel", "/k/hv"));
         assert!(has_pair(&args, "-append", "fault=page x=1"));
         assert!(!args.contains(&"-S".into()));
+    }
+
+    #[test]
+    fn a_guest_is_the_initrd_and_sizes_the_memory() {
+        let guest = GuestModule {
+            file: "/kut/x86/svm.flat".into(),
+            memory_mib: 768,
+        };
+        let with = args(&command_with(&direct(&["guest=svm.flat"]), Some(&guest)).unwrap());
+        assert!(has_pair(&with, "-initrd", "/kut/x86/svm.flat"));
+        assert!(has_pair(&with, "-m", "768M"));
+        assert!(!with.contains(&"512M".to_string()));
+        let plain = args_of(&direct(&[]));
+        assert!(!plain.contains(&"-initrd".to_string()));
+        // A Limine medium carries the module itself.
+        let cdrom = RunConfig {
+            medium: Medium::Cdrom("/t/hv.iso".into()),
+            ..direct(&[])
+        };
+        let iso = args(&command_with(&cdrom, Some(&guest)).unwrap());
+        assert!(!iso.contains(&"-initrd".to_string()));
+        assert!(has_pair(&iso, "-m", "768M"));
+    }
+
+    fn args_of(config: &RunConfig) -> Vec<String> {
+        args(&command(config).unwrap())
     }
 
     #[test]

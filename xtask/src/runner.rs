@@ -56,16 +56,24 @@ pub fn spawn(mut cmd: Command) -> Result<std::process::Child> {
 
 /// Runs QEMU to the end (or the timeout).
 pub fn run(cmd: Command, options: Options) -> Result<Outcome> {
+    run_with(cmd, options, false)
+}
+
+/// [`run`]; with `raw`, the serial console is echoed byte for byte, CR LF
+/// left as it is (a guest's output, as bare QEMU shows it).
+pub fn run_with(cmd: Command, options: Options, raw: bool) -> Result<Outcome> {
     let mut child = spawn(cmd)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let serial = tee(
         stdout,
         options.echo.then(|| Box::new(std::io::stdout()) as _),
+        raw,
     );
     let messages = tee(
         stderr,
         options.echo.then(|| Box::new(std::io::stderr()) as _),
+        false,
     );
 
     let (status, timed_out) = wait(&mut child, options.timeout)?;
@@ -143,10 +151,11 @@ impl CrlfToLf {
 }
 
 /// Reads a pipe to its end on a thread, copying to `sink` as bytes arrive
-/// (with LF line ends; the returned copy is unchanged).
+/// (with LF line ends unless `raw`; the returned copy is unchanged).
 fn tee(
     mut pipe: impl Read + Send + 'static,
     mut sink: Option<Box<dyn Write + Send>>,
+    raw: bool,
 ) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -163,7 +172,11 @@ fn tee(
                 Ok(0) => break,
                 Ok(n) => {
                     all.extend_from_slice(&buffer[..n]);
-                    echo(&lf.convert(&buffer[..n]));
+                    if raw {
+                        echo(&buffer[..n]);
+                    } else {
+                        echo(&lf.convert(&buffer[..n]));
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
@@ -224,12 +237,24 @@ mod tests {
         let sink = Shared::default();
         // QEMU's serial port delivers the kernel's CR LF as CR CR LF.
         let serial: &[u8] = b"test a ... ok\r\r\n57 passed, 0 failed\r\n";
-        let copy = tee(serial, Some(Box::new(sink.clone()))).join().unwrap();
+        let copy = tee(serial, Some(Box::new(sink.clone())), false)
+            .join()
+            .unwrap();
         assert_eq!(copy, serial);
         assert_eq!(
             *sink.0.lock().unwrap(),
             b"test a ... ok\n57 passed, 0 failed\n"
         );
+    }
+
+    #[test]
+    fn raw_echo_is_the_bytes_as_they_came() {
+        let sink = Shared::default();
+        let serial: &[u8] = b"PASS: vmrun\r\nno newline\r";
+        tee(serial, Some(Box::new(sink.clone())), true)
+            .join()
+            .unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), serial);
     }
 
     #[test]

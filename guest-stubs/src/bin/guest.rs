@@ -60,6 +60,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::dr0_3_writes_armed" => dr0_3_writes_armed,
         "guest::cpu_modes_tour" => cpu_modes_tour,
         "guest::efer_writes_checked" => efer_writes_checked,
+        "guest::msr_sweep" => msr_sweep,
+        "guest::amd_cpuid" => cpuid_amd_cpu,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -89,6 +91,143 @@ fn cpuid_filtered(_: &StartParams) {
         sig[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
     }
     check_eq!(&sig, b"SVMRustHyper", "hypervisor signature");
+}
+
+/// Every index of the three MSRPM ranges: RDMSR, then WRMSR of the value
+/// read (kvm-unit-tests' msr_intercept_check from L2). Each is emulated or
+/// #GP, a value read is always accepted back, the VM never stops; the
+/// value-store MSRs keep what is written and refuse reserved bits.
+fn msr_sweep(_: &StartParams) {
+    use guest_stubs::msr_sweep::{sweep, try_rdmsr, try_wrmsr, INDICES};
+    let before = exits(ExitCode::Msr.to_raw());
+    let s = sweep(|_, _, _| {});
+    let taken = exits(ExitCode::Msr.to_raw()) - before;
+    println!("msr sweep: {} of {INDICES} MSRs readable", s.readable);
+    check_eq!(
+        (s.write_gps, s.first_write_gp),
+        (0, None),
+        "write-backs of a value read that raised #GP (count, first)"
+    );
+    // Every read and write-back exits, except FS/GS/KernelGS base (passed
+    // through: 3 reads, 3 writes) and the TSC (not written back).
+    check_eq!(
+        taken,
+        (INDICES as u64 + u64::from(s.readable)) - 1 - 6,
+        "MSR exits of the sweep"
+    );
+    // Emulated, not #GP: the PMU (kvm-unit-tests writes 0 to it at boot
+    // with no #GP handler), MTRRs, PAT, DEBUGCTL and LBR, SYSENTER, the
+    // SYSCALL MSRs, machine check, HWCR.
+    let must_read = [
+        0xC001_0000,
+        0xC001_0003,
+        0xC001_0007,
+        0xC001_0200,
+        0xC001_020B,
+        0xFE,
+        0x2FF,
+        0x200,
+        0x20F,
+        0x250,
+        0x26F,
+        0x277,
+        0x1D9,
+        0x1DB,
+        0x1DE,
+        0x174,
+        0x176,
+        0x179,
+        0x401,
+        0xC000_0081,
+        0xC000_0084,
+        0xC001_0015,
+    ];
+    for msr in must_read {
+        check!(try_rdmsr(msr).is_some(), "RDMSR {msr:#x} raised #GP");
+    }
+    // What is written is read back (counters to their 48 bits).
+    let stored: [(u32, u64); 10] = [
+        (0xC001_0000, 0x43_0076),
+        (0xC001_0004, 0x1234_5678_9ABC),
+        (0xC001_0209, 0xFFFF_0000_0000_0001),
+        (0x1D9, 0x3),
+        (0x2FF, 0xC06),
+        (0x202, 0x8000_0006),
+        (0x203, 0xF_8000_0800),
+        (0x258, 0x0606_0505_0404_0100),
+        (0x277, 0x0006_0406_0007_0406),
+        (0xC000_0082, 0xFFFF_8000_1234_5000),
+    ];
+    for (msr, v) in stored {
+        check!(try_wrmsr(msr, v), "WRMSR {msr:#x} := {v:#x} raised #GP");
+        let want = match msr {
+            0xC001_0209 => v & ((1 << 48) - 1),
+            _ => v,
+        };
+        check_eq!(try_rdmsr(msr), Some(want), format_args!("RDMSR {msr:#x}"));
+    }
+    // Reserved bits, invalid memory types, read-only MSRs: #GP, and the
+    // value stays.
+    let refused: [(u32, u64); 7] = [
+        (0x1D9, 1 << 6),
+        (0x2FF, 0x02),
+        (0x202, 0x8000_0007),
+        (0x277, 0x0006_0406_0007_0402),
+        (0xC001_0000, 1 << 40),
+        (0xFE, 0x509),
+        (0x179, 1),
+    ];
+    for (msr, v) in refused {
+        let was = try_rdmsr(msr);
+        check!(!try_wrmsr(msr, v), "WRMSR {msr:#x} := {v:#x} accepted");
+        check_eq!(
+            try_rdmsr(msr),
+            was,
+            format_args!("RDMSR {msr:#x} after the refused write")
+        );
+    }
+    // Unknown, Intel-only, not offered (TSC_RATIO): #GP.
+    for msr in [0xC001_1FFE, 0xCE, 0x1A0, 0xC000_0104, 0x3A] {
+        check!(try_rdmsr(msr).is_none(), "RDMSR {msr:#x} did not raise #GP");
+    }
+}
+
+/// CPUID shows an AMD CPU: the vendor in leaves 0 and 0x8000_0000, an
+/// AMD64 family, the local APIC and initial APIC ID 0, TSC_ADJUST, NX;
+/// no SVM for a guest not offered it, the x2APIC only with the APIC MSRs.
+fn cpuid_amd_cpu(_: &StartParams) {
+    let vendor = |r: [u32; 4]| {
+        let mut v = [0u8; 12];
+        v[0..4].copy_from_slice(&r[1].to_le_bytes());
+        v[4..8].copy_from_slice(&r[3].to_le_bytes());
+        v[8..12].copy_from_slice(&r[2].to_le_bytes());
+        v
+    };
+    check_eq!(&vendor(cpuid(0, 0)), b"AuthenticAMD", "leaf 0 vendor");
+    check_eq!(
+        &vendor(cpuid(0x8000_0000, 0)),
+        b"AuthenticAMD",
+        "leaf 0x80000000 vendor"
+    );
+    let [eax, ebx, _, edx] = cpuid(1, 0);
+    let family = ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF);
+    check!(family >= 0xF, "family {family:#x} is not an AMD64 family");
+    check_eq!(ebx >> 24, 0, "initial APIC ID of vCPU 0");
+    check!(edx & (1 << 9) != 0, "CPUID.1:EDX.APIC clear");
+    // The x2APIC only if the local APIC's MSRs are emulated.
+    if cpuid(1, 0)[2] & (1 << 21) != 0 {
+        check!(
+            guest_stubs::msr_sweep::try_rdmsr(0x1B).is_some(),
+            "x2APIC shown, but RDMSR IA32_APIC_BASE raises #GP"
+        );
+    }
+    check!(cpuid(7, 0)[1] & (1 << 1) != 0, "TSC_ADJUST not shown");
+    check!(cpuid(0x8000_0001, 0)[3] & (1 << 20) != 0, "NX not shown");
+    check_eq!(
+        cpuid(0x8000_0001, 0)[2] & (1 << 2),
+        0,
+        "SVM shown, not offered"
+    );
 }
 
 /// RDMSR of an MSR nobody emulates raises #GP(0) in the guest.

@@ -8,8 +8,9 @@ pub const MAX_REGIONS: usize = 512;
 pub const MAX_MODULES: usize = 8;
 /// Most CPUs recorded.
 pub const MAX_CPUS: usize = 64;
-/// Longest kernel command line kept, in bytes.
-pub const MAX_CMDLINE: usize = 256;
+/// Longest kernel command line kept, in bytes (it may carry a guest's
+/// command line after `--`, e.g. kvm-unit-tests subtest names).
+pub const MAX_CMDLINE: usize = 1024;
 
 /// Which loader started the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,22 +253,31 @@ impl BootInfo {
             .fold((0, 0), |(bytes, n), r| (bytes + r.len, n + 1))
     }
 
-    /// Value of `key=value` on the command line, if present.
-    pub fn cmdline_value(&self, key: &str) -> Option<&str> {
-        self.cmdline
-            .as_str()
+    /// The kernel's own words: those before the first `--` word.
+    pub fn kernel_words(&self) -> impl Iterator<Item = &str> + '_ {
+        svm::boot_cmdline::split(self.cmdline.as_str())
+            .0
             .split_ascii_whitespace()
+    }
+
+    /// The guest's command line: the text after the first `--` word
+    /// (`cargo xtask run --guest`), trimmed; empty without one.
+    pub fn guest_cmdline(&self) -> &str {
+        svm::boot_cmdline::split(self.cmdline.as_str()).1
+    }
+
+    /// Value of `key=value` among the kernel's words, if present.
+    pub fn cmdline_value(&self, key: &str) -> Option<&str> {
+        self.kernel_words()
             .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
     }
 
-    /// Command-line words whose key (the part before `=`) is not in `known`.
+    /// Kernel words whose key (the part before `=`) is not in `known`.
     pub fn unknown_cmdline_words<'a>(
         &'a self,
         known: &'a [&str],
     ) -> impl Iterator<Item = &'a str> + 'a {
-        self.cmdline
-            .as_str()
-            .split_ascii_whitespace()
+        self.kernel_words()
             .filter(move |w| !known.contains(&w.split('=').next().unwrap_or(w)))
     }
 

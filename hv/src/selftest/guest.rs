@@ -30,6 +30,20 @@ fn console_has(o: &Outcome, text: &str) -> Result<(), String> {
 /// The `guest::*` tests.
 pub static CASES: &[Case] = &[
     Case {
+        name: "guest::msr_sweep",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::amd_cpuid",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
         name: "guest::cpuid",
         image: GUEST,
         config: VmConfig::PLAIN,

@@ -32,7 +32,8 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 73] = [
+pub static CASES: [Case; 74] = [
+    case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
         check: |o| console_starts_with(o, "nested round trip"),

@@ -103,3 +103,34 @@ pub fn write_start_state(vm: &mut Vm, test_name: &str) -> Result<(), &'static st
     dst.copy_from_slice(src);
     Ok(())
 }
+
+/// Prepares `vcpu` to start `vm`'s guest in the Multiboot entry state
+/// (Multiboot spec 3.2): 32-bit protected mode, paging off, flat segments,
+/// EAX = the boot loader magic, EBX = the info block. The rest is
+/// [`init_vmcb`]'s (intercepts, NPT, TSC); GDTR and IDTR are left empty, as
+/// the spec makes the OS load its own.
+pub fn init_vmcb_multiboot(vcpu: &mut Vcpu, vm: &Vm, entry: &svm::multiboot::EntryState) {
+    init_vmcb(vcpu, vm, u64::from(entry.eip));
+    let s = &mut vcpu.vmcb.state;
+    s.cs = entry.cs;
+    s.ds = entry.data;
+    s.es = entry.data;
+    s.fs = entry.data;
+    s.gs = entry.data;
+    s.ss = entry.data;
+    s.gdtr = VmcbSegment::new(0, 0, 0, 0);
+    s.idtr = VmcbSegment::new(0, 0, 0, 0);
+    // A present, busy 32-bit TSS type: VMRUN wants a usable TR.
+    s.tr = VmcbSegment::new(0, 0x8b, 0x67, 0);
+    // The guest sees EFER = 0; SVME is VMRUN's requirement (APM 15.5.1),
+    // hidden by the MSR intercept.
+    s.efer = entry.efer | EFER_SVME;
+    s.cr0 = entry.cr0;
+    s.cr3 = 0;
+    s.cr4 = entry.cr4;
+    s.rflags = entry.rflags;
+    s.rax = u64::from(entry.eax);
+    s.rsp = 0;
+    vcpu.regs = Default::default();
+    vcpu.regs.rbx = u64::from(entry.ebx);
+}

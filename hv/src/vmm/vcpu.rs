@@ -43,6 +43,9 @@ pub struct Vcpu {
     /// The guest's DR0-DR3 (L1's and L2's: one set, as on the CPU), in the
     /// CPU while this vCPU runs (`exits::dr`).
     pub db: [u64; 4],
+    /// The value-store MSRs (DEBUGCTL, MTRRs, PMU, HWCR; `svm::msr_table`),
+    /// shared by L1 and its L2s.
+    pub msrs: svm::msr_table::MsrStore,
 }
 
 impl Vcpu {
@@ -63,6 +66,7 @@ impl Vcpu {
             physical_nmi_at_entry: false,
             lme_hidden: false,
             db: [0; 4],
+            msrs: svm::msr_table::MsrStore::default(),
         })
     }
 

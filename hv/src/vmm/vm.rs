@@ -129,6 +129,10 @@ pub struct Vm {
     /// What vmcb12 may hold, from the CPUID this VM's guest sees (so
     /// computed once, here).
     pub l1_limits: L1Limits,
+    /// The PC platform's port devices (COM1, exit device, fw_cfg, PICs)
+    /// of a VM running an external guest (`crate::guest_boot`); `None`
+    /// for self-test VMs, whose console is prefixed line by line.
+    pub devices: Option<svm::devices::PortBus>,
 }
 
 impl Vm {
@@ -172,6 +176,7 @@ impl Vm {
             iopm,
             console_line: String::new(),
             console: Vec::new(),
+            devices: None,
         })
     }
 
@@ -203,7 +208,7 @@ impl Vm {
 fn l1_limits(nested_svm: bool) -> L1Limits {
     let policy = GuestCpuidPolicy {
         svm: nested_svm,
-        tsc_khz: 0,
+        ..GuestCpuidPolicy::default()
     };
     let cpuid = L1Cpuid::read(|leaf, subleaf| {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);

@@ -11,6 +11,7 @@ pub mod exit_device;
 pub mod fw_cfg;
 pub mod pic;
 pub mod serial;
+pub mod string_io;
 pub mod unassigned;
 
 pub use bus::PortBus;

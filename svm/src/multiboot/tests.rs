@@ -658,3 +658,23 @@ fn load_into_copies_file_bytes_and_zeroes_bss() {
     );
     assert!(short.iter().all(|&b| b == 0xFF), "nothing written");
 }
+
+#[test]
+fn info_goes_low_unless_the_image_is_there() {
+    let ram = 64 << 20;
+    let img = kut();
+    let p = plan(&img, ram).unwrap();
+    // kvm-unit-tests loads at 4 MiB: the low spot is free.
+    assert_eq!(place_info(&p, ram, 4096), Some(INFO_ADDR));
+    // Too big for the low room: after the image, page aligned.
+    let (_, end) = p.span();
+    let after = place_info(&p, ram, INFO_ROOM + 1).unwrap();
+    assert_eq!(u64::from(after), end.next_multiple_of(4096));
+    // An image over the low spot pushes the block past it.
+    let low = elf(0x2000, 0x8_0000, &[(1, 0x1000, 0x8_0000, 0x100, 0x2_0000)]);
+    let p = plan(&low, ram).unwrap();
+    assert_eq!(place_info(&p, ram, 100), Some(0xA_0000));
+    // RAM too small for the block after the image.
+    assert_eq!(place_info(&p, 0xA_0000 + 50, 100), None);
+    assert_eq!(place_info(&p, 0xA_0000 + 100, 100), Some(0xA_0000));
+}

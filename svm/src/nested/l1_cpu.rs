@@ -246,18 +246,25 @@ mod tests {
         // The SVM bit L0 hides from a guest not offered SVM takes EFER.SVME
         // with it; offered, L1 sees L0's SVM leaf (no FlushByAsid).
         let host = |leaf: u32, sub: u32| qemu64(leaf, sub);
-        let hidden = GuestCpuidPolicy {
-            svm: false,
-            tsc_khz: 0,
-        };
+        let hidden = GuestCpuidPolicy::default();
         let c = L1Cpuid::read(|l, s| filter(l, s, host(l, s), hidden));
         assert_eq!(c.efer_allowed() & EFER_SVME, 0);
         let offered = GuestCpuidPolicy {
             svm: true,
-            tsc_khz: 0,
+            ..Default::default()
         };
         let c = L1Cpuid::read(|l, s| filter(l, s, host(l, s), offered));
         assert_ne!(c.efer_allowed() & EFER_SVME, 0);
         assert!(!c.flush_by_asid());
+        // MAXPHYADDR as L1's CPUID shows it (the checks and the guest's
+        // CPUID agree), and NX and SMEP are allowed as shown.
+        assert_eq!(
+            u32::from(c.max_phys_bits()),
+            filter(0x8000_0008, 0, host(0x8000_0008, 0), offered)[0] & 0xFF
+        );
+        let ext1 = filter(0x8000_0001, 0, host(0x8000_0001, 0), offered);
+        assert_eq!(c.efer_allowed() & EFER_NXE != 0, ext1[3] & (1 << 20) != 0);
+        let leaf7 = filter(7, 0, host(7, 0), offered);
+        assert_eq!(c.cr4_allowed() & CR4_SMEP != 0, leaf7[1] & (1 << 7) != 0);
     }
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod build;
 pub mod fuzz;
 pub mod image;
+pub mod kut;
 pub mod lint;
 pub mod mutants;
 pub mod run;

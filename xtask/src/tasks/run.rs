@@ -9,28 +9,64 @@ use crate::kernel::{self, Profile};
 use crate::limine::{self, Limine, Lookup, Network};
 use crate::qemu::{self, Firmware, Medium, RunConfig};
 use crate::verdict::Verdict;
-use crate::{accel, bail, host_tools, ovmf, runner, workspace, Result};
+use crate::{accel, bail, guest, host_tools, ovmf, runner, workspace, Result};
 
 pub fn run(args: &RunArgs) -> Result<Verdict> {
+    Ok(Verdict::of(&boot(args)?))
+}
+
+/// `run --guest`: boots the hypervisor with the guest image and returns
+/// the status `cargo xtask run` exits with (QEMU's; see [`guest`]).
+pub fn run_guest(args: &RunArgs) -> Result<u8> {
+    let outcome = boot(args)?;
+    eprintln!("xtask: {}", guest::describe_status(&outcome));
+    Ok(guest::exit_status(&outcome))
+}
+
+/// Builds (unless `--no-build`), boots and waits for QEMU.
+fn boot(args: &RunArgs) -> Result<runner::Outcome> {
     // Before building: `--accel kvm` without SVM could only skip every test.
     let choice = accel::choose(args.accel)?;
-    let kernel = kernel::build_all(Profile::from_release_flag(args.release))?;
+    let profile = Profile::from_release_flag(args.release);
     let target = workspace::target_dir();
+    let kernel = if args.no_build {
+        let elf = kernel::elf_path(profile, &target);
+        if !elf.is_file() {
+            bail!(
+                "--no-build, but there is no kernel at {} (run cargo xtask build{})",
+                elf.display(),
+                if args.release { " --release" } else { "" }
+            );
+        }
+        elf
+    } else {
+        kernel::build_all(profile)?
+    };
     host_tools::require(&[host_tools::QEMU])?;
 
+    // A guest's words follow the kernel's, after `--` (crate::guest).
+    let cmdline = match &args.guest {
+        Some(g) => g.kernel_cmdline(&args.cmdline),
+        None => args.cmdline.clone(),
+    };
+    let module = args.guest.as_ref().map(|g| qemu::GuestModule {
+        file: g.file.clone(),
+        memory_mib: g.qemu_memory_mib(),
+    });
     let medium = match choose_boot(args)? {
         None => Medium::Direct {
             kernel: kernel.clone(),
-            cmdline: args.cmdline.clone(),
+            cmdline,
         },
         Some(limine) => {
             let iso = target.join("hv.iso");
             let contents = Contents {
                 limine: &limine,
                 kernel: &kernel,
-                cmdline: &args.cmdline,
+                cmdline: &cmdline,
             };
-            image::build_iso(&contents, &iso)?;
+            let guest_file = args.guest.as_ref().map(|g| g.file.as_path());
+            image::build_iso_with_guest(&contents, &iso, guest_file)?;
             Medium::Cdrom(iso)
         }
     };
@@ -54,19 +90,23 @@ pub fn run(args: &RunArgs) -> Result<Verdict> {
         debugcon: target.join("qemu-debugcon.log"),
         icount: false,
     };
-    let command = qemu::command(&config)?;
-    eprintln!("xtask: booting QEMU ({})...", describe(&config));
+    let command = qemu::command_with(&config, module.as_ref())?;
+    let memory = module
+        .as_ref()
+        .map_or(qemu::MEMORY.to_string(), |m| format!("{}M", m.memory_mib));
+    eprintln!("xtask: booting QEMU ({})...", describe(&config, &memory));
     if args.gdb {
         print_gdb_hint(&kernel);
     }
-    let outcome = runner::run(
+    // A guest's console is passed on as it is (crate::guest).
+    runner::run_with(
         command,
         runner::Options {
             timeout: args.timeout,
             echo: true,
         },
-    )?;
-    Ok(Verdict::of(&outcome))
+        args.guest.is_some(),
+    )
 }
 
 /// Limine when asked for or available, else direct boot (`None`), saying why.
@@ -107,7 +147,7 @@ fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
 
 /// How QEMU boots, for the line printed before the (possibly long) silence
 /// until the kernel's first line: e.g. `TCG, direct, 512 MiB`.
-fn describe(config: &RunConfig) -> String {
+fn describe(config: &RunConfig, memory: &str) -> String {
     let accel = match config.accel {
         accel::Accel::Kvm => "KVM",
         accel::Accel::Tcg => "TCG",
@@ -117,7 +157,7 @@ fn describe(config: &RunConfig) -> String {
         (_, Firmware::Bios) => "Limine, BIOS",
         (_, Firmware::Uefi { .. }) => "Limine, UEFI",
     };
-    format!("{accel}, {boot}, {}", qemu::MEMORY)
+    format!("{accel}, {boot}, {memory}")
 }
 
 fn print_gdb_hint(kernel: &Path) {

@@ -82,6 +82,9 @@ pub enum Task {
     /// Read the u64 at linear R7 (L1 put its PD in unbacked memory), R0 :=
     /// 1, yield.
     UnbackedWalk,
+    /// RDMSR every index of the MSRPM ranges, compare with L1's view,
+    /// write back (`crate::msrs`), yield.
+    MsrSweep,
 }
 
 /// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
@@ -316,6 +319,7 @@ pub extern "C" fn entry() -> ! {
             unsafe { core::ptr::read_volatile(input as *const u64) };
             put(0, 1);
         }
+        x if x == Task::MsrSweep as u64 => crate::msrs::l2_side(put),
         _ => {}
     }
     loop {

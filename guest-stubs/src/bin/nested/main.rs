@@ -10,6 +10,7 @@ mod hardening;
 mod l1;
 mod l2;
 mod modes;
+mod msrs;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
@@ -145,6 +146,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
         "nested::l2_dr0_3_writes_armed" => hardening::l2_dr0_3_writes_armed(),
+        "nested::l2_msr_sweep" => msrs::l2_msr_sweep(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -178,6 +180,17 @@ fn cpuid_svm_leaf() {
         "leaf 0x8000000A: revision {rev}, {asids} ASIDs"
     );
     check!(features & (1 << 3) != 0, "NRIP save not offered");
+    // Exactly what L0 emulates for L1: NRIP save, nothing else.
+    check_eq!(features, 1 << 3, "leaf 0x8000000A EDX");
+    check!(
+        cpuid(0x8000_0000, 0)[0] >= 0x8000_000A,
+        "max extended leaf below the SVM leaf"
+    );
+    check_eq!(
+        [cpuid(0, 0)[1], cpuid(0, 0)[3], cpuid(0, 0)[2]],
+        [0x6874_7541, 0x6974_6E65, 0x444D_4163],
+        "vendor (AuthenticAMD)"
+    );
     // Not emulated, so not offered: NP, TSC rate, VMCB clean, decode assists, pause filter, VGIF.
     let unoffered = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 10) | (1 << 16);
     check_eq!(features & unoffered, 0, "features offered but not emulated");

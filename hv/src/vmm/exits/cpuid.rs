@@ -17,6 +17,9 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         GuestCpuidPolicy {
             svm: vm.nested_svm,
             tsc_khz: vm.tsc.khz() as u32,
+            x2apic: super::msr::X2APIC_EMULATED,
+            // One vCPU per VM: vCPU 0.
+            apic_id: 0,
         },
     );
     vcpu.vmcb.state.rax = u64::from(eax);

@@ -42,6 +42,9 @@ pub enum Stop {
         /// Its message on failure.
         message: String,
     },
+    /// The guest wrote to the exit device (port 0xF4): end the run with
+    /// this QEMU exit status, `(value << 1) | 1` (svm::devices::exit_device).
+    ExitDevice(u32),
     /// Triple fault (SHUTDOWN intercept).
     Shutdown,
     /// Nested page fault L0 does not resolve: beyond the guest's
@@ -70,6 +73,7 @@ impl fmt::Display for Stop {
                 pass: false,
                 message,
             } => write!(f, "guest failed: {message}"),
+            Stop::ExitDevice(status) => write!(f, "exit device written (qemu status {status})"),
             Stop::Shutdown => write!(f, "triple fault (shutdown)"),
             Stop::NestedPageFault { gpa, error_code } => {
                 write!(
@@ -191,7 +195,7 @@ pub fn inject(vcpu: &mut Vcpu, event: EventInfo) -> Action {
 
 /// Prints why a guest stopped, with the exit state, unless it simply finished.
 fn report(vcpu: &Vcpu, vm: &Vm, stop: &Stop) {
-    if matches!(stop, Stop::Done { .. }) {
+    if matches!(stop, Stop::Done { .. } | Stop::ExitDevice(_)) {
         return;
     }
     let c = &vcpu.vmcb.control;

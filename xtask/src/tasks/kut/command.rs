@@ -1,0 +1,166 @@
+//! The two ways to run one kvm-unit-tests subtest: under our hypervisor
+//! ("ours") and under bare QEMU TCG ("qemu"). Each builds a command whose
+//! stdout is the guest's COM1 and whose exit status is QEMU's.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::accel::Accel;
+use crate::guest::GuestArgs;
+use crate::qemu::{self, Firmware, GuestModule, Medium, RunConfig};
+use crate::Result;
+
+/// One subtest run: which image, which subtest, what machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guest<'a> {
+    /// A built `x86/*.flat` (Multiboot 1, ELF32).
+    pub flat: &'a Path,
+    /// The subtest's name as the test matches it (spaces as `_`).
+    pub subtest: &'a str,
+    pub smp: u32,
+    pub mem_mib: u32,
+}
+
+/// The guest's Multiboot command line as bare QEMU passes it: the file name
+/// first (the test drops it as argv\[0\]), then the subtest filter.
+pub fn multiboot_cmdline(guest: &Guest) -> String {
+    let file = guest.flat.file_name().map_or_else(
+        || guest.flat.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    format!("{file} {}", guest.subtest)
+}
+
+/// Bare QEMU TCG as the L0, as kvm-unit-tests' own runner uses it, plus
+/// `-no-reboot` so that a triple fault ends the run (status 0) instead of
+/// rebooting into the test again until the timeout.
+pub fn bare_command(guest: &Guest) -> Command {
+    let mut cmd = Command::new(qemu::PROGRAM);
+    cmd.args(["-accel", "tcg", "-cpu", "max,+svm"])
+        .arg("-m")
+        .arg(guest.mem_mib.to_string())
+        .arg("-smp")
+        .arg(guest.smp.to_string())
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args([
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+        ])
+        .arg("-kernel")
+        .arg(guest.flat)
+        .arg("-append")
+        .arg(multiboot_cmdline(guest));
+    cmd
+}
+
+/// What the "ours" runs share: built once before the first run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ours {
+    /// The hypervisor kernel ELF, already built.
+    pub kernel: PathBuf,
+    /// Where each run's kernel debug console (port 0xE9) goes, one file per
+    /// subtest: `<dir>/<subtest>.debugcon.log`.
+    pub debugcon_dir: PathBuf,
+}
+
+/// Our hypervisor as the L0, running the subtest's image as its one guest:
+/// the QEMU command of `cargo xtask run --boot direct --guest FLAT --append
+/// SUBTEST --guest-mem MiB` (crate::guest), without a second xtask or a
+/// build per run. The hypervisor puts the image's file name in front of the
+/// words itself (the Multiboot command line's first word), so only the
+/// subtest name is passed. QEMU's status is the guest's `(code << 1) | 1`
+/// or one of the hypervisor's own (none of them kvm-unit-tests', so CRASH).
+/// TCG, as the bare column: the same accelerator under both L0s. `--smp` is
+/// not passed on: the hypervisor runs a guest on one vCPU.
+pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
+    let args = GuestArgs {
+        file: guest.flat.to_path_buf(),
+        append: guest.subtest.to_string(),
+        mem_mib: guest.mem_mib,
+    };
+    let config = RunConfig {
+        medium: Medium::Direct {
+            kernel: ours.kernel.clone(),
+            cmdline: args.kernel_cmdline(&[]),
+        },
+        firmware: Firmware::Bios,
+        accel: Accel::Tcg,
+        gdb: false,
+        debugcon: ours
+            .debugcon_dir
+            .join(format!("{}.debugcon.log", guest.subtest)),
+        icount: false,
+    };
+    let module = GuestModule {
+        file: args.file.clone(),
+        memory_mib: args.qemu_memory_mib(),
+    };
+    qemu::command_with(&config, Some(&module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn guest() -> Guest<'static> {
+        Guest {
+            flat: Path::new("/kut/x86/svm.flat"),
+            subtest: "vmrun_intercept_check",
+            smp: 1,
+            mem_mib: 256,
+        }
+    }
+
+    #[test]
+    fn bare_qemu_is_the_reference_command() {
+        let cmd = bare_command(&guest());
+        assert_eq!(cmd.get_program(), "qemu-system-x86_64");
+        assert_eq!(
+            args(&cmd).join(" "),
+            "-accel tcg -cpu max,+svm -m 256 -smp 1 -display none -serial stdio \
+             -monitor none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=4 \
+             -kernel /kut/x86/svm.flat -append svm.flat vmrun_intercept_check"
+        );
+        assert_eq!(
+            args(&cmd).last().map(String::as_str),
+            Some("svm.flat vmrun_intercept_check")
+        );
+    }
+
+    #[test]
+    fn ours_boots_the_hypervisor_with_the_image_as_its_module() {
+        let ours = Ours {
+            kernel: "/t/hv".into(),
+            debugcon_dir: "/t/kut".into(),
+        };
+        let args = args(&ours_command(&ours, &guest()).unwrap());
+        let pair = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+        assert!(pair("-kernel", "/t/hv"), "{args:?}");
+        assert!(pair("-initrd", "/kut/x86/svm.flat"), "{args:?}");
+        assert!(
+            pair(
+                "-append",
+                "guest=svm.flat guest_mem=256 -- vmrun_intercept_check"
+            ),
+            "{args:?}"
+        );
+        assert!(pair("-accel", "tcg"), "{args:?}");
+        assert!(
+            pair(
+                "-debugcon",
+                "file:/t/kut/vmrun_intercept_check.debugcon.log"
+            ),
+            "{args:?}"
+        );
+        // The guest's RAM plus the hypervisor's share.
+        assert!(pair("-m", "512M"), "{args:?}");
+        assert!(args.contains(&"-no-reboot".to_string()));
+    }
+}
