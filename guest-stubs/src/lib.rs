@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
 pub mod lapic;
+pub mod modes;
 pub mod msr_sweep;
 pub mod privileged;
 pub mod unbacked;

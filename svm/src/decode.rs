@@ -874,6 +874,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn real_and_compatibility_mode_code_sizes() {
+        let (lma, pe) = (1 << 10, 1);
+        // Real mode is 16-bit whatever the hidden CS.D/L (kept from
+        // protected mode); compatibility mode follows CS.D.
+        assert_eq!(bitness(0, 0, 2, 1 << 10 | 1 << 9), 16);
+        assert_eq!(bitness(pe, lma, 2, 0), 16);
+        // CS.L outside long mode means nothing.
+        assert_eq!(bitness(pe, 0, 2, 1 << 9), 16);
+    }
+
+    #[test]
+    fn sixteen_bit_memory_operands() {
+        // lmsw es:[0x1234] (26 0F 01 36 disp16): 6 bytes in 16-bit code,
+        // 4 in 32-bit code (modrm 36 is [esi] there).
+        let bytes = [0x26, 0x0F, 0x01, 0x36, 0x34, 0x12];
+        let d16 = decode(&bytes, 16, 0).unwrap();
+        assert_eq!((d16.insn, d16.len), (Insn::Lmsw(Operand::Memory), 6));
+        assert_eq!(decode(&bytes, 32, 0).unwrap().len, 4);
+        let es = |s| if s == Seg::Es { 0x10_0000 } else { 0 };
+        assert_eq!(d16.memory_address(|_| 0, es), Some(0x10_1234));
+        // lmsw [bx+si+0x10] (0F 01 70 10): the offset wraps at 64 KiB.
+        let d = decode(&[0x0F, 0x01, 0x70, 0x10], 16, 0).unwrap();
+        let regs = |n| match n {
+            3 => 0xffff_fff0, // BX (upper bits ignored)
+            6 => 0x10,        // SI
+            _ => 0,
+        };
+        let ds = |s| if s == Seg::Ds { 0x2000 } else { 0 };
+        assert_eq!(d.memory_address(regs, ds), Some(0x2010));
+    }
+
     fn accesses(bytes: &[u8], regs: [u64; 16]) -> std::vec::Vec<Access> {
         let d = decode(bytes, 64, 0x1000).unwrap();
         let mut v = std::vec::Vec::new();

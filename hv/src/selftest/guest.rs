@@ -232,6 +232,28 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: no_check,
     },
+    // Issue 10 item 3: every CPU mode and back, CPUID emulated in each.
+    Case {
+        name: "guest::cpu_modes_tour",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::Cpuid) {
+            n if n >= 9 => Ok(()),
+            n => Err(format!("{n} CPUID exits, expected at least 9")),
+        },
+    },
+    // Issue 10 item 3: EFER writes with the CPU's checks.
+    Case {
+        name: "guest::efer_writes_checked",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::Msr) {
+            n if n >= 8 => Ok(()),
+            n => Err(format!("{n} MSR exits, expected at least 8")),
+        },
+    },
     // ISSUE 8 C2: LTR emulated with the CPU's checks.
     Case {
         name: "guest::ltr_checked",

@@ -10,6 +10,7 @@ mod apic;
 mod hardening;
 mod l1;
 mod l2;
+mod modes;
 mod msrs;
 
 use core::arch::asm;
@@ -106,6 +107,10 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         "nested::l2_cpuid_odd_prefixes" => hardening::l2_cpuid_odd_prefixes(),
         "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
+        "nested::l2_starts_in_every_mode" => modes::l2_starts_in_every_mode(),
+        "nested::l2_tours_every_mode" => modes::l2_tours_every_mode(),
+        "nested::l2_tour_exits_to_l1_in_every_mode" => modes::l2_tour_exits_to_l1_in_every_mode(),
+        "nested::l2_pae_cr3_checks_pdptes" => modes::l2_pae_cr3_checks_pdptes(),
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
         "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
@@ -1649,8 +1654,13 @@ fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
 fn checks_decide_before_the_cpu() {
     const ITERATIONS: u64 = 600;
     let mut regs = setup(Task::Yield, 0);
-    // Every exception exits to L1, so no corruption runs L2 far.
+    // Every exception exits to L1, so no corruption runs L2 far. L2 starts
+    // in whatever mode its vmcb12 makes legal (compatibility mode, 16-bit
+    // code, legacy paging...): its code is CPUID; HLT, which runs alike in
+    // every mode, never 64-bit code read as 16-bit code (whose stores would
+    // land anywhere in L1's memory).
     l1::vmcb().control.intercept_exceptions = u32::MAX;
+    l1::vmcb().state.rip = guest_stubs::modes::cpuid_hlt_address();
     let good = l1::vmcb().clone();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let (mut by_l0, mut by_cpu, mut ran) = (0, 0, 0);

@@ -4,6 +4,7 @@ pub mod apic;
 mod cpuid;
 pub mod cr;
 pub mod dr;
+mod efer;
 pub mod exception;
 mod hypercall;
 mod ioio;
