@@ -12,6 +12,8 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod hypercall;
+pub mod lapic;
+pub mod modes;
 pub mod msr_sweep;
 pub mod privileged;
 pub mod unbacked;

@@ -581,6 +581,99 @@ impl Decoded {
     }
 }
 
+impl Decoded {
+    /// The instruction as L0 completes it against a device register
+    /// ([`crate::emulate::mmio`]): MOV to or from memory (register or
+    /// immediate source), MOVZX, MOVSX and MOVSXD loads. `None` for
+    /// anything else (the caller raises #UD), and for LOCK or segment
+    /// forms with no plain MMIO meaning.
+    pub fn mmio(&self) -> Option<crate::emulate::mmio::MmioInsn> {
+        use crate::emulate::mmio::{Extend, MmioInsn, Operand, Reg};
+        let i = &self.raw;
+        if i.has_lock_prefix() {
+            return None;
+        }
+        let reg = |r: Register| {
+            let rr = reg_ref(r)?;
+            Some(Reg {
+                n: rr.n,
+                high8: rr.high8,
+                size: r.size() as u8,
+            })
+        };
+        let size = i.memory_size().size() as u8;
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return None;
+        }
+        let load = |extend| {
+            if i.op1_kind() != OpKind::Memory || i.op0_kind() != OpKind::Register {
+                return None;
+            }
+            Some(MmioInsn::Load {
+                reg: reg(i.op0_register())?,
+                size,
+                extend,
+            })
+        };
+        match i.mnemonic() {
+            Mnemonic::Mov if i.op0_kind() == OpKind::Memory => match i.op1_kind() {
+                OpKind::Register => Some(MmioInsn::StoreReg {
+                    reg: reg(i.op1_register())?,
+                    size,
+                }),
+                OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate32to64 => Some(MmioInsn::StoreImm {
+                    value: i.immediate(1),
+                    size,
+                }),
+                _ => None,
+            },
+            Mnemonic::Cmp | Mnemonic::Test => {
+                let op = if i.mnemonic() == Mnemonic::Cmp {
+                    alu::Op::Sub
+                } else {
+                    alu::Op::And
+                };
+                let (mem_first, other_kind) = match (i.op0_kind(), i.op1_kind()) {
+                    (OpKind::Memory, k) => (true, k),
+                    (k, OpKind::Memory) => (false, k),
+                    _ => return None,
+                };
+                let other = match other_kind {
+                    OpKind::Register => {
+                        let r = if mem_first {
+                            i.op1_register()
+                        } else {
+                            i.op0_register()
+                        };
+                        Operand::Reg(reg(r)?)
+                    }
+                    OpKind::Immediate8
+                    | OpKind::Immediate16
+                    | OpKind::Immediate32
+                    | OpKind::Immediate8to16
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64 => Operand::Imm(i.immediate(1)),
+                    _ => return None,
+                };
+                Some(MmioInsn::Compare {
+                    op,
+                    size,
+                    other,
+                    mem_first,
+                })
+            }
+            Mnemonic::Mov => load(Extend::None),
+            Mnemonic::Movzx => load(Extend::Zero),
+            Mnemonic::Movsx | Mnemonic::Movsxd => load(Extend::Sign),
+            _ => None,
+        }
+    }
+}
+
 /// A register's value for an address: general registers of any width from
 /// `gpr_value`, segment registers as their base.
 fn register_value(
@@ -781,6 +874,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn real_and_compatibility_mode_code_sizes() {
+        let (lma, pe) = (1 << 10, 1);
+        // Real mode is 16-bit whatever the hidden CS.D/L (kept from
+        // protected mode); compatibility mode follows CS.D.
+        assert_eq!(bitness(0, 0, 2, 1 << 10 | 1 << 9), 16);
+        assert_eq!(bitness(pe, lma, 2, 0), 16);
+        // CS.L outside long mode means nothing.
+        assert_eq!(bitness(pe, 0, 2, 1 << 9), 16);
+    }
+
+    #[test]
+    fn sixteen_bit_memory_operands() {
+        // lmsw es:[0x1234] (26 0F 01 36 disp16): 6 bytes in 16-bit code,
+        // 4 in 32-bit code (modrm 36 is [esi] there).
+        let bytes = [0x26, 0x0F, 0x01, 0x36, 0x34, 0x12];
+        let d16 = decode(&bytes, 16, 0).unwrap();
+        assert_eq!((d16.insn, d16.len), (Insn::Lmsw(Operand::Memory), 6));
+        assert_eq!(decode(&bytes, 32, 0).unwrap().len, 4);
+        let es = |s| if s == Seg::Es { 0x10_0000 } else { 0 };
+        assert_eq!(d16.memory_address(|_| 0, es), Some(0x10_1234));
+        // lmsw [bx+si+0x10] (0F 01 70 10): the offset wraps at 64 KiB.
+        let d = decode(&[0x0F, 0x01, 0x70, 0x10], 16, 0).unwrap();
+        let regs = |n| match n {
+            3 => 0xffff_fff0, // BX (upper bits ignored)
+            6 => 0x10,        // SI
+            _ => 0,
+        };
+        let ds = |s| if s == Seg::Ds { 0x2000 } else { 0 };
+        assert_eq!(d.memory_address(regs, ds), Some(0x2010));
+    }
+
     fn accesses(bytes: &[u8], regs: [u64; 16]) -> std::vec::Vec<Access> {
         let d = decode(bytes, 64, 0x1000).unwrap();
         let mut v = std::vec::Vec::new();
@@ -838,6 +963,110 @@ mod tests {
         assert_eq!(r(0, false).read(v, 2), 0x7788);
         assert_eq!(r(0, false).read(v, 4), 0x5566_7788);
         assert_eq!(r(0, false).read(v, 8), v);
+    }
+
+    #[test]
+    fn mmio_forms() {
+        use crate::emulate::mmio::{Extend, MmioInsn, Operand, Reg};
+        let m = |bytes: &[u8], bits| decode(bytes, bits, 0).unwrap().mmio();
+        let r = |n, size| Reg {
+            n,
+            high8: false,
+            size,
+        };
+        // mov eax, [rbx+0x30] / mov [rbx+0xb0], ecx / mov dword [rax], 0x1ff
+        assert_eq!(
+            m(&[0x8B, 0x43, 0x30], 64),
+            Some(MmioInsn::Load {
+                reg: r(0, 4),
+                size: 4,
+                extend: Extend::None
+            })
+        );
+        assert_eq!(
+            m(&[0x89, 0x8B, 0xB0, 0, 0, 0], 64),
+            Some(MmioInsn::StoreReg {
+                reg: r(1, 4),
+                size: 4
+            })
+        );
+        assert_eq!(
+            m(&[0xC7, 0x00, 0xFF, 0x01, 0, 0], 64),
+            Some(MmioInsn::StoreImm {
+                value: 0x1FF,
+                size: 4
+            })
+        );
+        // mov r9, [rax] / mov [rax], bh / movzx eax, byte [rax]
+        assert_eq!(
+            m(&[0x4C, 0x8B, 0x08], 64),
+            Some(MmioInsn::Load {
+                reg: r(9, 8),
+                size: 8,
+                extend: Extend::None
+            })
+        );
+        assert_eq!(
+            m(&[0x88, 0x38], 64),
+            Some(MmioInsn::StoreReg {
+                reg: Reg {
+                    n: 3,
+                    high8: true,
+                    size: 1
+                },
+                size: 1
+            })
+        );
+        assert_eq!(
+            m(&[0x0F, 0xB6, 0x00], 64),
+            Some(MmioInsn::Load {
+                reg: r(0, 4),
+                size: 1,
+                extend: Extend::Zero
+            })
+        );
+        // movsxd rax, dword [rax]; 32-bit code: mov eax, [0xfee00030] (moffs)
+        assert_eq!(
+            m(&[0x48, 0x63, 0x00], 64),
+            Some(MmioInsn::Load {
+                reg: r(0, 8),
+                size: 4,
+                extend: Extend::Sign
+            })
+        );
+        assert_eq!(
+            m(&[0xA1, 0x30, 0x00, 0xE0, 0xFE], 32),
+            Some(MmioInsn::Load {
+                reg: r(0, 4),
+                size: 4,
+                extend: Extend::None
+            })
+        );
+        // testl $1, (%r15); cmp eax, [rbx]
+        assert_eq!(
+            m(&[0x41, 0xF7, 0x07, 1, 0, 0, 0], 64),
+            Some(MmioInsn::Compare {
+                op: alu::Op::And,
+                size: 4,
+                other: Operand::Imm(1),
+                mem_first: true
+            })
+        );
+        assert_eq!(
+            m(&[0x3B, 0x03], 64),
+            Some(MmioInsn::Compare {
+                op: alu::Op::Sub,
+                size: 4,
+                other: Operand::Reg(r(0, 4)),
+                mem_first: false
+            })
+        );
+        // Not emulated: add [rax], eax; movs; lock-free xchg; mov between registers.
+        assert_eq!(m(&[0x01, 0x00], 64), None);
+        assert_eq!(m(&[0xA5], 64), None);
+        assert_eq!(m(&[0x87, 0x00], 64), None);
+        assert_eq!(m(&[0x89, 0xC0], 64), None);
+        assert_eq!(m(&[0x0F, 0x29, 0x00], 64), None, "movaps [rax], xmm0");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod guest_abi;
 pub mod int_ctl;
 pub mod intercept;
 pub mod iopm;
+pub mod irq;
 pub mod msr;
 pub mod msr_table;
 pub mod msrpm;

@@ -5,6 +5,9 @@
 #![no_std]
 #![no_main]
 
+#[path = "guest/apic.rs"]
+mod apic;
+
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::cpu::{cpuid, rdmsr, wrmsr};
@@ -58,6 +61,15 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
         "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
         "guest::dr0_3_writes_armed" => dr0_3_writes_armed,
+        "guest::lapic_mmio_id_version" => apic::mmio_id_version,
+        "guest::lapic_timer_one_shot" => apic::timer_one_shot,
+        "guest::lapic_timer_periodic" => apic::timer_periodic,
+        "guest::lapic_tpr_eoi" => apic::tpr_eoi,
+        "guest::lapic_timer_periodic_minimum" => apic::timer_periodic_minimum,
+        "guest::x2apic_self_ipi" => apic::x2apic_self_ipi,
+        "guest::lapic_mmio_unemulated_ud" => apic::mmio_unemulated_ud,
+        "guest::cpu_modes_tour" => cpu_modes_tour,
+        "guest::efer_writes_checked" => efer_writes_checked,
         "guest::msr_sweep" => msr_sweep,
         "guest::amd_cpuid" => cpuid_amd_cpu,
         other => fail(format_args!("no guest test named {other}")),
@@ -964,6 +976,81 @@ fn leave_long_mode(_: &StartParams) {
         EFER_LME | EFER_LMA,
         "EFER back in long mode"
     );
+}
+
+/// The guest visits every CPU mode and comes back (issue 10 item 3): L0
+/// emulates CPUID at each stop, fetching through the mode's paging (none,
+/// 32-bit with 4 MiB and 4 KiB pages, PAE) and decoding with its code size
+/// (16-bit protected mode and real mode at EIP > 0xFFFF, with LMSW from
+/// memory); EFER.LME changes with paging off, LMA follows CR0.PG.
+fn cpu_modes_tour(_: &StartParams) {
+    use guest_stubs::modes::{tour, STOPS};
+    use svm::msr::{EFER, EFER_LMA, EFER_LME};
+    let vendor = cpuid(0, 0)[1];
+    let seen = tour();
+    for (stop, ebx) in STOPS.iter().zip(seen.cpuid) {
+        check_eq!(ebx, vendor, format_args!("CPUID.0 EBX in {stop}"));
+    }
+    let (lme, lma) = (EFER_LME as u32, EFER_LMA as u32);
+    check_eq!(
+        seen.efer_lme_no_paging & (lme | lma),
+        lme,
+        "EFER with paging off (LMA clear, LME kept)"
+    );
+    check_eq!(
+        seen.efer_cleared & (lme | lma),
+        0,
+        "EFER after clearing LME"
+    );
+    check_eq!(
+        seen.efer_legacy_paging & (lme | lma),
+        0,
+        "EFER in 32-bit paging"
+    );
+    check_eq!(
+        seen.efer_back & (lme | lma),
+        lme | lma,
+        "EFER after paging on with LME (LMA derived)"
+    );
+    check_eq!(
+        rdmsr(EFER) & (EFER_LME | EFER_LMA),
+        EFER_LME | EFER_LMA,
+        "EFER back in 64-bit mode"
+    );
+    check_eq!(
+        (seen.cr0_lmsw_pm16 & 0xf, seen.cr0_lmsw_real & 0xf),
+        (0xb, 0x2),
+        "CR0[3:0] after LMSW in 16-bit protected mode, in real mode"
+    );
+    check_eq!(
+        guest_stubs::privileged::read_cr(0) & 0xf,
+        0x3,
+        "CR0 PE|MP after the tour"
+    );
+}
+
+/// WRMSR EFER gets the CPU's checks (APM 3.1.7, 14.6.1): reserved bits and
+/// a change of LME with paging on are #GP(0) and change nothing; LMA is
+/// read-only (a write to it is ignored); SCE changes.
+fn efer_writes_checked(_: &StartParams) {
+    use svm::msr::{EFER, EFER_LMA, EFER_LME, EFER_SCE};
+    let efer = rdmsr(EFER);
+    check_eq!(
+        efer & (EFER_LME | EFER_LMA),
+        EFER_LME | EFER_LMA,
+        "EFER in long mode"
+    );
+    expect_gp("EFER reserved bit 1", 2, 0, || wrmsr(EFER, efer | 1 << 1));
+    expect_gp("EFER reserved bit 63", 2, 0, || wrmsr(EFER, efer | 1 << 63));
+    expect_gp("EFER.LME cleared with paging on", 2, 0, || {
+        wrmsr(EFER, efer & !EFER_LME)
+    });
+    check_eq!(rdmsr(EFER), efer, "EFER after refused writes");
+    wrmsr(EFER, efer & !EFER_LMA);
+    check_eq!(rdmsr(EFER), efer, "EFER after a write clearing LMA");
+    wrmsr(EFER, efer ^ EFER_SCE);
+    check_eq!(rdmsr(EFER), efer ^ EFER_SCE, "EFER after toggling SCE");
+    wrmsr(EFER, efer);
 }
 
 /// LTR raises the CPU's faults (a null selector is #GP(0), not an empty

@@ -232,6 +232,28 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: no_check,
     },
+    // Issue 10 item 3: every CPU mode and back, CPUID emulated in each.
+    Case {
+        name: "guest::cpu_modes_tour",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::Cpuid) {
+            n if n >= 9 => Ok(()),
+            n => Err(format!("{n} CPUID exits, expected at least 9")),
+        },
+    },
+    // Issue 10 item 3: EFER writes with the CPU's checks.
+    Case {
+        name: "guest::efer_writes_checked",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| match o.vcpu.exit_count(ExitCode::Msr) {
+            n if n >= 8 => Ok(()),
+            n => Err(format!("{n} MSR exits, expected at least 8")),
+        },
+    },
     // ISSUE 8 C2: LTR emulated with the CPU's checks.
     Case {
         name: "guest::ltr_checked",
@@ -292,6 +314,59 @@ pub static CASES: &[Case] = &[
         config: VmConfig::PLAIN,
         expect: Expect::Pass,
         check: |o| (0..4).try_for_each(|n| exits_are(o, ExitCode::DrWrite(n), 7)),
+    },
+    // ISSUE 10 item 5: the local APIC (guest-stubs/src/bin/guest/apic.rs).
+    Case {
+        name: "guest::lapic_mmio_id_version",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // ID, version, SPIV x2, the byte load, the MOVZX, the SPIV write.
+        check: |o| exits_are(o, ExitCode::Npf, 7),
+    },
+    Case {
+        name: "guest::lapic_timer_one_shot",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // The guest waited in HLT: one HLT exit, not a spin.
+        check: |o| exits_are(o, ExitCode::Hlt, 1),
+    },
+    Case {
+        name: "guest::lapic_timer_periodic",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::lapic_timer_periodic_minimum",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::lapic_tpr_eoi",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::x2apic_self_ipi",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        // The self-IPI waited for STI in a VINTR window.
+        check: |o| exits_are(o, ExitCode::Vintr, 1),
+    },
+    Case {
+        name: "guest::lapic_mmio_unemulated_ud",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
     },
 ];
 

@@ -32,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 70] = [
+pub static CASES: [Case; 78] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -114,6 +114,11 @@ pub static CASES: [Case; 70] = [
     // ISSUE 8 A6 and C: odd encodings and privileged writes in L2.
     case("nested::l2_cpuid_odd_prefixes"),
     case("nested::l2_leaves_long_mode"),
+    // Issue 10 item 3: L2 in every CPU mode.
+    case("nested::l2_starts_in_every_mode"),
+    case("nested::l2_tours_every_mode"),
+    case("nested::l2_tour_exits_to_l1_in_every_mode"),
+    case("nested::l2_pae_cr3_checks_pdptes"),
     case("nested::l2_dr7_write"),
     case("nested::l2_cr8_with_v_irq"),
     case("nested::vmload_zero_tr_user_fault"),
@@ -138,4 +143,9 @@ pub static CASES: [Case; 70] = [
     case("nested::l2_unbacked_cr3_faults"),
     // ISSUE 8 C: the fuzz SIGSEGV (L2's MOV DR0 with vmcb12's DR7 armed).
     case("nested::l2_dr0_3_writes_armed"),
+    // ISSUE 10 items 4-5: L1's local APIC from L2 (MMIO, timer -> INTR).
+    case("nested::l2_lapic_mmio"),
+    case("nested::l2_lapic_timer_exits_to_l1"),
+    case("nested::l2_lapic_intr_waits_for_l2_sti"),
+    case("nested::l2_lapic_smi_exits_to_l1"),
 ];

@@ -29,6 +29,12 @@ pub struct Npt {
     pml4: u64,
     /// Every table frame, freed with the VM.
     tables: Vec<u64>,
+    /// The shared unbacked tables (PT, PD, PDPT): copied before an entry
+    /// under them changes ([`Npt::add_mmio_page`]).
+    shared: [u64; 3],
+    /// Pages left unmapped so every access exits to a device model
+    /// (the local APIC page, exits::apic).
+    mmio_pages: Vec<u64>,
 }
 
 struct Recording<'a>(&'a mut Vec<u64>);
@@ -70,7 +76,12 @@ impl Npt {
         let mut tables = Vec::new();
         let pml4 = frame::alloc_zeroed(1, FRAME_SIZE).ok_or("out of memory for the NPT root")?;
         tables.push(pml4);
-        let mut npt = Self { pml4, tables };
+        let mut npt = Self {
+            pml4,
+            tables,
+            shared: [0; 3],
+            mmio_pages: Vec::new(),
+        };
         let offset = crate::mem::paging::phys_to_virt(0);
         // SAFETY: the root is a fresh zeroed frame in the direct map.
         let mut m = unsafe {
@@ -129,6 +140,7 @@ impl Npt {
                 unsafe { entry(shared, i).write(full[level - 1]) };
             }
             full[level] = shared | TABLE_ENTRY;
+            self.shared[level - 1] = shared;
         }
         self.fill(self.pml4, 4, 0, limit, &full)
     }
@@ -172,6 +184,57 @@ impl Npt {
             unsafe { entry(table, i).write(value) };
         }
         Ok(())
+    }
+
+    /// Leaves the 4 KiB page at `gpa` (unbacked memory) unmapped, so
+    /// every access to it is a nested page fault L0 hands to a device
+    /// (MMIO). Shared unbacked tables on the way are copied first. RAM
+    /// and pages beyond MAXPHYADDR are refused. The caller flushes the
+    /// guest's TLB.
+    pub fn add_mmio_page(&mut self, gpa: u64) -> Result<(), &'static str> {
+        let gpa = gpa & !0xFFF;
+        if self.is_mmio_page(gpa) {
+            return Ok(());
+        }
+        let mut table = self.pml4;
+        for level in (2..=4u8).rev() {
+            let i = (gpa >> (12 + 9 * u32::from(level - 1))) & 511;
+            // SAFETY: `table` is one of this NPT's table frames.
+            let e = unsafe { entry(table, i).read() };
+            if e & P == 0 {
+                return Err("an MMIO page beyond the guest's MAXPHYADDR");
+            }
+            if e & PS != 0 {
+                return Err("an MMIO page inside guest RAM");
+            }
+            let mut next = e & ADDR;
+            if self.shared.contains(&next) {
+                let own = self.new_table()?;
+                // SAFETY: both are table frames of this NPT; `own` is fresh.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        entry(next, 0) as *const u64,
+                        entry(own, 0),
+                        512,
+                    );
+                    entry(table, i).write(own | TABLE_ENTRY);
+                }
+                next = own;
+            }
+            table = next;
+        }
+        let i = (gpa >> 12) & 511;
+        // SAFETY: `table` is a PT of this NPT owned by this path alone
+        // (copied above if it was shared); RAM is mapped with 2 MiB pages,
+        // so this PT maps unbacked memory only.
+        unsafe { entry(table, i).write(0) };
+        self.mmio_pages.push(gpa);
+        Ok(())
+    }
+
+    /// Whether `gpa` is in a page [`Npt::add_mmio_page`] left unmapped.
+    pub fn is_mmio_page(&self, gpa: u64) -> bool {
+        self.mmio_pages.contains(&(gpa & !0xFFF))
     }
 
     /// The nCR3 value.

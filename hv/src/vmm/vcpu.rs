@@ -43,6 +43,10 @@ pub struct Vcpu {
     /// The guest's DR0-DR3 (L1's and L2's: one set, as on the CPU), in the
     /// CPU while this vCPU runs (`exits::dr`).
     pub db: [u64; 4],
+    /// This vCPU's local APIC (exits::apic).
+    pub lapic: svm::devices::lapic::Lapic,
+    /// L0 opened an interrupt window (V_IRQ + VINTR) for the APIC.
+    pub apic_window: bool,
     /// The value-store MSRs (DEBUGCTL, MTRRs, PMU, HWCR; `svm::msr_table`),
     /// shared by L1 and its L2s.
     pub msrs: svm::msr_table::MsrStore,
@@ -66,6 +70,8 @@ impl Vcpu {
             physical_nmi_at_entry: false,
             lme_hidden: false,
             db: [0; 4],
+            lapic: exits::apic::new_lapic(),
+            apic_window: false,
             msrs: svm::msr_table::MsrStore::default(),
         })
     }
@@ -90,6 +96,9 @@ impl Vcpu {
             {
                 return stop;
             }
+            if let Action::Stop(stop) = exits::apic::before_entry(self, vm, host) {
+                return stop;
+            }
             super::tsc::prepare_entry(self, vm);
             exits::exception::arm_physical_nmi(self);
             if let Some(t) = exited_at {
@@ -105,6 +114,7 @@ impl Vcpu {
             // What the CPU did not deliver is in EXITINTINFO now; from here
             // a valid EVENTINJ means an event L0 queued and nobody received.
             self.vmcb.control.event_inj = 0;
+            exits::apic::after_exit(self);
             let code = ExitCode::from_raw(self.vmcb.control.exit_code);
             if code == ExitCode::Intr {
                 // A physical interrupt (the watchdog), held since the exit:

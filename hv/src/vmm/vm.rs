@@ -141,7 +141,12 @@ impl Vm {
         let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
         let l1_limits = l1_limits(config.nested_svm);
         let unbacked_limit = svm::emulate::unbacked::phys_limit(l1_limits.max_phys_bits);
-        let npt = Npt::new(memory.host_phys(), memory_size, unbacked_limit)?;
+        let mut npt = Npt::new(memory.host_phys(), memory_size, unbacked_limit)?;
+        // The local APIC's page exits on every access (exits::apic).
+        let apic = svm::devices::lapic::DEFAULT_BASE;
+        if svm::emulate::unbacked::is_unbacked(apic, memory_size, unbacked_limit) {
+            npt.add_mmio_page(apic)?;
+        }
         let mut msrpm: PhysBox<MsrPermissionMap> =
             PhysBox::new_zeroed().ok_or("out of memory for the MSRPM")?;
         msrpm.set_intercept_all();

@@ -154,8 +154,9 @@ pub const CR3_NO_FLUSH: u64 = 1 << 63;
 /// the guest's CPUID 0x8000_0008) or in 63:52 (APM 3.1.2 "CR3": reserved,
 /// MBZ). With CR4.PCIDE bit 63 is the no-flush flag and bits 11:0 the PCID.
 /// As KVM's `kvm_set_cr3`: the address check whatever the paging mode
-/// (outside 64-bit mode the operand has 32 bits anyway); the PAE PDPTEs are
-/// not checked (L0's guests run 64-bit or without paging).
+/// (outside 64-bit mode the operand has 32 bits anyway, and the 32-bit and
+/// PAE formats ignore the low bits the walk does not use); in PAE paging
+/// the PDPTEs it points at are checked too ([`loads_pdptes`]).
 pub fn write_cr3(s: &CrState, value: u64, max_phys_bits: u8) -> Result<(CrState, bool), Fault> {
     let pcide = s.cr4 & CR4_PCIDE != 0;
     let no_flush = pcide && value & CR3_NO_FLUSH != 0;
@@ -164,6 +165,23 @@ pub fn write_cr3(s: &CrState, value: u64, max_phys_bits: u8) -> Result<(CrState,
         return Err(Fault::Gp(0));
     }
     Ok((CrState { cr3, ..*s }, !no_flush))
+}
+
+/// Whether a write that took the guest from `old` to `new` (control
+/// register `cr`) loads the four PAE PDPTEs, which the CPU then checks
+/// ([`crate::walk::pdptes_valid`]; #GP(0) when one has a reserved bit): the
+/// new state is PAE paging outside long mode, and the write is MOV CR3, or
+/// changed CR0.PG/CD/NW, or CR4.PAE/PSE/PGE/SMEP (APM 3.1.2, 5.3.1; KVM
+/// `kvm_set_cr0/3/4` and `X86_CR{0,4}_PDPTR_BITS`).
+pub fn loads_pdptes(old: &CrState, new: &CrState, cr: u8) -> bool {
+    let pae_paging = new.cr0 & CR0_PG != 0 && new.cr4 & CR4_PAE != 0 && new.efer & EFER_LMA == 0;
+    let changed = match cr {
+        3 => true,
+        0 => (old.cr0 ^ new.cr0) & (CR0_PG | CR0_CD | CR0_NW) != 0,
+        4 => (old.cr4 ^ new.cr4) & (CR4_PAE | CR4_PSE | CR4_PGE | CR4_SMEP) != 0,
+        _ => false,
+    };
+    pae_paging && changed
 }
 
 /// MOV to CR8: the new task priority (V_TPR under V_INTR_MASKING, APM
@@ -332,6 +350,37 @@ mod tests {
             "flush without bit 63"
         );
         assert_eq!(write_cr3(&pcid, CR3_NO_FLUSH | 1 << 62, 40), gp);
+    }
+
+    #[test]
+    fn pae_pdptes_load_on_the_writes_that_reach_pae_paging() {
+        let legacy = CrState {
+            cr0: CR0_PE | CR0_ET,
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            efer: 0,
+            cs_l: false,
+        };
+        let paging = write_cr0(&legacy, legacy.cr0 | CR0_PG).unwrap();
+        assert_eq!(paging.efer, 0, "no LME: legacy PAE paging");
+        assert!(loads_pdptes(&legacy, &paging, 0), "PG set");
+        assert!(loads_pdptes(&paging, &paging, 3), "MOV CR3");
+        let pge = write_cr4(&paging, CR4_PAE | CR4_PGE, !0).unwrap();
+        assert!(loads_pdptes(&paging, &pge, 4), "CR4.PGE");
+        let mp = write_cr0(&paging, paging.cr0 | CR0_MP).unwrap();
+        assert!(!loads_pdptes(&paging, &mp, 0), "CR0.MP");
+        // Long mode has no PDPTEs; paging off neither; 32-bit paging neither.
+        assert!(!loads_pdptes(&LONG, &LONG, 3));
+        assert!(!loads_pdptes(&legacy, &legacy, 3));
+        let no_pae = CrState { cr4: 0, ..paging };
+        assert!(!loads_pdptes(&no_pae, &no_pae, 3));
+        // Entering long mode (LME set) loads none.
+        let lme = CrState {
+            efer: EFER_LME,
+            ..legacy
+        };
+        let long = write_cr0(&lme, lme.cr0 | CR0_PG).unwrap();
+        assert!(!loads_pdptes(&lme, &long, 0));
     }
 
     #[test]

@@ -27,14 +27,28 @@ pub fn paging(cr0: u64, efer: u64) -> Paging {
 
 /// The linear address of the code byte at RIP + `offset` in code of
 /// `bitness`: 64-bit code ignores CS.base and does not wrap at 4 GiB;
-/// 32-bit code wraps EIP at 4 GiB, 16-bit code IP at 64 KiB, and adds
-/// CS.base (the sum truncated to 32 bits).
+/// 16- and 32-bit code add CS.base to EIP and truncate the sum to 32 bits
+/// (APM Vol. 2, 4.5.3; real mode too, where CS.base is the selector times
+/// 16). 16-bit code fetches at the whole EIP, not IP: the CPU checks EIP
+/// against CS.limit rather than wrapping it at 64 KiB, so code with a 4 GiB
+/// CS limit runs above 64 KiB (QEMU does the same; kvm-unit-tests'
+/// `mode_switch` runs real-mode code at EIP > 0xFFFF).
 pub fn code_address(bitness: u32, cs_base: u64, rip: u64, offset: u64) -> u64 {
     let ip = rip.wrapping_add(offset);
     match bitness {
         64 => ip,
-        32 => cs_base.wrapping_add(ip & 0xffff_ffff) & 0xffff_ffff,
-        _ => cs_base.wrapping_add(ip & 0xffff) & 0xffff_ffff,
+        _ => cs_base.wrapping_add(ip & 0xffff_ffff) & 0xffff_ffff,
+    }
+}
+
+/// RIP after an instruction of `len` bytes at `rip` in code of `bitness`:
+/// 64 bits in 64-bit mode, else EIP wrapping at 4 GiB (see
+/// [`code_address`] for 16-bit code).
+pub fn next_rip(bitness: u32, rip: u64, len: u64) -> u64 {
+    let next = rip.wrapping_add(len);
+    match bitness {
+        64 => next,
+        _ => next & 0xffff_ffff,
     }
 }
 
@@ -67,8 +81,20 @@ mod tests {
         );
         assert_eq!(code_address(32, 0x1000, 0x2000, 1), 0x3001);
         assert_eq!(code_address(32, 0x10, 0xffff_ffff, 1), 0x10, "EIP wraps");
-        assert_eq!(code_address(16, 0xf_0000, 0xffff, 1), 0xf_0000, "IP wraps");
         assert_eq!(code_address(16, 0xf_0000, 0xfff0, 0), 0xf_fff0);
+        // Real mode at EIP > 0xFFFF (a 4 GiB CS limit kept from protected
+        // mode): the whole EIP counts.
+        assert_eq!(code_address(16, 0, 0x10_2345, 1), 0x10_2346);
+        assert_eq!(code_address(16, 0xf_0000, 0xffff, 1), 0x10_0000);
+        assert_eq!(code_address(16, 0x10, 0xffff_ffff, 1), 0x10, "EIP wraps");
+    }
+
+    #[test]
+    fn next_rip_per_mode() {
+        assert_eq!(next_rip(64, 0xffff_ffff, 3), 0x1_0000_0002);
+        assert_eq!(next_rip(32, 0xffff_ffff, 3), 2, "EIP wraps");
+        assert_eq!(next_rip(16, 0x10_2345, 3), 0x10_2348);
+        assert_eq!(next_rip(16, 0xfffe, 3), 0x1_0001);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 pub mod alu;
 pub mod cr;
 pub mod dr;
+pub mod efer;
 pub mod fetch;
+pub mod mmio;
 pub mod tr;
 pub mod unbacked;
 

@@ -112,6 +112,10 @@ pub enum Vmcb12Error {
     NestedCr3Reserved(u64),
     /// EVENTINJ holds an event VMRUN would refuse (APM 15.20).
     IllegalEventInj(IllegalEvent),
+    /// L2 starts in legacy PAE paging without nested paging and a present
+    /// PDPTE has a reserved bit ([`vmrun_loads_pdptes`]; found by L0,
+    /// which reads L1 memory, after [`check_vmcb12`]).
+    PdpteReserved,
 }
 
 /// APM 15.5.1: every check VMRUN makes, in the APM's order. Ok or the
@@ -139,6 +143,19 @@ pub fn check_vmcb12(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
 /// Whether vmcb12 enters long mode: EFER.LME and CR0.PG (LMA follows).
 pub fn enters_long_mode(vmcb: &Vmcb) -> bool {
     vmcb.state.efer & EFER_LME != 0 && vmcb.state.cr0 & CR0_PG != 0
+}
+
+/// Whether VMRUN loads vmcb12's four PAE PDPTEs from L1 memory and fails
+/// (VMEXIT_INVALID) when a present one has a reserved bit
+/// ([`crate::walk::pdptes_valid`]): L2 starts with PAE paging outside long
+/// mode (CR0.PG, CR4.PAE, EFER.LME clear) and without nested paging for L2.
+/// With nested paging the PDPTEs are read at each walk instead, and a
+/// reserved bit is L2's #PF (KVM `nested_svm_load_cr3`, kvm-unit-tests
+/// `svm_pae_test`).
+pub fn vmrun_loads_pdptes(vmcb: &Vmcb, limits: &L1Limits) -> bool {
+    let s = &vmcb.state;
+    let npt = limits.npt_offered && vmcb.control.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0;
+    s.cr0 & CR0_PG != 0 && s.cr4 & CR4_PAE != 0 && s.efer & EFER_LME == 0 && !npt
 }
 
 /// The guest-state half of the list.
@@ -638,6 +655,26 @@ mod tests {
         v.state.efer = EFER_SVME;
         v.state.cs = VmcbSegment::new(0xF000, 0x9B, 0xFFFF, 0xF_0000);
         assert_eq!(check_vmcb12(&v, &limits()), Ok(()));
+    }
+
+    #[test]
+    fn pdptes_load_for_legacy_pae_without_nested_paging() {
+        let mut v = baseline();
+        assert!(!vmrun_loads_pdptes(&v, &limits()), "long mode");
+        v.state.efer = EFER_SVME;
+        v.state.cs.attrib = 0xC9B;
+        assert!(vmrun_loads_pdptes(&v, &limits()), "legacy PAE paging");
+        let mut npt = limits();
+        npt.npt_offered = true;
+        assert!(vmrun_loads_pdptes(&v, &npt), "NP_ENABLE clear");
+        v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
+        assert!(!vmrun_loads_pdptes(&v, &npt), "nested paging");
+        assert!(vmrun_loads_pdptes(&v, &limits()), "NP_ENABLE not offered");
+        v.state.cr4 = 0;
+        assert!(!vmrun_loads_pdptes(&v, &limits()), "32-bit paging");
+        v.state.cr4 = CR4_PAE;
+        v.state.cr0 &= !CR0_PG;
+        assert!(!vmrun_loads_pdptes(&v, &limits()), "paging off");
     }
 
     #[test]

@@ -82,6 +82,16 @@ pub enum Task {
     /// Read the u64 at linear R7 (L1 put its PD in unbacked memory), R0 :=
     /// 1, yield.
     UnbackedWalk,
+    /// L1's xAPIC page (L1 mapped it): version → R0, ID → R1, TPR := 0x20,
+    /// TPR → R2; yield (TPR stays 0x20).
+    ApicMmio,
+    /// ADD to the APIC page's TPR (#UD: L0 does not emulate it), R0 := 1,
+    /// yield.
+    ApicAdd,
+    /// R1 := 1 (IF clear), STI; NOP, R0 := 1, yield.
+    StiThenYield,
+    /// A self-SMI through the APIC page's ICR, R0 := 1, yield.
+    ApicSelfSmi,
     /// RDMSR every index of the MSRPM ranges, compare with L1's view,
     /// write back (`crate::msrs`), yield.
     MsrSweep,
@@ -314,6 +324,30 @@ pub extern "C" fn entry() -> ! {
             put(1, rdtsc());
         }
         x if x == Task::Unbacked as u64 => unbacked(input),
+        x if x == Task::ApicMmio as u64 => {
+            use guest_stubs::lapic::{read, write};
+            put(0, u64::from(read(0x30)));
+            put(1, u64::from(read(0x20)));
+            write(0x80, 0x20);
+            put(2, u64::from(read(0x80)));
+        }
+        x if x == Task::ApicAdd as u64 => {
+            // SAFETY: the APIC page; the #UD goes to L1 (it intercepts it).
+            unsafe {
+                asm!("add dword ptr [rax], 1", in("rax") guest_stubs::lapic::BASE + 0x80, options(nostack))
+            };
+            put(0, 1);
+        }
+        x if x == Task::StiThenYield as u64 => {
+            put(1, 1);
+            // SAFETY: L1 decides where the interrupt goes (an exit).
+            unsafe { asm!("sti", "nop", options(nomem, nostack)) };
+            put(0, 1);
+        }
+        x if x == Task::ApicSelfSmi as u64 => {
+            guest_stubs::lapic::write(0x300, (1 << 18) | (2 << 8));
+            put(0, 1);
+        }
         x if x == Task::UnbackedWalk as u64 => {
             // SAFETY: faults (#PF, L1 intercepts it) or reads.
             unsafe { core::ptr::read_volatile(input as *const u64) };

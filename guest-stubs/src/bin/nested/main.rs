@@ -6,9 +6,11 @@
 #![no_std]
 #![no_main]
 
+mod apic;
 mod hardening;
 mod l1;
 mod l2;
+mod modes;
 mod msrs;
 
 use core::arch::asm;
@@ -29,7 +31,7 @@ const SMALL_US: u64 = 25_000;
 /// vmcb12's TSC offset in the TSC tests: 2^40 ticks (minutes at GHz rates).
 const O12: u64 = 1 << 40;
 
-fn ticks(us: u64) -> u64 {
+pub(crate) fn ticks(us: u64) -> u64 {
     u64::from(cpuid(0x4000_0010, 0)[0]) * us / 1000
 }
 
@@ -105,6 +107,10 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         "nested::l2_cpuid_odd_prefixes" => hardening::l2_cpuid_odd_prefixes(),
         "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
+        "nested::l2_starts_in_every_mode" => modes::l2_starts_in_every_mode(),
+        "nested::l2_tours_every_mode" => modes::l2_tours_every_mode(),
+        "nested::l2_tour_exits_to_l1_in_every_mode" => modes::l2_tour_exits_to_l1_in_every_mode(),
+        "nested::l2_pae_cr3_checks_pdptes" => modes::l2_pae_cr3_checks_pdptes(),
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
         "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
@@ -141,6 +147,10 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
         "nested::l2_unbacked_cr3_faults" => l2_unbacked_cr3_faults(params.memory_size),
         "nested::l2_dr0_3_writes_armed" => hardening::l2_dr0_3_writes_armed(),
+        "nested::l2_lapic_mmio" => apic::l2_lapic_mmio(),
+        "nested::l2_lapic_timer_exits_to_l1" => apic::l2_lapic_timer_exits_to_l1(),
+        "nested::l2_lapic_intr_waits_for_l2_sti" => apic::l2_lapic_intr_waits_for_l2_sti(),
+        "nested::l2_lapic_smi_exits_to_l1" => apic::l2_lapic_smi_exits_to_l1(),
         "nested::l2_msr_sweep" => msrs::l2_msr_sweep(),
         other => fail(format_args!("no nested test named {other}")),
     }
@@ -148,7 +158,7 @@ fn guest_main(params: &'static StartParams) -> ! {
 }
 
 /// Enables SVM and prepares L2 with `task`/`input`.
-fn setup(task: Task, input: u64) -> Regs {
+pub(crate) fn setup(task: Task, input: u64) -> Regs {
     l1::enable_svm();
     l2::set(task, input);
     l1::prepare(l2::entry);
@@ -376,7 +386,7 @@ fn exits_of(code: ExitCode) -> u64 {
 }
 
 /// How long the spinning L2s run: several watchdog periods (10 ms).
-const SPIN_US: u64 = 60_000;
+pub(crate) const SPIN_US: u64 = 60_000;
 
 /// Waits (at most 200 ms) for interrupt `vector` to reach L1 with IF set:
 /// L0 injects it at its next exit (the watchdog's at the latest).
@@ -1644,8 +1654,13 @@ fn corrupt(v: &mut Vmcb, x: &mut u64) -> &'static str {
 fn checks_decide_before_the_cpu() {
     const ITERATIONS: u64 = 600;
     let mut regs = setup(Task::Yield, 0);
-    // Every exception exits to L1, so no corruption runs L2 far.
+    // Every exception exits to L1, so no corruption runs L2 far. L2 starts
+    // in whatever mode its vmcb12 makes legal (compatibility mode, 16-bit
+    // code, legacy paging...): its code is CPUID; HLT, which runs alike in
+    // every mode, never 64-bit code read as 16-bit code (whose stores would
+    // land anywhere in L1's memory).
     l1::vmcb().control.intercept_exceptions = u32::MAX;
+    l1::vmcb().state.rip = guest_stubs::modes::cpuid_hlt_address();
     let good = l1::vmcb().clone();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let (mut by_l0, mut by_cpu, mut ran) = (0, 0, 0);

@@ -1,8 +1,10 @@
 //! #VMEXIT handling: one dispatch, one handler per exit reason.
 
+pub mod apic;
 mod cpuid;
 pub mod cr;
 pub mod dr;
+mod efer;
 pub mod exception;
 mod hypercall;
 mod ioio;
@@ -121,7 +123,9 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
         ExitCode::Cpuid => cpuid::handle(vcpu, vm, host),
         ExitCode::Msr => msr::handle(vcpu, vm, host),
         ExitCode::Ioio => ioio::handle(vcpu, vm, host),
-        ExitCode::Hlt => rip::skip(vcpu, vm, host),
+        ExitCode::Hlt => apic::hlt(vcpu, vm, host),
+        // L0's interrupt window opened (apic::after_exit closed it).
+        ExitCode::Vintr => Action::Resume,
         ExitCode::CrWrite(n @ (0 | 3 | 4 | 8)) => cr::handle(vcpu, vm, host, n),
         ExitCode::DrWrite(n @ (0..=3 | 5 | 7)) => dr::handle(vcpu, vm, host, n),
         ExitCode::TrWrite => tr::handle(vcpu, vm, host),

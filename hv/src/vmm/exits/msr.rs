@@ -1,9 +1,8 @@
 //! RDMSR/WRMSR of intercepted MSRs, dispatched through the one table of
 //! [`svm::msr_table`]: every MSR is emulated or raises #GP(0), none stops
-//! the VM. Emulated here: EFER (SVME is virtual for an L1 hypervisor and
-//! hidden from plain guests), IA32_TSC, IA32_TSC_ADJUST and TSC_AUX
-//! (through [`svm::tsc`]'s model), VM_HSAVE_PA and VM_CR for VMs offered
-//! SVM, the VMCB-backed MSRs and the per-vCPU value store.
+//! the VM. Emulated here: EFER ([`super::efer`]), IA32_TSC, IA32_TSC_ADJUST
+//! and TSC_AUX (through [`svm::tsc`]'s model), VM_HSAVE_PA and VM_CR for
+//! VMs offered SVM, the VMCB-backed MSRs and the per-vCPU value store.
 //!
 //! While L2 runs, only MSR exits L1 did not ask for arrive here, and they
 //! act on L2's state as on hardware: the VMCB-backed MSRs are the active
@@ -17,12 +16,9 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::tsc::{self, view_now};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
-use svm::msr::{VmCr, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME};
+use svm::msr::VmCr;
 use svm::msr_table::{classify, MsrClass, VmcbMsr};
 use svm::{EventInfo, MsrAccess};
-
-/// EFER bits a guest may change (LME only through a mode switch, refused).
-const EFER_WRITABLE: u64 = EFER_SCE | EFER_NXE;
 
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let msr = vcpu.regs.rcx as u32;
@@ -55,7 +51,7 @@ fn svm_msrs(vm: &Vm) -> bool {
 
 fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
     match classify(msr) {
-        MsrClass::Efer => Some(efer_as_seen(vcpu)),
+        MsrClass::Efer => Some(super::efer::read(vcpu)),
         MsrClass::Tsc => Some(view_now(vcpu, vm)),
         MsrClass::TscAdjust => Some(vcpu.tsc.adjust()),
         MsrClass::TscAux => Some(u64::from(vcpu.tsc_aux)),
@@ -70,39 +66,23 @@ fn read(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32) -> Option<u64> {
 }
 
 /// Whether the x2APIC registers (0x800–0x8FF) are emulated: CPUID.1:ECX
-/// shows the x2APIC only then. Set it with the local APIC arm below.
-pub const X2APIC_EMULATED: bool = false;
+/// shows the x2APIC only then. They are: the local APIC arm below.
+pub const X2APIC_EMULATED: bool = true;
 
-/// IA32_APIC_BASE and the x2APIC registers: the local APIC model's (not
-/// wired yet: #GP, as before the table).
-fn apic_read(_vcpu: &mut Vcpu, _vm: &mut Vm, _msr: u32) -> Option<u64> {
-    None
+/// IA32_APIC_BASE and the x2APIC registers: the vCPU's local APIC
+/// (exits::apic).
+fn apic_read(vcpu: &mut Vcpu, _vm: &mut Vm, msr: u32) -> Option<u64> {
+    super::apic::msr_read(vcpu, msr)
 }
 
 /// See [`apic_read`].
-fn apic_write(_vcpu: &mut Vcpu, _vm: &mut Vm, _msr: u32, _value: u64) -> bool {
-    false
-}
-
-/// EFER as the running guest sees it. The VMCB's EFER always has SVME set
-/// (VMRUN requires it, APM 15.5.1); L1 sees its virtual SVME, a plain
-/// guest none, L2 its own virtual SVME.
-fn efer_as_seen(vcpu: &Vcpu) -> u64 {
-    let efer = vcpu.vmcb.state.efer & !EFER_SVME;
-    let svme = match &vcpu.nested.l2 {
-        Some(l2) => l2.svme,
-        None => vcpu.nested.svme,
-    };
-    if svme {
-        efer | EFER_SVME
-    } else {
-        efer
-    }
+fn apic_write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
+    super::apic::msr_write(vcpu, vm, msr, value)
 }
 
 fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     match classify(msr) {
-        MsrClass::Efer => write_efer(vcpu, vm, value),
+        MsrClass::Efer => super::efer::write(vcpu, vm, value),
         // From L1, or from L2 when L1 does not intercept: L1's TSC (the
         // offset is programmed at once, into hsave while L2 runs).
         MsrClass::Tsc => {
@@ -151,33 +131,6 @@ fn write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
         MsrClass::Fixed(v) => value == v,
         MsrClass::TscAux | MsrClass::HsavePa | MsrClass::VmCr | MsrClass::Gp => false,
     }
-}
-
-/// EFER writes: SCE and NXE, and SVME for a VM offered SVM. L1's SVME is
-/// blocked by VM_CR.SVMDIS; L2's is L2's own (virtual, [`super::super::
-/// nested::L2::svme`]), which it changes when L1 does not intercept EFER.
-fn write_efer(vcpu: &mut Vcpu, vm: &Vm, value: u64) -> bool {
-    let current = efer_as_seen(vcpu);
-    let mut writable = EFER_WRITABLE;
-    let in_l2 = vcpu.nested.in_l2();
-    let svm_allowed = vm.nested_svm && (in_l2 || vcpu.nested.vm_cr & VmCr::SVMDIS.bits() == 0);
-    if svm_allowed {
-        writable |= EFER_SVME;
-    }
-    // Only writable bits may change; LMA is read-only and ignored.
-    if (value ^ current) & !writable & !EFER_LMA != 0 || value & EFER_LME != current & EFER_LME {
-        return false;
-    }
-    if svm_allowed {
-        let svme = value & EFER_SVME != 0;
-        match &mut vcpu.nested.l2 {
-            Some(l2) => l2.svme = svme,
-            None => vcpu.nested.svme = svme,
-        }
-    }
-    let kept = vcpu.vmcb.state.efer & !EFER_WRITABLE;
-    vcpu.vmcb.state.efer = kept | (value & EFER_WRITABLE) | EFER_SVME;
-    true
 }
 
 /// VM_CR (APM 15.30.1): SVMDIS and LOCK are writable until LOCK is set;

@@ -43,6 +43,9 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         gpa,
         error_code: info.bits(),
     };
+    if super::apic::is_mmio(vm, gpa) {
+        return super::apic::mmio(vcpu, vm, host);
+    }
     if !rip::is_unbacked(vm, gpa) || !info.contains(NpfErrorCode::PRESENT) {
         return Action::Stop(stop());
     }
@@ -79,15 +82,20 @@ fn accesses(vcpu: &Vcpu, d: &Decoded, mut each: impl FnMut(svm::decode::Access))
     );
 }
 
-/// The first fault of the walks for `[la, la + size)` (each page), if any.
-fn walk_fault(vcpu: &Vcpu, vm: &Vm, la: u64, size: u64, write: bool) -> Option<NoInsn> {
+/// The first fault of the walks for `[la, la + size)` (each page), if any;
+/// `user` is false for an event delivery's implicit supervisor accesses.
+fn walk_fault(vcpu: &Vcpu, vm: &Vm, la: u64, size: u64, write: bool, user: bool) -> Option<NoInsn> {
     let last = la.wrapping_add(size.max(1) - 1);
     let second_page = (last & !0xFFF) != (la & !0xFFF);
     let pages = [Some(la), second_page.then_some(last & !0xFFF)];
-    pages
-        .into_iter()
-        .flatten()
-        .find_map(|a| rip::translate_access(vcpu, vm, a, write, false).err())
+    pages.into_iter().flatten().find_map(|a| {
+        let access = rip::Access {
+            write,
+            fetch: false,
+            user,
+        };
+        rip::translate_as(vcpu, vm, a, access).err()
+    })
 }
 
 /// The guest's walk met unbacked memory: find the linear address and raise
@@ -102,7 +110,7 @@ fn page_walk(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Action
     let mut fault = None;
     accesses(vcpu, &d, |a| {
         if fault.is_none() {
-            fault = walk_fault(vcpu, vm, a.la, a.size, a.write);
+            fault = walk_fault(vcpu, vm, a.la, a.size, a.write, vcpu.vmcb.state.cpl == 3);
         }
     });
     match fault {
@@ -178,7 +186,7 @@ fn delivery_fault(vcpu: &Vcpu, vm: &Vm, first: EventInfo) -> Option<NoInsn> {
         _ => no,
     };
     let gate = s.idtr.base.wrapping_add(u64::from(first.vector()) * 16);
-    if let Some(no) = walk_fault(vcpu, vm, gate, 16, false) {
+    if let Some(no) = walk_fault(vcpu, vm, gate, 16, false, false) {
         return supervisor(no).into();
     }
     let mut bytes = [0u8; 8];
@@ -188,7 +196,7 @@ fn delivery_fault(vcpu: &Vcpu, vm: &Vm, first: EventInfo) -> Option<NoInsn> {
         return None;
     }
     let top = s.rsp & !0xF;
-    walk_fault(vcpu, vm, top.wrapping_sub(48), 48, true).map(supervisor)
+    walk_fault(vcpu, vm, top.wrapping_sub(48), 48, true, false).map(supervisor)
 }
 
 /// A store to unbacked memory: drop it and complete the instruction.

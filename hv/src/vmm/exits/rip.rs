@@ -13,9 +13,10 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
-use svm::emulate::fetch::{self, Paging};
+use svm::emulate::fetch;
 use svm::emulate::unbacked;
-use svm::walk::{Reserved, WalkError};
+pub use svm::walk::Access;
+use svm::walk::{Failure, PagingRegs};
 use svm::{EventInfo, ExitCode};
 
 /// Why L0 has no instruction (or operand) to emulate.
@@ -125,11 +126,31 @@ pub fn is_unbacked(vm: &Vm, gpa: u64) -> bool {
     unbacked::is_unbacked(gpa, vm.memory.size(), limit)
 }
 
+/// Whether the four PAE PDPTEs at `cr3` load (none present with a reserved
+/// bit, [`svm::walk::pdptes_valid`]); unbacked memory reads all-ones.
+pub fn pdptes_valid(vm: &Vm, cr3: u64) -> bool {
+    svm::walk::pdptes_valid(|a| read_phys_u64(vm, a), cr3, vm.l1_limits.max_phys_bits)
+}
+
+/// The paging registers of the running guest (L1, or L2: L1 gets no
+/// nested paging, so L2's physical addresses are L1's).
+fn paging_regs(vcpu: &Vcpu, vm: &Vm) -> PagingRegs {
+    let s = &vcpu.vmcb.state;
+    PagingRegs {
+        cr0: s.cr0,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        efer: s.efer,
+        max_phys_bits: vm.l1_limits.max_phys_bits,
+    }
+}
+
 /// The guest-physical address of linear address `la`, through the guest's
-/// paging (none, or 4-level long-mode paging), or the fault the CPU's walk
-/// gives (a page-table entry in unbacked memory is all-ones: #PF with
-/// RSVD); `write` and `fetch` say what the access is (the #PF error code
-/// says so).
+/// paging in its mode (none, 32-bit, PAE or long mode:
+/// [`svm::walk::translate_mode`]), or the fault the CPU's walk gives, with
+/// its rights checks (a page-table entry in unbacked memory is all-ones:
+/// #PF with RSVD); `write` and `fetch` say what the access is, CPL 3 makes
+/// it a user access (the #PF error code says so).
 pub fn translate_access(
     vcpu: &Vcpu,
     vm: &Vm,
@@ -137,39 +158,22 @@ pub fn translate_access(
     write: bool,
     fetch: bool,
 ) -> Result<u64, NoInsn> {
-    let s = &vcpu.vmcb.state;
-    match fetch::paging(s.cr0, s.efer) {
-        Paging::Off => return Ok(la & 0xffff_ffff),
-        Paging::Long => {}
-        Paging::Legacy => {
-            return Err(NoInsn::Limit(Stop::Unhandled(alloc::format!(
-                "L0 cannot walk legacy-mode page tables yet (rip {:#x})",
-                s.rip
-            ))))
-        }
-    }
-    let nxe = s.efer & svm::msr::EFER_NXE != 0;
-    let reserved = Reserved {
-        max_phys_bits: vm.l1_limits.max_phys_bits,
-        nxe,
-    };
-    let page_fault = |code: u32| NoInsn::Fault {
-        event: EventInfo::exception_with_error_code(14, code),
-        cr2: Some(la),
-    };
-    svm::walk::translate_checked(|a| read_phys_u64(vm, a), s.cr3, la, reserved).map_err(|e| match e
-    {
-        WalkError::NotPresent(_) => {
-            let w = if write { 1 << 1 } else { 0 };
-            page_fault(fetch::not_present_error_code(s.cpl, fetch, nxe) | w)
-        }
-        WalkError::Reserved(_) => {
-            page_fault(unbacked::reserved_error_code(s.cpl, write, fetch, nxe))
-        }
-        WalkError::NonCanonical => NoInsn::gp0(),
-        WalkError::OutsideMemory(gpa) => {
-            NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 })
-        }
+    let user = vcpu.vmcb.state.cpl == 3;
+    translate_as(vcpu, vm, la, Access { write, fetch, user })
+}
+
+/// [`translate_access`] for an access whose kind the caller states: an
+/// implicit supervisor access (the IDT, GDT or stack of an event delivery)
+/// is a supervisor access at any CPL (APM 5.6.1).
+pub fn translate_as(vcpu: &Vcpu, vm: &Vm, la: u64, access: Access) -> Result<u64, NoInsn> {
+    let regs = paging_regs(vcpu, vm);
+    svm::walk::translate_mode(|a| read_phys_u64(vm, a), &regs, la, access).map_err(|e| match e {
+        Failure::PageFault(code) => NoInsn::Fault {
+            event: EventInfo::exception_with_error_code(14, code),
+            cr2: Some(la),
+        },
+        Failure::NonCanonical => NoInsn::gp0(),
+        Failure::OutsideMemory(gpa) => NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 }),
     })
 }
 
@@ -298,14 +302,10 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
     decode_at_rip(vcpu, vm).map(|d| d.len as u64)
 }
 
-/// RIP after an instruction of `len` bytes, wrapped to the code size.
+/// RIP after an instruction of `len` bytes, wrapped to the code size
+/// ([`fetch::next_rip`]).
 pub fn rip_after(vcpu: &Vcpu, len: u64) -> u64 {
-    let next = vcpu.vmcb.state.rip.wrapping_add(len);
-    match bitness(vcpu) {
-        64 => next,
-        32 => next & 0xffff_ffff,
-        _ => next & 0xffff,
-    }
+    fetch::next_rip(bitness(vcpu), vcpu.vmcb.state.rip, len)
 }
 
 /// Advances RIP past the intercepted instruction.

@@ -7,7 +7,7 @@ use crate::vmm::exits::{inject, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::{Vm, PASSTHROUGH_MSRS};
 use alloc::boxed::Box;
-use svm::nested::checks::{check_vmcb12, enters_long_mode};
+use svm::nested::checks::{check_vmcb12, enters_long_mode, vmrun_loads_pdptes, Vmcb12Error};
 use svm::nested::merge::merge_msrpm_holes;
 use svm::nested::vmexit::write_vmexit_invalid;
 use svm::nested::vmrun::{build_l2_controls, load_l2_state, soft_event_entry, L2Controls};
@@ -52,20 +52,21 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     } else {
         Ok(())
     };
-    // Beyond the architectural checks, a limit of this emulation: L0 decodes
-    // L2's instructions and walks its page tables for 64-bit mode only.
-    let verdict = verdict.map_err(Some).and_then(|()| match long_mode(&copy) {
-        true => Ok(()),
-        false => Err(None),
-    });
+    // Every mode L2 may start in runs (real mode, 16/32-bit protected mode,
+    // 32-bit paging, PAE, long mode): L0 fetches, walks and decodes in each.
+    // Legacy PAE paging without nested paging loads the PDPTEs at VMRUN,
+    // from L1 memory (KVM nested_svm_load_cr3; kvm-unit-tests svm_pae_test).
+    let pdptes_bad = || {
+        vm.vmcb12_checks
+            && vmrun_loads_pdptes(&copy, &vm.l1_limits)
+            && !rip::pdptes_valid(vm, copy.state.cr3)
+    };
+    let verdict = match verdict {
+        Ok(()) if pdptes_bad() => Err(Vmcb12Error::PdpteReserved),
+        other => other,
+    };
     if let Err(why) = verdict {
-        match why {
-            Some(why) => log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name),
-            None => log::warn!(
-                "vm {}: vmcb12 at {gpa:#x}: L2 outside 64-bit mode is not supported",
-                vm.name
-            ),
-        }
+        log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name);
         let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
             return inject(vcpu, gp);
         };
@@ -137,12 +138,6 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         vmcb12: copy,
     });
     Action::Resume
-}
-
-/// Whether vmcb12 starts L2 in 64-bit mode: long mode as the checks key
-/// it (EFER.LME and CR0.PG) with CS.L.
-fn long_mode(vmcb12: &Vmcb) -> bool {
-    enters_long_mode(vmcb12) && vmcb12.state.cs.attrib & svm::VmcbSegment::ATTR_L != 0
 }
 
 /// A zeroed `T` on the heap, never on the stack (a VMCB is 4 KiB).
