@@ -44,7 +44,6 @@ fn mbguest_passes_on_bare_qemu() {
 }
 
 #[test]
-#[ignore = "until the hypervisor has CPU modes (i10-modes) and the local APIC (i10-lapic)"]
 fn mbguest_passes_under_the_hypervisor() {
     let guest = GuestArgs {
         file: mbguest().to_path_buf(),
