@@ -47,6 +47,24 @@ pub fn kernel() -> &'static Path {
     })
 }
 
+/// The Multiboot test guest to boot: `HV_MBGUEST` (set by `cargo xtask
+/// test`), else built once per test binary into the scratch target directory.
+pub fn mbguest() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| match std::env::var_os("HV_MBGUEST") {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "HV_MBGUEST={} is no file", path.display());
+            path
+        }
+        _ => {
+            kernel::build_packages(&["guest-stubs"], Profile::Debug, &scratch_dir())
+                .unwrap_or_else(|e| panic!("building the guest stubs: {e}"));
+            xtask::mbguest::image_path(Profile::Debug, &scratch_dir())
+        }
+    })
+}
+
 /// What one boot showed.
 #[derive(Debug)]
 pub struct Boot {

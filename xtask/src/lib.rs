@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod limine;
 pub mod limine_conf;
 pub mod limine_fetch;
+pub mod mbguest;
 pub mod mbr;
 pub mod mutants;
 pub mod ovmf;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::Steps;
 use crate::kernel::{self, Profile};
 use crate::limine::{self, Lookup, Network};
-use crate::{host_tools, ovmf, process, Result};
+use crate::{host_tools, mbguest, ovmf, process, workspace, Result};
 
 pub fn test(release: bool, network: Network) -> Result<()> {
     let mut steps = Steps::default();
@@ -42,7 +42,8 @@ fn skip_line(why: &str) -> String {
 /// Runs the boot tests; `skipped` receives why the Limine test will be
 /// skipped, when it will be.
 fn boot_tests(release: bool, network: Network, skipped: &mut Option<String>) -> Result<()> {
-    let kernel = kernel::build_all(Profile::from_release_flag(release))?;
+    let profile = Profile::from_release_flag(release);
+    let kernel = kernel::build_all(profile)?;
     host_tools::require(&[host_tools::QEMU])?;
     let mut cmd = process::cargo();
     // One QEMU at a time: the self-tests measure guest time against the PIT
@@ -56,7 +57,11 @@ fn boot_tests(release: bool, network: Network, skipped: &mut Option<String>) -> 
         "--",
         "--test-threads=1",
     ])
-    .env("HV_KERNEL", &kernel);
+    .env("HV_KERNEL", &kernel)
+    .env(
+        "HV_MBGUEST",
+        mbguest::image_path(profile, &workspace::target_dir()),
+    );
     match limine_for_tests(network)? {
         Ok(dir) => {
             // The Limine tests boot through UEFI as well, and build images.
