@@ -1418,18 +1418,24 @@ fn maps_outside_ram(memory_size: u64) {
     );
 }
 
-/// A map whose last byte reaches MAXPHYADDR (CPUID 0x8000_0008 as L1 sees
-/// it) is VMEXIT_INVALID; one ending just below runs (and intercepts all).
+/// A map whose end (the 8 KiB MSRPM; the IOPM's 8 KiB and one byte)
+/// reaches MAXPHYADDR (CPUID 0x8000_0008 as L1 sees it) is VMEXIT_INVALID;
+/// one ending below runs (and intercepts all). kvm-unit-tests'
+/// test_msrpm_iopm_bitmap_addrs cases: bits 11:0 of a base are ignored.
 fn maps_beyond_maxphyaddr() {
     let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
     check!((32..=52).contains(&bits), "MAXPHYADDR {bits}");
     let top = 1u64 << bits;
     let mut regs = setup(Task::Msrs, 0);
     let cases = [
-        (top - 0x2000, 0, true),
+        (top - 0x3000, 0, true),
+        (top - 0x2000, 0, false),
+        (top - 0x2000 + 1, 0, false),
         (top - 0x1000, 0, false),
         (top, 0, false),
+        (0, top - 0x4000, true),
         (0, top - 0x3000, true),
+        (0, top - 0x2000 - 2, true),
         (0, top - 0x2000, false),
     ];
     for (msrpm, iopm, runs) in cases {
