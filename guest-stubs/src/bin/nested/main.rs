@@ -85,6 +85,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l0_exception_reflected" => l0_exception_reflected(),
         "nested::l2_hypercall_refused" => l2_hypercall_refused(),
         "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
+        "nested::hidden_insns_are_ud" => hidden_insns_are_ud(),
         "nested::pending_interrupt_preempts_l2" => pending_interrupt_preempts_l2(),
         "nested::pending_interrupt_waits_for_l1_if" => pending_interrupt_waits_for_l1_if(),
         "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
@@ -378,6 +379,39 @@ fn l2_rdtscp_intercept() {
     run_expect(&mut regs, ExitCode::Rdtscp);
     let v = l1::vmcb();
     check_eq!(v.control.next_rip, v.state.rip + 3, "RDTSCP nRIP");
+}
+
+/// A CPU model without RDTSCP and SKINIT (L0's `guest_cpu=`): CPUID
+/// hides them, and L2's RDTSCP and SKINIT are #UD although L1 intercepts
+/// them: L1 gets its #UD exit, never the instruction's, and its vmcb12
+/// keeps the intercept bits (kvm-unit-tests
+/// svm_unsupported_instruction_intercept_test; KVM's behaviour).
+fn hidden_insns_are_ud() {
+    let ext = cpuid(0x8000_0001, 0);
+    check_eq!(
+        (ext[2] & (1 << 12), ext[3] & (1 << 27)),
+        (0, 0),
+        "CPUID SKINIT, RDTSCP"
+    );
+    let cases = [
+        (Task::Rdtscp, InterceptMisc2::RDTSCP),
+        (Task::Skinit, InterceptMisc2::SKINIT),
+    ];
+    for (task, bit) in cases {
+        let mut regs = setup(task, 0);
+        let c = &mut l1::vmcb().control;
+        c.intercept_exceptions |= 1 << 6;
+        c.intercept_misc2 |= bit.bits();
+        let (_, code) = l1::run(&mut regs);
+        check!(
+            ExitCode::from_raw(code) == ExitCode::Exception(6),
+            "{task:?} with its intercept set: exit {code:#x}, expected #UD"
+        );
+        check!(
+            l1::vmcb().control.intercept_misc2 & bit.bits() != 0,
+            "{task:?}: L1's intercept bit cleared"
+        );
+    }
 }
 
 /// #VMEXITs with `code` L0 has taken for this VM (L1's and L2's).
