@@ -33,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 79] = [
+pub static CASES: [Case; 80] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -100,6 +100,7 @@ pub static CASES: [Case; 79] = [
         },
         ..case("nested::hidden_insns_are_ud")
     },
+    case("nested::l2_int3_to_l1_bp_intercept"),
     case("nested::pending_interrupt_preempts_l2"),
     case("nested::pending_interrupt_waits_for_l1_if"),
     case("nested::pending_event_to_exitintinfo"),

@@ -86,6 +86,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_hypercall_refused" => l2_hypercall_refused(),
         "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
         "nested::hidden_insns_are_ud" => hidden_insns_are_ud(),
+        "nested::l2_int3_to_l1_bp_intercept" => l2_int3_to_l1_bp_intercept(),
         "nested::pending_interrupt_preempts_l2" => pending_interrupt_preempts_l2(),
         "nested::pending_interrupt_waits_for_l1_if" => pending_interrupt_waits_for_l1_if(),
         "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
@@ -412,6 +413,21 @@ fn hidden_insns_are_ud() {
             "{task:?}: L1's intercept bit cleared"
         );
     }
+}
+
+/// L1 intercepts #BP (not INTn): L2's INT3 is a #BP #VMEXIT to L1, RIP at
+/// the INT3 and NEXT_RIP past its one byte (APM 15.12, 15.7.1), although
+/// QEMU TCG itself only checks the INTn intercept for INT3.
+fn l2_int3_to_l1_bp_intercept() {
+    let mut regs = setup(Task::Int3, 0);
+    l1::vmcb().control.intercept_exceptions |= 1 << 3;
+    run_expect(&mut regs, ExitCode::Exception(3));
+    let v = l1::vmcb();
+    check_eq!(v.control.exit_info1, 0, "EXITINFO1");
+    // SAFETY: L2's code is identity-mapped in L1's image.
+    let byte = unsafe { core::ptr::read_volatile(v.state.rip as *const u8) };
+    check_eq!(byte, 0xCC, "the byte at the #BP exit's RIP");
+    check_eq!(v.control.next_rip, v.state.rip + 1, "NEXT_RIP");
 }
 
 /// #VMEXITs with `code` L0 has taken for this VM (L1's and L2's).

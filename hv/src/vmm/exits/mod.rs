@@ -12,6 +12,7 @@ mod msr;
 mod npf;
 mod reinject;
 pub mod rip;
+mod soft_int;
 mod tr;
 mod tsc;
 
@@ -116,6 +117,11 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     // dropped from vmcb12; the instruction is #UD).
     if HiddenFeatures::of_exit(code).is_some_and(|f| hidden.contains(f)) {
         return raise(vcpu, vm, host, EventInfo::exception(6));
+    }
+    if code == ExitCode::Swint {
+        if let Some(action) = soft_int::l2_swint(vcpu, vm, host) {
+            return action;
+        }
     }
     if let Some(l2) = &vcpu.nested.l2 {
         let facts = ExitFacts {
