@@ -31,6 +31,9 @@ use svm::multiboot;
 pub const KEY: &str = "guest";
 /// The command-line key giving the guest's RAM in MiB.
 pub const MEM_KEY: &str = "guest_mem";
+/// The command-line key naming CPU features the guest's CPU model leaves
+/// out, QEMU style: `guest_cpu=-rdtscp,-xsave` ([`svm::cpuid_filter::parse_hidden`]).
+pub const CPU_KEY: &str = "guest_cpu";
 /// Guest RAM without `guest_mem=`.
 const DEFAULT_MEM: u64 = 256 << 20;
 /// Room for the Multiboot info block (the command line is at most
@@ -72,7 +75,20 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             exit(ExitCode::NothingRan)
         }
     };
-    let mut vm = match Vm::new(name, memory, VmConfig::guest(true)) {
+    let hidden_cpu = match boot.cmdline_value(CPU_KEY) {
+        None => svm::cpuid_filter::HiddenFeatures::empty(),
+        Some(v) => match svm::cpuid_filter::parse_hidden(v) {
+            (hidden, None) => hidden,
+            (_, Some(unknown)) => bad_image(format_args!(
+                "{CPU_KEY}={v}: cannot leave out {unknown:?} (known: rdtscp, skinit, xsave, invpcid, rdpru)"
+            )),
+        },
+    };
+    let config = VmConfig {
+        hidden_cpu,
+        ..VmConfig::guest(true)
+    };
+    let mut vm = match Vm::new(name, memory, config) {
         Ok(vm) => vm,
         Err(why) => {
             println!(

@@ -112,7 +112,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
 
 /// The command-line keys the kernel knows (`key=value` words).
 /// Words after a `--` word are a guest's (`guest=`), not the kernel's.
-const CMDLINE_KEYS: [&str; 7] = [
+const CMDLINE_KEYS: [&str; 8] = [
     "log",
     "fault",
     "tests",
@@ -120,9 +120,10 @@ const CMDLINE_KEYS: [&str; 7] = [
     "fuzz",
     guest_boot::KEY,
     guest_boot::MEM_KEY,
+    guest_boot::CPU_KEY,
 ];
 /// The same, as the warning about an unknown word shows them (no heap yet).
-const KNOWN_WORDS: &str = "log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=";
+const KNOWN_WORDS: &str = "log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=";
 
 /// A run's verdict: a failure when a test failed or the filter selected no
 /// test; "nothing ran" when tests were selected but all were skipped (no SVM

@@ -25,6 +25,93 @@ pub struct GuestCpuidPolicy {
     pub x2apic: bool,
     /// The vCPU's initial APIC ID (CPUID.1:EBX\[31:24\]).
     pub apic_id: u8,
+    /// Instruction-set features this guest's CPUID hides although the
+    /// host has them (the CPU model the user asked for).
+    pub hidden: HiddenFeatures,
+}
+
+bitflags::bitflags! {
+    /// Features a guest's CPU model may leave out (`guest_cpu=-rdtscp,...`
+    /// on the kernel command line, QEMU's `-cpu` names). Hidden from CPUID,
+    /// and their instructions are #UD in that guest, from L1 and from L2,
+    /// whatever L1 intercepts (KVM: an L1 cannot intercept an instruction
+    /// its CPUID does not offer; kvm-unit-tests
+    /// svm_unsupported_instruction_intercept_test).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct HiddenFeatures: u8 {
+        /// RDTSCP (CPUID 0x8000_0001 EDX\[27\]).
+        const RDTSCP = 1 << 0;
+        /// SKINIT (CPUID 0x8000_0001 ECX\[12\]).
+        const SKINIT = 1 << 1;
+        /// XSAVE and XSETBV (CPUID 1 ECX\[26\], OSXSAVE ECX\[27\], leaf 0xD).
+        const XSAVE = 1 << 2;
+        /// INVPCID (CPUID 7 EBX\[10\]).
+        const INVPCID = 1 << 3;
+        /// RDPRU (CPUID 0x8000_0008 EBX\[4\]).
+        const RDPRU = 1 << 4;
+    }
+}
+
+impl HiddenFeatures {
+    /// The feature QEMU's `-cpu` option calls `name`.
+    pub fn from_qemu_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "rdtscp" => Self::RDTSCP,
+            "skinit" => Self::SKINIT,
+            "xsave" => Self::XSAVE,
+            "invpcid" => Self::INVPCID,
+            "rdpru" => Self::RDPRU,
+            _ => return None,
+        })
+    }
+
+    /// The feature whose instruction caused exit `code`, if it is one a
+    /// CPU model can leave out.
+    pub fn of_exit(code: crate::ExitCode) -> Option<Self> {
+        use crate::ExitCode as C;
+        Some(match code {
+            C::Rdtscp => Self::RDTSCP,
+            C::Skinit => Self::SKINIT,
+            C::Xsetbv => Self::XSAVE,
+            C::Invpcid => Self::INVPCID,
+            C::Rdpru => Self::RDPRU,
+            _ => return None,
+        })
+    }
+}
+
+/// Parses `guest_cpu=`'s value, QEMU style (`-rdtscp,-xsave`, a leading
+/// `-` optional): the features to hide, and the first name not known.
+pub fn parse_hidden(list: &str) -> (HiddenFeatures, Option<&str>) {
+    let mut hidden = HiddenFeatures::empty();
+    let mut unknown = None;
+    for word in list.split(',').filter(|w| !w.is_empty()) {
+        match HiddenFeatures::from_qemu_name(word.strip_prefix('-').unwrap_or(word)) {
+            Some(f) => hidden |= f,
+            None => unknown = unknown.or(Some(word)),
+        }
+    }
+    (hidden, unknown)
+}
+
+/// Clears the CPUID bits of the `hidden` features from `regs`, the answer
+/// for `leaf`/`subleaf`.
+fn hide(leaf: u32, subleaf: u32, regs: Regs, hidden: HiddenFeatures) -> Regs {
+    let [eax, ebx, ecx, edx] = regs;
+    let off = |f: HiddenFeatures, bits: u32| if hidden.contains(f) { bits } else { 0 };
+    match leaf {
+        0x1 => [eax, ebx, ecx & !off(HiddenFeatures::XSAVE, 3 << 26), edx],
+        0x7 if subleaf == 0 => [eax, ebx & !off(HiddenFeatures::INVPCID, 1 << 10), ecx, edx],
+        0xD if hidden.contains(HiddenFeatures::XSAVE) => [0; 4],
+        0x8000_0001 => [
+            eax,
+            ebx,
+            ecx & !off(HiddenFeatures::SKINIT, 1 << 12),
+            edx & !off(HiddenFeatures::RDTSCP, 1 << 27),
+        ],
+        0x8000_0008 => [eax, ebx & !off(HiddenFeatures::RDPRU, 1 << 4), ecx, edx],
+        _ => regs,
+    }
 }
 
 /// CPUID registers in the order EAX, EBX, ECX, EDX.
@@ -68,6 +155,16 @@ const fn amd_family(eax: u32) -> u32 {
 
 /// The guest's view of CPUID `leaf`/`subleaf`, given the host's answer.
 pub fn filter(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs {
+    hide(
+        leaf,
+        subleaf,
+        shown(leaf, subleaf, host, policy),
+        policy.hidden,
+    )
+}
+
+/// [`filter`] before the CPU model's hidden features are taken out.
+fn shown(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs {
     let [eax, ebx, ecx, edx] = host;
     let (v_ebx, v_edx, v_ecx) = vendor_words();
     match leaf {
@@ -112,6 +209,65 @@ mod tests {
     use super::*;
 
     const HOST: Regs = [0x1111_1111, 0x2222_2222, 0xFFFF_FFFF, 0x4444_4444];
+
+    #[test]
+    fn hidden_features_leave_cpuid() {
+        let all = [u32::MAX; 4];
+        let p = GuestCpuidPolicy {
+            svm: true,
+            hidden: HiddenFeatures::all(),
+            ..Default::default()
+        };
+        assert_eq!(filter(1, 0, all, p)[2] & (3 << 26), 0, "XSAVE, OSXSAVE");
+        assert_eq!(filter(7, 0, all, p)[1] & (1 << 10), 0, "INVPCID");
+        assert_eq!(filter(7, 1, all, p), all, "leaf 7 subleaf 1 untouched");
+        assert_eq!(filter(0xD, 1, all, p), [0; 4], "no XSAVE leaf");
+        let ext1 = filter(0x8000_0001, 0, all, p);
+        assert_eq!((ext1[2] & (1 << 12), ext1[3] & (1 << 27)), (0, 0));
+        assert_ne!(ext1[2] & (1 << 2), 0, "SVM stays");
+        assert_eq!(filter(0x8000_0008, 0, all, p)[1] & (1 << 4), 0, "RDPRU");
+        // Only what is hidden goes: RDTSCP alone.
+        let p = GuestCpuidPolicy {
+            hidden: HiddenFeatures::RDTSCP,
+            ..p
+        };
+        assert_eq!(filter(0x8000_0001, 0, all, p)[3], !(1 << 27));
+        assert_eq!(filter(1, 0, all, p)[2] & (3 << 26), 3 << 26);
+        assert_eq!(filter(0xD, 0, all, p), all);
+        // Nothing hidden: the host's bits.
+        let none = GuestCpuidPolicy::default();
+        assert_eq!(filter(0x8000_0001, 0, all, none)[3], u32::MAX);
+    }
+
+    #[test]
+    fn hidden_feature_names_and_exits() {
+        let (h, unknown) = parse_hidden("-rdtscp,-xsave,-invpcid,-skinit");
+        assert_eq!(
+            h,
+            HiddenFeatures::RDTSCP
+                | HiddenFeatures::XSAVE
+                | HiddenFeatures::INVPCID
+                | HiddenFeatures::SKINIT
+        );
+        assert_eq!(unknown, None);
+        assert_eq!(
+            parse_hidden("rdpru,,-npt,-x"),
+            (HiddenFeatures::RDPRU, Some("-npt"))
+        );
+        assert_eq!(parse_hidden(""), (HiddenFeatures::empty(), None));
+        use crate::ExitCode as C;
+        for (code, f) in [
+            (C::Rdtscp, HiddenFeatures::RDTSCP),
+            (C::Skinit, HiddenFeatures::SKINIT),
+            (C::Xsetbv, HiddenFeatures::XSAVE),
+            (C::Invpcid, HiddenFeatures::INVPCID),
+            (C::Rdpru, HiddenFeatures::RDPRU),
+        ] {
+            assert_eq!(HiddenFeatures::of_exit(code), Some(f), "{code:?}");
+        }
+        assert_eq!(HiddenFeatures::of_exit(C::Rdtsc), None);
+        assert_eq!(HiddenFeatures::of_exit(C::Cpuid), None);
+    }
 
     #[test]
     fn leaf1_sets_hypervisor_and_clears_vmx() {

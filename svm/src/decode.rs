@@ -122,6 +122,19 @@ pub struct Decoded {
     raw: Instruction,
 }
 
+impl Decoded {
+    /// The software interrupt this instruction is, if it is one.
+    pub fn soft_interrupt(&self) -> Option<crate::nested::soft_int::SoftInt> {
+        use crate::nested::soft_int::SoftInt;
+        match self.raw.mnemonic() {
+            Mnemonic::Int3 => Some(SoftInt::Int3),
+            Mnemonic::Into => Some(SoftInt::Into),
+            Mnemonic::Int => Some(SoftInt::Int(self.raw.immediate8())),
+            _ => None,
+        }
+    }
+}
+
 /// Longest x86 instruction.
 pub const MAX_INSN_LEN: usize = 15;
 

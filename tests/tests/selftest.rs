@@ -96,6 +96,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l0_exception_reflected",
     "nested::l2_hypercall_refused",
     "nested::l2_rdtscp_intercept",
+    "nested::hidden_insns_are_ud",
+    "nested::l2_int3_to_l1_bp_intercept",
     "nested::pending_interrupt_preempts_l2",
     "nested::pending_interrupt_waits_for_l1_if",
     "nested::pending_event_to_exitintinfo",

@@ -6,6 +6,7 @@ use super::{no_check, Case, Expect, Outcome};
 use crate::vmm::vm::VmConfig;
 use alloc::format;
 use alloc::string::String;
+use svm::cpuid_filter::HiddenFeatures;
 use svm::tsc::TscMode;
 use svm::ExitCode;
 
@@ -32,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 78] = [
+pub static CASES: [Case; 80] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -91,6 +92,15 @@ pub static CASES: [Case; 78] = [
     case("nested::l0_exception_reflected"),
     case("nested::l2_hypercall_refused"),
     case("nested::l2_rdtscp_intercept"),
+    // A CPU model without RDTSCP and SKINIT (`guest_cpu=-rdtscp,-skinit`).
+    Case {
+        config: VmConfig {
+            hidden_cpu: HiddenFeatures::RDTSCP.union(HiddenFeatures::SKINIT),
+            ..VmConfig::NESTED
+        },
+        ..case("nested::hidden_insns_are_ud")
+    },
+    case("nested::l2_int3_to_l1_bp_intercept"),
     case("nested::pending_interrupt_preempts_l2"),
     case("nested::pending_interrupt_waits_for_l1_if"),
     case("nested::pending_event_to_exitintinfo"),

@@ -169,7 +169,12 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
     if cfg!(debug_assertions) {
         cross_check(vcpu, vm);
     }
-    let exiting = vm.tsc.mode == TscMode::Exiting;
+    // A CPU model without RDTSCP needs its RDTSCP to exit (to be #UD):
+    // under TCG that is the RDTSC intercept.
+    let exiting = vm.tsc.mode == TscMode::Exiting
+        || vm
+            .hidden_cpu
+            .contains(svm::cpuid_filter::HiddenFeatures::RDTSCP);
     let nested = &mut vcpu.nested;
     let active = &mut vcpu.vmcb.control;
     match &nested.l2 {

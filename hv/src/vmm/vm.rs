@@ -6,7 +6,7 @@ use super::npt::Npt;
 use super::phys_box::PhysBox;
 use alloc::string::String;
 use alloc::vec::Vec;
-use svm::cpuid_filter::{filter, GuestCpuidPolicy};
+use svm::cpuid_filter::{filter, GuestCpuidPolicy, HiddenFeatures};
 use svm::nested::checks::L1Limits;
 use svm::nested::l1_cpu::L1Cpuid;
 use svm::tsc::{TscMode, VmTsc};
@@ -57,6 +57,9 @@ pub struct VmConfig {
     /// queued interrupts), including from an L2. Only self-tests turn them
     /// on: they skew the host's TSC or stall the host CPU.
     pub test_hypercalls: bool,
+    /// Features the guest's CPU model leaves out (`guest_cpu=`): hidden
+    /// from its CPUID, their instructions #UD (exits::dispatch).
+    pub hidden_cpu: HiddenFeatures,
 }
 
 impl VmConfig {
@@ -69,6 +72,7 @@ impl VmConfig {
             vmcb12_checks: true,
             limits: None,
             test_hypercalls: false,
+            hidden_cpu: HiddenFeatures::empty(),
         }
     }
 
@@ -126,6 +130,8 @@ pub struct Vm {
     pub limits: Option<RunLimits>,
     /// See [`VmConfig::test_hypercalls`].
     pub test_hypercalls: bool,
+    /// See [`VmConfig::hidden_cpu`].
+    pub hidden_cpu: HiddenFeatures,
     /// What vmcb12 may hold, from the CPUID this VM's guest sees (so
     /// computed once, here).
     pub l1_limits: L1Limits,
@@ -139,7 +145,7 @@ impl Vm {
     /// A VM with `memory_size` bytes of zeroed RAM (a multiple of 2 MiB).
     pub fn new(name: &str, memory_size: u64, config: VmConfig) -> Result<Self, &'static str> {
         let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
-        let l1_limits = l1_limits(config.nested_svm);
+        let l1_limits = l1_limits(config.nested_svm, config.hidden_cpu);
         let unbacked_limit = svm::emulate::unbacked::phys_limit(l1_limits.max_phys_bits);
         let mut npt = Npt::new(memory.host_phys(), memory_size, unbacked_limit)?;
         // The local APIC's page exits on every access (exits::apic).
@@ -174,6 +180,7 @@ impl Vm {
             limits: config.limits,
             l1_limits,
             test_hypercalls: config.test_hypercalls,
+            hidden_cpu: config.hidden_cpu,
             name: String::from(name),
             memory,
             npt,
@@ -210,9 +217,10 @@ impl Vm {
 /// The limits of the CPU the guest is shown: the host's CPUID through the
 /// same filter the guest's CPUID exits use (the TSC frequency leaf does
 /// not matter here). L0 does not offer nested paging to L1.
-fn l1_limits(nested_svm: bool) -> L1Limits {
+fn l1_limits(nested_svm: bool, hidden: HiddenFeatures) -> L1Limits {
     let policy = GuestCpuidPolicy {
         svm: nested_svm,
+        hidden,
         ..GuestCpuidPolicy::default()
     };
     let cpuid = L1Cpuid::read(|leaf, subleaf| {

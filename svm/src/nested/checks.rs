@@ -20,7 +20,6 @@ use crate::cr::{CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_PAE};
 use crate::event::{EventInfo, IllegalEvent};
 use crate::exec_ctl::NestedCtl;
 use crate::intercept::InterceptMisc2;
-use crate::iopm::IOPM_SIZE;
 use crate::msr::{EFER_LME, EFER_SVME};
 use crate::msrpm::MSRPM_SIZE;
 use crate::vmcb::{Vmcb, VmcbSegment};
@@ -34,6 +33,12 @@ const PAGE_OFFSET_MASK: u64 = 0xFFF;
 /// CR3 bits 63:52 are reserved in every long-mode CR3 format (APM 3.1.2,
 /// "Long-Mode CR3"), so no MAXPHYADDR above 52 is meaningful.
 const MAX_CR3_PHYS_BITS: u8 = 52;
+/// Bytes of the MSRPM the CPU reads: all of it (APM 15.11).
+pub const MSRPM_EXTENT: u64 = MSRPM_SIZE as u64;
+/// Bytes of the IOPM the CPU reads: one bit per port, plus the bits of a
+/// 4-byte access at port 0xFFFF, which spill into byte 0x2000 (APM
+/// 15.10.1). The rest of its 12 KiB is never read.
+pub const IOPM_EXTENT: u64 = 0x2001;
 
 /// What the checks need to know about the CPU L1 is shown.
 #[derive(Clone, Copy, Debug)]
@@ -208,17 +213,23 @@ fn check_controls(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     }
     // APM 15.5.1: "The MSR or IOIO intercept tables extend to a physical
     // address that is greater than or equal to the maximum supported
-    // physical address" (KVM: nested_svm_check_bitmap_pa, the map's last
-    // byte). Nothing requires the maps to be in RAM: L0 reads bytes
-    // outside L1's RAM as all-ones (super::map_view). The CPU ignores bits
-    // 11:0 of both bases (Table B-1), so they are checked page-aligned.
-    // Checked whether or not MSR_PROT / IOIO_PROT is set, as hardware does.
+    // physical address". A table "extends to" the address just past the
+    // bytes the CPU reads from it: the 8 KiB MSRPM, and the IOPM's first
+    // 8 KiB plus the byte holding the bits of a 2- or 4-byte access at
+    // port 0xFFFF (APM 15.10.1). So a map whose end reaches 2^MAXPHYADDR
+    // is refused (QEMU's SVM_MSRPM_SIZE/SVM_IOPM_SIZE; kvm-unit-tests
+    // test_msrpm_iopm_bitmap_addrs: MSRPM at 2^M - 8K fails, IOPM at
+    // 2^M - 12K runs). Nothing requires the maps to be in RAM: L0 reads
+    // bytes outside L1's RAM as all-ones (super::map_view). The CPU
+    // ignores bits 11:0 of both bases (Table B-1), so they are checked
+    // page-aligned. Checked whether or not MSR_PROT / IOIO_PROT is set,
+    // as hardware does.
     let msrpm = c.msrpm_base_pa & !PAGE_OFFSET_MASK;
-    if !below_max_phys(msrpm, MSRPM_SIZE, limits.max_phys_bits) {
+    if !ends_below_max_phys(msrpm, MSRPM_EXTENT, limits.max_phys_bits) {
         return Err(Vmcb12Error::MsrpmBeyondMaxPhys(msrpm));
     }
     let iopm = c.iopm_base_pa & !PAGE_OFFSET_MASK;
-    if !below_max_phys(iopm, IOPM_SIZE, limits.max_phys_bits) {
+    if !ends_below_max_phys(iopm, IOPM_EXTENT, limits.max_phys_bits) {
         return Err(Vmcb12Error::IopmBeyondMaxPhys(iopm));
     }
     EventInfo(c.event_inj)
@@ -254,14 +265,14 @@ fn mbz(bits: u64, make: fn(u64) -> Vmcb12Error) -> Result<(), Vmcb12Error> {
     }
 }
 
-/// Whether the last byte of `[base, base + len)` lies below
-/// 2^`max_phys_bits`, without overflowing.
-fn below_max_phys(base: u64, len: usize, max_phys_bits: u8) -> bool {
-    let Some(last) = base.checked_add(len as u64 - 1) else {
+/// Whether `[base, base + len)` ends below 2^`max_phys_bits`: its
+/// exclusive end `base + len` is less than the limit, without overflowing.
+pub fn ends_below_max_phys(base: u64, len: u64, max_phys_bits: u8) -> bool {
+    let Some(end) = base.checked_add(len) else {
         return false;
     };
     match 1u64.checked_shl(u32::from(max_phys_bits)) {
-        Some(limit) => last < limit,
+        Some(limit) => end < limit,
         None => true,
     }
 }
@@ -584,7 +595,7 @@ mod tests {
                 v.control.iopm_base_pa = MEM - 0x1000;
             }),
             ("maps ending just below MAXPHYADDR", |v| {
-                v.control.msrpm_base_pa = TOP - 0x2000;
+                v.control.msrpm_base_pa = TOP - 0x3000;
                 v.control.iopm_base_pa = TOP - 0x3000;
             }),
             ("DR6/DR7 low halves", |v| {
@@ -729,25 +740,56 @@ mod tests {
     #[test]
     fn maps_must_end_below_max_phys() {
         let mut l = limits();
-        // An exact fit below 2^40 passes; one page higher fails.
+        // kvm-unit-tests test_msrpm_iopm_bitmap_addrs, with MAXPHYADDR 40:
+        // (MSRPM base, IOPM base, whether VMRUN runs L2).
+        let (ok_m, ok_i) = (MSRPM_AT, IOPM_AT);
+        let cases = [
+            (TOP - 0x2000, ok_i, false),
+            (TOP - 0x2000 + 1, ok_i, false),
+            (TOP - 0x1000, ok_i, false),
+            (TOP - 0x3000, ok_i, true),
+            (ok_m | 0xFFF, ok_i, true),
+            (ok_m, TOP - 0x4000, true),
+            (ok_m, TOP - 0x3000, true),
+            (ok_m, TOP - 0x2000 - 2, true),
+            (ok_m, TOP - 0x2000, false),
+            (ok_m, TOP - 0x1000, false),
+        ];
+        for (msrpm, iopm, runs) in cases {
+            let mut v = baseline();
+            v.control.msrpm_base_pa = msrpm;
+            v.control.iopm_base_pa = iopm;
+            let got = check_vmcb12(&v, &l);
+            assert_eq!(
+                got.is_ok(),
+                runs,
+                "MSRPM {msrpm:#x} IOPM {iopm:#x}: {got:?}"
+            );
+        }
+        // An exact fit one byte short of 2^40 passes; with a narrower
+        // MAXPHYADDR the same maps reach it.
         let mut v = baseline();
-        v.control.msrpm_base_pa = TOP - MSRPM_SIZE as u64;
-        v.control.iopm_base_pa = TOP - IOPM_SIZE as u64;
+        v.control.msrpm_base_pa = TOP - 0x3000;
+        v.control.iopm_base_pa = TOP - 0x3000;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
-        // With a narrower MAXPHYADDR the same maps reach it.
         l.max_phys_bits = 39;
         assert_eq!(
             check_vmcb12(&v, &l),
-            Err(Vmcb12Error::MsrpmBeyondMaxPhys(TOP - MSRPM_SIZE as u64))
+            Err(Vmcb12Error::MsrpmBeyondMaxPhys(TOP - 0x3000))
         );
         v.control.msrpm_base_pa = 0;
         assert_eq!(
             check_vmcb12(&v, &l),
-            Err(Vmcb12Error::IopmBeyondMaxPhys(TOP - IOPM_SIZE as u64))
+            Err(Vmcb12Error::IopmBeyondMaxPhys(TOP - 0x3000))
         );
         // A MAXPHYADDR of 64 or more lets every non-wrapping map through.
         l.max_phys_bits = 64;
-        v.control.iopm_base_pa = u64::MAX - IOPM_SIZE as u64 + 1;
+        v.control.iopm_base_pa = u64::MAX - 0x1FFF;
+        assert_eq!(
+            check_vmcb12(&v, &l),
+            Err(Vmcb12Error::IopmBeyondMaxPhys(!0x1FFF))
+        );
+        v.control.iopm_base_pa = u64::MAX - 0x2FFF;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
         v.control.iopm_base_pa = u64::MAX;
         assert_eq!(
@@ -757,11 +799,21 @@ mod tests {
     }
 
     #[test]
+    fn map_extent_edges() {
+        // The exclusive end is what must stay below the limit.
+        assert!(ends_below_max_phys(0xF000, 0xFFF, 16));
+        assert!(!ends_below_max_phys(0xF000, 0x1000, 16));
+        assert!(!ends_below_max_phys(u64::MAX, 1, 64));
+        assert!(ends_below_max_phys(u64::MAX - 1, 1, 64));
+        assert_eq!((MSRPM_EXTENT, IOPM_EXTENT), (0x2000, 0x2001));
+    }
+
+    #[test]
     fn map_bases_are_page_aligned_first() {
         let l = limits();
         let mut v = baseline();
         // Bits 11:0 are ignored: a base ending in 0xFFF is the page below.
-        v.control.msrpm_base_pa = (TOP - 0x2000) | 0xFFF;
+        v.control.msrpm_base_pa = (TOP - 0x3000) | 0xFFF;
         v.control.iopm_base_pa = (TOP - 0x3000) | 0xFFF;
         assert_eq!(check_vmcb12(&v, &l), Ok(()));
         // And errors report the aligned base.

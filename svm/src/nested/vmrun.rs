@@ -28,6 +28,8 @@ pub struct L2Controls {
 pub fn build_l2_controls(l0: &ControlArea, vmcb12: &ControlArea, l2: &L2Controls) -> ControlArea {
     let mut c = *l0;
     merge_intercepts(l0, vmcb12, &mut c);
+    // L1's #BP/#OF intercepts need INTn's under QEMU TCG (soft_int).
+    c.intercept_misc1 |= super::soft_int::intn_for_exceptions(vmcb12);
     c.msrpm_base_pa = l2.msrpm_pa;
     c.iopm_base_pa = l2.iopm_pa;
     c.guest_asid = l2.asid;

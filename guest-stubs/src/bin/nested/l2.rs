@@ -95,6 +95,10 @@ pub enum Task {
     /// RDMSR every index of the MSRPM ranges, compare with L1's view,
     /// write back (`crate::msrs`), yield.
     MsrSweep,
+    /// SKINIT (EAX = 0), R0 := 1, yield.
+    Skinit,
+    /// INT3, R0 := 1, yield.
+    Int3,
 }
 
 /// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
@@ -264,6 +268,16 @@ pub extern "C" fn entry() -> ! {
         x if x == Task::RdmsrUnknown as u64 => put(0, rdmsr(0xc001_1ffe)),
         x if x == Task::EchoHypercall as u64 => put(0, call(svm::guest_abi::HC_ECHO_SUM, 1, 2, 3)),
         x if x == Task::Rdtscp as u64 => put(0, guest_stubs::cpu::rdtscp().0),
+        x if x == Task::Int3 as u64 => {
+            // SAFETY: L1 intercepts #BP here; the INT3 never reaches an IDT.
+            unsafe { asm!("int3", options(nostack)) };
+            put(0, 1);
+        }
+        x if x == Task::Skinit as u64 => {
+            // SAFETY: SKINIT is #UD or intercepted here; it never runs.
+            unsafe { asm!("skinit eax", in("eax") 0u32, options(nostack)) };
+            put(0, 1);
+        }
         x if x == Task::PokeVmcb12Offset as u64 => {
             // SAFETY: vmcb12 is a static of L1's image; L1 does not run now.
             unsafe {

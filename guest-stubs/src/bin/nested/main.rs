@@ -85,6 +85,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l0_exception_reflected" => l0_exception_reflected(),
         "nested::l2_hypercall_refused" => l2_hypercall_refused(),
         "nested::l2_rdtscp_intercept" => l2_rdtscp_intercept(),
+        "nested::hidden_insns_are_ud" => hidden_insns_are_ud(),
+        "nested::l2_int3_to_l1_bp_intercept" => l2_int3_to_l1_bp_intercept(),
         "nested::pending_interrupt_preempts_l2" => pending_interrupt_preempts_l2(),
         "nested::pending_interrupt_waits_for_l1_if" => pending_interrupt_waits_for_l1_if(),
         "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
@@ -378,6 +380,54 @@ fn l2_rdtscp_intercept() {
     run_expect(&mut regs, ExitCode::Rdtscp);
     let v = l1::vmcb();
     check_eq!(v.control.next_rip, v.state.rip + 3, "RDTSCP nRIP");
+}
+
+/// A CPU model without RDTSCP and SKINIT (L0's `guest_cpu=`): CPUID
+/// hides them, and L2's RDTSCP and SKINIT are #UD although L1 intercepts
+/// them: L1 gets its #UD exit, never the instruction's, and its vmcb12
+/// keeps the intercept bits (kvm-unit-tests
+/// svm_unsupported_instruction_intercept_test; KVM's behaviour).
+fn hidden_insns_are_ud() {
+    let ext = cpuid(0x8000_0001, 0);
+    check_eq!(
+        (ext[2] & (1 << 12), ext[3] & (1 << 27)),
+        (0, 0),
+        "CPUID SKINIT, RDTSCP"
+    );
+    let cases = [
+        (Task::Rdtscp, InterceptMisc2::RDTSCP),
+        (Task::Skinit, InterceptMisc2::SKINIT),
+    ];
+    for (task, bit) in cases {
+        let mut regs = setup(task, 0);
+        let c = &mut l1::vmcb().control;
+        c.intercept_exceptions |= 1 << 6;
+        c.intercept_misc2 |= bit.bits();
+        let (_, code) = l1::run(&mut regs);
+        check!(
+            ExitCode::from_raw(code) == ExitCode::Exception(6),
+            "{task:?} with its intercept set: exit {code:#x}, expected #UD"
+        );
+        check!(
+            l1::vmcb().control.intercept_misc2 & bit.bits() != 0,
+            "{task:?}: L1's intercept bit cleared"
+        );
+    }
+}
+
+/// L1 intercepts #BP (not INTn): L2's INT3 is a #BP #VMEXIT to L1, RIP at
+/// the INT3 and NEXT_RIP past its one byte (APM 15.12, 15.7.1), although
+/// QEMU TCG itself only checks the INTn intercept for INT3.
+fn l2_int3_to_l1_bp_intercept() {
+    let mut regs = setup(Task::Int3, 0);
+    l1::vmcb().control.intercept_exceptions |= 1 << 3;
+    run_expect(&mut regs, ExitCode::Exception(3));
+    let v = l1::vmcb();
+    check_eq!(v.control.exit_info1, 0, "EXITINFO1");
+    // SAFETY: L2's code is identity-mapped in L1's image.
+    let byte = unsafe { core::ptr::read_volatile(v.state.rip as *const u8) };
+    check_eq!(byte, 0xCC, "the byte at the #BP exit's RIP");
+    check_eq!(v.control.next_rip, v.state.rip + 1, "NEXT_RIP");
 }
 
 /// #VMEXITs with `code` L0 has taken for this VM (L1's and L2's).
@@ -1418,18 +1468,24 @@ fn maps_outside_ram(memory_size: u64) {
     );
 }
 
-/// A map whose last byte reaches MAXPHYADDR (CPUID 0x8000_0008 as L1 sees
-/// it) is VMEXIT_INVALID; one ending just below runs (and intercepts all).
+/// A map whose end (the 8 KiB MSRPM; the IOPM's 8 KiB and one byte)
+/// reaches MAXPHYADDR (CPUID 0x8000_0008 as L1 sees it) is VMEXIT_INVALID;
+/// one ending below runs (and intercepts all). kvm-unit-tests'
+/// test_msrpm_iopm_bitmap_addrs cases: bits 11:0 of a base are ignored.
 fn maps_beyond_maxphyaddr() {
     let bits = cpuid(0x8000_0008, 0)[0] & 0xFF;
     check!((32..=52).contains(&bits), "MAXPHYADDR {bits}");
     let top = 1u64 << bits;
     let mut regs = setup(Task::Msrs, 0);
     let cases = [
-        (top - 0x2000, 0, true),
+        (top - 0x3000, 0, true),
+        (top - 0x2000, 0, false),
+        (top - 0x2000 + 1, 0, false),
         (top - 0x1000, 0, false),
         (top, 0, false),
+        (0, top - 0x4000, true),
         (0, top - 0x3000, true),
+        (0, top - 0x2000 - 2, true),
         (0, top - 0x2000, false),
     ];
     for (msrpm, iopm, runs) in cases {

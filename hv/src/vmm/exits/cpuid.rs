@@ -20,6 +20,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             x2apic: super::msr::X2APIC_EMULATED,
             // One vCPU per VM: vCPU 0.
             apic_id: 0,
+            hidden: vm.hidden_cpu,
         },
     );
     vcpu.vmcb.state.rax = u64::from(eax);

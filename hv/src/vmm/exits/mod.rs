@@ -12,6 +12,7 @@ mod msr;
 mod npf;
 mod reinject;
 pub mod rip;
+mod soft_int;
 mod tr;
 mod tsc;
 
@@ -21,6 +22,7 @@ use super::vcpu::Vcpu;
 use super::vm::Vm;
 use alloc::string::String;
 use core::fmt;
+use svm::cpuid_filter::HiddenFeatures;
 use svm::nested::route::{route_exit, ExitFacts, Route};
 use svm::{EventInfo, ExitCode};
 
@@ -97,14 +99,30 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     if code == ExitCode::Invalid && vcpu.nested.in_l2() {
         return nested::vmexit::reflect_invalid(vcpu, vm);
     }
-    // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran.
+    // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran
+    // (and what L1 ran, when its CPU model has no RDTSCP).
+    let hidden = vm.hidden_cpu;
     let code = match code {
-        ExitCode::Rdtsc if vcpu.nested.in_l2() => match rip::decode_at_rip(vcpu, vm) {
-            Ok(d) if d.insn == svm::decode::Insn::Rdtscp => ExitCode::Rdtscp,
-            _ => code,
-        },
+        ExitCode::Rdtsc if vcpu.nested.in_l2() || hidden.contains(HiddenFeatures::RDTSCP) => {
+            match rip::decode_at_rip(vcpu, vm) {
+                Ok(d) if d.insn == svm::decode::Insn::Rdtscp => ExitCode::Rdtscp,
+                _ => code,
+            }
+        }
         _ => code,
     };
+    // An instruction the guest's CPUID leaves out is #UD, before any
+    // intercept of L1's: L1 sees the #UD (its #UD intercept) and never the
+    // instruction's exit (KVM: intercepts of unadvertised instructions are
+    // dropped from vmcb12; the instruction is #UD).
+    if HiddenFeatures::of_exit(code).is_some_and(|f| hidden.contains(f)) {
+        return raise(vcpu, vm, host, EventInfo::exception(6));
+    }
+    if code == ExitCode::Swint {
+        if let Some(action) = soft_int::l2_swint(vcpu, vm, host) {
+            return action;
+        }
+    }
     if let Some(l2) = &vcpu.nested.l2 {
         let facts = ExitFacts {
             code,

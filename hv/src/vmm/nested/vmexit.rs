@@ -33,6 +33,8 @@ fn next_rip(vcpu: &Vcpu, vm: &Vm, host: &HostCpu, code: ExitCode) -> u64 {
             | ExitCode::Wbinvd
             | ExitCode::Invd
             | ExitCode::Xsetbv
+            // INT3 / INTO (APM 15.7.1: NEXT_RIP for #BP and #OF from them).
+            | ExitCode::Exception(3 | 4)
     );
     let hardware = vcpu.vmcb.control.next_rip;
     if instruction && hardware != 0 && host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {

@@ -19,6 +19,20 @@ pub struct Guest<'a> {
     pub subtest: &'a str,
     pub smp: u32,
     pub mem_mib: u32,
+    /// Features the subtest's CPU model leaves out (QEMU names, from the
+    /// tree's unittests.cfg: [`super::cpu_model`]).
+    pub cpu_removed: &'a [String],
+}
+
+/// QEMU's `-cpu` for the bare column: kvm-unit-tests' model, less the
+/// subtest's removed features.
+pub fn bare_cpu(guest: &Guest) -> String {
+    let mut model = String::from("max,+svm");
+    for f in guest.cpu_removed {
+        model.push_str(",-");
+        model.push_str(f);
+    }
+    model
 }
 
 /// The guest's Multiboot command line as bare QEMU passes it: the file name
@@ -36,7 +50,8 @@ pub fn multiboot_cmdline(guest: &Guest) -> String {
 /// rebooting into the test again until the timeout.
 pub fn bare_command(guest: &Guest) -> Command {
     let mut cmd = Command::new(qemu::PROGRAM);
-    cmd.args(["-accel", "tcg", "-cpu", "max,+svm"])
+    cmd.args(["-accel", "tcg", "-cpu"])
+        .arg(bare_cpu(guest))
         .arg("-m")
         .arg(guest.mem_mib.to_string())
         .arg("-smp")
@@ -64,6 +79,16 @@ pub struct Ours {
     pub debugcon_dir: PathBuf,
 }
 
+/// The hypervisor's `guest_cpu=` word for the subtest's removed features
+/// (none when it removes none).
+pub fn cpu_words(guest: &Guest) -> Vec<String> {
+    if guest.cpu_removed.is_empty() {
+        return Vec::new();
+    }
+    let list: Vec<String> = guest.cpu_removed.iter().map(|f| format!("-{f}")).collect();
+    vec![format!("guest_cpu={}", list.join(","))]
+}
+
 /// Our hypervisor as the L0, running the subtest's image as its one guest:
 /// the QEMU command of `cargo xtask run --boot direct --guest FLAT --append
 /// SUBTEST --guest-mem MiB` (crate::guest), without a second xtask or a
@@ -82,7 +107,7 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
     let config = RunConfig {
         medium: Medium::Direct {
             kernel: ours.kernel.clone(),
-            cmdline: args.kernel_cmdline(&[]),
+            cmdline: args.kernel_cmdline(&cpu_words(guest)),
         },
         firmware: Firmware::Bios,
         accel: Accel::Tcg,
@@ -115,7 +140,33 @@ mod tests {
             subtest: "vmrun_intercept_check",
             smp: 1,
             mem_mib: 256,
+            cpu_removed: &[],
         }
+    }
+
+    #[test]
+    fn a_cpu_model_without_features_reaches_both_l0s() {
+        let removed = ["rdtscp".to_string(), "xsave".to_string()];
+        let g = Guest {
+            cpu_removed: &removed,
+            ..guest()
+        };
+        assert_eq!(bare_cpu(&g), "max,+svm,-rdtscp,-xsave");
+        assert!(args(&bare_command(&g)).contains(&"max,+svm,-rdtscp,-xsave".to_string()));
+        assert_eq!(cpu_words(&g), ["guest_cpu=-rdtscp,-xsave"]);
+        let ours = Ours {
+            kernel: "/t/hv".into(),
+            debugcon_dir: "/t/kut".into(),
+        };
+        let args = args(&ours_command(&ours, &g).unwrap());
+        assert!(
+            args.contains(
+                &"guest_cpu=-rdtscp,-xsave guest=svm.flat guest_mem=256 -- vmrun_intercept_check"
+                    .to_string()
+            ),
+            "{args:?}"
+        );
+        assert!(cpu_words(&guest()).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `command` holds the two QEMU command lines.
 
 pub mod command;
+pub mod cpu_model;
 pub mod names;
 
 pub mod table;
@@ -93,6 +94,8 @@ impl Default for KutArgs {
 pub struct Subtest {
     pub flat: PathBuf,
     pub name: String,
+    /// Features its CPU model leaves out ([`cpu_model`]).
+    pub cpu_removed: Vec<String>,
 }
 
 /// Which L0 a run used.
@@ -222,6 +225,8 @@ pub fn find_subtests(dir: &Path) -> Result<std::result::Result<Vec<Subtest>, Str
     }
     let mut subtests = Vec::new();
     let mut missing = Vec::new();
+    // No configuration file: every subtest gets the full model.
+    let cfg = std::fs::read_to_string(dir.join(cpu_model::CFG)).unwrap_or_default();
     for (flat, source) in SUITES {
         let (flat, source) = (dir.join(flat), dir.join(source));
         if !flat.is_file() || !source.is_file() {
@@ -238,7 +243,12 @@ pub fn find_subtests(dir: &Path) -> Result<std::result::Result<Vec<Subtest>, Str
             Ok(names) => names,
             Err(why) => bail!("{}: {why}", source.display()),
         };
+        let file = flat
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         subtests.extend(names.into_iter().map(|name| Subtest {
+            cpu_removed: cpu_model::removed_features(&cfg, &file, &name),
             flat: flat.clone(),
             name,
         }));
@@ -315,6 +325,7 @@ fn run_all(
                     subtest: &subtest.name,
                     smp: args.smp,
                     mem_mib: args.mem_mib,
+                    cpu_removed: &subtest.cpu_removed,
                 };
                 let cmd = match column {
                     Column::Ours => command::ours_command(ours, &guest),
@@ -465,6 +476,7 @@ mod tests {
             .map(|n| Subtest {
                 flat: "x86/svm.flat".into(),
                 name: n.to_string(),
+                cpu_removed: Vec::new(),
             })
             .collect()
     }
