@@ -156,6 +156,11 @@ fn block<'a>(
         if line.trim_end() == terminator {
             return Some(out.join("\n"));
         }
+        // A new entry at the margin means the `end` was lost (a bad merge
+        // once swallowed the next mutant into a replace text this way).
+        if line.starts_with("mutant ") {
+            return None;
+        }
         out.push(line);
     }
     None
@@ -298,6 +303,10 @@ end
             ("file a.rs\n", "before the first"),
             ("mutant a\nfind\nx\nreplace\ny\nend\n", "without a `file`"),
             ("mutant a\nfile a.rs\nfind\nx\nreplace\ny\n", "`end`"),
+            (
+                "mutant a\nfile a.rs\nfind\nx\nreplace\ny\nmutant b\nfile a.rs\nfind\nz\nreplace\nw\nend\n",
+                "`end`",
+            ),
             ("mutant a\nfile a.rs\nfind\nx\n", "`replace`"),
             ("mutant a\nmutant b\n", "no hunk"),
             ("mutant a\n", "no hunk"),
