@@ -32,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 78] = [
+pub static CASES: [Case; 79] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -114,6 +114,7 @@ pub static CASES: [Case; 78] = [
     // ISSUE 8 A6 and C: odd encodings and privileged writes in L2.
     case("nested::l2_cpuid_odd_prefixes"),
     case("nested::l2_leaves_long_mode"),
+    case("nested::l2_lmsw_selective_cr0"),
     // Issue 10 item 3: L2 in every CPU mode.
     case("nested::l2_starts_in_every_mode"),
     case("nested::l2_tours_every_mode"),
