@@ -68,3 +68,108 @@ pub fn l2_lmsw_selective_cr0() {
         "L2's progress at the second LMSW"
     );
 }
+
+core::arch::global_asm!(
+    ".global kutb_shadow_entry",
+    "kutb_shadow_entry:",
+    "nop",
+    "nop",
+    "2: hlt",
+    "jmp 2b",
+);
+
+unsafe extern "C" {
+    safe fn kutb_shadow_entry() -> !;
+}
+
+/// kvm-unit-tests virq_inject_within_shadow: vmcb12 starts L2 in an
+/// interrupt shadow with IF set and V_IRQ pending (V_INTR_MASKING): the
+/// first instruction runs in the shadow, the interrupt is taken before the
+/// second one (APM 15.21.2, 15.20: the shadow holds off virtual
+/// interrupts too), and the #VMEXIT shows the shadow gone and V_IRQ taken.
+pub fn l2_virq_within_shadow() {
+    const V_IRQ: u64 = 1 << 8;
+    const V_INTR_MASKING: u64 = 1 << 24;
+    let mut regs = setup(kutb_shadow_entry);
+    let (idt, limit) = crate::l2::l2_idt();
+    let v = l1::vmcb();
+    v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    v.state.rflags |= 1 << 9;
+    v.control.int_ctl = V_INTR_MASKING | V_IRQ | 0xf << 16 | 0x30 << 32;
+    v.control.interrupt_shadow = 1;
+    run_expect(&mut regs, ExitCode::Hlt);
+    let entry = kutb_shadow_entry as *const () as u64;
+    check_eq!(
+        crate::l2::GOT_VECTOR.load(Ordering::SeqCst),
+        0x30,
+        "V_IRQ's vector taken by L2"
+    );
+    check_eq!(
+        crate::l2::RETURN_RIP
+            .load(Ordering::SeqCst)
+            .wrapping_sub(entry),
+        1,
+        "return RIP - entry (the shadow covers one instruction)"
+    );
+    let c = &l1::vmcb().control;
+    check_eq!(c.int_ctl & V_IRQ, 0, "vmcb12 V_IRQ after delivery");
+    check_eq!(c.interrupt_shadow & 1, 0, "vmcb12 interrupt shadow");
+}
+
+extern "C" fn halt() -> ! {
+    yield_forever()
+}
+
+/// L1 sets RFLAGS.TF just before VMRUN (a VMRUN, an L2 that halts): the
+/// single-step #DB comes after the #VMEXIT, at the instruction after VMRUN,
+/// with DR6.BS (APM 15.5.2; kvm-unit-tests host_rflags). Returns the trap
+/// and the address after VMRUN.
+fn vmrun_with_tf() -> (Option<guest_stubs::exceptions::Fault>, u64) {
+    let mut after = 0u64;
+    let vmcb = &raw mut l1::VMCB12 as u64;
+    let trap = guest_stubs::exceptions::catch_trap(|| {
+        // SAFETY: VMRUN is emulated by L0; L2 only halts (L1 intercepts
+        // HLT), so no general register changes but RAX (restored by the
+        // #VMEXIT); the callee-saved ones are kept by hand all the same.
+        unsafe {
+            asm!(
+                "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+                "lea rsi, [rip + 2f]",
+                "clgi",
+                "pushfq",
+                "or qword ptr [rsp], 0x100",
+                "popfq",
+                "vmrun rax",
+                "2:",
+                "stgi",
+                "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+                out("rsi") after,
+                inout("rax") vmcb => _,
+                clobber_abi("C"),
+            );
+        }
+    });
+    (trap, after)
+}
+
+/// kvm-unit-tests host_rflags: TF set at L1's VMRUN traps after the
+/// #VMEXIT, not one instruction later.
+pub fn vmrun_tf_traps_after_vmexit() {
+    let _ = setup(halt);
+    let (trap, after) = vmrun_with_tf();
+    check_eq!(
+        ExitCode::from_raw(l1::vmcb().control.exit_code),
+        ExitCode::Hlt,
+        "L2's exit"
+    );
+    let Some(trap) = trap else {
+        guest_stubs::verdict::fail(format_args!("no #DB after VMRUN with TF"));
+    };
+    check_eq!(trap.vector, 1, "vector after VMRUN with TF");
+    check_eq!(trap.dr6 & (1 << 14), 1 << 14, "DR6.BS");
+    check_eq!(
+        guest_stubs::exceptions::last_rip(),
+        after,
+        "the #DB's RIP (the instruction after VMRUN)"
+    );
+}

@@ -73,7 +73,9 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         write_vmexit_invalid(&mut in_l1.control);
         vcpu.nested.gif = false;
         vcpu.vmcb.state.rip = resume_rip;
-        return Action::Resume;
+        // VMRUN completed: RF cleared, TF's trap now (APM 15.5.2).
+        vcpu.vmcb.state.rflags &= !svm::exception::RFLAGS_RF;
+        return rip::single_step(vcpu, vm, host);
     }
 
     // EFER.LMA is the CPU's, not L1's: set exactly when EFER.LME and
