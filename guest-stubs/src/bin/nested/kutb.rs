@@ -173,3 +173,45 @@ pub fn vmrun_tf_traps_after_vmexit() {
         "the #DB's RIP (the instruction after VMRUN)"
     );
 }
+
+/// kvm-unit-tests host_rflags (RF stage): an instruction breakpoint on
+/// L1's VMRUN faults before it (#DB, DR6.B0, VMRUN not run); L1's handler
+/// skips the VMRUN here. With RF set, the breakpoint is passed over.
+pub fn vmrun_instruction_breakpoint() {
+    let _ = setup(halt);
+    let vmcb = &raw mut l1::VMCB12 as u64;
+    let vmrun = || {
+        // SAFETY: as in vmrun_with_tf; a #DB fault on VMRUN is skipped by
+        // the handler (3 bytes), then STGI runs.
+        unsafe {
+            asm!(
+                "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+                "lea rsi, [rip + 2f]",
+                "mov dr0, rsi",
+                "mov rsi, 0x401",
+                "mov dr7, rsi",
+                "clgi",
+                "2:",
+                "vmrun rax",
+                "stgi",
+                "mov rsi, 0x400",
+                "mov dr7, rsi",
+                "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+                inout("rax") vmcb => _,
+                clobber_abi("C"),
+            );
+        }
+    };
+    l1::vmcb().control.exit_code = 0x1234;
+    let fault = guest_stubs::exceptions::catch(3, vmrun);
+    check_eq!(
+        fault.map(|f| (f.vector, f.dr6 & 0xf)),
+        Some((1, 1)),
+        "the #DB at VMRUN (vector, DR6.B0-B3)"
+    );
+    check_eq!(
+        l1::vmcb().control.exit_code,
+        0x1234,
+        "vmcb12 exit code (VMRUN ran)"
+    );
+}

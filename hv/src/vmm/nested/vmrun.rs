@@ -15,6 +15,15 @@ use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
 
 /// Emulates VMRUN executed by L1.
 pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // Step 0: an instruction breakpoint on VMRUN faults before it (and
+    // before the intercept); QEMU TCG arms none for a guest, so L0 checks
+    // (APM 13.1.1; kvm-unit-tests host_rflags).
+    let s = &mut vcpu.vmcb.state;
+    let rip = s.cs.base.wrapping_add(s.rip);
+    if let Some(b) = svm::emulate::dr::instruction_breakpoints(s.dr7, &vcpu.db, rip, s.rflags) {
+        s.dr6 |= b;
+        return inject(vcpu, EventInfo::exception(1));
+    }
     // Step 1: preconditions (APM Vol. 2, 15.5: #UD without EFER.SVME, #GP at
     // CPL > 0, and the address in RAX must be a page of L1's memory).
     if !vcpu.nested.svme {
