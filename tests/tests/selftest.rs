@@ -121,6 +121,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_lmsw_selective_cr0",
     "nested::vmrun_tf_traps_after_vmexit",
     "nested::vmrun_instruction_breakpoint",
+    "nested::l2_virq_within_shadow",
     "nested::l2_starts_in_every_mode",
     "nested::l2_tours_every_mode",
     "nested::l2_tour_exits_to_l1_in_every_mode",
