@@ -23,6 +23,8 @@ pub struct ShadowStep {
     pub guest_tf: bool,
     /// DR6 before the step (the step's #DB sets BS).
     pub dr6: u64,
+    /// RIP of the shadowed instruction.
+    pub rip: u64,
 }
 
 /// Whether the entry needs the step: the shadow is set, a virtual
@@ -32,11 +34,13 @@ pub fn needs_step(interrupt_shadow: u64, int_ctl: u64, event_inj: u64) -> bool {
     interrupt_shadow & 1 != 0 && int_ctl & IntCtl::V_IRQ.bits() != 0 && event_inj & EVENT_VALID == 0
 }
 
-/// Before the entry: RFLAGS with TF, INT_CTL without V_IRQ, and the undo.
-pub fn arm(rflags: u64, int_ctl: u64, dr6: u64) -> (u64, u64, ShadowStep) {
+/// Before the entry at `rip`: RFLAGS with TF, INT_CTL without V_IRQ, and
+/// the undo.
+pub fn arm(rip: u64, rflags: u64, int_ctl: u64, dr6: u64) -> (u64, u64, ShadowStep) {
     let step = ShadowStep {
         guest_tf: rflags & RFLAGS_TF != 0,
         dr6,
+        rip,
     };
     (rflags | RFLAGS_TF, int_ctl & !IntCtl::V_IRQ.bits(), step)
 }
@@ -52,10 +56,21 @@ pub struct Disarmed {
     pub dr6: u64,
     /// The exit was only the step's #DB: resume the guest, nothing else.
     pub drop_exit: bool,
+    /// The shadowed instruction has not completed (an interrupt or a fault
+    /// exit before it): the shadow still holds, though the CPU, which
+    /// never loaded it, reports none.
+    pub shadow: bool,
 }
 
-/// After the exit (`debug_exit`: it was the #DB intercept).
-pub fn disarm(step: ShadowStep, rflags: u64, int_ctl: u64, dr6: u64, debug_exit: bool) -> Disarmed {
+/// After the exit at `rip` (`debug_exit`: it was the #DB intercept).
+pub fn disarm(
+    step: ShadowStep,
+    rip: u64,
+    rflags: u64,
+    int_ctl: u64,
+    dr6: u64,
+    debug_exit: bool,
+) -> Disarmed {
     let tf = if step.guest_tf { RFLAGS_TF } else { 0 };
     // Only a single-step #DB L0 caused: the guest did not single-step and
     // nothing but BS is new in DR6.
@@ -66,6 +81,7 @@ pub fn disarm(step: ShadowStep, rflags: u64, int_ctl: u64, dr6: u64, debug_exit:
         int_ctl: int_ctl | IntCtl::V_IRQ.bits(),
         dr6: if drop_exit { step.dr6 } else { dr6 },
         drop_exit,
+        shadow: !drop_exit && rip == step.rip,
     }
 }
 
@@ -87,37 +103,42 @@ mod tests {
 
     #[test]
     fn the_steps_db_is_dropped_and_state_restored() {
-        let (rflags, int_ctl, step) = arm(0x202, V_IRQ | 0x30 << 32, 0xffff_0ff0);
+        let (rflags, int_ctl, step) = arm(0x1000, 0x202, V_IRQ | 0x30 << 32, 0xffff_0ff0);
         assert_eq!((rflags, int_ctl), (0x302, 0x30 << 32));
-        let d = disarm(step, rflags, int_ctl, 0xffff_0ff0 | DR6_BS, true);
+        let d = disarm(step, 0x1001, rflags, int_ctl, 0xffff_0ff0 | DR6_BS, true);
         assert_eq!(
             d,
             Disarmed {
                 rflags: 0x202,
                 int_ctl: V_IRQ | 0x30 << 32,
                 dr6: 0xffff_0ff0,
-                drop_exit: true
+                drop_exit: true,
+                shadow: false,
             }
         );
         // Another exit (the instruction exited): kept, state restored.
-        let d = disarm(step, rflags, int_ctl, 0xffff_0ff0, false);
+        let d = disarm(step, 0x1003, rflags, int_ctl, 0xffff_0ff0, false);
         assert_eq!(
             (d.rflags, d.int_ctl, d.drop_exit),
             (0x202, V_IRQ | 0x30 << 32, false)
         );
+        assert!(!d.shadow, "the instruction completed");
+        // An interrupt exit before the instruction: the shadow still holds.
+        let d = disarm(step, 0x1000, rflags, int_ctl, 0xffff_0ff0, false);
+        assert!(d.shadow && !d.drop_exit);
     }
 
     #[test]
     fn the_guests_own_single_step_is_kept() {
-        let (rflags, int_ctl, step) = arm(0x302, V_IRQ, 0xffff_0ff0);
-        let d = disarm(step, rflags, int_ctl, 0xffff_0ff0 | DR6_BS, true);
+        let (rflags, int_ctl, step) = arm(0x1000, 0x302, V_IRQ, 0xffff_0ff0);
+        let d = disarm(step, 0x1001, rflags, int_ctl, 0xffff_0ff0 | DR6_BS, true);
         assert_eq!(
             (d.rflags, d.dr6, d.drop_exit),
             (0x302, 0xffff_0ff0 | DR6_BS, false)
         );
         // A #DB with more than BS new is not only the step's.
-        let (_, _, step) = arm(0x202, V_IRQ, 0xffff_0ff0);
-        let d = disarm(step, 0x302, 0, 0xffff_0ff1 | DR6_BS, true);
+        let (_, _, step) = arm(0x1000, 0x202, V_IRQ, 0xffff_0ff0);
+        let d = disarm(step, 0x1001, 0x302, 0, 0xffff_0ff1 | DR6_BS, true);
         assert!(!d.drop_exit);
     }
 }

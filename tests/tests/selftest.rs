@@ -122,6 +122,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::vmrun_tf_traps_after_vmexit",
     "nested::vmrun_instruction_breakpoint",
     "nested::l2_virq_within_shadow",
+    "nested::cpuid_osxsave_follows_cr4",
     "nested::l2_starts_in_every_mode",
     "nested::l2_tours_every_mode",
     "nested::l2_tour_exits_to_l1_in_every_mode",

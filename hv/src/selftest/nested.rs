@@ -32,7 +32,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 82] = [
+pub static CASES: [Case; 83] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -118,6 +118,7 @@ pub static CASES: [Case; 82] = [
     case("nested::vmrun_tf_traps_after_vmexit"),
     case("nested::vmrun_instruction_breakpoint"),
     case("nested::l2_virq_within_shadow"),
+    case("nested::cpuid_osxsave_follows_cr4"),
     // Issue 10 item 3: L2 in every CPU mode.
     case("nested::l2_starts_in_every_mode"),
     case("nested::l2_tours_every_mode"),

@@ -215,3 +215,35 @@ pub fn vmrun_instruction_breakpoint() {
         "vmcb12 exit code (VMRUN ran)"
     );
 }
+
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+fn cpuid_osxsave() -> u64 {
+    u64::from(guest_stubs::cpu::cpuid(1, 0)[2] >> 27 & 1)
+}
+
+extern "C" fn osxsave_off() -> ! {
+    p::write_cr4(p::read_cr(4) & !CR4_OSXSAVE);
+    put(0, cpuid_osxsave() | 0x10);
+    yield_forever()
+}
+
+/// kvm-unit-tests svm_cr4_osxsave_test: with XSAVE shown, CPUID.1:ECX.
+/// OSXSAVE is the CR4.OSXSAVE of whoever runs CPUID: L1 sets it, L2 clears
+/// its own, L1's is back after the #VMEXIT.
+pub fn cpuid_osxsave_follows_cr4() {
+    let xsave = guest_stubs::cpu::cpuid(1, 0)[2] & (1 << 26) != 0;
+    check_eq!(xsave, true, "CPUID.1:ECX.XSAVE (QEMU -cpu +xsave)");
+    let cr4 = p::read_cr(4);
+    p::write_cr4(cr4 | CR4_OSXSAVE);
+    check_eq!(cpuid_osxsave(), 1, "L1's OSXSAVE with CR4.OSXSAVE set");
+    let mut regs = setup(osxsave_off);
+    l1::vmcb().state.cr4 = cr4 | CR4_OSXSAVE;
+    run_expect(&mut regs, ExitCode::Hlt);
+    check_eq!(seen(0), 0x10, "L2's OSXSAVE after clearing its CR4 bit");
+    check_eq!(l1::vmcb().state.cr4 & CR4_OSXSAVE, 0, "vmcb12 CR4.OSXSAVE");
+    check_eq!(cpuid_osxsave(), 1, "L1's OSXSAVE after the #VMEXIT");
+    p::write_cr4(cr4 & !CR4_OSXSAVE);
+    check_eq!(cpuid_osxsave(), 0, "L1's OSXSAVE with CR4.OSXSAVE clear");
+    p::write_cr4(cr4);
+}

@@ -112,6 +112,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_virq_within_shadow" => kutb::l2_virq_within_shadow(),
         "nested::vmrun_tf_traps_after_vmexit" => kutb::vmrun_tf_traps_after_vmexit(),
         "nested::vmrun_instruction_breakpoint" => kutb::vmrun_instruction_breakpoint(),
+        "nested::cpuid_osxsave_follows_cr4" => kutb::cpuid_osxsave_follows_cr4(),
         "nested::l2_starts_in_every_mode" => modes::l2_starts_in_every_mode(),
         "nested::l2_tours_every_mode" => modes::l2_tours_every_mode(),
         "nested::l2_tour_exits_to_l1_in_every_mode" => modes::l2_tour_exits_to_l1_in_every_mode(),

@@ -16,7 +16,7 @@ pub fn before_entry(vcpu: &mut Vcpu) {
         return;
     }
     let v = &mut *vcpu.vmcb;
-    let (rflags, int_ctl, step) = arm(v.state.rflags, v.control.int_ctl, v.state.dr6);
+    let (rflags, int_ctl, step) = arm(v.state.rip, v.state.rflags, v.control.int_ctl, v.state.dr6);
     v.state.rflags = rflags;
     v.control.int_ctl = int_ctl;
     vcpu.shadow_step = Some(step);
@@ -30,14 +30,12 @@ pub fn after_exit(vcpu: &mut Vcpu) -> bool {
     };
     let debug_exit = ExitCode::from_raw(vcpu.vmcb.control.exit_code) == ExitCode::Exception(1);
     let v = &mut *vcpu.vmcb;
-    let d = disarm(
-        step,
-        v.state.rflags,
-        v.control.int_ctl,
-        v.state.dr6,
-        debug_exit,
-    );
+    let s = &v.state;
+    let d = disarm(step, s.rip, s.rflags, v.control.int_ctl, s.dr6, debug_exit);
     (v.state.rflags, v.state.dr6) = (d.rflags, d.dr6);
     v.control.int_ctl = d.int_ctl;
+    if d.shadow {
+        v.control.interrupt_shadow |= 1;
+    }
     d.drop_exit
 }
