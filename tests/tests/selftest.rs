@@ -40,6 +40,8 @@ const GUEST_TESTS: &[&str] = &[
     "guest::lapic_timer_periodic_minimum",
     "guest::lapic_tpr_eoi",
     "guest::x2apic_self_ipi",
+    "guest::xcr0_starts_at_reset",
+    "guest::xcr0_starts_at_reset_again",
     "guest::lapic_mmio_unemulated_ud",
     "guest::msr_sweep",
     "guest::amd_cpuid",

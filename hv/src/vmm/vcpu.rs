@@ -88,6 +88,8 @@ impl Vcpu {
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
         // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
         exits::dr::load(&self.db);
+        // The reset XCR0, not the last VM's (`xcr0`).
+        super::xcr0::reset();
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
