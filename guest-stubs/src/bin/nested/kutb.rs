@@ -78,8 +78,18 @@ core::arch::global_asm!(
     "jmp 2b",
 );
 
+core::arch::global_asm!(
+    ".global kutb_shadow_cpuid_entry",
+    "kutb_shadow_cpuid_entry:",
+    "cpuid",
+    "nop",
+    "2: hlt",
+    "jmp 2b",
+);
+
 unsafe extern "C" {
     safe fn kutb_shadow_entry() -> !;
+    safe fn kutb_shadow_cpuid_entry() -> !;
 }
 
 /// kvm-unit-tests virq_inject_within_shadow: vmcb12 starts L2 in an
@@ -88,9 +98,16 @@ unsafe extern "C" {
 /// second one (APM 15.21.2, 15.20: the shadow holds off virtual
 /// interrupts too), and the #VMEXIT shows the shadow gone and V_IRQ taken.
 pub fn l2_virq_within_shadow() {
+    // A NOP in the shadow; then CPUID, which L0 emulates (the shadow ends
+    // with it: V_IRQ is taken before the NOP after it).
+    virq_within_shadow(kutb_shadow_entry, 1);
+    virq_within_shadow(kutb_shadow_cpuid_entry, 2);
+}
+
+fn virq_within_shadow(entry_fn: extern "C" fn() -> !, first_len: u64) {
     const V_IRQ: u64 = 1 << 8;
     const V_INTR_MASKING: u64 = 1 << 24;
-    let mut regs = setup(kutb_shadow_entry);
+    let mut regs = setup(entry_fn);
     let (idt, limit) = crate::l2::l2_idt();
     let v = l1::vmcb();
     v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
@@ -98,7 +115,7 @@ pub fn l2_virq_within_shadow() {
     v.control.int_ctl = V_INTR_MASKING | V_IRQ | 0xf << 16 | 0x30 << 32;
     v.control.interrupt_shadow = 1;
     run_expect(&mut regs, ExitCode::Hlt);
-    let entry = kutb_shadow_entry as *const () as u64;
+    let entry = entry_fn as *const () as u64;
     check_eq!(
         crate::l2::GOT_VECTOR.load(Ordering::SeqCst),
         0x30,
@@ -108,7 +125,7 @@ pub fn l2_virq_within_shadow() {
         crate::l2::RETURN_RIP
             .load(Ordering::SeqCst)
             .wrapping_sub(entry),
-        1,
+        first_len,
         "return RIP - entry (the shadow covers one instruction)"
     );
     let c = &l1::vmcb().control;
