@@ -262,6 +262,16 @@ fn record(frame: &Frame) {
     ERROR_CODE.store(frame.error_code, Ordering::SeqCst);
     CR2.store(cr2(), Ordering::SeqCst);
     DR6.store(dr6, Ordering::SeqCst);
+    RIP.store(frame.rip, Ordering::SeqCst);
+}
+
+/// The RIP the last recorded exception pushed (for a trap: the next
+/// instruction's).
+static RIP: AtomicU64 = AtomicU64::new(0);
+
+/// The RIP the last exception [`catch`] / [`catch_trap`] recorded pushed.
+pub fn last_rip() -> u64 {
+    RIP.load(Ordering::SeqCst)
 }
 
 /// Runs `entry` at CPL 3 (CS/SS = [`crate::user`]'s selectors) on

@@ -204,9 +204,43 @@ fn shown(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs 
     }
 }
 
+/// CPUID.1:ECX\[27\] OSXSAVE.
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// CPUID.1:ECX\[26\] XSAVE.
+const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+/// CR4.OSXSAVE.
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// CPUID.1:ECX.OSXSAVE follows the CR4 of the guest executing CPUID (the
+/// level that runs it, L1 or L2), not L0's, where XSAVE is shown (APM
+/// Vol. 3, CPUID Fn0000_0001_ECX; kvm-unit-tests svm_cr4_osxsave_test).
+pub fn osxsave_from_cr4(leaf: u32, regs: Regs, guest_cr4: u64) -> Regs {
+    let [eax, ebx, ecx, edx] = regs;
+    if leaf != 1 {
+        return regs;
+    }
+    let on = ecx & LEAF1_ECX_XSAVE != 0 && guest_cr4 & CR4_OSXSAVE != 0;
+    let ecx = (ecx & !LEAF1_ECX_OSXSAVE) | if on { LEAF1_ECX_OSXSAVE } else { 0 };
+    [eax, ebx, ecx, edx]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn osxsave_is_the_guests_cr4() {
+        let xsave = [0, 0, LEAF1_ECX_XSAVE, 0];
+        let both = [0, 0, LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE, 0];
+        assert_eq!(osxsave_from_cr4(1, xsave, CR4_OSXSAVE), both);
+        assert_eq!(osxsave_from_cr4(1, both, 0), xsave, "L0's own bit hidden");
+        assert_eq!(
+            osxsave_from_cr4(1, [0, 0, LEAF1_ECX_OSXSAVE, 0], CR4_OSXSAVE),
+            [0; 4],
+            "no XSAVE, no OSXSAVE"
+        );
+        assert_eq!(osxsave_from_cr4(7, both, 0), both, "other leaves");
+    }
 
     const HOST: Regs = [0x1111_1111, 0x2222_2222, 0xFFFF_FFFF, 0x4444_4444];
 

@@ -23,6 +23,8 @@ pub const DR7_GD: u64 = 1 << 13;
 
 /// RFLAGS.TF.
 pub const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.RF (resume flag: suppresses instruction breakpoints once).
+pub const RFLAGS_RF: u64 = 1 << 16;
 /// DR6.BS: the #DB is a single-step trap.
 pub const DR6_BS: u64 = 1 << 14;
 

@@ -40,6 +40,7 @@ pub mod msrpm;
 pub mod multiboot;
 pub mod nested;
 pub mod nmi;
+pub mod shadow_step;
 pub mod tsc;
 pub mod vmcb;
 pub mod walk;

@@ -32,12 +32,14 @@ impl Accel {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
             // RDTSCP is not in qemu64 by default; the kernel uses it. SMEP
-            // gives L1 a CR4 feature beyond the x86-64 base (its checks).
+            // gives L1 a CR4 feature beyond the x86-64 base (its checks);
+            // XSAVE lets guests set CR4.OSXSAVE (kvm-unit-tests
+            // svm_cr4_osxsave_test).
             Accel::Tcg => [
                 "-accel",
                 "tcg",
                 "-cpu",
-                "qemu64,+svm,+npt,+vgif,+rdtscp,+smep",
+                "qemu64,+svm,+npt,+vgif,+rdtscp,+smep,+xsave,+xsaveopt",
             ],
         }
     }

@@ -187,7 +187,7 @@ mod tests {
         assert!(has_pair(
             &args,
             "-cpu",
-            "qemu64,+svm,+npt,+vgif,+rdtscp,+smep"
+            "qemu64,+svm,+npt,+vgif,+rdtscp,+smep,+xsave,+xsaveopt"
         ));
         assert!(has_pair(&args, "-kernel", "/k/hv"));
         assert!(has_pair(&args, "-append", "fault=page x=1"));

@@ -7,6 +7,8 @@
 
 #[path = "guest/apic.rs"]
 mod apic;
+#[path = "guest/xcr0.rs"]
+mod xcr0;
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +74,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::efer_writes_checked" => efer_writes_checked,
         "guest::msr_sweep" => msr_sweep,
         "guest::amd_cpuid" => cpuid_amd_cpu,
+        "guest::xcr0_starts_at_reset" | "guest::xcr0_starts_at_reset_again" => {
+            xcr0::starts_at_reset
+        }
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);

@@ -43,6 +43,21 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: no_check,
     },
+    // The same test twice: the first leaves XCR0 = 3 behind.
+    Case {
+        name: "guest::xcr0_starts_at_reset",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
+    Case {
+        name: "guest::xcr0_starts_at_reset_again",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
     Case {
         name: "guest::cpuid",
         image: GUEST,

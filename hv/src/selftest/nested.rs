@@ -33,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 80] = [
+pub static CASES: [Case; 85] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -124,6 +124,11 @@ pub static CASES: [Case; 80] = [
     // ISSUE 8 A6 and C: odd encodings and privileged writes in L2.
     case("nested::l2_cpuid_odd_prefixes"),
     case("nested::l2_leaves_long_mode"),
+    case("nested::l2_lmsw_selective_cr0"),
+    case("nested::vmrun_tf_traps_after_vmexit"),
+    case("nested::vmrun_instruction_breakpoint"),
+    case("nested::l2_virq_within_shadow"),
+    case("nested::cpuid_osxsave_follows_cr4"),
     // Issue 10 item 3: L2 in every CPU mode.
     case("nested::l2_starts_in_every_mode"),
     case("nested::l2_tours_every_mode"),

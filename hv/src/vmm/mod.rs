@@ -13,3 +13,4 @@ pub mod tsc;
 pub mod vcpu;
 pub mod vm;
 pub mod world_switch;
+pub mod xcr0;

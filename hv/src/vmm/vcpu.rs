@@ -47,6 +47,8 @@ pub struct Vcpu {
     pub lapic: svm::devices::lapic::Lapic,
     /// L0 opened an interrupt window (V_IRQ + VINTR) for the APIC.
     pub apic_window: bool,
+    /// L0 single-steps L2's interrupt-shadowed instruction (`exits::shadow`).
+    pub shadow_step: Option<svm::shadow_step::ShadowStep>,
     /// The value-store MSRs (DEBUGCTL, MTRRs, PMU, HWCR; `svm::msr_table`),
     /// shared by L1 and its L2s.
     pub msrs: svm::msr_table::MsrStore,
@@ -72,6 +74,7 @@ impl Vcpu {
             db: [0; 4],
             lapic: exits::apic::new_lapic(),
             apic_window: false,
+            shadow_step: None,
             msrs: svm::msr_table::MsrStore::default(),
         })
     }
@@ -85,6 +88,8 @@ impl Vcpu {
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
         // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
         exits::dr::load(&self.db);
+        // The reset XCR0, not the last VM's (`xcr0`).
+        super::xcr0::reset();
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
@@ -105,9 +110,11 @@ impl Vcpu {
                 self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
             }
             exits::cr::before_entry(self);
+            exits::shadow::before_entry(self);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            let step_only = exits::shadow::after_exit(self);
             exits::cr::after_exit(self);
             exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(self, vm);
@@ -140,6 +147,9 @@ impl Vcpu {
             self.exits += 1;
             *self.exit_counts.entry(code.to_raw()).or_insert(0) += 1;
             let max_exits = vm.limits.map_or(u64::MAX, |l| l.max_exits);
+            if step_only {
+                continue;
+            }
             match exits::dispatch(self, vm, host, code) {
                 Action::Resume if self.exits >= max_exits => return Stop::TooManyExits(max_exits),
                 Action::Resume => {}

@@ -117,6 +117,14 @@ pub fn is_selective_cr0_write(old: u64, new: u64) -> bool {
     (old ^ new) & !(CR0_TS | CR0_MP) != 0
 }
 
+/// Whether L1's selective CR0 write intercept catches a CR0 write by
+/// `lmsw` or MOV to CR0: LMSW treats it as non-selective, intercepted
+/// whatever it writes (APM Table 15-7; KVM svm_check_intercept). CLTS is
+/// never caught by it.
+pub fn selective_cr0_intercepts(old: u64, new: u64, lmsw: bool) -> bool {
+    lmsw || is_selective_cr0_write(old, new)
+}
+
 /// MOV to CR4: the new state, or #GP(0). `allowed` is the set of CR4 bits
 /// the guest's CPUID shows ([`crate::nested::l1_cpu::L1Cpuid::cr4_allowed`],
 /// the one source L0's vmcb12 checks use too); anything else is reserved.
@@ -308,6 +316,11 @@ mod tests {
         assert_eq!(clts_value(cr0), CR0_PE | CR0_PG);
         assert!(!is_selective_cr0_write(cr0, cr0 & !CR0_TS | CR0_MP));
         assert!(is_selective_cr0_write(cr0, cr0 | CR0_WP));
+        // LMSW: caught even when it changes only MP, or nothing.
+        assert!(selective_cr0_intercepts(cr0, cr0 | CR0_MP, true));
+        assert!(selective_cr0_intercepts(cr0, cr0, true));
+        assert!(!selective_cr0_intercepts(cr0, cr0 | CR0_MP, false));
+        assert!(selective_cr0_intercepts(cr0, cr0 | CR0_WP, false));
     }
 
     #[test]

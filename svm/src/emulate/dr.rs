@@ -61,6 +61,26 @@ pub fn write(dr: u8, cr4_de: bool, current_dr7: u64, value: u64) -> Result<DrWri
     }
 }
 
+/// The DR6 B0-B3 bits of the instruction breakpoints (DR7 R/W = 00, LEN
+/// = 00, L or G set) that match an instruction at linear address `rip`,
+/// or `None`: the #DB fault the CPU raises before the instruction (before
+/// any intercept) unless RFLAGS.RF is set (APM Vol. 2, 13.1.1). L0 checks
+/// this for the instructions it emulates, since QEMU TCG arms no guest
+/// breakpoint (docs/qemu-tcg.md).
+pub fn instruction_breakpoints(dr7: u64, db: &[u64; 4], rip: u64, rflags: u64) -> Option<u64> {
+    const RFLAGS_RF: u64 = 1 << 16;
+    if rflags & RFLAGS_RF != 0 {
+        return None;
+    }
+    let hits = (0..4).filter(|&n| {
+        let enabled = (dr7 >> (2 * n)) & 3 != 0;
+        let rw_len = (dr7 >> (16 + 4 * n)) & 0xf;
+        enabled && rw_len == 0 && db[n] == rip
+    });
+    let b = hits.fold(0u64, |b, n| b | 1 << n);
+    (b != 0).then_some(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +123,25 @@ mod tests {
         assert_eq!(alias(4, false), Ok(6));
         assert_eq!(alias(5, true), Err(Fault::Ud));
         assert_eq!(alias(7, true), Ok(7));
+    }
+
+    #[test]
+    fn instruction_breakpoints_match_enabled_execute_slots() {
+        let db = [0x1000, 0x2000, 0x1000, 0x3000];
+        // DR0 local, DR1 global, DR2 disabled, DR3 a write breakpoint.
+        let dr7 = 0x400 | 1 | 2 << 2 | 1 << 6 | 1 << 28;
+        assert_eq!(instruction_breakpoints(dr7, &db, 0x1000, 2), Some(1));
+        assert_eq!(instruction_breakpoints(dr7, &db, 0x2000, 2), Some(2));
+        assert_eq!(instruction_breakpoints(dr7, &db, 0x3000, 2), None, "write");
+        assert_eq!(
+            instruction_breakpoints(dr7 | 1 << 4, &db, 0x1000, 2),
+            Some(5)
+        );
+        assert_eq!(
+            instruction_breakpoints(dr7, &db, 0x1000, 1 << 16),
+            None,
+            "RF"
+        );
+        assert_eq!(instruction_breakpoints(0x400, &db, 0x1000, 2), None);
     }
 }

@@ -103,6 +103,8 @@ pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
     s.dr6 = keep.dr6;
     s.dr7 = 0x400;
     s.cpl = 0;
+    // Completion of VMRUN clears the host's RFLAGS.RF (APM 15.5.2).
+    s.rflags &= !crate::exception::RFLAGS_RF;
     let c = &mut active.control;
     c.event_inj = 0;
     c.exit_code = 0;
@@ -219,5 +221,17 @@ mod tests {
             "CR2 is not part of the host state"
         );
         assert_eq!((active.state.dr7, active.state.cpl), (0x400, 0));
+    }
+
+    /// VMRUN completes at the #VMEXIT: L1's RF is cleared, its TF stays
+    /// (the caller raises the single-step trap, APM 15.5.2).
+    #[test]
+    fn l1_rflags_lose_rf_keep_tf() {
+        use crate::exception::{RFLAGS_RF, RFLAGS_TF};
+        let mut hsave = Vmcb::new();
+        hsave.state.rflags = 0x2 | RFLAGS_TF | RFLAGS_RF | 1 << 9;
+        let mut active = Vmcb::new();
+        restore_l1(&mut active, &hsave);
+        assert_eq!(active.state.rflags, 0x2 | RFLAGS_TF | 1 << 9);
     }
 }

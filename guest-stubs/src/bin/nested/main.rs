@@ -8,6 +8,7 @@
 
 mod apic;
 mod hardening;
+mod kutb;
 mod l1;
 mod l2;
 mod modes;
@@ -109,6 +110,11 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::hsave_pa_below_maxphyaddr" => hsave_pa_below_maxphyaddr(params.memory_size),
         "nested::l2_cpuid_odd_prefixes" => hardening::l2_cpuid_odd_prefixes(),
         "nested::l2_leaves_long_mode" => hardening::l2_leaves_long_mode(),
+        "nested::l2_lmsw_selective_cr0" => kutb::l2_lmsw_selective_cr0(),
+        "nested::l2_virq_within_shadow" => kutb::l2_virq_within_shadow(),
+        "nested::vmrun_tf_traps_after_vmexit" => kutb::vmrun_tf_traps_after_vmexit(),
+        "nested::vmrun_instruction_breakpoint" => kutb::vmrun_instruction_breakpoint(),
+        "nested::cpuid_osxsave_follows_cr4" => kutb::cpuid_osxsave_follows_cr4(),
         "nested::l2_starts_in_every_mode" => modes::l2_starts_in_every_mode(),
         "nested::l2_tours_every_mode" => modes::l2_tours_every_mode(),
         "nested::l2_tour_exits_to_l1_in_every_mode" => modes::l2_tour_exits_to_l1_in_every_mode(),

@@ -23,6 +23,8 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             hidden: vm.hidden_cpu,
         },
     );
+    let [eax, ebx, ecx, edx] =
+        svm::cpuid_filter::osxsave_from_cr4(leaf, [eax, ebx, ecx, edx], vcpu.vmcb.state.cr4);
     vcpu.vmcb.state.rax = u64::from(eax);
     vcpu.regs.rbx = u64::from(ebx);
     vcpu.regs.rcx = u64::from(ecx);

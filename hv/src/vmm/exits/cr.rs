@@ -125,7 +125,8 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
     if s.cpl != 0 {
         return raise(vcpu, vm, host, EventInfo::exception_with_error_code(13, 0));
     }
-    if cr == 0 && d.insn != Insn::Clts && selective_write_is_l1s(vcpu, value) {
+    let lmsw = matches!(d.insn, Insn::Lmsw(_));
+    if cr == 0 && d.insn != Insn::Clts && selective_write_is_l1s(vcpu, value, lmsw) {
         let c = &mut vcpu.vmcb.control;
         (c.exit_info1, c.exit_info2, c.exit_int_info) = (0, 0, 0);
         return nested::vmexit::reflect(vcpu, vm, host, ExitCode::Cr0SelWrite);
@@ -196,10 +197,10 @@ fn flush_guest(host: &HostCpu) -> TlbControl {
 
 /// A CR0 write by L2 that L1's selective CR0 write intercept catches
 /// (L0's general CR0 intercept took the exit; route_exit leaves this
-/// check to L0, APM 15.9.1).
-fn selective_write_is_l1s(vcpu: &Vcpu, new: u64) -> bool {
+/// check to L0, APM 15.9.1). LMSW is caught whatever it writes.
+fn selective_write_is_l1s(vcpu: &Vcpu, new: u64, lmsw: bool) -> bool {
     vcpu.nested.l2.as_ref().is_some_and(|l2| {
         l2.vmcb12.control.intercept_misc1 & InterceptMisc1::CR0_SEL_WRITE.bits() != 0
-            && rules::is_selective_cr0_write(vcpu.vmcb.state.cr0, new)
+            && rules::selective_cr0_intercepts(vcpu.vmcb.state.cr0, new, lmsw)
     })
 }

@@ -12,6 +12,7 @@ mod msr;
 mod npf;
 mod reinject;
 pub mod rip;
+pub mod shadow;
 mod soft_int;
 mod tr;
 mod tsc;

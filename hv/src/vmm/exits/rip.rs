@@ -328,6 +328,8 @@ pub fn skip(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 /// guest's own single-stepping, or L1's through #VMEXIT(#DB)). Injected,
 /// so it does not exit again.
 pub fn single_step(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // The instruction completed: an interrupt shadow it ran in is over.
+    vcpu.vmcb.control.interrupt_shadow &= !1;
     let s = &mut vcpu.vmcb.state;
     match svm::exception::single_step_dr6(s.rflags, s.dr6) {
         Some(dr6) => {

@@ -93,7 +93,9 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
     vcpu.nested.gif = false;
-    Action::Resume
+    // L1's RFLAGS.TF at its VMRUN: the #DB trap comes after the #VMEXIT,
+    // on the host side (APM 15.5.2).
+    rip::single_step(vcpu, vm, host)
 }
 
 /// The CPU refused the L2 state L0 built (VMEXIT_INVALID while entering

@@ -15,6 +15,15 @@ use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
 
 /// Emulates VMRUN executed by L1.
 pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // Step 0: an instruction breakpoint on VMRUN faults before it (and
+    // before the intercept); QEMU TCG arms none for a guest, so L0 checks
+    // (APM 13.1.1; kvm-unit-tests host_rflags).
+    let s = &mut vcpu.vmcb.state;
+    let rip = s.cs.base.wrapping_add(s.rip);
+    if let Some(b) = svm::emulate::dr::instruction_breakpoints(s.dr7, &vcpu.db, rip, s.rflags) {
+        s.dr6 |= b;
+        return inject(vcpu, EventInfo::exception(1));
+    }
     // Step 1: preconditions (APM Vol. 2, 15.5: #UD without EFER.SVME, #GP at
     // CPL > 0, and the address in RAX must be a page of L1's memory).
     if !vcpu.nested.svme {
@@ -73,7 +82,9 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         write_vmexit_invalid(&mut in_l1.control);
         vcpu.nested.gif = false;
         vcpu.vmcb.state.rip = resume_rip;
-        return Action::Resume;
+        // VMRUN completed: RF cleared, TF's trap now (APM 15.5.2).
+        vcpu.vmcb.state.rflags &= !svm::exception::RFLAGS_RF;
+        return rip::single_step(vcpu, vm, host);
     }
 
     // EFER.LMA is the CPU's, not L1's: set exactly when EFER.LME and
