@@ -26,6 +26,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::cr_writes_checked",
     "guest::leave_long_mode",
     "guest::cpu_modes_tour",
+    "guest::string_io_32bit_paging",
     "guest::efer_writes_checked",
     "guest::ltr_checked",
     "guest::cr3_write_checked",
