@@ -124,6 +124,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_tour_exits_to_l1_in_every_mode",
     "nested::l2_pae_cr3_checks_pdptes",
     "nested::l2_dr7_write",
+    "nested::string_io_in_l2",
     "nested::l2_cr8_with_v_irq",
     "nested::vmload_zero_tr_user_fault",
     "nested::checks_decide_before_the_cpu",
