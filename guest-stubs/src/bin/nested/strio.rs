@@ -148,7 +148,7 @@ pub fn string_io_in_l2() {
     let opcode = unsafe { core::ptr::read_volatile(rip as *const [u8; 2]) };
     check_eq!(opcode, [0xF3, 0x6C], "the bytes at L2's RIP after the #PF");
     // SAFETY: as above.
-    unsafe { (*addr_of_mut!(PT)).0[1] = addr_of!(SCRATCH) as u64 + 0x1000 | 0x3 };
+    unsafe { (*addr_of_mut!(PT)).0[1] = (addr_of!(SCRATCH) as u64 + 0x1000) | 0x3 };
     run_expect(&mut regs, ExitCode::Hlt);
     check_eq!((seen(0), seen(1)), (16, 0), "RDI moved, RCX after REP INSB");
     check_eq!(

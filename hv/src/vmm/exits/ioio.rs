@@ -195,7 +195,7 @@ fn fetch_string_insn(vcpu: &Vcpu, vm: &Vm) -> Result<string_io::StringIoBytes, N
     let len = match usize::try_from(next_rip.wrapping_sub(rip_now)) {
         Ok(len) if (1..=svm::decode::MAX_INSN_LEN).contains(&len) => len,
         // RIP wrapped within the code size (16-bit code at 0xFFFF): decode.
-        _ => rip::decode_at_rip(vcpu, vm)?.len as usize,
+        _ => rip::decode_at_rip(vcpu, vm)?.len,
     };
     let mut bytes = [0u8; svm::decode::MAX_INSN_LEN];
     for (i, b) in bytes[..len].iter_mut().enumerate() {
