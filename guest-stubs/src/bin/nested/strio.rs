@@ -83,6 +83,46 @@ extern "C" fn string_io_l2() -> ! {
     }
 }
 
+/// OUTSB from a non-canonical address: through DS (#GP(0)), then through
+/// an SS override (#SS(0)); L1 intercepts both and skips the instruction.
+extern "C" fn non_canonical_l2() -> ! {
+    let bad = 0x8000_0000_0000_0000u64;
+    // SAFETY: both fault before any element moves; L1 moves RIP past them.
+    unsafe {
+        asm!("rep outsb", inout("rsi") bad => _, inout("rcx") 4u64 => _,
+             in("edx") u32::from(OUT_PORT), options(nostack));
+        asm!(".byte 0x36, 0xf3, 0x6e", inout("rsi") bad => _, inout("rcx") 4u64 => _,
+             in("edx") u32::from(OUT_PORT), options(nostack));
+    }
+    loop {
+        // SAFETY: HLT in L2 exits to L1, which intercepts it.
+        unsafe { asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+/// L2's OUTSB from a non-canonical address is #GP(0), or #SS(0) through
+/// SS, with nothing moved (RSI and RCX as they were).
+fn non_canonical_in_l2() {
+    l1::enable_svm();
+    l1::prepare(non_canonical_l2);
+    let port = OUT_PORT;
+    l1::iopm()[usize::from(port / 8)] &= !(1 << (port % 8));
+    let v = l1::vmcb();
+    v.control.intercept_exceptions |= 1 << 13 | 1 << 12;
+    let mut regs = Regs::default();
+    for (vector, len, what) in [(13, 2, "#GP"), (12, 3, "#SS")] {
+        run_expect(&mut regs, ExitCode::Exception(vector));
+        check_eq!(v.control.exit_info1, 0, format_args!("{what} error code"));
+        check_eq!(
+            (regs.gpr[1], regs.gpr[3]),
+            (4, 0x8000_0000_0000_0000),
+            format_args!("RCX, RSI at the {what}")
+        );
+        v.state.rip += len;
+    }
+    run_expect(&mut regs, ExitCode::Hlt);
+}
+
 /// Builds L2's page tables (see [`PML4`]); returns its CR3.
 fn l2_tables() -> u64 {
     // SAFETY: single vCPU; L2 is not running; identity-mapped statics.
@@ -172,4 +212,5 @@ pub fn string_io_in_l2() {
         buf.iter().chain(buf32.iter()).all(|&b| b == 0x60),
         "INSB bytes {buf:x?} {buf32:x?}"
     );
+    non_canonical_in_l2();
 }

@@ -166,7 +166,7 @@ fn string_io(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, io: &IoioInfo) -> Act
             }
         };
         if let Err(fault) = result {
-            return fault.deliver(vcpu, vm, host);
+            return stack_fault(fault, segment).deliver(vcpu, vm, host);
         }
         let r = &mut vcpu.regs;
         if insn.input {
@@ -184,6 +184,20 @@ fn string_io(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, io: &IoioInfo) -> Act
     }
     vcpu.vmcb.state.rip = next_rip;
     rip::single_step(vcpu, vm, host)
+}
+
+/// A non-canonical address through SS is #SS(0), not #GP(0) (APM Vol. 2,
+/// 8.2, #SS: a stack-segment reference with a non-canonical address).
+fn stack_fault(fault: NoInsn, segment: Seg) -> NoInsn {
+    match fault {
+        NoInsn::Fault { event, cr2: None } if segment == Seg::Ss && event.vector() == 13 => {
+            NoInsn::Fault {
+                event: svm::EventInfo::exception_with_error_code(12, 0),
+                cr2: None,
+            }
+        }
+        other => other,
+    }
 }
 
 /// The prefixes and opcode of the INS/OUTS at RIP (its length from
