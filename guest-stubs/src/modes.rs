@@ -97,6 +97,12 @@ struct TourIo {
     pd_4k: u32,
     pdpt: u32,
     cr3: u32,
+    /// [`string_io_32`]: the INSB buffer, the OUTSB source, the count.
+    buf: u32,
+    text: u32,
+    count: u32,
+    /// In port (low half), out port (high half).
+    ports: u32,
 }
 
 static mut IO: TourIo = TourIo {
@@ -105,6 +111,10 @@ static mut IO: TourIo = TourIo {
     pd_4k: 0,
     pdpt: 0,
     cr3: 0,
+    buf: 0,
+    text: 0,
+    count: 0,
+    ports: 0,
 };
 
 /// What the guest saw at each stop of [`tour`].
@@ -406,6 +416,145 @@ pub fn tour() -> Seen {
             efer_back: out[11],
             cr0_lmsw_pm16: out[12],
             cr0_lmsw_real: out[13],
+        }
+    }
+}
+
+/// Registers after the string I/O of [`string_io_32`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringIo32 {
+    /// EDI after `REP INSB`.
+    pub ins_edi: u32,
+    /// ECX after `REP INSB`.
+    pub ins_ecx: u32,
+    /// ESI after `STD; REP OUTSB`.
+    pub outs_esi: u32,
+    /// ECX after `STD; REP OUTSB`.
+    pub outs_ecx: u32,
+}
+
+/// In 32-bit protected mode with 32-bit paging (4 KiB pages, LME clear):
+/// `REP INSB` of `buf.len()` bytes from port `in_port` into `buf`
+/// (ES:EDI), then with RFLAGS.DF set `REP OUTSB` of `text` to port
+/// `out_port` from its last byte down (DS:ESI), and back to 64-bit mode.
+/// Both buffers must lie below 4 MiB (the guests' layout) and `text` be at
+/// least as long as `buf`. Interrupts stay off.
+pub fn string_io_32(buf: &mut [u8], text: &[u8], in_port: u16, out_port: u16) -> StringIo32 {
+    assert!(text.len() >= buf.len());
+    prepare();
+    // SAFETY: single vCPU; the asm reads and writes only IO, `buf` and
+    // `text`, and returns to 64-bit mode with CR0, CR3, CR4, EFER, GDTR,
+    // RBX, RSP and RFLAGS as they were (as in `tour`).
+    unsafe {
+        let io = &mut *addr_of_mut!(IO);
+        io.buf = buf.as_mut_ptr() as u32;
+        io.text = text.as_ptr() as u32 + buf.len() as u32 - 1;
+        io.count = buf.len() as u32;
+        io.ports = u32::from(in_port) | u32::from(out_port) << 16;
+        let gdt = addr_of!(GDT) as u64;
+        let gdtr: [u16; 5] = [
+            (core::mem::size_of::<Gdt>() - 1) as u16,
+            gdt as u16,
+            (gdt >> 16) as u16,
+            (gdt >> 32) as u16,
+            (gdt >> 48) as u16,
+        ];
+        asm!(
+            "push rbx",
+            "pushfq",
+            "cli",
+            "sub rsp, 16",
+            "sgdt [rsp]",
+            "lgdt [rsi]",
+            "push 0x18",
+            "lea rax, [rip + 2f]",
+            "push rax",
+            "retfq",
+            ".code32",
+            "2:",
+            "mov ax, 0x10",
+            "mov ds, ax",
+            "mov es, ax",
+            "mov ss, ax",
+            "mov ebx, edi",
+            "mov eax, cr3",
+            "mov [ebx + 76], eax",
+            // Paging off, LME clear: legacy protected mode.
+            "mov eax, cr0",
+            "and eax, 0x7fffffff",
+            "mov cr0, eax",
+            "mov ecx, 0xc0000080",
+            "rdmsr",
+            "and eax, 0xfffffeff",
+            "wrmsr",
+            // 32-bit paging with 4 KiB pages (PAE and PSE off).
+            "mov eax, cr4",
+            "and eax, 0xffffffcf",
+            "mov cr4, eax",
+            "mov eax, [ebx + 68]",
+            "mov cr3, eax",
+            "mov eax, cr0",
+            "or eax, 0x80000000",
+            "mov cr0, eax",
+            // REP INSB: ES:EDI up, ECX elements.
+            "mov edx, [ebx + 92]",
+            "mov edi, [ebx + 80]",
+            "mov ecx, [ebx + 88]",
+            "rep insb",
+            "mov [ebx], edi",
+            "mov [ebx + 4], ecx",
+            // STD; REP OUTSB: DS:ESI down.
+            "shr edx, 16",
+            "mov esi, [ebx + 84]",
+            "mov ecx, [ebx + 88]",
+            "std",
+            "rep outsb",
+            "cld",
+            "mov [ebx + 8], esi",
+            "mov [ebx + 12], ecx",
+            // Long mode again (as at the end of `tour`).
+            "mov edi, ebx",
+            "mov eax, cr0",
+            "and eax, 0x7fffffff",
+            "mov cr0, eax",
+            "mov eax, cr4",
+            "or eax, 0x20",
+            "mov cr4, eax",
+            "mov ecx, 0xc0000080",
+            "rdmsr",
+            "or eax, 0x100",
+            "wrmsr",
+            "mov eax, [edi + 76]",
+            "mov cr3, eax",
+            "mov eax, cr0",
+            "or eax, 0x80000000",
+            "mov cr0, eax",
+            "call 6f",
+            "6:",
+            "pop eax",
+            ".byte 0x05",
+            ".long 7f - 6b",
+            "push 0x08",
+            "push eax",
+            "retf",
+            ".code64",
+            "7:",
+            "lgdt [rsp]",
+            "add rsp, 16",
+            "popfq",
+            "pop rbx",
+            inout("rsi") gdtr.as_ptr() => _,
+            inout("rdi") addr_of_mut!(IO) => _,
+            out("rax") _,
+            out("rcx") _,
+            out("rdx") _,
+        );
+        let out = (*addr_of!(IO)).out;
+        StringIo32 {
+            ins_edi: out[0],
+            ins_ecx: out[1],
+            outs_esi: out[2],
+            outs_ecx: out[3],
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Running an external guest image instead of the self-tests
 //! (`cargo xtask run --guest FILE`): the kernel command line holds
 //! `guest=<name> [guest_mem=<MiB>] -- <guest words>`, the loader's first
-//! boot module is the image.
+//! boot module is the image, or a pack of the image and its Multiboot
+//! modules ([`svm::boot_pack`], `--guest-module`).
 //!
 //! One VM, offered nested SVM, with the PC platform's port devices
 //! ([`svm::devices::PortBus`]): its COM1 output reaches the host console
@@ -23,6 +24,7 @@ use crate::vmm::exits::Stop;
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::{Vm, VmConfig};
 use crate::vmm::{enable, loader, setup};
+use svm::boot_pack;
 use svm::devices::fw_cfg::FwCfgConfig;
 use svm::devices::PortBus;
 use svm::multiboot;
@@ -65,8 +67,21 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
     // SAFETY: the loader put the module in RAM the direct map covers and
     // the frame allocator never hands out (KernelAndModules); nothing
     // writes it.
-    let image = unsafe {
+    let module = unsafe {
         core::slice::from_raw_parts(phys_to_virt(module.phys) as *const u8, module.len as usize)
+    };
+    // A pack (svm::boot_pack) carries the image and its Multiboot modules.
+    let mut files = [boot_pack::Entry {
+        name: &[],
+        data: &[],
+    }; boot_pack::MAX_ENTRIES];
+    let (image, modules) = if boot_pack::is_pack(module) {
+        match boot_pack::unpack(module, &mut files) {
+            Ok(n) => (files[0].data, &files[1..n]),
+            Err(e) => bad_image(format_args!("{name}: guest pack: {e:?}")),
+        }
+    } else {
+        (module, &files[..0])
     };
     let host = match enable::this_cpu() {
         Ok(host) => host,
@@ -109,14 +124,25 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             exit(ExitCode::Failure)
         }
     };
-    let (kind, entry) = load(&mut vm, &mut vcpu, image, name, boot.guest_cmdline());
+    let (kind, entry) = load(
+        &mut vm,
+        &mut vcpu,
+        image,
+        modules,
+        name,
+        boot.guest_cmdline(),
+    );
     println!(
-        "hv: running guest {name} ({}, {} MiB, entry {entry:#x})",
+        "hv: running guest {name} ({}, {} MiB, entry {entry:#x}{})",
         match kind {
             Kind::Multiboot => "Multiboot",
             Kind::Elf64 => "ELF64",
         },
-        memory >> 20
+        memory >> 20,
+        match modules.len() {
+            0 => alloc::string::String::new(),
+            n => alloc::format!(", {n} module{}", if n == 1 { "" } else { "s" }),
+        }
     );
     let stop = vcpu.run(&mut vm, host);
     crate::console::end_raw_line();
@@ -191,10 +217,25 @@ fn print_exit_counts(vcpu: &Vcpu) {
 /// Loads `image` into `vm` and sets up `vcpu` to enter it: Multiboot 1 when
 /// the image has a Multiboot header, else ELF64. A malformed image ends the
 /// run here, before anything of it runs.
-fn load(vm: &mut Vm, vcpu: &mut Vcpu, image: &[u8], name: &str, args: &str) -> (Kind, u64) {
+fn load(
+    vm: &mut Vm,
+    vcpu: &mut Vcpu,
+    image: &[u8],
+    modules: &[boot_pack::Entry<'_>],
+    name: &str,
+    args: &str,
+) -> (Kind, u64) {
     match multiboot::find_header(image) {
         Err(multiboot::ImageError::NoHeader) => {}
-        _ => return (Kind::Multiboot, load_multiboot(vm, vcpu, image, name, args)),
+        _ => {
+            let entry = load_multiboot(vm, vcpu, image, modules, name, args);
+            return (Kind::Multiboot, entry);
+        }
+    }
+    if !modules.is_empty() {
+        bad_image(format_args!(
+            "{name}: boot modules need a Multiboot image (an ELF64 guest has no module list)"
+        ));
     }
     match loader::load(image, &mut vm.memory) {
         Ok(entry) => {
@@ -214,25 +255,64 @@ fn load(vm: &mut Vm, vcpu: &mut Vcpu, image: &[u8], name: &str, args: &str) -> (
     }
 }
 
-fn load_multiboot(vm: &mut Vm, vcpu: &mut Vcpu, image: &[u8], name: &str, args: &str) -> u64 {
+fn load_multiboot(
+    vm: &mut Vm,
+    vcpu: &mut Vcpu,
+    image: &[u8],
+    files: &[boot_pack::Entry<'_>],
+    name: &str,
+    args: &str,
+) -> u64 {
     let ram = vm.memory.size();
     let plan = multiboot::plan(image, ram)
         .unwrap_or_else(|e| bad_image(format_args!("{name}: Multiboot image: {e:?}")));
     if let Err(e) = plan.load_into(image, vm.memory.bytes_mut()) {
         bad_image(format_args!("{name}: Multiboot image: {e:?}"));
     }
+    // Boot modules: page-aligned above the image, with their names as
+    // their strings (the mods_addr list of the info block).
+    let mut sizes = [0u64; boot_pack::MAX_ENTRIES];
+    let mut starts = [0u32; boot_pack::MAX_ENTRIES];
+    for (size, file) in sizes.iter_mut().zip(files) {
+        *size = file.data.len() as u64;
+    }
+    let n = files.len();
+    let Some(modules_end) = multiboot::place_modules(&plan, ram, &sizes[..n], &mut starts[..n])
+    else {
+        bad_image(format_args!(
+            "{name}: its {n} boot modules do not fit in {} MiB of guest RAM",
+            ram >> 20
+        ));
+    };
+    let mut modules = [multiboot::Module {
+        start: 0,
+        end: 0,
+        string: &[],
+    }; boot_pack::MAX_ENTRIES];
+    for ((module, file), &start) in modules.iter_mut().zip(files).zip(&starts) {
+        let len = file.data.len() as u64;
+        match vm.memory.slice_mut(u64::from(start), len) {
+            Ok(dst) => dst.copy_from_slice(file.data),
+            Err(_) => bad_image(format_args!("{name}: a boot module outside guest RAM")),
+        }
+        *module = multiboot::Module {
+            start,
+            end: start + len as u32,
+            string: file.name,
+        };
+    }
     let map = multiboot::pc_memory_map(ram);
     let input = multiboot::InfoInput {
         file_name: name.as_bytes(),
         args: args.as_bytes(),
         memory_map: &map,
-        modules: &[],
+        modules: &modules[..n],
     };
     let mut buf = [0u8; INFO_BUF];
     // The address does not change the length: build once to size it.
     let len = multiboot::build_info(&mut buf, 0, &input)
         .unwrap_or_else(|e| bad_image(format_args!("{name}: Multiboot info: {e:?}")));
-    let Some(base) = multiboot::place_info(&plan, ram, len) else {
+    let Some(base) = multiboot::place_info_above(&plan, ram, len, modules_end) else {
         bad_image(format_args!(
             "{name}: no room in {} MiB of guest RAM for the Multiboot info",
             ram >> 20

@@ -17,6 +17,7 @@ extern crate std;
 
 mod bitmap;
 pub mod boot_cmdline;
+pub mod boot_pack;
 pub mod cpuid;
 pub mod cpuid_filter;
 pub mod cr;

@@ -592,6 +592,13 @@ pub const INFO_ROOM: usize = 0x1_0000;
 /// reaches), else on the first page after the image, inside RAM and below
 /// 4 GiB. `None` when it fits nowhere.
 pub fn place_info(plan: &LoadPlan, ram_size: u64, len: usize) -> Option<u32> {
+    place_info_above(plan, ram_size, len, plan.span().1)
+}
+
+/// [`place_info`] with boot modules in guest RAM up to `floor` (the end
+/// [`place_modules`] returned): outside [`INFO_ADDR`] the block goes on
+/// the first page at or after `floor`.
+pub fn place_info_above(plan: &LoadPlan, ram_size: u64, len: usize, floor: u64) -> Option<u32> {
     let fits = |at: u64| {
         let end = at + len as u64;
         end <= ram_size && end <= 1 << 32 && !plan.overlaps(at, end)
@@ -600,8 +607,34 @@ pub fn place_info(plan: &LoadPlan, ram_size: u64, len: usize) -> Option<u32> {
     if len <= INFO_ROOM && fits(low) {
         return Some(INFO_ADDR);
     }
-    let after = plan.span().1.next_multiple_of(4096);
+    let after = floor.max(plan.span().1).next_multiple_of(4096);
     (fits(after)).then_some(after as u32)
+}
+
+/// Where boot modules of `sizes` bytes go in guest RAM: page-aligned, one
+/// after another from the first page at or above 1 MiB after the image, so
+/// they overlap neither it nor the info block at [`INFO_ADDR`]. Fills
+/// `starts` (as long as `sizes`) and returns the page-aligned end of the
+/// last; `None` when they do not all fit in RAM below 4 GiB.
+pub fn place_modules(
+    plan: &LoadPlan,
+    ram_size: u64,
+    sizes: &[u64],
+    starts: &mut [u32],
+) -> Option<u64> {
+    if starts.len() < sizes.len() {
+        return None;
+    }
+    let mut at = plan.span().1.max(0x10_0000).next_multiple_of(4096);
+    for (size, start) in sizes.iter().zip(starts.iter_mut()) {
+        let end = at.checked_add(*size)?;
+        if end > ram_size || end > 1 << 32 {
+            return None;
+        }
+        *start = at as u32;
+        at = end.next_multiple_of(4096);
+    }
+    Some(at)
 }
 
 /// The machine state at the entry point (spec 3.2), for the kernel to load

@@ -186,14 +186,32 @@ const MB_ECHO_CMDLINE: &[u8] = &[
 /// Boots the kernel with `image` as the guest (`cargo xtask run --guest`):
 /// QEMU's status and the raw serial output.
 fn boot_guest(name: &str, image: &[u8], append: &str) -> (Option<i32>, String) {
+    boot_guest_with_modules(name, image, append, &[])
+}
+
+/// [`boot_guest`] with Multiboot modules (`--guest-module`): name, bytes.
+fn boot_guest_with_modules(
+    name: &str,
+    image: &[u8],
+    append: &str,
+    modules: &[(&str, &[u8])],
+) -> (Option<i32>, String) {
     let dir = run_dir();
     let file = dir.join(name);
     std::fs::write(&file, image).unwrap();
+    let mut paths = Vec::new();
+    for (module, bytes) in modules {
+        let path = dir.join(module);
+        std::fs::write(&path, bytes).unwrap();
+        paths.push(path);
+    }
     let guest = xtask::guest::GuestArgs {
         file: file.clone(),
         append: append.into(),
         mem_mib: 64,
+        modules: paths,
     };
+    let file = guest.boot_module(&dir).unwrap();
     let config = RunConfig {
         medium: Medium::Direct {
             kernel: kernel().to_path_buf(),
@@ -347,4 +365,77 @@ fn a_guest_s_string_io_reaches_the_devices() {
     );
     // (7 << 1) | 1: REP ran ECX down to 0.
     assert_eq!(status, Some(15), "serial output above");
+}
+
+/// Prints its first Multiboot module as `<string>:<bytes>` and a newline on
+/// COM1, then writes mods_count + (the module's start & 0xFFF) to the exit
+/// device (so a module that is not page-aligned shows in the status).
+const MB_PRINT_MODULE: &[u8] = &[
+    0x8b, 0x4b, 0x14, // mov ecx, [ebx + 20] (mods_count)
+    0x8b, 0x7b, 0x18, // mov edi, [ebx + 24] (mods_addr)
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x8b, 0x77, 0x08, // mov esi, [edi + 8] (its string)
+    0xac, // loop: lodsb
+    0x84, 0xc0, // test al, al
+    0x74, 0x03, // jz name_done
+    0xee, // out dx, al
+    0xeb, 0xf8, // jmp loop
+    0xb0, 0x3a, 0xee, // name_done: mov al, ':'; out dx, al
+    0x8b, 0x37, // mov esi, [edi] (start)
+    0x8b, 0x6f, 0x04, // mov ebp, [edi + 4] (end)
+    0x39, 0xee, // bytes: cmp esi, ebp
+    0x73, 0x04, // jae bytes_done
+    0xac, // lodsb
+    0xee, // out dx, al
+    0xeb, 0xf8, // jmp bytes
+    0xb0, 0x0a, 0xee, // bytes_done: mov al, 10; out dx, al
+    0x8b, 0x07, // mov eax, [edi]
+    0x25, 0xff, 0x0f, 0x00, 0x00, // and eax, 0xfff
+    0x01, 0xc8, // add eax, ecx
+    0x66, 0xba, 0xf4, 0x00, // mov dx, 0xf4
+    0xef, 0xf4, // out dx, eax; hlt
+];
+
+#[test]
+fn a_multiboot_guest_gets_its_modules() {
+    // kvm-unit-tests reads an env module of NR_CPUS=/MEMSIZE= lines
+    // (lib/x86/setup.c: exactly one module).
+    let env: &[u8] = b"NR_CPUS=1\nMEMSIZE=64\n";
+    let (status, serial) = boot_guest_with_modules(
+        "mbmod.bin",
+        &multiboot_image(MB_PRINT_MODULE),
+        "",
+        &[("env.txt", env), ("second.bin", b"\x01\x02")],
+    );
+    assert!(
+        serial.starts_with(
+            "hv: running guest mbmod.bin (Multiboot, 64 MiB, entry 0x100020, 2 modules)"
+        ),
+        "serial output above"
+    );
+    assert!(
+        serial.contains("\nenv.txt:NR_CPUS=1\nMEMSIZE=64\n\nhv: guest mbmod.bin wrote 2"),
+        "serial output above"
+    );
+    // (2 modules + 0 misalignment) << 1 | 1.
+    assert_eq!(status, Some(5), "serial output above");
+}
+
+#[test]
+fn modules_need_a_multiboot_image() {
+    kernel();
+    let stub =
+        xtask::workspace::root().join("target/guest-stubs/x86_64-unknown-none/release/guest");
+    let image = std::fs::read(&stub).unwrap_or_else(|e| panic!("{}: {e}", stub.display()));
+    let (status, serial) =
+        boot_guest_with_modules("guest", &image, "", &[("env.txt", b"NR_CPUS=1\n")]);
+    assert_eq!(
+        status,
+        Some(xtask::guest::BAD_IMAGE_STATUS),
+        "serial output above"
+    );
+    assert!(
+        serial.contains("boot modules need a Multiboot image"),
+        "serial output above"
+    );
 }

@@ -48,6 +48,9 @@ shows one command's):
                             (one argument; needs --guest)
   --guest-mem MIB           run: the guest's RAM in MiB, even, 2-2048 (default
                             256; needs --guest)
+  --guest-module FILE       run: a Multiboot boot module for the guest
+                            (repeatable, in order; its string is the file's
+                            name; needs --guest and a Multiboot image)
   --no-build                run: boot the kernel built last (no cargo build)
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
@@ -330,19 +333,35 @@ fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
     let file = options.value("--guest", |w| Ok(std::path::PathBuf::from(w)))?;
     let append = options.value("--append", |w| Ok(w.to_string()))?;
     let mem_mib = options.value("--guest-mem", guest::parse_mem_mib)?;
+    let mut modules = Vec::new();
+    while let Some(m) = options.value("--guest-module", |w| Ok(std::path::PathBuf::from(w)))? {
+        modules.push(m);
+    }
     let Some(file) = file else {
-        if append.is_some() || mem_mib.is_some() {
-            usage!("--append and --guest-mem need --guest FILE");
+        if append.is_some() || mem_mib.is_some() || !modules.is_empty() {
+            usage!("--append, --guest-mem and --guest-module need --guest FILE");
         }
         return Ok(None);
     };
     if let Err(why) = guest::check_file(&file) {
         usage!("{why}");
     }
+    if modules.len() >= guest::PACK_MAX_FILES {
+        usage!(
+            "--guest-module: at most {} modules",
+            guest::PACK_MAX_FILES - 1
+        );
+    }
+    for m in &modules {
+        if let Err(why) = guest::check_module(m) {
+            usage!("{why}");
+        }
+    }
     Ok(Some(GuestArgs {
         file,
         append: append.unwrap_or_default(),
         mem_mib: mem_mib.unwrap_or(guest::DEFAULT_MEM_MIB),
+        modules,
     }))
 }
 
@@ -546,6 +565,7 @@ mod tests {
                 file: "Cargo.toml".into(),
                 append: "vmrun -npt_*".into(),
                 mem_mib: 64,
+                modules: Vec::new(),
             })
         );
         assert!(args.no_build);
@@ -555,6 +575,19 @@ mod tests {
         };
         let guest = args.guest.unwrap();
         assert_eq!((guest.append.as_str(), guest.mem_mib), ("", 256));
+        // Modules, in order, with either spelling.
+        let line = "run --guest Cargo.toml --guest-module src/main.rs --guest-module=Cargo.toml";
+        let Task::Run(args) = parse_words(line).unwrap() else {
+            panic!("not run");
+        };
+        let modules = args.guest.unwrap().modules;
+        assert_eq!(
+            modules,
+            [
+                std::path::PathBuf::from("src/main.rs"),
+                std::path::PathBuf::from("Cargo.toml")
+            ]
+        );
     }
 
     #[test]
@@ -569,6 +602,10 @@ mod tests {
             "run --guest Cargo.toml --guest-mem lots",
             "run --guest",
             "build --guest Cargo.toml",
+            "run --guest-module Cargo.toml",
+            "run --guest Cargo.toml --guest-module /nonexistent/env",
+            "run --guest Cargo.toml --guest-module /",
+            "run --guest Cargo.toml --guest-module",
         ] {
             let error = parse_words(line).expect_err(line);
             assert_eq!(error.exit_code(), 2, "{line}: {error}");
@@ -577,6 +614,14 @@ mod tests {
         assert!(
             missing.to_string().contains("/nonexistent/svm.flat"),
             "{missing}"
+        );
+        let module =
+            parse_words("run --guest Cargo.toml --guest-module /nonexistent/env").unwrap_err();
+        assert!(
+            module
+                .to_string()
+                .contains("--guest-module /nonexistent/env"),
+            "{module}"
         );
         let mem = parse_words("run --guest Cargo.toml --guest-mem 3").unwrap_err();
         assert!(mem.to_string().contains("even number of MiB"), "{mem}");

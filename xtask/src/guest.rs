@@ -58,6 +58,9 @@ pub struct GuestArgs {
     pub append: String,
     /// Guest RAM in MiB.
     pub mem_mib: u32,
+    /// Multiboot boot modules (`--guest-module`, in order); each one's
+    /// string is its file's base name.
+    pub modules: Vec<PathBuf>,
 }
 
 impl GuestArgs {
@@ -65,20 +68,7 @@ impl GuestArgs {
     /// file's base name, one word (bytes other than printable ASCII become
     /// `_`, so the word survives the command line).
     pub fn name(&self) -> String {
-        let base = self
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name: String = base
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-            .collect();
-        if name.is_empty() {
-            "guest".into()
-        } else {
-            name
-        }
+        word_of(&self.file)
     }
 
     /// The whole kernel command line: the kernel's own words, the guest
@@ -99,6 +89,72 @@ impl GuestArgs {
     }
 }
 
+/// A file's base name as one command-line word: bytes other than printable
+/// ASCII become `_`; "guest" when there is none.
+fn word_of(file: &Path) -> String {
+    let base = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    if name.is_empty() {
+        "guest".into()
+    } else {
+        name
+    }
+}
+
+/// The magic of a guest pack (`svm::boot_pack`, which the kernel reads).
+pub const PACK_MAGIC: &[u8; 8] = b"HVPACK01";
+/// Most files in a pack (the image and 15 modules; `svm::boot_pack`).
+pub const PACK_MAX_FILES: usize = 16;
+
+/// Packs named files into one boot module (`svm::boot_pack` has the
+/// layout): QEMU 7.2's PVH loader takes one `-initrd`, so the guest image
+/// and its Multiboot modules travel together.
+pub fn pack(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = PACK_MAGIC.to_vec();
+    out.extend((files.len() as u32).to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    let table = out.len();
+    out.resize(table + 16 * files.len(), 0);
+    for (i, (name, data)) in files.iter().enumerate() {
+        let name_off = out.len() as u32;
+        out.extend_from_slice(name.as_bytes());
+        out.resize(out.len().next_multiple_of(8), 0);
+        let data_off = out.len() as u32;
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(8), 0);
+        let fields = [data_off, data.len() as u32, name_off, name.len() as u32];
+        for (k, v) in fields.iter().enumerate() {
+            let at = table + 16 * i + 4 * k;
+            out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+impl GuestArgs {
+    /// The file QEMU or Limine hands the kernel: the image itself, or with
+    /// modules a pack of the image and the modules, written into `dir`.
+    pub fn boot_module(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        if self.modules.is_empty() {
+            return Ok(self.file.clone());
+        }
+        let mut files = vec![(self.name(), std::fs::read(&self.file)?)];
+        for m in &self.modules {
+            files.push((word_of(m), std::fs::read(m)?));
+        }
+        std::fs::create_dir_all(dir)?;
+        let out = dir.join("guest-pack.bin");
+        std::fs::write(&out, pack(&files))?;
+        Ok(out)
+    }
+}
+
 /// Parses `--guest-mem`: MiB, even (guest RAM is made of 2 MiB pages),
 /// from 2 to [`MAX_MEM_MIB`].
 pub fn parse_mem_mib(word: &str) -> std::result::Result<u32, &'static str> {
@@ -115,6 +171,19 @@ pub fn check_file(file: &Path) -> std::result::Result<(), String> {
         Ok(m) if m.is_file() => Err(format!("--guest {}: the file is empty", file.display())),
         Ok(_) => Err(format!("--guest {}: not a regular file", file.display())),
         Err(e) => Err(format!("--guest {}: {e}", file.display())),
+    }
+}
+
+/// Checks that `--guest-module FILE` names a regular file (it may be
+/// empty: an empty module is a module).
+pub fn check_module(file: &Path) -> std::result::Result<(), String> {
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!(
+            "--guest-module {}: not a regular file",
+            file.display()
+        )),
+        Err(e) => Err(format!("--guest-module {}: {e}", file.display())),
     }
 }
 
@@ -178,7 +247,42 @@ mod tests {
             file: file.into(),
             append: append.into(),
             mem_mib: DEFAULT_MEM_MIB,
+            modules: Vec::new(),
         }
+    }
+
+    #[test]
+    fn pack_lays_out_names_and_data() {
+        let bytes = pack(&[
+            ("svm.flat".into(), vec![1, 2, 3]),
+            ("env".into(), b"NR_CPUS=1\n".to_vec()),
+        ]);
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!(&bytes[..8], PACK_MAGIC);
+        assert_eq!(u32_at(8), 2);
+        let slice = |e: usize, k: usize| {
+            let (off, len) = (u32_at(16 + 16 * e + 4 * k), u32_at(16 + 16 * e + 4 * k + 4));
+            &bytes[off as usize..(off + len) as usize]
+        };
+        assert_eq!(
+            (slice(0, 0), slice(0, 2)),
+            (&[1u8, 2, 3][..], &b"svm.flat"[..])
+        );
+        assert_eq!(
+            (slice(1, 0), slice(1, 2)),
+            (&b"NR_CPUS=1\n"[..], &b"env"[..])
+        );
+        assert_eq!(u32_at(16) % 8, 0, "data 8-aligned");
+    }
+
+    #[test]
+    fn without_modules_the_image_is_the_boot_module() {
+        let g = guest("/work/kut/x86/svm.flat", "");
+        let dir = std::env::temp_dir();
+        assert_eq!(g.boot_module(&dir).unwrap(), g.file);
+        let mut g = guest("Cargo.toml", "");
+        g.modules.push("/nonexistent/env".into());
+        assert!(g.boot_module(&dir).is_err());
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::x2apic_self_ipi" => apic::x2apic_self_ipi,
         "guest::lapic_mmio_unemulated_ud" => apic::mmio_unemulated_ud,
         "guest::cpu_modes_tour" => cpu_modes_tour,
+        "guest::string_io_32bit_paging" => string_io_32bit_paging,
         "guest::efer_writes_checked" => efer_writes_checked,
         "guest::msr_sweep" => msr_sweep,
         "guest::amd_cpuid" => cpuid_amd_cpu,
@@ -1031,6 +1032,45 @@ fn cpu_modes_tour(_: &StartParams) {
         guest_stubs::privileged::read_cr(0) & 0xf,
         0x3,
         "CR0 PE|MP after the tour"
+    );
+}
+
+/// The line `string_io_32bit_paging` sends with `STD; REP OUTSB`.
+const OUTSB_LINE: &[u8] = b"string io: rep outsb down in 32-bit paging\n";
+
+/// REP INSB and REP OUTSB in 32-bit protected mode with 32-bit paging
+/// (issue 10): L0 moves every element through the guest's 4 KiB pages
+/// (the INSB buffer crosses a page), ES:EDI up, DS:ESI down with DF set,
+/// ECX counted to 0, as the CPU does. INSB reads COM1's LSR (0x60, "ready"
+/// on the self-test console); OUTSB sends a line to port 0xE9 from its
+/// last byte down, so the text is stored reversed.
+fn string_io_32bit_paging(_: &StartParams) {
+    #[repr(C, align(4096))]
+    struct Pages([u8; 8192]);
+    static mut PAGES: Pages = Pages([0; 8192]);
+    static mut TEXT: [u8; 64] = [0; 64];
+    let n = OUTSB_LINE.len();
+    // SAFETY: single vCPU; these statics are this test's alone.
+    let (buf, text) = unsafe {
+        let text = &mut *core::ptr::addr_of_mut!(TEXT);
+        for (i, b) in OUTSB_LINE.iter().rev().enumerate() {
+            text[i] = *b;
+        }
+        let pages = &mut (*core::ptr::addr_of_mut!(PAGES)).0;
+        (&mut pages[4096 - 20..4096 - 20 + n], &text[..n])
+    };
+    let start = buf.as_ptr() as u32;
+    let seen = guest_stubs::modes::string_io_32(buf, text, 0x3fd, 0xe9);
+    check!(buf.iter().all(|&b| b == 0x60), "INSB bytes {buf:x?}");
+    check_eq!(
+        (seen.ins_edi, seen.ins_ecx),
+        (start + n as u32, 0),
+        "EDI, ECX after REP INSB"
+    );
+    check_eq!(
+        (seen.outs_esi, seen.outs_ecx),
+        (text.as_ptr() as u32 - 1, 0),
+        "ESI, ECX after STD; REP OUTSB"
     );
 }
 

@@ -258,6 +258,14 @@ pub static CASES: &[Case] = &[
             n => Err(format!("{n} CPUID exits, expected at least 9")),
         },
     },
+    // Issue 10: REP INSB/OUTSB in 32-bit paging, emulated (not skipped).
+    Case {
+        name: "guest::string_io_32bit_paging",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: |o| console_has(o, "string io: rep outsb down in 32-bit paging"),
+    },
     // Issue 10 item 3: EFER writes with the CPU's checks.
     Case {
         name: "guest::efer_writes_checked",

@@ -2,10 +2,17 @@
 //! instruction's bytes say (address size, OUTS's segment) and how its
 //! registers move per element (APM Vol. 3, "INS", "OUTS", "REP").
 //!
-//! QEMU TCG leaves the address size out of the IOIO EXITINFO1 (bits 9:7 are
-//! zero), so it comes from the prefixes here; the port, operand size,
-//! direction and REP come from EXITINFO1, and the next RIP from EXITINFO2.
-//! The kernel moves each element between the port bus and guest memory.
+//! APM 15.10.2 gives the address size (A16/A32/A64, bits 9:7) and the
+//! effective segment (SEG, bits 12:10) in the IOIO EXITINFO1 of a string
+//! instruction, but QEMU TCG leaves both zero. The address size is taken
+//! from EXITINFO1 when a bit is set ([`address_bits`]), else from the
+//! prefixes; the segment always from the prefixes, since a SEG of 0 (ES)
+//! cannot be told from "not reported". The port, operand size, direction
+//! and REP come from EXITINFO1, and the next RIP from EXITINFO2. The kernel
+//! moves each element between the port (bus or self-test console) and
+//! guest memory, in any CPU mode, for L1 and L2 alike.
+
+use crate::exit::AddressSize;
 
 /// Segment register numbers, as in the IOIO EXITINFO1 SEG field and the
 /// segment-override prefixes: ES, CS, SS, DS, FS, GS.
@@ -70,6 +77,29 @@ pub fn parse(bytes: &[u8], bitness: u32) -> Option<StringIoBytes> {
         }
     }
     None
+}
+
+/// The address size in bits: EXITINFO1's A16/A32/A64 when the CPU
+/// reported one, else what the prefixes say (`decoded`, [`parse`]).
+pub fn address_bits(reported: Option<AddressSize>, decoded: u32) -> u32 {
+    match reported {
+        Some(AddressSize::Bits16) => 16,
+        Some(AddressSize::Bits32) => 32,
+        Some(AddressSize::Bits64) => 64,
+        None => decoded,
+    }
+}
+
+/// The linear address of an element: segment base plus offset, truncated
+/// to 32 bits outside 64-bit mode (APM Vol. 2, 4.1: legacy and
+/// compatibility mode addresses wrap at 4 GiB).
+pub fn linear(base: u64, offset: u64, bitness: u32) -> u64 {
+    let la = base.wrapping_add(offset);
+    if bitness == 64 {
+        la
+    } else {
+        la & 0xFFFF_FFFF
+    }
 }
 
 /// The low `bits` of `reg`.
@@ -173,6 +203,25 @@ mod tests {
         assert_eq!(step(0x1234_0000, 2, true, 16), 0x1234_FFFE);
         assert_eq!(count_down(0x1_0000_0003, 32), 2);
         assert_eq!(count_down(0x5_0000, 16), 0x5_FFFF);
+    }
+
+    #[test]
+    fn reported_address_size_wins() {
+        assert_eq!(address_bits(None, 16), 16);
+        assert_eq!(address_bits(None, 64), 64);
+        assert_eq!(address_bits(Some(AddressSize::Bits32), 64), 32);
+        assert_eq!(address_bits(Some(AddressSize::Bits16), 32), 16);
+        assert_eq!(address_bits(Some(AddressSize::Bits64), 32), 64);
+    }
+
+    #[test]
+    fn linear_addresses_wrap_outside_64_bit_mode() {
+        assert_eq!(linear(0x1000, 0x20, 32), 0x1020);
+        assert_eq!(linear(0xFFFF_F000, 0x2000, 32), 0x1000);
+        assert_eq!(linear(0xFFFF_F000, 0x2000, 16), 0x1000);
+        assert_eq!(linear(0xFFFF_F000, 0x2000, 64), 0x1_0000_1000);
+        // FS base above 4 GiB in 64-bit mode stays.
+        assert_eq!(linear(0x7F00_0000_0000, 8, 64), 0x7F00_0000_0008);
     }
 
     #[test]

@@ -678,3 +678,36 @@ fn info_goes_low_unless_the_image_is_there() {
     assert_eq!(place_info(&p, 0xA_0000 + 50, 100), None);
     assert_eq!(place_info(&p, 0xA_0000 + 100, 100), Some(0xA_0000));
 }
+
+#[test]
+fn modules_go_page_aligned_after_the_image_and_push_the_info_block() {
+    let ram = 64 << 20;
+    let img = kut();
+    let p = plan(&img, ram).unwrap();
+    let (_, end) = p.span();
+    let first = end.next_multiple_of(4096);
+    let mut starts = [0u32; 3];
+    let top = place_modules(&p, ram, &[10, 4096, 1], &mut starts).unwrap();
+    assert_eq!(
+        starts.map(u64::from),
+        [first, first + 4096, first + 2 * 4096]
+    );
+    assert_eq!(top, first + 3 * 4096);
+    // The block stays low when it fits there, else goes above the modules.
+    assert_eq!(place_info_above(&p, ram, 100, top), Some(INFO_ADDR));
+    assert_eq!(
+        place_info_above(&p, ram, INFO_ROOM + 1, top).map(u64::from),
+        Some(top)
+    );
+    // No modules: nothing placed, the end is the first page after the image.
+    assert_eq!(place_modules(&p, ram, &[], &mut []), Some(first));
+    // An image below 1 MiB: modules still start at 1 MiB (above the block).
+    let low = elf(0x2000, 0x8_0000, &[(1, 0x1000, 0x8_0000, 0x100, 0x2_0000)]);
+    let p = plan(&low, ram).unwrap();
+    let mut one = [0u32; 1];
+    assert_eq!(place_modules(&p, ram, &[5], &mut one), Some(0x10_1000));
+    assert_eq!(one, [0x10_0000]);
+    // Too big for RAM, or more sizes than slots.
+    assert_eq!(place_modules(&p, 0x10_0000 + 4, &[5], &mut one), None);
+    assert_eq!(place_modules(&p, ram, &[1, 1], &mut one), None);
+}

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::cli::{Boot, FirmwareKind, RunArgs};
+use crate::error::Context;
 use crate::image::{self, Contents};
 use crate::kernel::{self, Profile};
 use crate::limine::{self, Limine, Lookup, Network};
@@ -49,10 +50,22 @@ fn boot(args: &RunArgs) -> Result<runner::Outcome> {
         Some(g) => g.kernel_cmdline(&args.cmdline),
         None => args.cmdline.clone(),
     };
-    let module = args.guest.as_ref().map(|g| qemu::GuestModule {
-        file: g.file.clone(),
-        memory_mib: g.qemu_memory_mib(),
-    });
+    // The image, or a pack of it and its --guest-module files.
+    let boot_file = match &args.guest {
+        Some(g) => Some(
+            g.boot_module(&target)
+                .context(|| "packing the guest and its modules".to_string())?,
+        ),
+        None => None,
+    };
+    let module = args
+        .guest
+        .as_ref()
+        .zip(boot_file.as_ref())
+        .map(|(g, file)| qemu::GuestModule {
+            file: file.clone(),
+            memory_mib: g.qemu_memory_mib(),
+        });
     let medium = match choose_boot(args)? {
         None => Medium::Direct {
             kernel: kernel.clone(),
@@ -65,7 +78,7 @@ fn boot(args: &RunArgs) -> Result<runner::Outcome> {
                 kernel: &kernel,
                 cmdline: &cmdline,
             };
-            let guest_file = args.guest.as_ref().map(|g| g.file.as_path());
+            let guest_file = boot_file.as_deref();
             image::build_iso_with_guest(&contents, &iso, guest_file)?;
             Medium::Cdrom(iso)
         }

@@ -13,6 +13,7 @@ mod l1;
 mod l2;
 mod modes;
 mod msrs;
+mod strio;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
@@ -120,6 +121,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_tour_exits_to_l1_in_every_mode" => modes::l2_tour_exits_to_l1_in_every_mode(),
         "nested::l2_pae_cr3_checks_pdptes" => modes::l2_pae_cr3_checks_pdptes(),
         "nested::l2_dr7_write" => hardening::l2_dr7_write(),
+        "nested::string_io_in_l2" => strio::string_io_in_l2(),
         "nested::l2_cr8_with_v_irq" => hardening::l2_cr8_with_v_irq(),
         "nested::vmload_zero_tr_user_fault" => hardening::vmload_zero_tr_user_fault(),
         "nested::checks_decide_before_the_cpu" => checks_decide_before_the_cpu(),

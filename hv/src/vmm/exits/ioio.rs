@@ -1,12 +1,13 @@
 //! Port I/O. Guests reach no host device. A VM with a platform
 //! ([`Vm::devices`], an external guest) has its accesses routed to
 //! [`svm::devices::PortBus`]: COM1 bytes go to the host console verbatim,
-//! a write to the exit device ends the run, INS/OUTS from L1 move their
-//! elements through guest memory ([`string_io`]). A self-test VM has none: console
+//! a write to the exit device ends the run. A self-test VM has none: console
 //! output on COM1's data port and the debugcon port 0xE9 goes to the host
 //! console with a prefix, COM1's line status reads "ready", and everything
 //! else (isa-debug-exit included) is dropped, reads returning all ones like
-//! an empty bus. EXITINFO2 holds the next RIP (APM Vol. 2, 15.10.2), NRIP
+//! an empty bus. INS/OUTS (REP or not) move their elements between those
+//! ports and guest memory in every CPU mode, from L1 and L2
+//! ([`string_io`]). EXITINFO2 holds the next RIP (APM Vol. 2, 15.10.2), NRIP
 //! or not.
 
 use super::rip::{self, NoInsn};
@@ -32,55 +33,64 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             vcpu.vmcb.control.exit_info1
         )));
     };
+    if io.string {
+        // INS/OUTS, REP or not, in any CPU mode, from L1 or L2 (an L2's
+        // IOIO exit reaches L0 only when L1 does not intercept the port).
+        return string_io(vcpu, vm, host, &io);
+    }
+    // REP before IN/OUT changes nothing (APM Vol. 3, "REP").
     let size_mask = match io.size {
         1 => 0xff,
         2 => 0xffff,
         _ => 0xffff_ffff,
     };
-    if io.string && vm.devices.is_some() {
-        if let Some(action) = string_io(vcpu, vm, host, &io) {
-            return action;
+    match io.direction {
+        IoDirection::In => {
+            let value = port_in(vcpu, vm, io.port, io.size);
+            set_al(vcpu, u64::from(value), size_mask);
         }
-        // Not emulated here (see string_io): dropped whole, as for a VM
-        // without devices.
-        vcpu.blocked_io += 1;
-    } else if (io.string || io.rep) && vm.devices.is_none() {
-        // No self-test device needs string I/O: drop it whole.
-        vcpu.blocked_io += 1;
-    } else if let Some(bus) = vm.devices.as_mut() {
-        match io.direction {
-            IoDirection::In => {
-                let value = bus.read(io.port, io.size);
-                set_al(vcpu, u64::from(value), size_mask);
-            }
-            IoDirection::Out => {
-                let effect = bus.write(io.port, io.size, vcpu.vmcb.state.rax as u32);
-                if let Some(byte) = effect.output {
-                    crate::console::write_raw(byte);
-                }
-                if let Some(status) = effect.exit {
-                    return Action::Stop(Stop::ExitDevice(status));
-                }
-            }
-        }
-    } else {
-        match (io.direction, io.port) {
-            (IoDirection::Out, COM1_DATA | DEBUGCON) if io.size == 1 => {
-                vm.console_byte(vcpu.vmcb.state.rax as u8)
-            }
-            (IoDirection::In, COM1_LSR) => set_al(vcpu, LSR_TX_READY, size_mask),
-            (IoDirection::In, _) => {
-                vcpu.blocked_io += 1;
-                set_al(vcpu, u64::MAX, size_mask);
-            }
-            (IoDirection::Out, port) => {
-                vcpu.blocked_io += 1;
-                log::debug!("vm {}: dropped OUT to port {port:#x}", vm.name);
+        IoDirection::Out => {
+            let value = vcpu.vmcb.state.rax as u32;
+            if let Some(stop) = port_out(vcpu, vm, io.port, io.size, value) {
+                return Action::Stop(stop);
             }
         }
     }
     vcpu.vmcb.state.rip = vcpu.vmcb.control.exit_info2;
     super::rip::single_step(vcpu, vm, host)
+}
+
+/// One IN of `size` bytes: the VM's port bus, or for a self-test VM its
+/// console model (COM1's LSR reads "ready", everything else all ones).
+fn port_in(vcpu: &mut Vcpu, vm: &mut Vm, port: u16, size: u8) -> u32 {
+    if let Some(bus) = vm.devices.as_mut() {
+        return bus.read(port, size);
+    }
+    if port == COM1_LSR {
+        return LSR_TX_READY as u32;
+    }
+    vcpu.blocked_io += 1;
+    u32::MAX
+}
+
+/// One OUT of `size` bytes of `value`; `Some` when it ends the run (the
+/// exit device of a VM with a platform).
+fn port_out(vcpu: &mut Vcpu, vm: &mut Vm, port: u16, size: u8, value: u32) -> Option<Stop> {
+    if let Some(bus) = vm.devices.as_mut() {
+        let effect = bus.write(port, size, value);
+        if let Some(byte) = effect.output {
+            crate::console::write_raw(byte);
+        }
+        return effect.exit.map(Stop::ExitDevice);
+    }
+    match port {
+        COM1_DATA | DEBUGCON if size == 1 => vm.console_byte(value as u8),
+        _ => {
+            vcpu.blocked_io += 1;
+            log::debug!("vm {}: dropped OUT to port {port:#x}", vm.name);
+        }
+    }
+    None
 }
 
 /// Writes an IN result into the low `size_mask` bits of RAX.
@@ -101,83 +111,62 @@ const RFLAGS_DF: u64 = 1 << 10;
 /// interrupt between iterations), so a long string cannot hold L0.
 const MAX_ELEMENTS_PER_EXIT: u64 = 4096;
 
-/// INS/OUTS (REP or not) of a VM with devices: each element between the
-/// port bus and guest memory at ES:rDI / seg:rSI, the registers moved as
-/// the CPU moves them (APM Vol. 3, INS/OUTS), a #PF on the way delivered
-/// with the elements before it done. `None` where L0 does not emulate it
-/// and drops it instead: in L2 (its linear addresses are L1's business),
-/// or when the guest's paging mode is one L0 does not walk.
-fn string_io(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, io: &IoioInfo) -> Option<Action> {
-    if vcpu.nested.in_l2() {
-        return None;
-    }
+/// INS/OUTS (REP or not): each element between the port ([`port_in`],
+/// [`port_out`]) and guest memory at ES:rDI / seg:rSI, through the running
+/// guest's paging in its mode (an L2's page tables give L1-physical
+/// addresses, which are L0's guest-physical ones: L1 gets no nested
+/// paging), the registers moved as the CPU moves them (APM Vol. 3, INS,
+/// OUTS, REP). A #PF or #GP (non-canonical address) on the way is delivered
+/// with the elements before it done and rSI/rDI/rCX pointing at the
+/// faulting one, RIP on the instruction, as the CPU leaves them. Bytes that
+/// are no INS/OUTS matching EXITINFO1 are #UD: never a silent skip.
+fn string_io(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, io: &IoioInfo) -> Action {
+    let insn = match fetch_string_insn(vcpu, vm) {
+        Ok(insn) if insn.input == (io.direction == IoDirection::In) => insn,
+        Ok(_) => return NoInsn::ud().deliver(vcpu, vm, host),
+        Err(no) => return no.deliver(vcpu, vm, host),
+    };
     let bitness = rip::bitness(vcpu);
-    let (rip_now, cs_base) = (vcpu.vmcb.state.rip, vcpu.vmcb.state.cs.base);
     let next_rip = vcpu.vmcb.control.exit_info2;
-    let len = usize::try_from(next_rip.wrapping_sub(rip_now)).ok()?;
-    if !(1..=svm::decode::MAX_INSN_LEN).contains(&len) {
-        return None;
-    }
-    let mut bytes = [0u8; svm::decode::MAX_INSN_LEN];
-    for (i, b) in bytes[..len].iter_mut().enumerate() {
-        let la = fetch::code_address(bitness, cs_base, rip_now, i as u64);
-        rip::read_linear(vcpu, vm, la, core::slice::from_mut(b)).ok()?;
-    }
-    let insn = string_io::parse(&bytes[..len], bitness)?;
-    if insn.input != (io.direction == IoDirection::In) {
-        return None;
-    }
-    let bits = insn.address_bits;
+    let bits = string_io::address_bits(io.address_size, insn.address_bits);
     let down = vcpu.vmcb.state.rflags & RFLAGS_DF != 0;
     let size = usize::from(io.size);
     let total = string_io::elements(io.rep, vcpu.regs.rcx, bits);
-    let linear = |vcpu: &Vcpu, segment: u8, offset: u64| {
-        let la = rip::segment_base(vcpu, seg_of(segment)).wrapping_add(offset);
-        if bitness == 64 {
-            la
+    // INS always writes ES (no override, APM Vol. 3 "INS").
+    let segment = seg_of(if insn.input { seg::ES } else { insn.segment });
+    let base = rip::segment_base(vcpu, segment);
+    for _ in 0..total.min(MAX_ELEMENTS_PER_EXIT) {
+        let offset = if insn.input {
+            vcpu.regs.rdi
         } else {
-            la & 0xFFFF_FFFF
-        }
-    };
-    for done in 0..total.min(MAX_ELEMENTS_PER_EXIT) {
+            vcpu.regs.rsi
+        };
+        let la = string_io::linear(base, string_io::low(offset, bits), bitness);
         let result = if insn.input {
-            let la = linear(vcpu, seg::ES, string_io::low(vcpu.regs.rdi, bits));
             // The destination is checked before the port is read, so a
             // #PF does not lose a read with side effects (fw_cfg).
             let last = la.wrapping_add(size as u64 - 1);
             rip::translate_access(vcpu, vm, la, true, false)
                 .and_then(|_| rip::translate_access(vcpu, vm, last, true, false))
                 .and_then(|_| {
-                    let bus = vm.devices.as_mut().expect("checked by the caller");
-                    let value = bus.read(io.port, io.size);
+                    let value = port_in(vcpu, vm, io.port, io.size);
                     rip::write_linear(vcpu, vm, la, &value.to_le_bytes()[..size])
                 })
         } else {
-            let la = linear(vcpu, insn.segment, string_io::low(vcpu.regs.rsi, bits));
             let mut value = [0u8; 4];
             match rip::read_linear(vcpu, vm, la, &mut value[..size]) {
                 Ok(()) => {
-                    let bus = vm.devices.as_mut().expect("checked by the caller");
-                    let effect = bus.write(io.port, io.size, u32::from_le_bytes(value));
-                    if let Some(byte) = effect.output {
-                        crate::console::write_raw(byte);
-                    }
-                    if let Some(status) = effect.exit {
-                        return Some(Action::Stop(Stop::ExitDevice(status)));
+                    let value = u32::from_le_bytes(value);
+                    if let Some(stop) = port_out(vcpu, vm, io.port, io.size, value) {
+                        return Action::Stop(stop);
                     }
                     Ok(())
                 }
                 Err(e) => Err(e),
             }
         };
-        match result {
-            Ok(()) => {}
-            // A paging mode L0 does not walk, memory it cannot reach:
-            // drop the instruction as before, unless elements were moved
-            // (then the guest runs it again from where it stopped).
-            Err(NoInsn::Limit(_)) if done == 0 => return None,
-            Err(NoInsn::Limit(_)) => return Some(Action::Resume),
-            Err(fault) => return Some(fault.deliver(vcpu, vm, host)),
+        if let Err(fault) = result {
+            return stack_fault(fault, segment).deliver(vcpu, vm, host);
         }
         let r = &mut vcpu.regs;
         if insn.input {
@@ -191,10 +180,43 @@ fn string_io(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, io: &IoioInfo) -> Opt
     }
     if io.rep && string_io::low(vcpu.regs.rcx, bits) != 0 {
         // More to do: re-enter on the same instruction.
-        return Some(Action::Resume);
+        return Action::Resume;
     }
     vcpu.vmcb.state.rip = next_rip;
-    Some(rip::single_step(vcpu, vm, host))
+    rip::single_step(vcpu, vm, host)
+}
+
+/// A non-canonical address through SS is #SS(0), not #GP(0) (APM Vol. 2,
+/// 8.2, #SS: a stack-segment reference with a non-canonical address).
+fn stack_fault(fault: NoInsn, segment: Seg) -> NoInsn {
+    match fault {
+        NoInsn::Fault { event, cr2: None } if segment == Seg::Ss && event.vector() == 13 => {
+            NoInsn::Fault {
+                event: svm::EventInfo::exception_with_error_code(12, 0),
+                cr2: None,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The prefixes and opcode of the INS/OUTS at RIP (its length from
+/// EXITINFO2, the next RIP), fetched through the guest's paging.
+fn fetch_string_insn(vcpu: &Vcpu, vm: &Vm) -> Result<string_io::StringIoBytes, NoInsn> {
+    let bitness = rip::bitness(vcpu);
+    let (rip_now, cs_base) = (vcpu.vmcb.state.rip, vcpu.vmcb.state.cs.base);
+    let next_rip = vcpu.vmcb.control.exit_info2;
+    let len = match usize::try_from(next_rip.wrapping_sub(rip_now)) {
+        Ok(len) if (1..=svm::decode::MAX_INSN_LEN).contains(&len) => len,
+        // RIP wrapped within the code size (16-bit code at 0xFFFF): decode.
+        _ => rip::decode_at_rip(vcpu, vm)?.len,
+    };
+    let mut bytes = [0u8; svm::decode::MAX_INSN_LEN];
+    for (i, b) in bytes[..len].iter_mut().enumerate() {
+        let la = fetch::code_address(bitness, cs_base, rip_now, i as u64);
+        rip::read_linear(vcpu, vm, la, core::slice::from_mut(b))?;
+    }
+    string_io::parse(&bytes[..len], bitness).ok_or_else(NoInsn::ud)
 }
 
 /// The segment register of an EXITINFO1/prefix segment number.

@@ -103,6 +103,7 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
         file: guest.flat.to_path_buf(),
         append: guest.subtest.to_string(),
         mem_mib: guest.mem_mib,
+        modules: Vec::new(),
     };
     let config = RunConfig {
         medium: Medium::Direct {
