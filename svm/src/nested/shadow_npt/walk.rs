@@ -322,7 +322,7 @@ impl Gather {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::walk::{translate_mode, Access, Failure};
     use proptest::prelude::*;
