@@ -143,7 +143,7 @@ pub fn resolve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::nested::shadow_npt::walk::tests::{long_regs, long_tables};
     use crate::walk::pf;
@@ -158,13 +158,13 @@ mod tests {
         write: true,
         exec: false,
     };
-    const HOST: u64 = 0x1_0000_0000;
+    pub(crate) const HOST: u64 = 0x1_0000_0000;
 
     /// L0's view of L1: RAM 0..16M at HOST + pa, 2 MiB pages below 8M,
     /// 4 KiB pages above, read-only 12M..13M, no-execute 14M..16M;
     /// 3G..3.75G in 2 MiB pages at 256G; 4G..5G a 1 GiB page at 512G; the
     /// rest (the APIC page included) not RAM.
-    fn l0(pa: u64) -> L0Map {
+    pub(crate) fn l0(pa: u64) -> L0Map {
         let ram = |hpa, page_bits, rights| L0Map::Ram {
             hpa,
             page_bits,
@@ -194,7 +194,7 @@ mod tests {
         fetch: true,
     };
 
-    fn tables() -> crate::nested::shadow_npt::walk::tests::Mem {
+    pub(crate) fn tables() -> crate::nested::shadow_npt::walk::tests::Mem {
         let mut m = long_tables();
         m.0.insert(0x3040, 0x80_0000 | 0x87); // PD[8]: 2M onto L0's 4K pages
         m.0.insert(0x3048, 0xC0_0000 | 0x87); // PD[9]: 2M onto L0's read-only
