@@ -174,7 +174,7 @@ pub(crate) mod tests {
             0..0x80_0000 => ram(HOST + pa, page::M2, RW),
             0xC0_0000..0xD0_0000 => ram(HOST + pa, page::K4, RO),
             0xE0_0000..0x100_0000 => ram(HOST + pa, page::K4, NX),
-            0..0x100_0000 => ram(HOST + pa, page::K4, RW),
+            0x80_0000..0xC0_0000 | 0xD0_0000..0xE0_0000 => ram(HOST + pa, page::K4, RW),
             0xC000_0000..0xF000_0000 => ram(0x40_0000_0000 + pa - 0xC000_0000, page::M2, RW),
             0x1_0000_0000..0x1_4000_0000 => ram(0x80_0000_0000 + pa - 0x1_0000_0000, page::G1, RW),
             _ => L0Map::NotRam,
