@@ -168,6 +168,7 @@ const PS: u64 = 1 << 7;
 const NX: u64 = 1 << 63;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 const EFER_NXE: u64 = 1 << 11;
+const CR4_SMEP: u64 = 1 << 20;
 
 /// Walks L1's nested table (`regs` from [`npt_regs`]) for `gpa` and
 /// checks `access` against it. `read` reads a 64-bit entry at an
@@ -184,13 +185,16 @@ pub fn translate(
     let mode = regs.mode();
     let nxe = regs.efer & EFER_NXE != 0;
     let nx_on = nxe && matches!(mode, Mode::Pae | Mode::Long);
-    // Nested accesses are user accesses (APM 15.25.5); I/D only where NX
-    // exists (APM 8.4.2).
+    // Nested accesses are user accesses (APM 15.25.5); I/D where NX
+    // exists (APM 8.4.2) or with L1's CR4.SMEP (kvm-unit-tests
+    // svm_npt_rsvd_bits_test, KVM paging_tmpl.h), though SMEP itself never
+    // refuses a user access.
+    let smep = regs.cr4 & CR4_SMEP != 0;
     let mut code = pf::U;
     if access.write {
         code |= pf::W;
     }
-    if access.fetch && nx_on {
+    if access.fetch && (nx_on || smep) {
         code |= pf::ID;
     }
     let reserved = Reserved {
@@ -491,6 +495,32 @@ pub(crate) mod tests {
         let f = t(&m, &r, 0x200_0000_0000, R);
         assert_eq!(f, Err(WalkFault::Unreadable(0x1_0000_0000)));
         assert_eq!(f.unwrap_err().exitinfo1(Stage::Final), None);
+    }
+
+    /// The EXITINFO1 values kvm-unit-tests' svm_npt tests expect from the
+    /// CPU, each from the matching L1 table.
+    #[test]
+    fn kvm_unit_tests_exitinfo1_values() {
+        let m = long_tables();
+        let r = long_regs(0x1000);
+        let e1 = |gpa, a, stage| t(&m, &r, gpa, a).unwrap_err().exitinfo1(stage);
+        let (f, g) = (Stage::Final, Stage::GuestTables);
+        assert_eq!(e1(0x8000, R, f), Some(0x1_0000_0004), "npt_np");
+        assert_eq!(e1(0x60_0000, X, f), Some(0x1_0000_0015), "npt_nx");
+        assert_eq!(e1(0x80_0000, R, f), Some(0x1_0000_0005), "npt_us");
+        assert_eq!(e1(0x6000, W, f), Some(0x1_0000_0007), "npt_rw");
+        assert_eq!(e1(0x6000, W, g), Some(0x2_0000_0007), "npt_rw_pfwalk");
+        assert_eq!(e1(0x7000, W, g), Some(0x2_0000_000f), "rsvd, guest table");
+        assert_eq!(e1(0x7000, R, f), Some(0x1_0000_000d), "rsvd, final");
+        assert_eq!(e1(0x7000, X, f), Some(0x1_0000_001d), "rsvd, fetch, NX");
+        // Without NX but with SMEP a fetch still says ID; without both not.
+        let smep = npt_regs(PG, PAE | 1 << 20, 1 << 10, 0x1000, 40).unwrap();
+        let plain = npt_regs(PG, PAE, 1 << 10, 0x1000, 40).unwrap();
+        let f_at = |r: &PagingRegs| t(&m, r, 0x7000, X).unwrap_err().exitinfo1(f);
+        assert_eq!(f_at(&smep), Some(0x1_0000_001d));
+        assert_eq!(f_at(&plain), Some(0x1_0000_000d));
+        // SMEP does not refuse a user fetch of a user page.
+        assert!(t(&m, &smep, 0x5000, X).is_ok());
     }
 
     #[test]
