@@ -94,7 +94,8 @@ pub const fn shadow_page_bits(bits: u8) -> u8 {
 }
 
 /// Composes a successful walk of `gpa` with L0's mapping of its
-/// L1-physical address, for `access`.
+/// L1-physical address, for `access`. The caller makes the walk's A/D
+/// updates (`l1.ad`) before installing the entry.
 pub fn compose(gpa: u64, l1: &Translation, l0: L0Map, access: NestedAccess) -> Resolution {
     let L0Map::Ram {
         hpa,
@@ -104,11 +105,14 @@ pub fn compose(gpa: u64, l1: &Translation, l0: L0Map, access: NestedAccess) -> R
     else {
         return Resolution::L0 { l1_pa: l1.l1_pa };
     };
-    let rights = l1.rights.intersect(rights);
+    let mut rights = l1.rights.intersect(rights);
     if !rights.allow(access) {
         // L1 allows it (the walk passed), L0 does not: L0's fault.
         return Resolution::L0 { l1_pa: l1.l1_pa };
     }
+    // A clean L1 leaf is mapped read-only, so the first write comes back
+    // here and its walk sets D (APM 5.4.2).
+    rights.write &= l1.ad.leaf_dirty;
     // Both sides map the whole aligned block of the smaller size around
     // the address contiguously, so it can be one shadow leaf.
     let bits = shadow_page_bits(l1.page_bits.min(page_bits));
@@ -146,6 +150,7 @@ pub fn resolve(
 pub(crate) mod tests {
     use super::*;
     use crate::nested::shadow_npt::walk::tests::{long_regs, long_tables};
+    use crate::nested::shadow_npt::walk::AdBits;
     use crate::walk::pf;
     use proptest::prelude::*;
 
@@ -203,6 +208,12 @@ pub(crate) mod tests {
         m.0.insert(0x3060, 0x1E0_0000 | 0x87); // PD[12]: beyond L1's RAM
         m.0.insert(0x2020, 0x87); // PDPT[4]: 1 GiB at 0 onto L0's 2M pages
         m.0.insert(0x2028, 0x1_0000_0000 | 0x87); // PDPT[5]: 1 GiB at 4G
+                                                  // Accessed and dirty everywhere (clean leaves: `clean_leaves_map_read_only`).
+        for e in m.0.values_mut() {
+            if *e & 1 != 0 {
+                *e |= 0x60;
+            }
+        }
         m
     }
 
@@ -290,6 +301,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn clean_leaves_map_read_only() {
+        let m = crate::nested::shadow_npt::walk::tests::long_tables();
+        let r = long_regs(0x1000);
+        let res = |gpa, a| resolve(|x| m.read(x), &r, gpa, a, Stage::Final, l0);
+        // A read of a clean writable leaf: read-only, so a write comes back.
+        assert_eq!(res(0x5123, R), map(0x5000, HOST + 0x7000, page::K4, RO));
+        // The write sets D (the caller's update) and maps writable.
+        assert_eq!(res(0x5123, W), map(0x5000, HOST + 0x7000, page::K4, RW));
+    }
+
+    #[test]
     fn nothing_outside_l1_ram_is_mapped() {
         let f = Stage::Final;
         // The APIC page and unbacked memory: L0 emulates at L1-physical.
@@ -323,6 +345,7 @@ pub(crate) mod tests {
             l1_page in 0u64..(1 << 17),
             h_page in 0u64..(1 << 17),
             off in any::<u64>(),
+            dirty: bool,
             probe in any::<u64>(),
             r1 in arb_rights(),
             r0 in arb_rights(),
@@ -336,8 +359,10 @@ pub(crate) mod tests {
             let h_base = h_page << l0_bits;
             let l1_map = |g: u64| l1_base + (g - (gpa - off));
             let l0_map = |p: u64| h_base + (p & ((1 << l0_bits) - 1));
-            let t = Translation { l1_pa, page_bits: l1_bits, rights: r1 };
             let a = NestedAccess { write, fetch };
+            let mut ad = AdBits::default();
+            ad.leaf_dirty = dirty || write;
+            let t = Translation { l1_pa, page_bits: l1_bits, rights: r1, ad };
             let l0 = L0Map::Ram { hpa: l0_map(l1_pa), page_bits: l0_bits, rights: r0 };
             match compose(gpa, &t, l0, a) {
                 Resolution::Map(e) => {
@@ -345,7 +370,7 @@ pub(crate) mod tests {
                     // Never wider than either side, and no narrower than both.
                     prop_assert!(!e.rights.write || (r1.write && r0.write));
                     prop_assert!(!e.rights.exec || (r1.exec && r0.exec));
-                    prop_assert_eq!(e.rights.write, r1.write && r0.write);
+                    prop_assert_eq!(e.rights.write, r1.write && r0.write && ad.leaf_dirty);
                     prop_assert_eq!(e.rights.exec, r1.exec && r0.exec);
                     prop_assert!(e.rights.allow(a));
                     prop_assert!(e.covers(gpa));

@@ -122,6 +122,44 @@ pub struct Translation {
     pub page_bits: u8,
     /// The rights gathered along the walk.
     pub rights: Rights,
+    /// The accessed and dirty bits the walk sets in L1's table.
+    pub ad: AdBits,
+}
+
+/// The accessed and dirty bits a successful walk sets in L1's nested
+/// table, as the CPU sets them in nested entries (APM 15.25.5 and 5.4.2:
+/// A in every entry used, D in the leaf on a write). The caller ORs them
+/// into L1's memory (atomically; KVM `update_accessed_dirty_bits` uses a
+/// cmpxchg and walks again if the entry changed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdBits {
+    updates: [(u64, u64); 4],
+    len: u8,
+    /// The leaf's D is set once these updates are made: until then a
+    /// shadow entry must not allow writes (the first write must reach L0
+    /// to set D).
+    pub leaf_dirty: bool,
+}
+
+impl AdBits {
+    /// (8-byte-aligned L1-physical address, bits to OR into the qword
+    /// there), one per entry that needs a bit it lacks.
+    pub fn updates(&self) -> &[(u64, u64)] {
+        &self.updates[..usize::from(self.len)]
+    }
+
+    /// Records `entry` (read at `at`, bits at `shift` within its qword):
+    /// A if clear, and D if `dirty` and clear.
+    fn record(&mut self, at: u64, shift: u64, entry: u64, dirty: bool) {
+        let mut bits = ACCESSED & !entry;
+        if dirty {
+            bits |= DIRTY & !entry;
+        }
+        if bits != 0 {
+            self.updates[usize::from(self.len)] = (at & !7, bits << shift);
+            self.len += 1;
+        }
+    }
 }
 
 /// Why a walk gave no translation.
@@ -166,6 +204,8 @@ const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const NX: u64 = 1 << 63;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 const EFER_NXE: u64 = 1 << 11;
 const CR4_SMEP: u64 = 1 << 20;
@@ -206,6 +246,8 @@ pub fn translate(
         write: true,
         nx: false,
         nx_on,
+        dirty: access.write,
+        ad: AdBits::default(),
     };
     let (l1_pa, page_bits) = match mode {
         Mode::Off => return Err(WalkFault::Npf(code)),
@@ -236,6 +278,7 @@ pub fn translate(
         l1_pa,
         page_bits,
         rights,
+        ad: walk.ad,
     })
 }
 
@@ -246,13 +289,22 @@ struct Gather {
     write: bool,
     nx: bool,
     nx_on: bool,
+    /// The access writes: D goes into the leaf.
+    dirty: bool,
+    ad: AdBits,
 }
 
 impl Gather {
-    fn add(&mut self, e: u64) {
+    /// A table entry (`leaf` false) or the leaf, read at `at`, `shift`
+    /// bits into its qword (32 for the high half of a 4-byte entry).
+    fn add(&mut self, at: u64, shift: u64, e: u64, leaf: bool) {
         self.user &= e & USER != 0;
         self.write &= e & WRITABLE != 0;
         self.nx |= self.nx_on && e & NX != 0;
+        self.ad.record(at, shift, e, leaf && self.dirty);
+        if leaf {
+            self.ad.leaf_dirty = self.dirty || e & DIRTY != 0;
+        }
     }
 
     /// Levels `top` down to 1 of the 64-bit-entry formats.
@@ -275,10 +327,11 @@ impl Gather {
             if reserved.violated(e, level) {
                 return Err(WalkFault::Npf(code | pf::P | pf::RSVD));
             }
-            self.add(e);
+            let leaf = level == 1 || (level <= 3 && e & PS != 0);
+            self.add(at, 0, e, leaf);
             // PS maps a 1 GiB (PDPTE) or 2 MiB (PDE) page; a PAE walk
             // starts at level 2, so it never sees a 1 GiB page.
-            if level == 1 || (level <= 3 && e & PS != 0) {
+            if leaf {
                 let mask = (1u64 << shift) - 1;
                 return Ok(((e & ADDR & !mask) | (gpa & mask), shift as u8));
             }
@@ -301,7 +354,8 @@ impl Gather {
             let q = read(at & !7).ok_or(WalkFault::Unreadable(at))?;
             Ok((q >> ((at & 4) * 8)) & 0xffff_ffff)
         };
-        let pde = read32((regs.cr3 & 0xffff_f000) + (gpa >> 22) * 4)?;
+        let pde_at = (regs.cr3 & 0xffff_f000) + (gpa >> 22) * 4;
+        let pde = read32(pde_at)?;
         if pde & PRESENT == 0 {
             return Err(WalkFault::Npf(code));
         }
@@ -311,16 +365,17 @@ impl Gather {
             if pde & (1 << 21) != 0 || beyond {
                 return Err(WalkFault::Npf(code | pf::P | pf::RSVD));
             }
-            self.add(pde);
+            self.add(pde_at, (pde_at & 4) * 8, pde, true);
             let pa = high << 32 | (pde & 0xffc0_0000) | (gpa & 0x3f_ffff);
             return Ok((pa, page::M4));
         }
-        self.add(pde);
-        let pte = read32((pde & 0xffff_f000) + ((gpa >> 12) & 0x3ff) * 4)?;
+        self.add(pde_at, (pde_at & 4) * 8, pde, false);
+        let pte_at = (pde & 0xffff_f000) + ((gpa >> 12) & 0x3ff) * 4;
+        let pte = read32(pte_at)?;
         if pte & PRESENT == 0 {
             return Err(WalkFault::Npf(code));
         }
-        self.add(pte);
+        self.add(pte_at, (pte_at & 4) * 8, pte, true);
         Ok(((pte & 0xffff_f000) | (gpa & 0xfff), page::K4))
     }
 }
@@ -400,8 +455,12 @@ pub(crate) mod tests {
     };
     const U: u32 = pf::U;
 
+    /// The walk, A/D updates left out (see `accessed_and_dirty_bits`).
     fn t(m: &Mem, regs: &PagingRegs, gpa: u64, a: NestedAccess) -> Result<Translation, WalkFault> {
-        translate(|x| m.read(x), regs, gpa, a)
+        translate(|x| m.read(x), regs, gpa, a).map(|tr| Translation {
+            ad: AdBits::default(),
+            ..tr
+        })
     }
 
     fn ok(l1_pa: u64, page_bits: u8, write: bool, exec: bool) -> Result<Translation, WalkFault> {
@@ -409,6 +468,7 @@ pub(crate) mod tests {
             l1_pa,
             page_bits,
             rights: Rights { write, exec },
+            ad: AdBits::default(),
         })
     }
 
@@ -521,6 +581,43 @@ pub(crate) mod tests {
         assert_eq!(f_at(&plain), Some(0x1_0000_000d));
         // SMEP does not refuse a user fetch of a user page.
         assert!(t(&m, &smep, 0x5000, X).is_ok());
+    }
+
+    #[test]
+    fn accessed_and_dirty_bits() {
+        let mut m = long_tables();
+        let r = long_regs(0x1000);
+        let ad = |m: &Mem, gpa, a| translate(|x| m.read(x), &r, gpa, a).unwrap().ad;
+        // A read of a 4K page: A in all four entries, no D.
+        let read = ad(&m, 0x5000, R);
+        let a = 1 << 5;
+        let a4 = [(0x1000, a), (0x2000, a), (0x3000, a), (0x4028, a)];
+        assert_eq!(read.updates(), &a4[..]);
+        assert!(!read.leaf_dirty);
+        // A write: D too, in the leaf only.
+        let write = ad(&m, 0x5000, W);
+        assert_eq!(write.updates()[3], (0x4028, 0x60));
+        assert!(write.leaf_dirty);
+        // Bits already set are not listed; a dirty leaf stays dirty.
+        for at in [0x1000, 0x2000, 0x3000] {
+            *m.0.get_mut(&at).unwrap() |= 0x20;
+        }
+        *m.0.get_mut(&0x4028).unwrap() |= 0x60;
+        let again = ad(&m, 0x5000, R);
+        assert_eq!(again.updates(), &[]);
+        assert!(again.leaf_dirty);
+        // A 2 MiB leaf gets D at bit 6 too.
+        assert_eq!(ad(&m, 0x20_0000, W).updates(), &[(0x3008, 0x60)]);
+        // 32-bit format: the high half of a qword takes the bits at 37/38.
+        let mut m32 = HashMap::new();
+        m32.insert(0x1000, (0x2000 | 7) << 32); // PDE 1
+        m32.insert(0x2000, 0x7000 | 7); // PTE 0
+        let m32 = Mem(m32);
+        let r32 = npt_regs(PG, 0, 0, 0x1000, 40).unwrap();
+        let w = translate(|x| m32.read(x), &r32, 0x40_0000, W).unwrap().ad;
+        assert_eq!(w.updates(), &[(0x1000, a << 32), (0x2000, 0x60)]);
+        // A failed walk sets nothing (no Translation).
+        assert!(translate(|x| m.read(x), &r, 0x8000, R).is_err());
     }
 
     #[test]
