@@ -3,8 +3,10 @@
 //! The nested table has the format of L1's own paging mode at VMRUN (APM
 //! Vol. 2, 15.25.4-15.25.5: the host's CR0/CR4/EFER select it; KVM
 //! `kvm_init_shadow_npt_mmu` takes them from vmcb01): 4-level long mode
-//! (4 KiB/2 MiB/1 GiB pages), PAE (PDPTEs read from memory on every walk,
-//! KVM `nested_svm_get_tdp_pdptr`) or 32-bit (4 MiB pages with CR4.PSE).
+//! (4 KiB/2 MiB/1 GiB pages), legacy PAE (APM 15.25.8: the nested PDPEs
+//! are not held in registers, they are read on every walk, as KVM
+//! `nested_svm_get_tdp_pdptr` does) or 32-bit (4 MiB pages with CR4.PSE).
+//! Faults carry the #NPF EXITINFO1 of APM 15.25.6.
 //! Every nested access is a user access (APM 15.25.5), so U must be set at
 //! every level and the error code always has U; CR0.WP and SMEP do not
 //! apply (they concern supervisor accesses).
