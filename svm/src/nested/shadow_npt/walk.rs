@@ -694,17 +694,82 @@ pub(crate) mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = u64> {
-        // Small tables in the first 64 KiB, so walks chain; random rights,
-        // PS, NX and sometimes a reserved bit.
+        // Small tables in the first 64 KiB, so walks chain; mostly
+        // present with every right, else random flags (P, W, U, PS), NX,
+        // and sometimes a reserved bit.
         (
             0u64..16,
             any::<u8>(),
+            0u8..6,
             prop::bool::ANY,
-            prop::sample::select(std::vec![0u64, 1 << 13, 1 << 20, 1 << 45, 1 << 63]),
+            prop::sample::select(std::vec![
+                0u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1 << 13,
+                1 << 20,
+                1 << 45,
+                1 << 63
+            ]),
         )
-            .prop_map(|(frame, flags, nx, extra)| {
-                (frame << 12) | u64::from(flags & 0x87) | if nx { 1 << 63 } else { 0 } | extra
+            .prop_map(|(frame, flags, bias, nx, extra)| {
+                let (frame, flags) = match bias {
+                    0 => (frame, u64::from(flags & 0x87)),
+                    // A large page (at 0: aligned) where PS counts.
+                    1 => (0, 0x87),
+                    _ => (frame, 7),
+                };
+                (frame << 12) | flags | if nx { 1 << 63 } else { 0 } | extra
             })
+    }
+
+    /// Puts `chain` along the path a walk of `gpa` takes from 0x1000 (where
+    /// nothing is there yet), so most walks go deep.
+    fn fill_path(m: &mut HashMap<u64, u64>, mode: u8, gpa: u64, chain: &[u64]) {
+        let mut put = |at: u64, e: u64| *m.entry(at).or_insert(e);
+        match mode {
+            0 | 1 => {
+                let (mut table, top, g) = if mode == 0 {
+                    (0x1000, 4u8, gpa)
+                } else {
+                    let g = gpa & 0xffff_ffff;
+                    // A PDPTE has no rights bits (they are reserved).
+                    let e = if chain[0] & 7 == 7 {
+                        chain[0] & !0x1C6
+                    } else {
+                        chain[0]
+                    };
+                    let pdpte = put(0x1000 + ((g >> 30) & 3) * 8, e);
+                    (pdpte & ADDR, 2, g)
+                };
+                for (i, level) in (1..=top).rev().enumerate() {
+                    let at = table + ((g >> (12 + 9 * u32::from(level - 1))) & 511) * 8;
+                    table = put(at, chain[i + 1]) & ADDR;
+                }
+            }
+            _ => {
+                let g = gpa & 0xffff_ffff;
+                let mut put32 = |at: u64, e: u64| {
+                    let q = m.entry(at & !7).or_insert(0);
+                    let sh = (at & 4) * 8;
+                    if (*q >> sh) & 0xffff_ffff == 0 {
+                        *q |= (e & 0xffff_ffff) << sh;
+                    }
+                    (*q >> sh) & 0xffff_ffff
+                };
+                let pde = put32(0x1000 + (g >> 22) * 4, chain[0]);
+                put32((pde & 0xffff_f000) + ((g >> 12) & 0x3ff) * 4, chain[1]);
+            }
+        }
     }
 
     proptest! {
@@ -713,14 +778,16 @@ pub(crate) mod tests {
         #[test]
         fn agrees_with_guest_walker(
             entries in prop::collection::vec((0u64..16 * 512, arb_entry()), 0..200),
+            chain in prop::collection::vec(arb_entry(), 5),
             gpa in 0u64..(1 << 47),
             write: bool,
             fetch: bool,
             mode in 0u8..3,
         ) {
             let mut m = HashMap::new();
+            fill_path(&mut m, mode, gpa, &chain);
             for (slot, e) in entries {
-                m.insert(slot * 8, e);
+                m.entry(slot * 8).or_insert(e);
             }
             let m = Mem(m);
             let (cr4, efer) = match mode {
