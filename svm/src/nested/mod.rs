@@ -15,6 +15,7 @@ pub mod l1_cpu;
 pub mod map_view;
 pub mod merge;
 pub mod route;
+pub mod shadow_npt;
 pub mod soft_int;
 pub mod svm_insn;
 pub mod tsc;

@@ -1,0 +1,179 @@
+//! When L1's changes to its nested table must reach the shadow table.
+//!
+//! The shadow table is a cache of L1's nested translations, as the CPU's
+//! TLB is (APM Vol. 2, 15.16: the TLB caches guest-physical translations
+//! per ASID, and the hypervisor flushes them through TLB_CONTROL or
+//! INVLPGA). L1's tables are not write-protected, so, as with a real TLB,
+//! a change L1 makes takes effect when L1 flushes: the shadow is dropped
+//! whenever a flush of L2's ASID could have removed one of its entries,
+//! and whenever what it was built from (nCR3, ASID, the format L1's
+//! paging mode selects at VMRUN, APM 15.25.4) changes. Dropping is always
+//! correct (entries are rebuilt on demand); keeping is only done when no
+//! flush of L2's translations happened. KVM is stricter still (it syncs
+//! its write-protected shadow on every nested VMRUN,
+//! `nested_svm_transition_tlb_flush`).
+
+use crate::int_ctl::TlbControl;
+use crate::walk::{Mode, PagingRegs};
+
+/// What a shadow table was built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    /// vmcb12's nCR3.
+    pub ncr3: u64,
+    /// vmcb12's ASID (L2's).
+    pub asid: u32,
+    /// The nested table format (L1's paging mode at VMRUN).
+    pub mode: Mode,
+    /// L1's EFER.NXE: whether NX counts (or is reserved).
+    pub nxe: bool,
+    /// The MAXPHYADDR the reserved bits follow.
+    pub max_phys_bits: u8,
+}
+
+impl Context {
+    /// The context of a walk with `regs` ([`super::walk::npt_regs`]) for
+    /// L2's `asid`. CR0.WP and SMEP are left out: nested accesses are
+    /// user accesses, which they do not concern.
+    pub fn new(regs: &PagingRegs, asid: u32) -> Self {
+        Self {
+            ncr3: regs.cr3,
+            asid,
+            mode: regs.mode(),
+            nxe: regs.efer & (1 << 11) != 0,
+            max_phys_bits: regs.max_phys_bits,
+        }
+    }
+}
+
+/// What to do with the shadow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Keep every entry.
+    Keep,
+    /// Drop every entry (and rebuild on demand).
+    DropAll,
+    /// Replace the entry for this gPA by a fresh walk.
+    RefreshOne(u64),
+}
+
+/// At L1's VMRUN of an L2 with nested paging: `prev` is what the shadow
+/// table holds (`None`: nothing yet), `next` what this VMRUN asks for,
+/// `tlb_control` vmcb12's TLB_CONTROL byte.
+pub fn on_vmrun(prev: Option<&Context>, next: &Context, tlb_control: u8) -> Decision {
+    let Some(prev) = prev else {
+        return Decision::DropAll;
+    };
+    if prev != next {
+        // Another table, another format or another ASID (whose TLB entries
+        // L1 has not necessarily kept in step with these tables).
+        return Decision::DropAll;
+    }
+    match TlbControl::from_u8(tlb_control) {
+        Some(TlbControl::DoNothing) => Decision::Keep,
+        // All ASIDs, this ASID, this ASID's non-global entries: nested
+        // translations are never global, so each removes them (APM 15.16).
+        Some(_) => Decision::DropAll,
+        // A reserved encoding: flushing more than asked is allowed.
+        None => Decision::DropAll,
+    }
+}
+
+/// At L1's INVLPGA of a linear address in `asid`, the shadow table being
+/// L2's of `shadow_asid`. INVLPGA removes the TLB's translation of one
+/// linear address, which ends in a gPA L0 cannot know without L2's own
+/// page tables (not the ones current at the INVLPGA): the whole shadow of
+/// that ASID is dropped. Another ASID's, or the host's (0), keep it.
+pub fn on_invlpga(shadow_asid: u32, asid: u32) -> Decision {
+    if asid == shadow_asid && asid != 0 {
+        Decision::DropAll
+    } else {
+        Decision::Keep
+    }
+}
+
+/// After a #NPF on the shadow table for `gpa` that a fresh walk resolved
+/// to a mapping: the CPU re-walks a faulting translation instead of
+/// trusting a stale one, so the entry is replaced (L1 may have widened
+/// its rights without a flush, which needs none on real hardware).
+pub fn on_npf_mapped(gpa: u64) -> Decision {
+    Decision::RefreshOne(gpa)
+}
+
+/// When L0 changes its own mapping of L1's memory (e.g. a page becomes an
+/// MMIO page): shadow entries hold L0's old mapping and no reverse map
+/// says which, so all go.
+pub fn on_l0_change() -> Decision {
+    Decision::DropAll
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(ncr3: u64, asid: u32) -> Context {
+        Context {
+            ncr3,
+            asid,
+            mode: Mode::Long,
+            nxe: true,
+            max_phys_bits: 40,
+        }
+    }
+
+    #[test]
+    fn vmrun_keeps_only_an_unchanged_unflushed_context() {
+        let a = ctx(0x1000, 1);
+        assert_eq!(on_vmrun(None, &a, 0), Decision::DropAll, "first build");
+        assert_eq!(on_vmrun(Some(&a), &a, 0), Decision::Keep);
+        for flush in [1, 3, 7] {
+            assert_eq!(on_vmrun(Some(&a), &a, flush), Decision::DropAll, "{flush}");
+        }
+        assert_eq!(on_vmrun(Some(&a), &a, 2), Decision::DropAll, "reserved");
+        assert_eq!(on_vmrun(Some(&a), &ctx(0x2000, 1), 0), Decision::DropAll);
+        assert_eq!(on_vmrun(Some(&a), &ctx(0x1000, 2), 0), Decision::DropAll);
+        let pae = Context {
+            mode: Mode::Pae,
+            ..a
+        };
+        assert_eq!(on_vmrun(Some(&a), &pae, 0), Decision::DropAll);
+        let no_nx = Context { nxe: false, ..a };
+        assert_eq!(on_vmrun(Some(&a), &no_nx, 0), Decision::DropAll);
+        let pse = Context {
+            mode: Mode::Legacy32 { pse: true },
+            ..a
+        };
+        let no_pse = Context {
+            mode: Mode::Legacy32 { pse: false },
+            ..a
+        };
+        assert_eq!(on_vmrun(Some(&pse), &no_pse, 0), Decision::DropAll);
+    }
+
+    #[test]
+    fn context_ignores_what_nested_walks_ignore() {
+        let regs = |cr0: u64, cr4: u64| PagingRegs {
+            cr0,
+            cr3: 0x1000,
+            cr4,
+            efer: (1 << 10) | (1 << 11),
+            max_phys_bits: 40,
+        };
+        let pg = 1 << 31;
+        let base = Context::new(&regs(pg, 1 << 5), 1);
+        // CR0.WP and CR4.SMEP change nothing for user accesses.
+        let wp_smep = Context::new(&regs(pg | 1 << 16, 1 << 5 | 1 << 20), 1);
+        assert_eq!(on_vmrun(Some(&base), &wp_smep, 0), Decision::Keep);
+        assert_eq!(base.mode, Mode::Long);
+        assert!(base.nxe);
+    }
+
+    #[test]
+    fn invlpga_and_others() {
+        assert_eq!(on_invlpga(5, 5), Decision::DropAll);
+        assert_eq!(on_invlpga(5, 6), Decision::Keep);
+        assert_eq!(on_invlpga(5, 0), Decision::Keep);
+        assert_eq!(on_npf_mapped(0x1234), Decision::RefreshOne(0x1234));
+        assert_eq!(on_l0_change(), Decision::DropAll);
+    }
+}
