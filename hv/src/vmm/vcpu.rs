@@ -105,9 +105,11 @@ impl Vcpu {
                 self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
             }
             exits::cr::before_entry(self);
+            super::nested::vgif::before_entry(self, vm, host);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            super::nested::vgif::after_exit(self);
             exits::cr::after_exit(self);
             exited_at = Some(crate::time::host_tsc::read_raw());
             super::tsc::after_exit(self, vm);

@@ -17,6 +17,7 @@ pub mod merge;
 pub mod route;
 pub mod svm_insn;
 pub mod tsc;
+pub mod vgif;
 pub mod vmexit;
 pub mod vmload;
 pub mod vmrun;

@@ -7,6 +7,7 @@
 //! intercepted and emulated here.
 
 pub mod insns;
+pub mod vgif;
 pub mod vmexit;
 pub mod vmrun;
 
@@ -72,6 +73,8 @@ pub struct Nested {
     pub msrpm_holds_l0: bool,
     /// The vmcb12 copy buffer of the last L2, kept for the next VMRUN.
     pub spare_vmcb12: Option<Box<Vmcb>>,
+    /// The active VMCB holds L1's GIF in V_GIF for this run ([`vgif`]).
+    pub vgif_in_vmcb: bool,
 }
 
 impl Nested {
@@ -89,6 +92,7 @@ impl Nested {
             msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
             msrpm_holds_l0: false,
             spare_vmcb12: None,
+            vgif_in_vmcb: false,
         })
     }
 
