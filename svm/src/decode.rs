@@ -773,7 +773,11 @@ mod tests {
             padded.extend_from_slice(&[0x90; 4]);
             for bits in [16, 32, 64] {
                 let full = decode(&padded, bits, 0x1000).expect("decodes").len;
-                assert_eq!(quick_len(&padded), Some(full), "{bytes:x?} in {bits}-bit code");
+                assert_eq!(
+                    quick_len(&padded),
+                    Some(full),
+                    "{bytes:x?} in {bits}-bit code"
+                );
             }
         }
         let other: &[&[u8]] = &[

@@ -27,8 +27,7 @@ pub fn entry_controls(c: &mut ControlArea, gif: bool, waiting: bool) {
         true => InterceptMisc2::STGI.bits(),
         false => 0,
     };
-    let misc2 =
-        (c.intercept_misc2 & !(InterceptMisc2::STGI | InterceptMisc2::CLGI).bits()) | stgi;
+    let misc2 = (c.intercept_misc2 & !(InterceptMisc2::STGI | InterceptMisc2::CLGI).bits()) | stgi;
     if int_ctl != c.int_ctl {
         c.int_ctl = int_ctl;
         c.vmcb_clean &= !CleanBits::TPR.bits();
@@ -56,8 +55,8 @@ mod tests {
 
     fn l0_controls() -> ControlArea {
         let mut c = ControlArea::new();
-        c.intercept_misc2 = (InterceptMisc2::VMRUN | InterceptMisc2::STGI | InterceptMisc2::CLGI)
-            .bits();
+        c.intercept_misc2 =
+            (InterceptMisc2::VMRUN | InterceptMisc2::STGI | InterceptMisc2::CLGI).bits();
         c.int_ctl = IntCtl::V_INTR_MASKING.bits() | 0x3;
         c
     }
