@@ -194,11 +194,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
 /// Where the run's time went: the exits by reason, most frequent first
 /// (`hv: exits: Ioio 812, Msr 40, ...`), and the host TSC ticks spent in L0.
 fn print_exit_counts(vcpu: &Vcpu) {
-    let mut counts: alloc::vec::Vec<(u64, u64)> = vcpu
-        .exit_counts
-        .iter()
-        .map(|(&code, &n)| (code, n))
-        .collect();
+    let mut counts: alloc::vec::Vec<(u64, u64)> = vcpu.exit_counts.iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut line = alloc::string::String::new();
     for (code, n) in counts {
@@ -206,6 +202,10 @@ fn print_exit_counts(vcpu: &Vcpu) {
             line.push_str(", ");
         }
         line.push_str(&alloc::format!("{:?} {n}", svm::ExitCode::from_raw(code)));
+    }
+    let other = vcpu.exit_counts.overflow();
+    if other != 0 {
+        line.push_str(&alloc::format!(", other {other}"));
     }
     println!(
         "hv: exits: {} ({} host TSC ticks in L0)",

@@ -246,6 +246,25 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<Decoded, DecodeErr
     }
 }
 
+/// The length of the instruction at the start of `bytes` when it is one of
+/// the plain, prefix-free encodings that SVM intercepts most often, without
+/// the full decoder (the hot path of every instruction exit under QEMU TCG,
+/// which has no NRIP save). `0F` and `F4` are opcodes, never prefixes, in
+/// every mode, and these instructions take no ModRM operand bytes, so the
+/// length is the same in 16-, 32- and 64-bit code. Anything else (prefixes,
+/// other opcodes, too few bytes) is `None`: decode it with [`decode`].
+pub fn quick_len(bytes: &[u8]) -> Option<usize> {
+    match bytes {
+        // HLT.
+        [0xF4, ..] => Some(1),
+        // WRMSR, RDTSC, RDMSR, CPUID.
+        [0x0F, 0x30 | 0x31 | 0x32 | 0xA2, ..] => Some(2),
+        // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, RDTSCP.
+        [0x0F, 0x01, 0xD8..=0xDF | 0xF9, ..] => Some(3),
+        _ => None,
+    }
+}
+
 impl Decoded {
     /// The linear address of the instruction's memory operand (LMSW or LTR
     /// with [`Operand::Memory`]), from the guest's general registers
@@ -739,6 +758,55 @@ mod tests {
 
     fn d64(bytes: &[u8]) -> Result<(Insn, usize), DecodeError> {
         decode(bytes, 64, 0x1000).map(|d| (d.insn, d.len))
+    }
+
+    /// The quick path agrees with the decoder on each encoding it knows,
+    /// in every code size, and leaves everything with a prefix (or too
+    /// short) to the decoder.
+    #[test]
+    fn quick_len_matches_the_decoder() {
+        let known: &[&[u8]] = &[
+            &[0xF4],
+            &[0x0F, 0x30],
+            &[0x0F, 0x31],
+            &[0x0F, 0x32],
+            &[0x0F, 0xA2],
+            &[0x0F, 0x01, 0xD8],
+            &[0x0F, 0x01, 0xD9],
+            &[0x0F, 0x01, 0xDA],
+            &[0x0F, 0x01, 0xDB],
+            &[0x0F, 0x01, 0xDC],
+            &[0x0F, 0x01, 0xDD],
+            &[0x0F, 0x01, 0xDE],
+            &[0x0F, 0x01, 0xDF],
+            &[0x0F, 0x01, 0xF9],
+        ];
+        for bytes in known {
+            let mut padded = bytes.to_vec();
+            padded.extend_from_slice(&[0x90; 4]);
+            for bits in [16, 32, 64] {
+                let full = decode(&padded, bits, 0x1000).expect("decodes").len;
+                assert_eq!(
+                    quick_len(&padded),
+                    Some(full),
+                    "{bytes:x?} in {bits}-bit code"
+                );
+            }
+        }
+        let other: &[&[u8]] = &[
+            &[],
+            &[0x0F],
+            &[0x0F, 0x01],
+            &[0x67, 0x0F, 0x01, 0xD8],
+            &[0x48, 0x0F, 0x32],
+            &[0x66, 0xF4],
+            &[0x0F, 0x01, 0xD1],
+            &[0x0F, 0x22, 0xC0],
+            &[0x90],
+        ];
+        for bytes in other {
+            assert_eq!(quick_len(bytes), None, "{bytes:x?}");
+        }
     }
 
     #[test]

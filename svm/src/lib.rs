@@ -29,6 +29,7 @@ pub mod event;
 pub mod exception;
 pub mod exec_ctl;
 pub mod exit;
+pub mod exit_counts;
 pub mod fuzz;
 pub mod guest_abi;
 pub mod int_ctl;

@@ -33,6 +33,8 @@ commands:
 options (each says which commands take it; `cargo xtask <command> --help`
 shows one command's):
   --release                 build, run, image, test, kut: optimized kernel
+                            (kut: the default)
+  --debug                   kut: the debug kernel (debug assertions, slower)
   --boot limine|direct      run: through Limine (default when available) or
                             QEMU's direct PVH boot
   --accel kvm|tcg           run: default kvm when /dev/kvm offers SVM, else tcg
@@ -408,7 +410,12 @@ fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
             .value("--mem", parse_count)?
             .unwrap_or(defaults.mem_mib),
         verbose: options.flag("--verbose"),
-        release: options.flag("--release"),
+        // An optimized kernel unless --debug: kut runs external suites
+        // against timeouts (--release is accepted and is the default).
+        release: match (options.flag("--release"), options.flag("--debug")) {
+            (true, true) => usage!("--release and --debug do not go together"),
+            (_, debug) => !debug,
+        },
     })
 }
 
@@ -718,7 +725,12 @@ mod tests {
                 release: true,
             })
         );
+        let Task::Kut(debug) = parse_words("kut --debug").unwrap() else {
+            panic!("kut --debug is kut");
+        };
+        assert!(!debug.release);
         for line in [
+            "kut --release --debug",
             "kut --smp 0",
             "kut --mem x",
             "kut --timeout 0",

@@ -14,8 +14,9 @@ pub struct HostCpu {
     pub features: svm::SvmFeatures,
     /// The page VMRUN saves host state into (VM_HSAVE_PA). The CPU owns it.
     _hsave: PhysBox<[u8; 4096]>,
-    /// Where VMSAVE/VMLOAD keep the host's FS/GS/TR/LDTR and syscall MSRs
-    /// across a guest run (VMRUN does not switch those).
+    /// The host's FS/GS/TR/LDTR and syscall MSRs, saved once by VMSAVE at
+    /// enable time and loaded after each guest run (VMRUN does not switch
+    /// those).
     host_vmcb: PhysBox<Vmcb>,
 }
 
@@ -41,12 +42,20 @@ fn enable() -> Result<HostCpu, &'static str> {
     };
     let hsave: PhysBox<[u8; 4096]> =
         PhysBox::new_zeroed().ok_or("out of memory for VM_HSAVE_PA")?;
-    let host_vmcb = PhysBox::new_zeroed().ok_or("out of memory for the host VMCB")?;
+    let host_vmcb: PhysBox<Vmcb> =
+        PhysBox::new_zeroed().ok_or("out of memory for the host VMCB")?;
     // SAFETY: SVM is present and not disabled (probed above); EFER.SVME only
     // makes the SVM instructions legal, and VM_HSAVE_PA points at a page we own.
     unsafe {
         wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
         wrmsr(VM_HSAVE_PA, hsave.phys());
+    }
+    // The host's FS/GS/TR/LDTR and syscall MSRs, set at boot (arch::gdt)
+    // and never changed after: saved once, loaded after every guest run
+    // (world_switch).
+    // SAFETY: EFER.SVME is set; the page is ours and 4 KiB aligned.
+    unsafe {
+        core::arch::asm!("vmsave rax", in("rax") host_vmcb.phys(), options(nostack));
     }
     Ok(HostCpu {
         features,

@@ -7,7 +7,8 @@ use super::nested::Nested;
 use super::phys_box::PhysBox;
 use super::vm::Vm;
 use super::world_switch::{self, GuestRegs};
-use alloc::collections::BTreeMap;
+use alloc::boxed::Box;
+use svm::exit_counts::ExitCounts;
 use svm::tsc::VcpuTsc;
 use svm::{ExitCode, Vmcb};
 
@@ -18,8 +19,8 @@ pub struct Vcpu {
     pub vmcb: PhysBox<Vmcb>,
     /// General registers other than RAX/RSP.
     pub regs: GuestRegs,
-    /// #VMEXITs taken, per exit code.
-    pub exit_counts: BTreeMap<u64, u64>,
+    /// #VMEXITs taken, per exit code (8 KiB: on the heap).
+    pub exit_counts: Box<ExitCounts>,
     /// All #VMEXITs taken.
     pub exits: u64,
     /// Guest I/O accesses dropped because no device is there for guests.
@@ -61,7 +62,8 @@ impl Vcpu {
         Ok(Self {
             vmcb,
             regs: GuestRegs::default(),
-            exit_counts: BTreeMap::new(),
+            // SAFETY: ExitCounts is plain integers: all-zero is `new()`.
+            exit_counts: unsafe { Box::<ExitCounts>::new_zeroed().assume_init() },
             exits: 0,
             blocked_io: 0,
             tsc: VcpuTsc::default(),
@@ -81,7 +83,7 @@ impl Vcpu {
 
     /// How many exits with `code` this vCPU took.
     pub fn exit_count(&self, code: ExitCode) -> u64 {
-        self.exit_counts.get(&code.to_raw()).copied().unwrap_or(0)
+        self.exit_counts.get(code.to_raw())
     }
 
     /// Runs the guest until an exit handler stops it.
@@ -111,9 +113,12 @@ impl Vcpu {
             }
             exits::cr::before_entry(self);
             exits::shadow::before_entry(self);
+            super::nested::vgif::before_entry(self, vm, host);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            // Undone in the reverse order of the set-up above.
+            super::nested::vgif::after_exit(self);
             let step_only = exits::shadow::after_exit(self);
             exits::cr::after_exit(self);
             exited_at = Some(crate::time::host_tsc::read_raw());
@@ -145,7 +150,7 @@ impl Vcpu {
             // The TLB needs flushing only for the first run.
             self.vmcb.control.tlb_control = 0;
             self.exits += 1;
-            *self.exit_counts.entry(code.to_raw()).or_insert(0) += 1;
+            self.exit_counts.add(code.to_raw());
             let max_exits = vm.limits.map_or(u64::MAX, |l| l.max_exits);
             if step_only {
                 continue;

@@ -2,8 +2,12 @@
 //!
 //! VMRUN saves and restores only part of the host state (APM Vol. 2,
 //! 15.5.1); the rest (FS, GS, TR, LDTR, KernelGSBase, STAR/LSTAR/CSTAR/
-//! SFMASK, SYSENTER_*) is moved with VMSAVE/VMLOAD: host to its own save
-//! VMCB, guest from its VMCB before VMRUN and back after. GIF is cleared
+//! SFMASK, SYSENTER_*) is moved with VMSAVE/VMLOAD: the guest's from its
+//! VMCB before VMRUN and back after, the host's from its own save VMCB
+//! after. The host saved that VMCB once, when SVM was enabled
+//! (`enable::this_cpu`): it sets those registers at boot and never again
+//! (no syscalls, no FS/GS bases, one TSS), so a VMSAVE per exit would
+//! store the same values each time. GIF is cleared
 //! around the sequence so nothing interrupts a half-loaded state; RFLAGS.IF
 //! is set only under GIF=0, so a physical interrupt (the watchdog) ends the
 //! guest's run with #VMEXIT(INTR) and is taken by the host afterwards.
@@ -37,7 +41,8 @@ pub struct GuestRegs {
 ///
 /// # Safety
 /// SVM must be enabled on this CPU, `vmcb_pa` must be a valid guest VMCB
-/// (its NPT, MSRPM and IOPM included) and `host_vmcb_pa` a page for VMSAVE.
+/// (its NPT, MSRPM and IOPM included) and `host_vmcb_pa` the host's state
+/// as VMSAVE stored it.
 #[unsafe(naked)]
 pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u64) {
     core::arch::naked_asm!(
@@ -55,8 +60,6 @@ pub unsafe extern "C" fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_vmcb_pa: u
         // IF=1 while GIF=0: with V_INTR_MASKING, physical interrupts reach
         // the host (as #VMEXIT INTR) only if RFLAGS.IF was 1 at VMRUN.
         "sti",
-        "mov rax, rdx",
-        "vmsave rax",
         "mov rax, rsi",
         "vmload rax",
         "mov rbx, [rdi + 0x00]",

@@ -19,6 +19,7 @@ pub mod shadow_npt;
 pub mod soft_int;
 pub mod svm_insn;
 pub mod tsc;
+pub mod vgif;
 pub mod vmexit;
 pub mod vmload;
 pub mod vmrun;

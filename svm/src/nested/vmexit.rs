@@ -83,24 +83,29 @@ pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
 /// CR2 and DR6, which the host save area does not hold. The host's DR7
 /// comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
 pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
-    let keep = active.state;
-    // A byte copy: no 4 KiB temporary on the stack.
-    active.as_bytes_mut().copy_from_slice(hsave.as_bytes());
+    let k = &active.state;
+    let (fs, gs, tr, ldtr) = (k.fs, k.gs, k.tr, k.ldtr);
+    let (kernel_gs_base, star, lstar, cstar) = (k.kernel_gs_base, k.star, k.lstar, k.cstar);
+    let (sfmask, sysenter_cs) = (k.sfmask, k.sysenter_cs);
+    let (sysenter_esp, sysenter_eip) = (k.sysenter_esp, k.sysenter_eip);
+    let (cr2, dr6) = (k.cr2, k.dr6);
+    // A byte copy of what L0 uses (hsave was filled the same way).
+    active.copy_live_from(hsave);
     let s = &mut active.state;
-    s.fs = keep.fs;
-    s.gs = keep.gs;
-    s.tr = keep.tr;
-    s.ldtr = keep.ldtr;
-    s.kernel_gs_base = keep.kernel_gs_base;
-    s.star = keep.star;
-    s.lstar = keep.lstar;
-    s.cstar = keep.cstar;
-    s.sfmask = keep.sfmask;
-    s.sysenter_cs = keep.sysenter_cs;
-    s.sysenter_esp = keep.sysenter_esp;
-    s.sysenter_eip = keep.sysenter_eip;
-    s.cr2 = keep.cr2;
-    s.dr6 = keep.dr6;
+    s.fs = fs;
+    s.gs = gs;
+    s.tr = tr;
+    s.ldtr = ldtr;
+    s.kernel_gs_base = kernel_gs_base;
+    s.star = star;
+    s.lstar = lstar;
+    s.cstar = cstar;
+    s.sfmask = sfmask;
+    s.sysenter_cs = sysenter_cs;
+    s.sysenter_esp = sysenter_esp;
+    s.sysenter_eip = sysenter_eip;
+    s.cr2 = cr2;
+    s.dr6 = dr6;
     s.dr7 = 0x400;
     s.cpl = 0;
     // Completion of VMRUN clears the host's RFLAGS.RF (APM 15.5.2).

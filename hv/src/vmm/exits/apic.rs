@@ -204,7 +204,10 @@ fn window(vcpu: &Vcpu) -> IrqWindow {
 /// (V_TPR) into TPR, and the highest deliverable interrupt injected, or
 /// L2 ended with #VMEXIT(INTR), or the VINTR window opened for L1.
 pub fn before_entry(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
-    vcpu.lapic.advance(now());
+    // The clock is read only for a running timer (it costs a division).
+    if vcpu.lapic.next_deadline().is_some() {
+        vcpu.lapic.advance(now());
+    }
     if !vcpu.nested.in_l2() {
         // V_TPR is CR8 (APM 15.21.4): TPR bits 7:4.
         let v_tpr = (vcpu.vmcb.control.int_ctl & 0xF) as u8;

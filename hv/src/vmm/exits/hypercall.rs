@@ -55,7 +55,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         HC_DONE => return Action::Stop(done(vcpu, vm, a, b, c)),
         HC_ECHO_SUM => echo_sum(a, b, c),
         HC_EXIT_COUNT => {
-            let count = vcpu.exit_counts.get(&a).copied().unwrap_or(0);
+            let count = vcpu.exit_counts.get(a);
             // This VMMCALL was already counted.
             count - u64::from(a == ExitCode::Vmmcall.to_raw())
         }

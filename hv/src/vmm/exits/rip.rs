@@ -256,6 +256,13 @@ fn code_address(vcpu: &Vcpu, offset: u64) -> u64 {
 /// The instruction at the guest's RIP, decoded from guest memory in the
 /// guest's mode.
 pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<Decoded, NoInsn> {
+    let (bytes, n, fault) = fetch_at_rip(vcpu, vm);
+    decode_fetched(vcpu, &bytes[..n], fault)
+}
+
+/// The bytes at the guest's RIP: up to [`MAX_INSN_LEN`] of them, how many
+/// were read, and the fault that stopped the read early.
+fn fetch_at_rip(vcpu: &Vcpu, vm: &Vm) -> ([u8; MAX_INSN_LEN], usize, Option<NoInsn>) {
     let mut bytes = [0u8; MAX_INSN_LEN];
     // Read to the first unreadable byte; its fault counts only if the
     // instruction needs that byte.
@@ -282,7 +289,13 @@ pub fn decode_at_rip(vcpu: &Vcpu, vm: &Vm) -> Result<Decoded, NoInsn> {
         }
         (n, fault)
     };
-    match decode::decode(&bytes[..n], bitness(vcpu), vcpu.vmcb.state.rip) {
+    (bytes, n, fault)
+}
+
+/// Decodes fetched `bytes` in the guest's mode; `fault` is what stopped
+/// the fetch, if the instruction needs more bytes than were read.
+fn decode_fetched(vcpu: &Vcpu, bytes: &[u8], fault: Option<NoInsn>) -> Result<Decoded, NoInsn> {
+    match decode::decode(bytes, bitness(vcpu), vcpu.vmcb.state.rip) {
         Ok(d) => Ok(d),
         Err(DecodeError::Invalid) => Err(NoInsn::ud()),
         // The bytes ran out where the read faulted: that fault (#PF).
@@ -299,7 +312,12 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
             return Ok(next - s.rip);
         }
     }
-    decode_at_rip(vcpu, vm).map(|d| d.len as u64)
+    let (bytes, n, fault) = fetch_at_rip(vcpu, vm);
+    // The intercepted instructions' plain encodings need no full decode.
+    if let Some(len) = decode::quick_len(&bytes[..n]) {
+        return Ok(len as u64);
+    }
+    decode_fetched(vcpu, &bytes[..n], fault).map(|d| d.len as u64)
 }
 
 /// RIP after an instruction of `len` bytes, wrapped to the code size

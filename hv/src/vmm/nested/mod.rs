@@ -7,6 +7,7 @@
 //! intercepted and emulated here.
 
 pub mod insns;
+pub mod vgif;
 pub mod vmexit;
 pub mod vmrun;
 
@@ -24,8 +25,9 @@ pub const L2_ASID: u32 = 2;
 pub struct L2 {
     /// Where vmcb12 is in L1's memory.
     pub vmcb12_gpa: u64,
-    /// The hypervisor's copy of vmcb12, read once at VMRUN and checked;
-    /// the only version of vmcb12's controls L0 uses while L2 runs.
+    /// The hypervisor's copy of vmcb12 (its live part, `Vmcb::LIVE_BYTES`),
+    /// read once at VMRUN and checked; the only version of vmcb12's
+    /// controls L0 uses while L2 runs.
     pub vmcb12: Box<Vmcb>,
     /// L2's EFER.SVME (virtual: the active VMCB's SVME stays set, as the
     /// real VMRUN requires). Set from vmcb12 at VMRUN, changed by L2's
@@ -72,6 +74,8 @@ pub struct Nested {
     pub msrpm_holds_l0: bool,
     /// The vmcb12 copy buffer of the last L2, kept for the next VMRUN.
     pub spare_vmcb12: Option<Box<Vmcb>>,
+    /// The active VMCB holds L1's GIF in V_GIF for this run ([`vgif`]).
+    pub vgif_in_vmcb: bool,
 }
 
 impl Nested {
@@ -89,6 +93,7 @@ impl Nested {
             msrpm: PhysBox::new_zeroed().ok_or("out of memory for the L2 MSRPM")?,
             msrpm_holds_l0: false,
             spare_vmcb12: None,
+            vgif_in_vmcb: false,
         })
     }
 

@@ -52,7 +52,8 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         .spare_vmcb12
         .take()
         .unwrap_or_else(zeroed_box::<Vmcb>);
-    copy.as_bytes_mut().copy_from_slice(in_l1.as_bytes());
+    // The live part (Vmcb::LIVE_BYTES): the rest is read by nothing.
+    copy.copy_live_from(in_l1);
 
     // Step 3: check the copy against the CPU L1 is shown (its CPUID: see
     // Vm::l1_limits); a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
@@ -115,10 +116,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 
     // Step 5: stash L1's state and L0's controls in hsave.
     let nested: &mut Nested = &mut vcpu.nested;
-    nested
-        .hsave
-        .as_bytes_mut()
-        .copy_from_slice(vcpu.vmcb.as_bytes());
+    nested.hsave.copy_live_from(&vcpu.vmcb);
     nested.hsave.state.rip = resume_rip;
 
     // Step 6: build L2 in place in the active VMCB.

@@ -66,6 +66,7 @@ pub struct KutArgs {
     pub smp: u32,
     pub mem_mib: u32,
     pub verbose: bool,
+    /// The optimized kernel: the default (`--debug` turns it off).
     pub release: bool,
 }
 
@@ -84,7 +85,7 @@ impl Default for KutArgs {
             smp: DEFAULT_SMP,
             mem_mib: DEFAULT_MEM_MIB,
             verbose: false,
-            release: false,
+            release: true,
         }
     }
 }
