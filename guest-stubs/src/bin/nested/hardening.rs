@@ -12,19 +12,19 @@ use guest_stubs::{check, check_eq, cpu};
 use svm::{ExitCode, VmcbSegment};
 
 /// What the L2 payload saw.
-static SEEN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+pub(crate) static SEEN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// The payload's input.
 static INPUT: AtomicU64 = AtomicU64::new(0);
 
-fn seen(i: usize) -> u64 {
+pub(crate) fn seen(i: usize) -> u64 {
     SEEN[i].load(Ordering::SeqCst)
 }
 
-fn put(i: usize, v: u64) {
+pub(crate) fn put(i: usize, v: u64) {
     SEEN[i].store(v, Ordering::SeqCst);
 }
 
-fn yield_forever() -> ! {
+pub(crate) fn yield_forever() -> ! {
     loop {
         // SAFETY: HLT in L2 exits to L1, which intercepts it.
         unsafe { asm!("hlt", options(nomem, nostack)) };

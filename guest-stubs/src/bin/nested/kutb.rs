@@ -1,32 +1,17 @@
 //! Nested tests for kvm-unit-tests subtests that failed under L0 (ISSUE
 //! 10): each L2 payload here is its own entry point; it leaves what it
-//! saw in [`SEEN`] and yields with HLT.
+//! saw in `SEEN` and yields with HLT.
 
 use crate::l1::{self, Regs};
 use crate::run_expect;
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use guest_stubs::check_eq;
 use guest_stubs::privileged as p;
 use svm::{ExitCode, InterceptMisc1};
 
-/// What the L2 payload saw.
-static SEEN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-
-fn seen(i: usize) -> u64 {
-    SEEN[i].load(Ordering::SeqCst)
-}
-
-fn put(i: usize, v: u64) {
-    SEEN[i].store(v, Ordering::SeqCst);
-}
-
-fn yield_forever() -> ! {
-    loop {
-        // SAFETY: HLT in L2 exits to L1, which intercepts it.
-        unsafe { asm!("hlt", options(nomem, nostack)) };
-    }
-}
+// The payloads' slots and yield are the hardening tests' (one VM per test).
+use crate::hardening::{put, seen, yield_forever, SEEN};
 
 /// A fresh vmcb12 for `entry`.
 fn setup(entry: extern "C" fn() -> !) -> Regs {

@@ -157,26 +157,7 @@ pub fn mmio(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 
 /// Writes general register `n`.
 fn set_gpr(vcpu: &mut Vcpu, n: u8, value: u64) {
-    let r = &mut vcpu.regs;
-    let slot = match n {
-        0 => &mut vcpu.vmcb.state.rax,
-        1 => &mut r.rcx,
-        2 => &mut r.rdx,
-        3 => &mut r.rbx,
-        4 => &mut vcpu.vmcb.state.rsp,
-        5 => &mut r.rbp,
-        6 => &mut r.rsi,
-        7 => &mut r.rdi,
-        8 => &mut r.r8,
-        9 => &mut r.r9,
-        10 => &mut r.r10,
-        11 => &mut r.r11,
-        12 => &mut r.r12,
-        13 => &mut r.r13,
-        14 => &mut r.r14,
-        _ => &mut r.r15,
-    };
-    *slot = value;
+    *super::cr::gpr_mut(vcpu, n) = value;
 }
 
 /// The interrupt window of the running guest.

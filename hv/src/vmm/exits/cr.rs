@@ -59,6 +59,29 @@ pub fn gpr(vcpu: &Vcpu, n: u8) -> u64 {
     }
 }
 
+/// General register `n` (0 = RAX .. 15 = R15), to write.
+pub fn gpr_mut(vcpu: &mut Vcpu, n: u8) -> &mut u64 {
+    let r = &mut vcpu.regs;
+    match n {
+        0 => &mut vcpu.vmcb.state.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut vcpu.vmcb.state.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        _ => &mut r.r15,
+    }
+}
+
 /// A register operand as the instruction reads it: 64 bits in 64-bit
 /// mode, else 32.
 pub fn gpr_operand(vcpu: &Vcpu, n: u8) -> u64 {

@@ -355,24 +355,5 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
 /// Writes `value` to register operand `reg` of `size` bytes.
 fn set_register(vcpu: &mut Vcpu, reg: RegRef, size: u32, value: u64) {
     let new = alu::write_register(super::cr::gpr(vcpu, reg.n), value, size, reg.high8);
-    let r = &mut vcpu.regs;
-    let slot = match reg.n {
-        0 => &mut vcpu.vmcb.state.rax,
-        1 => &mut r.rcx,
-        2 => &mut r.rdx,
-        3 => &mut r.rbx,
-        4 => &mut vcpu.vmcb.state.rsp,
-        5 => &mut r.rbp,
-        6 => &mut r.rsi,
-        7 => &mut r.rdi,
-        8 => &mut r.r8,
-        9 => &mut r.r9,
-        10 => &mut r.r10,
-        11 => &mut r.r11,
-        12 => &mut r.r12,
-        13 => &mut r.r13,
-        14 => &mut r.r14,
-        _ => &mut r.r15,
-    };
-    *slot = new;
+    *super::cr::gpr_mut(vcpu, reg.n) = new;
 }
