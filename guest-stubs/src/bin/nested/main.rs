@@ -805,7 +805,7 @@ fn cpu_refusal_reflected() {
     run_expect(&mut regs, ExitCode::Hlt);
 }
 
-/// VMRUN without EFER.SVME is #UD, without VM_HSAVE_PA #GP; VM_HSAVE_PA
+/// VMRUN, CLGI and STGI without EFER.SVME are #UD, VMRUN without VM_HSAVE_PA #GP; VM_HSAVE_PA
 /// refuses an unaligned address; VMRUN refuses one outside L1's memory.
 fn vmrun_without_hsave_gp() {
     let vmrun = |addr: u64| {
@@ -820,6 +820,17 @@ fn vmrun_without_hsave_gp() {
         vmrun(addr).map(|f| f.vector),
         Some(6),
         "VMRUN with EFER.SVME clear"
+    );
+    // CLGI/STGI too (APM 15.4; SKINIT is not offered), also where L1's GIF
+    // rides the CPU's virtual GIF, whose VMCB has SVME set.
+    // SAFETY: the faults are expected and skipped (3 bytes each).
+    let clgi = catch(3, || unsafe { asm!("clgi", options(nomem, nostack)) });
+    // SAFETY: as above.
+    let stgi = catch(3, || unsafe { asm!("stgi", options(nomem, nostack)) });
+    check_eq!(
+        (clgi.map(|f| f.vector), stgi.map(|f| f.vector)),
+        (Some(6), Some(6)),
+        "CLGI, STGI with EFER.SVME clear"
     );
     wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
     check_eq!(

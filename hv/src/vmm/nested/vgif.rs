@@ -20,9 +20,16 @@ fn waiting_for_gif(vcpu: &Vcpu) -> bool {
 }
 
 /// Just before an entry: when L1 (not L2) is entered on a host with VGIF,
-/// its GIF goes into V_GIF ([`entry_controls`]).
+/// its GIF goes into V_GIF ([`entry_controls`]). Not while L1's own
+/// EFER.SVME is clear: the CPU sees only the VMCB's EFER, whose SVME is
+/// always set, so it would run CLGI/STGI that must be #UD (APM 15.4);
+/// they stay intercepted and L0 raises the #UD.
 pub fn before_entry(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) {
-    if !vm.nested_svm || vcpu.nested.in_l2() || !host.features.has(SvmFeatureFlags::VGIF) {
+    if !vm.nested_svm
+        || vcpu.nested.in_l2()
+        || !vcpu.nested.svme
+        || !host.features.has(SvmFeatureFlags::VGIF)
+    {
         return;
     }
     let waiting = waiting_for_gif(vcpu);
