@@ -76,10 +76,7 @@ pub fn table(rows: &[(&str, &Figure)]) -> String {
     );
     for (name, f) in rows {
         let exits = f.exits.map_or_else(|| "-".to_string(), |e| e.to_string());
-        out += &format!(
-            "{name:<width$}  {:>12}  {:>8}  {exits:>8}\n",
-            f.total, f.l0
-        );
+        out += &format!("{name:<width$}  {:>12}  {:>8}  {exits:>8}\n", f.total, f.l0);
     }
     out
 }
@@ -162,8 +159,14 @@ mod tests {
                 exits: Some(0),
             })
         );
-        assert_eq!(parse_figure("x: 1 TSC ticks as y, 3 in L0, many L0 exits"), None);
-        assert_eq!(parse_figure("x: 1 TSC ticks as y, 3 in L0, 2 L0 exits, 4"), None);
+        assert_eq!(
+            parse_figure("x: 1 TSC ticks as y, 3 in L0, many L0 exits"),
+            None
+        );
+        assert_eq!(
+            parse_figure("x: 1 TSC ticks as y, 3 in L0, 2 L0 exits, 4"),
+            None
+        );
         assert_eq!(parse_figure("test guest::vmmcall ... ok"), None);
         assert_eq!(parse_figure("x: many TSC ticks as y, 3 in L0"), None);
     }

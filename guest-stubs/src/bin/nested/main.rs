@@ -239,21 +239,32 @@ fn vmrun_vmmcall_roundtrip() {
     l1::prepare(l2::entry);
     l1::vmcb().control.intercept_misc2 |= InterceptMisc2::VMMCALL.bits();
     run_expect(&mut regs, ExitCode::Vmmcall);
-    bench_l1("nested round trip (L2 VMMCALL -> L1 -> VMRUN -> L2)", || {
-        let (_, code) = l1::skip_and_run(&mut regs);
-        check_eq!(ExitCode::from_raw(code), ExitCode::Vmmcall, "loop exit");
-    });
+    bench_l1(
+        "nested round trip (L2 VMMCALL -> L1 -> VMRUN -> L2)",
+        || {
+            let (_, code) = l1::skip_and_run(&mut regs);
+            check_eq!(ExitCode::from_raw(code), ExitCode::Vmmcall, "loop exit");
+        },
+    );
     // The SVM instructions L1 runs around each VMRUN, one by one. With VGIF
     // on the host, CLGI/STGI need no L0 exit: the exits column shows it.
     static mut AREA: Vmcb = Vmcb::new();
     let area = &raw mut AREA as u64;
-    // SAFETY (all four): L0 emulates or virtualizes them on L1's own state
-    // and on `area`, a page-aligned VMCB in L1's memory; GIF ends set.
-    bench_l1("L1 CLGI", || unsafe { asm!("clgi", options(nomem, nostack)) });
-    bench_l1("L1 STGI", || unsafe { asm!("stgi", options(nomem, nostack)) });
+    // SAFETY: CLGI/STGI are emulated or virtualized (VGIF) by L0 on L1's
+    // own GIF, which ends set.
+    bench_l1("L1 CLGI", || unsafe {
+        asm!("clgi", options(nomem, nostack))
+    });
+    // SAFETY: as for CLGI.
+    bench_l1("L1 STGI", || unsafe {
+        asm!("stgi", options(nomem, nostack))
+    });
+    // SAFETY: `area` is a page-aligned VMCB in L1's memory that only this
+    // bench uses; VMLOAD then loads back the state VMSAVE stored there.
     bench_l1("L1 VMSAVE", || unsafe {
         asm!("vmsave rax", in("rax") area, options(nostack))
     });
+    // SAFETY: as for VMSAVE.
     bench_l1("L1 VMLOAD", || unsafe {
         asm!("vmload rax", in("rax") area, options(nostack))
     });
