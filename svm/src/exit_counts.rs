@@ -58,6 +58,11 @@ impl ExitCounts {
             .map_or(0, |&(_, n)| n)
     }
 
+    /// Exits of every code, the overflow bucket included.
+    pub fn total(&self) -> u64 {
+        self.iter().map(|(_, n)| n).sum::<u64>() + self.overflow
+    }
+
     /// Exits whose code found no slot.
     pub fn overflow(&self) -> u64 {
         self.overflow
@@ -138,6 +143,7 @@ mod tests {
             ]
         );
         assert_eq!(c.overflow(), 0);
+        assert_eq!(c.total(), 8);
     }
 
     #[test]
@@ -149,6 +155,7 @@ mod tests {
         c.add(0x1000);
         assert_eq!(c.get(0x1000), 2);
         assert_eq!(c.overflow(), 2);
+        assert_eq!(c.total(), RARE as u64 + 3);
         assert_eq!(c.iter().count(), RARE);
         assert!(format!("{c:?}").contains("\"other\": 2"));
     }

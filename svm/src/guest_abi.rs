@@ -143,6 +143,10 @@ pub const HC_L0_INTERCEPTS: u64 = 18;
 /// bracket a measurement with it to see how much real time passed (a
 /// descheduled QEMU shows here too).
 pub const HC_NOW_NS: u64 = 19;
+/// Test hook: how many #VMEXITs of any code this vCPU took so far (the
+/// current VMMCALL excluded). Benches divide the change by their
+/// iterations to report L0 exits per operation.
+pub const HC_EXIT_TOTAL: u64 = 20;
 /// Result of an unknown hypercall.
 pub const HC_UNKNOWN: u64 = u64::MAX;
 

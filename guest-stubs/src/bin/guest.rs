@@ -312,14 +312,24 @@ fn vmmcall(_: &StartParams) {
     check_eq!(call(0xdead, 0, 0, 0), HC_UNKNOWN, "unknown hypercall");
     // The cost of a plain exit, for `cargo xtask bench`.
     const N: u64 = 100;
+    let bracket = guest_stubs::hypercall::host_ticks_bracket();
+    let exits_before = call(svm::guest_abi::HC_EXIT_TOTAL, 0, 0, 0);
     let l0_before = call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0);
     let t0 = guest_stubs::cpu::rdtsc();
     for _ in 0..N {
         call(HC_ECHO_SUM, 1, 2, 3);
     }
     let per = (guest_stubs::cpu::rdtsc() - t0) / N;
-    let l0 = (call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0) - l0_before) / N;
-    guest_stubs::println!("hypercall round trip (VMMCALL -> L0 -> guest): {per} TSC ticks as the guest measures it, {l0} in L0");
+    let l0 = (call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0) - l0_before).saturating_sub(bracket) / N;
+    let exits = l0_exits_per(exits_before, N);
+    guest_stubs::println!("hypercall round trip (VMMCALL -> L0 -> guest): {per} TSC ticks as the guest measures it, {l0} in L0, {exits} L0 exits");
+}
+
+/// L0 exits per operation of a timed loop of `n` since HC_EXIT_TOTAL said
+/// `before`: the two HC_HOST_TICKS around the loop and that first
+/// HC_EXIT_TOTAL are not the operation's.
+fn l0_exits_per(before: u64, n: u64) -> u64 {
+    (call(svm::guest_abi::HC_EXIT_TOTAL, 0, 0, 0) - before - 3) / n
 }
 
 /// A page fault in the guest's own tables goes to the guest's handler.
@@ -863,6 +873,7 @@ fn test_hooks_off(_: &StartParams) {
         (HC_PHYSICAL_NMI, 0),
         (HC_L0_INTERCEPTS, 0),
         (svm::guest_abi::HC_NOW_NS, 0),
+        (svm::guest_abi::HC_EXIT_TOTAL, 0),
     ];
     for (nr, arg) in hooks {
         check_eq!(
@@ -1154,14 +1165,17 @@ fn cr3_write_checked(_: &StartParams) {
     }
     // The cost of a CR3 write (every one exits), for `cargo xtask bench`.
     const N: u64 = 100;
+    let bracket = guest_stubs::hypercall::host_ticks_bracket();
+    let exits_before = call(svm::guest_abi::HC_EXIT_TOTAL, 0, 0, 0);
     let l0_before = call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0);
     let t0 = guest_stubs::cpu::rdtsc();
     for _ in 0..N {
         write_cr3(cr3);
     }
     let per = (guest_stubs::cpu::rdtsc() - t0) / N;
-    let l0 = (call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0) - l0_before) / N;
-    println!("MOV CR3 round trip (MOV CR3 -> L0 -> guest): {per} TSC ticks as the guest measures it, {l0} in L0");
+    let l0 = (call(svm::guest_abi::HC_HOST_TICKS, 0, 0, 0) - l0_before).saturating_sub(bracket) / N;
+    let exits = l0_exits_per(exits_before, N);
+    println!("MOV CR3 round trip (MOV CR3 -> L0 -> guest): {per} TSC ticks as the guest measures it, {l0} in L0, {exits} L0 exits");
     if cpuid(1, 0)[2] & (1 << 17) == 0 {
         println!("no PCID: PCIDE part skipped");
         return;

@@ -93,13 +93,14 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::Hlt, 1),
     },
-    // Three hypercalls under test, 100 timed, two HC_HOST_TICKS, then HC_DONE.
+    // Three hypercalls under test, 100 timed, four HC_HOST_TICKS, two
+    // HC_EXIT_TOTAL, then HC_DONE.
     Case {
         name: "guest::vmmcall",
         image: GUEST,
         config: VmConfig::PLAIN,
         expect: Expect::Pass,
-        check: |o| exits_are(o, ExitCode::Vmmcall, 106),
+        check: |o| exits_are(o, ExitCode::Vmmcall, 110),
     },
     Case {
         name: "guest::page_fault",

@@ -10,7 +10,7 @@ use svm::guest_abi::{
     HC_QUEUE_INTERRUPT, HC_TSC_FREEZE_RESTORE, HC_TSC_MOVE_L1, HC_TSC_SET_MODE,
     HC_TSC_SHIFT_HOST_BACK, HC_UNKNOWN, HC_WAIT_PIT_US,
 };
-use svm::guest_abi::{HC_L0_INTERCEPTS, HC_NOW_NS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
+use svm::guest_abi::{HC_EXIT_TOTAL, HC_L0_INTERCEPTS, HC_NOW_NS, HC_PHYSICAL_NMI, HC_QUEUE_NMI};
 use svm::tsc::{RestorePolicy, TscMode};
 use svm::ExitCode;
 
@@ -37,6 +37,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             | HC_PHYSICAL_NMI
             | HC_L0_INTERCEPTS
             | HC_NOW_NS
+            | HC_EXIT_TOTAL
     );
     let from_l2 = vcpu.nested.in_l2();
     if vcpu.vmcb.state.cpl != 0 || (from_l2 && !(test_hook && vm.test_hypercalls)) {
@@ -59,6 +60,8 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             // This VMMCALL was already counted.
             count - u64::from(a == ExitCode::Vmmcall.to_raw())
         }
+        // This VMMCALL was already counted.
+        HC_EXIT_TOTAL => vcpu.exit_counts.total() - 1,
         HC_TSC_SET_MODE => match a {
             0 => set_mode(vm, TscMode::Offsetting),
             1 => set_mode(vm, TscMode::Exiting),
