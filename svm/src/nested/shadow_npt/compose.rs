@@ -186,18 +186,9 @@ pub(crate) mod tests {
         }
     }
 
-    const R: NestedAccess = NestedAccess {
-        write: false,
-        fetch: false,
-    };
-    const W: NestedAccess = NestedAccess {
-        write: true,
-        fetch: false,
-    };
-    const X: NestedAccess = NestedAccess {
-        write: false,
-        fetch: true,
-    };
+    const R: NestedAccess = NestedAccess::READ;
+    const W: NestedAccess = NestedAccess::WRITE;
+    const X: NestedAccess = NestedAccess::FETCH;
 
     pub(crate) fn tables() -> crate::nested::shadow_npt::walk::tests::Mem {
         let mut m = long_tables();

@@ -63,6 +63,22 @@ pub struct NestedAccess {
 }
 
 impl NestedAccess {
+    /// A data read.
+    pub const READ: Self = Self {
+        write: false,
+        fetch: false,
+    };
+    /// A data write.
+    pub const WRITE: Self = Self {
+        write: true,
+        fetch: false,
+    };
+    /// An instruction fetch.
+    pub const FETCH: Self = Self {
+        write: false,
+        fetch: true,
+    };
+
     /// The access of a hardware #NPF: EXITINFO1 bits 1 (RW) and 4 (ID).
     pub const fn from_exitinfo1(exitinfo1: u64) -> Self {
         Self {
@@ -443,18 +459,9 @@ pub(crate) mod tests {
         Mem(m)
     }
 
-    const R: NestedAccess = NestedAccess {
-        write: false,
-        fetch: false,
-    };
-    const W: NestedAccess = NestedAccess {
-        write: true,
-        fetch: false,
-    };
-    const X: NestedAccess = NestedAccess {
-        write: false,
-        fetch: true,
-    };
+    const R: NestedAccess = NestedAccess::READ;
+    const W: NestedAccess = NestedAccess::WRITE;
+    const X: NestedAccess = NestedAccess::FETCH;
     const U: u32 = pf::U;
 
     /// The walk, A/D updates left out (see `accessed_and_dirty_bits`).
