@@ -210,6 +210,18 @@ pub fn pdpte0() -> u64 {
     unsafe { (*addr_of!(TABLES)).pdpt[0] }
 }
 
+/// The LGDT operand for [`GDT`]: limit, then the 64-bit base.
+fn gdtr() -> [u16; 5] {
+    let gdt = addr_of!(GDT) as u64;
+    [
+        (core::mem::size_of::<Gdt>() - 1) as u16,
+        gdt as u16,
+        (gdt >> 16) as u16,
+        (gdt >> 32) as u16,
+        (gdt >> 48) as u16,
+    ]
+}
+
 /// Leaves long mode for every other mode and comes back, with interrupts
 /// off: compatibility mode; paging off (LMA clears); EFER.LME cleared with
 /// WRMSR; 32-bit paging with 4 MiB and with 4 KiB pages; PAE paging without
@@ -223,14 +235,7 @@ pub fn tour() -> Seen {
     // GDTR, RBX, RSP and RFLAGS as they were; only the statics above and
     // the listed registers change; no stack is used outside 32/64-bit code.
     unsafe {
-        let gdt = addr_of!(GDT) as u64;
-        let gdtr: [u16; 5] = [
-            (core::mem::size_of::<Gdt>() - 1) as u16,
-            gdt as u16,
-            (gdt >> 16) as u16,
-            (gdt >> 32) as u16,
-            (gdt >> 48) as u16,
-        ];
+        let gdtr = gdtr();
         asm!(
             "push rbx",
             "pushfq",
@@ -451,14 +456,7 @@ pub fn string_io_32(buf: &mut [u8], text: &[u8], in_port: u16, out_port: u16) ->
         io.text = text.as_ptr() as u32 + buf.len() as u32 - 1;
         io.count = buf.len() as u32;
         io.ports = u32::from(in_port) | u32::from(out_port) << 16;
-        let gdt = addr_of!(GDT) as u64;
-        let gdtr: [u16; 5] = [
-            (core::mem::size_of::<Gdt>() - 1) as u16,
-            gdt as u16,
-            (gdt >> 16) as u16,
-            (gdt >> 32) as u16,
-            (gdt >> 48) as u16,
-        ];
+        let gdtr = gdtr();
         asm!(
             "push rbx",
             "pushfq",
