@@ -33,7 +33,11 @@ pub fn before_entry(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) {
         svm::nested::l2_vgif::entry_intercepts(&mut vcpu.vmcb.control, misc2, l2.svme);
         return;
     }
-    if !vm.nested_svm || !vcpu.nested.svme || !host.features.has(SvmFeatureFlags::VGIF) {
+    if !vm.nested_svm
+        || vcpu.nested.in_l2()
+        || !vcpu.nested.svme
+        || !host.features.has(SvmFeatureFlags::VGIF)
+    {
         return;
     }
     let waiting = waiting_for_gif(vcpu);
