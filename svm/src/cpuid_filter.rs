@@ -367,7 +367,7 @@ mod tests {
             filter(0x8000_000A, 0, host, svm)[3],
             NESTED_SVM_FEATURES | vgif
         );
-        let host = [1, 16, 0, u32::MAX & !vgif];
+        let host = [1, 16, 0, !vgif];
         assert_eq!(filter(0x8000_000A, 0, host, svm)[3], NESTED_SVM_FEATURES);
         let plain = GuestCpuidPolicy::default();
         assert_eq!(filter(0x8000_000A, 0, [1, 16, 0, vgif], plain), [0; 4]);
