@@ -161,6 +161,9 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_lapic_intr_waits_for_l2_sti",
     "nested::l2_lapic_smi_exits_to_l1",
     "nested::l2_msr_sweep",
+    "nested::nested_vgif_stgi_clgi",
+    "nested::nested_vgif_holds_virq",
+    "nested::nested_vgif_l1_interrupt_not_held",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -52,7 +52,9 @@ pub fn save_l2_to_vmcb12(active: &Vmcb, exit: &ExitInfo, vmcb12: &mut Vmcb) {
     d.dr6 = s.dr6;
     d.cpl = s.cpl;
     let c = &mut vmcb12.control;
-    c.int_ctl = (c.int_ctl & !INT_CTL_SAVED) | (active.control.int_ctl & INT_CTL_SAVED);
+    // With nested VGIF, V_GIF too (super::l2_vgif).
+    let saved = INT_CTL_SAVED | super::l2_vgif::written_back(active.control.int_ctl);
+    c.int_ctl = (c.int_ctl & !saved) | (active.control.int_ctl & saved);
     c.interrupt_shadow = active.control.interrupt_shadow & 1;
     c.exit_code = exit.code;
     c.exit_info1 = exit.info1;
@@ -179,6 +181,29 @@ mod tests {
         active.control.interrupt_shadow = 0x3; // shadow and GUEST_INTERRUPT_MASK
         save_l2_to_vmcb12(&active, &exit(), &mut v12);
         assert_eq!(v12.control.interrupt_shadow, 1);
+    }
+
+    /// Nested VGIF: L2's V_GIF goes back to vmcb12 when L2 ran with
+    /// V_GIF_ENABLE (APM 15.33); otherwise vmcb12's V_GIF stays L1's.
+    #[test]
+    fn vmcb12_gets_v_gif_only_with_v_gif_enable() {
+        let (enable, gif) = (1u64 << 25, 1u64 << 9);
+        for (active, v12, expect) in [
+            (enable, enable | gif, enable),
+            (enable | gif, enable, enable | gif),
+            (0, gif, gif),
+            (gif, 0, 0),
+        ] {
+            let mut a = Vmcb::new();
+            a.control.int_ctl = active;
+            let mut v = Vmcb::new();
+            v.control.int_ctl = v12;
+            save_l2_to_vmcb12(&a, &exit(), &mut v);
+            assert_eq!(
+                v.control.int_ctl, expect,
+                "active {active:#x} vmcb12 {v12:#x}"
+            );
+        }
     }
 
     #[test]

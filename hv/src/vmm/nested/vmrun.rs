@@ -126,7 +126,8 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         asid: L2_ASID,
         // L1 may have changed L2's page tables since the last run.
         tlb_control: TlbControl::FlushAll.as_u8(),
-        vgif_offered: false,
+        // Nested VGIF runs on the CPU's (svm::nested::l2_vgif).
+        vgif_offered: host.features.has(svm::SvmFeatureFlags::VGIF),
     };
     let active: &mut Vmcb = &mut vcpu.vmcb;
     active.control = build_l2_controls(&nested.hsave.control, &copy.control, &l2c);
