@@ -6,11 +6,18 @@
 //! `... round trip (...): N TSC ticks as the guest measures it, M in L0, E L0 exits`
 //! (older guests print no exits); this command runs just those and reports
 //! their figures as one table of instruction counts. (Cycles would only
-//! mean something on real hardware.)
+//! mean something on real hardware.) With a kvm-unit-tests tree, the table
+//! also has the suite's latency subtests as L1 under ours and under bare
+//! QEMU TCG, side by side (`latency`).
+
+pub mod latency;
+
+use std::path::PathBuf;
 
 use crate::accel::Accel;
 use crate::kernel::{self, Profile};
 use crate::qemu::{self, Firmware, Medium, RunConfig};
+use crate::tasks::kut;
 use crate::verdict::Verdict;
 use crate::{bail, host_tools, runner, workspace, Result};
 
@@ -61,29 +68,123 @@ pub fn parse_figure(line: &str) -> Option<Figure> {
     })
 }
 
-/// The bench table: one row per `(row name, figure)`, columns
-/// `instructions`, `in L0`, `L0 exits` (`-` when not reported).
-pub fn table(rows: &[(&str, &Figure)]) -> String {
+/// One row of the bench table; `None` prints as `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub name: String,
+    /// Instructions per operation under ours, as the guest measures them.
+    pub instructions: Option<u64>,
+    /// Of those, instructions in L0.
+    pub l0: Option<u64>,
+    /// L0 exits per operation.
+    pub exits: Option<u64>,
+    /// The same measurement with bare QEMU TCG as the L0 (latency rows).
+    pub bare: Option<u64>,
+}
+
+impl Row {
+    /// The row of a self-test's figure.
+    pub fn measured(name: &str, f: &Figure) -> Self {
+        Row {
+            name: name.to_string(),
+            instructions: Some(f.total),
+            l0: Some(f.l0),
+            exits: f.exits,
+            bare: None,
+        }
+    }
+}
+
+/// The bench table: columns `instructions`, `in L0`, `L0 exits`, and with
+/// `compare` also `bare QEMU` and `ratio` (instructions / bare QEMU).
+pub fn table(rows: &[Row], compare: bool) -> String {
     let width = rows
         .iter()
-        .map(|(name, _)| name.len())
+        .map(|r| r.name.len())
         .chain(["row".len()])
         .max()
         .unwrap_or(0);
+    let cell = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let mut out = format!(
-        "{:<width$}  {:>12}  {:>8}  {:>8}\n",
+        "{:<width$}  {:>12}  {:>8}  {:>8}",
         "row", "instructions", "in L0", "L0 exits"
     );
-    for (name, f) in rows {
-        let exits = f.exits.map_or_else(|| "-".to_string(), |e| e.to_string());
-        out += &format!("{name:<width$}  {:>12}  {:>8}  {exits:>8}\n", f.total, f.l0);
+    if compare {
+        out += &format!("  {:>9}  {:>7}", "bare QEMU", "ratio");
+    }
+    out.push('\n');
+    for r in rows {
+        out += &format!(
+            "{:<width$}  {:>12}  {:>8}  {:>8}",
+            r.name,
+            cell(r.instructions),
+            cell(r.l0),
+            cell(r.exits)
+        );
+        if compare {
+            let ratio = match (r.instructions, r.bare) {
+                (Some(ours), Some(bare)) if bare > 0 => {
+                    format!("{:.1}x", ours as f64 / bare as f64)
+                }
+                _ => "-".to_string(),
+            };
+            out += &format!("  {:>9}  {ratio:>7}", cell(r.bare));
+        }
+        out.push('\n');
     }
     out
 }
 
-pub fn bench() -> Result<()> {
+/// What a run without a tree prints after the table.
+pub const NO_TREE_HINT: &str = "latency rows (kvm-unit-tests' latency_run_exit, \
+latency_run_exit_clean, latency_svm_insn as L1 under ours and bare QEMU): \
+--kut-dir DIR or KUT_DIR=DIR, a built tree (a few minutes more)";
+
+/// What the latency rows mean, printed after them.
+pub const LATENCY_LEGEND: &str = "latency rows: kvm-unit-tests' own avg per operation \
+as L1 times it with RDTSC (TSC ticks = instructions), L1 under ours (instructions) \
+and under bare QEMU TCG (bare QEMU), both -icount; ratio = instructions / bare QEMU";
+
+/// `cargo xtask bench [--kut-dir DIR]`.
+pub fn bench(kut_dir: Option<PathBuf>) -> Result<()> {
+    // A tree that cannot give the rows fails before anything is built.
+    let latency_subtests = match kut::tree_dir(kut_dir) {
+        Some(dir) => Some(latency::subtests(&dir)?),
+        None => None,
+    };
     let kernel = kernel::build_all(Profile::Release)?;
     host_tools::require(&[host_tools::QEMU])?;
+    let mut rows = measured_rows(&kernel)?;
+    let latency = match &latency_subtests {
+        Some(subtests) => Some(latency::run(subtests, &kernel)?),
+        None => None,
+    };
+    println!(
+        "bench: release kernel, QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 instruction)"
+    );
+    let Some(latency) = latency else {
+        print!("{}", table(&rows, false));
+        println!("{NO_TREE_HINT}");
+        return Ok(());
+    };
+    rows.extend(latency.rows);
+    print!("{}", table(&rows, true));
+    println!("{LATENCY_LEGEND}");
+    for note in &latency.notes {
+        println!("{note}");
+    }
+    if !latency.failures.is_empty() {
+        bail!(
+            "bench: latency runs failed:\n{}",
+            latency.failures.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the measuring self-tests on the release kernel at `kernel`, one
+/// row per [`MEASURED`] entry.
+fn measured_rows(kernel: &std::path::Path) -> Result<Vec<Row>> {
     let mut tests: Vec<&str> = Vec::new();
     for (test, _) in MEASURED {
         if !tests.contains(&test) {
@@ -92,7 +193,7 @@ pub fn bench() -> Result<()> {
     }
     let config = RunConfig {
         medium: Medium::Direct {
-            kernel,
+            kernel: kernel.to_path_buf(),
             cmdline: vec![format!("tests={}", tests.join(","))],
         },
         firmware: Firmware::Bios,
@@ -119,18 +220,14 @@ pub fn bench() -> Result<()> {
         .map(str::trim_end)
         .filter_map(parse_figure)
         .collect();
-    println!(
-        "bench: release kernel, QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 instruction)"
-    );
     let mut rows = Vec::new();
     for (test, label) in MEASURED {
         let Some(f) = figures.iter().find(|f| f.what.starts_with(label)) else {
             bail!("{test} printed no `{label}` figure");
         };
-        rows.push((label, f));
+        rows.push(Row::measured(label, f));
     }
-    print!("{}", table(&rows));
-    Ok(())
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -185,11 +282,54 @@ mod tests {
             l0: 0,
             exits: None,
         };
+        let rows = [
+            Row::measured("nested round trip", &a),
+            Row::measured("L1 STGI", &b),
+        ];
         assert_eq!(
-            table(&[("nested round trip", &a), ("L1 STGI", &b)]),
+            table(&rows, false),
             "row                instructions     in L0  L0 exits\n\
              nested round trip         16648     16287         4\n\
              L1 STGI                      30         0         -\n"
+        );
+    }
+
+    #[test]
+    fn latency_rows_add_bare_qemu_and_the_ratio() {
+        let a = Figure {
+            what: "L1 VMLOAD".into(),
+            total: 1400,
+            l0: 1300,
+            exits: Some(1),
+        };
+        let ours = [
+            latency::Latency {
+                what: "VMRUN".into(),
+                max: 5189,
+                min: 4508,
+                avg: 4508,
+            },
+            latency::Latency {
+                what: "VMEXIT".into(),
+                max: 2519,
+                min: 1837,
+                avg: 1839,
+            },
+        ];
+        let bare = [latency::Latency {
+            what: "VMRUN".into(),
+            max: 84,
+            min: 50,
+            avg: 81,
+        }];
+        let mut rows = vec![Row::measured("L1 VMLOAD", &a)];
+        rows.extend(latency::rows("latency_run_exit", &ours, &bare));
+        assert_eq!(
+            table(&rows, true),
+            "row                          instructions     in L0  L0 exits  bare QEMU    ratio\n\
+             L1 VMLOAD                            1400      1300         1          -        -\n\
+             latency_run_exit VMRUN avg           4508         -         -         81    55.7x\n\
+             latency_run_exit VMEXIT avg          1839         -         -          -        -\n"
         );
     }
 }
