@@ -86,8 +86,18 @@ pub fn parse_output(output: &str) -> std::result::Result<Vec<Latency>, String> {
 
 /// The rows of one subtest: `SUBTEST OP avg`, ours as `instructions` and
 /// bare QEMU's as `bare`, for every operation either printed (ours' order
-/// first); a side that printed nothing (failed) has no figures.
+/// first); a side that printed nothing (failed) has no figures, and when
+/// neither did, one row `SUBTEST` without figures stands for them.
 pub fn rows(subtest: &str, ours: &[Latency], bare: &[Latency]) -> Vec<Row> {
+    if ours.is_empty() && bare.is_empty() {
+        return vec![Row {
+            name: subtest.to_string(),
+            instructions: None,
+            l0: None,
+            exits: None,
+            bare: None,
+        }];
+    }
     let mut names: Vec<&str> = ours.iter().map(|l| l.what.as_str()).collect();
     for l in bare {
         if !names.contains(&l.what.as_str()) {
@@ -188,14 +198,27 @@ pub fn run(subtests: &[Subtest], kernel: &Path) -> Result<Outcome> {
         outcome
             .rows
             .extend(rows(&subtest.name, &ours_found, &bare_found));
-        if let Some(exits) = kut::exits_line(&ours.output) {
-            outcome
-                .notes
-                .push(format!("{} under ours: {exits}", subtest.name));
+        if let Some(exits) = exits_report(&ours.output) {
+            outcome.notes.push(format!("  {}: {exits}", subtest.name));
         }
     }
     Ok(outcome)
 }
+
+/// The hypervisor's report of a whole run's exits: its `hv: exits: ...`
+/// line (by reason, and its instructions in L0 as host TSC ticks), else
+/// the count kut reads.
+pub fn exits_report(output: &str) -> Option<String> {
+    output
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(EXITS_REPORT))
+        .map(str::to_string)
+        .or_else(|| kut::exits_line(output))
+}
+
+/// What starts the hypervisor's line of a guest run's exits.
+const EXITS_REPORT: &str = "hv: exits: ";
 
 /// The figures of a run that passed, or why there are none (its verdict,
 /// with the end of its output).
@@ -205,10 +228,15 @@ fn figures(result: &RunResult) -> std::result::Result<Vec<Latency>, String> {
             .why
             .as_ref()
             .map_or(String::new(), |w| format!(" ({w})"));
-        let lines: Vec<&str> = result.output.lines().map(str::trim_end).collect();
+        // QEMU's own messages when the guest said nothing.
+        let (what, text) = match result.output.trim() {
+            "" => ("messages", result.messages.as_str()),
+            _ => ("output", result.output.as_str()),
+        };
+        let lines: Vec<&str> = text.trim_end().lines().map(str::trim_end).collect();
         let tail = lines[lines.len().saturating_sub(5)..].join("\n    ");
         return Err(format!(
-            "{}{why}; its output ends:\n    {tail}",
+            "{}{why}; the end of its {what}:\n    {tail}",
             result.verdict
         ));
     }
@@ -301,6 +329,59 @@ mod tests {
         let failed = rows("latency_run_exit", &[], &bare);
         assert_eq!(failed[1].name, "latency_run_exit VMRUN avg");
         assert_eq!((failed[1].instructions, failed[1].bare), (None, Some(81)));
+        let none = rows("latency_run_exit", &[], &[]);
+        assert_eq!(none.len(), 1);
+        assert_eq!(
+            (none[0].name.as_str(), none[0].instructions, none[0].bare),
+            ("latency_run_exit", None, None)
+        );
+    }
+
+    #[test]
+    fn the_exits_report_is_the_hypervisors_breakdown() {
+        let output = format!(
+            "{OURS_SVM_INSN}hv: exits: Vmsave 1000002, Vmload 1000000, Ioio 733 \
+             (2392053711 host TSC ticks in L0)\r\n"
+        );
+        assert_eq!(
+            exits_report(&output).as_deref(),
+            Some("Vmsave 1000002, Vmload 1000000, Ioio 733 (2392053711 host TSC ticks in L0)")
+        );
+        assert_eq!(
+            exits_report(OURS_SVM_INSN).as_deref(),
+            Some("2001081 exits")
+        );
+        assert_eq!(exits_report(BARE_RUN_EXIT), None);
+    }
+
+    #[test]
+    fn a_run_that_did_not_pass_gives_its_verdict_and_last_lines() {
+        let run = |verdict, output: &str| RunResult {
+            verdict,
+            why: None,
+            time: Duration::ZERO,
+            output: output.to_string(),
+            messages: String::new(),
+        };
+        assert_eq!(
+            figures(&run(Verdict::Pass, BARE_RUN_EXIT)).unwrap().len(),
+            2
+        );
+        let cut = "SVM test: latency_run_exit\r\n    Latency VMRUN : max: 84 min:";
+        let why = figures(&run(Verdict::Fail, cut)).unwrap_err();
+        assert!(why.starts_with("FAIL; the end of its output:"), "{why}");
+        assert!(why.contains("Latency VMRUN : max: 84 min:"), "{why}");
+        let silent = RunResult {
+            messages: "qemu: could not load kernel 'x86/svm.flat'\n".into(),
+            ..run(Verdict::Fail, "\r\n")
+        };
+        let why = figures(&silent).unwrap_err();
+        assert!(
+            why.contains("the end of its messages:\n    qemu: could not load"),
+            "{why}"
+        );
+        let why = figures(&run(Verdict::Pass, cut)).unwrap_err();
+        assert!(why.starts_with("malformed latency line"), "{why}");
     }
 
     #[test]

@@ -136,14 +136,23 @@ pub fn table(rows: &[Row], compare: bool) -> String {
 }
 
 /// What a run without a tree prints after the table.
-pub const NO_TREE_HINT: &str = "latency rows (kvm-unit-tests' latency_run_exit, \
-latency_run_exit_clean, latency_svm_insn as L1 under ours and bare QEMU): \
---kut-dir DIR or KUT_DIR=DIR, a built tree (a few minutes more)";
+pub const NO_TREE_HINT: &str = "latency rows: --kut-dir DIR (or KUT_DIR=DIR), a built \
+kvm-unit-tests tree, adds its latency_run_exit, latency_run_exit_clean and latency_svm_insn \
+as L1 under ours and under bare QEMU TCG (a few minutes more)";
 
 /// What the latency rows mean, printed after them.
-pub const LATENCY_LEGEND: &str = "latency rows: kvm-unit-tests' own avg per operation \
-as L1 times it with RDTSC (TSC ticks = instructions), L1 under ours (instructions) \
-and under bare QEMU TCG (bare QEMU), both -icount; ratio = instructions / bare QEMU";
+pub const LATENCY_LEGEND: &str = "\
+latency rows: kvm-unit-tests' own avg per operation, as L1 times it with RDTSC;
+  instructions: with ours as L0; bare QEMU: with bare QEMU TCG as L0 (both -icount);
+  ratio = instructions / bare QEMU. (VMRUN is timed from L2's VMMCALL back to L2.)";
+
+/// Heads the hypervisor's reports of the latency runs.
+pub const REPORTS_HEADER: &str =
+    "the whole runs under ours (L0 exits by reason, host TSC ticks = instructions in L0):";
+
+/// The first line of the output: what the figures are.
+pub const HEADER: &str = "bench: release kernel, QEMU TCG -icount shift=0,sleep=off \
+(1 TSC tick = 1 instruction): instructions per operation";
 
 /// `cargo xtask bench [--kut-dir DIR]`.
 pub fn bench(kut_dir: Option<PathBuf>) -> Result<()> {
@@ -159,9 +168,7 @@ pub fn bench(kut_dir: Option<PathBuf>) -> Result<()> {
         Some(subtests) => Some(latency::run(subtests, &kernel)?),
         None => None,
     };
-    println!(
-        "bench: release kernel, QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 instruction)"
-    );
+    println!("{HEADER}");
     let Some(latency) = latency else {
         print!("{}", table(&rows, false));
         println!("{NO_TREE_HINT}");
@@ -170,6 +177,9 @@ pub fn bench(kut_dir: Option<PathBuf>) -> Result<()> {
     rows.extend(latency.rows);
     print!("{}", table(&rows, true));
     println!("{LATENCY_LEGEND}");
+    if !latency.notes.is_empty() {
+        println!("{REPORTS_HEADER}");
+    }
     for note in &latency.notes {
         println!("{note}");
     }
