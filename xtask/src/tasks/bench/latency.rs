@@ -393,12 +393,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("x86")).unwrap();
         let why = subtests(&dir).unwrap_err().to_string();
         assert!(why.contains("no built kvm-unit-tests tree"), "{why}");
-        std::fs::write(dir.join("x86/svm.flat"), b"").unwrap();
-        std::fs::write(
-            dir.join("x86/svm_tests.c"),
-            "struct svm_test t[] = { { \"latency_run_exit\" }, { 0 } };\n",
-        )
-        .unwrap();
+        kut::fake_suite(&dir, kut::SUITES[0], &["latency_run_exit"]);
         let why = subtests(&dir).unwrap_err().to_string();
         assert!(
             why.contains("has no subtest latency_run_exit_clean"),

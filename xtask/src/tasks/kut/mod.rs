@@ -485,6 +485,19 @@ fn print_failures(subtests: &[Subtest], rows: &[(RunResult, Option<RunResult>)])
     }
 }
 
+/// Writes a suite into the tree at `dir` for a test: an empty image and a
+/// source whose test table names `subtests`.
+#[cfg(test)]
+pub fn fake_suite(dir: &Path, (flat, source): (&str, &str), subtests: &[&str]) {
+    let table: Vec<String> = subtests
+        .iter()
+        .map(|n| format!("{{ \"{n}\" }}, "))
+        .collect();
+    std::fs::write(dir.join(flat), b"").unwrap();
+    let text = format!("struct svm_test t[] = {{ {}{{ 0 }} }};\n", table.concat());
+    std::fs::write(dir.join(source), text).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,12 +550,7 @@ mod tests {
         assert!(why.contains("not a directory"), "{why}");
 
         // With one suite's image and source, its subtests are found.
-        std::fs::write(dir.join("x86/svm_npt.flat"), b"").unwrap();
-        std::fs::write(
-            dir.join("x86/svm_npt.c"),
-            "struct svm_test t[] = { { \"npt nx\" }, { 0 } };\n",
-        )
-        .unwrap();
+        fake_suite(&dir, SUITES[1], &["npt nx"]);
         let found = find_subtests(&dir).unwrap().unwrap();
         assert_eq!(names(&found), ["npt_nx"]);
         assert_eq!(found[0].flat, dir.join("x86/svm_npt.flat"));
