@@ -167,7 +167,14 @@ pub fn translate_access(
 /// is a supervisor access at any CPL (APM 5.6.1).
 pub fn translate_as(vcpu: &Vcpu, vm: &Vm, la: u64, access: Access) -> Result<u64, NoInsn> {
     let regs = paging_regs(vcpu, vm);
-    svm::walk::translate_mode(|a| read_phys_u64(vm, a), &regs, la, access).map_err(|e| match e {
+    let read = |a| read_phys_u64(vm, a);
+    // Fetches (the instruction at RIP, decoded at most intercepts) go
+    // through the vCPU's exact walk memo (svm::walk_memo).
+    let walked = match (access.fetch, vcpu.walk_memo.try_borrow_mut()) {
+        (true, Ok(mut memo)) => svm::walk_memo::translate_memo(read, &regs, la, access, &mut memo),
+        _ => svm::walk::translate_mode(read, &regs, la, access),
+    };
+    walked.map_err(|e| match e {
         Failure::PageFault(code) => NoInsn::Fault {
             event: EventInfo::exception_with_error_code(14, code),
             cr2: Some(la),
