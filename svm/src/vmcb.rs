@@ -641,7 +641,10 @@ const_assert_eq!(offset_of!(Vmcb, state.cr4), 0x548);
 const_assert_eq!(offset_of!(Vmcb, state.rip), 0x578);
 const_assert_eq!(offset_of!(Vmcb, state.rsp), 0x5D8);
 // The control area's live part ends right after NEXT_RIP.
-const_assert_eq!(offset_of!(ControlArea, next_rip) + 8, ControlArea::LIVE_BYTES);
+const_assert_eq!(
+    offset_of!(ControlArea, next_rip) + 8,
+    ControlArea::LIVE_BYTES
+);
 // The live part ends right after SPEC_CTRL, the last field before the LBR
 // stack.
 const_assert_eq!(offset_of!(Vmcb, state.spec_ctrl) + 8, Vmcb::LIVE_BYTES);

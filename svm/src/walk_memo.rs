@@ -140,11 +140,20 @@ mod tests {
         };
         let mut memo = WalkMemo::default();
         let la = 0x40_0123;
-        assert_eq!(translate_memo(read, &regs(), la, FETCH, &mut memo), Ok(0x9123));
-        assert_eq!(translate_memo(read, &regs(), la + 1, FETCH, &mut memo), Ok(0x9124));
+        assert_eq!(
+            translate_memo(read, &regs(), la, FETCH, &mut memo),
+            Ok(0x9123)
+        );
+        assert_eq!(
+            translate_memo(read, &regs(), la + 1, FETCH, &mut memo),
+            Ok(0x9124)
+        );
         // The guest remaps the page in place (same CR3, no exit): seen.
         mem.borrow_mut().insert(0x4000, 0xa000 | 7);
-        assert_eq!(translate_memo(read, &regs(), la, FETCH, &mut memo), Ok(0xa123));
+        assert_eq!(
+            translate_memo(read, &regs(), la, FETCH, &mut memo),
+            Ok(0xa123)
+        );
         // ... or unmaps it: the walk's #PF, not the remembered page.
         mem.borrow_mut().insert(0x4000, 0);
         assert!(translate_memo(read, &regs(), la, FETCH, &mut memo).is_err());

@@ -1147,12 +1147,14 @@ fn fetch_after_remap(_: &StartParams) {
     // SAFETY: statics of this guest, identity-mapped (GPA = address);
     // linear 2 GiB (start PDPT entry 2) is this test's alone.
     let (a, b, pt) = unsafe {
-        let (a, b) = (&mut (*(&raw mut A)).0, &mut (*(&raw mut B)).0);
+        let (a, b) = (&raw mut A, &raw mut B);
+        let (a, b) = (&mut (*a).0, &mut (*b).0);
         a[..3].copy_from_slice(&[0x0F, 0xA2, 0xC3]); // CPUID; RET
         a[16..19].copy_from_slice(&[0x0F, 0x01, 0xD9]); // VMMCALL
         b[16..21].copy_from_slice(&[0x0F, 0xA2, 0xC3, 0x0F, 0x0B]); // CPUID; RET; UD2
         let pt = &raw mut PT;
-        (*(&raw mut PD)).0[0] = pt as u64 | 3;
+        let pd = &raw mut PD;
+        (*pd).0[0] = pt as u64 | 3;
         (a.as_ptr() as u64, b.as_ptr() as u64, pt)
     };
     let x = 2u64 << 30;

@@ -299,7 +299,10 @@ mod tests {
         assert_eq!(s.cpl, 0x5A);
         // The VMLOAD set and the rest: not read.
         assert_eq!((s.fs, s.gs, s.tr, s.ldtr), Default::default());
-        assert_eq!((s.star, s.kernel_gs_base, s.sysenter_cs, s.spec_ctrl), (0, 0, 0, 0));
+        assert_eq!(
+            (s.star, s.kernel_gs_base, s.sysenter_cs, s.spec_ctrl),
+            (0, 0, 0, 0)
+        );
     }
 
     /// hsave gets L0's controls and L1's switched state, not the VMLOAD set.
@@ -320,11 +323,20 @@ mod tests {
         let mut hsave = Vmcb::new();
         stash_l1(&mut hsave, &active);
         assert_eq!(
-            (hsave.control.tsc_offset, hsave.control.intercept_misc1, hsave.control.next_rip),
+            (
+                hsave.control.tsc_offset,
+                hsave.control.intercept_misc1,
+                hsave.control.next_rip
+            ),
             (7, 0x44, 0x99)
         );
         assert_eq!(
-            (hsave.state.rip, hsave.state.rsp, hsave.state.rax, hsave.state.cr3),
+            (
+                hsave.state.rip,
+                hsave.state.rsp,
+                hsave.state.rax,
+                hsave.state.cr3
+            ),
             (0x2000, 0x3000, 0x9000, 0x4000)
         );
         assert_eq!(hsave.state.cs.attrib, 0x29b);

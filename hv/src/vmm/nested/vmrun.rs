@@ -131,7 +131,12 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         vgif_offered: false,
     };
     let active: &mut Vmcb = &mut vcpu.vmcb;
-    build_l2_controls_in(&mut active.control, &nested.hsave.control, &copy.control, &l2c);
+    build_l2_controls_in(
+        &mut active.control,
+        &nested.hsave.control,
+        &copy.control,
+        &l2c,
+    );
     load_l2_state(&mut active.state, &copy.state);
     let host_nrips = host.features.has(svm::SvmFeatureFlags::NRIPS);
     let (rip, soft) = soft_event_entry(
