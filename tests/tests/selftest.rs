@@ -30,6 +30,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::efer_writes_checked",
     "guest::ltr_checked",
     "guest::cr3_write_checked",
+    "guest::fetch_after_remap",
     "guest::single_step_over_emulated",
     "guest::unbacked_page_walk_rsvd",
     "guest::unbacked_up_to_maxphyaddr",
