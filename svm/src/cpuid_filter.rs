@@ -191,9 +191,16 @@ fn shown(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs 
         0x8000_0001 => [eax, ebx, ecx | EXT1_ECX_SVM, edx],
         0x8000_000A if !policy.svm => [0; 4],
         // What L1 gets: revision 1, its own ASIDs, and only the features
-        // the hypervisor emulates: nested paging (shadowed), NRIP save (it
-        // fills next_rip itself). No TSC scaling, decode assists, VGIF, clean bits.
-        0x8000_000A => [1, NESTED_ASIDS, 0, NESTED_SVM_FEATURES],
+        // the hypervisor emulates: nested paging (shadowed, hv's
+        // nested::npt), NRIP save (it fills next_rip itself), and VGIF when
+        // the host has it (crate::nested::l2_vgif).
+        // No TSC scaling, decode assists, clean bits.
+        0x8000_000A => [
+            1,
+            NESTED_ASIDS,
+            0,
+            NESTED_SVM_FEATURES | crate::nested::l2_vgif::offered_bit(edx),
+        ],
         0x4000_0000 => {
             let s = HYPERVISOR_SIGNATURE;
             let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
@@ -348,6 +355,26 @@ mod tests {
         assert_ne!(r[3] & 1 << 9, 0);
         let p = GuestCpuidPolicy { apic_id: 3, ..p };
         assert_eq!(filter(1, 0, [0xF00, 0x0102_0800, 0, 0], p)[1], 0x0302_0800);
+    }
+
+    /// L1's SVM features: NRIP save always, VGIF only when the host has
+    /// it (nested VGIF runs on the CPU's), nothing else of the host's.
+    #[test]
+    fn svm_leaf_offers_nrips_and_the_hosts_vgif() {
+        let svm = GuestCpuidPolicy {
+            svm: true,
+            ..Default::default()
+        };
+        let vgif = 1 << 16;
+        let host = [1, 16, 0, u32::MAX];
+        assert_eq!(
+            filter(0x8000_000A, 0, host, svm)[3],
+            NESTED_SVM_FEATURES | vgif
+        );
+        let host = [1, 16, 0, !vgif];
+        assert_eq!(filter(0x8000_000A, 0, host, svm)[3], NESTED_SVM_FEATURES);
+        let plain = GuestCpuidPolicy::default();
+        assert_eq!(filter(0x8000_000A, 0, [1, 16, 0, vgif], plain), [0; 4]);
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod shadow_step;
 pub mod tsc;
 pub mod vmcb;
 pub mod walk;
+pub mod walk_memo;
 
 pub use cpuid::{SvmAvailability, SvmFeatureFlags, SvmFeatures};
 pub use event::{EventInfo, EventInj, EventType, ExitIntInfo, IllegalEvent};

@@ -372,6 +372,30 @@ impl ControlArea {
     }
 }
 
+impl ControlArea {
+    /// The bytes of the control area L0 uses: the intercepts through
+    /// NEXT_RIP (0x000-0x0CF). From 0x0D0 on there are decode-assist bytes,
+    /// AVIC, SEV and host-reserved fields, none of which L0 enables, offers
+    /// to L1, or reads.
+    pub const LIVE_BYTES: usize = 0xD0;
+
+    /// Copies [`Self::LIVE_BYTES`] of `other` into `self` (the rest stays):
+    /// the control copies of a nested VMRUN and #VMEXIT.
+    pub fn copy_live_from(&mut self, other: &ControlArea) {
+        // SAFETY: `ControlArea` is `repr(C)`, 0x400 bytes without padding
+        // (every byte belongs to an integer field: asserted below), so its
+        // first LIVE_BYTES bytes are initialized integers, valid as `u8`
+        // and writable with any value.
+        let (dst, src) = unsafe {
+            (
+                &mut *(self as *mut Self).cast::<[u8; Self::LIVE_BYTES]>(),
+                &*(other as *const Self).cast::<[u8; Self::LIVE_BYTES]>(),
+            )
+        };
+        dst.copy_from_slice(src);
+    }
+}
+
 impl Default for ControlArea {
     fn default() -> Self {
         Self::new()
@@ -616,6 +640,11 @@ const_assert_eq!(offset_of!(Vmcb, state.efer), 0x4D0);
 const_assert_eq!(offset_of!(Vmcb, state.cr4), 0x548);
 const_assert_eq!(offset_of!(Vmcb, state.rip), 0x578);
 const_assert_eq!(offset_of!(Vmcb, state.rsp), 0x5D8);
+// The control area's live part ends right after NEXT_RIP.
+const_assert_eq!(
+    offset_of!(ControlArea, next_rip) + 8,
+    ControlArea::LIVE_BYTES
+);
 // The live part ends right after SPEC_CTRL, the last field before the LBR
 // stack.
 const_assert_eq!(offset_of!(Vmcb, state.spec_ctrl) + 8, Vmcb::LIVE_BYTES);
@@ -650,6 +679,24 @@ mod tests {
         assert_eq!(dst.state.lbr_stack, [0; 32]);
         assert_eq!(dst.state.ic_ibs_extd_ctl, 0);
         assert!(dst.as_bytes()[Vmcb::LIVE_BYTES..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn control_copy_live_from_stops_after_next_rip() {
+        let mut src = Vmcb::new();
+        src.as_bytes_mut().fill(0xA5);
+        let mut dst = Vmcb::new();
+        dst.control.copy_live_from(&src.control);
+        assert_eq!(dst.control.intercept_cr, 0xA5A5_A5A5);
+        assert_eq!(dst.control.next_rip, u64::from_ne_bytes([0xA5; 8]));
+        assert_eq!(dst.control.insn_len, 0);
+        assert_eq!(
+            dst.as_bytes()[..ControlArea::LIVE_BYTES],
+            src.as_bytes()[..ControlArea::LIVE_BYTES]
+        );
+        assert!(dst.as_bytes()[ControlArea::LIVE_BYTES..]
+            .iter()
+            .all(|&b| b == 0));
     }
 
     /// Reads `N` little-endian bytes at `off` from the raw VMCB.

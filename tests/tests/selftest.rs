@@ -30,6 +30,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::efer_writes_checked",
     "guest::ltr_checked",
     "guest::cr3_write_checked",
+    "guest::fetch_after_remap",
     "guest::single_step_over_emulated",
     "guest::unbacked_page_walk_rsvd",
     "guest::unbacked_up_to_maxphyaddr",
@@ -161,6 +162,9 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_lapic_intr_waits_for_l2_sti",
     "nested::l2_lapic_smi_exits_to_l1",
     "nested::l2_msr_sweep",
+    "nested::nested_vgif_stgi_clgi",
+    "nested::nested_vgif_holds_virq",
+    "nested::nested_vgif_l1_interrupt_not_held",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -17,7 +17,9 @@ commands:
   image   build target/hv.iso (BIOS+UEFI, CD or USB) and target/hv.img (USB disk)
   test    host unit tests of every crate, then the QEMU boot tests
   lint    rustfmt check and clippy (host crates and bare-metal crates)
-  bench   instructions per exit round trip, counted under QEMU -icount (release kernel)
+  bench   instructions per exit round trip, counted under QEMU -icount (release kernel);
+          with a kvm-unit-tests tree also its latency subtests as L1 under ours and
+          under bare QEMU TCG, with the ratio
   fuzz    the hostile-L1 fuzzer under QEMU TCG (release kernel): histogram, failures,
           `fuzz: N iterations, seed S: K hypervisor failures`; fails when K > 0 or
           QEMU died
@@ -58,7 +60,8 @@ shows one command's):
                             download is remembered for an hour anyway)
   --list                    mutants, kut: list the mutations or subtests, run none
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
-  --kut-dir DIR             kut: the built kvm-unit-tests tree (else KUT_DIR)
+  --kut-dir DIR             kut, bench: the built kvm-unit-tests tree (else
+                            KUT_DIR; bench: adds its latency subtests as rows)
   --only REGEX              kut: subtests whose name (spaces as _) matches;
                             reg_corruption runs only when REGEX contains its name
   --compare                 kut: also run each subtest under bare QEMU TCG
@@ -88,7 +91,7 @@ command line), 124 (--timeout), 126 (xtask failed: build, QEMU not started)
 environment:
   LIMINE_DIR=DIR            Limine binaries to use instead of the pinned release
   XTASK_VERBOSE=1           print every command before running it
-  KUT_DIR=DIR               kut: the built kvm-unit-tests tree
+  KUT_DIR=DIR               kut, bench: the built kvm-unit-tests tree
 ";
 
 /// A parsed command.
@@ -111,7 +114,10 @@ pub enum Task {
         offline: bool,
     },
     Lint,
-    Bench,
+    Bench {
+        /// `--kut-dir DIR`: a kvm-unit-tests tree for the latency rows.
+        kut_dir: Option<std::path::PathBuf>,
+    },
     Fuzz(crate::tasks::fuzz::FuzzArgs),
     Kut(crate::tasks::kut::KutArgs),
     Mutants {
@@ -304,7 +310,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             offline: options.flag("--offline"),
         },
         "lint" => Task::Lint,
-        "bench" => Task::Bench,
+        "bench" => Task::Bench {
+            kut_dir: options.value("--kut-dir", |w| Ok(std::path::PathBuf::from(w)))?,
+        },
         "fuzz" => Task::Fuzz(parse_fuzz(&mut options)?),
         "kut" => Task::Kut(parse_kut(&mut options)?),
         "mutants" => Task::Mutants {
@@ -737,6 +745,21 @@ mod tests {
             "kut --gdb",
             "kut -- x",
         ] {
+            assert_eq!(parse_words(line).expect_err(line).exit_code(), 2, "{line}");
+        }
+    }
+
+    #[test]
+    fn bench_takes_a_kut_dir() {
+        assert_eq!(parse_words("bench").unwrap(), Task::Bench { kut_dir: None });
+        assert_eq!(
+            parse_words("bench --kut-dir /k").unwrap(),
+            Task::Bench {
+                kut_dir: Some("/k".into())
+            }
+        );
+        assert!(command_usage("bench").contains("--kut-dir DIR"));
+        for line in ["bench --kut-dir", "bench --only x", "bench -- x"] {
             assert_eq!(parse_words(line).expect_err(line).exit_code(), 2, "{line}");
         }
     }

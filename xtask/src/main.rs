@@ -60,7 +60,7 @@ fn execute(task: Task) -> Result<bool> {
             tasks::test::test(release, Network::from_offline_flag(offline))?
         }
         Task::Lint => return tasks::lint::lint(),
-        Task::Bench => tasks::bench::bench()?,
+        Task::Bench { kut_dir } => tasks::bench::bench(kut_dir)?,
         Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),
         Task::Kut(args) => return tasks::kut::kut(&args),
         Task::Mutants { list, names } => return tasks::mutants::mutants(list, &names),

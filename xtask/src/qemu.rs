@@ -19,6 +19,11 @@ pub const MEMORY: &str = "512M";
 /// [`MEMORY`] in MiB.
 pub const MEMORY_MIB: u32 = 512;
 
+/// QEMU's deterministic instruction counting (TCG only): `shift=0`, the
+/// virtual clock and the TSC advance one tick per executed instruction;
+/// `sleep=off`, never wait for real time.
+pub const ICOUNT_ARGS: [&str; 2] = ["-icount", "shift=0,sleep=off"];
+
 /// The TCP port gdb attaches to with `-s`.
 pub const GDB_PORT: u16 = 1234;
 
@@ -129,9 +134,7 @@ pub fn command_with(config: &RunConfig, guest: Option<&GuestModule>) -> Result<C
     }
 
     if config.icount {
-        // shift=0: the virtual clock (and the TSC) advance by one tick per
-        // instruction; sleep=off: never wait for real time.
-        cmd.args(["-icount", "shift=0,sleep=off"]);
+        cmd.args(ICOUNT_ARGS);
     }
     if config.gdb {
         // -s: gdb server on :1234; -S: stop before the first instruction.

@@ -58,6 +58,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::leave_long_mode" => leave_long_mode,
         "guest::ltr_checked" => ltr_checked,
         "guest::cr3_write_checked" => cr3_write_checked,
+        "guest::fetch_after_remap" => fetch_after_remap,
         "guest::single_step_over_emulated" => single_step_over_emulated,
         "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
@@ -1126,6 +1127,67 @@ fn ltr_checked(_: &StartParams) {
         "TSS type after ltr (busy)"
     );
     expect_gp("ltr of a busy TSS", 3, u64::from(TSS_SEL), || ltr(TSS_SEL));
+}
+
+/// L0 decodes the instruction at RIP through the guest's current tables
+/// even after it remembered a walk of that page (svm::walk_memo): linear
+/// page X runs CPUID from page A, then the guest points X's PTE at page B
+/// in place (same CR3, reloaded) and runs CPUID at another offset of X. At
+/// that offset A holds VMMCALL (3 bytes), B holds CPUID (2 bytes), RET,
+/// then UD2: L0 reading A's stale bytes would resume the guest on the UD2.
+fn fetch_after_remap(_: &StartParams) {
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+    #[repr(C, align(4096))]
+    struct Code([u8; 4096]);
+    static mut PD: Page = Page([0; 512]);
+    static mut PT: Page = Page([0; 512]);
+    static mut A: Code = Code([0xCC; 4096]);
+    static mut B: Code = Code([0xCC; 4096]);
+    // SAFETY: statics of this guest, identity-mapped (GPA = address);
+    // linear 2 GiB (start PDPT entry 2) is this test's alone.
+    let (a, b, pt) = unsafe {
+        let (a, b) = (&raw mut A, &raw mut B);
+        let (a, b) = (&mut (*a).0, &mut (*b).0);
+        a[..3].copy_from_slice(&[0x0F, 0xA2, 0xC3]); // CPUID; RET
+        a[16..19].copy_from_slice(&[0x0F, 0x01, 0xD9]); // VMMCALL
+        b[16..21].copy_from_slice(&[0x0F, 0xA2, 0xC3, 0x0F, 0x0B]); // CPUID; RET; UD2
+        let pt = &raw mut PT;
+        let pd = &raw mut PD;
+        (*pd).0[0] = pt as u64 | 3;
+        (a.as_ptr() as u64, b.as_ptr() as u64, pt)
+    };
+    let x = 2u64 << 30;
+    let run = |at: u64| -> (u32, Option<guest_stubs::exceptions::Fault>) {
+        let mut eax = 0u32;
+        let fault = catch(2, || {
+            // SAFETY: `at` is CPUID; RET in the page mapped at X; RBX is
+            // saved around the call (CPUID writes it).
+            unsafe {
+                asm!("push rbx", "call {f}", "pop rbx", f = in(reg) at,
+                    inout("eax") 0u32 => eax, out("ecx") _, out("edx") _)
+            };
+        });
+        (eax, fault)
+    };
+    let max_leaf = cpuid(0, 0)[0];
+    // SAFETY: the PT maps X only; the start PDPT entry 2 is unused.
+    unsafe { (*pt).0[0] = a | 3 };
+    unbacked::set_pdpt(2, &raw const PD as u64 | 3);
+    let first = run(x);
+    // SAFETY: as above; the reload of CR3 (in set_pdpt) flushes X.
+    unsafe { (*pt).0[0] = b | 3 };
+    unbacked::set_pdpt(2, &raw const PD as u64 | 3);
+    let second = run(x + 16);
+    unbacked::set_pdpt(2, 0);
+    check!(
+        first == (max_leaf, None),
+        "CPUID through page A: {first:x?}"
+    );
+    check!(
+        second == (max_leaf, None),
+        "CPUID through page B after the remap: {second:x?}"
+    );
 }
 
 /// MOV CR3 gets the CPU's checks (QEMU loads any value, then refuses the

@@ -286,6 +286,15 @@ pub static CASES: &[Case] = &[
         expect: Expect::Pass,
         check: |o| exits_are(o, ExitCode::TrWrite, 6),
     },
+    // L0 decodes through the guest's current tables after a PTE changes
+    // in place (the walk memo re-reads what it remembered).
+    Case {
+        name: "guest::fetch_after_remap",
+        image: GUEST,
+        config: VmConfig::PLAIN,
+        expect: Expect::Pass,
+        check: no_check,
+    },
     // MOV CR3 emulated with the CPU's checks (QEMU checks nothing).
     Case {
         name: "guest::cr3_write_checked",

@@ -33,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 86] = [
+pub static CASES: [Case; 89] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -179,4 +179,7 @@ pub static CASES: [Case; 86] = [
     case("nested::l2_lapic_timer_exits_to_l1"),
     case("nested::l2_lapic_intr_waits_for_l2_sti"),
     case("nested::l2_lapic_smi_exits_to_l1"),
+    case("nested::nested_vgif_stgi_clgi"),
+    case("nested::nested_vgif_holds_virq"),
+    case("nested::nested_vgif_l1_interrupt_not_held"),
 ];

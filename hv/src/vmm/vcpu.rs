@@ -53,6 +53,9 @@ pub struct Vcpu {
     /// The value-store MSRs (DEBUGCTL, MTRRs, PMU, HWCR; `svm::msr_table`),
     /// shared by L1 and its L2s.
     pub msrs: svm::msr_table::MsrStore,
+    /// The last instruction-fetch walks, re-validated at each use
+    /// (`svm::walk_memo`; `exits::rip`).
+    pub walk_memo: core::cell::RefCell<svm::walk_memo::WalkMemo>,
 }
 
 impl Vcpu {
@@ -78,6 +81,7 @@ impl Vcpu {
             apic_window: false,
             shadow_step: None,
             msrs: svm::msr_table::MsrStore::default(),
+            walk_memo: Default::default(),
         })
     }
 

@@ -160,6 +160,11 @@ impl Bits256 {
         self.0[usize::from(v >> 5)] &= !(1 << (v & 31));
     }
     fn highest(&self) -> Option<u8> {
+        // Nothing set (the common case at every guest entry): one test.
+        let w = &self.0;
+        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0 {
+            return None;
+        }
         (0..8)
             .rev()
             .find(|&i| self.0[i] != 0)

@@ -69,7 +69,8 @@ pub fn write(dr: u8, cr4_de: bool, current_dr7: u64, value: u64) -> Result<DrWri
 /// breakpoint (docs/qemu-tcg.md).
 pub fn instruction_breakpoints(dr7: u64, db: &[u64; 4], rip: u64, rflags: u64) -> Option<u64> {
     const RFLAGS_RF: u64 = 1 << 16;
-    if rflags & RFLAGS_RF != 0 {
+    // No L/G enable bit (the common case): nothing to compare.
+    if rflags & RFLAGS_RF != 0 || dr7 & 0xff == 0 {
         return None;
     }
     let hits = (0..4).filter(|&n| {

@@ -7,7 +7,7 @@
 //! state and nothing that would hand L1 control of physical interrupts or
 //! of features L0 does not offer.
 
-use super::map_view::{self, MsrpmView};
+use super::map_view::MsrpmView;
 use crate::int_ctl::IntCtl;
 use crate::iopm::IOPM_SIZE;
 use crate::msrpm::MSRPM_SIZE;
@@ -84,13 +84,20 @@ pub fn merge_iopm(l0: &[u8; IOPM_SIZE], l1: &[u8; IOPM_SIZE], out: &mut [u8; IOP
 /// a nested VMRUN costs a few bit operations instead of an 8 KiB merge.
 /// Equals [`merge_msrpm`] under that condition (tested). L1's map is read
 /// through a [`MsrpmView`]: its bytes outside L1's RAM intercept.
+///
+/// Done at every nested VMRUN: the APM's clean bits say nothing about the
+/// contents of L1's map, which L1 may rewrite at any time (KVM
+/// `nested_svm_merge_msrpm` merges each VMRUN too). It costs one bit-pair
+/// update per hole.
 pub fn merge_msrpm_holes(l1: Option<&MsrpmView<'_>>, holes: &[u32], out: &mut [u8; MSRPM_SIZE]) {
     for &msr in holes {
-        let read = l1.is_some_and(|m| map_view::msr_reads_intercepted(m, msr));
-        let write = l1.is_some_and(|m| map_view::msr_writes_intercepted(m, msr));
         // Holes are inside the map's ranges, or they could not be holes.
-        let _ = crate::msrpm::set_read_intercept(out, msr, read);
-        let _ = crate::msrpm::set_write_intercept(out, msr, write);
+        let Some((byte, bit)) = crate::msrpm::bit_position(msr) else {
+            continue;
+        };
+        // The read intercept is bit `bit`, the write intercept the next.
+        let l1_pair = l1.map_or(0, |m| m.byte(byte) >> bit & 3);
+        out[byte] = out[byte] & !(3 << bit) | l1_pair << bit;
     }
 }
 

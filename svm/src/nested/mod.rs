@@ -12,6 +12,7 @@
 
 pub mod checks;
 pub mod l1_cpu;
+pub mod l2_vgif;
 pub mod map_view;
 pub mod merge;
 pub mod route;

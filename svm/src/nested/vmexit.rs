@@ -52,7 +52,9 @@ pub fn save_l2_to_vmcb12(active: &Vmcb, exit: &ExitInfo, vmcb12: &mut Vmcb) {
     d.dr6 = s.dr6;
     d.cpl = s.cpl;
     let c = &mut vmcb12.control;
-    c.int_ctl = (c.int_ctl & !INT_CTL_SAVED) | (active.control.int_ctl & INT_CTL_SAVED);
+    // With nested VGIF, V_GIF too (super::l2_vgif).
+    let saved = INT_CTL_SAVED | super::l2_vgif::written_back(active.control.int_ctl);
+    c.int_ctl = (c.int_ctl & !saved) | (active.control.int_ctl & saved);
     c.interrupt_shadow = active.control.interrupt_shadow & 1;
     c.exit_code = exit.code;
     c.exit_info1 = exit.info1;
@@ -75,41 +77,35 @@ pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
     vmcb12.event_inj = 0;
 }
 
-/// Copies L1's state and L0's controls back from hsave into the active
-/// VMCB. The TSC offset comes back with the copy (hsave holds the current
-/// L1 offset); nothing is subtracted. What VMRUN and #VMEXIT do not switch
+/// Brings L1's state and L0's controls back from hsave into the active
+/// VMCB: the fields [`super::vmrun::stash_l1`] stashed, not a page copy.
+/// The TSC offset comes back with the controls (hsave holds the current L1
+/// offset); nothing is subtracted. What VMRUN and #VMEXIT do not switch
 /// stays as L2 left it: FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR,
 /// CSTAR, SFMASK, SYSENTER_* (L1 saves them with VMSAVE if it cares), and
 /// CR2 and DR6, which the host save area does not hold. The host's DR7
 /// comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
 pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
-    let k = &active.state;
-    let (fs, gs, tr, ldtr) = (k.fs, k.gs, k.tr, k.ldtr);
-    let (kernel_gs_base, star, lstar, cstar) = (k.kernel_gs_base, k.star, k.lstar, k.cstar);
-    let (sfmask, sysenter_cs) = (k.sfmask, k.sysenter_cs);
-    let (sysenter_esp, sysenter_eip) = (k.sysenter_esp, k.sysenter_eip);
-    let (cr2, dr6) = (k.cr2, k.dr6);
-    // A byte copy of what L0 uses (hsave was filled the same way).
-    active.copy_live_from(hsave);
-    let s = &mut active.state;
-    s.fs = fs;
-    s.gs = gs;
-    s.tr = tr;
-    s.ldtr = ldtr;
-    s.kernel_gs_base = kernel_gs_base;
-    s.star = star;
-    s.lstar = lstar;
-    s.cstar = cstar;
-    s.sfmask = sfmask;
-    s.sysenter_cs = sysenter_cs;
-    s.sysenter_esp = sysenter_esp;
-    s.sysenter_eip = sysenter_eip;
-    s.cr2 = cr2;
-    s.dr6 = dr6;
+    active.control.copy_live_from(&hsave.control);
+    let (s, h) = (&mut active.state, &hsave.state);
+    s.es = h.es;
+    s.cs = h.cs;
+    s.ss = h.ss;
+    s.ds = h.ds;
+    s.gdtr = h.gdtr;
+    s.idtr = h.idtr;
+    s.efer = h.efer;
+    s.cr0 = h.cr0;
+    s.cr3 = h.cr3;
+    s.cr4 = h.cr4;
+    s.rip = h.rip;
+    s.rsp = h.rsp;
+    s.rax = h.rax;
+    s.g_pat = h.g_pat;
     s.dr7 = 0x400;
     s.cpl = 0;
     // Completion of VMRUN clears the host's RFLAGS.RF (APM 15.5.2).
-    s.rflags &= !crate::exception::RFLAGS_RF;
+    s.rflags = h.rflags & !crate::exception::RFLAGS_RF;
     let c = &mut active.control;
     c.event_inj = 0;
     c.exit_code = 0;
@@ -181,6 +177,29 @@ mod tests {
         assert_eq!(v12.control.interrupt_shadow, 1);
     }
 
+    /// Nested VGIF: L2's V_GIF goes back to vmcb12 when L2 ran with
+    /// V_GIF_ENABLE (APM 15.33); otherwise vmcb12's V_GIF stays L1's.
+    #[test]
+    fn vmcb12_gets_v_gif_only_with_v_gif_enable() {
+        let (enable, gif) = (1u64 << 25, 1u64 << 9);
+        for (active, v12, expect) in [
+            (enable, enable | gif, enable),
+            (enable | gif, enable, enable | gif),
+            (0, gif, gif),
+            (gif, 0, 0),
+        ] {
+            let mut a = Vmcb::new();
+            a.control.int_ctl = active;
+            let mut v = Vmcb::new();
+            v.control.int_ctl = v12;
+            save_l2_to_vmcb12(&a, &exit(), &mut v);
+            assert_eq!(
+                v.control.int_ctl, expect,
+                "active {active:#x} vmcb12 {v12:#x}"
+            );
+        }
+    }
+
     #[test]
     fn vmexit_invalid_clears_the_event() {
         let mut c = ControlArea::new();
@@ -197,13 +216,18 @@ mod tests {
 
     #[test]
     fn l1_comes_back_by_copy_with_l2s_vmload_set() {
+        let mut l1 = Vmcb::new();
+        l1.control.tsc_offset = 5000u64.wrapping_neg();
+        l1.control.guest_asid = 1;
+        l1.state.rip = 0x2003;
+        l1.state.rax = 0x9000; // vmcb12's address, as at VMRUN
+        l1.state.fs.base = 0xaaaa;
+        l1.state.dr7 = 0x455;
+        l1.state.cr2 = 0x1000;
+        l1.state.g_pat = 0x0007_0406_0007_0406;
+        l1.state.ss.selector = 0x18;
         let mut hsave = Vmcb::new();
-        hsave.control.tsc_offset = 5000u64.wrapping_neg();
-        hsave.control.guest_asid = 1;
-        hsave.state.rip = 0x2003;
-        hsave.state.rax = 0x9000; // vmcb12's address, as at VMRUN
-        hsave.state.fs.base = 0xaaaa;
-        hsave.state.dr7 = 0x455;
+        crate::nested::vmrun::stash_l1(&mut hsave, &l1);
         let mut active = Vmcb::new();
         active.control.tsc_offset = (1u64 << 40).wrapping_sub(5000);
         active.control.guest_asid = 2;
@@ -211,8 +235,10 @@ mod tests {
         active.state.fs.base = 0xbbbb;
         active.state.star = 0xcccc;
         active.state.cr2 = 0x7000;
-        hsave.state.cr2 = 0x1000;
+        active.state.g_pat = 0;
         restore_l1(&mut active, &hsave);
+        assert_eq!(active.state.g_pat, 0x0007_0406_0007_0406);
+        assert_eq!(active.state.ss.selector, 0x18);
         assert_eq!(
             active.control.tsc_offset,
             5000u64.wrapping_neg(),

@@ -4,7 +4,7 @@
 use super::merge::{merge_int_ctl, merge_intercepts};
 use super::tsc::compose;
 use crate::event::{is_soft, SoftEvent};
-use crate::{ControlArea, EventInfo, StateSaveArea};
+use crate::{ControlArea, EventInfo, StateSaveArea, Vmcb};
 
 /// Where L0 keeps what L2 runs with, besides vmcb12's own fields.
 #[derive(Clone, Copy, Debug)]
@@ -27,7 +27,20 @@ pub struct L2Controls {
 /// vmcb12 offset` (seed 000: "adds the nested tsc_offset in place").
 pub fn build_l2_controls(l0: &ControlArea, vmcb12: &ControlArea, l2: &L2Controls) -> ControlArea {
     let mut c = *l0;
-    merge_intercepts(l0, vmcb12, &mut c);
+    build_l2_controls_in(&mut c, l0, vmcb12, l2);
+    c
+}
+
+/// [`build_l2_controls`] in place: `c` already holds L0's controls `l0`
+/// (their live part, [`ControlArea::LIVE_BYTES`]), as the active VMCB does
+/// at L1's VMRUN; no 1 KiB control-area copy.
+pub fn build_l2_controls_in(
+    c: &mut ControlArea,
+    l0: &ControlArea,
+    vmcb12: &ControlArea,
+    l2: &L2Controls,
+) {
+    merge_intercepts(l0, vmcb12, c);
     // L1's #BP/#OF intercepts need INTn's under QEMU TCG (soft_int).
     c.intercept_misc1 |= super::soft_int::intn_for_exceptions(vmcb12);
     c.msrpm_base_pa = l2.msrpm_pa;
@@ -49,7 +62,69 @@ pub fn build_l2_controls(l0: &ControlArea, vmcb12: &ControlArea, l2: &L2Controls
     c.next_rip = vmcb12.next_rip;
     // Everything in the active VMCB is new to the CPU.
     c.vmcb_clean = 0;
-    c
+}
+
+/// Reads vmcb12 (in L1's memory) into L0's copy: what VMRUN and L0 use
+/// while L2 runs, each field once — the control area's live part
+/// ([`ControlArea::LIVE_BYTES`]: intercepts, map addresses, TSC offset,
+/// ASID, TLB_CONTROL, int_ctl, interrupt shadow, nested paging, EVENTINJ,
+/// clean bits, NEXT_RIP) and the state VMRUN loads (APM 15.5.1: ES, CS,
+/// SS, DS, GDTR, IDTR, EFER, CR0, CR2, CR3, CR4, RFLAGS, RIP, RSP, RAX,
+/// DR6, DR7, CPL) plus G_PAT (loaded with nested paging). No other field
+/// of `copy` is written; nothing in L0 reads them.
+pub fn read_vmcb12(copy: &mut Vmcb, l1: &Vmcb) {
+    copy.control.copy_live_from(&l1.control);
+    let (d, s) = (&mut copy.state, &l1.state);
+    d.es = s.es;
+    d.cs = s.cs;
+    d.ss = s.ss;
+    d.ds = s.ds;
+    d.gdtr = s.gdtr;
+    d.idtr = s.idtr;
+    d.cpl = s.cpl;
+    d.efer = s.efer;
+    d.cr4 = s.cr4;
+    d.cr3 = s.cr3;
+    d.cr0 = s.cr0;
+    d.dr7 = s.dr7;
+    d.dr6 = s.dr6;
+    d.rflags = s.rflags;
+    d.rip = s.rip;
+    d.rsp = s.rsp;
+    d.rax = s.rax;
+    d.cr2 = s.cr2;
+    d.g_pat = s.g_pat;
+}
+
+/// Stashes in hsave what the nested #VMEXIT brings back: L0's controls for
+/// L1 (their live part) and L1's state that VMRUN switches (APM 15.5.1:
+/// ES, CS, SS, DS, GDTR, IDTR, EFER, CR0, CR3, CR4, RFLAGS, RIP, RSP,
+/// RAX), with G_PAT (L0 keeps L1's PAT there) and CR2, DR6, DR7, CPL
+/// (for a VMRUN the CPU refuses after all: L2 never ran). Not a page copy:
+/// nothing else in the active VMCB changes while L2 runs but the VMLOAD
+/// set, which stays L2's at the #VMEXIT ([`super::vmexit::restore_l1`]).
+pub fn stash_l1(hsave: &mut Vmcb, active: &Vmcb) {
+    hsave.control.copy_live_from(&active.control);
+    let (d, s) = (&mut hsave.state, &active.state);
+    d.es = s.es;
+    d.cs = s.cs;
+    d.ss = s.ss;
+    d.ds = s.ds;
+    d.gdtr = s.gdtr;
+    d.idtr = s.idtr;
+    d.efer = s.efer;
+    d.cr0 = s.cr0;
+    d.cr3 = s.cr3;
+    d.cr4 = s.cr4;
+    d.rflags = s.rflags;
+    d.rip = s.rip;
+    d.rsp = s.rsp;
+    d.rax = s.rax;
+    d.g_pat = s.g_pat;
+    d.cr2 = s.cr2;
+    d.dr6 = s.dr6;
+    d.dr7 = s.dr7;
+    d.cpl = s.cpl;
 }
 
 /// L2's first RIP and the soft event L0 tracks for vmcb12's EVENTINJ.
@@ -196,6 +271,77 @@ mod tests {
         ] {
             assert_eq!(soft_event_entry(e, 0x4000, 0x4002, false), (0x4000, None));
         }
+    }
+
+    /// Every field VMRUN uses comes from vmcb12; nothing else is read.
+    #[test]
+    fn read_vmcb12_takes_what_vmrun_uses_only() {
+        let mut l1 = Vmcb::new();
+        l1.as_bytes_mut().fill(0x5A);
+        let mut copy = Vmcb::new();
+        read_vmcb12(&mut copy, &l1);
+        let all = u64::from_ne_bytes([0x5A; 8]);
+        assert_eq!(copy.control, {
+            let mut c = ControlArea::new();
+            c.copy_live_from(&l1.control);
+            c
+        });
+        let s = &copy.state;
+        for seg in [s.es, s.cs, s.ss, s.ds, s.gdtr, s.idtr] {
+            assert_eq!(seg, l1.state.es);
+        }
+        for v in [
+            s.efer, s.cr0, s.cr2, s.cr3, s.cr4, s.dr6, s.dr7, s.rflags, s.rip, s.rsp, s.rax,
+            s.g_pat,
+        ] {
+            assert_eq!(v, all);
+        }
+        assert_eq!(s.cpl, 0x5A);
+        // The VMLOAD set and the rest: not read.
+        assert_eq!((s.fs, s.gs, s.tr, s.ldtr), Default::default());
+        assert_eq!(
+            (s.star, s.kernel_gs_base, s.sysenter_cs, s.spec_ctrl),
+            (0, 0, 0, 0)
+        );
+    }
+
+    /// hsave gets L0's controls and L1's switched state, not the VMLOAD set.
+    #[test]
+    fn stash_l1_keeps_what_the_vmexit_restores() {
+        let mut active = Vmcb::new();
+        active.control.tsc_offset = 7;
+        active.control.intercept_misc1 = 0x44;
+        active.control.next_rip = 0x99;
+        active.state.rip = 0x2000;
+        active.state.rsp = 0x3000;
+        active.state.rax = 0x9000;
+        active.state.cr3 = 0x4000;
+        active.state.cs.attrib = 0x29b;
+        active.state.g_pat = 0x0007_0406_0007_0406;
+        active.state.fs.base = 0x1111;
+        active.state.star = 0x2222;
+        let mut hsave = Vmcb::new();
+        stash_l1(&mut hsave, &active);
+        assert_eq!(
+            (
+                hsave.control.tsc_offset,
+                hsave.control.intercept_misc1,
+                hsave.control.next_rip
+            ),
+            (7, 0x44, 0x99)
+        );
+        assert_eq!(
+            (
+                hsave.state.rip,
+                hsave.state.rsp,
+                hsave.state.rax,
+                hsave.state.cr3
+            ),
+            (0x2000, 0x3000, 0x9000, 0x4000)
+        );
+        assert_eq!(hsave.state.cs.attrib, 0x29b);
+        assert_eq!(hsave.state.g_pat, 0x0007_0406_0007_0406);
+        assert_eq!((hsave.state.fs.base, hsave.state.star), (0, 0));
     }
 
     #[test]

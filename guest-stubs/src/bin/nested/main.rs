@@ -14,6 +14,7 @@ mod l2;
 mod modes;
 mod msrs;
 mod strio;
+mod vgif;
 
 use core::arch::asm;
 use guest_stubs::cpu::{cpuid, rdmsr, rdtsc, wrmsr};
@@ -162,6 +163,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_lapic_intr_waits_for_l2_sti" => apic::l2_lapic_intr_waits_for_l2_sti(),
         "nested::l2_lapic_smi_exits_to_l1" => apic::l2_lapic_smi_exits_to_l1(),
         "nested::l2_msr_sweep" => msrs::l2_msr_sweep(),
+        "nested::nested_vgif_stgi_clgi" => vgif::nested_vgif_stgi_clgi(),
+        "nested::nested_vgif_holds_virq" => vgif::nested_vgif_holds_virq(),
+        "nested::nested_vgif_l1_interrupt_not_held" => vgif::nested_vgif_l1_interrupt_not_held(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
@@ -195,8 +199,9 @@ fn cpuid_svm_leaf() {
         "leaf 0x8000000A: revision {rev}, {asids} ASIDs"
     );
     check!(features & (1 << 3) != 0, "NRIP save not offered");
-    // Exactly what L0 emulates for L1: nested paging, NRIP save.
-    check_eq!(features, (1 << 3) | 1, "leaf 0x8000000A EDX");
+    // Exactly what L0 emulates for L1: nested paging, NRIP save, and VGIF
+    // (the host's here: QEMU's +vgif), nothing else.
+    check_eq!(features, 1 | (1 << 3) | (1 << 16), "leaf 0x8000000A EDX");
     check!(
         cpuid(0x8000_0000, 0)[0] >= 0x8000_000A,
         "max extended leaf below the SVM leaf"
@@ -206,8 +211,8 @@ fn cpuid_svm_leaf() {
         [0x6874_7541, 0x6974_6E65, 0x444D_4163],
         "vendor (AuthenticAMD)"
     );
-    // Not emulated, so not offered: TSC rate, VMCB clean, decode assists, pause filter, VGIF.
-    let unoffered = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 10) | (1 << 16);
+    // Not emulated, so not offered: TSC rate, VMCB clean, decode assists, pause filter.
+    let unoffered = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 10);
     check_eq!(features & unoffered, 0, "features offered but not emulated");
     check_eq!(rdmsr(VM_CR), 0, "VM_CR");
     check_eq!(rdmsr(EFER) & EFER_SVME, 0, "EFER.SVME at start");

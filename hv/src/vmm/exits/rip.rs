@@ -229,7 +229,14 @@ pub fn translate_as(vcpu: &Vcpu, vm: &Vm, la: u64, access: Access) -> Result<u64
             }
         },
     };
-    let gpa = svm::walk::translate_mode(read, &regs, la, access).map_err(|e| match e {
+    // Fetches (the instruction at RIP, decoded at most intercepts) go
+    // through the vCPU's exact walk memo (svm::walk_memo): it re-reads
+    // every entry through `read`, so under nested paging too.
+    let walked = match (access.fetch, vcpu.walk_memo.try_borrow_mut()) {
+        (true, Ok(mut memo)) => svm::walk_memo::translate_memo(read, &regs, la, access, &mut memo),
+        _ => svm::walk::translate_mode(read, &regs, la, access),
+    };
+    let gpa = walked.map_err(|e| match e {
         Failure::PageFault(code) => NoInsn::Fault {
             event: EventInfo::exception_with_error_code(14, code),
             cr2: Some(la),
@@ -385,12 +392,32 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
             return Ok(next - s.rip);
         }
     }
+    if let Some(len) = quick_len_in_page(vcpu, vm) {
+        return Ok(len);
+    }
     let (bytes, n, fault) = fetch_at_rip(vcpu, vm);
     // The intercepted instructions' plain encodings need no full decode.
     if let Some(len) = decode::quick_len(&bytes[..n]) {
         return Ok(len as u64);
     }
     decode_fetched(vcpu, &bytes[..n], fault).map(|d| d.len as u64)
+}
+
+/// The hot path of [`insn_len`]: in 64-bit code, the bytes at RIP read in
+/// place from the RAM page RIP is in (no copy, one translation), when
+/// they hold one of [`decode::quick_len`]'s plain encodings. `None`
+/// sends the caller the whole way (another mode, a fault, unbacked memory,
+/// an instruction that needs more bytes or the decoder): the same answer,
+/// since `quick_len` only says `Some` for bytes it has.
+fn quick_len_in_page(vcpu: &Vcpu, vm: &Vm) -> Option<u64> {
+    if bitness(vcpu) != 64 {
+        return None;
+    }
+    let la = code_address(vcpu, 0);
+    let pa = translate(vcpu, vm, la, true).ok()?;
+    let in_page = (4096 - (pa % 4096)).min(MAX_INSN_LEN as u64);
+    let bytes = vm.memory.slice(pa, in_page).ok()?;
+    decode::quick_len(bytes).map(|len| len as u64)
 }
 
 /// RIP after an instruction of `len` bytes, wrapped to the code size

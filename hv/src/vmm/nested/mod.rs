@@ -26,8 +26,8 @@ pub const L2_ASID: u32 = 2;
 pub struct L2 {
     /// Where vmcb12 is in L1's memory.
     pub vmcb12_gpa: u64,
-    /// The hypervisor's copy of vmcb12 (its live part, `Vmcb::LIVE_BYTES`),
-    /// read once at VMRUN and checked; the only version of vmcb12's
+    /// The hypervisor's copy of vmcb12 (what VMRUN uses:
+    /// `svm::nested::vmrun::read_vmcb12`), read once at VMRUN and checked; the only version of vmcb12's
     /// controls L0 uses while L2 runs.
     pub vmcb12: Box<Vmcb>,
     /// L2's EFER.SVME (virtual: the active VMCB's SVME stays set, as the
@@ -66,7 +66,8 @@ pub struct Nested {
     /// The soft event from vmcb12's EVENTINJ that L0 is still delivering
     /// to L2 (its RIP bookkeeping: [`svm::event::SoftEvent`]).
     pub soft_event: Option<svm::event::SoftEvent>,
-    /// L1's state and L0's controls while L2 runs (never L1's page).
+    /// L1's state and L0's controls while L2 runs (never L1's page): only
+    /// the fields `svm::nested::vmrun::stash_l1` names are meaningful.
     pub hsave: PhysBox<Vmcb>,
     /// L0's MSR map merged with L1's, for L2 (L2's I/O map is L0's: it
     /// intercepts every port already).

@@ -24,7 +24,15 @@ fn waiting_for_gif(vcpu: &Vcpu) -> bool {
 /// EFER.SVME is clear: the CPU sees only the VMCB's EFER, whose SVME is
 /// always set, so it would run CLGI/STGI that must be #UD (APM 15.4);
 /// they stay intercepted and L0 raises the #UD.
+///
+/// When L2 is entered: its STGI/CLGI intercepts for nested VGIF
+/// ([`svm::nested::l2_vgif::entry_intercepts`]).
 pub fn before_entry(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) {
+    if let Some(l2) = &vcpu.nested.l2 {
+        let misc2 = l2.vmcb12.control.intercept_misc2;
+        svm::nested::l2_vgif::entry_intercepts(&mut vcpu.vmcb.control, misc2, l2.svme);
+        return;
+    }
     if !vm.nested_svm
         || vcpu.nested.in_l2()
         || !vcpu.nested.svme

@@ -102,7 +102,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
 /// The CPU refused the L2 state L0 built (VMEXIT_INVALID while entering
 /// L2): something L0's checks let through. L2 never ran, so L1 gets what
 /// VMRUN gives for a bad vmcb12 — VMEXIT_INVALID in vmcb12, state untouched
-/// — and L1's state comes back whole from hsave (the CPU may have written
+/// — and L1's state comes back from hsave (the CPU may have written
 /// over the active save area: docs/qemu-tcg.md).
 pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
     let Some(l2) = vcpu.nested.l2.take() else {
@@ -118,13 +118,14 @@ pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
     write_vmexit_invalid(&mut vmcb12.control);
     vcpu.nested.soft_event = None;
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
-    vcpu.vmcb
-        .as_bytes_mut()
-        .copy_from_slice(vcpu.nested.hsave.as_bytes());
-    vcpu.vmcb.control.vmcb_clean = 0;
+    // L2 never ran: L1's state as at its VMRUN (CR2, DR6 and RFLAGS too).
+    let h = &vcpu.nested.hsave.state;
+    let (cr2, dr6, rflags) = (h.cr2, h.dr6, h.rflags);
+    let hsave = &vcpu.nested.hsave;
+    restore_l1(&mut vcpu.vmcb, hsave);
+    let s = &mut vcpu.vmcb.state;
+    (s.cr2, s.dr6, s.rflags) = (cr2, dr6, rflags);
     super::npt::leave(vcpu);
-    vcpu.vmcb.state.dr7 = 0x400;
-    vcpu.vmcb.state.cpl = 0;
     vcpu.nested.gif = false;
     Action::Resume
 }

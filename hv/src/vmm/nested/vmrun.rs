@@ -10,7 +10,9 @@ use alloc::boxed::Box;
 use svm::nested::checks::{check_vmcb12, enters_long_mode, vmrun_loads_pdptes, Vmcb12Error};
 use svm::nested::merge::merge_msrpm_holes;
 use svm::nested::vmexit::write_vmexit_invalid;
-use svm::nested::vmrun::{build_l2_controls, load_l2_state, soft_event_entry, L2Controls};
+use svm::nested::vmrun::{
+    build_l2_controls_in, load_l2_state, read_vmcb12, soft_event_entry, stash_l1, L2Controls,
+};
 use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
 
 /// Emulates VMRUN executed by L1.
@@ -52,8 +54,8 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         .spare_vmcb12
         .take()
         .unwrap_or_else(zeroed_box::<Vmcb>);
-    // The live part (Vmcb::LIVE_BYTES): the rest is read by nothing.
-    copy.copy_live_from(in_l1);
+    // What VMRUN uses, field by field: the rest is read by nothing.
+    read_vmcb12(&mut copy, in_l1);
 
     // Step 3: check the copy against the CPU L1 is shown (its CPUID: see
     // Vm::l1_limits); a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
@@ -116,7 +118,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 
     // Step 5: stash L1's state and L0's controls in hsave.
     let nested: &mut Nested = &mut vcpu.nested;
-    nested.hsave.copy_live_from(&vcpu.vmcb);
+    stash_l1(&mut nested.hsave, &vcpu.vmcb);
     nested.hsave.state.rip = resume_rip;
 
     // Step 6: build L2 in place in the active VMCB.
@@ -126,10 +128,16 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         asid: L2_ASID,
         // L1 may have changed L2's page tables since the last run.
         tlb_control: TlbControl::FlushAll.as_u8(),
-        vgif_offered: false,
+        // Nested VGIF runs on the CPU's (svm::nested::l2_vgif).
+        vgif_offered: host.features.has(svm::SvmFeatureFlags::VGIF),
     };
     let active: &mut Vmcb = &mut vcpu.vmcb;
-    active.control = build_l2_controls(&nested.hsave.control, &copy.control, &l2c);
+    build_l2_controls_in(
+        &mut active.control,
+        &nested.hsave.control,
+        &copy.control,
+        &l2c,
+    );
     load_l2_state(&mut active.state, &copy.state);
     let host_nrips = host.features.has(svm::SvmFeatureFlags::NRIPS);
     let (rip, soft) = soft_event_entry(

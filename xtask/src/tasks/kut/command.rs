@@ -22,6 +22,9 @@ pub struct Guest<'a> {
     /// Features the subtest's CPU model leaves out (QEMU names, from the
     /// tree's unittests.cfg: [`super::cpu_model`]).
     pub cpu_removed: &'a [String],
+    /// `-icount shift=0,sleep=off` under either L0, so that the TSC counts
+    /// instructions (`cargo xtask bench`'s latency rows).
+    pub icount: bool,
 }
 
 /// QEMU's `-cpu` for the bare column: kvm-unit-tests' model, less the
@@ -66,6 +69,9 @@ pub fn bare_command(guest: &Guest) -> Command {
         .arg(guest.flat)
         .arg("-append")
         .arg(multiboot_cmdline(guest));
+    if guest.icount {
+        cmd.args(qemu::ICOUNT_ARGS);
+    }
     cmd
 }
 
@@ -116,7 +122,7 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
         debugcon: ours
             .debugcon_dir
             .join(format!("{}.debugcon.log", guest.subtest)),
-        icount: false,
+        icount: guest.icount,
     };
     let module = GuestModule {
         file: args.file.clone(),
@@ -142,6 +148,7 @@ mod tests {
             smp: 1,
             mem_mib: 256,
             cpu_removed: &[],
+            icount: false,
         }
     }
 
@@ -214,5 +221,26 @@ mod tests {
         // The guest's RAM plus the hypervisor's share.
         assert!(pair("-m", "512M"), "{args:?}");
         assert!(args.contains(&"-no-reboot".to_string()));
+        assert!(!args.contains(&"-icount".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn icount_reaches_both_l0s() {
+        let g = Guest {
+            icount: true,
+            ..guest()
+        };
+        let ours = Ours {
+            kernel: "/t/hv".into(),
+            debugcon_dir: "/t/kut".into(),
+        };
+        for cmd in [bare_command(&g), ours_command(&ours, &g).unwrap()] {
+            let args = args(&cmd);
+            assert!(
+                args.windows(2)
+                    .any(|w| w[0] == "-icount" && w[1] == "shift=0,sleep=off"),
+                "{args:?}"
+            );
+        }
     }
 }

@@ -108,12 +108,15 @@ enum Column {
 
 /// How one run went.
 #[derive(Debug, Clone)]
-struct RunResult {
-    verdict: Verdict,
-    why: Option<String>,
-    time: Duration,
-    output: String,
-    messages: String,
+pub struct RunResult {
+    pub verdict: Verdict,
+    /// Why the verdict, when the output does not say.
+    pub why: Option<String>,
+    pub time: Duration,
+    /// The guest's COM1 (and, under ours, the hypervisor's console).
+    pub output: String,
+    /// QEMU's stderr.
+    pub messages: String,
 }
 
 /// Runs the command; `Ok(false)` when the failure was already reported (a
@@ -131,12 +134,7 @@ pub fn kut(args: &KutArgs) -> Result<bool> {
     if let Err(expected) = guest::parse_mem_mib(&args.mem_mib.to_string()) {
         crate::usage!("--mem {}: expected {expected}", args.mem_mib);
     }
-    let dir = args.kut_dir.clone().or_else(|| {
-        std::env::var_os(KUT_DIR_ENV)
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-    });
-    let Some(dir) = dir else {
+    let Some(dir) = tree_dir(args.kut_dir.clone()) else {
         return Ok(nothing_ran(&format!(
             "no kvm-unit-tests tree (set {KUT_DIR_ENV} or pass --kut-dir)"
         )));
@@ -166,9 +164,7 @@ pub fn kut(args: &KutArgs) -> Result<bool> {
         kernel: kernel::build_all(profile)?,
         debugcon_dir: debugcon_dir.clone(),
     };
-    let jobs = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(MAX_JOBS);
+    let jobs = jobs();
     eprintln!(
         "xtask: kut: {} subtests of {}, -smp {}, {} MiB, timeout {} s, {jobs} QEMU{} at a time{}",
         selected.len(),
@@ -188,7 +184,11 @@ pub fn kut(args: &KutArgs) -> Result<bool> {
     );
 
     let started = Instant::now();
-    let rows = run_all(&selected, args, &ours, jobs);
+    let width = table::name_width(selected.iter().map(|s| s.name.as_str()));
+    println!("{}", table::header(width, args.compare));
+    let rows = run_pairs(&selected, args, false, &ours, jobs, |index, ours, qemu| {
+        println!("{}", table::row(&row(&selected[index], ours, qemu), width));
+    });
     let elapsed = started.elapsed();
 
     let table_rows: Vec<Row> = rows
@@ -208,6 +208,16 @@ pub fn kut(args: &KutArgs) -> Result<bool> {
         eprintln!("xtask: kut: FAILED: a subtest crashed or timed out under our hypervisor");
     }
     Ok(held_up)
+}
+
+/// The kvm-unit-tests tree: `--kut-dir` when given, else `KUT_DIR` (set
+/// and not empty).
+pub fn tree_dir(kut_dir: Option<PathBuf>) -> Option<PathBuf> {
+    kut_dir.or_else(|| {
+        std::env::var_os(KUT_DIR_ENV)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 /// Says why nothing ran and how to get a tree; the run fails (exit 1), as
@@ -287,13 +297,24 @@ pub fn select(subtests: Vec<Subtest>, only: Option<(&str, &Regex)>) -> (Vec<Subt
     (selected, left_out)
 }
 
-/// Runs every subtest (under both L0s with `--compare`) on `jobs` threads,
-/// printing each table row as soon as it and the rows before it are done.
-fn run_all(
+/// The QEMUs to run at a time: [`MAX_JOBS`], and no more than the host's
+/// cores.
+pub fn jobs() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_JOBS)
+}
+
+/// Runs every subtest (under both L0s with `--compare`; with `icount`, both
+/// under `-icount`) on `jobs` threads, and hands each subtest's results to
+/// `done`, in order, as soon as they and those before them are in.
+pub fn run_pairs(
     subtests: &[Subtest],
     args: &KutArgs,
+    icount: bool,
     ours: &Ours,
     jobs: usize,
+    mut done: impl FnMut(usize, &RunResult, Option<&RunResult>),
 ) -> Vec<(RunResult, Option<RunResult>)> {
     let columns: &[Column] = if args.compare {
         &[Column::Ours, Column::Qemu]
@@ -306,9 +327,6 @@ fn run_all(
             .flat_map(|i| columns.iter().map(move |c| (i, *c)))
             .collect(),
     );
-    let width = table::name_width(subtests.iter().map(|s| s.name.as_str()));
-    println!("{}", table::header(width, args.compare));
-
     let mut ours_results: Vec<Option<RunResult>> = vec![None; subtests.len()];
     let mut qemu_results: Vec<Option<RunResult>> = vec![None; subtests.len()];
     let (sender, receiver) = mpsc::channel();
@@ -327,6 +345,7 @@ fn run_all(
                     smp: args.smp,
                     mem_mib: args.mem_mib,
                     cpu_removed: &subtest.cpu_removed,
+                    icount,
                 };
                 let cmd = match column {
                     Column::Ours => command::ours_command(ours, &guest),
@@ -353,8 +372,7 @@ fn run_all(
                 && (!args.compare || qemu_results[next].is_some())
             {
                 let ours = ours_results[next].as_ref().expect("checked");
-                let done = row(&subtests[next], ours, qemu_results[next].as_ref());
-                println!("{}", table::row(&done, width));
+                done(next, ours, qemu_results[next].as_ref());
                 next += 1;
             }
         }
@@ -467,6 +485,19 @@ fn print_failures(subtests: &[Subtest], rows: &[(RunResult, Option<RunResult>)])
     }
 }
 
+/// Writes a suite into the tree at `dir` for a test: an empty image and a
+/// source whose test table names `subtests`.
+#[cfg(test)]
+pub fn fake_suite(dir: &Path, (flat, source): (&str, &str), subtests: &[&str]) {
+    let table: Vec<String> = subtests
+        .iter()
+        .map(|n| format!("{{ \"{n}\" }}, "))
+        .collect();
+    std::fs::write(dir.join(flat), b"").unwrap();
+    let text = format!("struct svm_test t[] = {{ {}{{ 0 }} }};\n", table.concat());
+    std::fs::write(dir.join(source), text).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,12 +550,7 @@ mod tests {
         assert!(why.contains("not a directory"), "{why}");
 
         // With one suite's image and source, its subtests are found.
-        std::fs::write(dir.join("x86/svm_npt.flat"), b"").unwrap();
-        std::fs::write(
-            dir.join("x86/svm_npt.c"),
-            "struct svm_test t[] = { { \"npt nx\" }, { 0 } };\n",
-        )
-        .unwrap();
+        fake_suite(&dir, SUITES[1], &["npt nx"]);
         let found = find_subtests(&dir).unwrap().unwrap();
         assert_eq!(names(&found), ["npt_nx"]);
         assert_eq!(found[0].flat, dir.join("x86/svm_npt.flat"));

@@ -1,0 +1,202 @@
+//! A memo of the last guest page walks, so decoding the instruction at RIP
+//! on every intercept does not walk the guest's tables from the top each
+//! time (QEMU TCG has no NRIP save: L0 decodes).
+//!
+//! Exact, not a TLB: a remembered translation is used only after every
+//! table entry its walk read has been read again and found unchanged (and
+//! the paging registers, the access kind and the 4 KiB page are the same).
+//! The walk ([`translate_mode`]) is a pure function of those, so the
+//! answer is the one a full walk would give now, whatever the guest did
+//! to its tables meanwhile (no invalidation to miss: INVLPG, CR3 writes
+//! and table edits need not exit). Only successful walks are remembered.
+
+use crate::walk::{translate_mode, Access, Failure, Mode, PagingRegs};
+use core::cell::Cell;
+
+/// Most entries one walk reads (PAE: PDPTE, PDE, PTE; long mode: 4).
+const MAX_READS: usize = 4;
+/// Translations remembered (L1's and L2's code, alternating).
+const ENTRIES: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    regs: PagingRegs,
+    access: Access,
+    /// Linear address >> 12.
+    page: u64,
+    /// Guest-physical page the walk gave.
+    pa_page: u64,
+    /// The table entries the walk read: (address, value).
+    reads: [(u64, u64); MAX_READS],
+    n: usize,
+}
+
+/// The remembered walks of one vCPU.
+#[derive(Clone, Debug, Default)]
+pub struct WalkMemo {
+    entries: [Option<Entry>; ENTRIES],
+    /// The entry the next miss replaces.
+    next: usize,
+}
+
+impl WalkMemo {
+    /// Forgets every translation.
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// [`translate_mode`], answered from `memo` when a remembered walk of the
+/// same page, registers and access reads the same entries again.
+pub fn translate_memo(
+    read: impl Fn(u64) -> Option<u64>,
+    regs: &PagingRegs,
+    va: u64,
+    access: Access,
+    memo: &mut WalkMemo,
+) -> Result<u64, Failure> {
+    if regs.mode() == Mode::Off {
+        return translate_mode(read, regs, va, access);
+    }
+    let page = va >> 12;
+    for e in memo.entries.iter().flatten() {
+        // The cheap differences first: page and CR3.
+        if e.page == page
+            && e.regs.cr3 == regs.cr3
+            && e.access == access
+            && e.regs == *regs
+            && e.reads[..e.n].iter().all(|&(at, v)| read(at) == Some(v))
+        {
+            return Ok(e.pa_page | (va & 0xfff));
+        }
+    }
+    let log: [Cell<(u64, u64)>; MAX_READS] = Default::default();
+    let n = Cell::new(0usize);
+    let recording = |at: u64| {
+        let v = read(at);
+        if let (Some(value), Some(slot)) = (v, log.get(n.get())) {
+            slot.set((at, value));
+        }
+        n.set(n.get() + 1);
+        v
+    };
+    let result = translate_mode(recording, regs, va, access);
+    if let Ok(pa) = result {
+        if n.get() <= MAX_READS {
+            memo.entries[memo.next] = Some(Entry {
+                regs: *regs,
+                access,
+                page,
+                pa_page: pa & !0xfff,
+                reads: log.map(Cell::into_inner),
+                n: n.get(),
+            });
+            memo.next = (memo.next + 1) % ENTRIES;
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    const FETCH: Access = Access {
+        write: false,
+        fetch: true,
+        user: false,
+    };
+
+    /// Long mode, CR3 at 0x1000, tables at 0x2000/0x3000/0x4000, a 4 KiB
+    /// page at `pa` for linear 0x40_0000.
+    fn tables(pa: u64) -> BTreeMap<u64, u64> {
+        let mut m = BTreeMap::new();
+        m.insert(0x1000, 0x2000 | 7);
+        m.insert(0x2000, 0x3000 | 7);
+        m.insert(0x3000 + 2 * 8, 0x4000 | 7);
+        m.insert(0x4000, pa | 7);
+        m
+    }
+
+    fn regs() -> PagingRegs {
+        PagingRegs {
+            cr0: 1 << 31 | 1,
+            cr3: 0x1000,
+            cr4: 1 << 5,
+            efer: 1 << 10 | 1 << 8,
+            max_phys_bits: 40,
+        }
+    }
+
+    #[test]
+    fn a_hit_rereads_the_entries_and_follows_a_changed_table() {
+        let mem = RefCell::new(tables(0x9000));
+        let reads = Cell::new(0);
+        let read = |a: u64| {
+            reads.set(reads.get() + 1);
+            Some(mem.borrow().get(&a).copied().unwrap_or(0))
+        };
+        let mut memo = WalkMemo::default();
+        let la = 0x40_0123;
+        assert_eq!(
+            translate_memo(read, &regs(), la, FETCH, &mut memo),
+            Ok(0x9123)
+        );
+        assert_eq!(
+            translate_memo(read, &regs(), la + 1, FETCH, &mut memo),
+            Ok(0x9124)
+        );
+        // The guest remaps the page in place (same CR3, no exit): seen.
+        mem.borrow_mut().insert(0x4000, 0xa000 | 7);
+        assert_eq!(
+            translate_memo(read, &regs(), la, FETCH, &mut memo),
+            Ok(0xa123)
+        );
+        // ... or unmaps it: the walk's #PF, not the remembered page.
+        mem.borrow_mut().insert(0x4000, 0);
+        assert!(translate_memo(read, &regs(), la, FETCH, &mut memo).is_err());
+        assert!(reads.get() > 0);
+    }
+
+    #[test]
+    fn registers_access_and_page_are_part_of_the_key() {
+        let mem = tables(0x9000);
+        let read = |a: u64| Some(mem.get(&a).copied().unwrap_or(0));
+        let mut memo = WalkMemo::default();
+        assert!(translate_memo(read, &regs(), 0x40_0000, FETCH, &mut memo).is_ok());
+        // A user fetch of a supervisor page? The tables say user (bit 2),
+        // so take away U at the PTE through another CR3 instead: a
+        // different CR3 must walk again and fault.
+        let other = PagingRegs {
+            cr3: 0x5000,
+            ..regs()
+        };
+        assert!(translate_memo(read, &other, 0x40_0000, FETCH, &mut memo).is_err());
+        // Another page of the same table is not the remembered one.
+        assert!(translate_memo(read, &regs(), 0x40_1000, FETCH, &mut memo).is_err());
+    }
+
+    /// Whatever the memo holds, its answers equal a full walk's.
+    #[test]
+    fn equals_the_full_walk() {
+        let mut mem = tables(0x9000);
+        let mut memo = WalkMemo::default();
+        for round in 0..6u64 {
+            if round % 2 == 1 {
+                mem.insert(0x4000, (0x9000 + round * 0x1000) | 7);
+            }
+            let read = |a: u64| Some(mem.get(&a).copied().unwrap_or(0));
+            for la in [0x40_0000, 0x40_0fff, 0x40_1000, 0x80_0000] {
+                for access in [FETCH, Access::default()] {
+                    assert_eq!(
+                        translate_memo(read, &regs(), la, access, &mut memo),
+                        translate_mode(read, &regs(), la, access),
+                        "round {round} la {la:#x}"
+                    );
+                }
+            }
+        }
+    }
+}
