@@ -167,8 +167,9 @@ pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
 /// always intercepted), for IOIO_PROT exits L1's IOPM decides (every port
 /// the access touches, per its size, APM 15.10.1); exceptions by
 /// intercept_exceptions bit; CR/DR read/write by their bit; other exit
-/// codes by their misc1/misc2/misc3 bit. Exits that are never L1's: NPF
-/// (nested paging is not offered to L1, so an NPF is L0's table), #MC,
+/// codes by their misc1/misc2/misc3 bit. Exits that are never L1's here: NPF
+/// (L0's table faulted: L0 resolves it, and reflects what L1's nested table
+/// refuses itself, hv's nested::npt), #MC,
 /// physical INTR and physical NMIs (L0's whatever L1 intercepts), SMI/INIT
 /// when L1 does not intercept them, VMEXIT_INVALID, Unknown.
 ///

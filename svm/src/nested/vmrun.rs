@@ -159,8 +159,9 @@ pub fn soft_event_entry(
 /// Loads L2's state from vmcb12 into the active save area: the fields
 /// VMRUN loads (APM Vol. 2, 15.5.1). Not FS, GS, TR, LDTR, KernelGsBase,
 /// STAR/LSTAR/CSTAR/SFMASK or SYSENTER_*: VMRUN leaves those as they are
-/// (L1 moves them with VMLOAD/VMSAVE). Not G_PAT: L1 does not get nested
-/// paging, so L2 runs with L1's PAT under L0's tables.
+/// (L1 moves them with VMLOAD/VMSAVE). Not G_PAT: without nested paging
+/// L2 runs with L1's PAT under L0's tables; with it, hv's nested::npt
+/// loads vmcb12's G_PAT.
 pub fn load_l2_state(active: &mut StateSaveArea, vmcb12: &StateSaveArea) {
     active.es = vmcb12.es;
     active.cs = vmcb12.cs;
@@ -209,7 +210,7 @@ mod tests {
         v12.tsc_offset = 1 << 40;
         v12.intercept_misc1 = InterceptMisc1::HLT.bits();
         v12.intercept_misc2 = InterceptMisc2::VMRUN.bits();
-        v12.ncr3 = 0xdead000; // ignored: L1 gets no nested paging
+        v12.ncr3 = 0xdead000; // not here: nested paging is hv's nested::npt
         v12.event_inj = 0x8000_0306;
         let c = build_l2_controls(&l0, &v12, &l2c());
         assert_eq!((c.nested_ctl, c.ncr3), (1, 0xabc000));

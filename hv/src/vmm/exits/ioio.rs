@@ -114,8 +114,8 @@ const MAX_ELEMENTS_PER_EXIT: u64 = 4096;
 /// INS/OUTS (REP or not): each element between the port ([`port_in`],
 /// [`port_out`]) and guest memory at ES:rDI / seg:rSI, through the running
 /// guest's paging in its mode (an L2's page tables give L1-physical
-/// addresses, which are L0's guest-physical ones: L1 gets no nested
-/// paging), the registers moved as the CPU moves them (APM Vol. 3, INS,
+/// addresses, through L1's nested table when L1 runs it with nested
+/// paging: rip::translate_as), the registers moved as the CPU moves them (APM Vol. 3, INS,
 /// OUTS, REP). A #PF or #GP (non-canonical address) on the way is delivered
 /// with the elements before it done and rSI/rDI/rCX pointing at the
 /// faulting one, RIP on the instruction, as the CPU leaves them. Bytes that

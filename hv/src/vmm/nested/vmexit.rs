@@ -92,6 +92,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
     super::show_l2_svme(vmcb12, &l2);
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
+    super::npt::leave(vcpu);
     vcpu.nested.gif = false;
     // L1's RFLAGS.TF at its VMRUN: the #DB trap comes after the #VMEXIT,
     // on the host side (APM 15.5.2).
@@ -124,6 +125,7 @@ pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
     restore_l1(&mut vcpu.vmcb, hsave);
     let s = &mut vcpu.vmcb.state;
     (s.cr2, s.dr6, s.rflags) = (cr2, dr6, rflags);
+    super::npt::leave(vcpu);
     vcpu.nested.gif = false;
     Action::Resume
 }
