@@ -161,6 +161,10 @@ const NESTED_TESTS: &[&str] = &[
     "nested::l2_lapic_intr_waits_for_l2_sti",
     "nested::l2_lapic_smi_exits_to_l1",
     "nested::l2_msr_sweep",
+    "nested::npt_l2_mapped_through_ncr3",
+    "nested::npt_permission_fault_exact",
+    "nested::npt_stale_mapping_dropped",
+    "nested::npt_outside_l1_ram",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -13,6 +13,7 @@ mod l1;
 mod l2;
 mod modes;
 mod msrs;
+mod npt;
 mod strio;
 
 use core::arch::asm;
@@ -162,6 +163,10 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::l2_lapic_intr_waits_for_l2_sti" => apic::l2_lapic_intr_waits_for_l2_sti(),
         "nested::l2_lapic_smi_exits_to_l1" => apic::l2_lapic_smi_exits_to_l1(),
         "nested::l2_msr_sweep" => msrs::l2_msr_sweep(),
+        "nested::npt_l2_mapped_through_ncr3" => npt::npt_l2_mapped_through_ncr3(params.memory_size),
+        "nested::npt_permission_fault_exact" => npt::npt_permission_fault_exact(params.memory_size),
+        "nested::npt_stale_mapping_dropped" => npt::npt_stale_mapping_dropped(params.memory_size),
+        "nested::npt_outside_l1_ram" => npt::npt_outside_l1_ram(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
