@@ -165,6 +165,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::npt_permission_fault_exact",
     "nested::npt_stale_mapping_dropped",
     "nested::npt_outside_l1_ram",
+    "nested::npt_l2_apic_mmio",
+    "nested::npt_l2_in_every_mode",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -33,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 90] = [
+pub static CASES: [Case; 92] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -184,4 +184,6 @@ pub static CASES: [Case; 90] = [
     case("nested::npt_permission_fault_exact"),
     case("nested::npt_stale_mapping_dropped"),
     case("nested::npt_outside_l1_ram"),
+    case("nested::npt_l2_apic_mmio"),
+    case("nested::npt_l2_in_every_mode"),
 ];

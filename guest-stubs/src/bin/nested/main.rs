@@ -167,6 +167,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::npt_permission_fault_exact" => npt::npt_permission_fault_exact(params.memory_size),
         "nested::npt_stale_mapping_dropped" => npt::npt_stale_mapping_dropped(params.memory_size),
         "nested::npt_outside_l1_ram" => npt::npt_outside_l1_ram(params.memory_size),
+        "nested::npt_l2_apic_mmio" => npt::npt_l2_apic_mmio(params.memory_size),
+        "nested::npt_l2_in_every_mode" => npt::npt_l2_in_every_mode(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()

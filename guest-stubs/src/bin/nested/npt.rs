@@ -84,6 +84,8 @@ enum Pte {
     Out16M,
     /// Onto the last page below MAXPHYADDR.
     OutTop,
+    /// Onto L1's local APIC page (0xFEE0_0000, MMIO L0 emulates).
+    Apic,
 }
 
 impl Pte {
@@ -196,6 +198,7 @@ fn build(ram: u64) -> u64 {
         (Pte::OutJustPastRam, ram | TABLE),
         (Pte::Out16M, (16 << 20).max(ram + MB2) | TABLE),
         (Pte::OutTop, top | TABLE),
+        (Pte::Apic, guest_stubs::lapic::BASE | TABLE),
     ];
     for (p, e) in leaves {
         t[NPT4K][p as usize] = e;
@@ -232,6 +235,8 @@ const OP_END: u64 = 0;
 const OP_READ: u64 = 1;
 const OP_WRITE: u64 = 2;
 const OP_FETCH: u64 = 3;
+const OP_READ32: u64 = 4;
+const OP_WRITE32: u64 = 5;
 const MAX_OPS: usize = 8;
 
 /// One access of L2's script.
@@ -243,6 +248,10 @@ enum Op {
     Write(u64, u64),
     /// Call the address (a RET there).
     Fetch(u64),
+    /// 32-bit read (MMIO registers).
+    Read32(u64),
+    /// 32-bit write.
+    Write32(u64, u32),
 }
 
 static KIND: [AtomicU64; MAX_OPS] = [const { AtomicU64::new(0) }; MAX_OPS];
@@ -259,6 +268,8 @@ fn script(ops: &[Op]) {
             Some(Op::Read(a)) => (OP_READ, *a, 0),
             Some(Op::Write(a, v)) => (OP_WRITE, *a, *v),
             Some(Op::Fetch(a)) => (OP_FETCH, *a, 0),
+            Some(Op::Read32(a)) => (OP_READ32, *a, 0),
+            Some(Op::Write32(a, v)) => (OP_WRITE32, *a, u64::from(*v)),
         };
         KIND[i].store(k, Ordering::SeqCst);
         ADDR[i].store(a, Ordering::SeqCst);
@@ -292,6 +303,16 @@ extern "C" fn l2_entry() -> ! {
                 let v = VALUE[i].load(Ordering::SeqCst);
                 // SAFETY: as above.
                 unsafe { core::ptr::write_volatile(a as *mut u64, v) };
+            }
+            OP_READ32 => {
+                // SAFETY: as above.
+                let v = unsafe { core::ptr::read_volatile(a as *const u32) };
+                SEEN[i].store(u64::from(v), Ordering::SeqCst);
+            }
+            OP_WRITE32 => {
+                let v = VALUE[i].load(Ordering::SeqCst) as u32;
+                // SAFETY: as above.
+                unsafe { core::ptr::write_volatile(a as *mut u32, v) };
             }
             OP_FETCH => {
                 // SAFETY: the page holds a RET (or the fetch faults to L1).
@@ -619,5 +640,57 @@ pub fn npt_outside_l1_ram(ram: u64) {
         (u64::MAX, u64::MAX, u64::MAX),
         "L2's reads across the unbacked 2 MiB page"
     );
+    unmap_linear();
+}
+
+/// L2 reads and writes L1's local APIC through L1's nested table, at a
+/// gPA that is not the APIC's address: the version register, and TPR
+/// written by L2 is L1's TPR (one APIC, emulated by L0).
+pub fn npt_l2_apic_mmio(ram: u64) {
+    require_npt();
+    guest_stubs::lapic::map();
+    let ncr3 = build(ram);
+    let a = Pte::Apic.gpa();
+    let ops = [
+        Op::Read32(a + 0x30),
+        Op::Write32(a + 0x80, 0x30),
+        Op::Read32(a + 0x80),
+    ];
+    run_ok(ncr3, &ops, "L1's APIC page through L1's table");
+    check_eq!(seen(0), 0x0005_0014, "APIC version read by L2");
+    check_eq!(seen(2), 0x30, "TPR written and read by L2");
+    check_eq!(
+        guest_stubs::lapic::read(0x80),
+        0x30,
+        "TPR seen by L1 after L2 wrote it"
+    );
+    guest_stubs::lapic::write(0x80, 0);
+    unmap_linear();
+}
+
+/// nCR3 for the mode tests' L2s (`crate::modes`); 0: no nested paging.
+static MODE_NCR3: AtomicU64 = AtomicU64::new(0);
+
+/// Turns nested paging on in `v` while [`npt_l2_in_every_mode`] runs.
+pub(crate) fn apply(v: &mut svm::Vmcb) {
+    let ncr3 = MODE_NCR3.load(Ordering::SeqCst);
+    if ncr3 != 0 {
+        v.control.nested_ctl = 1;
+        v.control.ncr3 = ncr3;
+    }
+}
+
+/// L2 in every paging mode on top of L1's nested table (kvm-unit-tests'
+/// `mode_switch` with NPT): started in each mode, and touring them all
+/// from long mode. L2's own tables, code and the instructions L0 emulates
+/// for it are reached through L1's table (identity over L1's RAM; the
+/// table's format is L1's long mode whatever L2's mode, APM 15.25.4).
+pub fn npt_l2_in_every_mode(ram: u64) {
+    require_npt();
+    let ncr3 = build(ram);
+    MODE_NCR3.store(ncr3, Ordering::SeqCst);
+    crate::modes::every_start_runs_cpuid();
+    crate::modes::l2_tours_every_mode();
+    MODE_NCR3.store(0, Ordering::SeqCst);
     unmap_linear();
 }
