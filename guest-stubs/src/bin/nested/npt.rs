@@ -29,6 +29,10 @@ const W: u64 = 1 << 1;
 const U: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const NX: u64 = 1 << 63;
+/// Accessed and dirty, preset where a leaf's rights are the point (L0
+/// may map a clean leaf read-only until it sets D: that would hide a
+/// shadow entry wider than L1's).
+const AD: u64 = (1 << 5) | (1 << 6);
 /// A non-leaf entry: everything allowed, the leaves decide.
 const TABLE: u64 = P | W | U;
 const MB2: u64 = 2 << 20;
@@ -188,8 +192,8 @@ fn build(ram: u64) -> u64 {
         (Pte::Remap, frame_pa(0) | TABLE),
         (Pte::Alias1, frame_pa(1) | TABLE),
         (Pte::Alias2, frame_pa(1) | TABLE),
-        (Pte::ReadOnly, frame_pa(4) | P | U),
-        (Pte::NoExec, frame_pa(5) | TABLE | NX),
+        (Pte::ReadOnly, frame_pa(4) | P | U | AD),
+        (Pte::NoExec, frame_pa(5) | TABLE | NX | AD),
         (Pte::NotPresent, frame_pa(2) | W | U),
         (Pte::Reserved, frame_pa(2) | TABLE | reserved_bit()),
         (Pte::Supervisor, frame_pa(2) | P | W),
