@@ -9,7 +9,7 @@
 //!   page tables live there).
 //! - `8 MiB + 4 KiB * i`: the 4 KiB pages of [`Pte`] (remaps, faults).
 //! - `10 MiB`: a 2 MiB page onto the 2 MiB block of L1's RAM that holds
-//!   [`FRAMES`].
+//!   frame 2 of [`FRAMES`].
 //! - `12 MiB`: a 2 MiB page onto unbacked L1-physical memory.
 //! - `1 GiB`: a 1 GiB page onto L1-physical 0.
 //! - `2 GiB`: a 1 GiB page onto L1-physical 4 GiB (unbacked).
@@ -179,7 +179,7 @@ fn build(ram: u64) -> u64 {
         t[NPD][i as usize] = (i * MB2) | TABLE | PS;
     }
     t[NPD][(G4K / MB2) as usize] = table_pa(NPT4K) | TABLE;
-    let frames_block = frame_pa(0) & !(MB2 - 1);
+    let frames_block = frame_pa(2) & !(MB2 - 1);
     t[NPD][(G2M / MB2) as usize] = frames_block | TABLE | PS;
     let unbacked_2m = (ram + 0x1000_0000) & !(MB2 - 1);
     t[NPD][(G2M_OUT / MB2) as usize] = unbacked_2m | TABLE | PS;
