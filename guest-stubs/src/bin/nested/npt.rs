@@ -11,6 +11,7 @@
 //! - `10 MiB`: a 2 MiB page onto the 2 MiB block of L1's RAM that holds
 //!   frame 2 of [`FRAMES`].
 //! - `12 MiB`: a 2 MiB page onto unbacked L1-physical memory.
+//! - `14 MiB`: a 4 KiB page writable in its PTE, read-only in its PDE.
 //! - `1 GiB`: a 1 GiB page onto L1-physical 0.
 //! - `2 GiB`: a 1 GiB page onto L1-physical 4 GiB (unbacked).
 
@@ -54,6 +55,8 @@ const G4K: u64 = 8 << 20;
 const G2M: u64 = 10 << 20;
 /// gPA of the 2 MiB page onto unbacked memory.
 const G2M_OUT: u64 = 12 << 20;
+/// gPA of a 4 KiB page whose PD entry (not its PTE) is read-only.
+const G_RO_PDE: u64 = 14 << 20;
 /// gPA of the 1 GiB page onto L1-physical 0.
 const G1G: u64 = GB1;
 /// gPA of the 1 GiB page onto L1-physical 4 GiB.
@@ -103,8 +106,8 @@ impl Pte {
 /// [`G4K`]; L2's own PML4 (page-walk tests); L1's PDs for linear 1-2 GiB
 /// and 2-3 GiB (identity 2 MiB pages, so L2 reaches gPA 1-3 GiB).
 #[repr(C, align(4096))]
-struct Tables([[u64; 512]; 7]);
-static mut TABLES: Tables = Tables([[0; 512]; 7]);
+struct Tables([[u64; 512]; 8]);
+static mut TABLES: Tables = Tables([[0; 512]; 8]);
 const NPML4: usize = 0;
 const NPDPT: usize = 1;
 const NPD: usize = 2;
@@ -112,13 +115,14 @@ const NPT4K: usize = 3;
 const L2PML4: usize = 4;
 const LPD1: usize = 5;
 const LPD2: usize = 6;
+const NPT_RO: usize = 7;
 
 /// Data frames of L1's RAM that the nested table names.
 #[repr(C, align(4096))]
 struct Frames([[u64; 512]; 8]);
 static mut FRAMES: Frames = Frames([[0; 512]; 8]);
 
-fn tables() -> &'static mut [[u64; 512]; 7] {
+fn tables() -> &'static mut [[u64; 512]; 8] {
     // SAFETY: single vCPU; L2 does not run while L1 holds this.
     unsafe { &mut (*addr_of_mut!(TABLES)).0 }
 }
@@ -162,7 +166,9 @@ fn max_phys_bits() -> u32 {
 /// Fails the test (no silent pass) when CPUID 0x8000000A EDX.NP is clear.
 fn require_npt() {
     if cpuid(0x8000_000A, 0)[3] & 1 == 0 {
-        fail(format_args!("NPT not offered (CPUID 0x8000000A EDX bit 0 clear)"));
+        fail(format_args!(
+            "NPT not offered (CPUID 0x8000000A EDX bit 0 clear)"
+        ));
     }
 }
 
@@ -183,6 +189,8 @@ fn build(ram: u64) -> u64 {
     t[NPD][(G2M / MB2) as usize] = frames_block | TABLE | PS;
     let unbacked_2m = (ram + 0x1000_0000) & !(MB2 - 1);
     t[NPD][(G2M_OUT / MB2) as usize] = unbacked_2m | TABLE | PS;
+    t[NPD][(G_RO_PDE / MB2) as usize] = table_pa(NPT_RO) | P | U | AD;
+    t[NPT_RO][0] = frame_pa(3) | TABLE | AD;
     t[NPDPT][1] = TABLE | PS;
     if max_phys_bits() > 32 {
         t[NPDPT][2] = (4 * GB1) | TABLE | PS;
@@ -389,9 +397,17 @@ pub fn npt_l2_mapped_through_ncr3(ram: u64) {
         Op::Read(Pte::Alias2.gpa() + 5 * 8),
     ];
     run_ok(ncr3, &ops, "4 KiB pages");
-    check_eq!(seen(0), 0x0A0A_0001, "L2's read of its gPA remapped to frame 0");
+    check_eq!(
+        seen(0),
+        0x0A0A_0001,
+        "L2's read of its gPA remapped to frame 0"
+    );
     check_eq!(peek(0, 4), 0x0A0A_0002, "frame 0 after L2's write");
-    check_eq!(seen(3), 0x0A0A_0003, "L2's read through the alias of frame 1");
+    check_eq!(
+        seen(3),
+        0x0A0A_0003,
+        "L2's read through the alias of frame 1"
+    );
     check_eq!(peek(1, 5), 0x0A0A_0003, "frame 1 after L2's write");
 
     // 2 MiB: gPA G2M + x is L1-physical (frames' 2 MiB block) + x.
@@ -457,6 +473,19 @@ pub fn npt_permission_fault_exact(ram: u64) {
     check_eq!(seen(0), 0x0D0D_0001, "L2's read of the read-only page");
     check_eq!(peek(4, 0x25), 0x0D0D_0001, "the read-only frame");
 
+    // Rights are those of every level (APM 5.6): R/W=0 in the PDE only.
+    poke(3, 2, 0x0D0D_0003);
+    let ro_pde = G_RO_PDE + 0x10;
+    expect_npf(
+        ncr3,
+        &[Op::Read(ro_pde), Op::Write(ro_pde, 1)],
+        EI_FINAL | EI_US | EI_RW | EI_P,
+        ro_pde,
+        "write to a page read-only in its PDE",
+    );
+    check_eq!(seen(0), 0x0D0D_0003, "L2's read of that page");
+    check_eq!(peek(3, 2), 0x0D0D_0003, "that page's frame");
+
     // RET at offset 0x40 of the NX frame.
     poke(5, 8, 0xC3);
     let nx = Pte::NoExec.gpa() + 0x40;
@@ -514,7 +543,11 @@ pub fn npt_permission_fault_exact(ram: u64) {
     let la = (1u64 << 39) | (3 << 30) | 0x10;
     let pdpte = Pte::L2Pdpt.gpa() + 3 * 8;
     for (entry, info1, what) in [
-        (0, EI_WALK | EI_US | EI_RW, "L2's PDPT not present in L1's table"),
+        (
+            0,
+            EI_WALK | EI_US | EI_RW,
+            "L2's PDPT not present in L1's table",
+        ),
         (
             frame_pa(2) | P | U,
             EI_WALK | EI_US | EI_RW | EI_P,
@@ -631,6 +664,19 @@ pub fn npt_outside_l1_ram(ram: u64) {
             format_args!("{what}: L2's reads before and after its write")
         );
     }
+    // L1's nested table itself outside L1's RAM: its root reads all-ones
+    // (APM/PC: unbacked memory), a PML4E with reserved bits, so L2's first
+    // access, the walk of its own PML4 (L1's, at PML4_GPA) for its code
+    // fetch, is #NPF with RSVD on the walk of L2's tables (bit 33, a write
+    // as guest page-table accesses are).
+    let e = run(ram + 0x100_0000, &[], |_| {});
+    let want = Exit {
+        code: ExitCode::Npf,
+        info1: EI_WALK | EI_RSVD | EI_US | EI_RW | EI_P,
+        info2: svm::guest_abi::PML4_GPA,
+    };
+    check_eq!(e, want, "L2's exit with nCR3 outside L1's RAM");
+
     // Every page of the 2 MiB one reads all-ones too (no host frame leaks
     // in a larger shadow page).
     let ops = [
