@@ -427,6 +427,28 @@ pub fn npt_l2_mapped_through_ncr3(ram: u64) {
     run_ok(ncr3, &ops, "1 GiB page");
     check_eq!(seen(0), 0x0C0C_0001, "L2's read through the 1 GiB page");
     check_eq!(peek(3, 1), 0x0C0C_0002, "frame 3 after L2's write (1 GiB)");
+    // And past L0's first 2 MiB page of L1's RAM (L1's stack, at the top
+    // of its RAM): the 1 GiB page spans L0's 2 MiB ones.
+    let mut probe = [0u64; 2];
+    let p = probe.as_mut_ptr();
+    let at = p as u64;
+    check!(at >= MB2, "L1's stack at {at:#x}, below 2 MiB");
+    // SAFETY: L1's own stack array; L2 reads and writes it while L1 waits
+    // in VMRUN, so every access here is volatile.
+    unsafe {
+        core::ptr::write_volatile(p, 0x0C0C_0003);
+        core::ptr::write_volatile(p.add(1), 0);
+    }
+    let ops = [Op::Read(G1G + at), Op::Write(G1G + at + 8, 0x0C0C_0004)];
+    run_ok(ncr3, &ops, "1 GiB page, beyond 2 MiB");
+    check_eq!(seen(0), 0x0C0C_0003, "L2's read of L1's stack (1 GiB page)");
+    // SAFETY: as above.
+    let written = unsafe { core::ptr::read_volatile(p.add(1)) };
+    check_eq!(
+        written,
+        0x0C0C_0004,
+        "L1's stack after L2's write (1 GiB page)"
+    );
     unmap_linear();
 }
 
