@@ -130,8 +130,11 @@ const EXT1_ECX_SVM: u32 = 1 << 2;
 /// ASIDs offered to an L1 hypervisor (CPUID 0x8000_000A EBX).
 pub const NESTED_ASIDS: u32 = 64;
 /// SVM features offered to an L1 hypervisor (CPUID 0x8000_000A EDX):
-/// NRIPS (bit 3) only.
-pub const NESTED_SVM_FEATURES: u32 = 1 << 3;
+/// nested paging (bit 0: shadow nested tables, hv's nested::npt) and
+/// NRIPS (bit 3).
+pub const NESTED_SVM_FEATURES: u32 = NESTED_NP | (1 << 3);
+/// CPUID 0x8000_000A EDX\[0\]: nested paging.
+pub const NESTED_NP: u32 = 1 << 0;
 /// CPUID.(EAX=7,ECX=0):EBX[1]: IA32_TSC_ADJUST, emulated for every guest.
 const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
 
@@ -188,8 +191,8 @@ fn shown(leaf: u32, subleaf: u32, host: Regs, policy: GuestCpuidPolicy) -> Regs 
         0x8000_0001 => [eax, ebx, ecx | EXT1_ECX_SVM, edx],
         0x8000_000A if !policy.svm => [0; 4],
         // What L1 gets: revision 1, its own ASIDs, and only the features
-        // the hypervisor emulates: NRIP save (it fills next_rip itself).
-        // No nested paging, TSC scaling, decode assists, VGIF, clean bits.
+        // the hypervisor emulates: nested paging (shadowed), NRIP save (it
+        // fills next_rip itself). No TSC scaling, decode assists, VGIF, clean bits.
         0x8000_000A => [1, NESTED_ASIDS, 0, NESTED_SVM_FEATURES],
         0x4000_0000 => {
             let s = HYPERVISOR_SIGNATURE;

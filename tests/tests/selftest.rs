@@ -149,7 +149,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::vmrun_invalid_cs_long_and_default",
     "nested::vmrun_invalid_vmrun_not_intercepted",
     "nested::vmrun_invalid_eventinj_vector",
-    "nested::np_enable_ignored_without_npt",
+    "nested::np_enable_checks_ncr3",
     "nested::l2_cr3_reserved_bits",
     "nested::l2_unbacked_memory",
     "nested::l2_unbacked_page_walk",

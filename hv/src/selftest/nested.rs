@@ -166,7 +166,7 @@ pub static CASES: [Case; 92] = [
     case("nested::vmrun_invalid_cs_long_and_default"),
     case("nested::vmrun_invalid_vmrun_not_intercepted"),
     case("nested::vmrun_invalid_eventinj_vector"),
-    case("nested::np_enable_ignored_without_npt"),
+    case("nested::np_enable_checks_ncr3"),
     case("nested::l2_cr3_reserved_bits"),
     // ISSUE 8 C: unbacked L1-physical memory.
     case("nested::l2_unbacked_memory"),

@@ -35,6 +35,9 @@ pub struct Npt {
     /// Pages left unmapped so every access exits to a device model
     /// (the local APIC page, exits::apic).
     mmio_pages: Vec<u64>,
+    /// The frame of 0xFF bytes unbacked memory maps to (shadow NPTs for
+    /// L2 map L1's unbacked memory onto it too: nested::npt).
+    ones: u64,
 }
 
 struct Recording<'a>(&'a mut Vec<u64>);
@@ -81,6 +84,7 @@ impl Npt {
             tables,
             shared: [0; 3],
             mmio_pages: Vec::new(),
+            ones: 0,
         };
         let offset = crate::mem::paging::phys_to_virt(0);
         // SAFETY: the root is a fresh zeroed frame in the direct map.
@@ -127,6 +131,7 @@ impl Npt {
     /// frame, read-only.
     fn map_unbacked(&mut self, limit: u64) -> Result<(), &'static str> {
         let ones = self.new_table()?;
+        self.ones = ones;
         // SAFETY: a fresh frame of ours, in the direct map.
         unsafe { core::ptr::write_bytes(entry(ones, 0) as *mut u8, 0xFF, FRAME_SIZE as usize) };
         // full[l - 1]: the entry at level l (1 = PT .. 4 = PML4) for a range
@@ -235,6 +240,11 @@ impl Npt {
     /// Whether `gpa` is in a page [`Npt::add_mmio_page`] left unmapped.
     pub fn is_mmio_page(&self, gpa: u64) -> bool {
         self.mmio_pages.contains(&(gpa & !0xFFF))
+    }
+
+    /// The host frame of 0xFF bytes unbacked memory reads from.
+    pub fn unbacked_frame(&self) -> u64 {
+        self.ones
     }
 
     /// The nCR3 value.

@@ -216,7 +216,8 @@ impl Vm {
 
 /// The limits of the CPU the guest is shown: the host's CPUID through the
 /// same filter the guest's CPUID exits use (the TSC frequency leaf does
-/// not matter here). L0 does not offer nested paging to L1.
+/// not matter here). Nested paging is offered to L1 with SVM (shadow
+/// nested tables, nested::npt), so vmcb12's nCR3 is checked.
 fn l1_limits(nested_svm: bool, hidden: HiddenFeatures) -> L1Limits {
     let policy = GuestCpuidPolicy {
         svm: nested_svm,
@@ -227,5 +228,5 @@ fn l1_limits(nested_svm: bool, hidden: HiddenFeatures) -> L1Limits {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         filter(leaf, subleaf, [r.eax, r.ebx, r.ecx, r.edx], policy)
     });
-    L1Limits::from_cpuid(&cpuid, false)
+    L1Limits::from_cpuid(&cpuid, nested_svm)
 }

@@ -152,7 +152,7 @@ fn guest_main(params: &'static StartParams) -> ! {
             vmrun_invalid(|v| v.control.intercept_misc2 &= !InterceptMisc2::VMRUN.bits())
         }
         "nested::vmrun_invalid_eventinj_vector" => vmrun_invalid_eventinj_vector(),
-        "nested::np_enable_ignored_without_npt" => np_enable_ignored_without_npt(),
+        "nested::np_enable_checks_ncr3" => np_enable_checks_ncr3(),
         "nested::l2_cr3_reserved_bits" => hardening::l2_cr3_reserved_bits(),
         "nested::l2_unbacked_memory" => l2_unbacked_memory(params.memory_size),
         "nested::l2_unbacked_page_walk" => l2_unbacked_page_walk(params.memory_size),
@@ -202,8 +202,8 @@ fn cpuid_svm_leaf() {
         "leaf 0x8000000A: revision {rev}, {asids} ASIDs"
     );
     check!(features & (1 << 3) != 0, "NRIP save not offered");
-    // Exactly what L0 emulates for L1: NRIP save, nothing else.
-    check_eq!(features, 1 << 3, "leaf 0x8000000A EDX");
+    // Exactly what L0 emulates for L1: nested paging, NRIP save.
+    check_eq!(features, (1 << 3) | 1, "leaf 0x8000000A EDX");
     check!(
         cpuid(0x8000_0000, 0)[0] >= 0x8000_000A,
         "max extended leaf below the SVM leaf"
@@ -213,8 +213,8 @@ fn cpuid_svm_leaf() {
         [0x6874_7541, 0x6974_6E65, 0x444D_4163],
         "vendor (AuthenticAMD)"
     );
-    // Not emulated, so not offered: NP, TSC rate, VMCB clean, decode assists, pause filter, VGIF.
-    let unoffered = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 10) | (1 << 16);
+    // Not emulated, so not offered: TSC rate, VMCB clean, decode assists, pause filter, VGIF.
+    let unoffered = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 10) | (1 << 16);
     check_eq!(features & unoffered, 0, "features offered but not emulated");
     check_eq!(rdmsr(VM_CR), 0, "VM_CR");
     check_eq!(rdmsr(EFER) & EFER_SVME, 0, "EFER.SVME at start");
@@ -388,18 +388,22 @@ fn vmrun_invalid_eventinj_vector() {
     run_expect(&mut regs, ExitCode::Shutdown);
 }
 
-/// Nested paging is not offered (CPUID 0x8000_000A EDX.NP clear), so
-/// vmcb12's NP_ENABLE and nCR3 mean nothing: L2 runs on L1's CR3 as
-/// always (KVM clears NP_ENABLE for an L1 without NPT; a CPU without
-/// nested paging has no such bit). Refusing it was L0's own rule.
-fn np_enable_ignored_without_npt() {
-    check_eq!(cpuid(0x8000_000A, 0)[3] & 1, 0, "NP offered to L1");
+/// Nested paging is offered (CPUID 0x8000_000A EDX.NP, issue 11), so
+/// vmcb12's nCR3 is checked: bits at or above MAXPHYADDR make VMRUN fail
+/// with VMEXIT_INVALID (APM 15.5.1; KVM nested_vmcb_check_controls), from
+/// L0's checks, never the CPU.
+fn np_enable_checks_ncr3() {
+    check_eq!(cpuid(0x8000_000A, 0)[3] & 1, 1, "NP offered to L1");
     let mut regs = setup(Task::Yield, 0);
     let c = &mut l1::vmcb().control;
     c.nested_ctl = 1;
     c.ncr3 = 0xFFFF_0000_DEAD_B000;
     let (_, code) = refused_by_l0(&mut regs);
-    check_eq!(ExitCode::from_raw(code), ExitCode::Hlt, "L2's exit");
+    check_eq!(
+        code as u32,
+        u32::MAX,
+        "VMEXIT_INVALID for nCR3 beyond MAXPHYADDR"
+    );
 }
 
 /// L0 raises #GP for L2's RDMSR of an unknown MSR (L1's MSR map lets it

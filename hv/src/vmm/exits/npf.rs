@@ -37,6 +37,10 @@ const RFLAGS_DF: u64 = 1 << 10;
 
 /// Handles a nested page fault.
 pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // An L2 on L1's nested paging: resolved through L1's table first.
+    if let Some(action) = nested::npt::on_npf(vcpu, vm, host) {
+        return action;
+    }
     let c = &vcpu.vmcb.control;
     let (gpa, info) = (c.exit_info2, NpfErrorCode::from_bits_retain(c.exit_info1));
     let stop = || Stop::NestedPageFault {

@@ -15,6 +15,7 @@ use crate::vmm::vm::Vm;
 use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
 use svm::emulate::fetch;
 use svm::emulate::unbacked;
+use svm::nested::shadow_npt::walk::{NestedAccess, Stage};
 pub use svm::walk::Access;
 use svm::walk::{Failure, PagingRegs};
 use svm::{EventInfo, ExitCode};
@@ -32,6 +33,32 @@ pub enum NoInsn {
     /// A limit of L0 (a paging mode it does not walk yet, memory outside
     /// the guest's RAM): only this VM stops.
     Limit(Stop),
+    /// L2 on nested paging: L1's nested table refuses the access (or a
+    /// walk of L2's tables): L1's #VMEXIT(NPF) with these (nested::npt).
+    Npf {
+        /// EXITINFO1: error code and stage bit.
+        exitinfo1: u64,
+        /// EXITINFO2: the L2-physical address.
+        exitinfo2: u64,
+    },
+}
+
+impl From<nested::npt::Miss> for NoInsn {
+    fn from(miss: nested::npt::Miss) -> Self {
+        match miss {
+            nested::npt::Miss::Npf {
+                exitinfo1,
+                exitinfo2,
+            } => NoInsn::Npf {
+                exitinfo1,
+                exitinfo2,
+            },
+            nested::npt::Miss::Unreadable(at) => NoInsn::Limit(Stop::NestedPageFault {
+                gpa: at,
+                error_code: 0,
+            }),
+        }
+    }
 }
 
 impl NoInsn {
@@ -64,6 +91,10 @@ impl NoInsn {
                 cr2: Some(cr2),
             } => raise_page_fault(vcpu, vm, host, event, cr2),
             NoInsn::Fault { event, cr2: None } => raise(vcpu, vm, host, event),
+            NoInsn::Npf {
+                exitinfo1,
+                exitinfo2,
+            } => nested::npt::reflect_npf(vcpu, vm, host, exitinfo1, exitinfo2),
         }
     }
 }
@@ -132,8 +163,8 @@ pub fn pdptes_valid(vm: &Vm, cr3: u64) -> bool {
     svm::walk::pdptes_valid(|a| read_phys_u64(vm, a), cr3, vm.l1_limits.max_phys_bits)
 }
 
-/// The paging registers of the running guest (L1, or L2: L1 gets no
-/// nested paging, so L2's physical addresses are L1's).
+/// The paging registers of the running guest (L1, or L2, whose physical
+/// addresses are L1's unless L1 runs it on nested paging: [`translate_as`]).
 fn paging_regs(vcpu: &Vcpu, vm: &Vm) -> PagingRegs {
     let s = &vcpu.vmcb.state;
     PagingRegs {
@@ -165,16 +196,43 @@ pub fn translate_access(
 /// [`translate_access`] for an access whose kind the caller states: an
 /// implicit supervisor access (the IDT, GDT or stack of an event delivery)
 /// is a supervisor access at any CPL (APM 5.6.1).
+///
+/// For an L2 on nested paging the result is L1-physical: L2's tables and
+/// the final address go through L1's nested table (nested::npt::to_l1;
+/// its refusal is L1's #NPF, with the page-table-walk bit for L2's tables).
 pub fn translate_as(vcpu: &Vcpu, vm: &Vm, la: u64, access: Access) -> Result<u64, NoInsn> {
     let regs = paging_regs(vcpu, vm);
-    svm::walk::translate_mode(|a| read_phys_u64(vm, a), &regs, la, access).map_err(|e| match e {
+    let np = vcpu.nested.npt.active();
+    let miss = core::cell::Cell::new(None);
+    let read = |gpa: u64| match np {
+        None => read_phys_u64(vm, gpa),
+        Some(n) => match nested::npt::to_l1(vm, n, gpa, NestedAccess::WRITE, Stage::GuestTables) {
+            Ok(pa) => read_phys_u64(vm, pa),
+            Err(m) => {
+                miss.set(Some(m));
+                None
+            }
+        },
+    };
+    let gpa = svm::walk::translate_mode(read, &regs, la, access).map_err(|e| match e {
         Failure::PageFault(code) => NoInsn::Fault {
             event: EventInfo::exception_with_error_code(14, code),
             cr2: Some(la),
         },
         Failure::NonCanonical => NoInsn::gp0(),
-        Failure::OutsideMemory(gpa) => NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 }),
-    })
+        Failure::OutsideMemory(gpa) => match miss.take() {
+            Some(m) => m.into(),
+            None => NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 }),
+        },
+    })?;
+    let Some(n) = np else {
+        return Ok(gpa);
+    };
+    let nested_access = NestedAccess {
+        write: access.write,
+        fetch: access.fetch,
+    };
+    nested::npt::to_l1(vm, n, gpa, nested_access, Stage::Final).map_err(NoInsn::from)
 }
 
 fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> {

@@ -59,7 +59,13 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         ExitCode::Clgi => vcpu.nested.gif = false,
         // A guest invalidates a mapping: flush the running guest's TLB at
         // its next entry (L2's is also flushed at every nested VMRUN).
-        ExitCode::Invlpga => vcpu.vmcb.control.tlb_control = TlbControl::FlushAll.as_u8(),
+        // L1's INVLPGA (ECX: the ASID) also reaches L2's shadow NPT.
+        ExitCode::Invlpga => {
+            if !vcpu.nested.in_l2() {
+                super::npt::invlpga(vcpu, vcpu.regs.rcx as u32);
+            }
+            vcpu.vmcb.control.tlb_control = TlbControl::FlushAll.as_u8()
+        }
         _ => {}
     }
     rip::skip(vcpu, vm, host)

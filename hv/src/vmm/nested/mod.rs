@@ -7,6 +7,7 @@
 //! intercepted and emulated here.
 
 pub mod insns;
+pub mod npt;
 pub mod vgif;
 pub mod vmexit;
 pub mod vmrun;
@@ -76,6 +77,8 @@ pub struct Nested {
     pub spare_vmcb12: Option<Box<Vmcb>>,
     /// The active VMCB holds L1's GIF in V_GIF for this run ([`vgif`]).
     pub vgif_in_vmcb: bool,
+    /// Shadow nested paging for L2s that L1 runs with NP ([`npt`]).
+    pub npt: npt::L2Npt,
 }
 
 impl Nested {
@@ -94,6 +97,7 @@ impl Nested {
             msrpm_holds_l0: false,
             spare_vmcb12: None,
             vgif_in_vmcb: false,
+            npt: npt::L2Npt::default(),
         })
     }
 

@@ -92,6 +92,7 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
     super::show_l2_svme(vmcb12, &l2);
     vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
     restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
+    super::npt::leave(vcpu);
     vcpu.nested.gif = false;
     // L1's RFLAGS.TF at its VMRUN: the #DB trap comes after the #VMEXIT,
     // on the host side (APM 15.5.2).
@@ -121,6 +122,7 @@ pub fn reflect_invalid(vcpu: &mut Vcpu, vm: &mut Vm) -> Action {
         .as_bytes_mut()
         .copy_from_slice(vcpu.nested.hsave.as_bytes());
     vcpu.vmcb.control.vmcb_clean = 0;
+    super::npt::leave(vcpu);
     vcpu.vmcb.state.dr7 = 0x400;
     vcpu.vmcb.state.cpl = 0;
     vcpu.nested.gif = false;

@@ -146,6 +146,10 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         svme: copy.state.efer & svm::msr::EFER_SVME != 0,
         vmcb12: copy,
     });
+    // Step 7: nested paging, when vmcb12 enables it (nested::npt).
+    if let Err(stop) = super::npt::enter(vcpu, vm) {
+        return Action::Stop(stop);
+    }
     Action::Resume
 }
 

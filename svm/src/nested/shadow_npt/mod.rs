@@ -1,6 +1,6 @@
 //! Shadow nested page tables for an L1 that runs its L2 with nested paging
-//! (issue 11, items 1-2): pure logic, not yet wired into the kernel, and
-//! NPT is not yet offered to L1.
+//! (issue 11, items 1-2): pure logic; the kernel side is
+//! hv/src/vmm/nested/npt.rs.
 //!
 //! L2's physical addresses (gPA) go through L1's nested table (rooted at
 //! vmcb12's nCR3, in the format L1's paging mode selects at VMRUN) to
@@ -13,8 +13,10 @@
 //!   to install, the #NPF to reflect to L1, or an access L0 handles itself.
 //! - [`invalidate`]: when the shadow table must be dropped or refreshed.
 //! - [`builder`]: the shadow table itself, over frames a caller provides.
+//! - [`layout`]: L0's mapping of L1's memory, for [`compose`].
 
 pub mod builder;
 pub mod compose;
 pub mod invalidate;
+pub mod layout;
 pub mod walk;
