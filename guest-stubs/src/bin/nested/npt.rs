@@ -93,6 +93,8 @@ enum Pte {
     OutTop,
     /// Onto L1's local APIC page (0xFEE0_0000, MMIO L0 emulates).
     Apic,
+    /// Onto frame 8: code L0 must fetch through L1's table to emulate it.
+    Code,
 }
 
 impl Pte {
@@ -119,8 +121,8 @@ const NPT_RO: usize = 7;
 
 /// Data frames of L1's RAM that the nested table names.
 #[repr(C, align(4096))]
-struct Frames([[u64; 512]; 8]);
-static mut FRAMES: Frames = Frames([[0; 512]; 8]);
+struct Frames([[u64; 512]; 9]);
+static mut FRAMES: Frames = Frames([[0; 512]; 9]);
 
 fn tables() -> &'static mut [[u64; 512]; 8] {
     // SAFETY: single vCPU; L2 does not run while L1 holds this.
@@ -211,6 +213,7 @@ fn build(ram: u64) -> u64 {
         (Pte::Out16M, (16 << 20).max(ram + MB2) | TABLE),
         (Pte::OutTop, top | TABLE),
         (Pte::Apic, guest_stubs::lapic::BASE | TABLE),
+        (Pte::Code, frame_pa(8) | TABLE),
     ];
     for (p, e) in leaves {
         t[NPT4K][p as usize] = e;
@@ -249,6 +252,7 @@ const OP_WRITE: u64 = 2;
 const OP_FETCH: u64 = 3;
 const OP_READ32: u64 = 4;
 const OP_WRITE32: u64 = 5;
+const OP_CALL_RDI: u64 = 6;
 const MAX_OPS: usize = 8;
 
 /// One access of L2's script.
@@ -264,6 +268,8 @@ enum Op {
     Read32(u64),
     /// 32-bit write.
     Write32(u64, u32),
+    /// Call the address with RDI = the value; EAX after it is the result.
+    CallRdi(u64, u64),
 }
 
 static KIND: [AtomicU64; MAX_OPS] = [const { AtomicU64::new(0) }; MAX_OPS];
@@ -282,6 +288,7 @@ fn script(ops: &[Op]) {
             Some(Op::Fetch(a)) => (OP_FETCH, *a, 0),
             Some(Op::Read32(a)) => (OP_READ32, *a, 0),
             Some(Op::Write32(a, v)) => (OP_WRITE32, *a, u64::from(*v)),
+            Some(Op::CallRdi(a, v)) => (OP_CALL_RDI, *a, *v),
         };
         KIND[i].store(k, Ordering::SeqCst);
         ADDR[i].store(a, Ordering::SeqCst);
@@ -325,6 +332,17 @@ extern "C" fn l2_entry() -> ! {
                 let v = VALUE[i].load(Ordering::SeqCst) as u32;
                 // SAFETY: as above.
                 unsafe { core::ptr::write_volatile(a as *mut u32, v) };
+            }
+            OP_CALL_RDI => {
+                let rdi = VALUE[i].load(Ordering::SeqCst);
+                let eax: u32;
+                // SAFETY: the page holds code that L1 put there (ending in
+                // RET), or the fetch faults to L1.
+                unsafe {
+                    asm!("call {}", in(reg) a, inout("rdi") rdi => _, out("eax") eax,
+                         clobber_abi("C"))
+                };
+                SEEN[i].store(u64::from(eax), Ordering::SeqCst);
             }
             OP_FETCH => {
                 // SAFETY: the page holds a RET (or the fetch faults to L1).
@@ -680,10 +698,11 @@ pub fn npt_outside_l1_ram(ram: u64) {
         }
         let ops = [Op::Read(a), Op::Write(a, 0x1234_5678), Op::Read(a)];
         run_ok(ncr3, &ops, what);
-        check_eq!(
-            (seen(0), seen(2)),
-            (u64::MAX, u64::MAX),
-            format_args!("{what}: L2's reads before and after its write")
+        check!(
+            (seen(0), seen(2)) == (u64::MAX, u64::MAX),
+            "{what}: L2 read {:#x} before its write, {:#x} after, expected all-ones",
+            seen(0),
+            seen(2)
         );
     }
     // L1's nested table itself outside L1's RAM: its root reads all-ones
@@ -723,12 +742,23 @@ pub fn npt_l2_apic_mmio(ram: u64) {
     guest_stubs::lapic::map();
     let ncr3 = build(ram);
     let a = Pte::Apic.gpa();
+    // The version again, by code at a gPA L1's table remaps (MOV EAX,
+    // [RDI]; RET): L0 fetches the instruction it emulates through L1's
+    // table too.
+    let code = [0x8Bu8, 0x07, 0xC3, 0, 0, 0, 0, 0];
+    poke(8, 0, u64::from_le_bytes(code));
     let ops = [
         Op::Read32(a + 0x30),
         Op::Write32(a + 0x80, 0x30),
         Op::Read32(a + 0x80),
+        Op::CallRdi(Pte::Code.gpa(), a + 0x30),
     ];
     run_ok(ncr3, &ops, "L1's APIC page through L1's table");
+    check_eq!(
+        seen(3),
+        0x0005_0014,
+        "APIC version read by remapped L2 code"
+    );
     check_eq!(seen(0), 0x0005_0014, "APIC version read by L2");
     check_eq!(seen(2), 0x30, "TPR written and read by L2");
     check_eq!(
