@@ -18,9 +18,12 @@ use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{Action, Stop};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
+use alloc::vec::Vec;
 use svm::nested::shadow_npt::builder::{Frames, ShadowNpt};
-use svm::nested::shadow_npt::compose::{compose, L0Map, Resolution};
-use svm::nested::shadow_npt::invalidate::{on_invlpga, on_npf_mapped, on_vmrun, Context};
+use svm::nested::shadow_npt::compose::{compose, L0Map, Resolution, ShadowEntry};
+use svm::nested::shadow_npt::invalidate::{
+    flush_only, on_invlpga, on_npf_mapped, on_vmrun, still_valid, Context, Decision,
+};
 use svm::nested::shadow_npt::layout::L1Layout;
 use svm::nested::shadow_npt::walk::{npt_regs, translate, NestedAccess, Stage, WalkFault};
 use svm::walk::PagingRegs;
@@ -66,7 +69,15 @@ pub struct L2Npt {
     built_for: Option<Context>,
     /// L1's nested walk while an L2 runs with nested paging.
     active: Option<PagingRegs>,
+    /// The entries installed since the shadow was last emptied (some may
+    /// have been replaced since), for [`revalidate`]; `None` once more
+    /// than [`TRACKED`] were: a flush then empties the table.
+    installed: Option<Vec<ShadowEntry>>,
 }
+
+/// Most installed entries a flush re-checks one by one (beyond, a flush
+/// drops them all: re-walking costs more than refaulting the few used).
+const TRACKED: usize = 64;
 
 impl L2Npt {
     /// L1's nested walk, while the running L2 uses nested paging.
@@ -180,11 +191,24 @@ pub fn enter(vcpu: &mut Vcpu, vm: &Vm) -> Result<(), Stop> {
     if npt.shadow.is_none() {
         // L0 runs with EFER.NXE (mem::paging): NX works in the shadow.
         npt.shadow = ShadowNpt::new(&mut HvFrames, true);
+        npt.installed = Some(Vec::new());
     }
     let Some(shadow) = npt.shadow.as_mut() else {
         return Err(Stop::Unhandled("out of memory for a shadow NPT".into()));
     };
-    shadow.apply(&mut HvFrames, decision);
+    let revalidated = match (&mut npt.installed, decision) {
+        (Some(list), Decision::DropAll) if flush_only(npt.built_for.as_ref(), &ctx) => {
+            revalidate(vm, &regs, shadow, list);
+            true
+        }
+        _ => false,
+    };
+    if !revalidated {
+        shadow.apply(&mut HvFrames, decision);
+        if decision == Decision::DropAll {
+            npt.installed = Some(Vec::new());
+        }
+    }
     npt.built_for = Some(ctx);
     npt.active = Some(regs);
     let root = shadow.root();
@@ -193,6 +217,25 @@ pub fn enter(vcpu: &mut Vcpu, vm: &Vm) -> Result<(), Stop> {
     active.control.ncr3 = root;
     active.state.g_pat = g_pat;
     Ok(())
+}
+
+/// A flush of L2's translations with the context unchanged: each entry
+/// installed stays only if L1's table still gives exactly it
+/// ([`still_valid`]); the others go (and fault again when used).
+fn revalidate(vm: &Vm, regs: &PagingRegs, shadow: &mut ShadowNpt, list: &mut Vec<ShadowEntry>) {
+    list.retain(|e| {
+        if shadow.lookup(&HvFrames, e.gpa) != Some(*e) {
+            // Replaced or split since: the newer entry is in the list.
+            return false;
+        }
+        let fresh = translate(|a| read_l1(vm, a), regs, e.gpa, NestedAccess::READ);
+        let l0 = fresh.map_or(L0Map::NotRam, |t| l0_map(vm, t.l1_pa));
+        let keep = still_valid(e, fresh, l0);
+        if !keep {
+            shadow.remove(&mut HvFrames, e.gpa);
+        }
+        keep
+    });
 }
 
 /// At the nested #VMEXIT (or a VMRUN that never entered L2): L1 runs on
@@ -208,7 +251,11 @@ pub fn invlpga(vcpu: &mut Vcpu, asid: u32) {
     let (Some(shadow), Some(ctx)) = (npt.shadow.as_mut(), npt.built_for) else {
         return;
     };
-    shadow.apply(&mut HvFrames, on_invlpga(ctx.asid, asid));
+    let decision = on_invlpga(ctx.asid, asid);
+    shadow.apply(&mut HvFrames, decision);
+    if decision == Decision::DropAll {
+        npt.installed = Some(Vec::new());
+    }
 }
 
 /// Sets the A/D bits a successful walk of L1's table sets (APM 15.25.5:
@@ -257,6 +304,13 @@ pub fn on_npf(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Option<Action> {
                     gpa,
                     error_code: info1,
                 }));
+            }
+            if let Some(list) = &mut npt.installed {
+                if list.len() < TRACKED {
+                    list.push(e);
+                } else {
+                    npt.installed = None;
+                }
             }
             // The old entry may be cached (APM 15.16).
             vcpu.vmcb.control.tlb_control = TlbControl::FlushThisAsid.as_u8();

@@ -13,6 +13,8 @@
 //! its write-protected shadow on every nested VMRUN,
 //! `nested_svm_transition_tlb_flush`).
 
+use super::compose::{compose, L0Map, Resolution, ShadowEntry};
+use super::walk::{NestedAccess, Translation, WalkFault};
 use crate::int_ctl::TlbControl;
 use crate::walk::{Mode, PagingRegs};
 
@@ -92,6 +94,33 @@ pub fn on_invlpga(shadow_asid: u32, asid: u32) -> Decision {
     }
 }
 
+/// Whether a [`Decision::DropAll`] at VMRUN is for a flush alone (the
+/// table, format and ASID unchanged): then, instead of dropping every
+/// entry, each may be checked against L1's current table
+/// ([`still_valid`]) and only the changed ones dropped. The result is
+/// the table fresh walks after the flush would build, without the #NPFs
+/// (an L1 that flushes on every VMRUN, as kvm-unit-tests does, would
+/// otherwise refault each page on every run; KVM likewise syncs its
+/// shadow pages instead of zapping them, `kvm_mmu_sync_roots`).
+pub fn flush_only(prev: Option<&Context>, next: &Context) -> bool {
+    prev == Some(next)
+}
+
+/// Whether shadow entry `e` may stay after L2's translations were
+/// flushed: `fresh` is a read walk of `e.gpa` in L1's table now and `l0`
+/// L0's mapping of its result. It stays only if the walk succeeds, sets
+/// no accessed or dirty bit (one L1 cleared must be set again by L2's
+/// next access, which the missing entry makes fault), and composes to
+/// exactly `e` (same page, size and rights).
+pub fn still_valid(e: &ShadowEntry, fresh: Result<Translation, WalkFault>, l0: L0Map) -> bool {
+    match fresh {
+        Ok(t) if t.ad.updates().is_empty() => {
+            compose(e.gpa, &t, l0, NestedAccess::READ) == Resolution::Map(*e)
+        }
+        _ => false,
+    }
+}
+
 /// After a #NPF on the shadow table for `gpa` that a fresh walk resolved
 /// to a mapping: the CPU re-walks a faulting translation instead of
 /// trusting a stale one, so the entry is replaced (L1 may have widened
@@ -118,6 +147,94 @@ mod tests {
             mode: Mode::Long,
             nxe: true,
             max_phys_bits: 40,
+        }
+    }
+
+    #[test]
+    fn flush_only_needs_the_same_context() {
+        let a = ctx(0x1000, 1);
+        assert!(flush_only(Some(&a), &a));
+        assert!(!flush_only(None, &a));
+        assert!(!flush_only(Some(&a), &ctx(0x2000, 1)));
+        assert!(!flush_only(Some(&a), &ctx(0x1000, 2)));
+    }
+
+    mod revalidate {
+        use super::super::*;
+        use crate::nested::shadow_npt::compose::{resolve, Resolution};
+        use crate::nested::shadow_npt::walk::tests::{long_regs, long_tables, Mem};
+        use crate::nested::shadow_npt::walk::{page, translate, Rights, Stage};
+
+        fn l0(pa: u64) -> L0Map {
+            L0Map::Ram {
+                hpa: 0x1_0000_0000 + pa,
+                page_bits: page::M2,
+                rights: Rights::ALL,
+            }
+        }
+
+        /// The entry a fault with `access` installs (A/D set as the
+        /// kernel does).
+        fn install(m: &mut Mem, gpa: u64, access: NestedAccess) -> ShadowEntry {
+            let r = long_regs(0x1000);
+            let t = translate(|a| m.read(a), &r, gpa, access).unwrap();
+            for &(at, bits) in t.ad.updates() {
+                *m.0.entry(at).or_insert(0) |= bits;
+            }
+            match resolve(|a| m.read(a), &r, gpa, access, Stage::Final, l0) {
+                Resolution::Map(e) => e,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn valid(m: &Mem, e: &ShadowEntry) -> bool {
+            let r = long_regs(0x1000);
+            let fresh = translate(|a| m.read(a), &r, e.gpa, NestedAccess::READ);
+            let pa = fresh.map_or(0, |t| t.l1_pa);
+            still_valid(e, fresh, l0(pa))
+        }
+
+        #[test]
+        fn unchanged_entries_stay() {
+            let mut m = long_tables();
+            for (gpa, access) in [
+                (0x5123, NestedAccess::READ),
+                (0x5123, NestedAccess::WRITE),
+                (0x20_1234, NestedAccess::WRITE),
+                (0x4012_3456, NestedAccess::FETCH),
+            ] {
+                let e = install(&mut m, gpa, access);
+                assert!(valid(&m, &e), "{gpa:#x} {access:?}");
+            }
+        }
+
+        #[test]
+        fn changed_entries_go() {
+            let mut m = long_tables();
+            let e = install(&mut m, 0x5123, NestedAccess::WRITE);
+            // Remapped.
+            let pte = 0x4000 + 5 * 8;
+            let old = m.0[&pte];
+            m.0.insert(pte, (old & !0xF_F000) | 0xB000);
+            assert!(!valid(&m, &e), "remapped");
+            // Made read-only.
+            m.0.insert(pte, old & !2);
+            assert!(!valid(&m, &e), "read-only");
+            // Not present.
+            m.0.insert(pte, 0);
+            assert!(!valid(&m, &e), "not present");
+            // Accessed bit cleared (the next access must set it).
+            m.0.insert(pte, old & !0x20);
+            assert!(!valid(&m, &e), "A cleared");
+            // Dirty bit cleared: a writable entry must not stay writable.
+            m.0.insert(pte, old & !0x40);
+            assert!(!valid(&m, &e), "D cleared");
+            m.0.insert(pte, old);
+            assert!(valid(&m, &e), "restored");
+            // L0's side changed: the page is no longer RAM.
+            let r = long_regs(0x1000);
+            let fresh = translate(|a| m.read(a), &r, e.gpa, NestedAccess::READ);
+            assert!(!still_valid(&e, fresh, L0Map::NotRam));
         }
     }
 

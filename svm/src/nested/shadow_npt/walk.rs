@@ -222,6 +222,8 @@ const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const NX: u64 = 1 << 63;
+/// Bit 8 of a PML4E: reserved on AMD.
+const PML4E_MBZ_8: u64 = 1 << 8;
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
@@ -342,7 +344,11 @@ impl Gather {
             if e & PRESENT == 0 {
                 return Err(WalkFault::Npf(code));
             }
-            if reserved.violated(e, level) {
+            // AMD also reserves bit 8 of a PML4E (APM Vol. 2, 5.3.3 table
+            // of reserved bits; KVM `nonleaf_bit8_rsvd`; kvm-unit-tests
+            // svm_npt_rsvd_bits_test).
+            let bit8 = level == 4 && e & PML4E_MBZ_8 != 0;
+            if reserved.violated(e, level) || bit8 {
                 return Err(WalkFault::Npf(code | pf::P | pf::RSVD));
             }
             let leaf = level == 1 || (level <= 3 && e & PS != 0);
@@ -456,6 +462,7 @@ pub(crate) mod tests {
         m.insert(0x1010, 0x00F0_0000 | 7); // PML4[2] -> 15M (RAM, zero)
         m.insert(0x1018, 0x0200_0000 | 7); // PML4[3] -> unbacked: all-ones
         m.insert(0x1020, 0x1_0000_0000 | 7); // PML4[4] -> unreadable
+        m.insert(0x1028, 0x2000 | 7 | 1 << 8); // PML4[5]: bit 8 is MBZ (AMD)
         Mem(m)
     }
 
@@ -548,6 +555,7 @@ pub(crate) mod tests {
             Err(WalkFault::Npf(c))
         };
         assert_eq!(t(&m, &r, 0x80_0000_0000, R), rsvd(R), "PML4E PS");
+        assert_eq!(t(&m, &r, 0x280_0000_0000, W), rsvd(W), "PML4E bit 8");
         assert_eq!(t(&m, &r, 0xC000_0000, W), rsvd(W), "1G MBZ bit 13");
         assert_eq!(
             t(&m, &r, 0xA0_0000, X),
