@@ -673,6 +673,31 @@ pub fn npt_stale_mapping_dropped(ram: u64) {
         new,
         "L2's read after L1 remapped and changed ASID"
     );
+
+    // Rights narrowed: L2 writes the page (a writable shadow entry), L1
+    // makes it read-only and flushes: L2's next write is L1's #NPF.
+    let w = [Op::Write(g + 8, 0x0E0E_0001)];
+    let e = run(ncr3, &w, asid2);
+    check!(
+        e.code == ExitCode::Hlt && done() == 1,
+        "L2's write before the narrowing: {e:x?}"
+    );
+    check_eq!(peek(7, 1), 0x0E0E_0001, "frame 7 after L2's write");
+    set_pte(Pte::Stale, frame_pa(7) | P | U | AD);
+    let e = run(ncr3, &[Op::Write(g + 8, 0x0E0E_0002)], |v| {
+        v.control.guest_asid = 2;
+        v.control.tlb_control = 1;
+    });
+    let want = Exit {
+        code: ExitCode::Npf,
+        info1: EI_FINAL | EI_US | EI_RW | EI_P,
+        info2: g + 8,
+    };
+    check!(
+        e == want,
+        "L2's write after L1 made the page read-only and flushed: got {e:x?}, expected {want:x?}"
+    );
+    check_eq!(peek(7, 1), 0x0E0E_0001, "frame 7 after the refused write");
     unmap_linear();
 }
 
