@@ -180,7 +180,7 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, cr: u8) -> Action {
     };
     // PAE paging loads the four PDPTEs: a reserved bit is #GP(0).
     let result = result.and_then(|new| match rules::loads_pdptes(&old, &new, cr) {
-        true if !rip::pdptes_valid(vm, new.cr3) => Err(Fault::Gp(0)),
+        true if !rip::guest_pdptes_valid(vcpu, vm, new.cr3) => Err(Fault::Gp(0)),
         _ => Ok(new),
     });
     match result {

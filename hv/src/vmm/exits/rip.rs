@@ -163,6 +163,21 @@ pub fn pdptes_valid(vm: &Vm, cr3: u64) -> bool {
     svm::walk::pdptes_valid(|a| read_phys_u64(vm, a), cr3, vm.l1_limits.max_phys_bits)
 }
 
+/// [`pdptes_valid`] for the running guest's MOV CR3: an L2 on nested
+/// paging has its PDPTEs at L2-physical addresses, read through L1's
+/// nested table; one that table refuses is left to the CPU's own load,
+/// whose #NPF goes to L1.
+pub fn guest_pdptes_valid(vcpu: &Vcpu, vm: &Vm, cr3: u64) -> bool {
+    let Some(n) = vcpu.nested.npt.active() else {
+        return pdptes_valid(vm, cr3);
+    };
+    let read = |gpa| match nested::npt::to_l1(vm, n, gpa, NestedAccess::READ, Stage::GuestTables) {
+        Ok(pa) => read_phys_u64(vm, pa),
+        Err(_) => Some(0),
+    };
+    svm::walk::pdptes_valid(read, cr3, vm.l1_limits.max_phys_bits)
+}
+
 /// The paging registers of the running guest (L1, or L2, whose physical
 /// addresses are L1's unless L1 runs it on nested paging: [`translate_as`]).
 fn paging_regs(vcpu: &Vcpu, vm: &Vm) -> PagingRegs {

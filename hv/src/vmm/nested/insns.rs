@@ -5,8 +5,9 @@
 //! (#UD). APM Vol. 2, 15.5.2, 15.16, 15.17, 15.27.
 //!
 //! From L2 they act on L2's current state (the active VMCB), with rAX an
-//! L1-physical address: L1 is not offered nested paging, so L2-physical is
-//! L1-physical. Never host memory (CVE-2021-3656).
+//! L2-physical address: L1-physical, or through L1's nested table when L1
+//! runs L2 on nested paging (nested::npt). Never host memory
+//! (CVE-2021-3656).
 
 use super::l1_vmcb_mut;
 use crate::vmm::enable::HostCpu;
@@ -14,6 +15,7 @@ use crate::vmm::exits::{raise, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::Vm;
 use svm::nested::route::pending_interrupt_exits_l2;
+use svm::nested::shadow_npt::walk::{NestedAccess, Stage};
 use svm::nested::svm_insn::permission_fault;
 use svm::nested::vmload::{vmload, vmsave};
 use svm::{EventInfo, ExitCode, TlbControl};
@@ -42,7 +44,24 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         ExitCode::Vmload | ExitCode::Vmsave => {
             // A page of L1's RAM, or #GP(0) (an unaligned address or one
             // outside L1's memory, as KVM).
-            let gpa = vcpu.vmcb.state.rax;
+            let mut gpa = vcpu.vmcb.state.rax;
+            // From an L2 on nested paging rAX is L2-physical: through
+            // L1's nested table (APM 15.25: every guest-physical address
+            // is), whose refusal is L1's #NPF.
+            if let Some(n) = vcpu.nested.npt.active() {
+                let access = match code {
+                    ExitCode::Vmsave => NestedAccess::WRITE,
+                    _ => NestedAccess::READ,
+                };
+                match super::npt::to_l1(vm, n, gpa, access, Stage::Final) {
+                    Ok(pa) => gpa = pa,
+                    Err(super::npt::Miss::Npf {
+                        exitinfo1,
+                        exitinfo2,
+                    }) => return super::npt::reflect_npf(vcpu, vm, host, exitinfo1, exitinfo2),
+                    Err(super::npt::Miss::Unreadable(_)) => gpa = u64::MAX,
+                }
+            }
             let Some(other) = l1_vmcb_mut(&mut vm.memory, gpa) else {
                 let gp = EventInfo::exception_with_error_code(13, 0);
                 return raise(vcpu, vm, host, gp);

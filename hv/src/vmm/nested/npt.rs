@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use svm::nested::shadow_npt::builder::{Frames, ShadowNpt};
 use svm::nested::shadow_npt::compose::{compose, L0Map, Resolution, ShadowEntry};
 use svm::nested::shadow_npt::invalidate::{
-    flush_only, on_invlpga, on_npf_mapped, on_vmrun, still_valid, Context, Decision,
+    flush_only, on_invlpga, on_npf_mapped, on_vmrun, Context, Decision, WalkInputs,
 };
 use svm::nested::shadow_npt::layout::L1Layout;
 use svm::nested::shadow_npt::walk::{npt_regs, translate, NestedAccess, Stage, WalkFault};
@@ -69,10 +69,10 @@ pub struct L2Npt {
     built_for: Option<Context>,
     /// L1's nested walk while an L2 runs with nested paging.
     active: Option<PagingRegs>,
-    /// The entries installed since the shadow was last emptied (some may
-    /// have been replaced since), for [`revalidate`]; `None` once more
-    /// than [`TRACKED`] were: a flush then empties the table.
-    installed: Option<Vec<ShadowEntry>>,
+    /// The entries in the shadow and the walks they came from, for
+    /// [`revalidate`]; `None` once more than [`TRACKED`] were installed
+    /// since the shadow was last emptied: a flush then empties it.
+    installed: Option<Vec<(ShadowEntry, WalkInputs)>>,
 }
 
 /// Most installed entries a flush re-checks one by one (beyond, a flush
@@ -198,7 +198,7 @@ pub fn enter(vcpu: &mut Vcpu, vm: &Vm) -> Result<(), Stop> {
     };
     let revalidated = match (&mut npt.installed, decision) {
         (Some(list), Decision::DropAll) if flush_only(npt.built_for.as_ref(), &ctx) => {
-            revalidate(vm, &regs, shadow, list);
+            revalidate(vm, shadow, list);
             true
         }
         _ => false,
@@ -222,20 +222,30 @@ pub fn enter(vcpu: &mut Vcpu, vm: &Vm) -> Result<(), Stop> {
 /// A flush of L2's translations with the context unchanged: each entry
 /// installed stays only if L1's table still gives exactly it
 /// ([`still_valid`]); the others go (and fault again when used).
-fn revalidate(vm: &Vm, regs: &PagingRegs, shadow: &mut ShadowNpt, list: &mut Vec<ShadowEntry>) {
-    list.retain(|e| {
-        if shadow.lookup(&HvFrames, e.gpa) != Some(*e) {
-            // Replaced or split since: the newer entry is in the list.
-            return false;
-        }
-        let fresh = translate(|a| read_l1(vm, a), regs, e.gpa, NestedAccess::READ);
-        let l0 = fresh.map_or(L0Map::NotRam, |t| l0_map(vm, t.l1_pa));
-        let keep = still_valid(e, fresh, l0);
+fn revalidate(vm: &Vm, shadow: &mut ShadowNpt, list: &mut Vec<(ShadowEntry, WalkInputs)>) {
+    list.retain(|(e, inputs)| {
+        let keep = inputs.unchanged(|a| read_l1(vm, a));
         if !keep {
             shadow.remove(&mut HvFrames, e.gpa);
         }
         keep
     });
+}
+
+/// Records `e` (just installed, from the walk that read `inputs`) for
+/// [`revalidate`]: the entries it replaced (any it overlaps: a larger
+/// page split, smaller ones freed, the one refreshed) leave the list.
+fn track(npt: &mut L2Npt, e: ShadowEntry, inputs: WalkInputs) {
+    let Some(list) = &mut npt.installed else {
+        return;
+    };
+    let overlaps = |o: &ShadowEntry| o.covers(e.gpa) || e.covers(o.gpa);
+    list.retain(|(o, _)| !overlaps(o));
+    if list.len() < TRACKED {
+        list.push((e, inputs));
+    } else {
+        npt.installed = None;
+    }
 }
 
 /// At the nested #VMEXIT (or a VMRUN that never entered L2): L1 runs on
@@ -282,7 +292,14 @@ pub fn on_npf(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Option<Action> {
     let (gpa, info1) = (c.exit_info2, c.exit_info1);
     let access = NestedAccess::from_exitinfo1(info1);
     let stage = Stage::from_exitinfo1(info1).unwrap_or(Stage::Final);
-    let resolution = match translate(|a| read_l1(vm, a), &regs, gpa, access) {
+    let inputs = core::cell::Cell::new(WalkInputs::default());
+    let read = |a| {
+        let mut w = inputs.get();
+        w.record(a);
+        inputs.set(w);
+        read_l1(vm, a)
+    };
+    let resolution = match translate(read, &regs, gpa, access) {
         Ok(t) => {
             set_ad(vm, t.ad.updates());
             compose(gpa, &t, l0_map(vm, t.l1_pa), access)
@@ -305,12 +322,11 @@ pub fn on_npf(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Option<Action> {
                     error_code: info1,
                 }));
             }
-            if let Some(list) = &mut npt.installed {
-                if list.len() < TRACKED {
-                    list.push(e);
-                } else {
-                    npt.installed = None;
-                }
+            let mut inputs = inputs.get();
+            if inputs.snapshot(|a| read_l1(vm, a)) {
+                track(npt, e, inputs);
+            } else {
+                npt.installed = None;
             }
             // The old entry may be cached (APM 15.16).
             vcpu.vmcb.control.tlb_control = TlbControl::FlushThisAsid.as_u8();

@@ -13,8 +13,6 @@
 //! its write-protected shadow on every nested VMRUN,
 //! `nested_svm_transition_tlb_flush`).
 
-use super::compose::{compose, L0Map, Resolution, ShadowEntry};
-use super::walk::{NestedAccess, Translation, WalkFault};
 use crate::int_ctl::TlbControl;
 use crate::walk::{Mode, PagingRegs};
 
@@ -97,7 +95,7 @@ pub fn on_invlpga(shadow_asid: u32, asid: u32) -> Decision {
 /// Whether a [`Decision::DropAll`] at VMRUN is for a flush alone (the
 /// table, format and ASID unchanged): then, instead of dropping every
 /// entry, each may be checked against L1's current table
-/// ([`still_valid`]) and only the changed ones dropped. The result is
+/// ([`WalkInputs`]) and only the changed ones dropped. The result is
 /// the table fresh walks after the flush would build, without the #NPFs
 /// (an L1 that flushes on every VMRUN, as kvm-unit-tests does, would
 /// otherwise refault each page on every run; KVM likewise syncs its
@@ -106,18 +104,49 @@ pub fn flush_only(prev: Option<&Context>, next: &Context) -> bool {
     prev == Some(next)
 }
 
-/// Whether shadow entry `e` may stay after L2's translations were
-/// flushed: `fresh` is a read walk of `e.gpa` in L1's table now and `l0`
-/// L0's mapping of its result. It stays only if the walk succeeds, sets
-/// no accessed or dirty bit (one L1 cleared must be set again by L2's
-/// next access, which the missing entry makes fault), and composes to
-/// exactly `e` (same page, size and rights).
-pub fn still_valid(e: &ShadowEntry, fresh: Result<Translation, WalkFault>, l0: L0Map) -> bool {
-    match fresh {
-        Ok(t) if t.ad.updates().is_empty() => {
-            compose(e.gpa, &t, l0, NestedAccess::READ) == Resolution::Map(*e)
+/// The entries of L1's table one walk read: their L1-physical addresses
+/// and, once the walk's A/D updates are made, their values. With the
+/// [`Context`] they are the walk's whole input, so while every one still
+/// holds its value a fresh walk gives the same translation and sets no
+/// A/D bit: the shadow entry built from it may stay across a flush
+/// ([`flush_only`]). One changed in any way (remapped, narrowed, not
+/// present, an A or D bit L1 cleared) and the entry goes, to fault and
+/// be rebuilt from L1's current table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkInputs {
+    at: [u64; 4],
+    value: [u64; 4],
+    len: u8,
+}
+
+impl WalkInputs {
+    /// Records a read at `at` (the walk reads at most four entries; the
+    /// 32-bit format's 4-byte ones are recorded by their 8-byte word).
+    pub fn record(&mut self, at: u64) {
+        let at = at & !7;
+        let n = usize::from(self.len);
+        if n < self.at.len() && !self.at[..n].contains(&at) {
+            self.at[n] = at;
+            self.len += 1;
         }
-        _ => false,
+    }
+
+    /// Takes the values the entries hold now (after the A/D updates).
+    /// `false` if one cannot be read: the entry is then never kept.
+    pub fn snapshot(&mut self, read: impl Fn(u64) -> Option<u64>) -> bool {
+        for i in 0..usize::from(self.len) {
+            match read(self.at[i]) {
+                Some(v) => self.value[i] = v,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether every entry still holds its snapshot value.
+    pub fn unchanged(&self, read: impl Fn(u64) -> Option<u64>) -> bool {
+        let n = usize::from(self.len);
+        n > 0 && (0..n).all(|i| read(self.at[i]) == Some(self.value[i]))
     }
 }
 
@@ -161,80 +190,83 @@ mod tests {
 
     mod revalidate {
         use super::super::*;
-        use crate::nested::shadow_npt::compose::{resolve, Resolution};
         use crate::nested::shadow_npt::walk::tests::{long_regs, long_tables, Mem};
-        use crate::nested::shadow_npt::walk::{page, translate, Rights, Stage};
+        use crate::nested::shadow_npt::walk::{translate, NestedAccess};
+        use core::cell::Cell;
 
-        fn l0(pa: u64) -> L0Map {
-            L0Map::Ram {
-                hpa: 0x1_0000_0000 + pa,
-                page_bits: page::M2,
-                rights: Rights::ALL,
-            }
-        }
-
-        /// The entry a fault with `access` installs (A/D set as the
-        /// kernel does).
-        fn install(m: &mut Mem, gpa: u64, access: NestedAccess) -> ShadowEntry {
+        /// A fault's walk of `gpa` (A/D set as the kernel does) and its
+        /// inputs, snapshot taken.
+        fn walk(m: &mut Mem, gpa: u64, access: NestedAccess) -> WalkInputs {
             let r = long_regs(0x1000);
-            let t = translate(|a| m.read(a), &r, gpa, access).unwrap();
+            let rec = Cell::new(WalkInputs::default());
+            let read = |a| {
+                let mut w = rec.get();
+                w.record(a);
+                rec.set(w);
+                m.read(a)
+            };
+            let t = translate(read, &r, gpa, access).unwrap();
             for &(at, bits) in t.ad.updates() {
                 *m.0.entry(at).or_insert(0) |= bits;
             }
-            match resolve(|a| m.read(a), &r, gpa, access, Stage::Final, l0) {
-                Resolution::Map(e) => e,
-                other => panic!("{other:?}"),
-            }
-        }
-
-        fn valid(m: &Mem, e: &ShadowEntry) -> bool {
-            let r = long_regs(0x1000);
-            let fresh = translate(|a| m.read(a), &r, e.gpa, NestedAccess::READ);
-            let pa = fresh.map_or(0, |t| t.l1_pa);
-            still_valid(e, fresh, l0(pa))
+            let mut w = rec.get();
+            assert!(w.snapshot(|a| m.read(a)));
+            w
         }
 
         #[test]
         fn unchanged_entries_stay() {
             let mut m = long_tables();
-            for (gpa, access) in [
-                (0x5123, NestedAccess::READ),
-                (0x5123, NestedAccess::WRITE),
-                (0x20_1234, NestedAccess::WRITE),
-                (0x4012_3456, NestedAccess::FETCH),
+            for (gpa, access, n) in [
+                (0x5123, NestedAccess::READ, 4),
+                (0x20_1234, NestedAccess::WRITE, 3),
+                (0x4012_3456, NestedAccess::FETCH, 2),
             ] {
-                let e = install(&mut m, gpa, access);
-                assert!(valid(&m, &e), "{gpa:#x} {access:?}");
+                let w = walk(&mut m, gpa, access);
+                assert_eq!(usize::from(w.len), n, "{gpa:#x}");
+                assert!(w.unchanged(|a| m.read(a)), "{gpa:#x} {access:?}");
             }
         }
 
         #[test]
-        fn changed_entries_go() {
+        fn a_changed_input_drops_the_entry() {
             let mut m = long_tables();
-            let e = install(&mut m, 0x5123, NestedAccess::WRITE);
-            // Remapped.
+            let w = walk(&mut m, 0x5123, NestedAccess::WRITE);
             let pte = 0x4000 + 5 * 8;
             let old = m.0[&pte];
-            m.0.insert(pte, (old & !0xF_F000) | 0xB000);
-            assert!(!valid(&m, &e), "remapped");
-            // Made read-only.
-            m.0.insert(pte, old & !2);
-            assert!(!valid(&m, &e), "read-only");
-            // Not present.
-            m.0.insert(pte, 0);
-            assert!(!valid(&m, &e), "not present");
-            // Accessed bit cleared (the next access must set it).
-            m.0.insert(pte, old & !0x20);
-            assert!(!valid(&m, &e), "A cleared");
-            // Dirty bit cleared: a writable entry must not stay writable.
-            m.0.insert(pte, old & !0x40);
-            assert!(!valid(&m, &e), "D cleared");
+            for (new, why) in [
+                ((old & !0xF_F000) | 0xB000, "remapped"),
+                (old & !2, "read-only"),
+                (0, "not present"),
+                (old & !0x20, "A cleared"),
+                (old & !0x40, "D cleared"),
+            ] {
+                m.0.insert(pte, new);
+                assert!(!w.unchanged(|a| m.read(a)), "{why}");
+            }
             m.0.insert(pte, old);
-            assert!(valid(&m, &e), "restored");
-            // L0's side changed: the page is no longer RAM.
-            let r = long_regs(0x1000);
-            let fresh = translate(|a| m.read(a), &r, e.gpa, NestedAccess::READ);
-            assert!(!still_valid(&e, fresh, L0Map::NotRam));
+            assert!(w.unchanged(|a| m.read(a)), "restored");
+            // Another entry of the same table: not an input.
+            m.0.insert(0x4000 + 9 * 8, 0x1234_5007);
+            assert!(w.unchanged(|a| m.read(a)));
+            // A table entry on the way (the PML4E).
+            *m.0.get_mut(&0x1000).unwrap() ^= 1 << 2;
+            assert!(!w.unchanged(|a| m.read(a)), "PML4E");
+            // Unreadable now: gone.
+            assert!(!w.unchanged(|_| None));
+            assert!(!WalkInputs::default().unchanged(|a| m.read(a)), "no walk");
+        }
+
+        #[test]
+        fn record_keeps_four_distinct_words() {
+            let mut w = WalkInputs::default();
+            for a in [0x1000, 0x1004, 0x2008, 0x300c, 0x4000, 0x5000] {
+                w.record(a);
+            }
+            assert_eq!(
+                &w.at[..usize::from(w.len)],
+                &[0x1000, 0x2008, 0x3008, 0x4000]
+            );
         }
     }
 
