@@ -59,7 +59,11 @@ fn after_write(vcpu: &mut Vcpu, vm: &mut Vm) {
     if let Some(base) = vcpu.lapic.mmio_base() {
         if !vm.npt.is_mmio_page(base) && rip::is_unbacked(vm, base) {
             match vm.npt.add_mmio_page(base) {
-                Ok(()) => vcpu.vmcb.control.tlb_control = svm::TlbControl::FlushAll.as_u8(),
+                Ok(()) => {
+                    // Shadow NPT entries may map that page as unbacked.
+                    super::nested::npt::l0_changed(vcpu);
+                    vcpu.vmcb.control.tlb_control = svm::TlbControl::FlushAll.as_u8()
+                }
                 Err(e) => log::warn!("vm {}: APIC page at {base:#x}: {e}", vm.name),
             }
         }

@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use svm::nested::shadow_npt::builder::{Frames, ShadowNpt};
 use svm::nested::shadow_npt::compose::{compose, L0Map, Resolution, ShadowEntry};
 use svm::nested::shadow_npt::invalidate::{
-    flush_only, on_invlpga, on_npf_mapped, on_vmrun, Context, Decision, WalkInputs,
+    flush_only, on_invlpga, on_l0_change, on_npf_mapped, on_vmrun, Context, Decision, WalkInputs,
 };
 use svm::nested::shadow_npt::layout::L1Layout;
 use svm::nested::shadow_npt::walk::{npt_regs, translate, NestedAccess, Stage, WalkFault};
@@ -264,6 +264,16 @@ pub fn invlpga(vcpu: &mut Vcpu, asid: u32) {
     let decision = on_invlpga(ctx.asid, asid);
     shadow.apply(&mut HvFrames, decision);
     if decision == Decision::DropAll {
+        npt.installed = Some(Vec::new());
+    }
+}
+
+/// L0 changed its own map of L1's memory (a new MMIO page): shadow
+/// entries hold the old one, so all go ([`on_l0_change`]).
+pub fn l0_changed(vcpu: &mut Vcpu) {
+    let npt = &mut vcpu.nested.npt;
+    if let Some(shadow) = npt.shadow.as_mut() {
+        shadow.apply(&mut HvFrames, on_l0_change());
         npt.installed = Some(Vec::new());
     }
 }
