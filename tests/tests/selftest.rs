@@ -165,6 +165,12 @@ const NESTED_TESTS: &[&str] = &[
     "nested::nested_vgif_stgi_clgi",
     "nested::nested_vgif_holds_virq",
     "nested::nested_vgif_l1_interrupt_not_held",
+    "nested::npt_l2_mapped_through_ncr3",
+    "nested::npt_permission_fault_exact",
+    "nested::npt_stale_mapping_dropped",
+    "nested::npt_outside_l1_ram",
+    "nested::npt_l2_apic_mmio",
+    "nested::npt_l2_in_every_mode",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -13,6 +13,7 @@ mod l1;
 mod l2;
 mod modes;
 mod msrs;
+mod npt;
 mod strio;
 mod vgif;
 
@@ -166,6 +167,12 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::nested_vgif_stgi_clgi" => vgif::nested_vgif_stgi_clgi(),
         "nested::nested_vgif_holds_virq" => vgif::nested_vgif_holds_virq(),
         "nested::nested_vgif_l1_interrupt_not_held" => vgif::nested_vgif_l1_interrupt_not_held(),
+        "nested::npt_l2_mapped_through_ncr3" => npt::npt_l2_mapped_through_ncr3(params.memory_size),
+        "nested::npt_permission_fault_exact" => npt::npt_permission_fault_exact(params.memory_size),
+        "nested::npt_stale_mapping_dropped" => npt::npt_stale_mapping_dropped(params.memory_size),
+        "nested::npt_outside_l1_ram" => npt::npt_outside_l1_ram(params.memory_size),
+        "nested::npt_l2_apic_mmio" => npt::npt_l2_apic_mmio(params.memory_size),
+        "nested::npt_l2_in_every_mode" => npt::npt_l2_in_every_mode(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()

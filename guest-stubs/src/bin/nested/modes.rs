@@ -89,6 +89,7 @@ fn starts(t: &LegacyTables) -> [Start; 7] {
 fn prepare(start: &Start) -> Regs {
     l1::enable_svm();
     l1::prepare(crate::l2::entry);
+    crate::npt::apply(l1::vmcb());
     let s = &mut l1::vmcb().state;
     s.cr0 = start.cr0;
     s.cr3 = start.cr3;
@@ -103,11 +104,9 @@ fn prepare(start: &Start) -> Regs {
     Regs::default()
 }
 
-/// L1 starts L2 in each mode; L2 runs CPUID (emulated by L0 in that mode)
-/// and HLT (L1's exit, 2 bytes further). A PAE vmcb12 whose PDPTE has a
-/// reserved bit gets VMEXIT_INVALID (no nested paging for L2: VMRUN loads
-/// the PDPTEs); ignored bits (11:9) run.
-pub fn l2_starts_in_every_mode() {
+/// L2 starts in each mode of [`starts`], runs CPUID and HLT (shared with
+/// `crate::npt`, which runs it on L1's nested table).
+pub(crate) fn every_start_runs_cpuid() {
     let t = modes::legacy_tables();
     for (i, b) in CPUID_HLT.iter().enumerate() {
         // SAFETY: identity-mapped L1 RAM below the image, unused by L1.
@@ -134,6 +133,16 @@ pub fn l2_starts_in_every_mode() {
             format_args!("vmcb12 CR0, EFER.LME/LMA after {}", start.name)
         );
     }
+}
+
+/// L1 starts L2 in each mode; L2 runs CPUID (emulated by L0 in that mode)
+/// and HLT (L1's exit, 2 bytes further). A PAE vmcb12 whose PDPTE has a
+/// reserved bit gets VMEXIT_INVALID (no nested paging for L2: VMRUN loads
+/// the PDPTEs); ignored bits (11:9) run.
+pub fn l2_starts_in_every_mode() {
+    every_start_runs_cpuid();
+    let t = modes::legacy_tables();
+    let [max_leaf, ..] = cpu::cpuid(0, 0);
     let pae = &starts(&t)[5];
     let pdpte0 = modes::pdpte0();
     for (what, pdpte1, invalid) in [
@@ -185,6 +194,7 @@ pub fn l2_tours_every_mode() {
     unsafe { *addr_of_mut!(TOUR) = None };
     l1::enable_svm();
     l1::prepare(tour_then_hlt);
+    crate::npt::apply(l1::vmcb());
     let mut regs = Regs::default();
     run_expect(&mut regs, ExitCode::Hlt);
     // SAFETY: L2 is stopped.
