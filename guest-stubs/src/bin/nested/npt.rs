@@ -861,14 +861,14 @@ pub fn npt_l2_tables_remapped(ram: u64) {
     let ncr3 = build(ram);
     let t = tables();
     let l1_pml4 = svm::guest_abi::PML4_GPA as *const u64;
-    for i in 0..512 {
+    for (i, e) in t[L2PML4].iter_mut().enumerate() {
         // SAFETY: L1's PML4 is in its identity-mapped RAM.
-        t[L2PML4][i] = unsafe { core::ptr::read_volatile(l1_pml4.add(i)) };
+        *e = unsafe { core::ptr::read_volatile(l1_pml4.add(i)) };
     }
     let l1_pdpt = (t[L2PML4][0] & ENTRY_ADDR) as *const u64;
-    for i in 0..512 {
+    for (i, e) in t[L2PDPT].iter_mut().enumerate() {
         // SAFETY: as above (after build: it maps linear 1-3 GiB too).
-        t[L2PDPT][i] = unsafe { core::ptr::read_volatile(l1_pdpt.add(i)) };
+        *e = unsafe { core::ptr::read_volatile(l1_pdpt.add(i)) };
     }
     t[L2PML4][0] = (G1G + table_pa(L2PDPT)) | (t[L2PML4][0] & !ENTRY_ADDR);
     let l2_cr3 = G1G + table_pa(L2PML4);
@@ -892,7 +892,11 @@ pub fn npt_l2_tables_remapped(ram: u64) {
         ops.len()
     );
     check_eq!(seen(0), 0x1111_0001, "L2's read of frame 0 (its own walk)");
-    check_eq!(seen(1), 0x0005_0014, "APIC version read by L2 (L0 emulated)");
+    check_eq!(
+        seen(1),
+        0x0005_0014,
+        "APIC version read by L2 (L0 emulated)"
+    );
     check_eq!(seen(2), 0x0005_0014, "APIC version read by remapped code");
     check_eq!(
         peek(0, 9),
@@ -948,9 +952,19 @@ pub fn npt_ad_bits_set(ram: u64) {
         (NPDPT, 0, A, "PDPTE 0 (table)"),
         (NPD, g4k, A, "PDE of the 4 KiB pages (table)"),
         (NPT4K, Pte::Remap as usize, A, "PTE of the page read"),
-        (NPT4K, Pte::Alias1 as usize, A | D, "PTE of the page written"),
+        (
+            NPT4K,
+            Pte::Alias1 as usize,
+            A | D,
+            "PTE of the page written",
+        ),
         (NPT4K, Pte::Alias2 as usize, 0, "PTE of a page not used"),
-        (NPT4K, Pte::Stale as usize, 0, "PTE of another page not used"),
+        (
+            NPT4K,
+            Pte::Stale as usize,
+            0,
+            "PTE of another page not used",
+        ),
         (NPD, g2m, A, "2 MiB PDE of the page read"),
         (NPDPT, 1, A | D, "1 GiB PDPTE of the page written"),
     ] {
