@@ -171,6 +171,8 @@ const NESTED_TESTS: &[&str] = &[
     "nested::npt_outside_l1_ram",
     "nested::npt_l2_apic_mmio",
     "nested::npt_l2_in_every_mode",
+    "nested::npt_l2_tables_remapped",
+    "nested::npt_ad_bits_set",
 ];
 
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,

@@ -33,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 95] = [
+pub static CASES: [Case; 97] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -189,4 +189,6 @@ pub static CASES: [Case; 95] = [
     case("nested::npt_outside_l1_ram"),
     case("nested::npt_l2_apic_mmio"),
     case("nested::npt_l2_in_every_mode"),
+    case("nested::npt_l2_tables_remapped"),
+    case("nested::npt_ad_bits_set"),
 ];

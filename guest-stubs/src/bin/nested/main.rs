@@ -173,6 +173,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::npt_outside_l1_ram" => npt::npt_outside_l1_ram(params.memory_size),
         "nested::npt_l2_apic_mmio" => npt::npt_l2_apic_mmio(params.memory_size),
         "nested::npt_l2_in_every_mode" => npt::npt_l2_in_every_mode(params.memory_size),
+        "nested::npt_l2_tables_remapped" => npt::npt_l2_tables_remapped(params.memory_size),
+        "nested::npt_ad_bits_set" => npt::npt_ad_bits_set(params.memory_size),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()

@@ -106,10 +106,11 @@ impl Pte {
 
 /// Table pages: the nested PML4, PDPT, PD of the first GiB, PT at
 /// [`G4K`]; L2's own PML4 (page-walk tests); L1's PDs for linear 1-2 GiB
-/// and 2-3 GiB (identity 2 MiB pages, so L2 reaches gPA 1-3 GiB).
+/// and 2-3 GiB (identity 2 MiB pages, so L2 reaches gPA 1-3 GiB); L2's
+/// own PDPT (a copy of L1's, reached at a remapped gPA).
 #[repr(C, align(4096))]
-struct Tables([[u64; 512]; 8]);
-static mut TABLES: Tables = Tables([[0; 512]; 8]);
+struct Tables([[u64; 512]; 9]);
+static mut TABLES: Tables = Tables([[0; 512]; 9]);
 const NPML4: usize = 0;
 const NPDPT: usize = 1;
 const NPD: usize = 2;
@@ -118,13 +119,19 @@ const L2PML4: usize = 4;
 const LPD1: usize = 5;
 const LPD2: usize = 6;
 const NPT_RO: usize = 7;
+const L2PDPT: usize = 8;
+/// Accessed and dirty bits of a page-table entry (APM 5.4.1).
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
+/// The address field of a long-mode entry.
+const ENTRY_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 
 /// Data frames of L1's RAM that the nested table names.
 #[repr(C, align(4096))]
 struct Frames([[u64; 512]; 9]);
 static mut FRAMES: Frames = Frames([[0; 512]; 9]);
 
-fn tables() -> &'static mut [[u64; 512]; 8] {
+fn tables() -> &'static mut [[u64; 512]; 9] {
     // SAFETY: single vCPU; L2 does not run while L1 holds this.
     unsafe { &mut (*addr_of_mut!(TABLES)).0 }
 }
@@ -253,6 +260,7 @@ const OP_FETCH: u64 = 3;
 const OP_READ32: u64 = 4;
 const OP_WRITE32: u64 = 5;
 const OP_CALL_RDI: u64 = 6;
+const OP_INSB: u64 = 7;
 const MAX_OPS: usize = 8;
 
 /// One access of L2's script.
@@ -270,7 +278,14 @@ enum Op {
     Write32(u64, u32),
     /// Call the address with RDI = the value; EAX after it is the result.
     CallRdi(u64, u64),
+    /// REP INSB of the value's count of bytes from COM1's line status
+    /// port (L0 emulates it, L1 does not intercept it) to the address.
+    InsB(u64, u64),
 }
+
+/// The port [`Op::InsB`] reads, and what L0's COM1 says there (ready).
+const INS_PORT: u16 = 0x3FD;
+const INS_BYTE: u8 = 0x60;
 
 static KIND: [AtomicU64; MAX_OPS] = [const { AtomicU64::new(0) }; MAX_OPS];
 static ADDR: [AtomicU64; MAX_OPS] = [const { AtomicU64::new(0) }; MAX_OPS];
@@ -289,6 +304,7 @@ fn script(ops: &[Op]) {
             Some(Op::Read32(a)) => (OP_READ32, *a, 0),
             Some(Op::Write32(a, v)) => (OP_WRITE32, *a, u64::from(*v)),
             Some(Op::CallRdi(a, v)) => (OP_CALL_RDI, *a, *v),
+            Some(Op::InsB(a, n)) => (OP_INSB, *a, *n),
         };
         KIND[i].store(k, Ordering::SeqCst);
         ADDR[i].store(a, Ordering::SeqCst);
@@ -343,6 +359,15 @@ extern "C" fn l2_entry() -> ! {
                          clobber_abi("C"))
                 };
                 SEEN[i].store(u64::from(eax), Ordering::SeqCst);
+            }
+            OP_INSB => {
+                let n = VALUE[i].load(Ordering::SeqCst);
+                // SAFETY: writes `n` bytes at the address, mapped by L2's
+                // tables (DF is clear: the ABI's default).
+                unsafe {
+                    asm!("rep insb", in("dx") INS_PORT, inout("rdi") a => _,
+                         inout("rcx") n => _, options(nostack))
+                };
             }
             OP_FETCH => {
                 // SAFETY: the page holds a RET (or the fetch faults to L1).
@@ -819,5 +844,149 @@ pub fn npt_l2_in_every_mode(ram: u64) {
     crate::modes::every_start_runs_cpuid();
     crate::modes::l2_tours_every_mode();
     MODE_NCR3.store(0, Ordering::SeqCst);
+    unmap_linear();
+}
+
+/// L0 emulates instructions of an L2 whose own page tables are at
+/// L2-physical addresses L1's nested table maps elsewhere: L2's PML4 and
+/// PDPT are at gPA 1 GiB + their L1-physical address (the 1 GiB page onto
+/// L1-physical 0), where L1-physical memory is unbacked (all-ones). L0's
+/// walk of L2's tables must read them through L1's table (APM 15.25.4:
+/// the guest's page-table addresses are guest-physical, translated by the
+/// nested table) for the fetch of the MMIO instructions it emulates (L1's
+/// APIC), for code at a remapped gPA, and for REP INSB's destination.
+pub fn npt_l2_tables_remapped(ram: u64) {
+    require_npt();
+    guest_stubs::lapic::map();
+    let ncr3 = build(ram);
+    let t = tables();
+    let l1_pml4 = svm::guest_abi::PML4_GPA as *const u64;
+    for (i, e) in t[L2PML4].iter_mut().enumerate() {
+        // SAFETY: L1's PML4 is in its identity-mapped RAM.
+        *e = unsafe { core::ptr::read_volatile(l1_pml4.add(i)) };
+    }
+    let l1_pdpt = (t[L2PML4][0] & ENTRY_ADDR) as *const u64;
+    for (i, e) in t[L2PDPT].iter_mut().enumerate() {
+        // SAFETY: as above (after build: it maps linear 1-3 GiB too).
+        *e = unsafe { core::ptr::read_volatile(l1_pdpt.add(i)) };
+    }
+    t[L2PML4][0] = (G1G + table_pa(L2PDPT)) | (t[L2PML4][0] & !ENTRY_ADDR);
+    let l2_cr3 = G1G + table_pa(L2PML4);
+    let apic = Pte::Apic.gpa();
+    // MOV EAX, [RDI]; RET in frame 8, at the remapped gPA Pte::Code.
+    poke(8, 0, u64::from_le_bytes([0x8B, 0x07, 0xC3, 0, 0, 0, 0, 0]));
+    poke(0, 2, 0x1111_0001);
+    poke(0, 9, 0);
+    poke(0, 10, 0x2222_0002);
+    let ops = [
+        Op::Read(Pte::Remap.gpa() + 2 * 8),
+        Op::Read32(apic + 0x30),
+        Op::CallRdi(Pte::Code.gpa(), apic + 0x30),
+        Op::InsB(Pte::Remap.gpa() + 9 * 8, 8),
+    ];
+    let e = run(ncr3, &ops, |v| v.state.cr3 = l2_cr3);
+    check!(
+        e.code == ExitCode::Hlt && done() == ops.len() as u64,
+        "L2 on remapped tables ended with {e:x?} after {} of {} accesses",
+        done(),
+        ops.len()
+    );
+    check_eq!(seen(0), 0x1111_0001, "L2's read of frame 0 (its own walk)");
+    check_eq!(
+        seen(1),
+        0x0005_0014,
+        "APIC version read by L2 (L0 emulated)"
+    );
+    check_eq!(seen(2), 0x0005_0014, "APIC version read by remapped code");
+    check_eq!(
+        peek(0, 9),
+        u64::from_le_bytes([INS_BYTE; 8]),
+        "frame 0 after L2's REP INSB (L0 emulated)"
+    );
+    check_eq!(peek(0, 10), 0x2222_0002, "frame 0 past REP INSB's bytes");
+    unmap_linear();
+}
+
+/// The A/D bits the nested walk sets in L1's table (APM 15.25.5 and 5.4.2:
+/// A in every nested entry the walk uses, D in the leaf of a written
+/// page only; non-leaf entries get no D). Every entry starts with A=D=0
+/// ([`build`]); L2 reads a 4 KiB page and a 2 MiB one, writes another
+/// 4 KiB page and a 1 GiB one. Then L2 writes the page it only read: its
+/// shadow entry must not have allowed the write (D clear), so D is set.
+pub fn npt_ad_bits_set(ram: u64) {
+    require_npt();
+    let ncr3 = build(ram);
+    let off2m = frame_pa(2) & (MB2 - 1);
+    poke(0, 11, 0x3333_0001);
+    poke(2, 3, 0x3333_0002);
+    poke(3, 12, 0);
+    let ops = [
+        Op::Read(Pte::Remap.gpa() + 11 * 8),
+        Op::Read(G2M + off2m + 3 * 8),
+        Op::Write(Pte::Alias1.gpa() + 12 * 8, 0x3333_0003),
+        Op::Write(G1G + frame_pa(3) + 12 * 8, 0x3333_0004),
+    ];
+    let flush = |v: &mut svm::Vmcb| {
+        v.control.guest_asid = 3;
+        v.control.tlb_control = 1;
+    };
+    let e = run(ncr3, &ops, flush);
+    check!(
+        e.code == ExitCode::Hlt && done() == ops.len() as u64,
+        "L2 ended with {e:x?} after {} of {} accesses",
+        done(),
+        ops.len()
+    );
+    check_eq!(seen(0), 0x3333_0001, "L2's read of frame 0");
+    check_eq!(seen(1), 0x3333_0002, "L2's read of frame 2 (2 MiB page)");
+    check_eq!(peek(1, 12), 0x3333_0003, "frame 1 after L2's write");
+    check_eq!(peek(3, 12), 0x3333_0004, "frame 3 after L2's write (1 GiB)");
+    let ad = |table: usize, i: usize| {
+        // SAFETY: L2 is stopped; the CPU (L0) wrote the bits behind the
+        // compiler's back.
+        unsafe { core::ptr::read_volatile(&raw const tables()[table][i]) & (A | D) }
+    };
+    let (g4k, g2m) = ((G4K / MB2) as usize, (G2M / MB2) as usize);
+    for (table, i, want, what) in [
+        (NPML4, 0, A, "PML4E 0 (table)"),
+        (NPDPT, 0, A, "PDPTE 0 (table)"),
+        (NPD, g4k, A, "PDE of the 4 KiB pages (table)"),
+        (NPT4K, Pte::Remap as usize, A, "PTE of the page read"),
+        (
+            NPT4K,
+            Pte::Alias1 as usize,
+            A | D,
+            "PTE of the page written",
+        ),
+        (NPT4K, Pte::Alias2 as usize, 0, "PTE of a page not used"),
+        (
+            NPT4K,
+            Pte::Stale as usize,
+            0,
+            "PTE of another page not used",
+        ),
+        (NPD, g2m, A, "2 MiB PDE of the page read"),
+        (NPDPT, 1, A | D, "1 GiB PDPTE of the page written"),
+    ] {
+        check!(
+            ad(table, i) == want,
+            "A/D of L1's nested {what}: got {:#x}, expected {want:#x}",
+            ad(table, i)
+        );
+    }
+    // The read-only-until-dirty shadow entry: L2's write to the page it
+    // read reaches L0, which sets D (no flush: the shadow entry stays).
+    let ops = [Op::Write(Pte::Remap.gpa() + 11 * 8, 0x3333_0005)];
+    let e = run(ncr3, &ops, |v| v.control.guest_asid = 3);
+    check!(
+        e.code == ExitCode::Hlt && done() == 1,
+        "L2's write to the page it read: {e:x?}"
+    );
+    check_eq!(peek(0, 11), 0x3333_0005, "frame 0 after L2's write");
+    check_eq!(
+        ad(NPT4K, Pte::Remap as usize),
+        A | D,
+        "A/D of L1's nested PTE after L2 wrote the page it read"
+    );
     unmap_linear();
 }

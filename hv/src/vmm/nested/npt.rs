@@ -138,7 +138,12 @@ pub enum Miss {
 /// The L1-physical address of L2-physical `gpa` through L1's nested table
 /// (`regs`), for L0's emulation of an L2 access; `stage` says whether it
 /// is an access to L2's own page tables (which count as writes, APM
-/// 15.25.10) or the final one. A/D bits are left to the CPU's walks.
+/// 15.25.10) or the final one. A/D bits are left to the CPU's walks: the
+/// pages L2 itself touched before the exit (its code, tables, an MMIO
+/// operand) have them from [`on_npf`]. Known gap: an operand only L0
+/// touches (INS/OUTS memory) gets none in L1's table, where the CPU would
+/// set A (D for INS, APM 15.25.5); L0's emulation sets none in a guest's
+/// own tables either (svm::walk), and `vm` is shared here.
 pub fn to_l1(
     vm: &Vm,
     regs: &PagingRegs,
