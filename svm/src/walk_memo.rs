@@ -60,10 +60,11 @@ pub fn translate_memo(
     }
     let page = va >> 12;
     for e in memo.entries.iter().flatten() {
-        // The cheap differences first: page and CR3.
-        if e.page == page
-            && e.regs.cr3 == regs.cr3
-            && e.access == access
+        // The cheap differences first: page and CR3 (most misses stop here).
+        if e.page != page || e.regs.cr3 != regs.cr3 {
+            continue;
+        }
+        if e.access == access
             && e.regs == *regs
             && e.reads[..e.n].iter().all(|&(at, v)| read(at) == Some(v))
         {

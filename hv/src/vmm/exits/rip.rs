@@ -410,10 +410,12 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
 /// an instruction that needs more bytes or the decoder): the same answer,
 /// since `quick_len` only says `Some` for bytes it has.
 fn quick_len_in_page(vcpu: &Vcpu, vm: &Vm) -> Option<u64> {
+    let s = &vcpu.vmcb.state;
     if bitness(vcpu) != 64 {
         return None;
     }
-    let la = code_address(vcpu, 0);
+    // 64-bit code: RIP is the linear address (no second bitness).
+    let la = fetch::code_address(64, s.cs.base, s.rip, 0);
     let pa = translate(vcpu, vm, la, true).ok()?;
     let in_page = (4096 - (pa % 4096)).min(MAX_INSN_LEN as u64);
     let bytes = vm.memory.slice(pa, in_page).ok()?;
