@@ -80,9 +80,11 @@ pub fn view_now(vcpu: &mut Vcpu, vm: &mut Vm) -> u64 {
 }
 
 /// Right after a #VMEXIT: the guest may have read the TSC up to now, so
-/// "now" is the point its TSC must never fall behind.
-pub fn after_exit(vcpu: &mut Vcpu, vm: &mut Vm) {
-    observe(vcpu, vm, host_tsc::read());
+/// "now" is the point its TSC must never fall behind. `raw` is the run
+/// loop's raw reading taken at the exit (one RDTSC serves both; the
+/// hypervisor's view adds the skew, as [`host_tsc::read`] does).
+pub fn after_exit(vcpu: &mut Vcpu, vm: &mut Vm, raw: u64) {
+    observe(vcpu, vm, raw.wrapping_add(host_tsc::skew()));
 }
 
 /// WRMSR IA32_TSC := `value` (from L1, or from L2 when L1 does not

@@ -125,8 +125,9 @@ impl Vcpu {
             super::nested::vgif::after_exit(self);
             let step_only = exits::shadow::after_exit(self);
             exits::cr::after_exit(self);
-            exited_at = Some(crate::time::host_tsc::read_raw());
-            super::tsc::after_exit(self, vm);
+            let exit_tsc = crate::time::host_tsc::read_raw();
+            exited_at = Some(exit_tsc);
+            super::tsc::after_exit(self, vm, exit_tsc);
             // What the CPU did not deliver is in EXITINTINFO now; from here
             // a valid EVENTINJ means an event L0 queued and nobody received.
             self.vmcb.control.event_inj = 0;

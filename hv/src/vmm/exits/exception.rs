@@ -42,6 +42,20 @@ pub fn iret(vcpu: &mut Vcpu) -> Action {
 /// (or end L2's run with #VMEXIT(NMI) when L1 intercepts NMI), and keep
 /// the IRET intercept while NMIs are blocked.
 pub fn deliver_pending_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // No NMI pending: `NmiState::action` is `None` whatever the window,
+    // so the window is not built (the common case at every entry).
+    if vcpu.nmi.pending {
+        if let Action::Stop(stop) = deliver_nmi(vcpu, vm, host) {
+            return Action::Stop(stop);
+        }
+    }
+    set_iret_intercept(vcpu);
+    Action::Resume
+}
+
+/// [`deliver_pending_nmi`] with an NMI pending: inject it, or end L2's
+/// run for L1, or let it wait.
+fn deliver_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let l1_misc1 = vcpu
         .nested
         .l2
@@ -66,12 +80,14 @@ pub fn deliver_pending_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Acti
             c.exit_info1 = 0;
             c.exit_info2 = 0;
             c.exit_int_info = 0;
-            let action = crate::vmm::nested::vmexit::reflect(vcpu, vm, host, ExitCode::Nmi);
-            if let Action::Stop(_) = action {
-                return action;
-            }
+            return crate::vmm::nested::vmexit::reflect(vcpu, vm, host, ExitCode::Nmi);
         }
     }
+    Action::Resume
+}
+
+/// The IRET intercept, set or cleared for the next entry.
+fn set_iret_intercept(vcpu: &mut Vcpu) {
     // The IRET intercept: L0's while it waits for one, L1's per vmcb12.
     let l1_iret = vcpu
         .nested
@@ -89,7 +105,6 @@ pub fn deliver_pending_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Acti
     if c.intercept_misc1 != before {
         c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
     }
-    Action::Resume
 }
 
 /// Test hook [`svm::guest_abi::HC_PHYSICAL_NMI`]: right before the entry,
