@@ -217,44 +217,64 @@ pub fn translate_access(
 /// its refusal is L1's #NPF, with the page-table-walk bit for L2's tables).
 pub fn translate_as(vcpu: &Vcpu, vm: &Vm, la: u64, access: Access) -> Result<u64, NoInsn> {
     let regs = paging_regs(vcpu, vm);
-    let np = vcpu.nested.npt.active();
+    // Without nested paging (every L1 access, most L2s) the walk reads
+    // L1-physical memory directly: no per-entry check, no miss to carry.
+    let Some(n) = vcpu.nested.npt.active() else {
+        return walk_linear(vcpu, &regs, la, access, |gpa| read_phys_u64(vm, gpa))
+            .map_err(|e| walk_failure(e, la, None));
+    };
     let miss = core::cell::Cell::new(None);
-    let read = |gpa: u64| match np {
-        None => read_phys_u64(vm, gpa),
-        Some(n) => match nested::npt::to_l1(vm, n, gpa, NestedAccess::WRITE, Stage::GuestTables) {
+    let read =
+        |gpa: u64| match nested::npt::to_l1(vm, n, gpa, NestedAccess::WRITE, Stage::GuestTables) {
             Ok(pa) => read_phys_u64(vm, pa),
             Err(m) => {
                 miss.set(Some(m));
                 None
             }
-        },
-    };
-    // Fetches (the instruction at RIP, decoded at most intercepts) go
-    // through the vCPU's exact walk memo (svm::walk_memo): it re-reads
-    // every entry through `read`, so under nested paging too.
-    let walked = match (access.fetch, vcpu.walk_memo.try_borrow_mut()) {
-        (true, Ok(mut memo)) => svm::walk_memo::translate_memo(read, &regs, la, access, &mut memo),
-        _ => svm::walk::translate_mode(read, &regs, la, access),
-    };
-    let gpa = walked.map_err(|e| match e {
-        Failure::PageFault(code) => NoInsn::Fault {
-            event: EventInfo::exception_with_error_code(14, code),
-            cr2: Some(la),
-        },
-        Failure::NonCanonical => NoInsn::gp0(),
-        Failure::OutsideMemory(gpa) => match miss.take() {
-            Some(m) => m.into(),
-            None => NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 }),
-        },
-    })?;
-    let Some(n) = np else {
-        return Ok(gpa);
-    };
+        };
+    let gpa =
+        walk_linear(vcpu, &regs, la, access, read).map_err(|e| walk_failure(e, la, miss.take()))?;
     let nested_access = NestedAccess {
         write: access.write,
         fetch: access.fetch,
     };
     nested::npt::to_l1(vm, n, gpa, nested_access, Stage::Final).map_err(NoInsn::from)
+}
+
+/// The guest-physical address of `la` through the running guest's tables,
+/// each entry read by `read`. Fetches (the instruction at RIP, decoded at
+/// most intercepts) go through the vCPU's exact walk memo
+/// (svm::walk_memo): it re-reads every entry through `read`, so under
+/// nested paging too.
+#[inline(always)]
+fn walk_linear(
+    vcpu: &Vcpu,
+    regs: &PagingRegs,
+    la: u64,
+    access: Access,
+    read: impl Fn(u64) -> Option<u64>,
+) -> Result<u64, Failure> {
+    match (access.fetch, vcpu.walk_memo.try_borrow_mut()) {
+        (true, Ok(mut memo)) => svm::walk_memo::translate_memo(read, regs, la, access, &mut memo),
+        _ => svm::walk::translate_mode(read, regs, la, access),
+    }
+}
+
+/// A failed walk of `la` as the guest sees it; `miss` is what L1's nested
+/// table refused on the way, if it did.
+#[cold]
+fn walk_failure(e: Failure, la: u64, miss: Option<nested::npt::Miss>) -> NoInsn {
+    match e {
+        Failure::PageFault(code) => NoInsn::Fault {
+            event: EventInfo::exception_with_error_code(14, code),
+            cr2: Some(la),
+        },
+        Failure::NonCanonical => NoInsn::gp0(),
+        Failure::OutsideMemory(gpa) => match miss {
+            Some(m) => m.into(),
+            None => NoInsn::Limit(Stop::NestedPageFault { gpa, error_code: 0 }),
+        },
+    }
 }
 
 fn translate(vcpu: &Vcpu, vm: &Vm, la: u64, fetch: bool) -> Result<u64, NoInsn> {

@@ -100,10 +100,19 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
 /// svm_check_nested_events). Physical interrupts are never reflected: they
 /// are L0's (route_exit). The exit is made up before L2 runs again, so an
 /// event waiting in EVENTINJ goes to L1 in EXITINTINFO (reflect).
+///
+/// Before every entry: the usual case (nothing pending) stays inline in
+/// the run loop.
+#[inline(always)]
 pub fn deliver_pending_interrupt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
-    let Some(vector) = vcpu.nested.pending_interrupt else {
-        return Action::Resume;
-    };
+    match vcpu.nested.pending_interrupt {
+        None => Action::Resume,
+        Some(vector) => deliver_interrupt(vcpu, vm, host, vector),
+    }
+}
+
+#[inline(never)]
+fn deliver_interrupt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, vector: u8) -> Action {
     if let Some(l2) = &vcpu.nested.l2 {
         let exits = pending_interrupt_exits_l2(
             &l2.vmcb12.control,

@@ -166,17 +166,29 @@ pub fn to_l1(
 /// the shadow table with its own PAT (APM 15.25.8: G_PAT), and the shadow
 /// is kept or dropped as L1's TLB_CONTROL, nCR3, ASID and paging mode
 /// say ([`on_vmrun`]). Without it L2 runs on L0's NPT of L1's memory.
+///
+/// Inline up to the NP check: an L2 without nested paging costs a test.
+#[inline(always)]
 pub fn enter(vcpu: &mut Vcpu, vm: &Vm) -> Result<(), Stop> {
     let Some(l2) = &vcpu.nested.l2 else {
         return Ok(());
     };
-    let v12: &Vmcb = &l2.vmcb12;
-    let np = v12.control.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0;
-    let npt = &mut vcpu.nested.npt;
-    npt.active = None;
+    let np = l2.vmcb12.control.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0;
+    vcpu.nested.npt.active = None;
     if !np || !vm.l1_limits.npt_offered {
         return Ok(());
     }
+    enter_np(vcpu, vm)
+}
+
+/// [`enter`] for an L2 that vmcb12 runs with nested paging.
+#[inline(never)]
+fn enter_np(vcpu: &mut Vcpu, vm: &Vm) -> Result<(), Stop> {
+    let Some(l2) = &vcpu.nested.l2 else {
+        return Ok(());
+    };
+    let v12: &Vmcb = &l2.vmcb12;
+    let npt = &mut vcpu.nested.npt;
     // The table format is L1's paging mode at VMRUN (APM 15.25.4): legacy
     // (CR4.PAE clear), PAE, or long mode (EFER.LMA); CR0.PG does not pick
     // it, so a walk is always on.

@@ -27,6 +27,7 @@ fn waiting_for_gif(vcpu: &Vcpu) -> bool {
 ///
 /// When L2 is entered: its STGI/CLGI intercepts for nested VGIF
 /// ([`svm::nested::l2_vgif::entry_intercepts`]).
+#[inline(always)]
 pub fn before_entry(vcpu: &mut Vcpu, vm: &Vm, host: &HostCpu) {
     if let Some(l2) = &vcpu.nested.l2 {
         let misc2 = l2.vmcb12.control.intercept_misc2;
