@@ -10,6 +10,8 @@ const BLOCK_ALIGN: u64 = 2 << 20;
 #[derive(Debug)]
 pub struct GuestMemory {
     host_phys: u64,
+    /// The block's direct-map address (one load per access, not two).
+    host_virt: u64,
     size: u64,
 }
 
@@ -27,7 +29,11 @@ impl GuestMemory {
     pub fn new(size: u64) -> Option<Self> {
         debug_assert!(size.is_multiple_of(BLOCK_ALIGN));
         let host_phys = frame::alloc_zeroed(size / FRAME_SIZE, BLOCK_ALIGN)?;
-        Some(Self { host_phys, size })
+        Some(Self {
+            host_phys,
+            host_virt: phys_to_virt(host_phys),
+            size,
+        })
     }
 
     /// Bytes of RAM.
@@ -43,23 +49,13 @@ impl GuestMemory {
     /// All of guest RAM as bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the block is ours and mapped in the direct map.
-        unsafe {
-            core::slice::from_raw_parts(
-                phys_to_virt(self.host_phys) as *const u8,
-                self.size as usize,
-            )
-        }
+        unsafe { core::slice::from_raw_parts(self.host_virt as *const u8, self.size as usize) }
     }
 
     /// All of guest RAM as bytes, writable.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for bytes; &mut self makes it exclusive.
-        unsafe {
-            core::slice::from_raw_parts_mut(
-                phys_to_virt(self.host_phys) as *mut u8,
-                self.size as usize,
-            )
-        }
+        unsafe { core::slice::from_raw_parts_mut(self.host_virt as *mut u8, self.size as usize) }
     }
 
     /// The bytes `[gpa, gpa + len)`, if inside guest RAM.

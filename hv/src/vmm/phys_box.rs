@@ -10,6 +10,8 @@ use core::ops::{Deref, DerefMut};
 #[derive(Debug)]
 pub struct PhysBox<T> {
     phys: u64,
+    /// Its direct-map address, kept so a deref (many per exit) is one load.
+    virt: u64,
     frames: u64,
     _t: PhantomData<T>,
 }
@@ -25,6 +27,7 @@ impl<T> PhysBox<T> {
         let phys = frame::alloc_zeroed(frames, FRAME_SIZE)?;
         Some(Self {
             phys,
+            virt: phys_to_virt(phys),
             frames,
             _t: PhantomData,
         })
@@ -41,14 +44,14 @@ impl<T> Deref for PhysBox<T> {
     fn deref(&self) -> &T {
         // SAFETY: the frames are ours, mapped in the direct map, aligned, and
         // hold a valid T (zeroed at creation; only written through &mut T).
-        unsafe { &*(phys_to_virt(self.phys) as *const T) }
+        unsafe { &*(self.virt as *const T) }
     }
 }
 
 impl<T> DerefMut for PhysBox<T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for deref, and &mut self makes the access exclusive.
-        unsafe { &mut *(phys_to_virt(self.phys) as *mut T) }
+        unsafe { &mut *(self.virt as *mut T) }
     }
 }
 
