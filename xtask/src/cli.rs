@@ -59,6 +59,8 @@ shows one command's):
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
   --list                    mutants, kut: list the mutations or subtests, run none
+  --jobs N                  mutants: mutations tried at once, each in its own
+                            scratch copy (default: the host's CPUs, at most 4)
   -- WORDS...               run, image: kernel command line (e.g. fault=page)
   --kut-dir DIR             kut, bench: the built kvm-unit-tests tree (else
                             KUT_DIR; bench: adds its latency subtests as rows)
@@ -123,6 +125,9 @@ pub enum Task {
     Mutants {
         list: bool,
         names: Vec<String>,
+        /// `--jobs N`: mutations tried at once (default: the host's CPUs,
+        /// at most 4).
+        jobs: Option<u32>,
     },
 }
 
@@ -317,6 +322,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "kut" => Task::Kut(parse_kut(&mut options)?),
         "mutants" => Task::Mutants {
             list: options.flag("--list"),
+            jobs: options.value("--jobs", parse_count)?,
             names: options.positional(),
         },
         other => usage!("unknown command `{other}` (see cargo xtask --help)"),
@@ -771,6 +777,7 @@ mod tests {
             Task::Mutants {
                 list: true,
                 names: vec!["a".into(), "b".into()],
+                jobs: None,
             }
         );
         assert_eq!(
@@ -778,9 +785,19 @@ mod tests {
             Task::Mutants {
                 list: false,
                 names: vec![],
+                jobs: None,
+            }
+        );
+        assert_eq!(
+            parse_words("mutants --jobs 2 a").unwrap(),
+            Task::Mutants {
+                list: false,
+                names: vec!["a".into()],
+                jobs: Some(2),
             }
         );
         assert!(parse_words("mutants --release").is_err());
+        assert!(parse_words("mutants --jobs 0").is_err());
     }
 
     #[test]

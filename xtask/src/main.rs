@@ -63,7 +63,7 @@ fn execute(task: Task) -> Result<bool> {
         Task::Bench { kut_dir } => tasks::bench::bench(kut_dir)?,
         Task::Fuzz(args) => return tasks::fuzz::fuzz(&args),
         Task::Kut(args) => return tasks::kut::kut(&args),
-        Task::Mutants { list, names } => return tasks::mutants::mutants(list, &names),
+        Task::Mutants { list, names, jobs } => return tasks::mutants::mutants(list, &names, jobs),
         Task::Run(args) => {
             let verdict = tasks::run::run(&args)?;
             eprintln!("xtask: {verdict}");

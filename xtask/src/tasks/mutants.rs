@@ -1,7 +1,7 @@
 //! `cargo xtask mutants`: proves the guest self-tests bite. Each mutation
 //! of `xtask/mutants.txt` (format: [`crate::mutants`]) is applied to a
-//! scratch copy of the workspace (`target/mutants/work`, one copy reused so
-//! builds stay incremental), the kernel is built and the self-tests the
+//! scratch copy of the workspace (`target/mutants/work`, `work-1`, ...: one
+//! per job, reused so builds stay incremental; `--jobs N` tries N at once), the kernel is built and the self-tests the
 //! mutation names run under QEMU TCG (direct boot); the mutation must make
 //! one of them fail.
 //!
@@ -17,6 +17,8 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
@@ -39,8 +41,11 @@ const BASELINE_ATTEMPTS: u32 = 3;
 /// Top-level names never copied to the scratch tree.
 const SKIP: [&str; 3] = ["target", ".git", ".jj"];
 
-/// `cargo xtask mutants [--list] [NAME...]`.
-pub fn mutants(list: bool, names: &[String]) -> Result<bool> {
+/// Most scratch copies `--jobs` defaults to (each builds its own kernel).
+const MAX_DEFAULT_JOBS: usize = 4;
+
+/// `cargo xtask mutants [--list] [--jobs N] [NAME...]`.
+pub fn mutants(list: bool, names: &[String], jobs: Option<u32>) -> Result<bool> {
     let root = workspace::root();
     let text = fs::read_to_string(root.join(LIST)).context(|| format!("reading {LIST}"))?;
     let all = match mutants::parse(&text) {
@@ -68,21 +73,41 @@ pub fn mutants(list: bool, names: &[String]) -> Result<bool> {
         return Ok(true);
     }
     host_tools::require(&[host_tools::QEMU])?;
-    let work = workspace::target_dir().join("mutants").join("work");
     let started = Instant::now();
+    let runnable: Vec<&Mutant> = chosen
+        .iter()
+        .copied()
+        .filter(|m| m.pending.is_none())
+        .collect();
+    let jobs = jobs
+        .map_or_else(default_jobs, |n| n as usize)
+        .clamp(1, runnable.len().max(1));
+    // One scratch copy per job; the first keeps its old name so a
+    // developer's incremental build carries over.
+    let copies: Vec<PathBuf> = (0..jobs)
+        .map(|i| {
+            let dir = if i == 0 {
+                "work".to_string()
+            } else {
+                format!("work-{i}")
+            };
+            workspace::target_dir().join("mutants").join(dir)
+        })
+        .collect();
 
     // Baseline: the unmutated copy must pass the tests the mutants use.
-    sync_tree(root, &work)?;
+    sync_tree(root, &copies[0])?;
     let filter = mutants::tests_filter(&chosen);
     eprintln!(
-        "xtask: mutants: baseline ({})",
-        filter.as_deref().unwrap_or("all tests")
+        "xtask: mutants: baseline ({}), then {} mutations on {jobs} job(s)",
+        filter.as_deref().unwrap_or("all tests"),
+        runnable.len()
     );
     // The TSC self-tests measure time: on a loaded host one can fail
     // without any mutation, so the baseline gets a second and third try.
     let mut attempt = 1;
     loop {
-        match build_and_run(&work, filter.as_deref())? {
+        match build_and_run(&copies[0], filter.as_deref())? {
             Run::Passed => break,
             Run::Failed(why) if attempt < BASELINE_ATTEMPTS => {
                 eprintln!("xtask: mutants: baseline attempt {attempt} failed ({why}); again");
@@ -93,41 +118,53 @@ pub fn mutants(list: bool, names: &[String]) -> Result<bool> {
         }
     }
 
-    let (mut killed, mut survived, mut broken, mut pending) = (0, 0, 0, 0);
-    for m in chosen {
-        if let Some(why) = &m.pending {
-            pending += 1;
-            println!("mutant {} ... pending ({why})", m.name);
-            continue;
-        }
-        sync_tree(root, &work)?;
-        let outcome = match apply_in(&work, m) {
-            Err(why) => {
-                broken += 1;
-                format!("does not apply ({why})")
-            }
-            Ok(()) => {
-                let filter = (!m.tests.is_empty()).then(|| m.tests.join(","));
-                match build_and_run(&work, filter.as_deref())? {
-                    Run::Failed(first) => {
-                        killed += 1;
-                        format!("killed ({first})")
+    let mut pending = 0;
+    for m in chosen.iter().filter(|m| m.pending.is_some()) {
+        pending += 1;
+        println!(
+            "mutant {} ... pending ({})",
+            m.name,
+            m.pending.as_deref().unwrap_or("")
+        );
+    }
+    // Each job takes the next untried mutation and tries it in its own copy.
+    let next = AtomicUsize::new(0);
+    let outcomes: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
+    let failure: Mutex<Option<crate::error::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for work in &copies {
+            let (next, outcomes, failure, runnable) = (&next, &outcomes, &failure, &runnable);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(m) = runnable.get(i) else { break };
+                if failure.lock().unwrap().is_some() {
+                    break;
+                }
+                match try_mutant(root, work, m) {
+                    Ok(outcome) => {
+                        println!("mutant {} ... {}", m.name, outcome.text());
+                        outcomes.lock().unwrap().push(outcome);
                     }
-                    Run::Passed => {
-                        survived += 1;
-                        "SURVIVED".to_string()
-                    }
-                    Run::BuildFailed => {
-                        broken += 1;
-                        "does not build".to_string()
+                    Err(e) => {
+                        *failure.lock().unwrap() = Some(e);
+                        break;
                     }
                 }
-            }
-        };
-        println!("mutant {} ... {outcome}", m.name);
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
     }
-    // Leave the copy unmutated for the next incremental build.
-    sync_tree(root, &work)?;
+    // Leave the copies unmutated for the next incremental build.
+    for work in &copies {
+        sync_tree(root, work)?;
+    }
+    let outcomes = outcomes.into_inner().unwrap();
+    let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let killed = count(|o| matches!(o, Outcome::Killed(_)));
+    let survived = count(|o| matches!(o, Outcome::Survived));
+    let broken = count(|o| matches!(o, Outcome::NotApplied(_) | Outcome::NotBuilt));
     let mut extra = String::new();
     if broken > 0 {
         extra += &format!(", {broken} did not apply or build");
@@ -138,6 +175,45 @@ pub fn mutants(list: bool, names: &[String]) -> Result<bool> {
     println!("{killed} killed, {survived} survived{extra}");
     eprintln!("xtask: mutants: {:.0} s", started.elapsed().as_secs_f64());
     Ok(survived == 0 && broken == 0)
+}
+
+/// The host's CPUs, at most [`MAX_DEFAULT_JOBS`].
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_JOBS))
+}
+
+/// What one mutation did.
+enum Outcome {
+    /// A self-test failed (its name).
+    Killed(String),
+    Survived,
+    NotApplied(String),
+    NotBuilt,
+}
+
+impl Outcome {
+    fn text(&self) -> String {
+        match self {
+            Outcome::Killed(first) => format!("killed ({first})"),
+            Outcome::Survived => "SURVIVED".to_string(),
+            Outcome::NotApplied(why) => format!("does not apply ({why})"),
+            Outcome::NotBuilt => "does not build".to_string(),
+        }
+    }
+}
+
+/// Applies `m` to a fresh copy of `root` in `work`, builds and runs its tests.
+fn try_mutant(root: &Path, work: &Path, m: &Mutant) -> Result<Outcome> {
+    sync_tree(root, work)?;
+    if let Err(why) = apply_in(work, m) {
+        return Ok(Outcome::NotApplied(why));
+    }
+    let filter = (!m.tests.is_empty()).then(|| m.tests.join(","));
+    Ok(match build_and_run(work, filter.as_deref())? {
+        Run::Failed(first) => Outcome::Killed(first),
+        Run::Passed => Outcome::Survived,
+        Run::BuildFailed => Outcome::NotBuilt,
+    })
 }
 
 /// Applies every hunk of `m` inside the scratch tree `work`.
