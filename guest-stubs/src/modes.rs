@@ -222,6 +222,60 @@ fn gdtr() -> [u16; 5] {
     ]
 }
 
+/// Asm text, from 64-bit code with RSI = the address of this module's GDTR:
+/// saves RBX, RFLAGS (then CLI) and the caller's GDTR on the stack, loads
+/// this module's GDT and far-returns to its 32-bit code segment (0x18)
+/// with flat data segments (their limits serve 16-bit code and real mode
+/// too). Ends in `.code32` with paging and long mode still on
+/// (compatibility mode). Undone by [`back_to_64`].
+macro_rules! to_legacy32 {
+    () => {
+        concat!(
+            "push rbx\n",
+            "pushfq\n",
+            "cli\n",
+            "sub rsp, 16\n",
+            "sgdt [rsp]\n",
+            "lgdt [rsi]\n",
+            "push 0x18\n",
+            "lea rax, [rip + 2f]\n",
+            "push rax\n",
+            "retfq\n",
+            ".code32\n",
+            "2:\n",
+            "mov ax, 0x10\n",
+            "mov ds, ax\n",
+            "mov es, ax\n",
+            "mov ss, ax",
+        )
+    };
+}
+
+/// Asm text, from 32-bit code with long mode active again (LMA set): far
+/// return to the 64-bit code segment (0x08), then restore what
+/// [`to_legacy32`] saved (the caller's GDTR, RFLAGS, RBX).
+macro_rules! back_to_64 {
+    () => {
+        concat!(
+            "call 6f\n",
+            "6:\n",
+            "pop eax\n",
+            // add eax, 7f - 6b
+            ".byte 0x05\n",
+            ".long 7f - 6b\n",
+            "push 0x08\n",
+            "push eax\n",
+            "retf\n",
+            ".code64\n",
+            "7:\n",
+            "lgdt [rsp]\n",
+            "add rsp, 16\n",
+            "popfq\n",
+            "pop rbx",
+        )
+    };
+}
+
 /// Leaves long mode for every other mode and comes back, with interrupts
 /// off: compatibility mode; paging off (LMA clears); EFER.LME cleared with
 /// WRMSR; 32-bit paging with 4 MiB and with 4 KiB pages; PAE paging without
@@ -237,24 +291,7 @@ pub fn tour() -> Seen {
     unsafe {
         let gdtr = gdtr();
         asm!(
-            "push rbx",
-            "pushfq",
-            "cli",
-            "sub rsp, 16",
-            "sgdt [rsp]",
-            "lgdt [rsi]",
-            "push 0x18",
-            "lea rax, [rip + 2f]",
-            "push rax",
-            "retfq",
-            ".code32",
-            "2:",
-            // Flat data segments from this GDT (their limits serve 16-bit
-            // code and real mode too).
-            "mov ax, 0x10",
-            "mov ds, ax",
-            "mov es, ax",
-            "mov ss, ax",
+            to_legacy32!(),
             // Compatibility mode (long mode, paging on).
             "xor eax, eax",
             "cpuid",
@@ -388,22 +425,7 @@ pub fn tour() -> Seen {
             "xor eax, eax",
             "cpuid",
             "mov [edi + 28], ebx",
-            // 64-bit mode: far return to 0x08.
-            "call 6f",
-            "6:",
-            "pop eax",
-            // add eax, 7f - 6b
-            ".byte 0x05",
-            ".long 7f - 6b",
-            "push 0x08",
-            "push eax",
-            "retf",
-            ".code64",
-            "7:",
-            "lgdt [rsp]",
-            "add rsp, 16",
-            "popfq",
-            "pop rbx",
+            back_to_64!(),
             in("rsi") gdtr.as_ptr(),
             in("rdi") addr_of_mut!(IO),
             out("rax") _,
@@ -458,22 +480,7 @@ pub fn string_io_32(buf: &mut [u8], text: &[u8], in_port: u16, out_port: u16) ->
         io.ports = u32::from(in_port) | u32::from(out_port) << 16;
         let gdtr = gdtr();
         asm!(
-            "push rbx",
-            "pushfq",
-            "cli",
-            "sub rsp, 16",
-            "sgdt [rsp]",
-            "lgdt [rsi]",
-            "push 0x18",
-            "lea rax, [rip + 2f]",
-            "push rax",
-            "retfq",
-            ".code32",
-            "2:",
-            "mov ax, 0x10",
-            "mov ds, ax",
-            "mov es, ax",
-            "mov ss, ax",
+            to_legacy32!(),
             "mov ebx, edi",
             "mov eax, cr3",
             "mov [ebx + 76], eax",
@@ -527,20 +534,7 @@ pub fn string_io_32(buf: &mut [u8], text: &[u8], in_port: u16, out_port: u16) ->
             "mov eax, cr0",
             "or eax, 0x80000000",
             "mov cr0, eax",
-            "call 6f",
-            "6:",
-            "pop eax",
-            ".byte 0x05",
-            ".long 7f - 6b",
-            "push 0x08",
-            "push eax",
-            "retf",
-            ".code64",
-            "7:",
-            "lgdt [rsp]",
-            "add rsp, 16",
-            "popfq",
-            "pop rbx",
+            back_to_64!(),
             inout("rsi") gdtr.as_ptr() => _,
             inout("rdi") addr_of_mut!(IO) => _,
             out("rax") _,
