@@ -22,6 +22,7 @@ mod console;
 mod guest_boot;
 mod mem;
 mod selftest;
+mod smp;
 mod svm_support;
 mod time;
 mod vmm;
@@ -43,6 +44,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         .cmdline_value("log")
         .filter(|level| !console::set_level(level));
     arch::gdt::init();
+    smp::init_bsp();
     arch::idt::init();
     // The banner comes first: it is what a person (and the boot tests) reads
     // first, and it must show even when a `fault=` word stops the kernel.
@@ -72,6 +74,12 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     // `apic=x2apic`: switch the local APIC to x2APIC mode (as firmware may
     // leave it on real machines) to exercise that path.
     time::start_watchdog(boot.cmdline_value("apic") == Some("x2apic"));
+    // Every CPU runs the hypervisor: the APs come up one by one and wait
+    // for work (smp).
+    let cpus = smp::start_aps(&boot, cr3);
+    if guest.is_none() {
+        banner::print_cpus(cpus);
+    }
     log::info!(
         "memory: {} KiB reclaimed from the loader, {} MiB free",
         reclaimed / 1024,
@@ -174,22 +182,29 @@ fn recurse(depth: u64) -> u64 {
 /// Prints a fatal error and stops the machine with a failure verdict.
 pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     console::init();
-    console::write_fmt_emergency(format_args!("\nFATAL: {args}\n"));
+    console::write_fmt_emergency(format_args!(
+        "\nFATAL: cpu{}: {args}\n",
+        smp::report_index()
+    ));
     exit(ExitCode::Failure)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::init();
+    let cpu = smp::report_index();
     match info.location() {
         Some(l) => console::write_fmt_emergency(format_args!(
-            "\npanic at {}:{}:{}: {}\n",
+            "\npanic on cpu{cpu} at {}:{}:{}: {}\n",
             l.file(),
             l.line(),
             l.column(),
             info.message()
         )),
-        None => console::write_fmt_emergency(format_args!("\npanic: {}\n", info.message())),
+        None => console::write_fmt_emergency(format_args!(
+            "\npanic on cpu{cpu}: {}\n",
+            info.message()
+        )),
     }
     exit(ExitCode::Failure)
 }
