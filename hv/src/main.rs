@@ -201,10 +201,9 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             l.column(),
             info.message()
         )),
-        None => console::write_fmt_emergency(format_args!(
-            "\npanic on cpu{cpu}: {}\n",
-            info.message()
-        )),
+        None => {
+            console::write_fmt_emergency(format_args!("\npanic on cpu{cpu}: {}\n", info.message()))
+        }
     }
     exit(ExitCode::Failure)
 }

@@ -209,8 +209,13 @@ pub fn map_stack(frames: u64) -> Result<u64, &'static str> {
     let _lock = KERNEL_PML4.lock();
     let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | Flags::GLOBAL;
     for i in 0..frames {
-        map_4k(&mut m, bottom + i * FRAME_SIZE, phys + i * FRAME_SIZE, flags)
-            .map_err(|_| "cannot map a stack page")?;
+        map_4k(
+            &mut m,
+            bottom + i * FRAME_SIZE,
+            phys + i * FRAME_SIZE,
+            flags,
+        )
+        .map_err(|_| "cannot map a stack page")?;
     }
     Ok(bottom + frames * FRAME_SIZE)
 }

@@ -114,10 +114,7 @@ fn every_cpu_runs() -> Result<(), String> {
                 r.hsave_msr, r.hsave_owned
             ));
         }
-        if let Some(j) = reports[..i]
-            .iter()
-            .position(|o| o.hsave_msr == r.hsave_msr)
-        {
+        if let Some(j) = reports[..i].iter().position(|o| o.hsave_msr == r.hsave_msr) {
             return Err(format!(
                 "cpu{i} and cpu{j} share the host save area {:#x}",
                 r.hsave_msr
@@ -130,85 +127,27 @@ fn every_cpu_runs() -> Result<(), String> {
     Ok(())
 }
 
-/// Ping-pong rounds per AP for the TSC offset.
-const TSC_ROUNDS: u64 = 64;
-static PING: AtomicU64 = AtomicU64::new(0);
-static PONG: AtomicU64 = AtomicU64::new(0);
-static PONG_TSC: AtomicU64 = AtomicU64::new(0);
-
-/// The TSC, ordered after the loads before it (LFENCE).
-fn tsc_now() -> u64 {
-    // SAFETY: LFENCE only orders; RDTSC has no side effects.
-    unsafe { core::arch::asm!("lfence", options(nomem, nostack, preserves_flags)) };
-    crate::time::host_tsc::read_raw()
-}
-
-/// Runs on the AP: for each round, wait for the boot CPU's ping, read the
-/// TSC, answer with it. Returns the AP's APIC ID.
-fn tsc_responder(rounds: u64) -> u64 {
-    for round in 1..=rounds {
-        let mut spins = 0u64;
-        while PING.load(Ordering::Acquire) != round {
-            spins += 1;
-            if spins > 1 << 32 {
-                return u64::MAX;
-            }
-            core::hint::spin_loop();
-        }
-        let t = tsc_now();
-        PONG_TSC.store(t, Ordering::Relaxed);
-        PONG.store(round, Ordering::Release);
-    }
-    u64::from(crate::arch::lapic::id())
-}
-
-/// Each AP's TSC against the boot CPU's: the boot CPU reads t0, pings, the
-/// AP reads tA and answers, the boot CPU reads t1. If the AP's TSC is the
-/// boot CPU's plus `off`, then t0 <= tA - off <= t1 in every round, so
-/// `off` lies in [max(tA - t1), min(tA - t0)] over all rounds: an empty
-/// window means a reading was not taken when and where it claims. The
-/// window's middle is recorded in the AP's per-CPU block (ISSUE12 item 3
-/// compensates with it) and logged with its half-width.
+/// Each AP's TSC against the boot CPU's (`smp::tsc_sync`): the job runs on
+/// the AP itself, every ping-pong round agrees with one offset, and the
+/// offset is recorded in the AP's per-CPU block and logged.
 fn ap_host_tsc() -> Result<(), String> {
     for cpu in percpu::all().iter().skip(1) {
         let i = cpu.index();
-        PING.store(0, Ordering::SeqCst);
-        PONG.store(0, Ordering::SeqCst);
-        let ticket =
-            mailbox::post(i, tsc_responder, TSC_ROUNDS).map_err(|e| format!("cpu{i}: {e}"))?;
-        let (mut lo, mut hi) = (i64::MIN, i64::MAX);
-        for round in 1..=TSC_ROUNDS {
-            let t0 = tsc_now();
-            PING.store(round, Ordering::Release);
-            let mut spins = 0u64;
-            while PONG.load(Ordering::Acquire) != round {
-                spins += 1;
-                if spins > 1 << 32 {
-                    return Err(format!("cpu{i}: no answer in round {round}"));
-                }
-                core::hint::spin_loop();
-            }
-            let t1 = tsc_now();
-            let ta = PONG_TSC.load(Ordering::Relaxed);
-            lo = lo.max(ta.wrapping_sub(t1) as i64);
-            hi = hi.min(ta.wrapping_sub(t0) as i64);
-        }
-        let apic_id = ticket.wait().map_err(|e| format!("cpu{i}: {e}"))?;
-        if apic_id != u64::from(cpu.apic_id.load(Ordering::Relaxed)) {
+        let m = crate::smp::tsc_sync::measure(i).map_err(|e| format!("cpu{i}: {e}"))?;
+        if m.apic_id != cpu.apic_id.load(Ordering::Relaxed) {
             return Err(format!(
-                "cpu{i}: the readings came from APIC ID {apic_id:#x}, not the AP's"
+                "cpu{i}: the readings came from APIC ID {:#x}, not the AP's",
+                m.apic_id
             ));
         }
-        if lo > hi {
-            return Err(format!(
-                "cpu{i}: no TSC offset fits every round (window [{lo}, {hi}] is empty)"
-            ));
+        if cpu.tsc_offset.load(Ordering::Relaxed) != m.offset {
+            return Err(format!("cpu{i}: the offset was not recorded"));
         }
-        let offset = lo / 2 + hi / 2;
-        let error = (hi.wrapping_sub(lo) as u64) / 2;
-        cpu.tsc_offset.store(offset, Ordering::Relaxed);
-        cpu.tsc_offset_error.store(error, Ordering::Relaxed);
-        log::info!("smp: cpu{i}: TSC offset to cpu0 {offset} ticks (+/- {error})");
+        log::info!(
+            "smp: cpu{i}: TSC offset to cpu0 {} ticks (+/- {})",
+            m.offset,
+            m.error
+        );
     }
     Ok(())
 }

@@ -186,8 +186,7 @@ impl Ticket {
                 Ok(result)
             }
             Err(_) => {
-                if m
-                    .state
+                if m.state
                     .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
                 {

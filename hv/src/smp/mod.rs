@@ -18,6 +18,7 @@
 pub mod mailbox;
 pub mod percpu;
 mod trampoline;
+pub mod tsc_sync;
 
 use crate::boot::{info::BootProtocol, BootInfo};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,7 +104,10 @@ fn start_with_sipi(boot: &BootInfo, kernel_cr3: u64) {
     let mut starts = alloc::vec::Vec::new();
     for cpu in aps {
         let Some(block) = percpu::assign(cpu.apic_id) else {
-            log::warn!("smp: more than {} CPUs; the rest stay off", percpu::MAX_CPUS);
+            log::warn!(
+                "smp: more than {} CPUs; the rest stay off",
+                percpu::MAX_CPUS
+            );
             break;
         };
         match alloc_stack() {

@@ -96,7 +96,9 @@ pub fn install(cpu: &'static PerCpu) {
 pub fn this() -> &'static PerCpu {
     let p: u64;
     // SAFETY: gs:[0] is the block's self pointer (install).
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
+    };
     // SAFETY: blocks are statics; install stored a pointer to one.
     unsafe { &*(p as *const PerCpu) }
 }

@@ -140,8 +140,7 @@ impl Trampoline {
     /// Copies the code to `phys` and builds its page tables from the
     /// kernel's PML4 at `kernel_cr3`.
     pub fn install(phys: u64, kernel_cr3: u64) -> Result<Self, &'static str> {
-        if phys >= 0x10_0000 || !phys.is_multiple_of(4096) || (0xa_0000..0xc_0000).contains(&phys)
-        {
+        if phys >= 0x10_0000 || !phys.is_multiple_of(4096) || (0xa_0000..0xc_0000).contains(&phys) {
             return Err("trampoline page unusable for a STARTUP IPI");
         }
         let start = &raw const hv_ap_trampoline as usize;
