@@ -97,7 +97,7 @@ pub fn this() -> &'static PerCpu {
     let p: u64;
     // SAFETY: gs:[0] is the block's self pointer (install).
     unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
+        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(pure, readonly, nostack, preserves_flags))
     };
     // SAFETY: blocks are statics; install stored a pointer to one.
     unsafe { &*(p as *const PerCpu) }
