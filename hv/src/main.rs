@@ -150,9 +150,24 @@ fn verdict(summary: &selftest::Summary) -> ExitCode {
     }
 }
 
-/// Faults on purpose (`fault=page|panic|stack` on the command line), to show the
-/// fault reports work.
+/// Faults on purpose (`fault=page|panic|stack` on the command line, or
+/// `fault=ap-page|ap-panic|ap-stack` on the first application processor),
+/// to show the fault reports work and name the CPU.
 fn deliberate_fault(kind: &str) {
+    if let Some(ap_kind) = kind.strip_prefix("ap-") {
+        let code = match ap_kind {
+            "page" => 1,
+            "panic" => 2,
+            "stack" => 3,
+            _ => 0,
+        };
+        if code != 0 {
+            log::info!("fault={kind}: on cpu1");
+            let result = smp::mailbox::run_on(1, fault_on_this_cpu, code);
+            log::error!("fault={kind}: cpu1 returned {result:?}");
+            return;
+        }
+    }
     match kind {
         "page" => {
             log::info!("fault=page: reading an unmapped address");
@@ -166,8 +181,21 @@ fn deliberate_fault(kind: &str) {
             log::info!("fault=stack: recursing into the guard page");
             log::error!("recursion returned {}", recurse(0));
         }
-        other => log::warn!("unknown fault={other} ignored (page|panic|stack)"),
+        other => {
+            log::warn!("unknown fault={other} ignored (page|panic|stack|ap-page|ap-panic|ap-stack)")
+        }
     }
+}
+
+/// A mailbox job: the deliberate fault `code` (1 page, 2 panic, 3 stack)
+/// on the CPU that runs it.
+fn fault_on_this_cpu(code: u64) -> u64 {
+    deliberate_fault(match code {
+        1 => "page",
+        2 => "panic",
+        _ => "stack",
+    });
+    0
 }
 
 /// Burns stack until the guard page stops it.

@@ -43,3 +43,21 @@ fn one_cpu_still_boots() {
     );
     boot.assert_status(SUCCESS_STATUS);
 }
+
+/// A fault on an application processor is reported, names that CPU (its
+/// own IST stack takes the double fault of a stack overflow) and fails.
+#[test]
+fn faults_on_an_application_processor_name_it() {
+    for (word, report) in [
+        ("fault=ap-page", "FATAL: cpu1: EXCEPTION: page fault"),
+        ("fault=ap-stack", "FATAL: cpu1: EXCEPTION: double fault"),
+        ("fault=ap-panic", "panic on cpu1 at "),
+    ] {
+        let boot = boot_direct_smp(&[word], 2);
+        assert!(
+            boot.lines().any(|l| l.starts_with(report)),
+            "{word}: no `{report}` line (serial output above)"
+        );
+        boot.assert_status(hv_tests::FAILURE_STATUS);
+    }
+}

@@ -325,8 +325,7 @@ impl fmt::Display for Report<'_> {
         let (t, cr2) = (self.0, self.1);
         writeln!(
             f,
-            "EXCEPTION on cpu{}: {} (vector {}) error code {:#x}",
-            crate::smp::report_index(),
+            "EXCEPTION: {} (vector {}) error code {:#x}",
             exception_name(t.vector),
             t.vector,
             t.error_code
@@ -372,5 +371,6 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
         return;
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    // `fatal` names the CPU: `FATAL: cpu1: EXCEPTION: ...`.
     crate::fatal(format_args!("{}", Report(frame, cr2)));
 }
