@@ -176,7 +176,12 @@ const NESTED_TESTS: &[&str] = &[
 ];
 
 /// The `smp::` tests (host side: every CPU runs the hypervisor).
-const SMP_TESTS: &[&str] = &["smp::every_cpu_runs", "smp::ap_host_tsc"];
+const SMP_TESTS: &[&str] = &[
+    "smp::every_cpu_runs",
+    "smp::ap_host_tsc",
+    "smp::ap_watchdog_ticks",
+    "smp::mailbox_kick_is_an_ipi",
+];
 
 #[test]
 fn every_smp_self_test_passes() {

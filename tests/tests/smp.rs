@@ -25,11 +25,16 @@ fn four_cpus_all_run_the_hypervisor() {
             "no TSC offset for cpu{cpu} (serial output above)"
         );
     }
-    for name in ["smp::every_cpu_runs", "smp::ap_host_tsc"] {
+    for name in [
+        "smp::every_cpu_runs",
+        "smp::ap_host_tsc",
+        "smp::ap_watchdog_ticks",
+        "smp::mailbox_kick_is_an_ipi",
+    ] {
         let line = format!("test {name} ... ok");
         assert!(boot.lines().any(|l| l == line), "no `{line}` line");
     }
-    assert!(boot.lines().any(|l| l == "2 passed, 0 failed"));
+    assert!(boot.lines().any(|l| l == "4 passed, 0 failed"));
     boot.assert_status(SUCCESS_STATUS);
 }
 

@@ -186,6 +186,9 @@ unsafe extern "C" {
 pub const WAKE_VECTOR: u8 = 0xf0;
 
 extern "C" fn wake_interrupt() {
+    crate::smp::this()
+        .wakes
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     super::lapic::eoi();
 }
 

@@ -20,7 +20,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 2] = [
+pub const CASES: [HostCase; 4] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -29,7 +29,66 @@ pub const CASES: [HostCase; 2] = [
         name: "smp::ap_host_tsc",
         run: ap_host_tsc,
     },
+    HostCase {
+        name: "smp::ap_watchdog_ticks",
+        run: ap_watchdog_ticks,
+    },
+    HostCase {
+        name: "smp::mailbox_kick_is_an_ipi",
+        run: mailbox_kick_is_an_ipi,
+    },
 ];
+
+/// A job: this CPU's watchdog ticks.
+fn ticks_job(_: u64) -> u64 {
+    crate::smp::this().ticks.load(Ordering::Relaxed)
+}
+
+/// Every AP's own watchdog ticks while it waits for work: its tick count
+/// grows over 50 ms of PIT time.
+fn ap_watchdog_ticks() -> Result<(), String> {
+    for cpu in percpu::all().iter().skip(1) {
+        let i = cpu.index();
+        let before = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+        crate::time::pit::wait_us(50_000);
+        let after = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+        if after <= before {
+            return Err(format!(
+                "cpu{i}: no watchdog tick in 50 ms ({before} -> {after})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A job that does nothing.
+fn nop_job(arg: u64) -> u64 {
+    arg
+}
+
+/// Posting a job kicks the target with the wake IPI (it does not wait for
+/// the target's next watchdog tick): each AP takes at least one wake IPI
+/// for a series of jobs (back-to-back kicks may merge in the APIC), and
+/// every job's result comes back.
+fn mailbox_kick_is_an_ipi() -> Result<(), String> {
+    const JOBS: u64 = 10;
+    for cpu in percpu::all().iter().skip(1) {
+        let i = cpu.index();
+        let before = cpu.wakes.load(Ordering::Relaxed);
+        for n in 0..JOBS {
+            let r = mailbox::run_on(i, nop_job, n).map_err(|e| format!("cpu{i}: {e}"))?;
+            if r != n {
+                return Err(format!("cpu{i}: job {n} returned {r}"));
+            }
+        }
+        let wakes = cpu.wakes.load(Ordering::Relaxed) - before;
+        if wakes == 0 {
+            return Err(format!("cpu{i}: {JOBS} jobs, no wake IPI"));
+        }
+        log::info!("smp: cpu{i}: {JOBS} jobs, {wakes} wake IPIs");
+    }
+    Ok(())
+}
 
 /// What one CPU reports about itself (filled by [`report_job`] there).
 #[derive(Debug, Clone, Copy, Default)]

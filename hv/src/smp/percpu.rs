@@ -31,6 +31,8 @@ pub struct PerCpu {
     pub online: AtomicBool,
     /// Watchdog ticks this CPU took.
     pub ticks: AtomicU64,
+    /// Wake IPIs (mailbox kicks) this CPU took.
+    pub wakes: AtomicU64,
     /// SVM on this CPU (`vmm::enable::this_cpu`): own host save area and
     /// host save VMCB.
     pub host: Once<Result<HostCpu, &'static str>>,
@@ -51,6 +53,7 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
+            wakes: AtomicU64::new(0),
             host: Once::new(),
             mailbox: super::mailbox::Mailbox::new(),
             tsc_offset: AtomicI64::new(0),
