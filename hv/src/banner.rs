@@ -15,7 +15,6 @@ pub fn print(boot: &BootInfo) {
     println!("svm: {}", crate::svm_support::probe());
     let (usable, regions) = boot.usable_memory();
     println!("memory: {} MiB in {} regions", usable >> 20, regions);
-    println!("cpus: {}", boot.cpus.as_slice().len());
     let f = crate::time::tsc_frequency();
     println!(
         "tsc: {}.{:03} MHz (calibrated against {})",
@@ -23,4 +22,10 @@ pub fn print(boot: &BootInfo) {
         f.khz % 1000,
         f.source
     );
+}
+
+/// The banner's `cpus:` line: how many CPUs run the hypervisor (printed
+/// once the application processors are up).
+pub fn print_cpus(online: usize) {
+    println!("cpus: {online}");
 }

@@ -116,7 +116,15 @@ impl log::Log for Logger {
             // A guest's unfinished line (external guests) is ended first,
             // so the log line stands on its own.
             end_raw_line();
-            write_fmt(format_args!("[{:<5}] {}\n", record.level(), record.args()));
+            // An AP's lines name it; the boot CPU's stay as they were.
+            match crate::smp::log_index() {
+                Some(cpu) => write_fmt(format_args!(
+                    "[{:<5}] cpu{cpu}: {}\n",
+                    record.level(),
+                    record.args()
+                )),
+                None => write_fmt(format_args!("[{:<5}] {}\n", record.level(), record.args())),
+            }
         }
     }
 

@@ -22,6 +22,7 @@ mod console;
 mod guest_boot;
 mod mem;
 mod selftest;
+mod smp;
 mod svm_support;
 mod time;
 mod vmm;
@@ -43,6 +44,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         .cmdline_value("log")
         .filter(|level| !console::set_level(level));
     arch::gdt::init();
+    smp::init_bsp();
     arch::idt::init();
     // The banner comes first: it is what a person (and the boot tests) reads
     // first, and it must show even when a `fault=` word stops the kernel.
@@ -72,6 +74,12 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     // `apic=x2apic`: switch the local APIC to x2APIC mode (as firmware may
     // leave it on real machines) to exercise that path.
     time::start_watchdog(boot.cmdline_value("apic") == Some("x2apic"));
+    // Every CPU runs the hypervisor: the APs come up one by one and wait
+    // for work (smp).
+    let cpus = smp::start_aps(&boot, cr3);
+    if guest.is_none() {
+        banner::print_cpus(cpus);
+    }
     log::info!(
         "memory: {} KiB reclaimed from the loader, {} MiB free",
         reclaimed / 1024,
@@ -142,9 +150,24 @@ fn verdict(summary: &selftest::Summary) -> ExitCode {
     }
 }
 
-/// Faults on purpose (`fault=page|panic|stack` on the command line), to show the
-/// fault reports work.
+/// Faults on purpose (`fault=page|panic|stack` on the command line, or
+/// `fault=ap-page|ap-panic|ap-stack` on the first application processor),
+/// to show the fault reports work and name the CPU.
 fn deliberate_fault(kind: &str) {
+    if let Some(ap_kind) = kind.strip_prefix("ap-") {
+        let code = match ap_kind {
+            "page" => 1,
+            "panic" => 2,
+            "stack" => 3,
+            _ => 0,
+        };
+        if code != 0 {
+            log::info!("fault={kind}: on cpu1");
+            let result = smp::mailbox::run_on(1, fault_on_this_cpu, code);
+            log::error!("fault={kind}: cpu1 returned {result:?}");
+            return;
+        }
+    }
     match kind {
         "page" => {
             log::info!("fault=page: reading an unmapped address");
@@ -158,8 +181,21 @@ fn deliberate_fault(kind: &str) {
             log::info!("fault=stack: recursing into the guard page");
             log::error!("recursion returned {}", recurse(0));
         }
-        other => log::warn!("unknown fault={other} ignored (page|panic|stack)"),
+        other => {
+            log::warn!("unknown fault={other} ignored (page|panic|stack|ap-page|ap-panic|ap-stack)")
+        }
     }
+}
+
+/// A mailbox job: the deliberate fault `code` (1 page, 2 panic, 3 stack)
+/// on the CPU that runs it.
+fn fault_on_this_cpu(code: u64) -> u64 {
+    deliberate_fault(match code {
+        1 => "page",
+        2 => "panic",
+        _ => "stack",
+    });
+    0
 }
 
 /// Burns stack until the guard page stops it.
@@ -174,22 +210,28 @@ fn recurse(depth: u64) -> u64 {
 /// Prints a fatal error and stops the machine with a failure verdict.
 pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
     console::init();
-    console::write_fmt_emergency(format_args!("\nFATAL: {args}\n"));
+    console::write_fmt_emergency(format_args!(
+        "\nFATAL: cpu{}: {args}\n",
+        smp::report_index()
+    ));
     exit(ExitCode::Failure)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::init();
+    let cpu = smp::report_index();
     match info.location() {
         Some(l) => console::write_fmt_emergency(format_args!(
-            "\npanic at {}:{}:{}: {}\n",
+            "\npanic on cpu{cpu} at {}:{}:{}: {}\n",
             l.file(),
             l.line(),
             l.column(),
             info.message()
         )),
-        None => console::write_fmt_emergency(format_args!("\npanic: {}\n", info.message())),
+        None => {
+            console::write_fmt_emergency(format_args!("\npanic on cpu{cpu}: {}\n", info.message()))
+        }
     }
     exit(ExitCode::Failure)
 }

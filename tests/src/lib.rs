@@ -150,9 +150,23 @@ pub fn boot_direct(cmdline: &[&str]) -> Boot {
     boot(&label, medium, Firmware::Bios)
 }
 
+/// [`boot_direct`] on a machine with `smp` CPUs.
+pub fn boot_direct_smp(cmdline: &[&str], smp: u32) -> Boot {
+    let medium = Medium::Direct {
+        kernel: kernel().to_path_buf(),
+        cmdline: cmdline.iter().map(|w| w.to_string()).collect(),
+    };
+    let label = format!("direct boot, {smp} CPUs [{}]", cmdline.join(" "));
+    boot_with(&label, medium, Firmware::Bios, smp)
+}
+
 /// Boots a medium under TCG, whatever the host offers: the tests must behave
 /// the same on every machine.
 pub fn boot(label: &str, medium: Medium, firmware: Firmware) -> Boot {
+    boot_with(label, medium, firmware, qemu::DEFAULT_SMP)
+}
+
+fn boot_with(label: &str, medium: Medium, firmware: Firmware, smp: u32) -> Boot {
     let config = RunConfig {
         medium,
         firmware,
@@ -160,6 +174,7 @@ pub fn boot(label: &str, medium: Medium, firmware: Firmware) -> Boot {
         gdb: false,
         debugcon: run_dir().join("qemu-debugcon.log"),
         icount: false,
+        smp,
     };
     let command = qemu::command(&config).unwrap_or_else(|e| panic!("{label}: {e}"));
     let outcome = runner::run(

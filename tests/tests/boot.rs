@@ -23,7 +23,7 @@ fn direct_boot_prints_the_banner_and_succeeds() {
     assert_eq!(boot.banner("boot: "), Some("boot: pvh"));
     // The banner is the first thing the kernel prints.
     assert_eq!(first_line(&boot), "boot: pvh", "first line (serial above)");
-    // -smp 2 in every QEMU run.
+    // QEMU runs -smp 2 by default, and both CPUs run the hypervisor.
     assert_eq!(boot.banner("cpus: "), Some("cpus: 2"));
     boot.assert_status(SUCCESS_STATUS);
 }
@@ -93,6 +93,7 @@ fn boot_without_svm(cmdline: &[&str]) -> Boot {
         gdb: false,
         debugcon: run_dir().join("qemu-debugcon.log"),
         icount: false,
+        smp: qemu::DEFAULT_SMP,
     };
     let mut command = qemu::command(&config).expect("QEMU command");
     command.args(["-cpu", "qemu64,-svm"]);
@@ -222,6 +223,7 @@ fn boot_guest_with_modules(
         gdb: false,
         debugcon: dir.join("qemu-debugcon.log"),
         icount: false,
+        smp: qemu::DEFAULT_SMP,
     };
     let module = qemu::GuestModule {
         file,

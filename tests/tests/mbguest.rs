@@ -61,6 +61,7 @@ fn mbguest_passes_under_the_hypervisor() {
         gdb: false,
         debugcon: run_dir().join("qemu-debugcon.log"),
         icount: false,
+        smp: qemu::DEFAULT_SMP,
     };
     let module = qemu::GuestModule {
         file: guest.file.clone(),

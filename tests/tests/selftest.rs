@@ -175,6 +175,20 @@ const NESTED_TESTS: &[&str] = &[
     "nested::npt_ad_bits_set",
 ];
 
+/// The `smp::` tests (host side: every CPU runs the hypervisor).
+const SMP_TESTS: &[&str] = &[
+    "smp::every_cpu_runs",
+    "smp::ap_host_tsc",
+    "smp::ap_watchdog_ticks",
+    "smp::mailbox_kick_is_an_ipi",
+];
+
+#[test]
+fn every_smp_self_test_passes() {
+    let names: Vec<String> = SMP_TESTS.iter().map(|n| n.to_string()).collect();
+    assert_all_pass("smp::", &names);
+}
+
 /// Boots with `tests=<prefix>` and asserts exactly `names` ran, all `ok`,
 /// with the matching totals line and a success status.
 fn assert_all_pass(prefix: &str, names: &[String]) -> Boot {
@@ -249,7 +263,7 @@ fn total_tests() -> usize {
         .iter()
         .map(|&(_, both)| 1 + usize::from(both))
         .sum();
-    GUEST_TESTS.len() + tsc + NESTED_TESTS.len()
+    GUEST_TESTS.len() + tsc + NESTED_TESTS.len() + SMP_TESTS.len()
 }
 
 #[test]

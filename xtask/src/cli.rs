@@ -56,6 +56,8 @@ shows one command's):
                             (repeatable, in order; its string is the file's
                             name; needs --guest and a Multiboot image)
   --no-build                run: boot the kernel built last (no cargo build)
+  --smp N                   run: QEMU's CPU count (default 2); every CPU runs
+                            the hypervisor
   --offline                 run, image, test: never download Limine (a failed
                             download is remembered for an hour anyway)
   --list                    mutants, kut: list the mutations or subtests, run none
@@ -164,6 +166,8 @@ pub struct RunArgs {
     pub guest: Option<GuestArgs>,
     /// `--no-build`: boot the kernel built last.
     pub no_build: bool,
+    /// `--smp N`: QEMU's CPU count (`None`: [`crate::qemu::DEFAULT_SMP`]).
+    pub smp: Option<u32>,
 }
 
 impl RunArgs {
@@ -302,6 +306,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
                 offline: options.flag("--offline"),
                 guest: parse_guest(&mut options)?,
                 no_build: options.flag("--no-build"),
+                smp: options.value("--smp", parse_count)?,
             }
             .checked()?,
         ),
@@ -537,7 +542,7 @@ mod tests {
     #[test]
     fn run_takes_every_option() {
         let task = parse_words(
-            "run --release --boot direct --accel=tcg --firmware bios --gdb --timeout 20 -- fault=page x",
+            "run --release --boot direct --accel=tcg --firmware bios --gdb --timeout 20 --smp 4 -- fault=page x",
         )
         .unwrap();
         assert_eq!(
@@ -553,8 +558,10 @@ mod tests {
                 offline: false,
                 guest: None,
                 no_build: false,
+                smp: Some(4),
             })
         );
+        assert_eq!(parse_words("run --smp 0").unwrap_err().exit_code(), 2);
     }
 
     #[test]
@@ -863,6 +870,7 @@ mod tests {
             "--append",
             "--guest-mem",
             "--no-build",
+            "--smp",
         ] {
             assert!(run.contains(&format!("\n  {option} ")), "{option}: {run}");
         }

@@ -19,6 +19,10 @@ pub const MEMORY: &str = "512M";
 /// [`MEMORY`] in MiB.
 pub const MEMORY_MIB: u32 = 512;
 
+/// QEMU's CPU count unless `--smp` says otherwise: every CPU runs the
+/// hypervisor.
+pub const DEFAULT_SMP: u32 = 2;
+
 /// QEMU's deterministic instruction counting (TCG only): `shift=0`, the
 /// virtual clock and the TSC advance one tick per executed instruction;
 /// `sleep=off`, never wait for real time.
@@ -65,6 +69,8 @@ pub struct RunConfig {
     /// Deterministic instruction counting (TCG only): one instruction per
     /// TSC tick, for `bench`.
     pub icount: bool,
+    /// QEMU's CPU count (`-smp`).
+    pub smp: u32,
 }
 
 /// A guest image for the hypervisor to run (`cargo xtask run --guest`).
@@ -91,7 +97,8 @@ pub fn command_with(config: &RunConfig, guest: Option<&GuestModule>) -> Result<C
         None => MEMORY.to_string(),
     };
     let mut cmd = Command::new(PROGRAM);
-    cmd.args(["-machine", "q35", "-m", &memory, "-smp", "2"])
+    let smp = config.smp.max(1).to_string();
+    cmd.args(["-machine", "q35", "-m", &memory, "-smp", &smp])
         // A triple fault must end the run (status 0), not loop in resets.
         .args(["-no-reboot", "-display", "none"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
@@ -164,6 +171,7 @@ mod tests {
             gdb: false,
             debugcon: "/t/qemu-debugcon.log".into(),
             icount: false,
+            smp: DEFAULT_SMP,
         }
     }
 
@@ -195,6 +203,11 @@ mod tests {
         assert!(has_pair(&args, "-kernel", "/k/hv"));
         assert!(has_pair(&args, "-append", "fault=page x=1"));
         assert!(!args.contains(&"-S".into()));
+        let four = RunConfig {
+            smp: 4,
+            ..direct(&[])
+        };
+        assert!(has_pair(&args_of(&four), "-smp", "4"));
     }
 
     #[test]

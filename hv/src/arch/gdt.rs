@@ -55,18 +55,25 @@ pub fn init() {
         }
         tss
     });
-    let t = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let code = gdt.append(Descriptor::kernel_code_segment());
-        let data = gdt.append(Descriptor::kernel_data_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
-        Tables {
-            gdt,
-            code,
-            data,
-            tss,
-        }
-    });
+    load(GDT.call_once(|| tables(tss)));
+}
+
+/// The GDT for `tss`: code 0x08, data 0x10, TSS 0x18 on every CPU (the
+/// shared IDT's gates name selector 0x08).
+fn tables(tss: &'static TaskStateSegment) -> Tables {
+    let mut gdt = GlobalDescriptorTable::new();
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss = gdt.append(Descriptor::tss_segment(tss));
+    Tables {
+        gdt,
+        code,
+        data,
+        tss,
+    }
+}
+
+fn load(t: &'static Tables) {
     t.gdt.load();
     // SAFETY: the selectors index descriptors of the GDT just loaded.
     unsafe {
@@ -78,4 +85,21 @@ pub fn init() {
         GS::set_reg(SegmentSelector(0));
         load_tss(t.tss);
     }
+}
+
+/// Gives an application processor a GDT and TSS of its own, with IST
+/// stacks of its own (a TSS is busy once loaded: CPUs cannot share one),
+/// and loads them. The tables live for good on the heap.
+pub fn init_ap() -> Result<(), &'static str> {
+    let mut tss = TaskStateSegment::new();
+    for ist in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
+        let frames = (IST_STACK_SIZE as u64) / crate::mem::frame::FRAME_SIZE;
+        let phys = crate::mem::frame::alloc(frames, crate::mem::frame::FRAME_SIZE)
+            .ok_or("out of memory for IST stacks")?;
+        let top = crate::mem::paging::phys_to_virt(phys) + IST_STACK_SIZE as u64;
+        tss.interrupt_stack_table[usize::from(ist - 1)] = VirtAddr::new(top);
+    }
+    let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
+    load(alloc::boxed::Box::leak(alloc::boxed::Box::new(tables(tss))));
+    Ok(())
 }

@@ -126,6 +126,30 @@ core::arch::global_asm!(
         pop rcx
         pop rax
         iretq
+    # The mailbox's wake-up IPI (smp::mailbox): end it, nothing more; the
+    # woken CPU looks at its mailbox after its HLT.
+    isr_wake:
+        push rax
+        push rcx
+        push rdx
+        push rsi
+        push rdi
+        push r8
+        push r9
+        push r10
+        push r11
+        cld
+        call {wake}
+        pop r11
+        pop r10
+        pop r9
+        pop r8
+        pop rdi
+        pop rsi
+        pop rdx
+        pop rcx
+        pop rax
+        iretq
     isr_spurious:
         iretq
 
@@ -142,15 +166,30 @@ core::arch::global_asm!(
     .global ISR_SPURIOUS
     ISR_SPURIOUS:
     .quad isr_spurious
+    .global ISR_WAKE
+    ISR_WAKE:
+    .quad isr_wake
     "#,
     dispatch = sym exception_dispatch,
     timer = sym timer_interrupt,
+    wake = sym wake_interrupt,
 );
 
 unsafe extern "C" {
     static ISR_TABLE: [u64; 32];
     static ISR_TIMER: u64;
     static ISR_SPURIOUS: u64;
+    static ISR_WAKE: u64;
+}
+
+/// Vector of the IPI that wakes a CPU to look at its mailbox.
+pub const WAKE_VECTOR: u8 = 0xf0;
+
+extern "C" fn wake_interrupt() {
+    crate::smp::this()
+        .wakes
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    super::lapic::eoi();
 }
 
 /// Vector of the hypervisor's watchdog timer.
@@ -221,16 +260,23 @@ pub fn init() {
         idt.0[vector] = Gate::interrupt(handler, selector, ist);
     }
     // SAFETY: immutable stub addresses.
-    let (timer, spurious) = unsafe { (ISR_TIMER, ISR_SPURIOUS) };
+    let (timer, spurious, wake) = unsafe { (ISR_TIMER, ISR_SPURIOUS, ISR_WAKE) };
     idt.0[usize::from(TIMER_VECTOR)] = Gate::interrupt(timer, selector, 0);
+    idt.0[usize::from(WAKE_VECTOR)] = Gate::interrupt(wake, selector, 0);
     idt.0[usize::from(super::lapic::SPURIOUS_VECTOR)] = Gate::interrupt(spurious, selector, 0);
     let pic = usize::from(super::pic::VECTOR_BASE);
     for gate in &mut idt.0[pic..pic + 16] {
         *gate = Gate::interrupt(spurious, selector, 0);
     }
+    load();
+}
+
+/// Loads the IDT (filled by [`init`] on the boot CPU; application
+/// processors share it: nothing writes it after).
+pub fn load() {
     let ptr = x86_64::structures::DescriptorTablePointer {
         limit: (core::mem::size_of::<Idt>() - 1) as u16,
-        base: x86_64::VirtAddr::new(idt as *const Idt as u64),
+        base: x86_64::VirtAddr::new(core::ptr::addr_of!(IDT) as u64),
     };
     // SAFETY: the IDT is static and holds valid gates.
     unsafe { x86_64::instructions::tables::lidt(&ptr) };
@@ -328,5 +374,6 @@ extern "C" fn exception_dispatch(frame: &mut TrapFrame) {
         return;
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    // `fatal` names the CPU: `FATAL: cpu1: EXCEPTION: ...`.
     crate::fatal(format_args!("{}", Report(frame, cr2)));
 }

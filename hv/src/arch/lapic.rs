@@ -140,6 +140,76 @@ pub fn send_self_nmi() {
     }
 }
 
+/// ICR delivery modes and flags (APM Vol. 2, 16.5 "Interprocessor Interrupts").
+const ICR_FIXED: u32 = 0b000 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ICR_LEVEL_ASSERT: u32 = 1 << 14;
+const ICR_PENDING: u32 = 1 << 12;
+
+/// Writes the ICR for physical destination `apic_id` and waits (briefly)
+/// until the APIC has sent it.
+fn send_icr(apic_id: u32, low: u32) {
+    match MMIO.load(core::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: x2APIC ICR (MSR 0x830), one 64-bit write; no pending bit.
+        0 => unsafe { super::cpu::wrmsr(0x830, (u64::from(apic_id) << 32) | u64::from(low)) },
+        _ => {
+            write(REG_ICR_HIGH, apic_id << 24);
+            write(REG_ICR_LOW, low);
+            for _ in 0..100_000 {
+                if read(REG_ICR_LOW) & ICR_PENDING == 0 {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Sends INIT (asserted) to the CPU whose APIC ID is `apic_id`: it resets
+/// and waits for a STARTUP IPI.
+pub fn send_init(apic_id: u32) {
+    send_icr(apic_id, ICR_INIT | ICR_LEVEL_ASSERT);
+}
+
+/// Sends a STARTUP IPI: the CPU starts in real mode at `page << 12`
+/// (CS = page << 8, IP = 0).
+pub fn send_startup(apic_id: u32, page: u8) {
+    send_icr(apic_id, ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(page));
+}
+
+/// Sends the fixed interrupt `vector` to the CPU whose APIC ID is `apic_id`.
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    send_icr(apic_id, ICR_FIXED | ICR_LEVEL_ASSERT | u32::from(vector));
+}
+
+/// This CPU's APIC ID as its local APIC reports it (valid once the
+/// register interface is chosen by [`start_timer`]).
+pub fn id() -> u32 {
+    match MMIO.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => read(REG_ID),
+        _ => read(REG_ID) >> 24,
+    }
+}
+
+/// Starts an application processor's watchdog: the same register interface
+/// as the boot CPU chose (x2APIC when it switched, else the same MMIO page,
+/// which every CPU sees as its own APIC), and the boot CPU's calibrated
+/// `count`: every local APIC timer runs from the same clock.
+pub fn start_timer_ap(vector: u8, count: u32) {
+    if MMIO.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+        // SAFETY: the boot CPU switched to x2APIC mode, so this CPU has it.
+        unsafe {
+            let base = rdmsr(MSR_APIC_BASE);
+            super::cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_X2APIC | (1 << 11));
+        }
+    }
+    write(REG_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REG_TIMER_DIVIDE, 0b1011); // divide by 1
+    write(REG_LVT_TIMER, (1 << 17) | u32::from(vector)); // periodic
+    write(REG_TIMER_INITIAL, count);
+}
+
 /// Ends the interrupt being handled.
 pub fn eoi() {
     write(REG_EOI, 0);

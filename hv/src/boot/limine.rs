@@ -151,23 +151,27 @@ extern "C" fn limine_main() -> ! {
         });
     }
     boot.leave_loader = |cr3| {
-        let parked = park_application_processors(cr3);
-        log::info!("limine: {parked} application processors parked on kernel tables");
+        let moved = move_application_processors(cr3);
+        log::info!("limine: {moved} application processors moved to kernel memory");
     };
     crate::kernel_main(boot)
 }
 
-/// Moves every application processor Limine parked onto kernel code.
+/// Moves every application processor Limine parked out of Limine's memory,
+/// to wait in the kernel until [`release_ap`] (`smp::start_aps`).
 ///
 /// Limine parks APs in bootloader-reclaimable memory, on its page tables,
 /// GDT and stack, with an empty IDT. Before that memory is reused they must
-/// leave it: each AP loads the kernel's CR3 and GDT, takes a small stack
-/// slot in kernel memory, loads an IDT whose only gate is an NMI handler that
-/// returns (an NMI on a parked AP must not triple-fault the machine), checks
-/// in and halts with interrupts off. Returns how many APs checked in (within
-/// about a second). Called once, on the BSP, after the kernel switched to its
-/// own page tables and loaded its GDT.
-pub fn park_application_processors(cr3: u64) -> usize {
+/// leave it. Each AP gets a per-CPU block (its index in `extra`) and a
+/// kernel stack of its own; it switches to that stack and at once to the
+/// kernel's page tables (the stack is mapped only there, and nothing touches
+/// it in between), loads the kernel's GDT and an IDT whose only gate is an
+/// NMI handler that returns (an NMI on a waiting AP must not triple-fault
+/// the machine), and only then counts itself arrived: from then on it uses
+/// no Limine memory. Returns how many arrived (within about a second).
+/// Called once, on the BSP, after the kernel switched to its own page tables
+/// and loaded its GDT, before loader memory is reclaimed.
+pub fn move_application_processors(cr3: u64) -> usize {
     let Some(mp) = MP.get_response() else {
         return 0;
     };
@@ -185,6 +189,17 @@ pub fn park_application_processors(cr3: u64) -> usize {
     }
     let mut started = 0;
     for cpu in mp.cpus().iter().filter(|c| c.lapic_id != mp.bsp_lapic_id()) {
+        let Some(block) = crate::smp::percpu::assign(cpu.lapic_id) else {
+            log::warn!("limine: more CPUs than per-CPU blocks; the rest stay parked");
+            break;
+        };
+        let top = match crate::smp::alloc_stack() {
+            Ok(top) => top,
+            Err(e) => crate::fatal(format_args!("limine: AP stack: {e}")),
+        };
+        // SAFETY: written before this AP is sent off, read by it only.
+        unsafe { AP_STACKS[block.index()] = top };
+        cpu.extra.store(block.index() as u64, SeqCst);
         cpu.goto_address.write(ap_park);
         started += 1;
     }
@@ -204,17 +219,27 @@ pub fn park_application_processors(cr3: u64) -> usize {
     parked
 }
 
+/// Lets the AP of per-CPU index `index` go on to `smp::ap_main`.
+pub fn release_ap(index: usize) {
+    if let Some(flag) = AP_RELEASED.get(index) {
+        flag.store(1, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A 64-bit interrupt gate (present, DPL 0, selector 0x08) to `handler`.
 fn nmi_gate(handler: u64) -> [u64; 2] {
     let low = (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((handler >> 16) & 0xffff) << 48;
     [low, handler >> 32]
 }
 
-const AP_STACK_SLOT: usize = 512;
-const AP_STACK_SLOTS: usize = 256;
+const MAX_APS: usize = crate::smp::percpu::MAX_CPUS;
 
 static AP_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static AP_PARKED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static AP_RELEASED: [core::sync::atomic::AtomicU8; MAX_APS] =
+    [const { core::sync::atomic::AtomicU8::new(0) }; MAX_APS];
+/// Each AP's kernel stack top, by per-CPU index.
+static mut AP_STACKS: [u64; MAX_APS] = [0; MAX_APS];
 static mut AP_GDTR: x86_64::structures::DescriptorTablePointer =
     x86_64::structures::DescriptorTablePointer {
         limit: 0,
@@ -226,22 +251,29 @@ static mut AP_IDTR: x86_64::structures::DescriptorTablePointer =
         base: x86_64::VirtAddr::zero(),
     };
 static mut AP_IDT: [[u64; 2]; 3] = [[0; 2]; 3];
-#[repr(C, align(16))]
-struct ApStacks([u8; AP_STACK_SLOT * AP_STACK_SLOTS]);
-static mut AP_STACKS: ApStacks = ApStacks([0; AP_STACK_SLOT * AP_STACK_SLOTS]);
 
-/// NMI on a parked AP: nothing to do.
+/// NMI on a waiting AP: nothing to do.
 #[unsafe(naked)]
 unsafe extern "C" fn ap_nmi() {
     core::arch::naked_asm!("iretq")
 }
 
-/// Where parked APs go (see [`park_application_processors`]). Uses no
-/// Limine memory after its first instructions.
+/// Where Limine sends APs (see [`move_application_processors`]).
 #[unsafe(naked)]
 unsafe extern "C" fn ap_park(_cpu: &limine::mp::Cpu) -> ! {
     core::arch::naked_asm!(
         "cli",
+        // This AP's per-CPU index, from Limine's info block (`extra`).
+        "mov r12, [rdi + {extra}]",
+        // Own kernel stack, then at once the kernel's tables: the stack is
+        // mapped only there, and nothing uses it before the switch.
+        "lea rax, [rip + {stacks}]",
+        "mov rsp, [rax + r12 * 8]",
+        // EFER.NXE: the kernel's tables use the no-execute bit.
+        "mov ecx, 0xC0000080",
+        "rdmsr",
+        "or eax, 1 << 11",
+        "wrmsr",
         "mov rax, [rip + {cr3}]",
         "mov cr3, rax",
         "lgdt [rip + {gdtr}]",
@@ -254,27 +286,24 @@ unsafe extern "C" fn ap_park(_cpu: &limine::mp::Cpu) -> ! {
         "mov ss, ax",
         "mov ds, ax",
         "mov es, ax",
-        // Slot index: the check-in count before this AP's.
-        "mov eax, 1",
-        "lock xadd qword ptr [rip + {parked}], rax",
-        "cmp rax, {slots} - 1",
-        "jb 4f",
-        "mov eax, {slots} - 1",
-        "4:",
-        "inc rax",
-        "imul rax, rax, {slot}",
-        "lea rsp, [rip + {stacks}]",
-        "add rsp, rax",
         "lidt [rip + {idtr}]",
+        // Off Limine's stack, tables, GDT and IDT: arrived.
+        "lock inc qword ptr [rip + {parked}]",
+        "lea rbx, [rip + {released}]",
         "2:",
-        "hlt",
-        "jmp 2b",
+        "pause",
+        "cmp byte ptr [rbx + r12], 0",
+        "je 2b",
+        "mov rdi, r12",
+        "call {main}",
+        "ud2",
+        extra = const core::mem::offset_of!(limine::mp::Cpu, extra),
         cr3 = sym AP_CR3,
         gdtr = sym AP_GDTR,
         idtr = sym AP_IDTR,
         parked = sym AP_PARKED,
         stacks = sym AP_STACKS,
-        slots = const AP_STACK_SLOTS,
-        slot = const AP_STACK_SLOT,
+        released = sym AP_RELEASED,
+        main = sym crate::smp::ap_main,
     )
 }

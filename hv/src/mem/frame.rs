@@ -97,9 +97,38 @@ impl Bitmap {
 
 static FRAMES: Mutex<Option<Bitmap>> = Mutex::new(None);
 
+/// Usable RAM below 1 MiB the bitmap never hands out, `[start, end)`:
+/// for [`alloc_low`] (the AP trampoline). Page 0 is left alone.
+static LOW_FREE: Mutex<(u64, u64)> = Mutex::new((0, 0));
+
+/// Takes `count` frames of usable RAM below 1 MiB for good (the AP
+/// trampoline, which a STARTUP IPI can only reach there).
+pub fn alloc_low(count: u64) -> Option<u64> {
+    let mut low = LOW_FREE.lock();
+    let (start, end) = *low;
+    let size = count * FRAME_SIZE;
+    if end.saturating_sub(start) < size {
+        return None;
+    }
+    // From the top, away from what firmware keeps near 0.
+    low.1 = end - size;
+    Some(end - size)
+}
+
 /// Builds the allocator from the memory map: usable RAM becomes free.
 pub fn init(boot: &BootInfo) {
     let regions = boot.memory.as_slice();
+    // The largest usable run below 1 MiB, above page 0, for alloc_low.
+    let low = regions
+        .iter()
+        .filter(|r| r.kind == MemoryKind::Usable && r.base < LOW_MEMORY_END)
+        .map(|r| {
+            let start = r.base.max(FRAME_SIZE).next_multiple_of(FRAME_SIZE);
+            let end = r.end().min(LOW_MEMORY_END) & !(FRAME_SIZE - 1);
+            (start, end.max(start))
+        })
+        .max_by_key(|(s, e)| e - s);
+    *LOW_FREE.lock() = low.unwrap_or((0, 0));
     let top = regions
         .iter()
         .filter(|r| {

@@ -186,3 +186,36 @@ pub fn map_mmio(phys: u64, len: u64) -> Result<u64, &'static str> {
     }
     Ok(phys_to_virt(phys))
 }
+
+/// Where [`map_stack`] maps kernel stacks (PML4 slot 384, far from the
+/// direct map and the image).
+const STACKS_BASE: u64 = 0xffff_c000_0000_0000;
+static NEXT_STACK: AtomicU64 = AtomicU64::new(STACKS_BASE);
+
+/// Maps `frames` fresh frames as a kernel stack, with an unmapped guard page
+/// below it (an overflow faults, and #DF runs on its IST stack). Returns the
+/// stack's top.
+pub fn map_stack(frames: u64) -> Result<u64, &'static str> {
+    let pml4 = *KERNEL_PML4.lock();
+    if pml4 == 0 {
+        return Err("kernel page tables not active yet");
+    }
+    let phys = frame::alloc(frames, FRAME_SIZE).ok_or("out of memory for a stack")?;
+    let span = (frames + 1) * FRAME_SIZE;
+    let guard = NEXT_STACK.fetch_add(span, Ordering::Relaxed);
+    let bottom = guard + FRAME_SIZE;
+    // SAFETY: the kernel's PML4 is in the direct map; the lock serialises edits.
+    let mut m = unsafe { mapper(pml4) };
+    let _lock = KERNEL_PML4.lock();
+    let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | Flags::GLOBAL;
+    for i in 0..frames {
+        map_4k(
+            &mut m,
+            bottom + i * FRAME_SIZE,
+            phys + i * FRAME_SIZE,
+            flags,
+        )
+        .map_err(|_| "cannot map a stack page")?;
+    }
+    Ok(bottom + frames * FRAME_SIZE)
+}

@@ -6,11 +6,13 @@
 //! `, N skipped`). The command-line word `tests=<prefix>[,<prefix>...]`
 //! selects tests by name prefix; `tests=none` runs none. A filtered run first
 //! prints `selected N of M tests (tests=...)`; a filter that selects no test is
-//! an error that names the groups (`guest`, `tsc`, `nested`).
+//! an error that names the groups (`guest`, `tsc`, `nested`, `smp`).
+//! The `smp::` tests run on the host, before the guest tests.
 
 pub mod fuzz;
 mod guest;
 mod nested;
+mod smp;
 mod tsc;
 
 use crate::println;
@@ -85,7 +87,7 @@ fn selected(name: &str, filter: Option<&str>) -> bool {
 }
 
 /// The test groups, for the message about a filter that selects nothing.
-const GROUPS: &str = "guest, tsc, nested";
+const GROUPS: &str = "guest, tsc, nested, smp";
 
 /// Runs the selected tests and prints one line each and the totals.
 pub fn run(filter: Option<&str>) -> Summary {
@@ -99,14 +101,18 @@ pub fn run(filter: Option<&str>) -> Summary {
             .chain(tsc::CASES.iter())
             .chain(nested::CASES.iter())
     };
-    let total = all().count();
+    let total = all().count() + smp::CASES.len();
     let cases: Vec<&Case> = all()
         .chain(guest::ON_REQUEST.iter().filter(named))
         .filter(|c| selected(c.name, filter))
         .collect();
+    let host_cases: Vec<&smp::HostCase> = smp::CASES
+        .iter()
+        .filter(|c| selected(c.name, filter))
+        .collect();
     match filter {
         None | Some("none") => {}
-        Some(f) if cases.is_empty() => {
+        Some(f) if cases.is_empty() && host_cases.is_empty() => {
             println!(
                 "tests={f} selects no test; the groups are {GROUPS} (e.g. tests=tsc:: or tests=guest::cpuid; tests=none runs none)"
             );
@@ -114,13 +120,28 @@ pub fn run(filter: Option<&str>) -> Summary {
             return summary;
         }
         Some(f) => {
-            for prefix in f
-                .split(',')
-                .filter(|p| !cases.iter().any(|c| c.name.starts_with(p)))
-            {
+            for prefix in f.split(',').filter(|p| {
+                !cases.iter().any(|c| c.name.starts_with(p))
+                    && !host_cases.iter().any(|c| c.name.starts_with(p))
+            }) {
                 log::warn!("tests={f}: {prefix:?} selects no test (groups: {GROUPS})");
             }
-            println!("selected {} of {total} tests (tests={f})", cases.len());
+            println!(
+                "selected {} of {total} tests (tests={f})",
+                cases.len() + host_cases.len()
+            );
+        }
+    }
+    for case in host_cases {
+        match (case.run)() {
+            Ok(()) => {
+                println!("test {} ... ok", case.name);
+                summary.passed += 1;
+            }
+            Err(reason) => {
+                println!("test {} ... FAILED ({reason})", case.name);
+                summary.failed += 1;
+            }
         }
     }
     for case in cases {

@@ -5,21 +5,35 @@
 pub mod host_tsc;
 pub mod pit;
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use spin::Once;
 
 /// Watchdog period.
 pub const TICK_MS: u64 = 10;
-static TICKS: AtomicU64 = AtomicU64::new(0);
+/// The boot CPU's calibrated APIC timer count per period (0: no watchdog),
+/// which the APs' watchdogs reuse.
+static WATCHDOG_COUNT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
-/// Called by the timer interrupt.
+/// Called by the timer interrupt: counts a tick of this CPU's watchdog.
 pub fn tick() {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+    crate::smp::this().ticks.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Milliseconds of watchdog time so far (in TICK_MS steps).
+/// Milliseconds of this CPU's watchdog time so far (in TICK_MS steps).
 pub fn uptime_ms() -> u64 {
-    TICKS.load(Ordering::Relaxed) * TICK_MS
+    crate::smp::this().ticks.load(Ordering::Relaxed) * TICK_MS
+}
+
+/// Starts an application processor's watchdog, as the boot CPU's (nothing
+/// when the boot CPU has none).
+pub fn start_watchdog_ap() {
+    let count = WATCHDOG_COUNT.load(Ordering::Relaxed);
+    if count == 0 {
+        log::warn!("watchdog: none (the boot CPU has none)");
+        return;
+    }
+    crate::arch::lapic::start_timer_ap(crate::arch::idt::TIMER_VECTOR, count);
+    log::info!("watchdog: APIC timer every {TICK_MS} ms ({count} counts)");
 }
 
 /// Starts the watchdog timer. Without it a guest that never exits would
@@ -31,7 +45,10 @@ pub fn start_watchdog(want_x2apic: bool) {
         TICK_MS as u32,
         want_x2apic,
     ) {
-        Ok(count) => log::info!("watchdog: APIC timer every {TICK_MS} ms ({count} counts)"),
+        Ok(count) => {
+            WATCHDOG_COUNT.store(count, Ordering::Relaxed);
+            log::info!("watchdog: APIC timer every {TICK_MS} ms ({count} counts)")
+        }
         Err(e) => log::warn!("watchdog: {e}; a guest that never exits cannot be stopped"),
     }
 }

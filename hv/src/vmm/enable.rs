@@ -3,7 +3,6 @@
 use super::phys_box::PhysBox;
 use crate::arch::cpu::{rdmsr, wrmsr};
 use crate::svm_support::{self, Support};
-use spin::Once;
 use svm::msr::{EFER, EFER_SVME, VM_HSAVE_PA};
 use svm::Vmcb;
 
@@ -21,18 +20,25 @@ pub struct HostCpu {
 }
 
 impl HostCpu {
+    /// Physical address of this CPU's host save area (VM_HSAVE_PA).
+    pub fn hsave_pa(&self) -> u64 {
+        self._hsave.phys()
+    }
+
     /// Physical address of the host save VMCB.
     pub fn host_vmcb_pa(&self) -> u64 {
         self.host_vmcb.phys()
     }
 }
 
-static BSP: Once<Result<HostCpu, &'static str>> = Once::new();
-
-/// Enables SVM on the boot processor (once) and returns its state, or why
-/// guests cannot run here.
+/// Enables SVM on the running CPU (once per CPU, in its per-CPU block)
+/// and returns its state, or why guests cannot run here.
 pub fn this_cpu() -> Result<&'static HostCpu, &'static str> {
-    BSP.call_once(enable).as_ref().map_err(|e| *e)
+    crate::smp::this()
+        .host
+        .call_once(enable)
+        .as_ref()
+        .map_err(|e| *e)
 }
 
 fn enable() -> Result<HostCpu, &'static str> {

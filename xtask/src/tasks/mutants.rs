@@ -260,6 +260,7 @@ fn build_and_run(work: &Path, filter: Option<&str>) -> Result<Run> {
         gdb: false,
         debugcon: work.join("target").join("qemu-debugcon.log"),
         icount: false,
+        smp: qemu::DEFAULT_SMP,
     };
     let outcome = runner::run(
         qemu::command(&config)?,

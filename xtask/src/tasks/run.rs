@@ -102,6 +102,7 @@ fn boot(args: &RunArgs) -> Result<runner::Outcome> {
         gdb: args.gdb,
         debugcon: target.join("qemu-debugcon.log"),
         icount: false,
+        smp: args.smp.unwrap_or(qemu::DEFAULT_SMP),
     };
     let command = qemu::command_with(&config, module.as_ref())?;
     let memory = module
@@ -159,7 +160,7 @@ fn choose_boot(args: &RunArgs) -> Result<Option<Limine>> {
 }
 
 /// How QEMU boots, for the line printed before the (possibly long) silence
-/// until the kernel's first line: e.g. `TCG, direct, 512 MiB`.
+/// until the kernel's first line: e.g. `TCG, direct, 512M, 2 CPUs`.
 fn describe(config: &RunConfig, memory: &str) -> String {
     let accel = match config.accel {
         accel::Accel::Kvm => "KVM",
@@ -170,7 +171,7 @@ fn describe(config: &RunConfig, memory: &str) -> String {
         (_, Firmware::Bios) => "Limine, BIOS",
         (_, Firmware::Uefi { .. }) => "Limine, UEFI",
     };
-    format!("{accel}, {boot}, {memory}")
+    format!("{accel}, {boot}, {memory}, {} CPUs", config.smp)
 }
 
 fn print_gdb_hint(kernel: &Path) {

@@ -211,6 +211,7 @@ fn measured_rows(kernel: &std::path::Path) -> Result<Vec<Row>> {
         gdb: false,
         debugcon: workspace::target_dir().join("qemu-debugcon.log"),
         icount: true,
+        smp: qemu::DEFAULT_SMP,
     };
     let outcome = runner::run(
         qemu::command(&config)?,

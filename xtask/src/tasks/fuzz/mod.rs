@@ -109,6 +109,7 @@ pub fn fuzz(args: &FuzzArgs) -> Result<bool> {
             gdb: false,
             debugcon: workspace::target_dir().join("qemu-debugcon.log"),
             icount: false,
+            smp: qemu::DEFAULT_SMP,
         };
         let outcome = run_watched(qemu::command(&config)?, timeout, IDLE)?;
         let verdict = Verdict::of(&outcome);

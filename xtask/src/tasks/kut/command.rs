@@ -123,6 +123,7 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
             .debugcon_dir
             .join(format!("{}.debugcon.log", guest.subtest)),
         icount: guest.icount,
+        smp: qemu::DEFAULT_SMP,
     };
     let module = GuestModule {
         file: args.file.clone(),

@@ -1,0 +1,212 @@
+//! `smp::` self-tests: every CPU runs the hypervisor. They run on the host
+//! (no guest): each sends jobs to the application processors through their
+//! mailboxes (`smp::mailbox`) and checks what the APs report.
+
+use crate::arch::cpu::rdmsr;
+use crate::smp::{mailbox, percpu};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use svm::msr::{EFER, EFER_SVME, VM_HSAVE_PA};
+
+/// A host-side self-test.
+#[derive(Clone, Copy, Debug)]
+pub struct HostCase {
+    /// `smp::<name>`.
+    pub name: &'static str,
+    /// Runs the test on the boot CPU.
+    pub run: fn() -> Result<(), String>,
+}
+
+/// The `smp::` tests.
+pub const CASES: [HostCase; 4] = [
+    HostCase {
+        name: "smp::every_cpu_runs",
+        run: every_cpu_runs,
+    },
+    HostCase {
+        name: "smp::ap_host_tsc",
+        run: ap_host_tsc,
+    },
+    HostCase {
+        name: "smp::ap_watchdog_ticks",
+        run: ap_watchdog_ticks,
+    },
+    HostCase {
+        name: "smp::mailbox_kick_is_an_ipi",
+        run: mailbox_kick_is_an_ipi,
+    },
+];
+
+/// A job: this CPU's watchdog ticks.
+fn ticks_job(_: u64) -> u64 {
+    crate::smp::this().ticks.load(Ordering::Relaxed)
+}
+
+/// Every AP's own watchdog ticks while it waits for work: its tick count
+/// grows over 50 ms of PIT time.
+fn ap_watchdog_ticks() -> Result<(), String> {
+    for cpu in percpu::all().iter().skip(1) {
+        let i = cpu.index();
+        let before = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+        crate::time::pit::wait_us(50_000);
+        let after = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+        if after <= before {
+            return Err(format!(
+                "cpu{i}: no watchdog tick in 50 ms ({before} -> {after})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A job that does nothing.
+fn nop_job(arg: u64) -> u64 {
+    arg
+}
+
+/// Posting a job kicks the target with the wake IPI (it does not wait for
+/// the target's next watchdog tick): each AP takes at least one wake IPI
+/// for a series of jobs (back-to-back kicks may merge in the APIC), and
+/// every job's result comes back.
+fn mailbox_kick_is_an_ipi() -> Result<(), String> {
+    const JOBS: u64 = 10;
+    for cpu in percpu::all().iter().skip(1) {
+        let i = cpu.index();
+        let before = cpu.wakes.load(Ordering::Relaxed);
+        for n in 0..JOBS {
+            let r = mailbox::run_on(i, nop_job, n).map_err(|e| format!("cpu{i}: {e}"))?;
+            if r != n {
+                return Err(format!("cpu{i}: job {n} returned {r}"));
+            }
+        }
+        let wakes = cpu.wakes.load(Ordering::Relaxed) - before;
+        if wakes == 0 {
+            return Err(format!("cpu{i}: {JOBS} jobs, no wake IPI"));
+        }
+        log::info!("smp: cpu{i}: {JOBS} jobs, {wakes} wake IPIs");
+    }
+    Ok(())
+}
+
+/// What one CPU reports about itself (filled by [`report_job`] there).
+#[derive(Debug, Clone, Copy, Default)]
+struct Report {
+    apic_id: u64,
+    efer: u64,
+    hsave_msr: u64,
+    hsave_owned: u64,
+}
+
+static REPORTS: [[AtomicU64; 4]; percpu::MAX_CPUS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; percpu::MAX_CPUS];
+
+/// Runs on the target CPU: records its APIC ID (as its local APIC says),
+/// EFER, VM_HSAVE_PA (as the CPU holds it) and the host save area its
+/// per-CPU block owns (without enabling SVM: that is the CPU's bring-up's
+/// job). Returns the APIC ID.
+fn report_job(_: u64) -> u64 {
+    let me = crate::smp::this();
+    let slot = &REPORTS[me.index()];
+    let apic_id = u64::from(crate::arch::lapic::id());
+    // SAFETY: EFER and VM_HSAVE_PA exist on an SVM CPU (and read 0 elsewhere
+    // under TCG).
+    let (efer, hsave) = unsafe { (rdmsr(EFER), rdmsr(VM_HSAVE_PA)) };
+    let owned = me
+        .host
+        .get()
+        .and_then(|h| h.as_ref().ok())
+        .map_or(0, |h| h.hsave_pa());
+    for (cell, value) in slot.iter().zip([apic_id, efer, hsave, owned]) {
+        cell.store(value, Ordering::Relaxed);
+    }
+    apic_id
+}
+
+fn report_of(index: usize) -> Report {
+    let [a, e, h, o] = &REPORTS[index];
+    Report {
+        apic_id: a.load(Ordering::Relaxed),
+        efer: e.load(Ordering::Relaxed),
+        hsave_msr: h.load(Ordering::Relaxed),
+        hsave_owned: o.load(Ordering::Relaxed),
+    }
+}
+
+/// Every CPU the firmware reported is online, runs a job sent to it and
+/// answers from its own local APIC, with SVM enabled and a host save area
+/// of its own (distinct from every other CPU's).
+fn every_cpu_runs() -> Result<(), String> {
+    let cpus = percpu::all();
+    if let Some(off) = cpus.iter().find(|c| !c.online.load(Ordering::Acquire)) {
+        return Err(format!("cpu{} never came online", off.index()));
+    }
+    // The boot CPU reports too, directly.
+    report_job(0);
+    let mut reports: Vec<Report> = alloc::vec![report_of(0)];
+    for cpu in cpus.iter().skip(1) {
+        let i = cpu.index();
+        let answer = mailbox::run_on(i, report_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+        let r = report_of(i);
+        let expected = u64::from(cpu.apic_id.load(Ordering::Relaxed));
+        if answer != expected || r.apic_id != expected {
+            return Err(format!(
+                "cpu{i}: the job ran on APIC ID {answer}, not on the CPU's {expected}"
+            ));
+        }
+        reports.push(r);
+    }
+    for (i, r) in reports.iter().enumerate() {
+        log::info!(
+            "smp: cpu{i}: apic id {}, EFER {:#x}, VM_HSAVE_PA {:#x}",
+            r.apic_id,
+            r.efer,
+            r.hsave_msr
+        );
+        if r.efer & EFER_SVME == 0 {
+            return Err(format!("cpu{i}: EFER.SVME is clear (EFER {:#x})", r.efer));
+        }
+        if r.hsave_msr == 0 || r.hsave_msr != r.hsave_owned {
+            return Err(format!(
+                "cpu{i}: VM_HSAVE_PA {:#x} is not its own host save area {:#x}",
+                r.hsave_msr, r.hsave_owned
+            ));
+        }
+        if let Some(j) = reports[..i].iter().position(|o| o.hsave_msr == r.hsave_msr) {
+            return Err(format!(
+                "cpu{i} and cpu{j} share the host save area {:#x}",
+                r.hsave_msr
+            ));
+        }
+    }
+    if reports.len() < 2 {
+        log::warn!("smp::every_cpu_runs: one CPU only (QEMU -smp 1): nothing to compare");
+    }
+    Ok(())
+}
+
+/// Each AP's TSC against the boot CPU's (`smp::tsc_sync`): the job runs on
+/// the AP itself, every ping-pong round agrees with one offset, and the
+/// offset is recorded in the AP's per-CPU block and logged.
+fn ap_host_tsc() -> Result<(), String> {
+    for cpu in percpu::all().iter().skip(1) {
+        let i = cpu.index();
+        let m = crate::smp::tsc_sync::measure(i).map_err(|e| format!("cpu{i}: {e}"))?;
+        if m.apic_id != cpu.apic_id.load(Ordering::Relaxed) {
+            return Err(format!(
+                "cpu{i}: the readings came from APIC ID {:#x}, not the AP's",
+                m.apic_id
+            ));
+        }
+        if cpu.tsc_offset.load(Ordering::Relaxed) != m.offset {
+            return Err(format!("cpu{i}: the offset was not recorded"));
+        }
+        log::info!(
+            "smp: cpu{i}: TSC offset to cpu0 {} ticks (+/- {})",
+            m.offset,
+            m.error
+        );
+    }
+    Ok(())
+}
