@@ -5,7 +5,7 @@ use super::enable::HostCpu;
 use super::exits::{self, Action, Stop};
 use super::nested::Nested;
 use super::phys_box::PhysBox;
-use super::vm::Vm;
+use super::multi::VmAccess;
 use super::world_switch::{self, GuestRegs};
 use alloc::boxed::Box;
 use svm::exit_counts::ExitCounts;
@@ -90,8 +90,10 @@ impl Vcpu {
         self.exit_counts.get(code.to_raw())
     }
 
-    /// Runs the guest until an exit handler stops it.
-    pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+    /// Runs the guest until an exit handler stops it. `vm` is the VM
+    /// itself (one vCPU) or this vCPU's seat in a shared one
+    /// (`multi::Seat`: the VM lock is held except across VMRUN).
+    pub fn run(&mut self, mut access: impl VmAccess, host: &HostCpu) -> Stop {
         // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
         exits::dr::load(&self.db);
         // The reset XCR0, not the last VM's (`xcr0`).
@@ -99,6 +101,11 @@ impl Vcpu {
         let mut exited_at = None;
         let started_ms = crate::time::uptime_ms();
         loop {
+            // Other vCPUs' IPIs, INIT/SIPI (one flag test; none with one vCPU).
+            if let Some(stop) = access.take_events(self, host) {
+                return stop;
+            }
+            let vm = access.vm();
             if let Action::Stop(stop) = exits::exception::deliver_pending_nmi(self, vm, host) {
                 return stop;
             }
@@ -120,7 +127,10 @@ impl Vcpu {
             super::nested::vgif::before_entry(self, vm, host);
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
+            access.release();
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            access.acquire();
+            let vm = access.vm();
             // Undone in the reverse order of the set-up above.
             super::nested::vgif::after_exit(self);
             let step_only = exits::shadow::after_exit(self);

@@ -49,9 +49,15 @@ pub fn msr_write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     };
     if ok {
         after_write(vcpu, vm);
+        if msr == ICR_MSR {
+            crate::vmm::multi::icr_written(vcpu, vm);
+        }
     }
     ok
 }
+
+/// The x2APIC ICR (one 64-bit MSR).
+const ICR_MSR: u32 = lapic::X2APIC_FIRST + (lapic::reg::ICR >> 4);
 
 /// After a register write: a relocated page gets its NPT hole, TPR goes
 /// to V_TPR (CR8), a self-NMI to the vCPU's virtual NMI.
@@ -154,6 +160,9 @@ pub fn mmio(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     }
     if insn.is_store() {
         after_write(vcpu, vm);
+        if apic && offset == u64::from(lapic::reg::ICR) {
+            crate::vmm::multi::icr_written(vcpu, vm);
+        }
     }
     vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
     rip::single_step(vcpu, vm, host)

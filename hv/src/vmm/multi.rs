@@ -1,0 +1,458 @@
+//! VMs with several vCPUs. The VM-wide state ([`Vm`]: memory, NPT, maps,
+//! devices, the VM's TSC) sits behind one lock that a vCPU takes after
+//! each #VMEXIT and releases just before its next VMRUN, so exit handlers
+//! see a VM no other vCPU changes meanwhile; guest code runs in parallel.
+//! Per-vCPU state stays in [`Vcpu`] (VMCB, local APIC, TSC_ADJUST, nested
+//! state), owned by the physical CPU that runs it.
+//!
+//! Events between vCPUs go through one [`Inbox`] each (atomics, no lock):
+//! the sender (an ICR write, `exits::apic`, under the VM lock) posts and
+//! kicks the receiver's physical CPU with the wake IPI; a vCPU in guest
+//! mode takes it as #VMEXIT(INTR). Before each entry the run loop tests
+//! one flag ([`Inbox::take_events`]); the wake IPI sent after that test
+//! stays pending through VMRUN (interrupts are held until then) and ends
+//! the run at once, so no event waits for another exit.
+//!
+//! Each vCPU runs on its own physical CPU (vCPU i on CPU i, through the
+//! CPU's mailbox); a VM with more vCPUs than online CPUs is refused
+//! ([`run`]): time-slicing is not implemented.
+
+use super::enable::HostCpu;
+use super::exits::{Action, Stop};
+use super::vcpu::Vcpu;
+use super::vm::Vm;
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use spin::{Mutex, MutexGuard};
+use svm::ap_start::{self, ApState};
+use svm::devices::ipi::{self, Delivery};
+use svm::msr::EFER_SVME;
+use svm::{ExitCode, InterceptMisc1};
+
+/// How the run loop reaches its VM: directly (one vCPU, `&mut Vm`, every
+/// call inlined to nothing) or through the VM lock ([`Seat`]).
+pub trait VmAccess {
+    /// The VM (held by this vCPU between [`Self::acquire`] and
+    /// [`Self::release`]).
+    fn vm(&mut self) -> &mut Vm;
+    /// Before VMRUN: other vCPUs may handle their exits now.
+    fn release(&mut self);
+    /// After #VMEXIT: the VM is this vCPU's until the next release.
+    fn acquire(&mut self);
+    /// Before each entry: what other vCPUs sent this one (IPIs, NMI,
+    /// INIT/SIPI, the VM's end).
+    fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop>;
+}
+
+impl VmAccess for &mut Vm {
+    #[inline(always)]
+    fn vm(&mut self) -> &mut Vm {
+        self
+    }
+    #[inline(always)]
+    fn release(&mut self) {}
+    #[inline(always)]
+    fn acquire(&mut self) {}
+    #[inline(always)]
+    fn take_events(&mut self, _: &mut Vcpu, _: &HostCpu) -> Option<Stop> {
+        None
+    }
+}
+
+/// What other vCPUs sent one vCPU.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// Anything below is set (the one test before each entry).
+    any: AtomicBool,
+    /// Fixed interrupts, by vector.
+    irr: [AtomicU32; 8],
+    nmi: AtomicBool,
+    init: AtomicBool,
+    /// A Start-up IPI: `SIPI_VALID | vector`.
+    sipi: AtomicU32,
+    /// The VM is over: leave the run loop.
+    stop: AtomicBool,
+    /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
+    cpu: AtomicU32,
+}
+
+const SIPI_VALID: u32 = 0x100;
+
+/// How a vCPU stops when another ended the VM (`Stop::Unhandled`).
+pub const VM_STOPPED: &str = "another vCPU ended the VM";
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            cpu: AtomicU32::new(u32::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Posts what `post` sets and kicks the vCPU's CPU out of guest mode.
+    fn post(&self, post: impl FnOnce(&Self)) {
+        post(self);
+        self.any.store(true, Ordering::Release);
+        let cpu = self.cpu.load(Ordering::Acquire);
+        if cpu != u32::MAX && cpu != crate::smp::this().apic_id.load(Ordering::Relaxed) {
+            crate::arch::lapic::send_ipi(cpu, crate::arch::idt::WAKE_VECTOR);
+        }
+    }
+
+    fn stop(&self) {
+        self.post(|i| i.stop.store(true, Ordering::Release));
+    }
+}
+
+/// The multi-vCPU part of a [`Vm`] (`Vm::smp`).
+#[derive(Debug)]
+pub struct VmSmp {
+    /// One inbox per vCPU, by vCPU index (= APIC ID).
+    inboxes: Arc<[Inbox]>,
+    /// The vCPU holding the VM lock (whose exit is being handled).
+    current: usize,
+}
+
+/// After a write to the ICR of `vcpu`'s APIC: the IPI's share for other
+/// vCPUs (the APIC itself handled the sender's own share).
+pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
+    let Some(smp) = &vm.smp else {
+        return;
+    };
+    let now = crate::time::now_ns();
+    let a = &mut vcpu.lapic;
+    let (icr, x2) = match a.mode() {
+        svm::devices::lapic::Mode::X2Apic => (a.read_msr(0x830, now).unwrap_or(0), true),
+        _ => {
+            let lo = a.mmio_read(0x300, 4, now);
+            let hi = a.mmio_read(0x310, 4, now);
+            (lo | hi << 32, false)
+        }
+    };
+    let msg = ipi::decode(icr, x2, smp.current, smp.inboxes.len());
+    for (i, inbox) in smp.inboxes.iter().enumerate() {
+        if msg.targets & (1 << i) == 0 {
+            continue;
+        }
+        match msg.delivery {
+            Delivery::Fixed(v) if v >= 16 => inbox.post(|b| {
+                b.irr[usize::from(v >> 5)].fetch_or(1 << (v & 31), Ordering::AcqRel);
+            }),
+            Delivery::Nmi => inbox.post(|b| b.nmi.store(true, Ordering::Release)),
+            Delivery::Init => inbox.post(|b| b.init.store(true, Ordering::Release)),
+            Delivery::Startup(v) => inbox.post(|b| {
+                b.sipi.store(SIPI_VALID | u32::from(v), Ordering::Release)
+            }),
+            // Illegal vectors (SDM 11.5.3: the receiver's ESR), SMI (no
+            // SMM) and nothing: dropped.
+            Delivery::Fixed(_) | Delivery::Smi | Delivery::None => {}
+        }
+    }
+}
+
+/// A VM shared by its vCPUs.
+#[derive(Debug)]
+pub struct SharedVm {
+    vm: Mutex<Vm>,
+    inboxes: Arc<[Inbox]>,
+}
+
+/// One vCPU's place in a [`SharedVm`]: its run loop's [`VmAccess`].
+#[derive(Debug)]
+pub struct Seat<'a> {
+    shared: &'a SharedVm,
+    index: usize,
+    guard: Option<MutexGuard<'a, Vm>>,
+    /// INIT/SIPI state.
+    ap: ApState,
+}
+
+impl<'a> Seat<'a> {
+    /// vCPU `index`'s seat, on this CPU, running or waiting for SIPI.
+    fn new(shared: &'a SharedVm, index: usize, ap: ApState) -> Self {
+        let id = crate::smp::this().apic_id.load(Ordering::Relaxed);
+        shared.inboxes[index].cpu.store(id, Ordering::Release);
+        let mut seat = Self {
+            shared,
+            index,
+            guard: None,
+            ap,
+        };
+        seat.acquire();
+        seat
+    }
+
+    fn inbox(&self) -> &'a Inbox {
+        &self.shared.inboxes[self.index]
+    }
+
+    /// INIT (APM 15.x "INIT Support"; KVM nested.c): held while GIF is
+    /// clear; L2's with L1 intercepting INIT becomes #VMEXIT(INIT) to L1;
+    /// otherwise the vCPU is reset and waits for a SIPI. `None`: handled.
+    fn init(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
+        if !vcpu.nested.gif {
+            // Held: seen again before the next entry, after STGI.
+            self.inbox().init.store(true, Ordering::Release);
+            self.inbox().any.store(true, Ordering::Release);
+            return None;
+        }
+        let l1_intercepts = vcpu.nested.l2.as_ref().is_some_and(|l2| {
+            l2.vmcb12.control.intercept_misc1 & InterceptMisc1::INIT.bits() != 0
+        });
+        if l1_intercepts {
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = 0;
+            c.exit_info2 = 0;
+            c.exit_int_info = 0;
+            return match super::nested::vmexit::reflect(vcpu, self.vm(), host, ExitCode::Init) {
+                Action::Stop(s) => Some(s),
+                Action::Resume => None,
+            };
+        }
+        if let Err(e) = reset(vcpu, self.index, self.vm()) {
+            return Some(Stop::Unhandled(format!("INIT: {e}")));
+        }
+        ap_start::on_init(&mut self.ap);
+        None
+    }
+
+    /// Waits (VM lock released) for a SIPI or the VM's end.
+    fn wait_for_sipi(&mut self, vcpu: &mut Vcpu) -> Option<Stop> {
+        let inbox = self.inbox();
+        self.release();
+        let got = loop {
+            if inbox.stop.load(Ordering::Acquire) {
+                break None;
+            }
+            let s = inbox.sipi.swap(0, Ordering::AcqRel);
+            if s & SIPI_VALID != 0 {
+                break Some(s as u8);
+            }
+            // A later INIT while waiting changes nothing.
+            inbox.init.store(false, Ordering::Relaxed);
+            core::hint::spin_loop();
+        };
+        self.acquire();
+        let Some(vector) = got else {
+            return Some(Stop::Unhandled(VM_STOPPED.into()));
+        };
+        let vector = ap_start::on_sipi(&mut self.ap, vector)?;
+        ap_start::write_start_state(&mut vcpu.vmcb.state, vector, EFER_SVME);
+        None
+    }
+}
+
+impl VmAccess for Seat<'_> {
+    fn vm(&mut self) -> &mut Vm {
+        // Held from acquire to release: the run loop asks in between only.
+        self.guard
+            .as_deref_mut()
+            .expect("the VM is used with its lock held")
+    }
+    fn release(&mut self) {
+        self.guard = None;
+    }
+    fn acquire(&mut self) {
+        let mut g = self.shared.vm.lock();
+        if let Some(smp) = &mut g.smp {
+            smp.current = self.index;
+        }
+        self.guard = Some(g);
+    }
+    fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
+        let inbox = self.inbox();
+        if self.ap == ApState::Running && !inbox.any.load(Ordering::Acquire) {
+            return None;
+        }
+        inbox.any.store(false, Ordering::Release);
+        if inbox.stop.load(Ordering::Acquire) {
+            return Some(Stop::Unhandled(VM_STOPPED.into()));
+        }
+        for (w, word) in inbox.irr.iter().enumerate() {
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                vcpu.lapic.accept((w as u32 * 32 + b) as u8);
+            }
+        }
+        if inbox.nmi.swap(false, Ordering::AcqRel) {
+            vcpu.nmi.queue();
+        }
+        if inbox.init.swap(false, Ordering::AcqRel) {
+            if let Some(stop) = self.init(vcpu, host) {
+                return Some(stop);
+            }
+        }
+        if self.ap == ApState::WaitForSipi {
+            return self.wait_for_sipi(vcpu);
+        }
+        // A SIPI to a running vCPU is ignored (SDM 9.4.4).
+        inbox.sipi.store(0, Ordering::Release);
+        None
+    }
+}
+
+/// The INIT reset of what the VMCB state area does not hold (the state
+/// area itself is written at the SIPI, `ap_start::write_start_state`):
+/// registers, DR0-DR3, the APIC (its ID stays), NMI and nested state
+/// (EFER.SVME is clear after INIT).
+fn reset(vcpu: &mut Vcpu, index: usize, vm: &Vm) -> Result<(), &'static str> {
+    vcpu.regs = Default::default();
+    // EDX = the processor signature (SDM Table 9-1).
+    vcpu.regs.rdx = u64::from(core::arch::x86_64::__cpuid(1).eax);
+    vcpu.db = [0; 4];
+    super::exits::dr::load(&vcpu.db);
+    vcpu.lapic = vcpu_lapic(index, vm.l1_limits.max_phys_bits);
+    vcpu.nmi = Default::default();
+    vcpu.nested = super::nested::Nested::new()?;
+    vcpu.lme_hidden = false;
+    vcpu.shadow_step = None;
+    let c = &mut vcpu.vmcb.control;
+    c.event_inj = 0;
+    c.interrupt_shadow = 0;
+    c.int_ctl &= !0xF;
+    c.tlb_control = svm::TlbControl::FlushAll.as_u8();
+    Ok(())
+}
+
+/// vCPU `index`'s local APIC at reset: APIC ID = index, BSP only for 0.
+pub fn vcpu_lapic(index: usize, max_phys_bits: u8) -> svm::devices::lapic::Lapic {
+    svm::devices::lapic::Lapic::new(index as u32, index == 0, true, max_phys_bits)
+}
+
+/// How a vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// At its VMCB's state (as set up by the caller).
+    Running,
+    /// As an application processor: waiting for INIT and SIPI.
+    WaitForSipi,
+}
+
+/// A vCPU on an application processor (a mailbox job's argument).
+struct ApJob<'a> {
+    shared: &'a SharedVm,
+    vcpu: &'a mut Vcpu,
+    index: usize,
+    start: Start,
+    stop: Option<Stop>,
+    /// Set last by the job: `run` may free the job.
+    done: AtomicBool,
+}
+
+fn ap_job(arg: u64) -> u64 {
+    // SAFETY: `run` passes the address of an ApJob it keeps alive (and
+    // does not touch) until this job's ticket has been waited for.
+    let job = unsafe { &mut *(arg as *mut ApJob<'_>) };
+    let stop = match crate::smp::this().host.get() {
+        Some(Ok(host)) => run_seat(job.shared, job.vcpu, job.index, job.start, host),
+        _ => Stop::Unhandled(format!("vCPU {}: no SVM on this CPU", job.index)),
+    };
+    job.stop = Some(stop);
+    job.done.store(true, Ordering::Release);
+    0
+}
+
+fn run_seat(shared: &SharedVm, vcpu: &mut Vcpu, index: usize, start: Start, host: &HostCpu) -> Stop {
+    let ap = match start {
+        Start::Running => ApState::Running,
+        Start::WaitForSipi => ApState::WaitForSipi,
+    };
+    let stop = vcpu.run(Seat::new(shared, index, ap), host);
+    shared.inboxes[index].cpu.store(u32::MAX, Ordering::Release);
+    // The VM ends with its first vCPU to stop: the others are told.
+    for (i, inbox) in shared.inboxes.iter().enumerate() {
+        if i != index {
+            inbox.stop();
+        }
+    }
+    stop
+}
+
+/// Runs `vm` with `vcpus` (vCPU i, which starts as `starts[i]`, on CPU i;
+/// vCPU 0 here, on the calling CPU 0) until the first vCPU stops; the
+/// others are stopped then. Returns the VM and each vCPU's stop.
+pub fn run(
+    mut vm: Vm,
+    vcpus: &mut [Vcpu],
+    starts: &[Start],
+    host: &HostCpu,
+) -> Result<(Vm, Vec<Stop>), (Vm, &'static str)> {
+    let n = vcpus.len();
+    if n == 0 || n > ipi::MAX_VCPUS || starts.len() != n {
+        return Err((vm, "a VM needs 1 to 64 vCPUs, each with its start"));
+    }
+    if crate::smp::this().index() != 0 {
+        return Err((vm, "multi-vCPU VMs are started from CPU 0"));
+    }
+    let online = crate::smp::percpu::all()
+        .iter()
+        .take(n)
+        .filter(|c| c.online.load(Ordering::Acquire))
+        .count();
+    if online < n {
+        return Err((
+            vm,
+            "more vCPUs than online CPUs (time-slicing is not implemented)",
+        ));
+    }
+    let inboxes: Arc<[Inbox]> = (0..n).map(|_| Inbox::new()).collect();
+    vm.smp = Some(VmSmp {
+        inboxes: inboxes.clone(),
+        current: 0,
+    });
+    let shared = SharedVm {
+        vm: Mutex::new(vm),
+        inboxes,
+    };
+    let (first, rest) = vcpus.split_at_mut(1);
+    let mut jobs: Vec<ApJob<'_>> = rest
+        .iter_mut()
+        .enumerate()
+        .map(|(i, vcpu)| ApJob {
+            shared: &shared,
+            vcpu,
+            index: i + 1,
+            start: starts[i + 1],
+            stop: None,
+            done: AtomicBool::new(false),
+        })
+        .collect();
+    let mut tickets = Vec::new();
+    let mut stops = Vec::with_capacity(n);
+    for job in jobs.iter_mut() {
+        let cpu = job.index;
+        match crate::smp::mailbox::post(cpu, ap_job, job as *mut ApJob<'_> as u64) {
+            Ok(t) => tickets.push(t),
+            Err(e) => {
+                log::warn!("vCPU {cpu}: not started on CPU {cpu}: {e}");
+                job.done.store(true, Ordering::Release);
+                shared.inboxes[cpu].stop();
+            }
+        }
+    }
+    stops.push(run_seat(&shared, &mut first[0], 0, starts[0], host));
+    for t in tickets {
+        if let Err(e) = t.wait() {
+            log::warn!("vm: an AP vCPU did not end in time: {e}");
+        }
+    }
+    // The jobs use `shared` and the vCPUs until they are done: wait for
+    // that however long it takes (each was told to stop and leaves at its
+    // next entry, at the latest after the next watchdog tick).
+    while !jobs.iter().all(|j| j.done.load(Ordering::Acquire)) {
+        core::hint::spin_loop();
+    }
+    stops.extend(jobs.iter_mut().map(|j| {
+        j.stop
+            .take()
+            .unwrap_or(Stop::Unhandled(format!("vCPU {} did not run", j.index)))
+    }));
+    drop(jobs);
+    let mut vm = shared.vm.into_inner();
+    vm.smp = None;
+    Ok((vm, stops))
+}
