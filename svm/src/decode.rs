@@ -265,6 +265,24 @@ pub fn quick_len(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// [`quick_len`] of three bytes read as one little-endian word (`bytes`
+/// holds byte 0 in bits 7:0, byte 2 in bits 23:16; bits above are
+/// ignored): the same answer, in a few compares, the SVM instructions
+/// (`0F 01 D8..DF`, `0F 01 F9`) first.
+#[inline]
+pub fn quick_len3(bytes: u32) -> Option<usize> {
+    let w = bytes & 0x00ff_ffff;
+    if w & 0x00f8_ffff == 0x00d8_010f || w == 0x00f9_010f {
+        Some(3)
+    } else if w & 0xff == 0xf4 {
+        Some(1)
+    } else if matches!(w & 0xffff, 0x300f | 0x310f | 0x320f | 0xa20f) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
 impl Decoded {
     /// The linear address of the instruction's memory operand (LMSW or LTR
     /// with [`Operand::Memory`]), from the guest's general registers
@@ -806,6 +824,15 @@ mod tests {
         ];
         for bytes in other {
             assert_eq!(quick_len(bytes), None, "{bytes:x?}");
+        }
+    }
+
+    /// quick_len3 agrees with quick_len on every three bytes.
+    #[test]
+    fn quick_len3_equals_quick_len() {
+        for w in 0..1u32 << 24 {
+            let b = w.to_le_bytes();
+            assert_eq!(quick_len3(w | 0xab00_0000), quick_len(&b[..3]), "{w:06x}");
         }
     }
 

@@ -18,17 +18,52 @@ const MAX_READS: usize = 4;
 /// Translations remembered (L1's and L2's code, alternating).
 const ENTRIES: usize = 2;
 
+/// What a walk's answer depends on besides the entries it reads: page and
+/// CR3 first, the cheap differences most misses stop at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    regs: PagingRegs,
-    access: Access,
+struct Key {
     /// Linear address >> 12.
     page: u64,
+    cr3: u64,
+    cr0: u64,
+    cr4: u64,
+    efer: u64,
+    max_phys_bits: u8,
+    access: Access,
+}
+
+impl Key {
+    #[inline(always)]
+    fn new(regs: &PagingRegs, va: u64, access: Access) -> Self {
+        Key {
+            page: va >> 12,
+            cr3: regs.cr3,
+            cr0: regs.cr0,
+            cr4: regs.cr4,
+            efer: regs.efer,
+            max_phys_bits: regs.max_phys_bits,
+            access,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    key: Key,
     /// Guest-physical page the walk gave.
     pa_page: u64,
     /// The table entries the walk read: (address, value).
     reads: [(u64, u64); MAX_READS],
     n: usize,
+}
+
+impl Entry {
+    /// Whether every table entry the walk read reads the same now.
+    #[inline(always)]
+    fn reads_same(&self, read: impl Fn(u64) -> Option<u64>) -> bool {
+        let reads = &self.reads[..self.n.min(MAX_READS)];
+        reads.iter().all(|&(at, v)| read(at) == Some(v))
+    }
 }
 
 /// The remembered walks of one vCPU.
@@ -46,6 +81,46 @@ impl WalkMemo {
     }
 }
 
+/// The hit of [`translate_memo`]: the address a full walk of `va` gives
+/// now, when `memo` holds a walk of its page with the same registers and
+/// access and every table entry that walk read reads the same through
+/// `read` again; `None` otherwise (the caller walks). Callers on a hot
+/// path pass a cheaper `read` than the walk's own (one that says `None`
+/// where the walk's would read something odd, e.g. unbacked memory):
+/// that only turns hits into misses. Only walks with paging on are
+/// remembered, so equal registers mean paging is on.
+#[inline]
+pub fn lookup(
+    memo: &WalkMemo,
+    read: impl Fn(u64) -> Option<u64>,
+    regs: &PagingRegs,
+    va: u64,
+    access: Access,
+) -> Option<u64> {
+    let key = Key::new(regs, va, access);
+    // Keys are unique in the memo (translate_memo replaces a walk of the
+    // same key): the first equal key is the only candidate.
+    let e = memo.entries.iter().flatten().find(|e| e.key == key)?;
+    e.reads_same(read).then_some(e.pa_page | (va & 0xfff))
+}
+
+/// [`lookup`] for tables in `ram`, RAM as 8-byte words (guest-physical
+/// `8 * i` at `ram[i]`), each entry read in place: an entry outside `ram`
+/// or not 8-byte aligned (32-bit paging's 4-byte entries) is a miss.
+#[inline]
+pub fn lookup_in_ram(
+    memo: &WalkMemo,
+    ram: &[u64],
+    regs: &PagingRegs,
+    va: u64,
+    access: Access,
+) -> Option<u64> {
+    // The word index, with an unaligned address's low bits rotated to the
+    // top: far outside any RAM, so one bounds check refuses it too.
+    let read = |at: u64| ram.get(at.rotate_right(3) as usize).copied();
+    lookup(memo, read, regs, va, access)
+}
+
 /// [`translate_mode`], answered from `memo` when a remembered walk of the
 /// same page, registers and access reads the same entries again.
 pub fn translate_memo(
@@ -58,18 +133,8 @@ pub fn translate_memo(
     if regs.mode() == Mode::Off {
         return translate_mode(read, regs, va, access);
     }
-    let page = va >> 12;
-    for e in memo.entries.iter().flatten() {
-        // The cheap differences first: page and CR3 (most misses stop here).
-        if e.page != page || e.regs.cr3 != regs.cr3 {
-            continue;
-        }
-        if e.access == access
-            && e.regs == *regs
-            && e.reads[..e.n].iter().all(|&(at, v)| read(at) == Some(v))
-        {
-            return Ok(e.pa_page | (va & 0xfff));
-        }
+    if let Some(pa) = lookup(memo, &read, regs, va, access) {
+        return Ok(pa);
     }
     let log: [Cell<(u64, u64)>; MAX_READS] = Default::default();
     let n = Cell::new(0usize);
@@ -84,15 +149,27 @@ pub fn translate_memo(
     let result = translate_mode(recording, regs, va, access);
     if let Ok(pa) = result {
         if n.get() <= MAX_READS {
-            memo.entries[memo.next] = Some(Entry {
-                regs: *regs,
-                access,
-                page,
+            let key = Key::new(regs, va, access);
+            // A stale walk of the same key is replaced, so keys stay
+            // unique ([`lookup`] checks only the first equal one).
+            let slot = match memo
+                .entries
+                .iter()
+                .position(|e| e.is_some_and(|e| e.key == key))
+            {
+                Some(i) => i,
+                None => {
+                    let i = memo.next % ENTRIES;
+                    memo.next = (i + 1) % ENTRIES;
+                    i
+                }
+            };
+            memo.entries[slot] = Some(Entry {
+                key,
                 pa_page: pa & !0xfff,
                 reads: log.map(Cell::into_inner),
                 n: n.get(),
             });
-            memo.next = (memo.next + 1) % ENTRIES;
         }
     }
     result
