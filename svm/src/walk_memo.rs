@@ -180,6 +180,7 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
+    use std::{vec, vec::Vec};
 
     const FETCH: Access = Access {
         write: false,
@@ -254,6 +255,90 @@ mod tests {
         assert!(translate_memo(read, &other, 0x40_0000, FETCH, &mut memo).is_err());
         // Another page of the same table is not the remembered one.
         assert!(translate_memo(read, &regs(), 0x40_1000, FETCH, &mut memo).is_err());
+    }
+
+    /// RAM as words for lookup_in_ram, from the tables' map.
+    fn words(mem: &BTreeMap<u64, u64>) -> Vec<u64> {
+        let mut ram = vec![0u64; 0x10_000 / 8];
+        for (&at, &v) in mem {
+            ram[(at / 8) as usize] = v;
+        }
+        ram
+    }
+
+    #[test]
+    fn lookup_in_ram_rereads_in_place() {
+        let mut mem = tables(0x9000);
+        let mut memo = WalkMemo::default();
+        let read = |m: &BTreeMap<u64, u64>, a: u64| Some(m.get(&a).copied().unwrap_or(0));
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, FETCH),
+            None,
+            "nothing remembered yet"
+        );
+        let m = mem.clone();
+        assert!(translate_memo(|a| read(&m, a), &regs(), 0x40_0000, FETCH, &mut memo).is_ok());
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, FETCH),
+            Some(0x9123)
+        );
+        // Another access kind or registers: not this walk.
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, Access::default()),
+            None
+        );
+        // The PTE changed in place: a miss, never the old page.
+        mem.insert(0x4000, 0xa000 | 7);
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, FETCH),
+            None
+        );
+        // RAM too small for the tables: a miss.
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem)[..0x4000 / 8], &regs(), 0x40_0123, FETCH),
+            None
+        );
+    }
+
+    #[test]
+    fn unaligned_reads_miss_in_ram() {
+        // A remembered read at an address that is not 8-byte aligned (no
+        // walk makes one) must not be answered from the word around it.
+        let mut memo = WalkMemo::default();
+        let key = Key::new(&regs(), 0x40_0000, FETCH);
+        memo.entries[0] = Some(Entry {
+            key,
+            pa_page: 0x9000,
+            reads: [(0x1004, 0), (0, 0), (0, 0), (0, 0)],
+            n: 1,
+        });
+        let ram = vec![0u64; 0x1000];
+        assert_eq!(lookup_in_ram(&memo, &ram, &regs(), 0x40_0000, FETCH), None);
+        memo.entries[0].as_mut().unwrap().reads[0].0 = 0x1000;
+        assert_eq!(
+            lookup_in_ram(&memo, &ram, &regs(), 0x40_0000, FETCH),
+            Some(0x9000)
+        );
+    }
+
+    /// A walk done again after a table change replaces the stale walk of
+    /// the same key (keys stay unique), so the next lookup hits.
+    #[test]
+    fn a_new_walk_replaces_the_stale_one() {
+        let mut mem = tables(0x9000);
+        let mut memo = WalkMemo::default();
+        let walk = |m: &BTreeMap<u64, u64>, memo: &mut WalkMemo| {
+            let read = |a: u64| Some(m.get(&a).copied().unwrap_or(0));
+            translate_memo(read, &regs(), 0x40_0000, FETCH, memo)
+        };
+        assert_eq!(walk(&mem, &mut memo), Ok(0x9000));
+        mem.insert(0x4000, 0xa000 | 7);
+        assert_eq!(walk(&mem, &mut memo), Ok(0xa000));
+        assert_eq!(memo.entries.iter().flatten().count(), 1);
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0000, FETCH),
+            Some(0xa000)
+        );
     }
 
     /// Whatever the memo holds, its answers equal a full walk's.

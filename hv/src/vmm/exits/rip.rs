@@ -405,7 +405,20 @@ fn decode_fetched(vcpu: &Vcpu, bytes: &[u8], fault: Option<NoInsn>) -> Result<De
 }
 
 /// Length of the intercepted instruction at the guest's RIP.
+#[inline]
 pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
+    if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {
+        return insn_len_slow(vcpu, vm, host);
+    }
+    match quick_len_in_page(vcpu, vm) {
+        Some(len) => Ok(len),
+        None => insn_len_slow(vcpu, vm, host),
+    }
+}
+
+/// [`insn_len`] from the CPU's next RIP, else decoded the whole way.
+#[inline(never)]
+fn insn_len_slow(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
     let s = &vcpu.vmcb.state;
     if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {
         let next = vcpu.vmcb.control.next_rip;
