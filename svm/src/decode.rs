@@ -272,7 +272,9 @@ pub fn quick_len(bytes: &[u8]) -> Option<usize> {
 #[inline]
 pub fn quick_len3(bytes: u32) -> Option<usize> {
     let w = bytes & 0x00ff_ffff;
-    if w & 0x00f8_ffff == 0x00d8_010f || w == 0x00f9_010f {
+    if w & 0x00f8_ffff == 0x00d8_010f {
+        Some(3)
+    } else if w == 0x00f9_010f {
         Some(3)
     } else if w & 0xff == 0xf4 {
         Some(1)

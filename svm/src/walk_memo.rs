@@ -20,7 +20,7 @@ const ENTRIES: usize = 2;
 
 /// What a walk's answer depends on besides the entries it reads: page and
 /// CR3 first, the cheap differences most misses stop at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Key {
     /// Linear address >> 12.
     page: u64,
@@ -28,26 +28,36 @@ struct Key {
     cr0: u64,
     cr4: u64,
     efer: u64,
-    max_phys_bits: u8,
-    access: Access,
+    /// MAXPHYADDR (bits 7:0), the access (write, fetch, user: bits 8-10)
+    /// and [`Key::USED`]: one compare.
+    flags: u32,
 }
 
 impl Key {
+    /// Set in every remembered key: an unused slot (all zero) never
+    /// equals one.
+    const USED: u32 = 1 << 16;
+
     #[inline(always)]
     fn new(regs: &PagingRegs, va: u64, access: Access) -> Self {
+        let flags = u32::from(regs.max_phys_bits)
+            | u32::from(access.write) << 8
+            | u32::from(access.fetch) << 9
+            | u32::from(access.user) << 10
+            | Self::USED;
         Key {
             page: va >> 12,
             cr3: regs.cr3,
             cr0: regs.cr0,
             cr4: regs.cr4,
             efer: regs.efer,
-            max_phys_bits: regs.max_phys_bits,
-            access,
+            flags,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A remembered walk; all zero (`Default`) is an unused slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Entry {
     key: Key,
     /// Guest-physical page the walk gave.
@@ -69,7 +79,7 @@ impl Entry {
 /// The remembered walks of one vCPU.
 #[derive(Clone, Debug, Default)]
 pub struct WalkMemo {
-    entries: [Option<Entry>; ENTRIES],
+    entries: [Entry; ENTRIES],
     /// The entry the next miss replaces.
     next: usize,
 }
@@ -100,7 +110,7 @@ pub fn lookup(
     let key = Key::new(regs, va, access);
     // Keys are unique in the memo (translate_memo replaces a walk of the
     // same key): the first equal key is the only candidate.
-    let e = memo.entries.iter().flatten().find(|e| e.key == key)?;
+    let e = memo.entries.iter().find(|e| e.key == key)?;
     e.reads_same(read).then_some(e.pa_page | (va & 0xfff))
 }
 
@@ -123,6 +133,7 @@ pub fn lookup_in_ram(
 
 /// [`translate_mode`], answered from `memo` when a remembered walk of the
 /// same page, registers and access reads the same entries again.
+#[inline(never)]
 pub fn translate_memo(
     read: impl Fn(u64) -> Option<u64>,
     regs: &PagingRegs,
@@ -152,11 +163,7 @@ pub fn translate_memo(
             let key = Key::new(regs, va, access);
             // A stale walk of the same key is replaced, so keys stay
             // unique ([`lookup`] checks only the first equal one).
-            let slot = match memo
-                .entries
-                .iter()
-                .position(|e| e.is_some_and(|e| e.key == key))
-            {
+            let slot = match memo.entries.iter().position(|e| e.key == key) {
                 Some(i) => i,
                 None => {
                     let i = memo.next % ENTRIES;
@@ -164,12 +171,12 @@ pub fn translate_memo(
                     i
                 }
             };
-            memo.entries[slot] = Some(Entry {
+            memo.entries[slot] = Entry {
                 key,
                 pa_page: pa & !0xfff,
                 reads: log.map(Cell::into_inner),
                 n: n.get(),
-            });
+            };
         }
     }
     result
@@ -306,15 +313,15 @@ mod tests {
         // walk makes one) must not be answered from the word around it.
         let mut memo = WalkMemo::default();
         let key = Key::new(&regs(), 0x40_0000, FETCH);
-        memo.entries[0] = Some(Entry {
+        memo.entries[0] = Entry {
             key,
             pa_page: 0x9000,
             reads: [(0x1004, 0), (0, 0), (0, 0), (0, 0)],
             n: 1,
-        });
+        };
         let ram = vec![0u64; 0x1000];
         assert_eq!(lookup_in_ram(&memo, &ram, &regs(), 0x40_0000, FETCH), None);
-        memo.entries[0].as_mut().unwrap().reads[0].0 = 0x1000;
+        memo.entries[0].reads[0].0 = 0x1000;
         assert_eq!(
             lookup_in_ram(&memo, &ram, &regs(), 0x40_0000, FETCH),
             Some(0x9000)
@@ -334,7 +341,7 @@ mod tests {
         assert_eq!(walk(&mem, &mut memo), Ok(0x9000));
         mem.insert(0x4000, 0xa000 | 7);
         assert_eq!(walk(&mem, &mut memo), Ok(0xa000));
-        assert_eq!(memo.entries.iter().flatten().count(), 1);
+        assert_eq!(memo.entries.iter().filter(|e| e.key.flags != 0).count(), 1);
         assert_eq!(
             lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0000, FETCH),
             Some(0xa000)

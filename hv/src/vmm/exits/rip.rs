@@ -295,7 +295,11 @@ fn read_linear_upto(
     let mut done = 0;
     while done < out.len() {
         let at = la.wrapping_add(done as u64);
-        let pa = match translate(vcpu, vm, at, fetch) {
+        let remembered = match fetch {
+            true => remembered_code_page(vcpu, &vcpu.vmcb.state, vm, at),
+            false => None,
+        };
+        let pa = match remembered.map_or_else(|| translate(vcpu, vm, at, fetch), Ok) {
             Ok(pa) => pa,
             Err(e) => return (done, Some(e)),
         };
@@ -456,10 +460,15 @@ fn quick_len_in_page(vcpu: &Vcpu, vm: &Vm) -> Option<u64> {
         None => translate(vcpu, vm, la, true).ok()?,
     };
     let len = match pa % 4096 {
-        // Three bytes in the page: quick_len's in one word.
+        // Three bytes in the page: quick_len's, from one or two RAM words.
         ..=0xffd => {
-            let b = vm.memory.slice(pa, 3).ok()?;
-            decode::quick_len3(u32::from_le_bytes([b[0], b[1], b[2], 0]))
+            let ram = vm.memory.words();
+            let (i, shift) = ((pa / 8) as usize, (pa % 8) * 8);
+            let mut w = *ram.get(i)? >> shift;
+            if shift > 40 {
+                w |= *ram.get(i + 1)? << (64 - shift);
+            }
+            decode::quick_len3(w as u32)
         }
         offset => decode::quick_len(vm.memory.slice(pa, 4096 - offset).ok()?),
     };
