@@ -268,11 +268,8 @@ pub fn quick_len(bytes: &[u8]) -> Option<usize> {
 #[inline]
 pub fn quick_len3(bytes: u32) -> Option<usize> {
     let w = bytes & 0x00ff_ffff;
-    // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA.
-    if w & 0x00f8_ffff == 0x00d8_010f {
-        Some(3)
-    // RDTSCP.
-    } else if w == 0x00f9_010f {
+    // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA; RDTSCP.
+    if w & 0x00f8_ffff == 0x00d8_010f || w == 0x00f9_010f {
         Some(3)
     // HLT.
     } else if w & 0xff == 0xf4 {
