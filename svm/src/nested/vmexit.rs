@@ -78,7 +78,10 @@ pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
 }
 
 /// Brings L1's state and L0's controls back from hsave into the active
-/// VMCB: the fields [`super::vmrun::stash_l1`] stashed, not a page copy.
+/// VMCB: the fields [`super::vmrun::stash_l1`] stashed, not a page copy
+/// (the controls: [`super::vmrun::copy_switched_controls`]; EXITCODE and
+/// EVENTINJ cleared, EXITINFO1/2 and EXITINTINFO left as the exit wrote
+/// them: the CPU's outputs, which nothing reads before L1's next exit).
 /// The TSC offset comes back with the controls (hsave holds the current L1
 /// offset); nothing is subtracted. What VMRUN and #VMEXIT do not switch
 /// stays as L2 left it: FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR,
@@ -86,7 +89,7 @@ pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
 /// CR2 and DR6, which the host save area does not hold. The host's DR7
 /// comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
 pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
-    active.control.copy_live_from(&hsave.control);
+    super::vmrun::copy_switched_controls(&mut active.control, &hsave.control);
     let (s, h) = (&mut active.state, &hsave.state);
     s.es = h.es;
     s.cs = h.cs;
