@@ -149,10 +149,18 @@ pub fn check_vmcb12(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
 /// its controls (L0's copy). A vmcb12 that passes every rule, the usual
 /// case, costs one straight-line test ([`passes_all`]); only a refusal
 /// walks the rules in the APM's order to name the first one broken.
+#[inline]
 pub fn check_l2(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if passes_all(s, c, limits) {
         return Ok(());
     }
+    first_failure(s, c, limits)
+}
+
+/// The rules one by one, in the APM's order (the refusal path).
+#[cold]
+#[inline(never)]
+fn first_failure(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     check_save(s, limits)?;
     check_controls(c, limits)
 }
@@ -162,7 +170,7 @@ pub fn check_l2(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> Result
 /// refuse: tested). It may say `false` for some legal vmcb12s (the map
 /// bases' exact edges, TLB_CONTROL 3/7, MAXPHYADDR above 52), which the
 /// ordered checks then accept: slower, never wrong.
-#[inline]
+#[inline(always)]
 pub fn passes_all(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> bool {
     let long_mode = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
     let phys = limits.max_phys_bits.min(MAX_CR3_PHYS_BITS);
@@ -179,7 +187,6 @@ pub fn passes_all(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> bool
     // Both maps (MSRPM 8 KiB, IOPM 0x2001 bytes) end below 2^phys if the
     // higher base, offset bits and all, is below 2^phys - 12 KiB.
     let maps_ok = (c.msrpm_base_pa | c.iopm_base_pa) < (1u64 << phys).saturating_sub(0x3000);
-    let event_ok = EventInfo(c.event_inj).is_legal();
     let np = NestedCtl::NP_ENABLE.bits();
     let ncr3_ok = c.nested_ctl & np == 0 || !limits.npt_offered || c.ncr3 & above_phys == 0;
     (s.efer & EFER_SVME != 0)
@@ -188,10 +195,11 @@ pub fn passes_all(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> bool
         & long_ok
         & (c.intercept_misc2 & InterceptMisc2::VMRUN.bits() != 0)
         & maps_ok
-        & event_ok
         & (c.guest_asid != 0)
         & (c.tlb_control <= 1)
         & ncr3_ok
+        // Last, so the rest is not kept across the call.
+        && (c.event_inj & EventInfo::VALID == 0 || EventInfo(c.event_inj).is_legal())
 }
 
 /// Whether vmcb12 enters long mode: EFER.LME and CR0.PG (LMA follows).

@@ -123,6 +123,7 @@ impl MsrpmHoles {
     }
 
     /// The (map byte, bit mask) pairs.
+    #[inline(always)]
     pub fn bytes(&self) -> &[(u16, u8)] {
         &self.bytes[..self.len]
     }
@@ -140,7 +141,7 @@ impl MsrpmHoles {
 /// Done at every nested VMRUN: the APM's clean bits say nothing about the
 /// contents of L1's map, which L1 may rewrite at any time (KVM
 /// `nested_svm_merge_msrpm` merges each VMRUN too).
-#[inline]
+#[inline(always)]
 pub fn merge_msrpm_holes(
     l1: Option<&MsrpmView<'_>>,
     holes: &MsrpmHoles,

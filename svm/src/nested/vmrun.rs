@@ -5,6 +5,7 @@ use super::merge::{merge_int_ctl, merge_intercepts};
 use super::tsc::compose;
 use crate::event::{is_soft, SoftEvent};
 use crate::{ControlArea, EventInfo, StateSaveArea, Vmcb};
+use core::mem::offset_of;
 
 /// Where L0 keeps what L2 runs with, besides vmcb12's own fields.
 #[derive(Clone, Copy, Debug)]
@@ -87,24 +88,28 @@ pub fn read_vmcb12(copy: &mut Vmcb, l2: &mut StateSaveArea, l1: &Vmcb) {
 /// filter, AVIC, SEV, LBR/vVMLOAD enables or clean bits, none of which
 /// L0 offers to L1 or reads.
 pub fn read_controls(d: &mut ControlArea, s: &ControlArea) {
-    d.intercept_cr = s.intercept_cr;
-    d.intercept_dr = s.intercept_dr;
-    d.intercept_exceptions = s.intercept_exceptions;
-    d.intercept_misc1 = s.intercept_misc1;
-    d.intercept_misc2 = s.intercept_misc2;
-    d.intercept_misc3 = s.intercept_misc3;
-    d.iopm_base_pa = s.iopm_base_pa;
-    d.msrpm_base_pa = s.msrpm_base_pa;
-    d.tsc_offset = s.tsc_offset;
-    d.guest_asid = s.guest_asid;
-    d.tlb_control = s.tlb_control;
-    d.int_ctl = s.int_ctl;
-    d.interrupt_shadow = s.interrupt_shadow;
+    d.copy_span_from::<INTERCEPTS_START, INTERCEPTS_END>(s);
+    d.copy_span_from::<MAPS_TO_SHADOW_START, MAPS_TO_SHADOW_END>(s);
     d.nested_ctl = s.nested_ctl;
-    d.event_inj = s.event_inj;
-    d.ncr3 = s.ncr3;
+    d.copy_span_from::<EVENT_INJ_NCR3_START, EVENT_INJ_NCR3_END>(s);
     d.next_rip = s.next_rip;
 }
+
+/// The six intercept vectors (0x000-0x017).
+const INTERCEPTS_START: usize = offset_of!(ControlArea, intercept_cr);
+const INTERCEPTS_END: usize = offset_of!(ControlArea, intercept_misc3) + 4;
+/// IOPM_BASE_PA through the interrupt shadow (0x040-0x06F): the map
+/// addresses, TSC offset, ASID, TLB_CONTROL (and the RAP control bits and
+/// reserved bytes next to it, which nothing uses), int_ctl, shadow.
+const MAPS_TO_SHADOW_START: usize = offset_of!(ControlArea, iopm_base_pa);
+const MAPS_TO_SHADOW_END: usize = offset_of!(ControlArea, interrupt_shadow) + 8;
+/// EVENTINJ and nCR3 (0x0A8-0x0B7).
+const EVENT_INJ_NCR3_START: usize = offset_of!(ControlArea, event_inj);
+const EVENT_INJ_NCR3_END: usize = offset_of!(ControlArea, ncr3) + 8;
+// The spans hold exactly the fields named: no field between them.
+const _: () = assert!(offset_of!(ControlArea, intercept_misc3) == INTERCEPTS_START + 0x14);
+const _: () = assert!(MAPS_TO_SHADOW_END == offset_of!(ControlArea, exit_code));
+const _: () = assert!(offset_of!(ControlArea, ncr3) == EVENT_INJ_NCR3_START + 8);
 
 /// The controls running L2 in place changes, copied from `s` to `d`: the
 /// intercepts, map addresses, TSC offset, ASID, TLB_CONTROL, int_ctl,
@@ -118,19 +123,8 @@ pub fn read_controls(d: &mut ControlArea, s: &ControlArea) {
 /// (EXITCODE, EXITINFO1/2, EXITINTINFO: read at each exit, before any
 /// reflection) or is reset by the #VMEXIT (EVENTINJ, clean bits).
 pub fn copy_switched_controls(d: &mut ControlArea, s: &ControlArea) {
-    d.intercept_cr = s.intercept_cr;
-    d.intercept_dr = s.intercept_dr;
-    d.intercept_exceptions = s.intercept_exceptions;
-    d.intercept_misc1 = s.intercept_misc1;
-    d.intercept_misc2 = s.intercept_misc2;
-    d.intercept_misc3 = s.intercept_misc3;
-    d.iopm_base_pa = s.iopm_base_pa;
-    d.msrpm_base_pa = s.msrpm_base_pa;
-    d.tsc_offset = s.tsc_offset;
-    d.guest_asid = s.guest_asid;
-    d.tlb_control = s.tlb_control;
-    d.int_ctl = s.int_ctl;
-    d.interrupt_shadow = s.interrupt_shadow;
+    d.copy_span_from::<INTERCEPTS_START, INTERCEPTS_END>(s);
+    d.copy_span_from::<MAPS_TO_SHADOW_START, MAPS_TO_SHADOW_END>(s);
     d.ncr3 = s.ncr3;
     d.next_rip = s.next_rip;
 }

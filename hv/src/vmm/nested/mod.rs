@@ -113,6 +113,16 @@ impl Nested {
     }
 }
 
+/// Whether `gpa` is page aligned and the VMCB there all in L1's memory
+/// ([`l1_vmcb_mut`] gives it then).
+pub fn vmcb_in_l1(memory: &GuestMemory, gpa: u64) -> bool {
+    let size = core::mem::size_of::<Vmcb>() as u64;
+    gpa.is_multiple_of(4096)
+        && gpa
+            .checked_add(size)
+            .is_some_and(|end| end <= memory.size())
+}
+
 /// A page-aligned VMCB in L1's memory, if all of it is inside.
 pub fn l1_vmcb_mut(memory: &mut GuestMemory, gpa: u64) -> Option<&mut Vmcb> {
     if !gpa.is_multiple_of(4096) {

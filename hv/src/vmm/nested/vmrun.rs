@@ -2,7 +2,7 @@
 //! read vmcb12 once into hypervisor memory (its state where L2 runs),
 //! check the copy, merge the MSR map, build L2's controls in place.
 
-use super::{l1_vmcb_mut, Nested, L2, L2_ASID};
+use super::{l1_vmcb_mut, vmcb_in_l1, Nested, L2, L2_ASID};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{inject, rip, Action};
 use crate::vmm::vcpu::Vcpu;
@@ -23,7 +23,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     // before the intercept); QEMU TCG arms none for a guest, so L0 checks
     // (APM 13.1.1; kvm-unit-tests host_rflags).
     let s = &mut vcpu.vmcb.state;
-    let rip = s.cs.base.wrapping_add(s.rip);
+    let (rip, cpl, gpa) = (s.cs.base.wrapping_add(s.rip), s.cpl, s.rax);
     if let Some(b) = svm::emulate::dr::instruction_breakpoints(s.dr7, &vcpu.db, rip, s.rflags) {
         s.dr6 |= b;
         return inject(vcpu, EventInfo::exception(1));
@@ -34,11 +34,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         return inject(vcpu, EventInfo::exception(6));
     }
     let gp = EventInfo::exception_with_error_code(13, 0);
-    if vcpu.vmcb.state.cpl != 0 || vcpu.nested.hsave_pa == 0 {
-        return inject(vcpu, gp);
-    }
-    let gpa = vcpu.vmcb.state.rax;
-    if l1_vmcb_mut(&mut vm.memory, gpa).is_none() {
+    if cpl != 0 || vcpu.nested.hsave_pa == 0 || !vmcb_in_l1(&vm.memory, gpa) {
         return inject(vcpu, gp);
     }
     // L1 resumes after its VMRUN when L2 exits.
