@@ -111,8 +111,9 @@ pub fn move_l1(vcpu: &mut Vcpu, vm: &mut Vm, delta: u64) {
 
 /// The test hook HC_TSC_SHIFT_HOST_BACK: the hypervisor's view of the host
 /// TSC jumps back by `ticks`. The skew is part of the programmed offset;
-/// the next reading of the host TSC (here, at once) sees it behind the last
-/// one and absorbs the jump, as for a real host TSC going backwards.
+/// the next reading of the host TSC (here, at once: the entries do not
+/// check, [`observe_on_run`]) sees it behind the last one and absorbs the
+/// jump, as for a real host TSC going backwards.
 pub fn shift_host_back(vcpu: &mut Vcpu, vm: &mut Vm, ticks: u64) {
     host_tsc::shift_back(ticks);
     l1_offset_changed(vcpu, vm);
@@ -121,6 +122,7 @@ pub fn shift_host_back(vcpu: &mut Vcpu, vm: &mut Vm, ticks: u64) {
 
 /// Sets or clears the RDTSC/RDTSCP intercepts in `c` to `on`, keeping
 /// the bits of `keep` (vmcb12's, while L2 runs: L0's intercepts add to L1's).
+#[inline(always)]
 fn set_rdtsc_intercepts(c: &mut ControlArea, on: bool, keep: (u32, u32)) {
     let (m1, m2) = (InterceptMisc1::RDTSC.bits(), InterceptMisc2::RDTSCP.bits());
     let want1 = if on {
@@ -163,11 +165,23 @@ fn cross_check(vcpu: &Vcpu, vm: &Vm) {
     }
 }
 
-/// Everything TSC-related the next VMRUN needs: a last monotonicity check,
-/// the RDTSC intercepts of the TSC mode, TSC_AUX. The offset is already
-/// programmed (see the module docs).
-pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
+/// When the run loop takes the vCPU (possibly on another CPU than last
+/// time): the host TSC is checked against the last reading, a backwards
+/// one absorbed. Within one run the vCPU stays on this CPU, whose TSC only
+/// moves forwards, and L0's own view moves back only by
+/// [`shift_host_back`], which observes at once: so the entries need no
+/// check of their own, and the exits' ([`after_exit`]) keep `last_host`
+/// current.
+pub fn observe_on_run(vcpu: &mut Vcpu, vm: &mut Vm) {
     observe(vcpu, vm, host_tsc::read());
+}
+
+/// Everything TSC-related the next VMRUN needs: the RDTSC intercepts of
+/// the TSC mode, TSC_AUX. The offset is already programmed (see the module
+/// docs), and the host TSC was checked at the last exit
+/// ([`observe_on_run`]).
+#[inline(always)]
+pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
     if cfg!(debug_assertions) {
         cross_check(vcpu, vm);
     }

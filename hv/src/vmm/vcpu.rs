@@ -96,8 +96,19 @@ impl Vcpu {
         exits::dr::load(&self.db);
         // The reset XCR0, not the last VM's (`xcr0`).
         super::xcr0::reset();
+        // A new run may be on another CPU: the host TSC checked once here
+        // (`tsc::observe_on_run`), not at every entry.
+        super::tsc::observe_on_run(self, vm);
         let mut exited_at = None;
-        let started_ms = crate::time::uptime_ms();
+        // Self-tests only: a VM that is not a test has no limits. The
+        // budget's end as uptime, so each exit compares once.
+        let (budget_end_ms, max_exits) = match vm.limits {
+            Some(l) => (
+                crate::time::uptime_ms().saturating_add(l.time_budget_ms),
+                l.max_exits,
+            ),
+            None => (u64::MAX, u64::MAX),
+        };
         loop {
             if let Action::Stop(stop) = exits::exception::deliver_pending_nmi(self, vm, host) {
                 return stop;
@@ -132,17 +143,16 @@ impl Vcpu {
             // a valid EVENTINJ means an event L0 queued and nobody received.
             self.vmcb.control.event_inj = 0;
             exits::apic::after_exit(self);
-            let code = ExitCode::from_raw(self.vmcb.control.exit_code);
-            if code == ExitCode::Intr {
+            let raw_code = self.vmcb.control.exit_code;
+            let code = ExitCode::from_raw(raw_code);
+            if matches!(code, ExitCode::Intr) {
                 // A physical interrupt (the watchdog), held since the exit:
                 // let the host take it now that GIF is set again.
                 // SAFETY: the IDT handles every vector the host enables.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
-            // Self-tests only: a VM that is not a test has no limits.
-            if let Some(limits) = vm.limits {
-                let ran_ms = crate::time::uptime_ms().saturating_sub(started_ms);
-                if ran_ms > limits.time_budget_ms {
+            if crate::time::uptime_ms() > budget_end_ms {
+                if let Some(limits) = vm.limits {
                     log::warn!(
                         "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
                         vm.name,
@@ -155,8 +165,12 @@ impl Vcpu {
             // The TLB needs flushing only for the first run.
             self.vmcb.control.tlb_control = 0;
             self.exits += 1;
-            self.exit_counts.add(code.to_raw());
-            let max_exits = vm.limits.map_or(u64::MAX, |l| l.max_exits);
+            // The raw code is the counter's key, except VMEXIT_INVALID (any
+            // upper half: `ExitCode::from_raw`), counted as 64-bit -1.
+            self.exit_counts.add(match code {
+                ExitCode::Invalid => code.to_raw(),
+                _ => raw_code,
+            });
             if step_only {
                 continue;
             }
