@@ -304,5 +304,7 @@ impl TscState {
     }
 }
 
+pub mod intercepts;
+
 #[cfg(test)]
 mod tests;

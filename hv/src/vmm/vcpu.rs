@@ -29,6 +29,9 @@ pub struct Vcpu {
     pub tsc: VcpuTsc,
     /// IA32_TSC_AUX (what RDTSCP returns in ECX).
     pub tsc_aux: u32,
+    /// L0 has wanted RDTSC/RDTSCP exits at some entry (sticky:
+    /// `svm::tsc::intercepts`, `tsc::prepare_entry`).
+    pub rdtsc_armed: bool,
     /// Nested-SVM state (L1's virtual SVM, hsave, the running L2).
     pub nested: Nested,
     /// The guest's EFER.LME is hidden from the CPU in the VMCB (paging off,
@@ -71,6 +74,7 @@ impl Vcpu {
             blocked_io: 0,
             tsc: VcpuTsc::default(),
             tsc_aux: 0,
+            rdtsc_armed: false,
             nested: Nested::new()?,
             host_ticks: 0,
             nmi: svm::nmi::NmiState::default(),
@@ -139,11 +143,14 @@ impl Vcpu {
             let exit_tsc = crate::time::host_tsc::read_raw();
             exited_at = Some(exit_tsc);
             super::tsc::after_exit(self, vm, exit_tsc);
+            let c = &mut self.vmcb.control;
             // What the CPU did not deliver is in EXITINTINFO now; from here
             // a valid EVENTINJ means an event L0 queued and nobody received.
-            self.vmcb.control.event_inj = 0;
+            c.event_inj = 0;
+            // The TLB needs flushing only for the first run.
+            c.tlb_control = 0;
+            let raw_code = c.exit_code;
             exits::apic::after_exit(self);
-            let raw_code = self.vmcb.control.exit_code;
             let code = ExitCode::from_raw(raw_code);
             if matches!(code, ExitCode::Intr) {
                 // A physical interrupt (the watchdog), held since the exit:
@@ -162,8 +169,6 @@ impl Vcpu {
                     return Stop::TimedOut(limits.time_budget_ms);
                 }
             }
-            // The TLB needs flushing only for the first run.
-            self.vmcb.control.tlb_control = 0;
             self.exits += 1;
             // The raw code is the counter's key, except VMEXIT_INVALID (any
             // upper half: `ExitCode::from_raw`), counted as 64-bit -1.

@@ -91,6 +91,16 @@ fn deliver_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 /// The IRET intercept, set or cleared for the next entry.
 #[inline(always)]
 fn set_iret_intercept(vcpu: &mut Vcpu) {
+    // No NMI blocked and L1 running (the usual case): the intercept is
+    // off; one test of the bit, no write.
+    if !vcpu.nmi.blocked && vcpu.nested.l2.is_none() {
+        let c = &mut vcpu.vmcb.control;
+        if c.intercept_misc1 & InterceptMisc1::IRET.bits() != 0 {
+            c.intercept_misc1 &= !InterceptMisc1::IRET.bits();
+            c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
+        }
+        return;
+    }
     // The IRET intercept: L0's while it waits for one, L1's per vmcb12.
     let l1_iret = vcpu
         .nested

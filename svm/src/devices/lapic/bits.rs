@@ -57,7 +57,9 @@ mod tests {
 
     /// The highest set vector by a plain scan of the words.
     fn scan(b: &Bits256) -> Option<u8> {
-        (0..=255u8).rev().find(|&v| b.word(usize::from(v >> 5)) & (1 << (v & 31)) != 0)
+        (0..=255u8)
+            .rev()
+            .find(|&v| b.word(usize::from(v >> 5)) & (1 << (v & 31)) != 0)
     }
 
     #[test]
