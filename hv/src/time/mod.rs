@@ -22,6 +22,12 @@ pub fn uptime_ms() -> u64 {
     TICKS.load(Ordering::Relaxed) * TICK_MS
 }
 
+/// Watchdog ticks so far (`uptime_ms() / TICK_MS`).
+#[inline]
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
 /// Starts the watchdog timer. Without it a guest that never exits would
 /// keep the CPU for good.
 pub fn start_watchdog(want_x2apic: bool) {

@@ -105,10 +105,12 @@ impl Vcpu {
         super::tsc::observe_on_run(self, vm);
         let mut exited_at = None;
         // Self-tests only: a VM that is not a test has no limits. The
-        // budget's end as uptime, so each exit compares once.
-        let (budget_end_ms, max_exits) = match vm.limits {
+        // budget's end in watchdog ticks, so each exit compares once:
+        // `ticks * TICK_MS - start_ms > budget_ms` is
+        // `ticks > start_ticks + budget_ms / TICK_MS` (integers).
+        let (budget_end_ticks, max_exits) = match vm.limits {
             Some(l) => (
-                crate::time::uptime_ms().saturating_add(l.time_budget_ms),
+                crate::time::ticks().saturating_add(l.time_budget_ms / crate::time::TICK_MS),
                 l.max_exits,
             ),
             None => (u64::MAX, u64::MAX),
@@ -158,7 +160,7 @@ impl Vcpu {
                 // SAFETY: the IDT handles every vector the host enables.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
-            if crate::time::uptime_ms() > budget_end_ms {
+            if crate::time::ticks() > budget_end_ticks {
                 if let Some(limits) = vm.limits {
                     log::warn!(
                         "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
