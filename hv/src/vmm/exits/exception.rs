@@ -91,31 +91,18 @@ fn deliver_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 /// The IRET intercept, set or cleared for the next entry.
 #[inline(always)]
 fn set_iret_intercept(vcpu: &mut Vcpu) {
-    // No NMI blocked and L1 running (the usual case): the intercept is
-    // off; one test of the bit, no write.
-    if !vcpu.nmi.blocked && vcpu.nested.l2.is_none() {
-        let c = &mut vcpu.vmcb.control;
-        if c.intercept_misc1 & InterceptMisc1::IRET.bits() != 0 {
-            c.intercept_misc1 &= !InterceptMisc1::IRET.bits();
-            c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
-        }
-        return;
-    }
+    const IRET: u32 = InterceptMisc1::IRET.bits();
     // The IRET intercept: L0's while it waits for one, L1's per vmcb12.
-    let l1_iret = vcpu
-        .nested
-        .l2
-        .as_ref()
-        .is_some_and(|l2| l2.vmcb12.control.intercept_misc1 & InterceptMisc1::IRET.bits() != 0);
-    let want = vcpu.nmi.wants_iret_intercept() || l1_iret;
+    let l1_iret = match &vcpu.nested.l2 {
+        Some(l2) => l2.vmcb12.control.intercept_misc1 & IRET != 0,
+        None => false,
+    };
+    let want = l1_iret || (vcpu.nmi.blocked && vcpu.nmi.wants_iret_intercept());
     let c = &mut vcpu.vmcb.control;
-    let before = c.intercept_misc1;
-    if want {
-        c.intercept_misc1 |= InterceptMisc1::IRET.bits();
-    } else {
-        c.intercept_misc1 &= !InterceptMisc1::IRET.bits();
-    }
-    if c.intercept_misc1 != before {
+    let have = c.intercept_misc1 & IRET != 0;
+    // Usually neither wanted nor set: one test of the bit, no write.
+    if want != have {
+        c.intercept_misc1 ^= IRET;
         c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
     }
 }
