@@ -254,14 +254,31 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<Decoded, DecodeErr
 /// length is the same in 16-, 32- and 64-bit code. Anything else (prefixes,
 /// other opcodes, too few bytes) is `None`: decode it with [`decode`].
 pub fn quick_len(bytes: &[u8]) -> Option<usize> {
-    match bytes {
-        // HLT.
-        [0xF4, ..] => Some(1),
-        // WRMSR, RDTSC, RDMSR, CPUID.
-        [0x0F, 0x30 | 0x31 | 0x32 | 0xA2, ..] => Some(2),
-        // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, RDTSCP.
-        [0x0F, 0x01, 0xD8..=0xDF | 0xF9, ..] => Some(3),
-        _ => None,
+    // Missing bytes read as 00, which completes none of the encodings.
+    let mut word = [0u8; 4];
+    for (w, b) in word.iter_mut().zip(bytes) {
+        *w = *b;
+    }
+    quick_len3(u32::from_le_bytes(word))
+}
+
+/// [`quick_len`] of the three bytes in `bytes` (byte 0 in bits 7:0, byte
+/// 2 in bits 23:16; bits above are ignored), in a few compares, the SVM
+/// instructions first.
+#[inline]
+pub fn quick_len3(bytes: u32) -> Option<usize> {
+    let w = bytes & 0x00ff_ffff;
+    // VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA; RDTSCP.
+    if w & 0x00f8_ffff == 0x00d8_010f || w == 0x00f9_010f {
+        Some(3)
+    // HLT.
+    } else if w & 0xff == 0xf4 {
+        Some(1)
+    // WRMSR, RDTSC, RDMSR, CPUID.
+    } else if matches!(w & 0xffff, 0x300f | 0x310f | 0x320f | 0xa20f) {
+        Some(2)
+    } else {
+        None
     }
 }
 
@@ -807,6 +824,23 @@ mod tests {
         for bytes in other {
             assert_eq!(quick_len(bytes), None, "{bytes:x?}");
         }
+    }
+
+    /// quick_len3 says what the plain encodings' byte patterns say, for
+    /// every three bytes.
+    #[test]
+    fn quick_len3_equals_the_patterns() {
+        let reference = |b: [u8; 4]| match b {
+            [0xF4, ..] => Some(1),
+            [0x0F, 0x30 | 0x31 | 0x32 | 0xA2, ..] => Some(2),
+            [0x0F, 0x01, 0xD8..=0xDF | 0xF9, ..] => Some(3),
+            _ => None,
+        };
+        for w in 0..1u32 << 24 {
+            let expected = reference(w.to_le_bytes());
+            assert_eq!(quick_len3(w | 0xab00_0000), expected, "{w:06x}");
+        }
+        assert_eq!(quick_len(&[0x0F, 0x01]), None, "a missing byte is no D8");
     }
 
     #[test]

@@ -8,7 +8,11 @@ use bitflags::bitflags;
 ///
 /// Ranges carry their index: the control/debug register number, the
 /// exception vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Decoding, encoding and comparing are on every exit's path, so they are
+/// `#[inline]` (the kernel is another crate): a comparison with a constant
+/// code is then one compare of the variant tag (see the `PartialEq` impl).
+#[derive(Debug, Clone, Copy, Eq)]
 pub enum ExitCode {
     /// 0x00-0x0F: read of CR0-15 (MOV from CR, SMSW for CR0).
     CrRead(u8),
@@ -159,7 +163,21 @@ impl ExitCode {
     /// VMEXIT_INVALID is recognised by its low 32 bits alone: silicon writes
     /// 64-bit -1, QEMU TCG writes 0x0000_0000_FFFF_FFFF (docs/qemu-tcg.md). Any
     /// other value with bits set above bit 31 is [`ExitCode::Unknown`].
+    ///
+    /// The codes below 0xA7 (every intercept's) come from a table built
+    /// by [`ExitCode::decode`] at compile time: a compare and a load at
+    /// each exit; the others (NPF, AVIC, VMGEXIT, INVALID) from `decode`.
+    #[inline(always)]
     pub const fn from_raw(raw: u64) -> Self {
+        match raw < DECODE_TABLE.len() as u64 {
+            true => DECODE_TABLE[raw as usize],
+            false => Self::decode(raw),
+        }
+    }
+
+    /// [`ExitCode::from_raw`], by cases.
+    #[inline(never)]
+    const fn decode(raw: u64) -> Self {
         if raw as u32 == u32::MAX {
             return Self::Invalid;
         }
@@ -240,6 +258,7 @@ impl ExitCode {
     /// The EXITCODE value, e.g. to reflect an exit into a nested guest's
     /// VMCB. `Invalid` encodes as the architectural 64-bit -1; register and
     /// vector numbers are taken modulo their range (16 or 32).
+    #[inline(always)]
     pub const fn to_raw(self) -> u64 {
         match self {
             Self::CrRead(n) => (n & 0xF) as u64,
@@ -309,6 +328,57 @@ impl ExitCode {
             Self::Vmgexit => 0x403,
             Self::Invalid => Self::INVALID_RAW,
             Self::Unknown(raw) => raw,
+        }
+    }
+}
+
+/// [`ExitCode::decode`] of 0x00-0xA6, the codes intercept bits control
+/// (Appendix C): [`ExitCode::from_raw`]'s table.
+static DECODE_TABLE: [ExitCode; 0xA7] = {
+    let mut table = [ExitCode::Invalid; 0xA7];
+    let mut raw = 0;
+    while raw < table.len() {
+        table[raw] = ExitCode::decode(raw as u64);
+        raw += 1;
+    }
+    table
+};
+
+/// What `derive(PartialEq)` would compare (same variant, equal fields),
+/// written out so that it always inlines: the derived `eq` of this
+/// 70-variant enum is left out of line, a call per comparison on the exit
+/// path.
+impl PartialEq for ExitCode {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        core::mem::discriminant(self) == core::mem::discriminant(other)
+            && self.field() == other.field()
+    }
+}
+
+/// Hashes what `eq` compares (the variant and its field), as the derive
+/// would.
+impl core::hash::Hash for ExitCode {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        core::mem::discriminant(self).hash(state);
+        self.field().hash(state);
+    }
+}
+
+impl ExitCode {
+    /// The variant's field (register, vector or raw code), 0 for variants
+    /// without one.
+    #[inline(always)]
+    const fn field(self) -> u64 {
+        match self {
+            Self::CrRead(n)
+            | Self::CrWrite(n)
+            | Self::DrRead(n)
+            | Self::DrWrite(n)
+            | Self::Exception(n)
+            | Self::CrWriteTrap(n) => n as u64,
+            Self::Unknown(raw) => raw,
+            _ => 0,
         }
     }
 }
@@ -630,6 +700,26 @@ mod tests {
         }
     }
 
+    /// The table half of `from_raw` is `decode`, and so is the rest.
+    #[test]
+    fn from_raw_is_decode() {
+        let mut raws: std::vec::Vec<u64> = (0..0x1000).collect();
+        raws.extend([
+            0xFFFF_FFFF,
+            u64::MAX,
+            0x1_0000_0000,
+            0x1_0000_0072,
+            0xA6,
+            0xA7,
+        ]);
+        for raw in raws {
+            assert_eq!(ExitCode::from_raw(raw), ExitCode::decode(raw), "{raw:#x}");
+        }
+        assert_eq!(ExitCode::from_raw(0x7B), ExitCode::Ioio);
+        assert_eq!(ExitCode::from_raw(0xA6), ExitCode::IdleHlt);
+        assert_eq!(ExitCode::from_raw(0xA7), ExitCode::Unknown(0xA7));
+    }
+
     #[test]
     fn vmexit_invalid_both_forms() {
         // Silicon: 64-bit -1.
@@ -659,6 +749,43 @@ mod tests {
         // Every 32-bit code except -1 survives decode + encode.
         for raw in 0..0x1000u64 {
             assert_eq!(ExitCode::from_raw(raw).to_raw(), raw);
+        }
+    }
+
+    /// The hand-written `eq` is structural equality (what the derive gave),
+    /// and `hash` agrees with it.
+    #[test]
+    fn eq_is_structural() {
+        use core::hash::{Hash, Hasher};
+        use std::collections::hash_map::DefaultHasher;
+        use std::format;
+        use std::vec::Vec;
+        let mut codes: Vec<ExitCode> = (0..0x410).map(ExitCode::from_raw).collect();
+        codes.extend([
+            ExitCode::Invalid,
+            ExitCode::Unknown(0),
+            ExitCode::Unknown(0x72),
+            ExitCode::Unknown(u64::MAX),
+            ExitCode::CrRead(16),
+            ExitCode::CrWrite(0xFF),
+            ExitCode::DrRead(16),
+            ExitCode::DrWrite(16),
+            ExitCode::Exception(32),
+            ExitCode::CrWriteTrap(16),
+        ]);
+        let hash = |c: &ExitCode| {
+            let mut h = DefaultHasher::new();
+            c.hash(&mut h);
+            h.finish()
+        };
+        for a in &codes {
+            for b in &codes {
+                let same = format!("{a:?}") == format!("{b:?}");
+                assert_eq!(a == b, same, "{a:?} == {b:?}");
+                if same {
+                    assert_eq!(hash(a), hash(b), "{a:?}");
+                }
+            }
         }
     }
 

@@ -30,12 +30,19 @@ impl ExitCounts {
         }
     }
 
-    /// One more exit with code `raw`.
+    /// One more exit with code `raw` (a common code, counted at every
+    /// exit, stays inline in the run loop).
+    #[inline]
     pub fn add(&mut self, raw: u64) {
         if raw < COMMON as u64 {
             self.common[raw as usize] += 1;
             return;
         }
+        self.add_rare(raw);
+    }
+
+    #[inline(never)]
+    fn add_rare(&mut self, raw: u64) {
         let slot = self
             .rare
             .iter()

@@ -157,6 +157,7 @@ impl VmTsc {
     ///
     /// "Behind" is judged on the wrapping difference (as a signed 64-bit
     /// value), so a host view near the wrap point compares correctly.
+    #[inline]
     pub fn observe_host(&mut self, host: u64) -> u64 {
         let behind = self.last_host.wrapping_sub(host);
         let back = if (behind as i64) > 0 { behind } else { 0 };
@@ -302,6 +303,8 @@ impl TscState {
         })
     }
 }
+
+pub mod intercepts;
 
 #[cfg(test)]
 mod tests;

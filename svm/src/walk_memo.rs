@@ -18,12 +18,48 @@ const MAX_READS: usize = 4;
 /// Translations remembered (L1's and L2's code, alternating).
 const ENTRIES: usize = 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    regs: PagingRegs,
-    access: Access,
+/// What a walk's answer depends on besides the entries it reads: page and
+/// CR3 first, the cheap differences most misses stop at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Key {
     /// Linear address >> 12.
     page: u64,
+    cr3: u64,
+    cr0: u64,
+    cr4: u64,
+    efer: u64,
+    /// MAXPHYADDR (bits 7:0), the access (write, fetch, user: bits 8-10)
+    /// and [`Key::USED`]: one compare.
+    flags: u32,
+}
+
+impl Key {
+    /// Set in every remembered key: an unused slot (all zero) never
+    /// equals one.
+    const USED: u32 = 1 << 16;
+
+    #[inline(always)]
+    fn new(regs: &PagingRegs, va: u64, access: Access) -> Self {
+        let flags = u32::from(regs.max_phys_bits)
+            | u32::from(access.write) << 8
+            | u32::from(access.fetch) << 9
+            | u32::from(access.user) << 10
+            | Self::USED;
+        Key {
+            page: va >> 12,
+            cr3: regs.cr3,
+            cr0: regs.cr0,
+            cr4: regs.cr4,
+            efer: regs.efer,
+            flags,
+        }
+    }
+}
+
+/// A remembered walk; all zero (`Default`) is an unused slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Entry {
+    key: Key,
     /// Guest-physical page the walk gave.
     pa_page: u64,
     /// The table entries the walk read: (address, value).
@@ -31,10 +67,19 @@ struct Entry {
     n: usize,
 }
 
+impl Entry {
+    /// Whether every table entry the walk read reads the same now.
+    #[inline(always)]
+    fn reads_same(&self, read: impl Fn(u64) -> Option<u64>) -> bool {
+        let reads = &self.reads[..self.n.min(MAX_READS)];
+        reads.iter().all(|&(at, v)| read(at) == Some(v))
+    }
+}
+
 /// The remembered walks of one vCPU.
 #[derive(Clone, Debug, Default)]
 pub struct WalkMemo {
-    entries: [Option<Entry>; ENTRIES],
+    entries: [Entry; ENTRIES],
     /// The entry the next miss replaces.
     next: usize,
 }
@@ -46,8 +91,49 @@ impl WalkMemo {
     }
 }
 
+/// The hit of [`translate_memo`]: the address a full walk of `va` gives
+/// now, when `memo` holds a walk of its page with the same registers and
+/// access and every table entry that walk read reads the same through
+/// `read` again; `None` otherwise (the caller walks). Callers on a hot
+/// path pass a cheaper `read` than the walk's own (one that says `None`
+/// where the walk's would read something odd, e.g. unbacked memory):
+/// that only turns hits into misses. Only walks with paging on are
+/// remembered, so equal registers mean paging is on.
+#[inline]
+pub fn lookup(
+    memo: &WalkMemo,
+    read: impl Fn(u64) -> Option<u64>,
+    regs: &PagingRegs,
+    va: u64,
+    access: Access,
+) -> Option<u64> {
+    let key = Key::new(regs, va, access);
+    // Keys are unique in the memo (translate_memo replaces a walk of the
+    // same key): the first equal key is the only candidate.
+    let e = memo.entries.iter().find(|e| e.key == key)?;
+    e.reads_same(read).then_some(e.pa_page | (va & 0xfff))
+}
+
+/// [`lookup`] for tables in `ram`, RAM as 8-byte words (guest-physical
+/// `8 * i` at `ram[i]`), each entry read in place: an entry outside `ram`
+/// or not 8-byte aligned (32-bit paging's 4-byte entries) is a miss.
+#[inline]
+pub fn lookup_in_ram(
+    memo: &WalkMemo,
+    ram: &[u64],
+    regs: &PagingRegs,
+    va: u64,
+    access: Access,
+) -> Option<u64> {
+    // The word index, with an unaligned address's low bits rotated to the
+    // top: far outside any RAM, so one bounds check refuses it too.
+    let read = |at: u64| ram.get(at.rotate_right(3) as usize).copied();
+    lookup(memo, read, regs, va, access)
+}
+
 /// [`translate_mode`], answered from `memo` when a remembered walk of the
 /// same page, registers and access reads the same entries again.
+#[inline(never)]
 pub fn translate_memo(
     read: impl Fn(u64) -> Option<u64>,
     regs: &PagingRegs,
@@ -58,18 +144,8 @@ pub fn translate_memo(
     if regs.mode() == Mode::Off {
         return translate_mode(read, regs, va, access);
     }
-    let page = va >> 12;
-    for e in memo.entries.iter().flatten() {
-        // The cheap differences first: page and CR3 (most misses stop here).
-        if e.page != page || e.regs.cr3 != regs.cr3 {
-            continue;
-        }
-        if e.access == access
-            && e.regs == *regs
-            && e.reads[..e.n].iter().all(|&(at, v)| read(at) == Some(v))
-        {
-            return Ok(e.pa_page | (va & 0xfff));
-        }
+    if let Some(pa) = lookup(memo, &read, regs, va, access) {
+        return Ok(pa);
     }
     let log: [Cell<(u64, u64)>; MAX_READS] = Default::default();
     let n = Cell::new(0usize);
@@ -84,15 +160,23 @@ pub fn translate_memo(
     let result = translate_mode(recording, regs, va, access);
     if let Ok(pa) = result {
         if n.get() <= MAX_READS {
-            memo.entries[memo.next] = Some(Entry {
-                regs: *regs,
-                access,
-                page,
+            let key = Key::new(regs, va, access);
+            // A stale walk of the same key is replaced, so keys stay
+            // unique ([`lookup`] checks only the first equal one).
+            let slot = match memo.entries.iter().position(|e| e.key == key) {
+                Some(i) => i,
+                None => {
+                    let i = memo.next % ENTRIES;
+                    memo.next = (i + 1) % ENTRIES;
+                    i
+                }
+            };
+            memo.entries[slot] = Entry {
+                key,
                 pa_page: pa & !0xfff,
                 reads: log.map(Cell::into_inner),
                 n: n.get(),
-            });
-            memo.next = (memo.next + 1) % ENTRIES;
+            };
         }
     }
     result
@@ -103,6 +187,7 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
+    use std::{vec, vec::Vec};
 
     const FETCH: Access = Access {
         write: false,
@@ -177,6 +262,90 @@ mod tests {
         assert!(translate_memo(read, &other, 0x40_0000, FETCH, &mut memo).is_err());
         // Another page of the same table is not the remembered one.
         assert!(translate_memo(read, &regs(), 0x40_1000, FETCH, &mut memo).is_err());
+    }
+
+    /// RAM as words for lookup_in_ram, from the tables' map.
+    fn words(mem: &BTreeMap<u64, u64>) -> Vec<u64> {
+        let mut ram = vec![0u64; 0x10_000 / 8];
+        for (&at, &v) in mem {
+            ram[(at / 8) as usize] = v;
+        }
+        ram
+    }
+
+    #[test]
+    fn lookup_in_ram_rereads_in_place() {
+        let mut mem = tables(0x9000);
+        let mut memo = WalkMemo::default();
+        let read = |m: &BTreeMap<u64, u64>, a: u64| Some(m.get(&a).copied().unwrap_or(0));
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, FETCH),
+            None,
+            "nothing remembered yet"
+        );
+        let m = mem.clone();
+        assert!(translate_memo(|a| read(&m, a), &regs(), 0x40_0000, FETCH, &mut memo).is_ok());
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, FETCH),
+            Some(0x9123)
+        );
+        // Another access kind or registers: not this walk.
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, Access::default()),
+            None
+        );
+        // The PTE changed in place: a miss, never the old page.
+        mem.insert(0x4000, 0xa000 | 7);
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0123, FETCH),
+            None
+        );
+        // RAM too small for the tables: a miss.
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem)[..0x4000 / 8], &regs(), 0x40_0123, FETCH),
+            None
+        );
+    }
+
+    #[test]
+    fn unaligned_reads_miss_in_ram() {
+        // A remembered read at an address that is not 8-byte aligned (no
+        // walk makes one) must not be answered from the word around it.
+        let mut memo = WalkMemo::default();
+        let key = Key::new(&regs(), 0x40_0000, FETCH);
+        memo.entries[0] = Entry {
+            key,
+            pa_page: 0x9000,
+            reads: [(0x1004, 0), (0, 0), (0, 0), (0, 0)],
+            n: 1,
+        };
+        let ram = vec![0u64; 0x1000];
+        assert_eq!(lookup_in_ram(&memo, &ram, &regs(), 0x40_0000, FETCH), None);
+        memo.entries[0].reads[0].0 = 0x1000;
+        assert_eq!(
+            lookup_in_ram(&memo, &ram, &regs(), 0x40_0000, FETCH),
+            Some(0x9000)
+        );
+    }
+
+    /// A walk done again after a table change replaces the stale walk of
+    /// the same key (keys stay unique), so the next lookup hits.
+    #[test]
+    fn a_new_walk_replaces_the_stale_one() {
+        let mut mem = tables(0x9000);
+        let mut memo = WalkMemo::default();
+        let walk = |m: &BTreeMap<u64, u64>, memo: &mut WalkMemo| {
+            let read = |a: u64| Some(m.get(&a).copied().unwrap_or(0));
+            translate_memo(read, &regs(), 0x40_0000, FETCH, memo)
+        };
+        assert_eq!(walk(&mem, &mut memo), Ok(0x9000));
+        mem.insert(0x4000, 0xa000 | 7);
+        assert_eq!(walk(&mem, &mut memo), Ok(0xa000));
+        assert_eq!(memo.entries.iter().filter(|e| e.key.flags != 0).count(), 1);
+        assert_eq!(
+            lookup_in_ram(&memo, &words(&mem), &regs(), 0x40_0000, FETCH),
+            Some(0xa000)
+        );
     }
 
     /// Whatever the memo holds, its answers equal a full walk's.

@@ -107,6 +107,7 @@ const NESTED_TESTS: &[&str] = &[
     "nested::pending_event_to_exitintinfo",
     "nested::soft_int_next_rip",
     "nested::exitintinfo_reinjected_by_l0",
+    "nested::soft_event_ends_at_l0_exit",
     "nested::cve_2021_29657_vmcb12_changed_after_vmrun",
     "nested::cve_2021_3653_v_intr_masking_avic",
     "nested::l2_runs_with_l0_intercepts",

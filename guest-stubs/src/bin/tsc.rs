@@ -273,26 +273,34 @@ fn exiting_mode_matches_offset_mode() {
 
 /// The hypervisor's view of the host TSC jumps back by 2^40 ticks; the
 /// guest sees no jump at all (no more than the real time that passed).
-/// One run: the shift is done once.
+/// Four shifts in a row, each checked by the next native RDTSC: an exit
+/// that lands between the hook and that RDTSC (the watchdog's) would
+/// correct a missing compensation in time and hide it; four such exits
+/// in a row do not happen.
 fn backwards_host_is_hidden() {
     let start = now_us();
-    let t1 = rdtsc();
-    check_eq!(
-        call(HC_TSC_SHIFT_HOST_BACK, 1 << 40, 0, 0),
-        0,
-        "shift hypercall"
-    );
-    let t2 = rdtsc();
-    let t3 = rdmsr(IA32_TSC);
+    let first = rdtsc();
+    let mut last = first;
+    for _ in 0..4 {
+        let t1 = rdtsc();
+        check_eq!(
+            call(HC_TSC_SHIFT_HOST_BACK, 1 << 40, 0, 0),
+            0,
+            "shift hypercall"
+        );
+        let t2 = rdtsc();
+        let t3 = rdmsr(IA32_TSC);
+        check!(
+            last <= t1 && t1 <= t2 && t2 <= t3,
+            "TSC went backwards: {t1:#x}, {t2:#x}, RDMSR {t3:#x}"
+        );
+        last = t3;
+    }
     let real = now_us() - start + 1;
     check!(
-        t1 <= t2 && t2 <= t3,
-        "TSC went backwards: {t1:#x}, {t2:#x}, RDMSR {t3:#x}"
-    );
-    check!(
-        within_real(t3 - t1, real),
+        within_real(last - first, real),
         "TSC jumped by {:#x} ticks in {real} us",
-        t3 - t1
+        last - first
     );
 }
 

@@ -33,7 +33,7 @@ fn console_starts_with(o: &Outcome, prefix: &str) -> Result<(), String> {
 }
 
 /// The `nested::*` tests.
-pub static CASES: [Case; 97] = [
+pub static CASES: [Case; 98] = [
     case("nested::l2_msr_sweep"),
     case("nested::cpuid_svm_leaf"),
     Case {
@@ -117,6 +117,7 @@ pub static CASES: [Case; 97] = [
     case("nested::pending_event_to_exitintinfo"),
     case("nested::soft_int_next_rip"),
     case("nested::exitintinfo_reinjected_by_l0"),
+    case("nested::soft_event_ends_at_l0_exit"),
     case("nested::cve_2021_29657_vmcb12_changed_after_vmrun"),
     case("nested::cve_2021_3653_v_intr_masking_avic"),
     case("nested::l2_runs_with_l0_intercepts"),

@@ -36,6 +36,12 @@ pub fn start_watchdog_ap() {
     log::info!("watchdog: APIC timer every {TICK_MS} ms ({count} counts)");
 }
 
+/// This CPU's watchdog ticks so far (`uptime_ms() / TICK_MS`).
+#[inline]
+pub fn ticks() -> u64 {
+    crate::smp::this().ticks.load(Ordering::Relaxed)
+}
+
 /// Starts the watchdog timer. Without it a guest that never exits would
 /// keep the CPU for good.
 pub fn start_watchdog(want_x2apic: bool) {

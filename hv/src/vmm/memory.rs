@@ -52,6 +52,19 @@ impl GuestMemory {
         unsafe { core::slice::from_raw_parts(self.host_virt as *const u8, self.size as usize) }
     }
 
+    /// All of guest RAM as little-endian 8-byte words (guest-physical
+    /// `8 * i` at index `i`): page-table entries read in place.
+    pub fn words(&self) -> &[u64] {
+        // SAFETY: as for bytes; the block is 2 MiB aligned and its size a
+        // multiple of 8, and any bit pattern is a u64.
+        unsafe {
+            core::slice::from_raw_parts(
+                phys_to_virt(self.host_phys) as *const u64,
+                (self.size / 8) as usize,
+            )
+        }
+    }
+
     /// All of guest RAM as bytes, writable.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for bytes; &mut self makes it exclusive.
@@ -59,12 +72,20 @@ impl GuestMemory {
     }
 
     /// The bytes `[gpa, gpa + len)`, if inside guest RAM.
+    #[inline]
     pub fn slice(&self, gpa: u64, len: u64) -> Result<&[u8], OutsideMemory> {
-        let end = gpa
-            .checked_add(len)
-            .filter(|&e| e <= self.size)
-            .ok_or(OutsideMemory { gpa, len })?;
-        Ok(&self.bytes()[gpa as usize..end as usize])
+        // Two compares, no overflow: gpa <= size, then len fits after it.
+        if gpa > self.size || len > self.size - gpa {
+            return Err(OutsideMemory { gpa, len });
+        }
+        // SAFETY: [gpa, gpa + len) is inside the block (checked above),
+        // which is ours and mapped in the direct map.
+        Ok(unsafe {
+            core::slice::from_raw_parts(
+                phys_to_virt(self.host_phys + gpa) as *const u8,
+                len as usize,
+            )
+        })
     }
 
     /// Writable bytes `[gpa, gpa + len)`, if inside guest RAM.
@@ -77,6 +98,7 @@ impl GuestMemory {
     }
 
     /// Reads a little-endian u64 at `gpa`.
+    #[inline]
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
         let b = self.slice(gpa, 8).ok()?;
         Some(u64::from_le_bytes(b.try_into().ok()?))

@@ -20,8 +20,9 @@ use crate::arch::cpu::wrmsr;
 use crate::time::host_tsc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use svm::nested::tsc::{compose, program_l1_offset};
+use svm::tsc::intercepts::{l2_keep, rdtsc_intercepts, unarmed_l2_misc1};
 use svm::tsc::TscMode;
-use svm::{CleanBits, ControlArea, InterceptMisc1, InterceptMisc2};
+use svm::{CleanBits, ControlArea};
 
 /// TSC_AUX value currently in the MSR (the host itself never uses RDTSCP,
 /// so the last guest's value may stay loaded).
@@ -111,8 +112,9 @@ pub fn move_l1(vcpu: &mut Vcpu, vm: &mut Vm, delta: u64) {
 
 /// The test hook HC_TSC_SHIFT_HOST_BACK: the hypervisor's view of the host
 /// TSC jumps back by `ticks`. The skew is part of the programmed offset;
-/// the next reading of the host TSC (here, at once) sees it behind the last
-/// one and absorbs the jump, as for a real host TSC going backwards.
+/// the next reading of the host TSC (here, at once: the entries do not
+/// check, [`observe_on_run`]) sees it behind the last one and absorbs the
+/// jump, as for a real host TSC going backwards.
 pub fn shift_host_back(vcpu: &mut Vcpu, vm: &mut Vm, ticks: u64) {
     host_tsc::shift_back(ticks);
     l1_offset_changed(vcpu, vm);
@@ -121,21 +123,12 @@ pub fn shift_host_back(vcpu: &mut Vcpu, vm: &mut Vm, ticks: u64) {
 
 /// Sets or clears the RDTSC/RDTSCP intercepts in `c` to `on`, keeping
 /// the bits of `keep` (vmcb12's, while L2 runs: L0's intercepts add to L1's).
+#[inline(always)]
 fn set_rdtsc_intercepts(c: &mut ControlArea, on: bool, keep: (u32, u32)) {
-    let (m1, m2) = (InterceptMisc1::RDTSC.bits(), InterceptMisc2::RDTSCP.bits());
-    let want1 = if on {
-        c.intercept_misc1 | m1
-    } else {
-        (c.intercept_misc1 & !m1) | (keep.0 & m1)
-    };
-    let want2 = if on {
-        c.intercept_misc2 | m2
-    } else {
-        (c.intercept_misc2 & !m2) | (keep.1 & m2)
-    };
-    if (want1, want2) != (c.intercept_misc1, c.intercept_misc2) {
-        c.intercept_misc1 = want1;
-        c.intercept_misc2 = want2;
+    let now = (c.intercept_misc1, c.intercept_misc2);
+    let want = rdtsc_intercepts(now, on, keep);
+    if want != now {
+        (c.intercept_misc1, c.intercept_misc2) = want;
         c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
     }
 }
@@ -163,11 +156,23 @@ fn cross_check(vcpu: &Vcpu, vm: &Vm) {
     }
 }
 
-/// Everything TSC-related the next VMRUN needs: a last monotonicity check,
-/// the RDTSC intercepts of the TSC mode, TSC_AUX. The offset is already
-/// programmed (see the module docs).
-pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
+/// When the run loop takes the vCPU (possibly on another CPU than last
+/// time): the host TSC is checked against the last reading, a backwards
+/// one absorbed. Within one run the vCPU stays on this CPU, whose TSC only
+/// moves forwards, and L0's own view moves back only by
+/// [`shift_host_back`], which observes at once: so the entries need no
+/// check of their own, and the exits' ([`after_exit`]) keep `last_host`
+/// current.
+pub fn observe_on_run(vcpu: &mut Vcpu, vm: &mut Vm) {
     observe(vcpu, vm, host_tsc::read());
+}
+
+/// Everything TSC-related the next VMRUN needs: the RDTSC intercepts of
+/// the TSC mode, TSC_AUX. The offset is already programmed (see the module
+/// docs), and the host TSC was checked at the last exit
+/// ([`observe_on_run`]).
+#[inline(always)]
+pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
     if cfg!(debug_assertions) {
         cross_check(vcpu, vm);
     }
@@ -177,25 +182,30 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
         || vm
             .hidden_cpu
             .contains(svm::cpuid_filter::HiddenFeatures::RDTSCP);
+    // Sticky (`svm::tsc::intercepts`): until L0 first wants the exits, no
+    // VMCB of L1's holds its bits, and only L2's RDTSCP quirk needs a look.
+    vcpu.rdtsc_armed |= exiting;
     let nested = &mut vcpu.nested;
     let active = &mut vcpu.vmcb.control;
-    match &nested.l2 {
-        Some(l2) => {
+    match (&nested.l2, vcpu.rdtsc_armed) {
+        (None, false) => {}
+        (Some(l2), false) => {
+            let misc1 = unarmed_l2_misc1(active.intercept_misc1, l2.vmcb12.control.intercept_misc2);
+            if misc1 != active.intercept_misc1 {
+                active.intercept_misc1 = misc1;
+                active.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
+            }
+        }
+        (Some(l2), true) => {
             set_rdtsc_intercepts(&mut nested.hsave.control, exiting, (0, 0));
             // vmcb12's RDTSCP intercept needs the RDTSC one too under QEMU
             // TCG, where RDTSCP obeys the RDTSC bit (docs/qemu-tcg.md); an
             // RDTSC L1 did not ask for is then L0's to emulate.
             let v12 = &l2.vmcb12.control;
-            let rdtscp = v12.intercept_misc2 & InterceptMisc2::RDTSCP.bits() != 0;
-            let v12_misc1 = v12.intercept_misc1
-                | if rdtscp {
-                    InterceptMisc1::RDTSC.bits()
-                } else {
-                    0
-                };
-            set_rdtsc_intercepts(active, exiting, (v12_misc1, v12.intercept_misc2));
+            let keep = l2_keep(v12.intercept_misc1, v12.intercept_misc2);
+            set_rdtsc_intercepts(active, exiting, keep);
         }
-        None => set_rdtsc_intercepts(active, exiting, (0, 0)),
+        (None, true) => set_rdtsc_intercepts(active, exiting, (0, 0)),
     }
 
     let aux = u64::from(vcpu.tsc_aux);

@@ -29,6 +29,9 @@ pub struct Vcpu {
     pub tsc: VcpuTsc,
     /// IA32_TSC_AUX (what RDTSCP returns in ECX).
     pub tsc_aux: u32,
+    /// L0 has wanted RDTSC/RDTSCP exits at some entry (sticky:
+    /// `svm::tsc::intercepts`, `tsc::prepare_entry`).
+    pub rdtsc_armed: bool,
     /// Nested-SVM state (L1's virtual SVM, hsave, the running L2).
     pub nested: Nested,
     /// The guest's EFER.LME is hidden from the CPU in the VMCB (paging off,
@@ -71,6 +74,7 @@ impl Vcpu {
             blocked_io: 0,
             tsc: VcpuTsc::default(),
             tsc_aux: 0,
+            rdtsc_armed: false,
             nested: Nested::new()?,
             host_ticks: 0,
             nmi: svm::nmi::NmiState::default(),
@@ -98,8 +102,21 @@ impl Vcpu {
         exits::dr::load(&self.db);
         // The reset XCR0, not the last VM's (`xcr0`).
         super::xcr0::reset();
+        // A new run may be on another CPU: the host TSC checked once here
+        // (`tsc::observe_on_run`), not at every entry.
+        super::tsc::observe_on_run(self, vm);
         let mut exited_at = None;
-        let started_ms = crate::time::uptime_ms();
+        // Self-tests only: a VM that is not a test has no limits. The
+        // budget's end in watchdog ticks, so each exit compares once:
+        // `ticks * TICK_MS - start_ms > budget_ms` is
+        // `ticks > start_ticks + budget_ms / TICK_MS` (integers).
+        let (budget_end_ticks, max_exits) = match vm.limits {
+            Some(l) => (
+                crate::time::ticks().saturating_add(l.time_budget_ms / crate::time::TICK_MS),
+                l.max_exits,
+            ),
+            None => (u64::MAX, u64::MAX),
+        };
         loop {
             // Other vCPUs' IPIs, INIT/SIPI (one flag test; none with one vCPU).
             if let Some(stop) = access.take_events(self, host) {
@@ -138,21 +155,23 @@ impl Vcpu {
             let exit_tsc = crate::time::host_tsc::read_raw();
             exited_at = Some(exit_tsc);
             super::tsc::after_exit(self, vm, exit_tsc);
+            let c = &mut self.vmcb.control;
             // What the CPU did not deliver is in EXITINTINFO now; from here
             // a valid EVENTINJ means an event L0 queued and nobody received.
-            self.vmcb.control.event_inj = 0;
+            c.event_inj = 0;
+            // The TLB needs flushing only for the first run.
+            c.tlb_control = 0;
+            let raw_code = c.exit_code;
             exits::apic::after_exit(self);
-            let code = ExitCode::from_raw(self.vmcb.control.exit_code);
-            if code == ExitCode::Intr {
+            let code = ExitCode::from_raw(raw_code);
+            if matches!(code, ExitCode::Intr) {
                 // A physical interrupt (the watchdog), held since the exit:
                 // let the host take it now that GIF is set again.
                 // SAFETY: the IDT handles every vector the host enables.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
-            // Self-tests only: a VM that is not a test has no limits.
-            if let Some(limits) = vm.limits {
-                let ran_ms = crate::time::uptime_ms().saturating_sub(started_ms);
-                if ran_ms > limits.time_budget_ms {
+            if crate::time::ticks() > budget_end_ticks {
+                if let Some(limits) = vm.limits {
                     log::warn!(
                         "vm {}: stopped: ran past its {} ms budget, rip {:#x}",
                         vm.name,
@@ -162,11 +181,13 @@ impl Vcpu {
                     return Stop::TimedOut(limits.time_budget_ms);
                 }
             }
-            // The TLB needs flushing only for the first run.
-            self.vmcb.control.tlb_control = 0;
             self.exits += 1;
-            self.exit_counts.add(code.to_raw());
-            let max_exits = vm.limits.map_or(u64::MAX, |l| l.max_exits);
+            // The raw code is the counter's key, except VMEXIT_INVALID (any
+            // upper half: `ExitCode::from_raw`), counted as 64-bit -1.
+            self.exit_counts.add(match code {
+                ExitCode::Invalid => code.to_raw(),
+                _ => raw_code,
+            });
             if step_only {
                 continue;
             }

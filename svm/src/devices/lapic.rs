@@ -148,29 +148,8 @@ pub struct IpiStats {
     pub init_sipi: u64,
 }
 
-/// A 256-bit vector register (IRR, ISR, TMR).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Bits256([u32; 8]);
-
-impl Bits256 {
-    fn set(&mut self, v: u8) {
-        self.0[usize::from(v >> 5)] |= 1 << (v & 31);
-    }
-    fn clear(&mut self, v: u8) {
-        self.0[usize::from(v >> 5)] &= !(1 << (v & 31));
-    }
-    fn highest(&self) -> Option<u8> {
-        // Nothing set (the common case at every guest entry): one test.
-        let w = &self.0;
-        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0 {
-            return None;
-        }
-        (0..8)
-            .rev()
-            .find(|&i| self.0[i] != 0)
-            .map(|i| (i as u32 * 32 + 31 - self.0[i].leading_zeros()) as u8)
-    }
-}
+mod bits;
+use bits::Bits256;
 
 /// The timer's running state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -271,6 +250,7 @@ impl Lapic {
     }
 
     /// The current mode.
+    #[inline]
     pub fn mode(&self) -> Mode {
         match (self.base & BASE_EN != 0, self.base & BASE_EXTD != 0) {
             (false, _) => Mode::Disabled,
@@ -380,8 +360,10 @@ impl Lapic {
 
     /// The highest interrupt in IRR whose priority class is above PPR's:
     /// what the CPU takes next when RFLAGS.IF allows (SDM 11.8.3).
+    #[inline]
     pub fn pending_vector(&self) -> Option<u8> {
-        if self.mode() == Mode::Disabled {
+        // Empty IRR (the common case at every guest entry): one test.
+        if self.irr.is_empty() || self.mode() == Mode::Disabled {
             return None;
         }
         let v = self.irr.highest()?;
@@ -422,6 +404,15 @@ impl Lapic {
     /// Whether an NMI waits.
     pub fn nmi_pending(&self) -> bool {
         self.nmi_pending
+    }
+
+    /// Whether the entry into the guest has APIC work beyond the TPR: a
+    /// running timer to bring up to date, an SMI waiting, or an interrupt
+    /// requested. False is the common case: the run loop then skips the
+    /// rest of its APIC step.
+    #[inline]
+    pub fn entry_work(&self) -> bool {
+        !self.irr.is_empty() || self.smi_pending || self.timer_running()
     }
 
     // ---- timer ----
@@ -472,9 +463,15 @@ impl Lapic {
         }
     }
 
+    /// Whether the timer counts ([`Self::next_deadline`] is `Some`).
+    #[inline]
+    fn timer_running(&self) -> bool {
+        self.timer.initial != 0 && !self.timer.expired && self.mode() != Mode::Disabled
+    }
+
     /// When the timer next expires (ns), if it runs.
     pub fn next_deadline(&self) -> Option<u64> {
-        if self.timer.initial == 0 || self.timer.expired || self.mode() == Mode::Disabled {
+        if !self.timer_running() {
             return None;
         }
         Some(self.timer.start.saturating_add(self.period_ns()))
@@ -509,9 +506,9 @@ impl Lapic {
             reg::LDR => self.ldr,
             reg::DFR if !x2 => self.dfr,
             reg::SPIV => self.spiv,
-            o @ 0x100..=0x170 => self.isr.0[((o - reg::ISR) >> 4) as usize],
-            o @ 0x180..=0x1F0 => self.tmr.0[((o - reg::TMR) >> 4) as usize],
-            o @ 0x200..=0x270 => self.irr.0[((o - reg::IRR) >> 4) as usize],
+            o @ 0x100..=0x170 => self.isr.word(((o - reg::ISR) >> 4) as usize),
+            o @ 0x180..=0x1F0 => self.tmr.word(((o - reg::TMR) >> 4) as usize),
+            o @ 0x200..=0x270 => self.irr.word(((o - reg::IRR) >> 4) as usize),
             reg::ESR => self.esr,
             reg::ICR => self.icr as u32,
             reg::ICR2 if !x2 => (self.icr >> 32) as u32,

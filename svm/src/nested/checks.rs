@@ -22,7 +22,7 @@ use crate::exec_ctl::NestedCtl;
 use crate::intercept::InterceptMisc2;
 use crate::msr::{EFER_LME, EFER_SVME};
 use crate::msrpm::MSRPM_SIZE;
-use crate::vmcb::{Vmcb, VmcbSegment};
+use crate::vmcb::{ControlArea, StateSaveArea, Vmcb, VmcbSegment};
 
 /// Bits 63:32 of CR0, DR6 and DR7, all MBZ; also of CR3 outside long mode
 /// (the legacy and PAE CR3 formats are 32 bits wide, APM 3.1.2).
@@ -141,13 +141,70 @@ pub enum Vmcb12Error {
 /// long mode" is covered by [`L1Limits::efer_allowed`], which has LME/LMA
 /// only when L1's CPUID shows long mode.
 pub fn check_vmcb12(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
-    check_save(vmcb, limits)?;
-    check_controls(vmcb, limits)
+    check_l2(&vmcb.state, &vmcb.control, limits)
+}
+
+/// [`check_vmcb12`] on vmcb12 read into two places of hypervisor memory:
+/// its state (loaded where L2 will run, `super::vmrun::read_vmcb12`) and
+/// its controls (L0's copy). A vmcb12 that passes every rule, the usual
+/// case, costs one straight-line test ([`passes_all`]); only a refusal
+/// walks the rules in the APM's order to name the first one broken.
+#[inline]
+pub fn check_l2(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> Result<(), Vmcb12Error> {
+    if passes_all(s, c, limits) {
+        return Ok(());
+    }
+    first_failure(s, c, limits)
+}
+
+/// The rules one by one, in the APM's order (the refusal path).
+#[cold]
+#[inline(never)]
+fn first_failure(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> Result<(), Vmcb12Error> {
+    check_save(s, limits)?;
+    check_controls(c, limits)
+}
+
+/// Every rule of [`check_vmcb12`] at once, without branches per rule:
+/// `true` only if each one passes (never for a vmcb12 the ordered checks
+/// refuse: tested). It may say `false` for some legal vmcb12s (the map
+/// bases' exact edges, TLB_CONTROL 3/7, MAXPHYADDR above 52), which the
+/// ordered checks then accept: slower, never wrong.
+#[inline(always)]
+pub fn passes_all(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> bool {
+    let long_mode = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
+    let phys = limits.max_phys_bits.min(MAX_CR3_PHYS_BITS);
+    let above_phys = u64::MAX << phys;
+    let cr3_mbz = if long_mode { above_phys } else { HIGH_HALF };
+    let mbz = (s.cr0 & HIGH_HALF)
+        | (s.cr3 & cr3_mbz)
+        | (s.cr4 & !limits.cr4_allowed)
+        | ((s.dr6 | s.dr7) & HIGH_HALF)
+        | (s.efer & !limits.efer_allowed);
+    let l_and_d = VmcbSegment::ATTR_L | VmcbSegment::ATTR_DB;
+    let long_ok = !long_mode
+        || (s.cr4 & CR4_PAE != 0 && s.cr0 & CR0_PE != 0 && s.cs.attrib & l_and_d != l_and_d);
+    // Both maps (MSRPM 8 KiB, IOPM 0x2001 bytes) end below 2^phys if the
+    // higher base, offset bits and all, is below 2^phys - 12 KiB.
+    let maps_ok = (c.msrpm_base_pa | c.iopm_base_pa) < (1u64 << phys).saturating_sub(0x3000);
+    let np = NestedCtl::NP_ENABLE.bits();
+    let ncr3_ok = c.nested_ctl & np == 0 || !limits.npt_offered || c.ncr3 & above_phys == 0;
+    (s.efer & EFER_SVME != 0)
+        & (s.cr0 & CR0_CD != 0 || s.cr0 & CR0_NW == 0)
+        & (mbz == 0)
+        & long_ok
+        & (c.intercept_misc2 & InterceptMisc2::VMRUN.bits() != 0)
+        & maps_ok
+        & (c.guest_asid != 0)
+        & (c.tlb_control <= 1)
+        & ncr3_ok
+        // Last, so the rest is not kept across the call.
+        && (c.event_inj & EventInfo::VALID == 0 || EventInfo(c.event_inj).is_legal())
 }
 
 /// Whether vmcb12 enters long mode: EFER.LME and CR0.PG (LMA follows).
-pub fn enters_long_mode(vmcb: &Vmcb) -> bool {
-    vmcb.state.efer & EFER_LME != 0 && vmcb.state.cr0 & CR0_PG != 0
+pub fn enters_long_mode(s: &StateSaveArea) -> bool {
+    s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0
 }
 
 /// Whether VMRUN loads vmcb12's four PAE PDPTEs from L1 memory and fails
@@ -157,15 +214,13 @@ pub fn enters_long_mode(vmcb: &Vmcb) -> bool {
 /// With nested paging the PDPTEs are read at each walk instead, and a
 /// reserved bit is L2's #PF (KVM `nested_svm_load_cr3`, kvm-unit-tests
 /// `svm_pae_test`).
-pub fn vmrun_loads_pdptes(vmcb: &Vmcb, limits: &L1Limits) -> bool {
-    let s = &vmcb.state;
-    let npt = limits.npt_offered && vmcb.control.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0;
+pub fn vmrun_loads_pdptes(s: &StateSaveArea, c: &ControlArea, limits: &L1Limits) -> bool {
+    let npt = limits.npt_offered && c.nested_ctl & NestedCtl::NP_ENABLE.bits() != 0;
     s.cr0 & CR0_PG != 0 && s.cr4 & CR4_PAE != 0 && s.efer & EFER_LME == 0 && !npt
 }
 
 /// The guest-state half of the list.
-fn check_save(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
-    let s = &vmcb.state;
+fn check_save(s: &StateSaveArea, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if s.efer & EFER_SVME == 0 {
         return Err(Vmcb12Error::EferSvmeClear);
     }
@@ -174,7 +229,7 @@ fn check_save(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     }
     mbz(s.cr0 & HIGH_HALF, Vmcb12Error::Cr0High)?;
 
-    let long_mode = enters_long_mode(vmcb);
+    let long_mode = enters_long_mode(s);
     // CR3 (APM 3.1.2): the long-mode format has MBZ bits from MAXPHYADDR
     // up; the legacy and PAE formats are 32-bit registers, so bits 63:32
     // are MBZ there. Low reserved bits (2:0, 11:5) are ignored, not MBZ.
@@ -206,8 +261,7 @@ fn check_save(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
 }
 
 /// The control-area half of the list.
-fn check_controls(vmcb: &Vmcb, limits: &L1Limits) -> Result<(), Vmcb12Error> {
-    let c = &vmcb.control;
+fn check_controls(c: &ControlArea, limits: &L1Limits) -> Result<(), Vmcb12Error> {
     if c.intercept_misc2 & InterceptMisc2::VMRUN.bits() == 0 {
         return Err(Vmcb12Error::VmrunNotIntercepted);
     }
@@ -671,21 +725,42 @@ mod tests {
     #[test]
     fn pdptes_load_for_legacy_pae_without_nested_paging() {
         let mut v = baseline();
-        assert!(!vmrun_loads_pdptes(&v, &limits()), "long mode");
+        assert!(
+            !vmrun_loads_pdptes(&v.state, &v.control, &limits()),
+            "long mode"
+        );
         v.state.efer = EFER_SVME;
         v.state.cs.attrib = 0xC9B;
-        assert!(vmrun_loads_pdptes(&v, &limits()), "legacy PAE paging");
+        assert!(
+            vmrun_loads_pdptes(&v.state, &v.control, &limits()),
+            "legacy PAE paging"
+        );
         let mut npt = limits();
         npt.npt_offered = true;
-        assert!(vmrun_loads_pdptes(&v, &npt), "NP_ENABLE clear");
+        assert!(
+            vmrun_loads_pdptes(&v.state, &v.control, &npt),
+            "NP_ENABLE clear"
+        );
         v.control.nested_ctl = NestedCtl::NP_ENABLE.bits();
-        assert!(!vmrun_loads_pdptes(&v, &npt), "nested paging");
-        assert!(vmrun_loads_pdptes(&v, &limits()), "NP_ENABLE not offered");
+        assert!(
+            !vmrun_loads_pdptes(&v.state, &v.control, &npt),
+            "nested paging"
+        );
+        assert!(
+            vmrun_loads_pdptes(&v.state, &v.control, &limits()),
+            "NP_ENABLE not offered"
+        );
         v.state.cr4 = 0;
-        assert!(!vmrun_loads_pdptes(&v, &limits()), "32-bit paging");
+        assert!(
+            !vmrun_loads_pdptes(&v.state, &v.control, &limits()),
+            "32-bit paging"
+        );
         v.state.cr4 = CR4_PAE;
         v.state.cr0 &= !CR0_PG;
-        assert!(!vmrun_loads_pdptes(&v, &limits()), "paging off");
+        assert!(
+            !vmrun_loads_pdptes(&v.state, &v.control, &limits()),
+            "paging off"
+        );
     }
 
     #[test]
@@ -733,8 +808,8 @@ mod tests {
             check_vmcb12(&v, &limits()),
             Err(Vmcb12Error::Cr3Reserved(1 << 33))
         );
-        assert!(!enters_long_mode(&v));
-        assert!(enters_long_mode(&baseline()));
+        assert!(!enters_long_mode(&v.state));
+        assert!(enters_long_mode(&baseline().state));
     }
 
     #[test]
@@ -920,7 +995,7 @@ mod tests {
     fn qemu_refuses(v: &Vmcb, phys_bits: u8, cr4_reserved: u64) -> bool {
         const FFXSR: u64 = 1 << 14;
         let s = &v.state;
-        let efer = match enters_long_mode(v) {
+        let efer = match enters_long_mode(&v.state) {
             true => s.efer | EFER_LMA,
             false => s.efer & !EFER_LMA,
         };
@@ -995,6 +1070,45 @@ mod tests {
 
     use proptest::prelude::*;
 
+    /// [`corrupted`], plus corruptions of the controls VMRUN checks.
+    fn hostile() -> impl Strategy<Value = Vmcb> {
+        let edit = (0u8..8, any::<u64>());
+        (corrupted(), proptest::collection::vec(edit, 0..=3)).prop_map(|(mut v, edits)| {
+            for (field, r) in edits {
+                let c = &mut v.control;
+                match field {
+                    0 => c.intercept_misc2 ^= 1 << (r % 32),
+                    1 => c.guest_asid = (r % 3) as u32,
+                    2 => c.tlb_control = (r % 9) as u8,
+                    3 => c.msrpm_base_pa = r >> (r % 64),
+                    4 => c.iopm_base_pa = r >> (r % 64),
+                    5 => c.nested_ctl ^= 1,
+                    6 => c.ncr3 = r >> (r % 64),
+                    _ => c.event_inj = r & 0xFFFF_FFFF_8000_0FFF,
+                }
+            }
+            v
+        })
+    }
+
+    /// The usual vmcb12s take the straight-line path.
+    #[test]
+    fn legal_vmcb12s_pass_all_at_once() {
+        let l = limits();
+        assert!(passes_all(&baseline().state, &baseline().control, &l));
+        let mut v = baseline();
+        v.state.efer = EFER_SVME;
+        v.state.cr0 = 1 << 4;
+        v.state.cr4 = 0;
+        v.state.cr3 = 0xFFFF_F000;
+        v.control.event_inj = EventInfo::exception_with_error_code(14, 2).0;
+        v.control.tlb_control = 1;
+        assert!(
+            passes_all(&v.state, &v.control, &l),
+            "real mode, #PF injected"
+        );
+    }
+
     proptest! {
         // Enough cases that a single-bit rule (CR0.PE) is hit many times.
         #![proptest_config(ProptestConfig::with_cases(8192))]
@@ -1007,6 +1121,18 @@ mod tests {
             let limits = L1Limits::from_cpuid(&qemu64_cpu(), false);
             if check_vmcb12(&v, &limits).is_ok() {
                 prop_assert!(!qemu_refuses(&v, 40, QEMU64_CR4_RESERVED));
+            }
+        }
+
+        /// The straight-line test never passes what the ordered checks
+        /// refuse (it may send a legal vmcb12 to them: only slower).
+        #[test]
+        fn passes_all_implies_every_rule(v in hostile(), npt in any::<bool>(), phys in 30u8..=64) {
+            let mut limits = L1Limits::from_cpuid(&cpu(), npt);
+            limits.max_phys_bits = phys;
+            if passes_all(&v.state, &v.control, &limits) {
+                prop_assert_eq!(check_save(&v.state, &limits), Ok(()));
+                prop_assert_eq!(check_controls(&v.control, &limits), Ok(()));
             }
         }
     }

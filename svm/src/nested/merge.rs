@@ -77,27 +77,80 @@ pub fn merge_iopm(l0: &[u8; IOPM_SIZE], l1: &[u8; IOPM_SIZE], out: &mut [u8; IOP
     or_into(l0, l1, out);
 }
 
+/// Most distinct map bytes a set of [`MsrpmHoles`] may touch.
+const MAX_HOLE_BYTES: usize = 8;
+
+/// Where a set of MSRs has its intercept bits in an MSR permission map:
+/// each map byte holding some of them, with the mask of their read and
+/// write bits there. Built at compile time ([`MsrpmHoles::new`]) from
+/// L0's pass-through list, so a nested VMRUN computes no bit position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrpmHoles {
+    /// (map byte, mask of the MSRs' bits in it), the first `len` used.
+    bytes: [(u16, u8); MAX_HOLE_BYTES],
+    len: usize,
+}
+
+impl MsrpmHoles {
+    /// The bytes and masks of `msrs`' intercept bits (both of each: the
+    /// read bit and the write bit after it, APM 15.11). An MSR outside
+    /// the map's ranges is skipped: it cannot be a hole (with MSR_PROT it
+    /// always exits). More than [`MAX_HOLE_BYTES`] bytes is a build error
+    /// when used in a `const`.
+    pub const fn new(msrs: &[u32]) -> Self {
+        let mut holes = Self {
+            bytes: [(0, 0); MAX_HOLE_BYTES],
+            len: 0,
+        };
+        let mut i = 0;
+        while i < msrs.len() {
+            if let Some((byte, bit)) = crate::msrpm::bit_position(msrs[i]) {
+                let mask = 3u8 << bit;
+                let mut j = 0;
+                while j < holes.len && holes.bytes[j].0 as usize != byte {
+                    j += 1;
+                }
+                if j == holes.len {
+                    assert!(holes.len < MAX_HOLE_BYTES, "too many MSRPM hole bytes");
+                    holes.bytes[j] = (byte as u16, 0);
+                    holes.len += 1;
+                }
+                holes.bytes[j].1 |= mask;
+            }
+            i += 1;
+        }
+        holes
+    }
+
+    /// The (map byte, bit mask) pairs.
+    #[inline(always)]
+    pub fn bytes(&self) -> &[(u16, u8)] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// The MSRPM union when L0 intercepts every MSR except `holes` (the MSRs it
 /// passes through): the union is then L0's map except at the holes' bits,
 /// which follow L1 (`None`: L1 does not enable its map, so L0's 0 stays).
 /// `out` must already hold L0's map; only the holes' bits are written, so
-/// a nested VMRUN costs a few bit operations instead of an 8 KiB merge.
-/// Equals [`merge_msrpm`] under that condition (tested). L1's map is read
+/// a nested VMRUN costs a few byte operations (one per map byte the holes
+/// are in, [`MsrpmHoles`]) instead of an 8 KiB merge. Equals
+/// [`merge_msrpm`] under that condition (tested). L1's map is read
 /// through a [`MsrpmView`]: its bytes outside L1's RAM intercept.
 ///
 /// Done at every nested VMRUN: the APM's clean bits say nothing about the
 /// contents of L1's map, which L1 may rewrite at any time (KVM
-/// `nested_svm_merge_msrpm` merges each VMRUN too). It costs one bit-pair
-/// update per hole.
-pub fn merge_msrpm_holes(l1: Option<&MsrpmView<'_>>, holes: &[u32], out: &mut [u8; MSRPM_SIZE]) {
-    for &msr in holes {
-        // Holes are inside the map's ranges, or they could not be holes.
-        let Some((byte, bit)) = crate::msrpm::bit_position(msr) else {
-            continue;
-        };
-        // The read intercept is bit `bit`, the write intercept the next.
-        let l1_pair = l1.map_or(0, |m| m.byte(byte) >> bit & 3);
-        out[byte] = out[byte] & !(3 << bit) | l1_pair << bit;
+/// `nested_svm_merge_msrpm` merges each VMRUN too).
+#[inline(always)]
+pub fn merge_msrpm_holes(
+    l1: Option<&MsrpmView<'_>>,
+    holes: &MsrpmHoles,
+    out: &mut [u8; MSRPM_SIZE],
+) {
+    for &(byte, mask) in holes.bytes() {
+        let byte = usize::from(byte);
+        let l1_bits = l1.map_or(0, |m| m.byte(byte)) & mask;
+        out[byte] = out[byte] & !mask | l1_bits;
     }
 }
 
@@ -320,6 +373,25 @@ mod tests {
         }
     }
 
+    /// The const table: one entry per map byte, both bits of each MSR.
+    #[test]
+    fn holes_are_grouped_by_byte() {
+        const H: MsrpmHoles = MsrpmHoles::new(&[0xC000_0100, 0xC000_0101, 0xC000_0102]);
+        assert_eq!(H.bytes(), &[(0x840, 0b0011_1111)]);
+        let h = MsrpmHoles::new(&[0x10, 0xC000_0103, 0x4000_0000, 0x13, 0xC001_1FFF]);
+        assert_eq!(
+            h.bytes(),
+            &[
+                (0x4, 0b1100_0011),
+                (0x840, 0b1100_0000),
+                (0x17FF, 0b1100_0000)
+            ]
+        );
+        let h = MsrpmHoles::new(&[0x13, 0x10]);
+        assert_eq!(h.bytes(), &[(0x4, 0b1100_0011)]);
+        assert_eq!(MsrpmHoles::new(&[]).bytes(), &[]);
+    }
+
     proptest! {
         /// With L0 intercepting all but a few MSRs, the hole-only merge is
         /// the full union, for any L1 map.
@@ -340,7 +412,7 @@ mod tests {
             }
             let mut holes_only = l0.clone();
             let view = MsrpmView::full(&l1);
-            merge_msrpm_holes(enabled.then_some(&view), &holes, &mut holes_only);
+            merge_msrpm_holes(enabled.then_some(&view), &MsrpmHoles::new(&holes), &mut holes_only);
             prop_assert!(full[..] == holes_only[..]);
         }
 
@@ -361,7 +433,7 @@ mod tests {
             let mut full = Box::new([0u8; MSRPM_SIZE]);
             merge_msrpm(&l0, &expected_l1, &mut full);
             let mut holes_only = l0.clone();
-            merge_msrpm_holes(Some(&view), &holes, &mut holes_only);
+            merge_msrpm_holes(Some(&view), &MsrpmHoles::new(&holes), &mut holes_only);
             prop_assert!(full[..] == holes_only[..]);
         }
     }

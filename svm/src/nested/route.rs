@@ -9,7 +9,7 @@
 
 use super::map_view::{self, IopmView, MsrpmView};
 use crate::exit::{ExitCode, IoioInfo};
-use crate::intercept::{InterceptMisc1, InterceptMisc2, InterceptMisc3};
+use crate::intercept::InterceptMisc1;
 use crate::vmcb::ControlArea;
 
 /// Where an exit from L2 goes.
@@ -65,9 +65,42 @@ impl InterceptBit {
     }
 }
 
-/// The position of a single-flag `InterceptMisc*` value.
-const fn pos(bits: u32) -> u32 {
-    bits.trailing_zeros()
+/// The last exit code an intercept bit controls (IDLE_HLT, misc3 bit 6).
+const LAST_INTERCEPT_CODE: u64 = 0xA6;
+
+/// Where `code`'s vmcb12 intercept bit is, as `word * 32 + bit` over the
+/// six intercept words (CR, DR, exceptions, misc1-3; APM Table B-1): the
+/// exit code itself, as Appendix C numbers the codes 0x00-0xA6 in the
+/// order of those bits. `None` as for [`intercept_bit_of`].
+#[inline]
+fn intercept_position(code: ExitCode) -> Option<u32> {
+    use ExitCode as C;
+    let in_range = match code {
+        C::CrRead(n) | C::CrWrite(n) | C::DrRead(n) | C::DrWrite(n) | C::CrWriteTrap(n) => n < 16,
+        C::Exception(v) => v < 32,
+        // Whatever it holds: only `from_raw` names codes.
+        C::Unknown(_) => false,
+        _ => true,
+    };
+    let raw = code.to_raw();
+    match in_range && raw <= LAST_INTERCEPT_CODE {
+        true => Some(raw as u32),
+        false => None,
+    }
+}
+
+/// Whether `ctl` sets the intercept bit at `pos` ([`intercept_position`]).
+#[inline]
+fn position_set(ctl: &ControlArea, pos: u32) -> bool {
+    let word = match pos >> 5 {
+        0 => ctl.intercept_cr,
+        1 => ctl.intercept_dr,
+        2 => ctl.intercept_exceptions,
+        3 => ctl.intercept_misc1,
+        4 => ctl.intercept_misc2,
+        _ => ctl.intercept_misc3,
+    };
+    (word >> (pos & 31)) & 1 != 0
 }
 
 /// The vmcb12 intercept bit an exit code corresponds to, if any (for tests
@@ -81,85 +114,16 @@ const fn pos(bits: u32) -> u32 {
 /// [`ExitCode::Rdtsc`] maps to the RDTSC bit, which under QEMU TCG also
 /// covers RDTSCP.
 pub fn intercept_bit_of(code: ExitCode) -> Option<InterceptBit> {
-    use ExitCode as C;
-    use InterceptBit::{Misc1, Misc2, Misc3};
-    type M1 = InterceptMisc1;
-    type M2 = InterceptMisc2;
-    type M3 = InterceptMisc3;
-    let bit = match code {
-        C::CrRead(n) if n < 16 => InterceptBit::Cr(u32::from(n)),
-        C::CrWrite(n) if n < 16 => InterceptBit::Cr(16 + u32::from(n)),
-        C::DrRead(n) if n < 16 => InterceptBit::Dr(u32::from(n)),
-        C::DrWrite(n) if n < 16 => InterceptBit::Dr(16 + u32::from(n)),
-        C::Exception(v) if v < 32 => InterceptBit::Exception(u32::from(v)),
-        C::CrRead(_) | C::CrWrite(_) | C::DrRead(_) | C::DrWrite(_) | C::Exception(_) => {
-            return None
-        }
-        C::Intr => Misc1(pos(M1::INTR.bits())),
-        C::Nmi => Misc1(pos(M1::NMI.bits())),
-        C::Smi => Misc1(pos(M1::SMI.bits())),
-        C::Init => Misc1(pos(M1::INIT.bits())),
-        C::Vintr => Misc1(pos(M1::VINTR.bits())),
-        C::Cr0SelWrite => Misc1(pos(M1::CR0_SEL_WRITE.bits())),
-        C::IdtrRead => Misc1(pos(M1::IDTR_READ.bits())),
-        C::GdtrRead => Misc1(pos(M1::GDTR_READ.bits())),
-        C::LdtrRead => Misc1(pos(M1::LDTR_READ.bits())),
-        C::TrRead => Misc1(pos(M1::TR_READ.bits())),
-        C::IdtrWrite => Misc1(pos(M1::IDTR_WRITE.bits())),
-        C::GdtrWrite => Misc1(pos(M1::GDTR_WRITE.bits())),
-        C::LdtrWrite => Misc1(pos(M1::LDTR_WRITE.bits())),
-        C::TrWrite => Misc1(pos(M1::TR_WRITE.bits())),
-        C::Rdtsc => Misc1(pos(M1::RDTSC.bits())),
-        C::Rdpmc => Misc1(pos(M1::RDPMC.bits())),
-        C::Pushf => Misc1(pos(M1::PUSHF.bits())),
-        C::Popf => Misc1(pos(M1::POPF.bits())),
-        C::Cpuid => Misc1(pos(M1::CPUID.bits())),
-        C::Rsm => Misc1(pos(M1::RSM.bits())),
-        C::Iret => Misc1(pos(M1::IRET.bits())),
-        C::Swint => Misc1(pos(M1::INTN.bits())),
-        C::Invd => Misc1(pos(M1::INVD.bits())),
-        C::Pause => Misc1(pos(M1::PAUSE.bits())),
-        C::Hlt => Misc1(pos(M1::HLT.bits())),
-        C::Invlpg => Misc1(pos(M1::INVLPG.bits())),
-        C::Invlpga => Misc1(pos(M1::INVLPGA.bits())),
-        C::Ioio => Misc1(pos(M1::IOIO_PROT.bits())),
-        C::Msr => Misc1(pos(M1::MSR_PROT.bits())),
-        C::TaskSwitch => Misc1(pos(M1::TASK_SWITCH.bits())),
-        C::FerrFreeze => Misc1(pos(M1::FERR_FREEZE.bits())),
-        C::Shutdown => Misc1(pos(M1::SHUTDOWN.bits())),
-        C::Vmrun => Misc2(pos(M2::VMRUN.bits())),
-        C::Vmmcall => Misc2(pos(M2::VMMCALL.bits())),
-        C::Vmload => Misc2(pos(M2::VMLOAD.bits())),
-        C::Vmsave => Misc2(pos(M2::VMSAVE.bits())),
-        C::Stgi => Misc2(pos(M2::STGI.bits())),
-        C::Clgi => Misc2(pos(M2::CLGI.bits())),
-        C::Skinit => Misc2(pos(M2::SKINIT.bits())),
-        C::Rdtscp => Misc2(pos(M2::RDTSCP.bits())),
-        C::Icebp => Misc2(pos(M2::ICEBP.bits())),
-        C::Wbinvd => Misc2(pos(M2::WBINVD.bits())),
-        C::Monitor => Misc2(pos(M2::MONITOR.bits())),
-        C::Mwait => Misc2(pos(M2::MWAIT.bits())),
-        C::MwaitConditional => Misc2(pos(M2::MWAIT_CONDITIONAL.bits())),
-        C::Xsetbv => Misc2(pos(M2::XSETBV.bits())),
-        C::Rdpru => Misc2(pos(M2::RDPRU.bits())),
-        C::EferWriteTrap => Misc2(pos(M2::EFER_WRITE_TRAP.bits())),
-        C::CrWriteTrap(n) if n < 16 => Misc2(16 + u32::from(n)),
-        C::CrWriteTrap(_) => return None,
-        C::Invlpgb => Misc3(pos(M3::INVLPGB.bits())),
-        C::InvlpgbIllegal => Misc3(pos(M3::INVLPGB_ILLEGAL.bits())),
-        C::Invpcid => Misc3(pos(M3::INVPCID.bits())),
-        C::Mcommit => Misc3(pos(M3::MCOMMIT.bits())),
-        C::Tlbsync => Misc3(pos(M3::TLBSYNC.bits())),
-        C::BusLock => Misc3(pos(M3::BUS_LOCK.bits())),
-        C::IdleHlt => Misc3(pos(M3::IDLE_HLT.bits())),
-        C::Npf
-        | C::AvicIncompleteIpi
-        | C::AvicNoaccel
-        | C::Vmgexit
-        | C::Invalid
-        | C::Unknown(_) => return None,
-    };
-    Some(bit)
+    let pos = intercept_position(code)?;
+    let bit = pos & 31;
+    Some(match pos >> 5 {
+        0 => InterceptBit::Cr(bit),
+        1 => InterceptBit::Dr(bit),
+        2 => InterceptBit::Exception(bit),
+        3 => InterceptBit::Misc1(bit),
+        4 => InterceptBit::Misc2(bit),
+        _ => InterceptBit::Misc3(bit),
+    })
 }
 
 /// APM 15.9ff: the exit goes to L1 when vmcb12's intercepts ask for it —
@@ -201,28 +165,40 @@ pub fn route_exit(
     l1_msrpm: MsrpmView<'_>,
     l1_iopm: IopmView<'_>,
 ) -> Route {
+    route_exit_lazy(exit, vmcb12, || (l1_msrpm, l1_iopm))
+}
+
+/// [`route_exit`] with L1's maps made by `l1_maps` only when the exit
+/// needs them (an MSR or IOIO exit vmcb12 intercepts): every exit from L2
+/// is routed, most are neither.
+#[inline]
+pub fn route_exit_lazy<'m>(
+    exit: &ExitFacts,
+    vmcb12: &ControlArea,
+    l1_maps: impl FnOnce() -> (MsrpmView<'m>, IopmView<'m>),
+) -> Route {
     // A machine check is the host's, whatever L1 intercepts: L1 must not
     // see (or be trusted to handle) the physical machine's errors.
-    if exit.code == ExitCode::Exception(18) {
-        return Route::L0;
-    }
     // Physical interrupts are L0's (its devices, its watchdog): L0 takes
     // them and resumes L2. L1 gets #VMEXIT(INTR) only for an interrupt L0
     // holds for it ([`pending_interrupt_exits_l2`]). So is a physical NMI:
     // an NMI L0 holds for L1 reaches L1 as #VMEXIT(NMI) by L0's choice
     // (`crate::nmi`), never through here.
-    if matches!(exit.code, ExitCode::Intr | ExitCode::Nmi) {
+    if matches!(
+        exit.code,
+        ExitCode::Exception(18) | ExitCode::Intr | ExitCode::Nmi
+    ) {
         return Route::L0;
     }
-    let Some(bit) = intercept_bit_of(exit.code) else {
+    let Some(pos) = intercept_position(exit.code) else {
         return Route::L0;
     };
-    if !bit.is_set(vmcb12) {
+    if !position_set(vmcb12, pos) {
         return Route::L0;
     }
     let l1_wants = match exit.code {
-        ExitCode::Msr => msr_intercepted(&l1_msrpm, exit),
-        ExitCode::Ioio => io_intercepted(&l1_iopm, exit.exit_info1),
+        ExitCode::Msr => msr_intercepted(&l1_maps().0, exit),
+        ExitCode::Ioio => io_intercepted(&l1_maps().1, exit.exit_info1),
         _ => true,
     };
     if l1_wants {
@@ -398,10 +374,116 @@ mod machine_check_tests {
     }
 }
 
+/// The named-flag table [`intercept_bit_of`] replaced (tests only).
+#[cfg(test)]
+mod reference {
+    use super::InterceptBit;
+    use crate::exit::ExitCode;
+    use crate::intercept::{InterceptMisc1, InterceptMisc2, InterceptMisc3};
+
+    /// The position of a single-flag `InterceptMisc*` value.
+    const fn pos(bits: u32) -> u32 {
+        bits.trailing_zeros()
+    }
+
+    /// The intercept bit of each exit code, spelt out by name: the reference
+    /// [`intercept_bit_of`]'s arithmetic on Appendix C codes must match.
+    ///
+    /// `None` for exits no intercept bit controls (NPF, the AVIC exits,
+    /// VMGEXIT, VMEXIT_INVALID, unknown codes) and for register or vector
+    /// numbers out of range (CR16, exception 32: not produced by
+    /// [`ExitCode::from_raw`]). MSR and IOIO exits map to MSR_PROT and
+    /// IOIO_PROT; the permission maps then refine them (see [`route_exit`]).
+    /// [`ExitCode::Rdtsc`] maps to the RDTSC bit, which under QEMU TCG also
+    /// covers RDTSCP.
+    pub(super) fn reference_bit_of(code: ExitCode) -> Option<InterceptBit> {
+        use ExitCode as C;
+        use InterceptBit::{Misc1, Misc2, Misc3};
+        type M1 = InterceptMisc1;
+        type M2 = InterceptMisc2;
+        type M3 = InterceptMisc3;
+        let bit = match code {
+            C::CrRead(n) if n < 16 => InterceptBit::Cr(u32::from(n)),
+            C::CrWrite(n) if n < 16 => InterceptBit::Cr(16 + u32::from(n)),
+            C::DrRead(n) if n < 16 => InterceptBit::Dr(u32::from(n)),
+            C::DrWrite(n) if n < 16 => InterceptBit::Dr(16 + u32::from(n)),
+            C::Exception(v) if v < 32 => InterceptBit::Exception(u32::from(v)),
+            C::CrRead(_) | C::CrWrite(_) | C::DrRead(_) | C::DrWrite(_) | C::Exception(_) => {
+                return None
+            }
+            C::Intr => Misc1(pos(M1::INTR.bits())),
+            C::Nmi => Misc1(pos(M1::NMI.bits())),
+            C::Smi => Misc1(pos(M1::SMI.bits())),
+            C::Init => Misc1(pos(M1::INIT.bits())),
+            C::Vintr => Misc1(pos(M1::VINTR.bits())),
+            C::Cr0SelWrite => Misc1(pos(M1::CR0_SEL_WRITE.bits())),
+            C::IdtrRead => Misc1(pos(M1::IDTR_READ.bits())),
+            C::GdtrRead => Misc1(pos(M1::GDTR_READ.bits())),
+            C::LdtrRead => Misc1(pos(M1::LDTR_READ.bits())),
+            C::TrRead => Misc1(pos(M1::TR_READ.bits())),
+            C::IdtrWrite => Misc1(pos(M1::IDTR_WRITE.bits())),
+            C::GdtrWrite => Misc1(pos(M1::GDTR_WRITE.bits())),
+            C::LdtrWrite => Misc1(pos(M1::LDTR_WRITE.bits())),
+            C::TrWrite => Misc1(pos(M1::TR_WRITE.bits())),
+            C::Rdtsc => Misc1(pos(M1::RDTSC.bits())),
+            C::Rdpmc => Misc1(pos(M1::RDPMC.bits())),
+            C::Pushf => Misc1(pos(M1::PUSHF.bits())),
+            C::Popf => Misc1(pos(M1::POPF.bits())),
+            C::Cpuid => Misc1(pos(M1::CPUID.bits())),
+            C::Rsm => Misc1(pos(M1::RSM.bits())),
+            C::Iret => Misc1(pos(M1::IRET.bits())),
+            C::Swint => Misc1(pos(M1::INTN.bits())),
+            C::Invd => Misc1(pos(M1::INVD.bits())),
+            C::Pause => Misc1(pos(M1::PAUSE.bits())),
+            C::Hlt => Misc1(pos(M1::HLT.bits())),
+            C::Invlpg => Misc1(pos(M1::INVLPG.bits())),
+            C::Invlpga => Misc1(pos(M1::INVLPGA.bits())),
+            C::Ioio => Misc1(pos(M1::IOIO_PROT.bits())),
+            C::Msr => Misc1(pos(M1::MSR_PROT.bits())),
+            C::TaskSwitch => Misc1(pos(M1::TASK_SWITCH.bits())),
+            C::FerrFreeze => Misc1(pos(M1::FERR_FREEZE.bits())),
+            C::Shutdown => Misc1(pos(M1::SHUTDOWN.bits())),
+            C::Vmrun => Misc2(pos(M2::VMRUN.bits())),
+            C::Vmmcall => Misc2(pos(M2::VMMCALL.bits())),
+            C::Vmload => Misc2(pos(M2::VMLOAD.bits())),
+            C::Vmsave => Misc2(pos(M2::VMSAVE.bits())),
+            C::Stgi => Misc2(pos(M2::STGI.bits())),
+            C::Clgi => Misc2(pos(M2::CLGI.bits())),
+            C::Skinit => Misc2(pos(M2::SKINIT.bits())),
+            C::Rdtscp => Misc2(pos(M2::RDTSCP.bits())),
+            C::Icebp => Misc2(pos(M2::ICEBP.bits())),
+            C::Wbinvd => Misc2(pos(M2::WBINVD.bits())),
+            C::Monitor => Misc2(pos(M2::MONITOR.bits())),
+            C::Mwait => Misc2(pos(M2::MWAIT.bits())),
+            C::MwaitConditional => Misc2(pos(M2::MWAIT_CONDITIONAL.bits())),
+            C::Xsetbv => Misc2(pos(M2::XSETBV.bits())),
+            C::Rdpru => Misc2(pos(M2::RDPRU.bits())),
+            C::EferWriteTrap => Misc2(pos(M2::EFER_WRITE_TRAP.bits())),
+            C::CrWriteTrap(n) if n < 16 => Misc2(16 + u32::from(n)),
+            C::CrWriteTrap(_) => return None,
+            C::Invlpgb => Misc3(pos(M3::INVLPGB.bits())),
+            C::InvlpgbIllegal => Misc3(pos(M3::INVLPGB_ILLEGAL.bits())),
+            C::Invpcid => Misc3(pos(M3::INVPCID.bits())),
+            C::Mcommit => Misc3(pos(M3::MCOMMIT.bits())),
+            C::Tlbsync => Misc3(pos(M3::TLBSYNC.bits())),
+            C::BusLock => Misc3(pos(M3::BUS_LOCK.bits())),
+            C::IdleHlt => Misc3(pos(M3::IDLE_HLT.bits())),
+            C::Npf
+            | C::AvicIncompleteIpi
+            | C::AvicNoaccel
+            | C::Vmgexit
+            | C::Invalid
+            | C::Unknown(_) => return None,
+        };
+        Some(bit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::exit::{AddressSize, IoDirection};
+    use crate::intercept::InterceptMisc2;
     use crate::intercept::{CrIntercepts, DrIntercepts, ExceptionIntercepts};
     use crate::iopm::{self, IOPM_SIZE};
     use crate::msrpm::{self, MSRPM_SIZE};
@@ -446,6 +528,74 @@ mod tests {
                 _ => None,
             };
             assert_eq!(intercept_bit_of(code), expected, "{code:?}");
+        }
+    }
+
+    /// The Appendix C arithmetic gives every code the bit the named-flag
+    /// table gives it, also codes `from_raw` never makes (out-of-range
+    /// registers and vectors, `Unknown` holding a known code).
+    #[test]
+    fn intercept_bits_match_the_reference_table() {
+        let mut codes = all_codes();
+        for n in [16u8, 17, 31, 32, 0xFF] {
+            codes.extend([
+                ExitCode::CrRead(n),
+                ExitCode::CrWrite(n),
+                ExitCode::DrRead(n),
+                ExitCode::DrWrite(n),
+                ExitCode::Exception(n),
+                ExitCode::CrWriteTrap(n),
+            ]);
+        }
+        for raw in [0, 0x10, 0x40, 0x52, 0x60, 0x72, 0x7B, 0x7C, 0x81, 0xA6] {
+            codes.push(ExitCode::Unknown(raw));
+        }
+        for code in codes {
+            assert_eq!(
+                intercept_bit_of(code),
+                super::reference::reference_bit_of(code),
+                "{code:?}"
+            );
+        }
+    }
+
+    /// The lazy form routes every code as the eager one, and asks for L1's
+    /// maps only for an MSR or IOIO exit that vmcb12 intercepts.
+    #[test]
+    fn lazy_maps_only_for_intercepted_msr_and_ioio() {
+        let (msrpm, iopm) = maps();
+        let mut read_fs = Box::new([0u8; MSRPM_SIZE]);
+        msrpm::set_read_intercept(&mut read_fs, 0xC000_0100, true).unwrap();
+        let mut port80 = Box::new([0u8; IOPM_SIZE]);
+        iopm::set_intercept(&mut port80, 0x80..=0x80, true);
+        let mut everything = ControlArea::new();
+        everything.intercept_cr = u32::MAX;
+        everything.intercept_dr = u32::MAX;
+        everything.intercept_exceptions = u32::MAX;
+        everything.intercept_misc1 = u32::MAX;
+        everything.intercept_misc2 = u32::MAX;
+        everything.intercept_misc3 = u32::MAX;
+        for ctl in [ControlArea::new(), everything] {
+            for code in all_codes() {
+                for (info, rcx) in [(0, 0xC000_0100), (0x80_0010, 0), (1, 0x10)] {
+                    let exit = ExitFacts {
+                        code,
+                        exit_info1: info,
+                        rcx,
+                    };
+                    for (m, i) in [(&msrpm, &iopm), (&read_fs, &port80)] {
+                        let mut asked = false;
+                        let lazy = route_exit_lazy(&exit, &ctl, || {
+                            asked = true;
+                            ((&**m).into(), (&**i).into())
+                        });
+                        assert_eq!(lazy, route(&exit, &ctl, m, i), "{exit:?}");
+                        let needs = matches!(code, ExitCode::Msr | ExitCode::Ioio)
+                            && intercept_bit_of(code).is_some_and(|b| b.is_set(&ctl));
+                        assert_eq!(asked, needs, "{exit:?}");
+                    }
+                }
+            }
         }
     }
 

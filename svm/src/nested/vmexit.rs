@@ -78,7 +78,10 @@ pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
 }
 
 /// Brings L1's state and L0's controls back from hsave into the active
-/// VMCB: the fields [`super::vmrun::stash_l1`] stashed, not a page copy.
+/// VMCB: the fields [`super::vmrun::stash_l1`] stashed, not a page copy
+/// (the controls: [`super::vmrun::copy_switched_controls`]; EXITCODE and
+/// EVENTINJ cleared, EXITINFO1/2 and EXITINTINFO left as the exit wrote
+/// them: the CPU's outputs, which nothing reads before L1's next exit).
 /// The TSC offset comes back with the controls (hsave holds the current L1
 /// offset); nothing is subtracted. What VMRUN and #VMEXIT do not switch
 /// stays as L2 left it: FS, GS, TR, LDTR, KernelGsBase, STAR, LSTAR,
@@ -86,7 +89,7 @@ pub fn write_vmexit_invalid(vmcb12: &mut ControlArea) {
 /// CR2 and DR6, which the host save area does not hold. The host's DR7
 /// comes back as 0x400 and CPL as 0 (APM Vol. 2, 15.6).
 pub fn restore_l1(active: &mut Vmcb, hsave: &Vmcb) {
-    active.control.copy_live_from(&hsave.control);
+    super::vmrun::copy_switched_controls(&mut active.control, &hsave.control);
     let (s, h) = (&mut active.state, &hsave.state);
     s.es = h.es;
     s.cs = h.cs;
@@ -252,6 +255,62 @@ mod tests {
             "CR2 is not part of the host state"
         );
         assert_eq!((active.state.dr7, active.state.cpl), (0x400, 0));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever vmcb12 asks and whatever L0 changes while L2 runs (its
+        /// intercepts, int_ctl, shadow, TLB_CONTROL, EVENTINJ, NEXT_RIP, the
+        /// CPU's exit fields, nCR3 for nested paging), the #VMEXIT gives
+        /// L1 back its controls: every live byte as at VMRUN, but the
+        /// exit fields (the CPU's output) and EVENTINJ, EXITCODE and the
+        /// clean bits, which are cleared.
+        #[test]
+        fn l1_controls_come_back_after_any_l2_run(
+            l1 in proptest::collection::vec(any::<u8>(), 0xD0),
+            v12 in proptest::collection::vec(any::<u8>(), 0xD0),
+            noise in proptest::collection::vec(any::<u64>(), 12),
+        ) {
+            let mut active = Vmcb::new();
+            active.as_bytes_mut()[..0xD0].copy_from_slice(&l1);
+            let before = active.clone();
+            let mut hsave = Vmcb::new();
+            crate::nested::vmrun::stash_l1(&mut hsave, &active);
+            let mut vmcb12 = Vmcb::new();
+            vmcb12.as_bytes_mut()[..0xD0].copy_from_slice(&v12);
+            let l2c = crate::nested::vmrun::L2Controls {
+                msrpm_pa: noise[0],
+                iopm_pa: noise[1],
+                asid: 2,
+                tlb_control: 1,
+                vgif_offered: noise[2] & 1 != 0,
+            };
+            crate::nested::vmrun::build_l2_controls_in(
+                &mut active.control,
+                &hsave.control,
+                &vmcb12.control,
+                &l2c,
+            );
+            let c = &mut active.control;
+            c.ncr3 = noise[3];
+            c.intercept_misc1 ^= noise[4] as u32;
+            c.intercept_exceptions ^= noise[5] as u32;
+            c.int_ctl ^= noise[6];
+            c.interrupt_shadow = noise[7];
+            c.tlb_control = noise[8] as u8;
+            c.event_inj = noise[9];
+            c.next_rip = noise[10];
+            (c.exit_code, c.exit_info1, c.exit_info2, c.exit_int_info) =
+                (noise[11], noise[0], noise[1], noise[2]);
+            restore_l1(&mut active, &hsave);
+            let mut expected = before.control;
+            let c = &active.control;
+            (expected.exit_info1, expected.exit_info2, expected.exit_int_info) =
+                (c.exit_info1, c.exit_info2, c.exit_int_info);
+            (expected.event_inj, expected.exit_code, expected.vmcb_clean) = (0, 0, 0);
+            prop_assert_eq!(&active.control, &expected);
+        }
     }
 
     /// VMRUN completes at the #VMEXIT: L1's RF is cleared, its TF stays

@@ -5,6 +5,7 @@ use super::merge::{merge_int_ctl, merge_intercepts};
 use super::tsc::compose;
 use crate::event::{is_soft, SoftEvent};
 use crate::{ControlArea, EventInfo, StateSaveArea, Vmcb};
+use core::mem::offset_of;
 
 /// Where L0 keeps what L2 runs with, besides vmcb12's own fields.
 #[derive(Clone, Copy, Debug)]
@@ -64,47 +65,80 @@ pub fn build_l2_controls_in(
     c.vmcb_clean = 0;
 }
 
-/// Reads vmcb12 (in L1's memory) into L0's copy: what VMRUN and L0 use
-/// while L2 runs, each field once — the control area's live part
-/// ([`ControlArea::LIVE_BYTES`]: intercepts, map addresses, TSC offset,
-/// ASID, TLB_CONTROL, int_ctl, interrupt shadow, nested paging, EVENTINJ,
-/// clean bits, NEXT_RIP) and the state VMRUN loads (APM 15.5.1: ES, CS,
-/// SS, DS, GDTR, IDTR, EFER, CR0, CR2, CR3, CR4, RFLAGS, RIP, RSP, RAX,
-/// DR6, DR7, CPL) plus G_PAT (loaded with nested paging). No other field
-/// of `copy` is written; nothing in L0 reads them.
-pub fn read_vmcb12(copy: &mut Vmcb, l1: &Vmcb) {
-    copy.control.copy_live_from(&l1.control);
-    let (d, s) = (&mut copy.state, &l1.state);
-    d.es = s.es;
-    d.cs = s.cs;
-    d.ss = s.ss;
-    d.ds = s.ds;
-    d.gdtr = s.gdtr;
-    d.idtr = s.idtr;
-    d.cpl = s.cpl;
-    d.efer = s.efer;
-    d.cr4 = s.cr4;
-    d.cr3 = s.cr3;
-    d.cr0 = s.cr0;
-    d.dr7 = s.dr7;
-    d.dr6 = s.dr6;
-    d.rflags = s.rflags;
-    d.rip = s.rip;
-    d.rsp = s.rsp;
-    d.rax = s.rax;
-    d.cr2 = s.cr2;
-    d.g_pat = s.g_pat;
+/// Reads vmcb12 (in L1's memory) once, into hypervisor memory, and only
+/// what VMRUN uses: the controls L0 needs while L2 runs into its copy
+/// ([`read_controls`]), G_PAT there too (loaded with nested paging), and
+/// the state VMRUN loads (APM 15.5.1: ES, CS, SS, DS, GDTR, IDTR, EFER,
+/// CR0, CR2, CR3, CR4, RFLAGS, RIP, RSP, RAX, DR6, DR7, CPL) straight
+/// into the save area L2 is to run in, `l2` ([`load_l2_state`]): no
+/// second copy. L1's state there must be stashed first ([`stash_l1`]);
+/// the checks then judge `l2` and `copy`, never L1's page, and a refused
+/// vmcb12 is undone with [`unload_l2_state`]. Nothing else of `copy` is
+/// written; nothing in L0 reads it.
+pub fn read_vmcb12(copy: &mut Vmcb, l2: &mut StateSaveArea, l1: &Vmcb) {
+    read_controls(&mut copy.control, &l1.control);
+    copy.state.g_pat = l1.state.g_pat;
+    load_l2_state(l2, &l1.state);
+}
+
+/// The controls of vmcb12 that VMRUN and L0 use while L2 runs: the
+/// intercepts, map addresses, TSC offset, ASID, TLB_CONTROL, int_ctl,
+/// interrupt shadow, nested paging (NP_ENABLE, nCR3), EVENTINJ and
+/// NEXT_RIP. Not the exit fields (VMRUN's outputs), nor the pause
+/// filter, AVIC, SEV, LBR/vVMLOAD enables or clean bits, none of which
+/// L0 offers to L1 or reads.
+pub fn read_controls(d: &mut ControlArea, s: &ControlArea) {
+    d.copy_span_from::<INTERCEPTS_START, INTERCEPTS_END>(s);
+    d.copy_span_from::<MAPS_TO_SHADOW_START, MAPS_TO_SHADOW_END>(s);
+    d.nested_ctl = s.nested_ctl;
+    d.copy_span_from::<EVENT_INJ_NCR3_START, EVENT_INJ_NCR3_END>(s);
+    d.next_rip = s.next_rip;
+}
+
+/// The six intercept vectors (0x000-0x017).
+const INTERCEPTS_START: usize = offset_of!(ControlArea, intercept_cr);
+const INTERCEPTS_END: usize = offset_of!(ControlArea, intercept_misc3) + 4;
+/// IOPM_BASE_PA through the interrupt shadow (0x040-0x06F): the map
+/// addresses, TSC offset, ASID, TLB_CONTROL (and the RAP control bits and
+/// reserved bytes next to it, which nothing uses), int_ctl, shadow.
+const MAPS_TO_SHADOW_START: usize = offset_of!(ControlArea, iopm_base_pa);
+const MAPS_TO_SHADOW_END: usize = offset_of!(ControlArea, interrupt_shadow) + 8;
+/// EVENTINJ and nCR3 (0x0A8-0x0B7).
+const EVENT_INJ_NCR3_START: usize = offset_of!(ControlArea, event_inj);
+const EVENT_INJ_NCR3_END: usize = offset_of!(ControlArea, ncr3) + 8;
+// The spans hold exactly the fields named: no field between them.
+const _: () = assert!(offset_of!(ControlArea, intercept_misc3) == INTERCEPTS_START + 0x14);
+const _: () = assert!(MAPS_TO_SHADOW_END == offset_of!(ControlArea, exit_code));
+const _: () = assert!(offset_of!(ControlArea, ncr3) == EVENT_INJ_NCR3_START + 8);
+
+/// The controls running L2 in place changes, copied from `s` to `d`: the
+/// intercepts, map addresses, TSC offset, ASID, TLB_CONTROL, int_ctl,
+/// interrupt shadow and NEXT_RIP ([`build_l2_controls_in`]) and nCR3
+/// (hv's nested::npt), which are also all L0 adjusts while L2 runs
+/// (intercepts, V_TPR/V_GIF, shadow, TSC offset: in hsave then). This is
+/// L0's control state for L1 that [`stash_l1`] keeps and the #VMEXIT
+/// brings back ([`super::vmexit::restore_l1`]), not the whole live part:
+/// the rest is the same for L1 and L2 (nested_ctl, and the pause filter,
+/// AVIC, SEV and LBR fields L0 never sets) or is the CPU's output
+/// (EXITCODE, EXITINFO1/2, EXITINTINFO: read at each exit, before any
+/// reflection) or is reset by the #VMEXIT (EVENTINJ, clean bits).
+pub fn copy_switched_controls(d: &mut ControlArea, s: &ControlArea) {
+    d.copy_span_from::<INTERCEPTS_START, INTERCEPTS_END>(s);
+    d.copy_span_from::<MAPS_TO_SHADOW_START, MAPS_TO_SHADOW_END>(s);
+    d.ncr3 = s.ncr3;
+    d.next_rip = s.next_rip;
 }
 
 /// Stashes in hsave what the nested #VMEXIT brings back: L0's controls for
-/// L1 (their live part) and L1's state that VMRUN switches (APM 15.5.1:
-/// ES, CS, SS, DS, GDTR, IDTR, EFER, CR0, CR3, CR4, RFLAGS, RIP, RSP,
-/// RAX), with G_PAT (L0 keeps L1's PAT there) and CR2, DR6, DR7, CPL
-/// (for a VMRUN the CPU refuses after all: L2 never ran). Not a page copy:
-/// nothing else in the active VMCB changes while L2 runs but the VMLOAD
-/// set, which stays L2's at the #VMEXIT ([`super::vmexit::restore_l1`]).
+/// L1 ([`copy_switched_controls`]) and L1's state that VMRUN switches (APM
+/// 15.5.1: ES, CS, SS, DS, GDTR, IDTR, EFER, CR0, CR3, CR4, RFLAGS, RIP,
+/// RSP, RAX), with G_PAT (L0 keeps L1's PAT there) and CR2, DR6, DR7, CPL
+/// (for a VMRUN refused after vmcb12's state was loaded: L2 never ran).
+/// Not a page copy: nothing else in the active VMCB changes while L2 runs
+/// but the VMLOAD set, which stays L2's at the #VMEXIT
+/// ([`super::vmexit::restore_l1`]).
 pub fn stash_l1(hsave: &mut Vmcb, active: &Vmcb) {
-    hsave.control.copy_live_from(&active.control);
+    copy_switched_controls(&mut hsave.control, &active.control);
     let (d, s) = (&mut hsave.state, &active.state);
     d.es = s.es;
     d.cs = s.cs;
@@ -125,6 +159,12 @@ pub fn stash_l1(hsave: &mut Vmcb, active: &Vmcb) {
     d.dr6 = s.dr6;
     d.dr7 = s.dr7;
     d.cpl = s.cpl;
+}
+
+/// Undoes [`read_vmcb12`]'s load of a vmcb12 the checks refused: L1's
+/// state as [`stash_l1`] kept it (a superset of what the load wrote).
+pub fn unload_l2_state(active: &mut StateSaveArea, hsave: &StateSaveArea) {
+    load_l2_state(active, hsave);
 }
 
 /// L2's first RIP and the soft event L0 tracks for vmcb12's EVENTINJ.
@@ -274,36 +314,91 @@ mod tests {
         }
     }
 
-    /// Every field VMRUN uses comes from vmcb12; nothing else is read.
+    /// Every field VMRUN uses comes from vmcb12, the state straight into
+    /// L2's save area; nothing else is read.
     #[test]
     fn read_vmcb12_takes_what_vmrun_uses_only() {
         let mut l1 = Vmcb::new();
         l1.as_bytes_mut().fill(0x5A);
         let mut copy = Vmcb::new();
-        read_vmcb12(&mut copy, &l1);
+        let mut l2 = StateSaveArea::new();
+        read_vmcb12(&mut copy, &mut l2, &l1);
         let all = u64::from_ne_bytes([0x5A; 8]);
-        assert_eq!(copy.control, {
-            let mut c = ControlArea::new();
-            c.copy_live_from(&l1.control);
-            c
-        });
-        let s = &copy.state;
-        for seg in [s.es, s.cs, s.ss, s.ds, s.gdtr, s.idtr] {
-            assert_eq!(seg, l1.state.es);
+        let c = &copy.control;
+        for v in [
+            c.intercept_cr,
+            c.intercept_dr,
+            c.intercept_exceptions,
+            c.intercept_misc1,
+            c.intercept_misc2,
+            c.intercept_misc3,
+            c.guest_asid,
+        ] {
+            assert_eq!(v, 0x5A5A_5A5A);
         }
         for v in [
-            s.efer, s.cr0, s.cr2, s.cr3, s.cr4, s.dr6, s.dr7, s.rflags, s.rip, s.rsp, s.rax,
-            s.g_pat,
+            c.iopm_base_pa,
+            c.msrpm_base_pa,
+            c.tsc_offset,
+            c.int_ctl,
+            c.interrupt_shadow,
+            c.nested_ctl,
+            c.event_inj,
+            c.ncr3,
+            c.next_rip,
         ] {
             assert_eq!(v, all);
         }
-        assert_eq!(s.cpl, 0x5A);
-        // The VMLOAD set and the rest: not read.
-        assert_eq!((s.fs, s.gs, s.tr, s.ldtr), Default::default());
+        assert_eq!(c.tlb_control, 0x5A);
+        // VMRUN's outputs and what L0 does not offer: not read.
         assert_eq!(
-            (s.star, s.kernel_gs_base, s.sysenter_cs, s.spec_ctrl),
+            (c.exit_code, c.exit_info1, c.exit_info2, c.exit_int_info),
             (0, 0, 0, 0)
         );
+        assert_eq!((c.virt_ext, c.vmcb_clean, c.avic_apic_bar), (0, 0, 0));
+        assert_eq!(copy.state.g_pat, all);
+        assert_eq!(copy.state.rip, 0, "the state goes to L2's save area");
+        for seg in [l2.es, l2.cs, l2.ss, l2.ds, l2.gdtr, l2.idtr] {
+            assert_eq!(seg, l1.state.es);
+        }
+        for v in [
+            l2.efer, l2.cr0, l2.cr2, l2.cr3, l2.cr4, l2.dr6, l2.dr7, l2.rflags, l2.rip, l2.rsp,
+            l2.rax,
+        ] {
+            assert_eq!(v, all);
+        }
+        assert_eq!(l2.cpl, 0x5A);
+        // The VMLOAD set and the rest: not read.
+        assert_eq!((l2.fs, l2.gs, l2.tr, l2.ldtr), Default::default());
+        assert_eq!(
+            (
+                l2.star,
+                l2.kernel_gs_base,
+                l2.sysenter_cs,
+                l2.spec_ctrl,
+                l2.g_pat
+            ),
+            (0, 0, 0, 0, 0)
+        );
+    }
+
+    /// A refused vmcb12, read over L1's stashed state, leaves L1's state
+    /// exactly as it was.
+    #[test]
+    fn refused_vmcb12_is_unloaded() {
+        let mut active = Vmcb::new();
+        active.as_bytes_mut()[0x400..].fill(0x11);
+        active.state.cpl = 3;
+        let before = active.clone();
+        let mut hsave = Vmcb::new();
+        stash_l1(&mut hsave, &active);
+        let mut l1 = Vmcb::new();
+        l1.as_bytes_mut().fill(0x5A);
+        let mut copy = Vmcb::new();
+        read_vmcb12(&mut copy, &mut active.state, &l1);
+        assert_ne!(active.state, before.state);
+        unload_l2_state(&mut active.state, &hsave.state);
+        assert_eq!(active.state, before.state);
     }
 
     /// hsave gets L0's controls and L1's switched state, not the VMLOAD set.

@@ -482,6 +482,64 @@ pub fn l2_idt() -> (u64, u32) {
     )
 }
 
+// L2 code for `nested::soft_event_ends_at_l0_exit`: L1 starts L2 at
+// `l2_soft_then_int31` with INT 0x30 in EVENTINJ (as after intercepting
+// that INTn), so the INT 0x30 there never runs; its handler
+// (`l2_vector_30_cpuid`) makes an exit L0 handles (CPUID) and returns to
+// `l2_soft_then_int31_next`, whose INT 0x31 faults (gate not present).
+core::arch::global_asm!(
+    ".global l2_soft_then_int31",
+    ".global l2_soft_then_int31_next",
+    ".global l2_vector_30_cpuid",
+    "l2_soft_then_int31:",
+    "int 0x30",
+    "l2_soft_then_int31_next:",
+    "int 0x31",
+    "2:",
+    "hlt",
+    "jmp 2b",
+    "l2_vector_30_cpuid:",
+    "push rax",
+    "push rbx",
+    "push rcx",
+    "push rdx",
+    "xor eax, eax",
+    "xor ecx, ecx",
+    "cpuid",
+    "pop rdx",
+    "pop rcx",
+    "pop rbx",
+    "pop rax",
+    "iretq",
+);
+
+// `l2_soft_then_int31`: see the `global_asm!` above;
+// `l2_soft_then_int31_next`: the INT 0x31 after its INT 0x30.
+unsafe extern "C" {
+    pub safe fn l2_soft_then_int31() -> !;
+    pub fn l2_soft_then_int31_next();
+    fn l2_vector_30_cpuid();
+}
+
+/// L2's IDT for `l2_soft_then_int31`: vector 0x30 present, 0x31 not.
+pub static mut L2_IDT_SOFT: Idt32 = Idt32([[0; 2]; 0x32]);
+
+/// An L2 IDT up to vector 0x31.
+#[repr(C, align(16))]
+pub struct Idt32(pub [[u64; 2]; 0x32]);
+
+/// Fills [`L2_IDT_SOFT`] and returns its address and limit.
+pub fn l2_idt_soft() -> (u64, u32) {
+    // SAFETY: single vCPU; L2 is not running.
+    let idt = unsafe { &mut *core::ptr::addr_of_mut!(L2_IDT_SOFT) };
+    idt.0.fill([0; 2]);
+    idt.0[0x30] = gate(l2_vector_30_cpuid as *const () as u64);
+    (
+        idt as *const Idt32 as u64,
+        (core::mem::size_of::<Idt32>() - 1) as u32,
+    )
+}
+
 /// An L2 entry that just spins (the injected event preempts it).
 pub extern "C" fn spin() -> ! {
     loop {

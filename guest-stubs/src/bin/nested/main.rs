@@ -96,6 +96,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::pending_event_to_exitintinfo" => pending_event_to_exitintinfo(),
         "nested::soft_int_next_rip" => soft_int_next_rip(),
         "nested::exitintinfo_reinjected_by_l0" => exitintinfo_reinjected_by_l0(),
+        "nested::soft_event_ends_at_l0_exit" => soft_event_ends_at_l0_exit(),
         "nested::cve_2021_29657_vmcb12_changed_after_vmrun" => vmcb12_changed_after_vmrun(),
         "nested::cve_2021_3653_v_intr_masking_avic" => v_intr_masking_avic(),
         "nested::l2_runs_with_l0_intercepts" => l2_runs_with_l0_intercepts(),
@@ -708,6 +709,49 @@ fn soft_int_next_rip() {
         spin + 2,
         "return RIP pushed for INT 0x30 (vmcb12 RIP + 2)"
     );
+}
+
+/// A soft interrupt L1 injects is L0's to track (its RIP bookkeeping, on a
+/// CPU without NRIP save) only until it is delivered: the first exit L0
+/// handles with nothing in EXITINTINFO ends it (KVM
+/// svm_complete_interrupts). L2 gets INT 0x30 from EVENTINJ (nRIP = the
+/// INT 0x31 after it); the handler's CPUID exit is L0's; back at nRIP,
+/// INT 0x31 faults on its missing gate and L1 gets the #NP with RIP on
+/// that INT 0x31. Were L0 still tracking the delivered INT 0x30, it would
+/// take this fault for one in its delivery and move RIP back to the
+/// INT 0x30.
+fn soft_event_ends_at_l0_exit() {
+    let mut regs = setup(Task::Yield, 0);
+    l1::prepare(l2::l2_soft_then_int31);
+    let start = l2::l2_soft_then_int31 as *const () as u64;
+    let next = l2::l2_soft_then_int31_next as *const () as u64;
+    check_eq!(next, start + 2, "INT 0x30 is 2 bytes");
+    let (idt, limit) = l2::l2_idt_soft();
+    let v = l1::vmcb();
+    v.state.idtr = svm::VmcbSegment::new(0, 0, limit, idt);
+    v.control.intercept_exceptions |= (1 << 11) | (1 << 13);
+    v.control.event_inj = EventInfo::software_interrupt(0x30).0;
+    v.control.next_rip = next;
+    let cpuid_before = exits_of(ExitCode::Cpuid);
+    let (_, code) = l1::run(&mut regs);
+    check!(
+        exits_of(ExitCode::Cpuid) > cpuid_before,
+        "the INT 0x30 handler's CPUID exit reached L0"
+    );
+    check!(
+        matches!(
+            ExitCode::from_raw(code),
+            ExitCode::Exception(11) | ExitCode::Exception(13)
+        ),
+        "L2's exit: {:?}, expected #NP for gate 0x31",
+        ExitCode::from_raw(code)
+    );
+    check_eq!(
+        v.control.exit_int_info & 0xff,
+        0x31,
+        "EXITINTINFO: the INT 0x31 being delivered"
+    );
+    check_eq!(v.state.rip, next, "L2's RIP: on the INT 0x31");
 }
 
 /// APM 15.7.2 / KVM svm_complete_interrupts: an exit L0 handles itself

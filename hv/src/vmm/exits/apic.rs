@@ -197,17 +197,30 @@ fn window(vcpu: &Vcpu) -> IrqWindow {
 /// Before each entry: the timer brought up to date, L1's CR8 writes
 /// (V_TPR) into TPR, and the highest deliverable interrupt injected, or
 /// L2 ended with #VMEXIT(INTR), or the VINTR window opened for L1.
+///
+/// The usual case (no timer running, no SMI, IRR empty:
+/// [`Lapic::entry_work`]) stays inline in the run loop.
+#[inline(always)]
 pub fn before_entry(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
-    // The clock is read only for a running timer (it costs a division).
-    if vcpu.lapic.next_deadline().is_some() {
-        vcpu.lapic.advance(now());
-    }
     if !vcpu.nested.in_l2() {
         // V_TPR is CR8 (APM 15.21.4): TPR bits 7:4.
         let v_tpr = (vcpu.vmcb.control.int_ctl & 0xF) as u8;
         if v_tpr != vcpu.lapic.tpr() >> 4 {
             vcpu.lapic.set_tpr(v_tpr << 4);
         }
+    }
+    if !vcpu.lapic.entry_work() {
+        return Action::Resume;
+    }
+    deliver(vcpu, vm, host)
+}
+
+/// [`before_entry`] with a timer running, an SMI or a requested interrupt.
+#[inline(never)]
+fn deliver(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
+    // The clock is read only for a running timer (it costs a division).
+    if vcpu.lapic.next_deadline().is_some() {
+        vcpu.lapic.advance(now());
     }
     if vcpu.lapic.smi_pending() && vcpu.nested.gif && vcpu.lapic.take_smi() {
         let l1_smi =

@@ -40,7 +40,8 @@ pub fn iret(vcpu: &mut Vcpu) -> Action {
 
 /// Before an entry: deliver the NMI L0 holds when the guest can take it
 /// (or end L2's run with #VMEXIT(NMI) when L1 intercepts NMI), and keep
-/// the IRET intercept while NMIs are blocked.
+/// the IRET intercept while NMIs are blocked. Inline in the run loop.
+#[inline(always)]
 pub fn deliver_pending_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     // No NMI pending: `NmiState::action` is `None` whatever the window,
     // so the window is not built (the common case at every entry).
@@ -55,6 +56,7 @@ pub fn deliver_pending_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Acti
 
 /// [`deliver_pending_nmi`] with an NMI pending: inject it, or end L2's
 /// run for L1, or let it wait.
+#[inline(never)]
 fn deliver_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let l1_misc1 = vcpu
         .nested
@@ -87,22 +89,20 @@ fn deliver_nmi(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
 }
 
 /// The IRET intercept, set or cleared for the next entry.
+#[inline(always)]
 fn set_iret_intercept(vcpu: &mut Vcpu) {
+    const IRET: u32 = InterceptMisc1::IRET.bits();
     // The IRET intercept: L0's while it waits for one, L1's per vmcb12.
-    let l1_iret = vcpu
-        .nested
-        .l2
-        .as_ref()
-        .is_some_and(|l2| l2.vmcb12.control.intercept_misc1 & InterceptMisc1::IRET.bits() != 0);
-    let want = vcpu.nmi.wants_iret_intercept() || l1_iret;
+    let l1_iret = match &vcpu.nested.l2 {
+        Some(l2) => l2.vmcb12.control.intercept_misc1 & IRET != 0,
+        None => false,
+    };
+    let want = l1_iret || (vcpu.nmi.blocked && vcpu.nmi.wants_iret_intercept());
     let c = &mut vcpu.vmcb.control;
-    let before = c.intercept_misc1;
-    if want {
-        c.intercept_misc1 |= InterceptMisc1::IRET.bits();
-    } else {
-        c.intercept_misc1 &= !InterceptMisc1::IRET.bits();
-    }
-    if c.intercept_misc1 != before {
+    let have = c.intercept_misc1 & IRET != 0;
+    // Usually neither wanted nor set: one test of the bit, no write.
+    if want != have {
+        c.intercept_misc1 ^= IRET;
         c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
     }
 }

@@ -24,7 +24,7 @@ use super::vm::Vm;
 use alloc::string::String;
 use core::fmt;
 use svm::cpuid_filter::HiddenFeatures;
-use svm::nested::route::{route_exit, ExitFacts, Route};
+use svm::nested::route::{route_exit_lazy, ExitFacts, Route};
 use svm::{EventInfo, ExitCode};
 
 /// What the run loop does after a handler.
@@ -94,10 +94,14 @@ impl fmt::Display for Stop {
 }
 
 /// Handles the exit the vCPU just took.
+///
+/// This runs at every exit: the checks before the handler compare variant
+/// tags (`matches!`), and L1's permission maps are looked up only for the
+/// exits that need them (`route_exit_lazy`).
 pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> Action {
     exception::observe_exit(vcpu);
     // While L2 runs, an exit L1 asked for is L1's; the rest are L0's.
-    if code == ExitCode::Invalid && vcpu.nested.in_l2() {
+    if matches!(code, ExitCode::Invalid) && vcpu.nested.in_l2() {
         return nested::vmexit::reflect_invalid(vcpu, vm);
     }
     // QEMU TCG reports RDTSCP with the RDTSC code: route what L2 really ran
@@ -115,11 +119,12 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
     // An instruction the guest's CPUID leaves out is #UD, before any
     // intercept of L1's: L1 sees the #UD (its #UD intercept) and never the
     // instruction's exit (KVM: intercepts of unadvertised instructions are
-    // dropped from vmcb12; the instruction is #UD).
-    if HiddenFeatures::of_exit(code).is_some_and(|f| hidden.contains(f)) {
+    // dropped from vmcb12; the instruction is #UD). Most CPU models hide
+    // nothing: then no exit code needs looking up.
+    if !hidden.is_empty() && HiddenFeatures::of_exit(code).is_some_and(|f| hidden.contains(f)) {
         return raise(vcpu, vm, host, EventInfo::exception(6));
     }
-    if code == ExitCode::Swint {
+    if matches!(code, ExitCode::Swint) {
         if let Some(action) = soft_int::l2_swint(vcpu, vm, host) {
             return action;
         }
@@ -130,8 +135,11 @@ pub fn dispatch(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) ->
             exit_info1: vcpu.vmcb.control.exit_info1,
             rcx: vcpu.regs.rcx,
         };
-        let (msrpm, iopm) = nested::l1_maps(&vm.memory, &l2.vmcb12);
-        if route_exit(&facts, &l2.vmcb12.control, msrpm, iopm) == Route::L1 {
+        let memory = &vm.memory;
+        let route = route_exit_lazy(&facts, &l2.vmcb12.control, || {
+            nested::l1_maps(memory, &l2.vmcb12)
+        });
+        if route == Route::L1 {
             return nested::vmexit::reflect(vcpu, vm, host, code);
         }
     }

@@ -12,7 +12,22 @@ use svm::{EventInfo, SvmFeatureFlags};
 /// Queues EXITINTINFO's event (sanitized for QEMU TCG) for the next VMRUN.
 /// A handler that injects an event of its own afterwards replaces it, as
 /// the CPU delivers the fault that interrupted a delivery instead of it.
+///
+/// Inline for the common case, nothing being delivered at the exit
+/// (EXITINTINFO.V clear): then `complete` changes nothing but ends the
+/// soft event L0 tracked (it was delivered), so only that is done here.
+#[inline]
 pub fn complete_interrupts(vcpu: &mut Vcpu, host: &HostCpu) {
+    if !EventInfo(vcpu.vmcb.control.exit_int_info).is_valid() {
+        vcpu.nested.soft_event = None;
+        return;
+    }
+    complete_delivery(vcpu, host);
+}
+
+/// [`complete_interrupts`] with an event in EXITINTINFO.
+#[inline(never)]
+fn complete_delivery(vcpu: &mut Vcpu, host: &HostCpu) {
     let host_nrips = host.features.has(SvmFeatureFlags::NRIPS);
     let done = complete(
         EventInfo(vcpu.vmcb.control.exit_int_info),

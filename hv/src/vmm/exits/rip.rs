@@ -16,6 +16,7 @@ use svm::decode::{self, DecodeError, Decoded, Seg, MAX_INSN_LEN};
 use svm::emulate::fetch;
 use svm::emulate::unbacked;
 use svm::nested::shadow_npt::walk::{NestedAccess, Stage};
+use svm::vmcb::StateSaveArea;
 pub use svm::walk::Access;
 use svm::walk::{Failure, PagingRegs};
 use svm::{EventInfo, ExitCode};
@@ -294,7 +295,11 @@ fn read_linear_upto(
     let mut done = 0;
     while done < out.len() {
         let at = la.wrapping_add(done as u64);
-        let pa = match translate(vcpu, vm, at, fetch) {
+        let remembered = match fetch {
+            true => remembered_code_page(vcpu, &vcpu.vmcb.state, vm, at),
+            false => None,
+        };
+        let pa = match remembered.map_or_else(|| translate(vcpu, vm, at, fetch), Ok) {
             Ok(pa) => pa,
             Err(e) => return (done, Some(e)),
         };
@@ -404,7 +409,20 @@ fn decode_fetched(vcpu: &Vcpu, bytes: &[u8], fault: Option<NoInsn>) -> Result<De
 }
 
 /// Length of the intercepted instruction at the guest's RIP.
+#[inline]
 pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
+    if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {
+        return insn_len_slow(vcpu, vm, host);
+    }
+    match quick_len_in_page(vcpu, vm) {
+        Some(len) => Ok(len),
+        None => insn_len_slow(vcpu, vm, host),
+    }
+}
+
+/// [`insn_len`] from the CPU's next RIP, else decoded the whole way.
+#[inline(never)]
+fn insn_len_slow(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
     let s = &vcpu.vmcb.state;
     if host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS) {
         let next = vcpu.vmcb.control.next_rip;
@@ -429,17 +447,60 @@ pub fn insn_len(vcpu: &Vcpu, vm: &Vm, host: &HostCpu) -> Result<u64, NoInsn> {
 /// sends the caller the whole way (another mode, a fault, unbacked memory,
 /// an instruction that needs more bytes or the decoder): the same answer,
 /// since `quick_len` only says `Some` for bytes it has.
+#[inline(never)]
 fn quick_len_in_page(vcpu: &Vcpu, vm: &Vm) -> Option<u64> {
     let s = &vcpu.vmcb.state;
-    if bitness(vcpu) != 64 {
+    if decode::bitness(s.cr0, s.efer, s.rflags, s.cs.attrib) != 64 {
         return None;
     }
-    // 64-bit code: RIP is the linear address (no second bitness).
-    let la = fetch::code_address(64, s.cs.base, s.rip, 0);
-    let pa = translate(vcpu, vm, la, true).ok()?;
-    let in_page = (4096 - (pa % 4096)).min(MAX_INSN_LEN as u64);
-    let bytes = vm.memory.slice(pa, in_page).ok()?;
-    decode::quick_len(bytes).map(|len| len as u64)
+    // 64-bit code: RIP is the linear address.
+    let la = s.rip;
+    let pa = match remembered_code_page(vcpu, s, vm, la) {
+        Some(pa) => pa,
+        None => translate(vcpu, vm, la, true).ok()?,
+    };
+    let len = match pa % 4096 {
+        // Three bytes in the page: quick_len's, from one or two RAM words.
+        ..=0xffd => {
+            let ram = vm.memory.words();
+            let (i, shift) = ((pa / 8) as usize, (pa % 8) * 8);
+            let mut w = *ram.get(i)? >> shift;
+            if shift > 40 {
+                w |= *ram.get(i + 1)? << (64 - shift);
+            }
+            decode::quick_len3(w as u32)
+        }
+        offset => decode::quick_len(vm.memory.slice(pa, 4096 - offset).ok()?),
+    };
+    len.map(|len| len as u64)
+}
+
+/// The fetch translation of `la` straight from the walk memo
+/// ([`svm::walk_memo::lookup`]: every entry of the remembered walk read
+/// again and compared) when the guest's tables are in L1-physical RAM (no
+/// nested paging for an L2): entries read in place from RAM, with no
+/// unbacked-memory or nested-table cases. `None` (also for an entry outside
+/// RAM) sends the caller through [`translate`]: the same answer, slower.
+/// `s` is the running guest's state.
+#[inline(always)]
+fn remembered_code_page(vcpu: &Vcpu, s: &StateSaveArea, vm: &Vm, la: u64) -> Option<u64> {
+    if vcpu.nested.npt.active().is_some() {
+        return None;
+    }
+    let regs = PagingRegs {
+        cr0: s.cr0,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        efer: s.efer,
+        max_phys_bits: vm.l1_limits.max_phys_bits,
+    };
+    let access = Access {
+        write: false,
+        fetch: true,
+        user: s.cpl == 3,
+    };
+    let memo = vcpu.walk_memo.try_borrow().ok()?;
+    svm::walk_memo::lookup_in_ram(&memo, vm.memory.words(), &regs, la, access)
 }
 
 /// RIP after an instruction of `len` bytes, wrapped to the code size

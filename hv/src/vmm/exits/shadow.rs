@@ -24,10 +24,17 @@ pub fn before_entry(vcpu: &mut Vcpu) {
 
 /// Right after the exit, before anything reads the VMCB: the guest's TF,
 /// V_IRQ and DR6 again. True when the exit was only the step's #DB.
+/// No step armed (the usual case) stays inline in the run loop.
+#[inline(always)]
 pub fn after_exit(vcpu: &mut Vcpu) -> bool {
-    let Some(step) = vcpu.shadow_step.take() else {
-        return false;
-    };
+    match vcpu.shadow_step.take() {
+        None => false,
+        Some(step) => after_step(vcpu, step),
+    }
+}
+
+#[inline(never)]
+fn after_step(vcpu: &mut Vcpu, step: svm::shadow_step::ShadowStep) -> bool {
     let debug_exit = ExitCode::from_raw(vcpu.vmcb.control.exit_code) == ExitCode::Exception(1);
     let v = &mut *vcpu.vmcb;
     let s = &v.state;

@@ -26,9 +26,11 @@ pub const L2_ASID: u32 = 2;
 pub struct L2 {
     /// Where vmcb12 is in L1's memory.
     pub vmcb12_gpa: u64,
-    /// The hypervisor's copy of vmcb12 (what VMRUN uses:
-    /// `svm::nested::vmrun::read_vmcb12`), read once at VMRUN and checked; the only version of vmcb12's
-    /// controls L0 uses while L2 runs.
+    /// The hypervisor's copy of vmcb12's controls (those VMRUN and L0 use:
+    /// `svm::nested::vmrun::read_controls`) and G_PAT, read once at VMRUN
+    /// and checked; the only version of vmcb12's controls L0 uses while
+    /// L2 runs. Its other fields mean nothing: vmcb12's state was read
+    /// straight into the active VMCB.
     pub vmcb12: Box<Vmcb>,
     /// L2's EFER.SVME (virtual: the active VMCB's SVME stays set, as the
     /// real VMRUN requires). Set from vmcb12 at VMRUN, changed by L2's
@@ -111,6 +113,16 @@ impl Nested {
     pub fn l2_tsc_offset(&self) -> Option<u64> {
         self.l2.as_ref().map(|l2| l2.vmcb12.control.tsc_offset)
     }
+}
+
+/// Whether `gpa` is page aligned and the VMCB there all in L1's memory
+/// ([`l1_vmcb_mut`] gives it then).
+pub fn vmcb_in_l1(memory: &GuestMemory, gpa: u64) -> bool {
+    let size = core::mem::size_of::<Vmcb>() as u64;
+    gpa.is_multiple_of(4096)
+        && gpa
+            .checked_add(size)
+            .is_some_and(|end| end <= memory.size())
 }
 
 /// A page-aligned VMCB in L1's memory, if all of it is inside.

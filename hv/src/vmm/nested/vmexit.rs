@@ -8,7 +8,7 @@ use crate::vmm::vm::Vm;
 use svm::event::{reported_event, unwind_soft_rip};
 use svm::nested::vmexit::write_vmexit_invalid;
 use svm::nested::vmexit::{restore_l1, save_l2_to_vmcb12, ExitInfo};
-use svm::{EventInfo, ExitCode};
+use svm::{EventInfo, ExitCode, Vmcb};
 
 /// nRIP for L1 (which is offered NRIP save): the next RIP for instruction
 /// intercepts (APM Vol. 2, 15.7.1) — the CPU's when it saves nRIP, else
@@ -68,30 +68,33 @@ pub fn reflect(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, code: ExitCode) -> 
         ));
     };
     let c = &vcpu.vmcb.control;
-    let pending = EventInfo(c.event_inj);
+    let (pending, exit_int_info) = (EventInfo(c.event_inj), EventInfo(c.exit_int_info));
+    let next_rip = match pending.is_valid() {
+        true => 0,
+        false => next_rip(vcpu, vm, host, code),
+    };
     // QEMU TCG types interrupts as exceptions in EXITINTINFO
     // (docs/qemu-tcg.md): reported_event sanitizes it.
-    let int_info = reported_event(pending, EventInfo(c.exit_int_info));
-    let exit = ExitInfo {
-        code: code.to_raw(),
-        info1: c.exit_info1,
-        info2: c.exit_info2,
-        int_info: int_info.0,
-        next_rip: match pending.is_valid() {
-            true => 0,
-            false => next_rip(vcpu, vm, host, code),
-        },
-    };
+    let int_info = reported_event(pending, exit_int_info);
     let host_nrips = host.features.has(svm::cpuid::SvmFeatureFlags::NRIPS);
-    let soft = vcpu.nested.soft_event.take();
-    vcpu.vmcb.state.rip = unwind_soft_rip(int_info, vcpu.vmcb.state.rip, soft, host_nrips);
     let Some(vmcb12) = l1_vmcb_mut(&mut vm.memory, l2.vmcb12_gpa) else {
         return Action::Stop(Stop::Unhandled("vmcb12 left L1 memory".into()));
     };
-    save_l2_to_vmcb12(&vcpu.vmcb, &exit, vmcb12);
+    let nested = &mut vcpu.nested;
+    let active: &mut Vmcb = &mut vcpu.vmcb;
+    let soft = nested.soft_event.take();
+    active.state.rip = unwind_soft_rip(int_info, active.state.rip, soft, host_nrips);
+    let exit = ExitInfo {
+        code: code.to_raw(),
+        info1: active.control.exit_info1,
+        info2: active.control.exit_info2,
+        int_info: int_info.0,
+        next_rip,
+    };
+    save_l2_to_vmcb12(active, &exit, vmcb12);
     super::show_l2_svme(vmcb12, &l2);
-    vcpu.nested.spare_vmcb12 = Some(l2.vmcb12);
-    restore_l1(&mut vcpu.vmcb, &vcpu.nested.hsave);
+    nested.spare_vmcb12 = Some(l2.vmcb12);
+    restore_l1(active, &nested.hsave);
     super::npt::leave(vcpu);
     vcpu.nested.gif = false;
     // L1's RFLAGS.TF at its VMRUN: the #DB trap comes after the #VMEXIT,

@@ -1,19 +1,21 @@
-//! L1's VMRUN, emulated in named steps: preconditions, read vmcb12 once,
-//! check the copy, stash L1 in hsave, build L2 in place.
+//! L1's VMRUN, emulated in named steps: preconditions, stash L1 in hsave,
+//! read vmcb12 once into hypervisor memory (its state where L2 runs),
+//! check the copy, merge the MSR map, build L2's controls in place.
 
-use super::{l1_maps, l1_vmcb_mut, Nested, L2, L2_ASID};
+use super::{l1_vmcb_mut, vmcb_in_l1, Nested, L2, L2_ASID};
 use crate::vmm::enable::HostCpu;
 use crate::vmm::exits::{inject, rip, Action};
 use crate::vmm::vcpu::Vcpu;
 use crate::vmm::vm::{Vm, PASSTHROUGH_MSRS};
 use alloc::boxed::Box;
-use svm::nested::checks::{check_vmcb12, enters_long_mode, vmrun_loads_pdptes, Vmcb12Error};
-use svm::nested::merge::merge_msrpm_holes;
+use svm::nested::checks::{check_l2, enters_long_mode, vmrun_loads_pdptes, Vmcb12Error};
+use svm::nested::map_view::MsrpmView;
+use svm::nested::merge::{merge_msrpm_holes, MsrpmHoles};
 use svm::nested::vmexit::write_vmexit_invalid;
 use svm::nested::vmrun::{
-    build_l2_controls_in, load_l2_state, read_vmcb12, soft_event_entry, stash_l1, L2Controls,
+    build_l2_controls_in, read_vmcb12, soft_event_entry, stash_l1, unload_l2_state, L2Controls,
 };
-use svm::{EventInfo, InterceptMisc1, TlbControl, Vmcb};
+use svm::{EventInfo, InterceptMisc1, MsrPermissionMap, TlbControl, Vmcb};
 
 /// Emulates VMRUN executed by L1.
 pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
@@ -21,7 +23,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     // before the intercept); QEMU TCG arms none for a guest, so L0 checks
     // (APM 13.1.1; kvm-unit-tests host_rflags).
     let s = &mut vcpu.vmcb.state;
-    let rip = s.cs.base.wrapping_add(s.rip);
+    let (rip, cpl, gpa) = (s.cs.base.wrapping_add(s.rip), s.cpl, s.rax);
     if let Some(b) = svm::emulate::dr::instruction_breakpoints(s.dr7, &vcpu.db, rip, s.rflags) {
         s.dr6 |= b;
         return inject(vcpu, EventInfo::exception(1));
@@ -32,11 +34,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         return inject(vcpu, EventInfo::exception(6));
     }
     let gp = EventInfo::exception_with_error_code(13, 0);
-    if vcpu.vmcb.state.cpl != 0 || vcpu.nested.hsave_pa == 0 {
-        return inject(vcpu, gp);
-    }
-    let gpa = vcpu.vmcb.state.rax;
-    if l1_vmcb_mut(&mut vm.memory, gpa).is_none() {
+    if cpl != 0 || vcpu.nested.hsave_pa == 0 || !vmcb_in_l1(&vm.memory, gpa) {
         return inject(vcpu, gp);
     }
     // L1 resumes after its VMRUN when L2 exits.
@@ -45,7 +43,8 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         Err(no) => return no.deliver(vcpu, vm, host),
     };
 
-    // Step 2: read vmcb12 from L1 memory once; only the copy is used after.
+    // Step 2: stash L1's state and L0's controls in hsave (vmcb12's state
+    // is read over L1's next).
     let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
         return inject(vcpu, gp);
     };
@@ -54,13 +53,22 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         .spare_vmcb12
         .take()
         .unwrap_or_else(zeroed_box::<Vmcb>);
-    // What VMRUN uses, field by field: the rest is read by nothing.
-    read_vmcb12(&mut copy, in_l1);
+    let nested: &mut Nested = &mut vcpu.nested;
+    let active: &mut Vmcb = &mut vcpu.vmcb;
+    let hsave: &mut Vmcb = &mut nested.hsave;
+    stash_l1(hsave, active);
+    hsave.state.rip = resume_rip;
 
-    // Step 3: check the copy against the CPU L1 is shown (its CPUID: see
-    // Vm::l1_limits); a bad vmcb12 is L1's VMEXIT_INVALID, nothing more.
+    // Step 3: read vmcb12 from L1 memory once, into hypervisor memory: the
+    // controls into L0's copy, the state straight into the active VMCB,
+    // where L2 is to run. Only these copies are used after.
+    read_vmcb12(&mut copy, &mut active.state, in_l1);
+
+    // Step 4: check the copies against the CPU L1 is shown (its CPUID:
+    // see Vm::l1_limits); a bad vmcb12 is L1's VMEXIT_INVALID, nothing
+    // more.
     let verdict = if vm.vmcb12_checks {
-        check_vmcb12(&copy, &vm.l1_limits)
+        check_l2(&active.state, &copy.control, &vm.l1_limits)
     } else {
         Ok(())
     };
@@ -68,60 +76,51 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     // 32-bit paging, PAE, long mode): L0 fetches, walks and decodes in each.
     // Legacy PAE paging without nested paging loads the PDPTEs at VMRUN,
     // from L1 memory (KVM nested_svm_load_cr3; kvm-unit-tests svm_pae_test).
+    let l2 = &active.state;
     let pdptes_bad = || {
         vm.vmcb12_checks
-            && vmrun_loads_pdptes(&copy, &vm.l1_limits)
-            && !rip::pdptes_valid(vm, copy.state.cr3)
+            && vmrun_loads_pdptes(l2, &copy.control, &vm.l1_limits)
+            && !rip::pdptes_valid(vm, l2.cr3)
     };
     let verdict = match verdict {
         Ok(()) if pdptes_bad() => Err(Vmcb12Error::PdpteReserved),
         other => other,
     };
     if let Err(why) = verdict {
-        log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name);
-        let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
-            return inject(vcpu, gp);
-        };
-        write_vmexit_invalid(&mut in_l1.control);
-        vcpu.nested.gif = false;
-        vcpu.vmcb.state.rip = resume_rip;
-        // VMRUN completed: RF cleared, TF's trap now (APM 15.5.2).
-        vcpu.vmcb.state.rflags &= !svm::exception::RFLAGS_RF;
-        return rip::single_step(vcpu, vm, host);
+        // L1's state as it was, RIP past its VMRUN (hsave has both).
+        unload_l2_state(&mut active.state, &hsave.state);
+        nested.spare_vmcb12 = Some(copy);
+        return refuse(vcpu, vm, host, gpa, why);
     }
 
     // EFER.LMA is the CPU's, not L1's: set exactly when EFER.LME and
     // CR0.PG are (APM 14.6.1), the condition every long-mode check keyed
     // on, so L2 runs in the mode the checks judged.
     let lma = svm::msr::EFER_LMA;
-    copy.state.efer = match enters_long_mode(&copy) {
-        true => copy.state.efer | lma,
-        false => copy.state.efer & !lma,
+    let l2 = &mut active.state;
+    l2.efer = match enters_long_mode(l2) {
+        true => l2.efer | lma,
+        false => l2.efer & !lma,
     };
 
-    // Step 4: the permission maps for L2, the union of L0's and L1's (L1's
+    // Step 5: the permission maps for L2, the union of L0's and L1's (L1's
     // bytes outside its RAM read as all-ones). L0 intercepts every port
     // and every MSR but the few it passes through, so the union is L0's
     // I/O map itself, and L0's MSR map with only those MSRs' bits taken
     // from L1's. A map L1 does not enable (MSR_PROT clear) means nothing.
-    let (l1_msrpm, _) = l1_maps(&vm.memory, &copy);
-    let misc1 = InterceptMisc1::from_bits_retain(copy.control.intercept_misc1);
-    let merged = &mut vcpu.nested.msrpm;
-    if !vcpu.nested.msrpm_holds_l0 {
+    let merged: &mut MsrPermissionMap = &mut nested.msrpm;
+    if !nested.msrpm_holds_l0 {
         merged.0.copy_from_slice(&vm.msrpm.0);
-        vcpu.nested.msrpm_holds_l0 = true;
+        nested.msrpm_holds_l0 = true;
     }
-    let l1_map = misc1
+    let misc1 = InterceptMisc1::from_bits_retain(copy.control.intercept_misc1);
+    let l1_msrpm = misc1
         .contains(InterceptMisc1::MSR_PROT)
-        .then_some(&l1_msrpm);
-    merge_msrpm_holes(l1_map, &PASSTHROUGH_MSRS, &mut merged.0);
+        .then(|| MsrpmView::in_ram(vm.memory.bytes(), copy.control.msrpm_base_pa & !0xfff));
+    merge_msrpm_holes(l1_msrpm.as_ref(), &L2_MSR_HOLES, &mut merged.0);
 
-    // Step 5: stash L1's state and L0's controls in hsave.
-    let nested: &mut Nested = &mut vcpu.nested;
-    stash_l1(&mut nested.hsave, &vcpu.vmcb);
-    nested.hsave.state.rip = resume_rip;
-
-    // Step 6: build L2 in place in the active VMCB.
+    // Step 6: build L2's controls in place in the active VMCB (its state
+    // is there already).
     let l2c = L2Controls {
         msrpm_pa: nested.msrpm.phys(),
         iopm_pa: vm.iopm.phys(),
@@ -131,18 +130,11 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         // Nested VGIF runs on the CPU's (svm::nested::l2_vgif).
         vgif_offered: host.features.has(svm::SvmFeatureFlags::VGIF),
     };
-    let active: &mut Vmcb = &mut vcpu.vmcb;
-    build_l2_controls_in(
-        &mut active.control,
-        &nested.hsave.control,
-        &copy.control,
-        &l2c,
-    );
-    load_l2_state(&mut active.state, &copy.state);
+    build_l2_controls_in(&mut active.control, &hsave.control, &copy.control, &l2c);
     let host_nrips = host.features.has(svm::SvmFeatureFlags::NRIPS);
     let (rip, soft) = soft_event_entry(
         copy.control.event_inj,
-        copy.state.rip,
+        active.state.rip,
         copy.control.next_rip,
         host_nrips,
     );
@@ -151,7 +143,7 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     nested.gif = true;
     nested.l2 = Some(L2 {
         vmcb12_gpa: gpa,
-        svme: copy.state.efer & svm::msr::EFER_SVME != 0,
+        svme: active.state.efer & svm::msr::EFER_SVME != 0,
         vmcb12: copy,
     });
     // Step 7: nested paging, when vmcb12 enables it (nested::npt).
@@ -159,6 +151,26 @@ pub fn emulate(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         return Action::Stop(stop);
     }
     Action::Resume
+}
+
+/// The MSRPM bytes and bits of L0's pass-through MSRs, where L2's merged
+/// map follows L1's ([`merge_msrpm_holes`]): computed at build time.
+const L2_MSR_HOLES: MsrpmHoles = MsrpmHoles::new(&PASSTHROUGH_MSRS);
+
+/// VMRUN with a vmcb12 the checks refused (L1's state already back in the
+/// active VMCB): VMEXIT_INVALID in vmcb12, and L1 resumes after its VMRUN.
+#[cold]
+#[inline(never)]
+fn refuse(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, gpa: u64, why: Vmcb12Error) -> Action {
+    log::debug!("vm {}: vmcb12 at {gpa:#x} refused: {why:?}", vm.name);
+    let Some(in_l1) = l1_vmcb_mut(&mut vm.memory, gpa) else {
+        return inject(vcpu, EventInfo::exception_with_error_code(13, 0));
+    };
+    write_vmexit_invalid(&mut in_l1.control);
+    vcpu.nested.gif = false;
+    // VMRUN completed: RF cleared, TF's trap now (APM 15.5.2).
+    vcpu.vmcb.state.rflags &= !svm::exception::RFLAGS_RF;
+    rip::single_step(vcpu, vm, host)
 }
 
 /// A zeroed `T` on the heap, never on the stack (a VMCB is 4 KiB).

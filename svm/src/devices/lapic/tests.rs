@@ -210,19 +210,19 @@ fn self_ipi_nmi_smi_init_and_others() {
     a.mmio_write(reg::ICR2 as u64, 4, 1 << 24, 0);
     a.mmio_write(reg::ICR as u64, 4, 0x66, 0);
     assert_eq!(a.stats.to_others, 1);
-    assert_eq!(a.irr.0[3], 0, "0x66 not here");
+    assert_eq!(a.irr.word(3), 0, "0x66 not here");
     // All excluding self.
     a.mmio_write(reg::ICR as u64, 4, (3 << 18) | 0x67, 0);
     assert_eq!(a.stats.to_others, 2);
     // All including self.
     a.mmio_write(reg::ICR as u64, 4, (2 << 18) | 0x68, 0);
     assert_eq!(a.stats.to_others, 3);
-    assert_ne!(a.irr.0[3] & (1 << 8), 0);
+    assert_ne!(a.irr.word(3) & (1 << 8), 0);
     // Logical flat: LDR bit 0 matches destination 1.
     a.mmio_write(reg::LDR as u64, 4, 1 << 24, 0);
     a.mmio_write(reg::ICR2 as u64, 4, 1 << 24, 0);
     a.mmio_write(reg::ICR as u64, 4, (1 << 11) | 0x70, 0);
-    assert_ne!(a.irr.0[3] & (1 << 16), 0);
+    assert_ne!(a.irr.word(3) & (1 << 16), 0);
 }
 
 #[test]
@@ -304,4 +304,39 @@ fn x2apic_msr_rules() {
     a.write_msr(0x830, (7u64 << 32) | 0x50, 0).unwrap();
     assert_eq!(a.stats.to_others, 1);
     assert_eq!(a.write_msr(0x830, 1 << 12, 0), Err(Gp), "delivery status");
+}
+
+/// `entry_work` is false exactly when the entry has nothing to do beyond
+/// the TPR: no running timer, no SMI, IRR empty (ISR alone is no work).
+#[test]
+fn entry_work_follows_irr_timer_and_smi() {
+    let mut a = enabled();
+    assert!(!a.entry_work());
+    a.accept(0x45);
+    assert!(a.entry_work());
+    assert_eq!(a.pending_vector(), Some(0x45));
+    a.ack(0x45);
+    assert!(!a.entry_work(), "in service only");
+    assert_eq!(a.pending_vector(), None);
+    a.eoi();
+    // A running one-shot timer is work until it has fired.
+    a.mmio_write(reg::LVTT as u64, 4, 0x30, 0);
+    a.mmio_write(reg::TMICT as u64, 4, 100, 0);
+    assert!(a.entry_work());
+    a.advance(10_000);
+    assert_eq!(a.pending_vector(), Some(0x30));
+    a.ack(0x30);
+    assert!(!a.entry_work(), "one-shot fired and taken");
+    // An SMI waits for GIF.
+    a.mmio_write(reg::ICR as u64, 4, (1 << 18) | (2 << 8), 0);
+    assert!(a.entry_work());
+    assert!(a.take_smi());
+    assert!(!a.entry_work());
+    // IRR with vectors in several words.
+    a.accept(0x21);
+    a.accept(0xE1);
+    assert_eq!(a.pending_vector(), Some(0xE1));
+    a.ack(0xE1);
+    assert_eq!(a.pending_vector(), None, "0x21 below the in-service class");
+    assert!(a.entry_work());
 }
