@@ -104,6 +104,7 @@ impl Vcpu {
         super::xcr0::reset();
         // A new run may be on another CPU: the host TSC checked once here
         // (`tsc::observe_on_run`), not at every entry.
+        let vm = access.vm();
         super::tsc::observe_on_run(self, vm);
         let mut exited_at = None;
         // Self-tests only: a VM that is not a test has no limits. The
