@@ -13,6 +13,7 @@ pub mod fuzz;
 mod guest;
 mod nested;
 mod smp;
+mod smp_vm;
 mod tsc;
 
 use crate::println;

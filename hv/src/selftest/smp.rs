@@ -20,7 +20,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 4] = [
+pub const CASES: [HostCase; 6] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -36,6 +36,14 @@ pub const CASES: [HostCase; 4] = [
     HostCase {
         name: "smp::mailbox_kick_is_an_ipi",
         run: mailbox_kick_is_an_ipi,
+    },
+    HostCase {
+        name: "smp::vcpu_ipi",
+        run: super::smp_vm::vcpu_ipi,
+    },
+    HostCase {
+        name: "smp::init_sipi_restart",
+        run: super::smp_vm::init_sipi_restart,
     },
 ];
 

@@ -142,9 +142,9 @@ pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
             }),
             Delivery::Nmi => inbox.post(|b| b.nmi.store(true, Ordering::Release)),
             Delivery::Init => inbox.post(|b| b.init.store(true, Ordering::Release)),
-            Delivery::Startup(v) => inbox.post(|b| {
-                b.sipi.store(SIPI_VALID | u32::from(v), Ordering::Release)
-            }),
+            Delivery::Startup(v) => {
+                inbox.post(|b| b.sipi.store(SIPI_VALID | u32::from(v), Ordering::Release))
+            }
             // Illegal vectors (SDM 11.5.3: the receiver's ESR), SMI (no
             // SMM) and nothing: dropped.
             Delivery::Fixed(_) | Delivery::Smi | Delivery::None => {}
@@ -198,9 +198,10 @@ impl<'a> Seat<'a> {
             self.inbox().any.store(true, Ordering::Release);
             return None;
         }
-        let l1_intercepts = vcpu.nested.l2.as_ref().is_some_and(|l2| {
-            l2.vmcb12.control.intercept_misc1 & InterceptMisc1::INIT.bits() != 0
-        });
+        let l1_intercepts =
+            vcpu.nested.l2.as_ref().is_some_and(|l2| {
+                l2.vmcb12.control.intercept_misc1 & InterceptMisc1::INIT.bits() != 0
+            });
         if l1_intercepts {
             let c = &mut vcpu.vmcb.control;
             c.exit_info1 = 0;
@@ -218,29 +219,22 @@ impl<'a> Seat<'a> {
         None
     }
 
-    /// Waits (VM lock released) for a SIPI or the VM's end.
-    fn wait_for_sipi(&mut self, vcpu: &mut Vcpu) -> Option<Stop> {
+    /// Waits (VM lock released) for a SIPI or the VM's end; `Some`: the
+    /// VM ended.
+    fn wait_for_sipi(&mut self) -> Option<Stop> {
         let inbox = self.inbox();
         self.release();
-        let got = loop {
+        while inbox.sipi.load(Ordering::Acquire) & SIPI_VALID == 0 {
             if inbox.stop.load(Ordering::Acquire) {
-                break None;
+                break;
             }
-            let s = inbox.sipi.swap(0, Ordering::AcqRel);
-            if s & SIPI_VALID != 0 {
-                break Some(s as u8);
-            }
-            // A later INIT while waiting changes nothing.
-            inbox.init.store(false, Ordering::Relaxed);
             core::hint::spin_loop();
-        };
+        }
         self.acquire();
-        let Some(vector) = got else {
-            return Some(Stop::Unhandled(VM_STOPPED.into()));
-        };
-        let vector = ap_start::on_sipi(&mut self.ap, vector)?;
-        ap_start::write_start_state(&mut vcpu.vmcb.state, vector, EFER_SVME);
-        None
+        match inbox.stop.load(Ordering::Acquire) {
+            true => Some(Stop::Unhandled(VM_STOPPED.into())),
+            false => None,
+        }
     }
 }
 
@@ -287,10 +281,25 @@ impl VmAccess for Seat<'_> {
             }
         }
         if self.ap == ApState::WaitForSipi {
-            return self.wait_for_sipi(vcpu);
+            if let Some(stop) = self.wait_for_sipi() {
+                return Some(stop);
+            }
+            // An INIT sent while it waited came before the SIPI (INIT,
+            // then SIPI, is the order senders use): it resets the same
+            // waiting vCPU.
+            if inbox.init.swap(false, Ordering::AcqRel) {
+                if let Some(stop) = self.init(vcpu, host) {
+                    return Some(stop);
+                }
+            }
         }
-        // A SIPI to a running vCPU is ignored (SDM 9.4.4).
-        inbox.sipi.store(0, Ordering::Release);
+        let sipi = inbox.sipi.swap(0, Ordering::AcqRel);
+        if sipi & SIPI_VALID != 0 {
+            // Ignored unless the vCPU waits for it (SDM 9.4.4).
+            if let Some(vector) = ap_start::on_sipi(&mut self.ap, sipi as u8) {
+                ap_start::write_start_state(&mut vcpu.vmcb.state, vector, EFER_SVME);
+            }
+        }
         None
     }
 }
@@ -356,7 +365,13 @@ fn ap_job(arg: u64) -> u64 {
     0
 }
 
-fn run_seat(shared: &SharedVm, vcpu: &mut Vcpu, index: usize, start: Start, host: &HostCpu) -> Stop {
+fn run_seat(
+    shared: &SharedVm,
+    vcpu: &mut Vcpu,
+    index: usize,
+    start: Start,
+    host: &HostCpu,
+) -> Stop {
     let ap = match start {
         Start::Running => ApState::Running,
         Start::WaitForSipi => ApState::WaitForSipi,

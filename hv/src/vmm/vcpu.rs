@@ -3,9 +3,9 @@
 
 use super::enable::HostCpu;
 use super::exits::{self, Action, Stop};
+use super::multi::VmAccess;
 use super::nested::Nested;
 use super::phys_box::PhysBox;
-use super::multi::VmAccess;
 use super::world_switch::{self, GuestRegs};
 use alloc::boxed::Box;
 use svm::exit_counts::ExitCounts;
