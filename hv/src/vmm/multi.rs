@@ -24,8 +24,8 @@ use super::vm::Vm;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use spin::{Mutex, MutexGuard};
 use svm::ap_start::{self, ApState};
 use svm::devices::ipi::{self, Delivery};
 use svm::msr::EFER_SVME;
@@ -152,11 +152,35 @@ pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
     }
 }
 
-/// A VM shared by its vCPUs.
-#[derive(Debug)]
+/// A VM shared by its vCPUs, behind a ticket lock: a vCPU that exits
+/// often cannot starve the others (a plain spin lock let a vCPU polling a
+/// hypercall in a loop hold off another's exit handling for tens of ms).
 pub struct SharedVm {
-    vm: Mutex<Vm>,
+    vm: UnsafeCell<Vm>,
+    next: AtomicU32,
+    serving: AtomicU32,
     inboxes: Arc<[Inbox]>,
+}
+
+// SAFETY: the VM is reached only by the holder of the ticket lock (`Seat`).
+unsafe impl Sync for SharedVm {}
+
+impl core::fmt::Debug for SharedVm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SharedVm")
+    }
+}
+
+impl SharedVm {
+    fn lock(&self) {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        while self.serving.load(Ordering::Acquire) != ticket {
+            core::hint::spin_loop();
+        }
+    }
+    fn unlock(&self) {
+        self.serving.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// One vCPU's place in a [`SharedVm`]: its run loop's [`VmAccess`].
@@ -164,7 +188,7 @@ pub struct SharedVm {
 pub struct Seat<'a> {
     shared: &'a SharedVm,
     index: usize,
-    guard: Option<MutexGuard<'a, Vm>>,
+    held: bool,
     /// INIT/SIPI state.
     ap: ApState,
 }
@@ -177,7 +201,7 @@ impl<'a> Seat<'a> {
         let mut seat = Self {
             shared,
             index,
-            guard: None,
+            held: false,
             ap,
         };
         seat.acquire();
@@ -238,22 +262,32 @@ impl<'a> Seat<'a> {
     }
 }
 
+impl Drop for Seat<'_> {
+    /// The run loop returns with the lock held.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl VmAccess for Seat<'_> {
     fn vm(&mut self) -> &mut Vm {
-        // Held from acquire to release: the run loop asks in between only.
-        self.guard
-            .as_deref_mut()
-            .expect("the VM is used with its lock held")
+        assert!(self.held, "the VM is used with its lock held");
+        // SAFETY: this seat holds the lock; the borrow of `self` ends
+        // before `release` can be called.
+        unsafe { &mut *self.shared.vm.get() }
     }
     fn release(&mut self) {
-        self.guard = None;
+        if core::mem::take(&mut self.held) {
+            self.shared.unlock();
+        }
     }
     fn acquire(&mut self) {
-        let mut g = self.shared.vm.lock();
-        if let Some(smp) = &mut g.smp {
-            smp.current = self.index;
+        self.shared.lock();
+        self.held = true;
+        let index = self.index;
+        if let Some(smp) = &mut self.vm().smp {
+            smp.current = index;
         }
-        self.guard = Some(g);
     }
     fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
         let inbox = self.inbox();
@@ -420,7 +454,9 @@ pub fn run(
         current: 0,
     });
     let shared = SharedVm {
-        vm: Mutex::new(vm),
+        vm: UnsafeCell::new(vm),
+        next: AtomicU32::new(0),
+        serving: AtomicU32::new(0),
         inboxes,
     };
     let (first, rest) = vcpus.split_at_mut(1);
