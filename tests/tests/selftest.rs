@@ -184,6 +184,7 @@ const SMP_TESTS: &[&str] = &[
     "smp::mailbox_kick_is_an_ipi",
     "smp::vcpu_ipi",
     "smp::init_sipi_restart",
+    "smp::tsc_monotonic_across_vcpus",
 ];
 
 #[test]

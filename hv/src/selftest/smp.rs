@@ -20,7 +20,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 6] = [
+pub const CASES: [HostCase; 7] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -44,6 +44,10 @@ pub const CASES: [HostCase; 6] = [
     HostCase {
         name: "smp::init_sipi_restart",
         run: super::smp_vm::init_sipi_restart,
+    },
+    HostCase {
+        name: "smp::tsc_monotonic_across_vcpus",
+        run: super::smp_vm::tsc_monotonic_across_vcpus,
     },
 ];
 

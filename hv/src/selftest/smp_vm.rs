@@ -66,3 +66,9 @@ pub fn vcpu_ipi() -> Result<(), String> {
 pub fn init_sipi_restart() -> Result<(), String> {
     run_two("smp::init_sipi_restart", Start::WaitForSipi)
 }
+
+/// vCPUs 0 and 1 read the TSC in turns (shared memory): never backwards,
+/// also across a VM-wide TSC move by vCPU 0.
+pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
+    run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
+}

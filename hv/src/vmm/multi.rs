@@ -74,6 +74,10 @@ pub struct Inbox {
     sipi: AtomicU32,
     /// The VM is over: leave the run loop.
     stop: AtomicBool,
+    /// The VM-wide TSC model changed: reprogram the offset.
+    tsc: AtomicBool,
+    /// Between the release of the VM lock before VMRUN and the #VMEXIT.
+    in_guest: AtomicBool,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
 }
@@ -152,6 +156,27 @@ pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
     }
 }
 
+/// After a change of the VM-wide TSC model by the vCPU holding the VM
+/// lock: every other vCPU is told to reprogram its offset, and is out of
+/// guest mode when this returns (kicked; it then waits for the lock and
+/// reprograms before its next entry). So once the changing vCPU resumes,
+/// no vCPU runs with the old offset (seed 004: one offset for the VM).
+pub fn vm_tsc_changed(vm: &Vm) {
+    let Some(smp) = &vm.smp else {
+        return;
+    };
+    for (i, inbox) in smp.inboxes.iter().enumerate() {
+        if i != smp.current {
+            inbox.post(|b| b.tsc.store(true, Ordering::Release));
+        }
+    }
+    for (i, inbox) in smp.inboxes.iter().enumerate() {
+        while i != smp.current && inbox.in_guest.load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// A VM shared by its vCPUs, behind a ticket lock: a vCPU that exits
 /// often cannot starve the others (a plain spin lock let a vCPU polling a
 /// hypercall in a loop hold off another's exit handling for tens of ms).
@@ -208,6 +233,13 @@ impl<'a> Seat<'a> {
         seat
     }
 
+    /// Releases the VM lock (not for VMRUN: [`VmAccess::release`]).
+    fn unlock(&mut self) {
+        if core::mem::take(&mut self.held) {
+            self.shared.unlock();
+        }
+    }
+
     fn inbox(&self) -> &'a Inbox {
         &self.shared.inboxes[self.index]
     }
@@ -247,7 +279,7 @@ impl<'a> Seat<'a> {
     /// VM ended.
     fn wait_for_sipi(&mut self) -> Option<Stop> {
         let inbox = self.inbox();
-        self.release();
+        self.unlock();
         while inbox.sipi.load(Ordering::Acquire) & SIPI_VALID == 0 {
             if inbox.stop.load(Ordering::Acquire) {
                 break;
@@ -265,7 +297,7 @@ impl<'a> Seat<'a> {
 impl Drop for Seat<'_> {
     /// The run loop returns with the lock held.
     fn drop(&mut self) {
-        self.release();
+        self.unlock();
     }
 }
 
@@ -277,11 +309,13 @@ impl VmAccess for Seat<'_> {
         unsafe { &mut *self.shared.vm.get() }
     }
     fn release(&mut self) {
-        if core::mem::take(&mut self.held) {
-            self.shared.unlock();
-        }
+        // Set while the lock is still held: a vCPU that changes the VM's
+        // TSC under the lock sees every other one either here or waiting.
+        self.inbox().in_guest.store(true, Ordering::SeqCst);
+        self.unlock();
     }
     fn acquire(&mut self) {
+        self.inbox().in_guest.store(false, Ordering::SeqCst);
         self.shared.lock();
         self.held = true;
         let index = self.index;
@@ -305,6 +339,9 @@ impl VmAccess for Seat<'_> {
                 bits &= bits - 1;
                 vcpu.lapic.accept((w as u32 * 32 + b) as u8);
             }
+        }
+        if inbox.tsc.swap(false, Ordering::AcqRel) {
+            super::tsc::reprogram_l1_offset(vcpu, self.vm());
         }
         if inbox.nmi.swap(false, Ordering::AcqRel) {
             vcpu.nmi.queue();

@@ -121,3 +121,59 @@ pub fn init_sipi_restart(_: &StartParams) {
     send(1, 0x4600 | vector);
     wait("vCPU 1 to restart after INIT and SIPI", || report(2) == 2);
 }
+
+/// Whose turn it is (even: vCPU 0, odd: vCPU 1) and the last TSC read.
+static TURN: AtomicU64 = AtomicU64::new(0);
+static LAST_TSC: AtomicU64 = AtomicU64::new(0);
+static MAX_BACK: AtomicU64 = AtomicU64::new(0);
+const HANDOFFS: u64 = 2000;
+/// L0 moves the VM's TSC forward by this much halfway (HC_TSC_MOVE_L1):
+/// every vCPU must follow before the mover's next read is seen.
+const MOVE: u64 = 1 << 36;
+
+/// One side of the ping-pong: on its turn, reads the TSC (after seeing
+/// the other's reading) and compares it with the other's.
+fn ping_pong(me: u64) {
+    let mut turn = me;
+    while turn < HANDOFFS {
+        while TURN.load(Ordering::SeqCst) != turn {
+            core::hint::spin_loop();
+        }
+        if me == 0 && turn == HANDOFFS / 2 {
+            call(svm::guest_abi::HC_TSC_MOVE_L1, MOVE, 0, 0);
+        }
+        // LFENCE: RDTSC is not executed before the load above.
+        // SAFETY: LFENCE has no side effects.
+        unsafe { core::arch::asm!("lfence", options(nostack)) };
+        let now = guest_stubs::cpu::rdtsc();
+        let last = LAST_TSC.load(Ordering::SeqCst);
+        if now < last {
+            MAX_BACK.fetch_max(last - now, Ordering::SeqCst);
+        }
+        LAST_TSC.store(now, Ordering::SeqCst);
+        TURN.store(turn + 1, Ordering::SeqCst);
+        turn += 2;
+    }
+}
+
+/// vCPUs 0 and 1 take turns reading the TSC through shared memory; no
+/// reading may be below the other vCPU's reading before it, also across
+/// a VM-wide TSC move.
+pub fn tsc_monotonic_across_vcpus(_: &StartParams) {
+    lapic::map();
+    if apic_id() != 0 {
+        ping_pong(1);
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    ping_pong(0);
+    wait("vCPU 1's last turn", || {
+        TURN.load(Ordering::SeqCst) >= HANDOFFS
+    });
+    let back = MAX_BACK.load(Ordering::SeqCst);
+    guest_stubs::println!(
+        "tsc: largest backwards step {back} ticks over {HANDOFFS} handoffs between 2 vCPUs"
+    );
+    check_eq!(back, 0, "largest backwards TSC step between vCPUs (ticks)");
+}
