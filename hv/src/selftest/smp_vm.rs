@@ -44,8 +44,8 @@ fn run_two(name: &str, second: Start) -> Result<(), String> {
         }
         vcpus.push(v);
     }
-    let (vm, stops) = multi::run(vm, &mut vcpus, &[Start::Running, second], host)
-        .map_err(|(_, e)| String::from(e))?;
+    let (vm, stops) =
+        multi::run(vm, &mut vcpus, &[Start::Running, second], host).map_err(String::from)?;
     drop(vm);
     match &stops[0] {
         Stop::Done { pass: true, .. } => {}

@@ -466,13 +466,13 @@ pub fn run(
     vcpus: &mut [Vcpu],
     starts: &[Start],
     host: &HostCpu,
-) -> Result<(Vm, Vec<Stop>), (Vm, &'static str)> {
+) -> Result<(Vm, Vec<Stop>), &'static str> {
     let n = vcpus.len();
     if n == 0 || n > ipi::MAX_VCPUS || starts.len() != n {
-        return Err((vm, "a VM needs 1 to 64 vCPUs, each with its start"));
+        return Err("a VM needs 1 to 64 vCPUs, each with its start");
     }
     if crate::smp::this().index() != 0 {
-        return Err((vm, "multi-vCPU VMs are started from CPU 0"));
+        return Err("multi-vCPU VMs are started from CPU 0");
     }
     let online = crate::smp::percpu::all()
         .iter()
@@ -480,10 +480,7 @@ pub fn run(
         .filter(|c| c.online.load(Ordering::Acquire))
         .count();
     if online < n {
-        return Err((
-            vm,
-            "more vCPUs than online CPUs (time-slicing is not implemented)",
-        ));
+        return Err("more vCPUs than online CPUs (time-slicing is not implemented)");
     }
     let inboxes: Arc<[Inbox]> = (0..n).map(|_| Inbox::new()).collect();
     vm.smp = Some(VmSmp {

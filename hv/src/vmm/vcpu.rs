@@ -143,9 +143,9 @@ impl Vcpu {
             exits::cr::before_entry(self);
             exits::shadow::before_entry(self);
             super::nested::vgif::before_entry(self, vm, host);
+            access.release();
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
-            access.release();
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
             access.acquire();
             let vm = access.vm();

@@ -31,7 +31,7 @@ fn wait(what: &str, cond: impl Fn() -> bool) {
     while !cond() {
         core::hint::spin_loop();
         n += 1;
-        if n % 4096 == 0 && call(HC_NOW_NS, 0, 0, 0) - start > 2_000_000_000 {
+        if n.is_multiple_of(4096) && call(HC_NOW_NS, 0, 0, 0) - start > 2_000_000_000 {
             fail(format_args!("timed out waiting for {what}"));
         }
     }
