@@ -31,33 +31,50 @@ use svm::devices::ipi::{self, Delivery};
 use svm::msr::EFER_SVME;
 use svm::{ExitCode, InterceptMisc1};
 
-/// How the run loop reaches its VM: directly (one vCPU, `&mut Vm`, every
-/// call inlined to nothing) or through the VM lock ([`Seat`]).
-pub trait VmAccess {
-    /// The VM (held by this vCPU between [`Self::acquire`] and
-    /// [`Self::release`]).
-    fn vm(&mut self) -> &mut Vm;
-    /// Before VMRUN: other vCPUs may handle their exits now.
-    fn release(&mut self);
-    /// After #VMEXIT: the VM is this vCPU's until the next release.
-    fn acquire(&mut self);
-    /// Before each entry: what other vCPUs sent this one (IPIs, NMI,
-    /// INIT/SIPI, the VM's end).
-    fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop>;
+/// How the run loop reaches its VM: directly (one vCPU) or through the
+/// VM lock (a [`Seat`] of a shared VM). An enum, not a generic parameter:
+/// one instantiation of the run loop keeps its exit handlers inlined as
+/// before (two cost the one-vCPU round trip ~36 instructions).
+#[derive(Debug)]
+pub enum VmAccess<'a> {
+    /// The VM of a single vCPU.
+    Own(&'a mut Vm),
+    /// One vCPU's seat in a shared VM.
+    Shared(Seat<'a>),
 }
 
-impl VmAccess for &mut Vm {
+impl VmAccess<'_> {
+    /// The VM (held by this vCPU between [`Self::acquire`] and
+    /// [`Self::release`]).
     #[inline(always)]
-    fn vm(&mut self) -> &mut Vm {
-        self
+    pub fn vm(&mut self) -> &mut Vm {
+        match self {
+            VmAccess::Own(vm) => vm,
+            VmAccess::Shared(seat) => seat.vm(),
+        }
     }
+    /// Before VMRUN: other vCPUs may handle their exits now.
     #[inline(always)]
-    fn release(&mut self) {}
+    pub fn release(&mut self) {
+        if let VmAccess::Shared(seat) = self {
+            seat.release();
+        }
+    }
+    /// After #VMEXIT: the VM is this vCPU's until the next release.
     #[inline(always)]
-    fn acquire(&mut self) {}
+    pub fn acquire(&mut self) {
+        if let VmAccess::Shared(seat) = self {
+            seat.acquire();
+        }
+    }
+    /// Before each entry: what other vCPUs sent this one (IPIs, NMI,
+    /// INIT/SIPI, a TSC change, the VM's end).
     #[inline(always)]
-    fn take_events(&mut self, _: &mut Vcpu, _: &HostCpu) -> Option<Stop> {
-        None
+    pub fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
+        match self {
+            VmAccess::Own(_) => None,
+            VmAccess::Shared(seat) => seat.take_events(vcpu, host),
+        }
     }
 }
 
@@ -301,19 +318,24 @@ impl Drop for Seat<'_> {
     }
 }
 
-impl VmAccess for Seat<'_> {
+impl Seat<'_> {
+    #[inline(always)]
     fn vm(&mut self) -> &mut Vm {
         assert!(self.held, "the VM is used with its lock held");
         // SAFETY: this seat holds the lock; the borrow of `self` ends
         // before `release` can be called.
         unsafe { &mut *self.shared.vm.get() }
     }
+    #[cold]
+    #[inline(never)]
     fn release(&mut self) {
         // Set while the lock is still held: a vCPU that changes the VM's
         // TSC under the lock sees every other one either here or waiting.
         self.inbox().in_guest.store(true, Ordering::SeqCst);
         self.unlock();
     }
+    #[cold]
+    #[inline(never)]
     fn acquire(&mut self) {
         self.inbox().in_guest.store(false, Ordering::SeqCst);
         self.shared.lock();
@@ -323,6 +345,8 @@ impl VmAccess for Seat<'_> {
             smp.current = index;
         }
     }
+    #[cold]
+    #[inline(never)]
     fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
         let inbox = self.inbox();
         if self.ap == ApState::Running && !inbox.any.load(Ordering::Acquire) {
@@ -447,7 +471,7 @@ fn run_seat(
         Start::Running => ApState::Running,
         Start::WaitForSipi => ApState::WaitForSipi,
     };
-    let stop = vcpu.run(Seat::new(shared, index, ap), host);
+    let stop = vcpu.run_with(VmAccess::Shared(Seat::new(shared, index, ap)), host);
     shared.inboxes[index].cpu.store(u32::MAX, Ordering::Release);
     // The VM ends with its first vCPU to stop: the others are told.
     for (i, inbox) in shared.inboxes.iter().enumerate() {

@@ -6,6 +6,7 @@ use super::exits::{self, Action, Stop};
 use super::multi::VmAccess;
 use super::nested::Nested;
 use super::phys_box::PhysBox;
+use super::vm::Vm;
 use super::world_switch::{self, GuestRegs};
 use alloc::boxed::Box;
 use svm::exit_counts::ExitCounts;
@@ -94,10 +95,17 @@ impl Vcpu {
         self.exit_counts.get(code.to_raw())
     }
 
-    /// Runs the guest until an exit handler stops it. `vm` is the VM
-    /// itself (one vCPU) or this vCPU's seat in a shared one
-    /// (`multi::Seat`: the VM lock is held except across VMRUN).
-    pub fn run(&mut self, mut access: impl VmAccess, host: &HostCpu) -> Stop {
+    /// Runs the guest of a single-vCPU VM until an exit handler stops it.
+    pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        self.run_with(VmAccess::Own(vm), host)
+    }
+
+    /// Runs the guest until an exit handler stops it, with the VM itself
+    /// or this vCPU's seat in a shared one (`multi::Seat`: the VM lock is
+    /// held except across VMRUN). Never inlined: one copy of the loop, so
+    /// its exit handlers stay inlined into it.
+    #[inline(never)]
+    pub fn run_with(&mut self, mut access: VmAccess<'_>, host: &HostCpu) -> Stop {
         // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
         exits::dr::load(&self.db);
         // The reset XCR0, not the last VM's (`xcr0`).
