@@ -52,6 +52,9 @@ shows one command's):
                             (one argument; needs --guest)
   --guest-mem MIB           run: the guest's RAM in MiB, even, 2-2048 (default
                             256; needs --guest)
+  --guest-cpus N            run: the guest's vCPU count (default 1; needs
+                            --guest and --smp at least N: one CPU each),
+                            also fw_cfg's CPU count
   --guest-module FILE       run: a Multiboot boot module for the guest
                             (repeatable, in order; its string is the file's
                             name; needs --guest and a Multiboot image)
@@ -173,6 +176,16 @@ pub struct RunArgs {
 impl RunArgs {
     /// Rejects flag combinations that cannot work, before anything is built.
     fn checked(self) -> Result<Self> {
+        if let Some(g) = &self.guest {
+            let smp = self.smp.unwrap_or(crate::qemu::DEFAULT_SMP);
+            if g.cpus > smp {
+                usage!(
+                    "--guest-cpus {} needs --smp {} or more (one CPU per vCPU)",
+                    g.cpus,
+                    g.cpus
+                );
+            }
+        }
         if self.boot == Some(Boot::Direct) && self.firmware == FirmwareKind::Uefi {
             usage!(
                 "--boot direct works with --firmware bios only (QEMU boots PVH ELFs without UEFI)"
@@ -354,13 +367,14 @@ fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
     let file = options.value("--guest", |w| Ok(std::path::PathBuf::from(w)))?;
     let append = options.value("--append", |w| Ok(w.to_string()))?;
     let mem_mib = options.value("--guest-mem", guest::parse_mem_mib)?;
+    let cpus = options.value("--guest-cpus", parse_count)?;
     let mut modules = Vec::new();
     while let Some(m) = options.value("--guest-module", |w| Ok(std::path::PathBuf::from(w)))? {
         modules.push(m);
     }
     let Some(file) = file else {
-        if append.is_some() || mem_mib.is_some() || !modules.is_empty() {
-            usage!("--append, --guest-mem and --guest-module need --guest FILE");
+        if append.is_some() || mem_mib.is_some() || cpus.is_some() || !modules.is_empty() {
+            usage!("--append, --guest-mem, --guest-cpus and --guest-module need --guest FILE");
         }
         return Ok(None);
     };
@@ -382,6 +396,7 @@ fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
         file,
         append: append.unwrap_or_default(),
         mem_mib: mem_mib.unwrap_or(guest::DEFAULT_MEM_MIB),
+        cpus: cpus.unwrap_or(1),
         modules,
     }))
 }
@@ -593,6 +608,7 @@ mod tests {
                 file: "Cargo.toml".into(),
                 append: "vmrun -npt_*".into(),
                 mem_mib: 64,
+                cpus: 1,
                 modules: Vec::new(),
             })
         );

@@ -25,7 +25,7 @@ use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use svm::ap_start::{self, ApState};
 use svm::devices::ipi::{self, Delivery};
 use svm::msr::EFER_SVME;
@@ -95,6 +95,11 @@ pub struct Inbox {
     tsc: AtomicBool,
     /// Between the release of the VM lock before VMRUN and the #VMEXIT.
     in_guest: AtomicBool,
+    /// HLT that only another vCPU can end: the vCPU waits (VM lock
+    /// released) for an event before it enters the guest again.
+    halted: AtomicBool,
+    /// The halted vCPU's HLT (re-executed when the wait's slice ends).
+    halt_rip: AtomicU64,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
 }
@@ -135,6 +140,36 @@ pub struct VmSmp {
     /// The vCPU holding the VM lock (whose exit is being handled).
     current: usize,
 }
+
+/// The index (= APIC ID) of the vCPU whose exit is being handled: the VM
+/// lock's holder; 0 in a single-vCPU VM.
+pub fn current_vcpu(vm: &Vm) -> usize {
+    vm.smp.as_ref().map_or(0, |s| s.current)
+}
+
+/// HLT that nothing on this vCPU can end (`exits::apic::hlt`): in a VM
+/// with several vCPUs, the vCPU does not enter the guest again until
+/// another sends it something or its APIC timer fires; RIP goes past the
+/// HLT (at `hlt_rip`) as after a wake-up, and back to it when the wait's
+/// slice ends with neither (the run loop's limits stay checked, and the
+/// HLT waits on). One vCPU: nothing (the HLT ends at once).
+pub fn halt(vm: &Vm, hlt_rip: u64) {
+    if let Some(smp) = &vm.smp {
+        let inbox = &smp.inboxes[smp.current];
+        inbox.halt_rip.store(hlt_rip, Ordering::Relaxed);
+        inbox.halted.store(true, Ordering::Release);
+    }
+}
+
+/// Whether another vCPU sent the current one something (ends a HLT).
+pub fn event_pending(vm: &Vm) -> bool {
+    vm.smp
+        .as_ref()
+        .is_some_and(|s| s.inboxes[s.current].any.load(Ordering::Acquire))
+}
+
+/// Longest HLT wait before the guest is entered again (as exits::apic).
+const HALT_SLICE_NS: u64 = 10_000_000;
 
 /// After a write to the ICR of `vcpu`'s APIC: the IPI's share for other
 /// vCPUs (the APIC itself handled the sender's own share).
@@ -292,6 +327,26 @@ impl<'a> Seat<'a> {
         None
     }
 
+    /// Waits (VM lock released) for an event from another vCPU, the APIC
+    /// timer's deadline or at most [`HALT_SLICE_NS`].
+    fn wait_while_halted(&mut self, vcpu: &mut Vcpu) {
+        let inbox = self.inbox();
+        let start = crate::time::now_ns();
+        let timer = vcpu.lapic.next_deadline().unwrap_or(u64::MAX);
+        let end = timer.min(start.saturating_add(HALT_SLICE_NS));
+        self.unlock();
+        let mut now = start;
+        while !inbox.any.load(Ordering::Acquire) && now < end {
+            core::hint::spin_loop();
+            now = crate::time::now_ns();
+        }
+        self.acquire();
+        if now < timer && !inbox.any.load(Ordering::Acquire) {
+            // Nothing came: the HLT again.
+            vcpu.vmcb.state.rip = inbox.halt_rip.load(Ordering::Relaxed);
+        }
+    }
+
     /// Waits (VM lock released) for a SIPI or the VM's end; `Some`: the
     /// VM ended.
     fn wait_for_sipi(&mut self) -> Option<Stop> {
@@ -349,6 +404,9 @@ impl Seat<'_> {
     #[inline(never)]
     fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
         let inbox = self.inbox();
+        if inbox.halted.swap(false, Ordering::AcqRel) {
+            self.wait_while_halted(vcpu);
+        }
         if self.ap == ApState::Running && !inbox.any.load(Ordering::Acquire) {
             return None;
         }

@@ -59,7 +59,15 @@ pub fn decode(icr: u64, x2apic: bool, sender: usize, vcpus: usize) -> Ipi {
         MAX_VCPUS => u64::MAX,
         n => (1u64 << n) - 1,
     };
-    let others = all & !(1u64.checked_shl(sender as u32).unwrap_or(0));
+    let me = 1u64.checked_shl(sender as u32).unwrap_or(0) & all;
+    // INIT and Start-up to the sender itself are this module's too: its
+    // local APIC model leaves them (an L1 intercepting INIT sees a self-
+    // INIT from L2 as #VMEXIT(INIT), kvm-unit-tests svm_init_intercept_test).
+    let own = match delivery {
+        Delivery::Init | Delivery::Startup(_) => me,
+        _ => 0,
+    };
+    let others = all & !me;
     let logical = icr & (1 << 11) != 0;
     let targets = match (icr >> 18) & 3 {
         // No shorthand: the destination field.
@@ -74,14 +82,16 @@ pub fn decode(icr: u64, x2apic: bool, sender: usize, vcpus: usize) -> Ipi {
                 0
             } else {
                 match usize::try_from(dest) {
-                    Ok(d) if d < vcpus => (1u64 << d) & others,
+                    Ok(d) if d < vcpus => (1u64 << d) & (others | own),
                     _ => 0,
                 }
             }
         }
-        // Self: the sender's own APIC.
-        1 => 0,
-        // All including self, all excluding self: the others alike here.
+        // Self: the sender's own APIC (but INIT/SIPI: here).
+        1 => own,
+        // All including self.
+        2 => others | own,
+        // All excluding self.
         _ => others,
     };
     Ipi {
@@ -170,6 +180,17 @@ mod tests {
         assert_eq!(d((5 << 8) | (1 << 15)), Delivery::None);
         assert_eq!(d(3 << 8), Delivery::None);
         assert_eq!(d(7 << 8), Delivery::None);
+    }
+
+    #[test]
+    fn init_and_sipi_to_self_are_routed_here() {
+        assert_eq!(decode(INIT | SELF, false, 1, 3).targets, 0b010);
+        assert_eq!(decode(INIT | xapic_dest(1), false, 1, 3).targets, 0b010);
+        assert_eq!(decode(SIPI | 8 | ALL, false, 1, 3).targets, 0b111);
+        assert_eq!(decode(INIT | ALL_BUT_SELF, false, 1, 3).targets, 0b101);
+        // Fixed and NMI to self stay the sender's APIC's.
+        assert_eq!(decode(NMI | SELF, false, 1, 3).targets, 0);
+        assert_eq!(decode(FIXED | 0x40 | ALL, false, 1, 3).targets, 0b101);
     }
 
     #[test]

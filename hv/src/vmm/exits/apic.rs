@@ -305,9 +305,12 @@ const HLT_SLICE_NS: u64 = 10_000_000;
 pub fn hlt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let w = window(vcpu);
     if !halt_can_wake(&w) {
+        // Another vCPU's NMI or INIT can still end it (`multi`).
+        crate::vmm::multi::halt(vm, vcpu.vmcb.state.rip);
         return rip::skip(vcpu, vm, host);
     }
     let start = now();
+    let hlt_rip = vcpu.vmcb.state.rip;
     loop {
         let t = now();
         vcpu.lapic.advance(t);
@@ -315,8 +318,13 @@ pub fn hlt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             break;
         }
         let Some(deadline) = vcpu.lapic.next_deadline() else {
+            // No timer: only another vCPU can end it (`multi`).
+            crate::vmm::multi::halt(vm, hlt_rip);
             break;
         };
+        if crate::vmm::multi::event_pending(vm) {
+            break;
+        }
         if t.saturating_sub(start) >= HLT_SLICE_NS {
             // Enter the guest again at the HLT: it exits again here.
             return Action::Resume;

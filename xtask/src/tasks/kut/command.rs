@@ -109,6 +109,7 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
         file: guest.flat.to_path_buf(),
         append: guest.subtest.to_string(),
         mem_mib: guest.mem_mib,
+        cpus: 1,
         modules: Vec::new(),
     };
     let config = RunConfig {
