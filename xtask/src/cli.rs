@@ -72,8 +72,8 @@ shows one command's):
   --only REGEX              kut: subtests whose name (spaces as _) matches;
                             reg_corruption runs only when REGEX contains its name
   --compare                 kut: also run each subtest under bare QEMU TCG
-  --smp N                   kut: CPUs of the bare QEMU VM (default 1; the
-                            hypervisor runs a guest on one vCPU)
+  --smp N                   kut: CPUs of the bare QEMU VM and vCPUs of the
+                            guest under ours (default 1)
   --mem MiB                 kut: RAM of the VM, even, 2-2048 (default 256)
   --verbose                 kut: print the output of runs that failed
   --timeout SECS            kut: kill a run after SECS seconds (default 120)
