@@ -13,6 +13,7 @@ use svm::guest_abi::HC_NOW_NS;
 static READY: AtomicU64 = AtomicU64::new(0);
 static GOT_IRQ: AtomicU64 = AtomicU64::new(0);
 static GOT_NMI: AtomicU64 = AtomicU64::new(0);
+static HLT_EARLY: AtomicU64 = AtomicU64::new(0);
 
 const IPI_VECTOR: u8 = 0x40;
 const ICR: u32 = 0x300;
@@ -42,7 +43,8 @@ fn apic_id() -> u32 {
 }
 
 /// vCPU 0 sends vCPU 1 a fixed IPI, then an NMI; vCPU 1 takes each (its
-/// handlers count them) and says so through shared memory.
+/// handlers count them) and says so through shared memory. vCPU 1 waits
+/// for the IPI in HLT: the HLT lasts until the IPI comes.
 pub fn vcpu_ipi(_: &StartParams) {
     lapic::map();
     lapic::enable();
@@ -50,11 +52,21 @@ pub fn vcpu_ipi(_: &StartParams) {
         second_vcpu_takes_ipis();
     }
     wait("vCPU 1 to start", || READY.load(Ordering::SeqCst) == 1);
+    // vCPU 1 is in HLT by now (or soon): it must stay there until the IPI.
+    let t = call(HC_NOW_NS, 0, 0, 0);
+    while call(HC_NOW_NS, 0, 0, 0) - t < 30_000_000 {
+        core::hint::spin_loop();
+    }
     send(1, u32::from(IPI_VECTOR));
     wait("vCPU 1 to take the fixed IPI", || {
         GOT_IRQ.load(Ordering::SeqCst) == 1
     });
     check_eq!(interrupts_taken(IPI_VECTOR), 1, "interrupts taken");
+    check_eq!(
+        HLT_EARLY.load(Ordering::SeqCst),
+        0,
+        "vCPU 1's HLT ended before the IPI came"
+    );
     send(1, 0x400);
     wait("vCPU 1 to take the NMI", || {
         GOT_NMI.load(Ordering::SeqCst) == 1
@@ -64,6 +76,11 @@ pub fn vcpu_ipi(_: &StartParams) {
 
 fn second_vcpu_takes_ipis() -> ! {
     READY.store(1, Ordering::SeqCst);
+    // STI; HLT with no timer: only vCPU 0's IPI can end it.
+    lapic::safe_halt();
+    if interrupts_taken(IPI_VECTOR) == 0 {
+        HLT_EARLY.store(1, Ordering::SeqCst);
+    }
     while interrupts_taken(IPI_VECTOR) == 0 {
         lapic::sti_nop_cli();
         core::hint::spin_loop();
