@@ -210,6 +210,7 @@ fn boot_guest_with_modules(
         file: file.clone(),
         append: append.into(),
         mem_mib: 64,
+        cpus: 1,
         modules: paths,
     };
     let file = guest.boot_module(&dir).unwrap();
