@@ -25,14 +25,14 @@ fn send(dest: u8, low: u32) {
     lapic::write(ICR, low);
 }
 
-/// Waits up to 2 s of L0's clock for `cond`, else fails with `what`.
+/// Waits up to 5 s of L0's clock for `cond`, else fails with `what`.
 fn wait(what: &str, cond: impl Fn() -> bool) {
     let start = call(HC_NOW_NS, 0, 0, 0);
     let mut n = 0u64;
     while !cond() {
         core::hint::spin_loop();
         n += 1;
-        if n.is_multiple_of(4096) && call(HC_NOW_NS, 0, 0, 0) - start > 2_000_000_000 {
+        if n.is_multiple_of(4096) && call(HC_NOW_NS, 0, 0, 0) - start > 5_000_000_000 {
             fail(format_args!("timed out waiting for {what}"));
         }
     }
