@@ -310,15 +310,22 @@ impl<'a> Seat<'a> {
             vcpu.nested.l2.as_ref().is_some_and(|l2| {
                 l2.vmcb12.control.intercept_misc1 & InterceptMisc1::INIT.bits() != 0
             });
-        if l1_intercepts {
+        if vcpu.nested.in_l2() {
+            // #VMEXIT(INIT) to L1. Without L1's intercept the vCPU is then
+            // reset from L1 with L0's own controls back in the VMCB (KVM
+            // leaves nested mode first too); vmcb12 keeps that exit's state.
             let c = &mut vcpu.vmcb.control;
             c.exit_info1 = 0;
             c.exit_info2 = 0;
             c.exit_int_info = 0;
-            return match super::nested::vmexit::reflect(vcpu, self.vm(), host, ExitCode::Init) {
-                Action::Stop(s) => Some(s),
-                Action::Resume => None,
-            };
+            if let Action::Stop(s) =
+                super::nested::vmexit::reflect(vcpu, self.vm(), host, ExitCode::Init)
+            {
+                return Some(s);
+            }
+            if l1_intercepts {
+                return None;
+            }
         }
         if let Err(e) = reset(vcpu, self.index, self.vm()) {
             return Some(Stop::Unhandled(format!("INIT: {e}")));
