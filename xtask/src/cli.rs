@@ -650,6 +650,10 @@ mod tests {
             "run --guest Cargo.toml --guest-module /nonexistent/env",
             "run --guest Cargo.toml --guest-module /",
             "run --guest Cargo.toml --guest-module",
+            "run --guest-cpus 2",
+            "run --guest Cargo.toml --guest-cpus 0",
+            "run --guest Cargo.toml --guest-cpus 3",
+            "run --guest Cargo.toml --guest-cpus 4 --smp 3",
         ] {
             let error = parse_words(line).expect_err(line);
             assert_eq!(error.exit_code(), 2, "{line}: {error}");
@@ -669,6 +673,30 @@ mod tests {
         );
         let mem = parse_words("run --guest Cargo.toml --guest-mem 3").unwrap_err();
         assert!(mem.to_string().contains("even number of MiB"), "{mem}");
+        let cpus = parse_words("run --guest Cargo.toml --guest-cpus 3").unwrap_err();
+        assert!(cpus.to_string().contains("--smp 3"), "{cpus}");
+    }
+
+    #[test]
+    fn guest_cpus_reach_the_kernel_command_line() {
+        let Task::Run(args) = parse_words("run --guest Cargo.toml --guest-cpus 3 --smp 4").unwrap()
+        else {
+            panic!("not a run");
+        };
+        let guest = args.guest.unwrap();
+        assert_eq!(guest.cpus, 3);
+        assert!(guest
+            .kernel_cmdline(&[])
+            .contains(&"guest_cpus=3".to_string()));
+        let Task::Run(one) = parse_words("run --guest Cargo.toml").unwrap() else {
+            panic!("not a run");
+        };
+        let one = one.guest.unwrap();
+        assert_eq!(one.cpus, 1);
+        assert!(!one
+            .kernel_cmdline(&[])
+            .iter()
+            .any(|w| w.starts_with("guest_cpus")));
     }
 
     #[test]
