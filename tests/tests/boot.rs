@@ -65,7 +65,7 @@ fn unknown_command_line_words_are_warned_about() {
     );
     for word in ["frob", "colour=blue"] {
         let warning = format!(
-            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=)"
+            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=, guest_cpus=)"
         );
         assert!(
             boot.lines().any(|l| l == warning),

@@ -134,6 +134,16 @@ pub fn run(filter: Option<&str>) -> Summary {
         }
     }
     for case in host_cases {
+        if crate::smp::online_count() < case.cpus {
+            println!(
+                "test {} ... skipped (needs {} CPUs, {} online)",
+                case.name,
+                case.cpus,
+                crate::smp::online_count()
+            );
+            summary.skipped += 1;
+            continue;
+        }
         match (case.run)() {
             Ok(()) => {
                 println!("test {} ... ok", case.name);
