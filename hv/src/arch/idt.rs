@@ -102,9 +102,9 @@ core::arch::global_asm!(
         add rsp, 16
         iretq
 
-    # The timer (watchdog) and spurious interrupts: save what the SysV ABI
-    # lets a callee clobber, call Rust, return to whatever was interrupted.
-    isr_timer:
+    # An interrupt handled in Rust: save what the SysV ABI lets a callee
+    # clobber, call `target`, return to whatever was interrupted.
+    .macro isr_calling target
         push rax
         push rcx
         push rdx
@@ -115,7 +115,7 @@ core::arch::global_asm!(
         push r10
         push r11
         cld
-        call {timer}
+        call \target
         pop r11
         pop r10
         pop r9
@@ -126,30 +126,14 @@ core::arch::global_asm!(
         pop rcx
         pop rax
         iretq
+    .endm
+    # The timer (watchdog).
+    isr_timer:
+        isr_calling {timer}
     # The mailbox's wake-up IPI (smp::mailbox): end it, nothing more; the
     # woken CPU looks at its mailbox after its HLT.
     isr_wake:
-        push rax
-        push rcx
-        push rdx
-        push rsi
-        push rdi
-        push r8
-        push r9
-        push r10
-        push r11
-        cld
-        call {wake}
-        pop r11
-        pop r10
-        pop r9
-        pop r8
-        pop rdi
-        pop rsi
-        pop rdx
-        pop rcx
-        pop rax
-        iretq
+        isr_calling {wake}
     isr_spurious:
         iretq
 

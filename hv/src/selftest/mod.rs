@@ -79,6 +79,23 @@ pub struct Summary {
     pub skipped: usize,
 }
 
+impl Summary {
+    /// Prints a test's line (`test NAME ... ok` or `... FAILED (why)`) and
+    /// counts it.
+    fn record(&mut self, name: &str, verdict: Result<(), String>) {
+        match verdict {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                self.passed += 1;
+            }
+            Err(reason) => {
+                println!("test {name} ... FAILED ({reason})");
+                self.failed += 1;
+            }
+        }
+    }
+}
+
 fn selected(name: &str, filter: Option<&str>) -> bool {
     match filter {
         None => true,
@@ -144,16 +161,7 @@ pub fn run(filter: Option<&str>) -> Summary {
             summary.skipped += 1;
             continue;
         }
-        match (case.run)() {
-            Ok(()) => {
-                println!("test {} ... ok", case.name);
-                summary.passed += 1;
-            }
-            Err(reason) => {
-                println!("test {} ... FAILED ({reason})", case.name);
-                summary.failed += 1;
-            }
-        }
+        summary.record(case.name, (case.run)());
     }
     for case in cases {
         let host = match host {
@@ -174,16 +182,7 @@ pub fn run(filter: Option<&str>) -> Summary {
                 n / 1024
             )),
         });
-        match verdict {
-            Ok(()) => {
-                println!("test {} ... ok", case.name);
-                summary.passed += 1;
-            }
-            Err(reason) => {
-                println!("test {} ... FAILED ({reason})", case.name);
-                summary.failed += 1;
-            }
-        }
+        summary.record(case.name, verdict);
     }
     if summary.skipped > 0 {
         println!(
