@@ -268,6 +268,12 @@ pub struct Seat<'a> {
     held: bool,
     /// INIT/SIPI state.
     ap: ApState,
+    /// A HLT whose wait slice ended with nothing: the guest is entered at
+    /// the HLT again (`halt_rip`) but is still halted, so an event taken
+    /// before it re-executes the HLT must resume after it (`resume_rip`),
+    /// as the CPU's wake-up from HLT does; not at the HLT, which would
+    /// halt again after the handler.
+    rehalted: Option<(u64, u64)>,
 }
 
 impl<'a> Seat<'a> {
@@ -280,6 +286,7 @@ impl<'a> Seat<'a> {
             index,
             held: false,
             ap,
+            rehalted: None,
         };
         seat.acquire();
         seat
@@ -349,8 +356,11 @@ impl<'a> Seat<'a> {
         }
         self.acquire();
         if now < timer && !inbox.any.load(Ordering::Acquire) {
-            // Nothing came: the HLT again.
-            vcpu.vmcb.state.rip = inbox.halt_rip.load(Ordering::Relaxed);
+            // Nothing came: the HLT again (still halted: `rehalted`).
+            let s = &mut vcpu.vmcb.state;
+            let halt_rip = inbox.halt_rip.load(Ordering::Relaxed);
+            self.rehalted = Some((halt_rip, s.rip));
+            s.rip = halt_rip;
         }
     }
 
@@ -421,12 +431,14 @@ impl Seat<'_> {
         if inbox.stop.load(Ordering::Acquire) {
             return Some(Stop::Unhandled(VM_STOPPED.into()));
         }
+        let mut woken = false;
         for (w, word) in inbox.irr.iter().enumerate() {
             let mut bits = word.swap(0, Ordering::AcqRel);
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
                 vcpu.lapic.accept((w as u32 * 32 + b) as u8);
+                woken = true;
             }
         }
         if inbox.tsc.swap(false, Ordering::AcqRel) {
@@ -434,6 +446,17 @@ impl Seat<'_> {
         }
         if inbox.nmi.swap(false, Ordering::AcqRel) {
             vcpu.nmi.queue();
+            woken = true;
+        }
+        // Kicked out of the guest before it re-executed its HLT: an
+        // interrupt or NMI wakes the halted vCPU, which resumes after the
+        // HLT (a TSC kick alone does not).
+        if woken {
+            if let Some((halt_rip, resume_rip)) = self.rehalted.take() {
+                if vcpu.vmcb.state.rip == halt_rip {
+                    vcpu.vmcb.state.rip = resume_rip;
+                }
+            }
         }
         if inbox.init.swap(false, Ordering::AcqRel) {
             if let Some(stop) = self.init(vcpu, host) {
