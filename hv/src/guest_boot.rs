@@ -38,6 +38,8 @@ pub const MEM_KEY: &str = "guest_mem";
 pub const CPU_KEY: &str = "guest_cpu";
 /// Guest RAM without `guest_mem=`.
 const DEFAULT_MEM: u64 = 256 << 20;
+/// The kernel command-line key giving the guest's vCPU count (default 1).
+pub const CPUS_KEY: &str = "guest_cpus";
 /// Room for the Multiboot info block (the command line is at most
 /// [`crate::boot::info::MAX_CMDLINE`] bytes).
 const INFO_BUF: usize = 4096;
@@ -113,8 +115,19 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             exit(ExitCode::Failure)
         }
     };
+    let online = crate::smp::online_count();
+    let cpus = match boot.cmdline_value(CPUS_KEY) {
+        None => 1,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=online).contains(&n) => n,
+            _ => bad_image(format_args!(
+                "{CPUS_KEY}={v}: expected 1 to {online} (one vCPU per online CPU; time-slicing is not implemented)"
+            )),
+        },
+    };
     vm.devices = Some(PortBus::new(FwCfgConfig {
-        cpus: 1,
+        // fw_cfg's CPU count (key 0x05), what kvm-unit-tests reads.
+        cpus: cpus as u16,
         ram_size: memory,
     }));
     let mut vcpu = match Vcpu::new() {
@@ -144,7 +157,10 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             n => alloc::format!(", {n} module{}", if n == 1 { "" } else { "s" }),
         }
     );
-    let stop = vcpu.run(&mut vm, host);
+    let (stop, vcpu) = match cpus {
+        1 => (vcpu.run(&mut vm, host), vcpu),
+        n => run_smp(vm, vcpu, n, host),
+    };
     crate::console::end_raw_line();
     match stop {
         Stop::ExitDevice(status) => {
@@ -187,6 +203,41 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             );
             print_exit_counts(&vcpu);
             exit(ExitCode::GuestDied)
+        }
+    }
+}
+
+/// Runs the guest with `n` vCPUs (`vmm::multi`): vCPU 0 as loaded, the
+/// others waiting for INIT and SIPI (application processors at reset).
+/// Returns vCPU 0's stop and vCPU 0.
+fn run_smp(vm: Vm, first: Vcpu, n: usize, host: &enable::HostCpu) -> (Stop, Vcpu) {
+    let mut vcpus = alloc::vec![first];
+    for i in 1..n {
+        let mut v = match Vcpu::new() {
+            Ok(v) => v,
+            Err(why) => {
+                println!("hv: cannot create vCPU {i}: {why}");
+                exit(ExitCode::Failure)
+            }
+        };
+        // Intercepts, NPT and maps; the state is the SIPI's.
+        setup::init_vmcb(&mut v, &vm, 0);
+        v.lapic = crate::vmm::multi::vcpu_lapic(i, vm.l1_limits.max_phys_bits);
+        vcpus.push(v);
+    }
+    vcpus[0].lapic = crate::vmm::multi::vcpu_lapic(0, vm.l1_limits.max_phys_bits);
+    let mut starts = alloc::vec![crate::vmm::multi::Start::WaitForSipi; n];
+    starts[0] = crate::vmm::multi::Start::Running;
+    match crate::vmm::multi::run(vm, &mut vcpus, &starts, host) {
+        Ok((_vm, mut stops)) => {
+            for (i, s) in stops.iter().enumerate().skip(1) {
+                log::debug!("vCPU {i}: {s}");
+            }
+            (stops.swap_remove(0), vcpus.swap_remove(0))
+        }
+        Err(why) => {
+            println!("hv: cannot run {n} vCPUs: {why}");
+            exit(ExitCode::Failure)
         }
     }
 }

@@ -120,7 +120,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
 
 /// The command-line keys the kernel knows (`key=value` words).
 /// Words after a `--` word are a guest's (`guest=`), not the kernel's.
-const CMDLINE_KEYS: [&str; 8] = [
+const CMDLINE_KEYS: [&str; 9] = [
     "log",
     "fault",
     "tests",
@@ -129,9 +129,11 @@ const CMDLINE_KEYS: [&str; 8] = [
     guest_boot::KEY,
     guest_boot::MEM_KEY,
     guest_boot::CPU_KEY,
+    guest_boot::CPUS_KEY,
 ];
 /// The same, as the warning about an unknown word shows them (no heap yet).
-const KNOWN_WORDS: &str = "log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=";
+const KNOWN_WORDS: &str =
+    "log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=, guest_cpus=";
 
 /// A run's verdict: a failure when a test failed or the filter selected no
 /// test; "nothing ran" when tests were selected but all were skipped (no SVM

@@ -15,6 +15,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod ap_start;
 mod bitmap;
 pub mod boot_cmdline;
 pub mod boot_pack;

@@ -65,7 +65,7 @@ fn unknown_command_line_words_are_warned_about() {
     );
     for word in ["frob", "colour=blue"] {
         let warning = format!(
-            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=)"
+            "[WARN ] unknown command-line word {word:?} (known: log=, fault=, tests=, apic=, fuzz=, guest=, guest_mem=, guest_cpu=, guest_cpus=)"
         );
         assert!(
             boot.lines().any(|l| l == warning),
@@ -210,6 +210,7 @@ fn boot_guest_with_modules(
         file: file.clone(),
         append: append.into(),
         mem_mib: 64,
+        cpus: 1,
         modules: paths,
     };
     let file = guest.boot_module(&dir).unwrap();

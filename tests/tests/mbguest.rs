@@ -49,6 +49,7 @@ fn mbguest_passes_under_the_hypervisor() {
         file: mbguest().to_path_buf(),
         append: APPEND.into(),
         mem_mib: 256,
+        cpus: 1,
         modules: Vec::new(),
     };
     let config = RunConfig {

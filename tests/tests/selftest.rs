@@ -182,6 +182,9 @@ const SMP_TESTS: &[&str] = &[
     "smp::ap_host_tsc",
     "smp::ap_watchdog_ticks",
     "smp::mailbox_kick_is_an_ipi",
+    "smp::vcpu_ipi",
+    "smp::init_sipi_restart",
+    "smp::tsc_monotonic_across_vcpus",
 ];
 
 #[test]

@@ -30,11 +30,14 @@ fn four_cpus_all_run_the_hypervisor() {
         "smp::ap_host_tsc",
         "smp::ap_watchdog_ticks",
         "smp::mailbox_kick_is_an_ipi",
+        "smp::vcpu_ipi",
+        "smp::init_sipi_restart",
+        "smp::tsc_monotonic_across_vcpus",
     ] {
         let line = format!("test {name} ... ok");
         assert!(boot.lines().any(|l| l == line), "no `{line}` line");
     }
-    assert!(boot.lines().any(|l| l == "4 passed, 0 failed"));
+    assert!(boot.lines().any(|l| l == "7 passed, 0 failed"));
     boot.assert_status(SUCCESS_STATUS);
 }
 
@@ -46,6 +49,10 @@ fn one_cpu_still_boots() {
         Some("cpus: 1"),
         "serial output above"
     );
+    // The two-vCPU guests need a second CPU.
+    assert!(boot
+        .lines()
+        .any(|l| l == "test smp::vcpu_ipi ... skipped (needs 2 CPUs, 1 online)"));
     boot.assert_status(SUCCESS_STATUS);
 }
 

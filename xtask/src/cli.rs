@@ -52,6 +52,9 @@ shows one command's):
                             (one argument; needs --guest)
   --guest-mem MIB           run: the guest's RAM in MiB, even, 2-2048 (default
                             256; needs --guest)
+  --guest-cpus N            run: the guest's vCPU count (default 1; needs
+                            --guest and --smp at least N: one CPU each),
+                            also fw_cfg's CPU count
   --guest-module FILE       run: a Multiboot boot module for the guest
                             (repeatable, in order; its string is the file's
                             name; needs --guest and a Multiboot image)
@@ -69,8 +72,8 @@ shows one command's):
   --only REGEX              kut: subtests whose name (spaces as _) matches;
                             reg_corruption runs only when REGEX contains its name
   --compare                 kut: also run each subtest under bare QEMU TCG
-  --smp N                   kut: CPUs of the bare QEMU VM (default 1; the
-                            hypervisor runs a guest on one vCPU)
+  --smp N                   kut: CPUs of the bare QEMU VM and vCPUs of the
+                            guest under ours (default 1)
   --mem MiB                 kut: RAM of the VM, even, 2-2048 (default 256)
   --verbose                 kut: print the output of runs that failed
   --timeout SECS            kut: kill a run after SECS seconds (default 120)
@@ -173,6 +176,16 @@ pub struct RunArgs {
 impl RunArgs {
     /// Rejects flag combinations that cannot work, before anything is built.
     fn checked(self) -> Result<Self> {
+        if let Some(g) = &self.guest {
+            let smp = self.smp.unwrap_or(crate::qemu::DEFAULT_SMP);
+            if g.cpus > smp {
+                usage!(
+                    "--guest-cpus {} needs --smp {} or more (one CPU per vCPU)",
+                    g.cpus,
+                    g.cpus
+                );
+            }
+        }
         if self.boot == Some(Boot::Direct) && self.firmware == FirmwareKind::Uefi {
             usage!(
                 "--boot direct works with --firmware bios only (QEMU boots PVH ELFs without UEFI)"
@@ -354,13 +367,14 @@ fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
     let file = options.value("--guest", |w| Ok(std::path::PathBuf::from(w)))?;
     let append = options.value("--append", |w| Ok(w.to_string()))?;
     let mem_mib = options.value("--guest-mem", guest::parse_mem_mib)?;
+    let cpus = options.value("--guest-cpus", parse_count)?;
     let mut modules = Vec::new();
     while let Some(m) = options.value("--guest-module", |w| Ok(std::path::PathBuf::from(w)))? {
         modules.push(m);
     }
     let Some(file) = file else {
-        if append.is_some() || mem_mib.is_some() || !modules.is_empty() {
-            usage!("--append, --guest-mem and --guest-module need --guest FILE");
+        if append.is_some() || mem_mib.is_some() || cpus.is_some() || !modules.is_empty() {
+            usage!("--append, --guest-mem, --guest-cpus and --guest-module need --guest FILE");
         }
         return Ok(None);
     };
@@ -382,6 +396,7 @@ fn parse_guest(options: &mut Options) -> Result<Option<GuestArgs>> {
         file,
         append: append.unwrap_or_default(),
         mem_mib: mem_mib.unwrap_or(guest::DEFAULT_MEM_MIB),
+        cpus: cpus.unwrap_or(1),
         modules,
     }))
 }
@@ -593,6 +608,7 @@ mod tests {
                 file: "Cargo.toml".into(),
                 append: "vmrun -npt_*".into(),
                 mem_mib: 64,
+                cpus: 1,
                 modules: Vec::new(),
             })
         );
@@ -634,6 +650,10 @@ mod tests {
             "run --guest Cargo.toml --guest-module /nonexistent/env",
             "run --guest Cargo.toml --guest-module /",
             "run --guest Cargo.toml --guest-module",
+            "run --guest-cpus 2",
+            "run --guest Cargo.toml --guest-cpus 0",
+            "run --guest Cargo.toml --guest-cpus 3",
+            "run --guest Cargo.toml --guest-cpus 4 --smp 3",
         ] {
             let error = parse_words(line).expect_err(line);
             assert_eq!(error.exit_code(), 2, "{line}: {error}");
@@ -653,6 +673,30 @@ mod tests {
         );
         let mem = parse_words("run --guest Cargo.toml --guest-mem 3").unwrap_err();
         assert!(mem.to_string().contains("even number of MiB"), "{mem}");
+        let cpus = parse_words("run --guest Cargo.toml --guest-cpus 3").unwrap_err();
+        assert!(cpus.to_string().contains("--smp 3"), "{cpus}");
+    }
+
+    #[test]
+    fn guest_cpus_reach_the_kernel_command_line() {
+        let Task::Run(args) = parse_words("run --guest Cargo.toml --guest-cpus 3 --smp 4").unwrap()
+        else {
+            panic!("not a run");
+        };
+        let guest = args.guest.unwrap();
+        assert_eq!(guest.cpus, 3);
+        assert!(guest
+            .kernel_cmdline(&[])
+            .contains(&"guest_cpus=3".to_string()));
+        let Task::Run(one) = parse_words("run --guest Cargo.toml").unwrap() else {
+            panic!("not a run");
+        };
+        let one = one.guest.unwrap();
+        assert_eq!(one.cpus, 1);
+        assert!(!one
+            .kernel_cmdline(&[])
+            .iter()
+            .any(|w| w.starts_with("guest_cpus")));
     }
 
     #[test]

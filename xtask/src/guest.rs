@@ -46,6 +46,8 @@ pub const XTASK_FAILED_STATUS: u8 = 126;
 pub const GUEST_KEY: &str = "guest";
 /// The kernel command-line key giving the guest's RAM in MiB.
 pub const GUEST_MEM_KEY: &str = "guest_mem";
+/// The kernel command-line key giving the guest's vCPU count.
+pub const GUEST_CPUS_KEY: &str = "guest_cpus";
 /// Separates the kernel's words from the guest's.
 pub const SEPARATOR: &str = "--";
 
@@ -58,6 +60,8 @@ pub struct GuestArgs {
     pub append: String,
     /// Guest RAM in MiB.
     pub mem_mib: u32,
+    /// vCPUs (`--guest-cpus`, default 1).
+    pub cpus: u32,
     /// Multiboot boot modules (`--guest-module`, in order); each one's
     /// string is its file's base name.
     pub modules: Vec<PathBuf>,
@@ -77,6 +81,9 @@ impl GuestArgs {
         let mut words = kernel_words.to_vec();
         words.push(format!("{GUEST_KEY}={}", self.name()));
         words.push(format!("{GUEST_MEM_KEY}={}", self.mem_mib));
+        if self.cpus > 1 {
+            words.push(format!("{GUEST_CPUS_KEY}={}", self.cpus));
+        }
         words.push(SEPARATOR.into());
         words.extend(self.append.split_whitespace().map(String::from));
         words
@@ -247,6 +254,7 @@ mod tests {
             file: file.into(),
             append: append.into(),
             mem_mib: DEFAULT_MEM_MIB,
+            cpus: 1,
             modules: Vec::new(),
         }
     }

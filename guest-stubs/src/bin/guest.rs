@@ -7,6 +7,8 @@
 
 #[path = "guest/apic.rs"]
 mod apic;
+#[path = "guest/smp.rs"]
+mod smp;
 #[path = "guest/xcr0.rs"]
 mod xcr0;
 
@@ -79,6 +81,9 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::xcr0_starts_at_reset" | "guest::xcr0_starts_at_reset_again" => {
             xcr0::starts_at_reset
         }
+        "smp::vcpu_ipi" => smp::vcpu_ipi,
+        "smp::init_sipi_restart" => smp::init_sipi_restart,
+        "smp::tsc_monotonic_across_vcpus" => smp::tsc_monotonic_across_vcpus,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);

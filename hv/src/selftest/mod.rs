@@ -13,6 +13,7 @@ pub mod fuzz;
 mod guest;
 mod nested;
 mod smp;
+mod smp_vm;
 mod tsc;
 
 use crate::println;
@@ -150,6 +151,16 @@ pub fn run(filter: Option<&str>) -> Summary {
         }
     }
     for case in host_cases {
+        if crate::smp::online_count() < case.cpus {
+            println!(
+                "test {} ... skipped (needs {} CPUs, {} online)",
+                case.name,
+                case.cpus,
+                crate::smp::online_count()
+            );
+            summary.skipped += 1;
+            continue;
+        }
         summary.record(case.name, (case.run)());
     }
     for case in cases {

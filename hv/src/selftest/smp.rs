@@ -17,25 +17,46 @@ pub struct HostCase {
     pub name: &'static str,
     /// Runs the test on the boot CPU.
     pub run: fn() -> Result<(), String>,
+    /// Online CPUs the test needs (fewer: it is skipped).
+    pub cpus: usize,
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 4] = [
+pub const CASES: [HostCase; 7] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
+        cpus: 1,
     },
     HostCase {
         name: "smp::ap_host_tsc",
         run: ap_host_tsc,
+        cpus: 1,
     },
     HostCase {
         name: "smp::ap_watchdog_ticks",
         run: ap_watchdog_ticks,
+        cpus: 1,
     },
     HostCase {
         name: "smp::mailbox_kick_is_an_ipi",
         run: mailbox_kick_is_an_ipi,
+        cpus: 1,
+    },
+    HostCase {
+        name: "smp::vcpu_ipi",
+        run: super::smp_vm::vcpu_ipi,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::init_sipi_restart",
+        run: super::smp_vm::init_sipi_restart,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::tsc_monotonic_across_vcpus",
+        run: super::smp_vm::tsc_monotonic_across_vcpus,
+        cpus: 2,
     },
 ];
 

@@ -5,6 +5,7 @@ pub mod enable;
 pub mod exits;
 pub mod loader;
 pub mod memory;
+pub mod multi;
 pub mod nested;
 pub mod npt;
 pub mod phys_box;

@@ -44,9 +44,17 @@ fn model_l1_offset(vcpu: &Vcpu, vm: &Vm) -> u64 {
 /// The one place L0 programs L1's TSC offset, called whenever the model
 /// (or the skew) has just changed it. While L2 runs, hsave takes the new
 /// L1 offset and the live L2 VMCB the same delta (seed 000); the nested
-/// #VMEXIT then hands L1 hsave's copy. A VM has one vCPU, so a VM-wide
-/// change is this vCPU's.
+/// #VMEXIT then hands L1 hsave's copy. The VM's other vCPUs (if any) are
+/// out of guest mode when this returns and reprogram theirs from the same
+/// model before they run again (`multi::vm_tsc_changed`).
 pub fn l1_offset_changed(vcpu: &mut Vcpu, vm: &Vm) {
+    reprogram_l1_offset(vcpu, vm);
+    super::multi::vm_tsc_changed(vm);
+}
+
+/// [`l1_offset_changed`] for this vCPU only: another vCPU changed the
+/// VM-wide model (`multi`).
+pub fn reprogram_l1_offset(vcpu: &mut Vcpu, vm: &Vm) {
     let new_l1 = model_l1_offset(vcpu, vm);
     let nested = &mut vcpu.nested;
     let hsave = nested
@@ -228,6 +236,9 @@ pub fn freeze_wait_restore(
 ) -> Result<(), svm::tsc::TscStateMismatch> {
     // L1's offset is the model's (the programmed one follows it); vmcb12's
     // offset is L1's and is not part of L0's state.
+    // The other vCPUs stay out of guest mode until the restore (they wait
+    // for the VM lock): none reads the TSC while it is frozen.
+    super::multi::vm_tsc_changed(vm);
     let host = host_tsc::read();
     observe(vcpu, vm, host);
     let state = vm.tsc.freeze(

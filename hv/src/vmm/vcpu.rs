@@ -3,6 +3,7 @@
 
 use super::enable::HostCpu;
 use super::exits::{self, Action, Stop};
+use super::multi::VmAccess;
 use super::nested::Nested;
 use super::phys_box::PhysBox;
 use super::vm::Vm;
@@ -94,14 +95,24 @@ impl Vcpu {
         self.exit_counts.get(code.to_raw())
     }
 
-    /// Runs the guest until an exit handler stops it.
+    /// Runs the guest of a single-vCPU VM until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        self.run_with(VmAccess::Own(vm), host)
+    }
+
+    /// Runs the guest until an exit handler stops it, with the VM itself
+    /// or this vCPU's seat in a shared one (`multi::Seat`: the VM lock is
+    /// held except across VMRUN). Never inlined: one copy of the loop, so
+    /// its exit handlers stay inlined into it.
+    #[inline(never)]
+    pub fn run_with(&mut self, mut access: VmAccess<'_>, host: &HostCpu) -> Stop {
         // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
         exits::dr::load(&self.db);
         // The reset XCR0, not the last VM's (`xcr0`).
         super::xcr0::reset();
         // A new run may be on another CPU: the host TSC checked once here
         // (`tsc::observe_on_run`), not at every entry.
+        let vm = access.vm();
         super::tsc::observe_on_run(self, vm);
         let mut exited_at = None;
         // Self-tests only: a VM that is not a test has no limits. The
@@ -116,6 +127,11 @@ impl Vcpu {
             None => (u64::MAX, u64::MAX),
         };
         loop {
+            // Other vCPUs' IPIs, INIT/SIPI (one flag test; none with one vCPU).
+            if let Some(stop) = access.take_events(self, host) {
+                return stop;
+            }
+            let vm = access.vm();
             if let Action::Stop(stop) = exits::exception::deliver_pending_nmi(self, vm, host) {
                 return stop;
             }
@@ -135,9 +151,12 @@ impl Vcpu {
             exits::cr::before_entry(self);
             exits::shadow::before_entry(self);
             super::nested::vgif::before_entry(self, vm, host);
+            access.release();
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            access.acquire();
+            let vm = access.vm();
             // Undone in the reverse order of the set-up above.
             super::nested::vgif::after_exit(self);
             let step_only = exits::shadow::after_exit(self);

@@ -139,6 +139,8 @@ pub struct Vm {
     /// of a VM running an external guest (`crate::guest_boot`); `None`
     /// for self-test VMs, whose console is prefixed line by line.
     pub devices: Option<svm::devices::PortBus>,
+    /// The vCPUs' inboxes when the VM has several (`vmm::multi`).
+    pub smp: Option<super::multi::VmSmp>,
 }
 
 impl Vm {
@@ -189,6 +191,7 @@ impl Vm {
             console_line: String::new(),
             console: Vec::new(),
             devices: None,
+            smp: None,
         })
     }
 

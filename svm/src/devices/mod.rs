@@ -9,6 +9,7 @@
 pub mod bus;
 pub mod exit_device;
 pub mod fw_cfg;
+pub mod ipi;
 pub mod lapic;
 pub mod pic;
 pub mod serial;

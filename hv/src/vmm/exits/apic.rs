@@ -49,9 +49,15 @@ pub fn msr_write(vcpu: &mut Vcpu, vm: &mut Vm, msr: u32, value: u64) -> bool {
     };
     if ok {
         after_write(vcpu, vm);
+        if msr == ICR_MSR {
+            crate::vmm::multi::icr_written(vcpu, vm);
+        }
     }
     ok
 }
+
+/// The x2APIC ICR (one 64-bit MSR).
+const ICR_MSR: u32 = lapic::X2APIC_FIRST + (lapic::reg::ICR >> 4);
 
 /// After a register write: a relocated page gets its NPT hole, TPR goes
 /// to V_TPR (CR8), a self-NMI to the vCPU's virtual NMI.
@@ -154,6 +160,9 @@ pub fn mmio(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     }
     if insn.is_store() {
         after_write(vcpu, vm);
+        if apic && offset == u64::from(lapic::reg::ICR) {
+            crate::vmm::multi::icr_written(vcpu, vm);
+        }
     }
     vcpu.vmcb.state.rip = rip::rip_after(vcpu, d.len as u64);
     rip::single_step(vcpu, vm, host)
@@ -296,9 +305,12 @@ const HLT_SLICE_NS: u64 = 10_000_000;
 pub fn hlt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
     let w = window(vcpu);
     if !halt_can_wake(&w) {
+        // Another vCPU's NMI or INIT can still end it (`multi`).
+        crate::vmm::multi::halt(vm, vcpu.vmcb.state.rip);
         return rip::skip(vcpu, vm, host);
     }
     let start = now();
+    let hlt_rip = vcpu.vmcb.state.rip;
     loop {
         let t = now();
         vcpu.lapic.advance(t);
@@ -306,8 +318,13 @@ pub fn hlt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             break;
         }
         let Some(deadline) = vcpu.lapic.next_deadline() else {
+            // No timer: only another vCPU can end it (`multi`).
+            crate::vmm::multi::halt(vm, hlt_rip);
             break;
         };
+        if crate::vmm::multi::event_pending(vm) {
+            break;
+        }
         if t.saturating_sub(start) >= HLT_SLICE_NS {
             // Enter the guest again at the HLT: it exits again here.
             return Action::Resume;

@@ -18,8 +18,8 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             svm: vm.nested_svm,
             tsc_khz: vm.tsc.khz() as u32,
             x2apic: super::msr::X2APIC_EMULATED,
-            // One vCPU per VM: vCPU 0.
-            apic_id: 0,
+            // vCPU i has APIC ID i (`multi`); a single vCPU is vCPU 0.
+            apic_id: crate::vmm::multi::current_vcpu(vm) as u8,
             hidden: vm.hidden_cpu,
         },
     );

@@ -102,13 +102,15 @@ pub fn cpu_words(guest: &Guest) -> Vec<String> {
 /// words itself (the Multiboot command line's first word), so only the
 /// subtest name is passed. QEMU's status is the guest's `(code << 1) | 1`
 /// or one of the hypervisor's own (none of them kvm-unit-tests', so CRASH).
-/// TCG, as the bare column: the same accelerator under both L0s. `--smp` is
-/// not passed on: the hypervisor runs a guest on one vCPU.
+/// TCG, as the bare column: the same accelerator under both L0s. `--smp N`
+/// gives the guest N vCPUs (`--guest-cpus`), on a QEMU with at least as
+/// many CPUs.
 pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
     let args = GuestArgs {
         file: guest.flat.to_path_buf(),
         append: guest.subtest.to_string(),
         mem_mib: guest.mem_mib,
+        cpus: guest.smp,
         modules: Vec::new(),
     };
     let config = RunConfig {
@@ -123,7 +125,7 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
             .debugcon_dir
             .join(format!("{}.debugcon.log", guest.subtest)),
         icount: guest.icount,
-        smp: qemu::DEFAULT_SMP,
+        smp: guest.smp.max(qemu::DEFAULT_SMP),
     };
     let module = GuestModule {
         file: args.file.clone(),

@@ -1,0 +1,74 @@
+//! `smp::` tests with a two-vCPU guest (`vmm::multi`): the guest side is
+//! guest-stubs/src/bin/guest/smp.rs. vCPU 0 runs on CPU 0 and reports the
+//! verdict; vCPU 1 runs on CPU 1.
+
+use crate::vmm::exits::Stop;
+use crate::vmm::multi::{self, Start};
+use crate::vmm::vcpu::Vcpu;
+use crate::vmm::vm::{RunLimits, Vm, VmConfig};
+use crate::vmm::{loader, setup};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+static GUEST: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/guest"));
+
+/// vCPU 1's stack, below vCPU 0's (which starts at the top of RAM).
+const SECOND_STACK_BELOW_TOP: u64 = 1 << 20;
+
+/// Runs test `name` with vCPU 0 running and vCPU 1 started as `second`.
+fn run_two(name: &str, second: Start) -> Result<(), String> {
+    let host = match crate::vmm::enable::this_cpu() {
+        Ok(h) => h,
+        Err(why) => return Err(format!("SVM unavailable: {why}")),
+    };
+    let config = VmConfig {
+        limits: Some(RunLimits {
+            max_exits: RunLimits::SELF_TEST.max_exits,
+            time_budget_ms: 10_000,
+        }),
+        ..VmConfig::PLAIN
+    };
+    let size = svm::guest_abi::GUEST_MEMORY_SIZE;
+    let mut vm = Vm::new(name, size, config).map_err(|e| format!("VM set-up: {e}"))?;
+    let entry =
+        loader::load(GUEST, &mut vm.memory).map_err(|e| format!("loading the guest: {e:?}"))?;
+    setup::write_start_state(&mut vm, name).map_err(String::from)?;
+    let mut vcpus = Vec::new();
+    for i in 0..2 {
+        let mut v = Vcpu::new().map_err(String::from)?;
+        setup::init_vmcb(&mut v, &vm, entry);
+        v.lapic = multi::vcpu_lapic(i, vm.l1_limits.max_phys_bits);
+        if i == 1 {
+            v.vmcb.state.rsp = size - SECOND_STACK_BELOW_TOP;
+        }
+        vcpus.push(v);
+    }
+    let (vm, stops) =
+        multi::run(vm, &mut vcpus, &[Start::Running, second], host).map_err(String::from)?;
+    drop(vm);
+    match &stops[0] {
+        Stop::Done { pass: true, .. } => {}
+        other => return Err(format!("vCPU 0: {other}")),
+    }
+    match &stops[1] {
+        Stop::Unhandled(m) if m == multi::VM_STOPPED => Ok(()),
+        other => Err(format!("vCPU 1: {other}")),
+    }
+}
+
+/// vCPU 0 sends vCPU 1 a fixed IPI and an NMI (xAPIC ICR).
+pub fn vcpu_ipi() -> Result<(), String> {
+    run_two("smp::vcpu_ipi", Start::Running)
+}
+
+/// vCPU 0 starts vCPU 1 with INIT and SIPI, then restarts it.
+pub fn init_sipi_restart() -> Result<(), String> {
+    run_two("smp::init_sipi_restart", Start::WaitForSipi)
+}
+
+/// vCPUs 0 and 1 read the TSC in turns (shared memory): never backwards,
+/// also across a VM-wide TSC move by vCPU 0.
+pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
+    run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
+}

@@ -1,0 +1,655 @@
+//! VMs with several vCPUs. The VM-wide state ([`Vm`]: memory, NPT, maps,
+//! devices, the VM's TSC) sits behind one lock that a vCPU takes after
+//! each #VMEXIT and releases just before its next VMRUN, so exit handlers
+//! see a VM no other vCPU changes meanwhile; guest code runs in parallel.
+//! Per-vCPU state stays in [`Vcpu`] (VMCB, local APIC, TSC_ADJUST, nested
+//! state), owned by the physical CPU that runs it.
+//!
+//! Events between vCPUs go through one [`Inbox`] each (atomics, no lock):
+//! the sender (an ICR write, `exits::apic`, under the VM lock) posts and
+//! kicks the receiver's physical CPU with the wake IPI; a vCPU in guest
+//! mode takes it as #VMEXIT(INTR). Before each entry the run loop tests
+//! one flag ([`Inbox::take_events`]); the wake IPI sent after that test
+//! stays pending through VMRUN (interrupts are held until then) and ends
+//! the run at once, so no event waits for another exit.
+//!
+//! Each vCPU runs on its own physical CPU (vCPU i on CPU i, through the
+//! CPU's mailbox); a VM with more vCPUs than online CPUs is refused
+//! ([`run`]): time-slicing is not implemented.
+
+use super::enable::HostCpu;
+use super::exits::{Action, Stop};
+use super::vcpu::Vcpu;
+use super::vm::Vm;
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use svm::ap_start::{self, ApState};
+use svm::devices::ipi::{self, Delivery};
+use svm::msr::EFER_SVME;
+use svm::{ExitCode, InterceptMisc1};
+
+/// How the run loop reaches its VM: directly (one vCPU) or through the
+/// VM lock (a [`Seat`] of a shared VM). An enum, not a generic parameter:
+/// one instantiation of the run loop keeps its exit handlers inlined as
+/// before (two cost the one-vCPU round trip ~36 instructions).
+#[derive(Debug)]
+pub enum VmAccess<'a> {
+    /// The VM of a single vCPU.
+    Own(&'a mut Vm),
+    /// One vCPU's seat in a shared VM.
+    Shared(Seat<'a>),
+}
+
+impl VmAccess<'_> {
+    /// The VM (held by this vCPU between [`Self::acquire`] and
+    /// [`Self::release`]).
+    #[inline(always)]
+    pub fn vm(&mut self) -> &mut Vm {
+        match self {
+            VmAccess::Own(vm) => vm,
+            VmAccess::Shared(seat) => seat.vm(),
+        }
+    }
+    /// Before VMRUN: other vCPUs may handle their exits now.
+    #[inline(always)]
+    pub fn release(&mut self) {
+        if let VmAccess::Shared(seat) = self {
+            seat.release();
+        }
+    }
+    /// After #VMEXIT: the VM is this vCPU's until the next release.
+    #[inline(always)]
+    pub fn acquire(&mut self) {
+        if let VmAccess::Shared(seat) = self {
+            seat.acquire();
+        }
+    }
+    /// Before each entry: what other vCPUs sent this one (IPIs, NMI,
+    /// INIT/SIPI, a TSC change, the VM's end).
+    #[inline(always)]
+    pub fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
+        match self {
+            VmAccess::Own(_) => None,
+            VmAccess::Shared(seat) => seat.take_events(vcpu, host),
+        }
+    }
+}
+
+/// What other vCPUs sent one vCPU.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// Anything below is set (the one test before each entry).
+    any: AtomicBool,
+    /// Fixed interrupts, by vector.
+    irr: [AtomicU32; 8],
+    nmi: AtomicBool,
+    init: AtomicBool,
+    /// A Start-up IPI: `SIPI_VALID | vector`.
+    sipi: AtomicU32,
+    /// The VM is over: leave the run loop.
+    stop: AtomicBool,
+    /// The VM-wide TSC model changed: reprogram the offset.
+    tsc: AtomicBool,
+    /// Between the release of the VM lock before VMRUN and the #VMEXIT.
+    in_guest: AtomicBool,
+    /// HLT that only another vCPU can end: the vCPU waits (VM lock
+    /// released) for an event before it enters the guest again.
+    halted: AtomicBool,
+    /// The halted vCPU's HLT (re-executed when the wait's slice ends).
+    halt_rip: AtomicU64,
+    /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
+    cpu: AtomicU32,
+}
+
+const SIPI_VALID: u32 = 0x100;
+
+/// How a vCPU stops when another ended the VM (`Stop::Unhandled`).
+pub const VM_STOPPED: &str = "another vCPU ended the VM";
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            cpu: AtomicU32::new(u32::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Posts what `post` sets and kicks the vCPU's CPU out of guest mode.
+    fn post(&self, post: impl FnOnce(&Self)) {
+        post(self);
+        self.any.store(true, Ordering::Release);
+        let cpu = self.cpu.load(Ordering::Acquire);
+        if cpu != u32::MAX && cpu != crate::smp::this().apic_id.load(Ordering::Relaxed) {
+            crate::arch::lapic::send_ipi(cpu, crate::arch::idt::WAKE_VECTOR);
+        }
+    }
+
+    fn stop(&self) {
+        self.post(|i| i.stop.store(true, Ordering::Release));
+    }
+}
+
+/// The multi-vCPU part of a [`Vm`] (`Vm::smp`).
+#[derive(Debug)]
+pub struct VmSmp {
+    /// One inbox per vCPU, by vCPU index (= APIC ID).
+    inboxes: Arc<[Inbox]>,
+    /// The vCPU holding the VM lock (whose exit is being handled).
+    current: usize,
+}
+
+/// The index (= APIC ID) of the vCPU whose exit is being handled: the VM
+/// lock's holder; 0 in a single-vCPU VM.
+pub fn current_vcpu(vm: &Vm) -> usize {
+    vm.smp.as_ref().map_or(0, |s| s.current)
+}
+
+/// HLT that nothing on this vCPU can end (`exits::apic::hlt`): in a VM
+/// with several vCPUs, the vCPU does not enter the guest again until
+/// another sends it something or its APIC timer fires; RIP goes past the
+/// HLT (at `hlt_rip`) as after a wake-up, and back to it when the wait's
+/// slice ends with neither (the run loop's limits stay checked, and the
+/// HLT waits on). One vCPU: nothing (the HLT ends at once).
+pub fn halt(vm: &Vm, hlt_rip: u64) {
+    if let Some(smp) = &vm.smp {
+        let inbox = &smp.inboxes[smp.current];
+        inbox.halt_rip.store(hlt_rip, Ordering::Relaxed);
+        inbox.halted.store(true, Ordering::Release);
+    }
+}
+
+/// Whether another vCPU sent the current one something (ends a HLT).
+pub fn event_pending(vm: &Vm) -> bool {
+    vm.smp
+        .as_ref()
+        .is_some_and(|s| s.inboxes[s.current].any.load(Ordering::Acquire))
+}
+
+/// Longest HLT wait before the guest is entered again (as exits::apic).
+const HALT_SLICE_NS: u64 = 10_000_000;
+
+/// After a write to the ICR of `vcpu`'s APIC: the IPI's share for other
+/// vCPUs (the APIC itself handled the sender's own share).
+pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
+    let Some(smp) = &vm.smp else {
+        return;
+    };
+    let now = crate::time::now_ns();
+    let a = &mut vcpu.lapic;
+    let (icr, x2) = match a.mode() {
+        svm::devices::lapic::Mode::X2Apic => (a.read_msr(0x830, now).unwrap_or(0), true),
+        _ => {
+            let lo = a.mmio_read(0x300, 4, now);
+            let hi = a.mmio_read(0x310, 4, now);
+            (lo | hi << 32, false)
+        }
+    };
+    let msg = ipi::decode(icr, x2, smp.current, smp.inboxes.len());
+    for (i, inbox) in smp.inboxes.iter().enumerate() {
+        if msg.targets & (1 << i) == 0 {
+            continue;
+        }
+        match msg.delivery {
+            Delivery::Fixed(v) if v >= 16 => inbox.post(|b| {
+                b.irr[usize::from(v >> 5)].fetch_or(1 << (v & 31), Ordering::AcqRel);
+            }),
+            Delivery::Nmi => inbox.post(|b| b.nmi.store(true, Ordering::Release)),
+            Delivery::Init => inbox.post(|b| b.init.store(true, Ordering::Release)),
+            Delivery::Startup(v) => {
+                inbox.post(|b| b.sipi.store(SIPI_VALID | u32::from(v), Ordering::Release))
+            }
+            // Illegal vectors (SDM 11.5.3: the receiver's ESR), SMI (no
+            // SMM) and nothing: dropped.
+            Delivery::Fixed(_) | Delivery::Smi | Delivery::None => {}
+        }
+    }
+}
+
+/// After a change of the VM-wide TSC model by the vCPU holding the VM
+/// lock: every other vCPU is told to reprogram its offset, and is out of
+/// guest mode when this returns (kicked; it then waits for the lock and
+/// reprograms before its next entry). So once the changing vCPU resumes,
+/// no vCPU runs with the old offset (seed 004: one offset for the VM).
+pub fn vm_tsc_changed(vm: &Vm) {
+    let Some(smp) = &vm.smp else {
+        return;
+    };
+    for (i, inbox) in smp.inboxes.iter().enumerate() {
+        if i != smp.current {
+            inbox.post(|b| b.tsc.store(true, Ordering::Release));
+        }
+    }
+    for (i, inbox) in smp.inboxes.iter().enumerate() {
+        while i != smp.current && inbox.in_guest.load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// A VM shared by its vCPUs, behind a ticket lock: a vCPU that exits
+/// often cannot starve the others (a plain spin lock let a vCPU polling a
+/// hypercall in a loop hold off another's exit handling for tens of ms).
+pub struct SharedVm {
+    vm: UnsafeCell<Vm>,
+    next: AtomicU32,
+    serving: AtomicU32,
+    inboxes: Arc<[Inbox]>,
+}
+
+// SAFETY: the VM is reached only by the holder of the ticket lock (`Seat`).
+unsafe impl Sync for SharedVm {}
+
+impl core::fmt::Debug for SharedVm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SharedVm")
+    }
+}
+
+impl SharedVm {
+    fn lock(&self) {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        while self.serving.load(Ordering::Acquire) != ticket {
+            core::hint::spin_loop();
+        }
+    }
+    fn unlock(&self) {
+        self.serving.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// One vCPU's place in a [`SharedVm`]: its run loop's [`VmAccess`].
+#[derive(Debug)]
+pub struct Seat<'a> {
+    shared: &'a SharedVm,
+    index: usize,
+    held: bool,
+    /// INIT/SIPI state.
+    ap: ApState,
+    /// A HLT whose wait slice ended with nothing: the guest is entered at
+    /// the HLT again (`halt_rip`) but is still halted, so an event taken
+    /// before it re-executes the HLT must resume after it (`resume_rip`),
+    /// as the CPU's wake-up from HLT does; not at the HLT, which would
+    /// halt again after the handler.
+    rehalted: Option<(u64, u64)>,
+}
+
+impl<'a> Seat<'a> {
+    /// vCPU `index`'s seat, on this CPU, running or waiting for SIPI.
+    fn new(shared: &'a SharedVm, index: usize, ap: ApState) -> Self {
+        let id = crate::smp::this().apic_id.load(Ordering::Relaxed);
+        shared.inboxes[index].cpu.store(id, Ordering::Release);
+        let mut seat = Self {
+            shared,
+            index,
+            held: false,
+            ap,
+            rehalted: None,
+        };
+        seat.acquire();
+        seat
+    }
+
+    /// Releases the VM lock (not for VMRUN: [`VmAccess::release`]).
+    fn unlock(&mut self) {
+        if core::mem::take(&mut self.held) {
+            self.shared.unlock();
+        }
+    }
+
+    fn inbox(&self) -> &'a Inbox {
+        &self.shared.inboxes[self.index]
+    }
+
+    /// INIT (APM 15.x "INIT Support"; KVM nested.c): held while GIF is
+    /// clear; L2's with L1 intercepting INIT becomes #VMEXIT(INIT) to L1;
+    /// otherwise the vCPU is reset and waits for a SIPI. `None`: handled.
+    fn init(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
+        if !vcpu.nested.gif {
+            // Held: seen again before the next entry, after STGI.
+            self.inbox().init.store(true, Ordering::Release);
+            self.inbox().any.store(true, Ordering::Release);
+            return None;
+        }
+        let l1_intercepts =
+            vcpu.nested.l2.as_ref().is_some_and(|l2| {
+                l2.vmcb12.control.intercept_misc1 & InterceptMisc1::INIT.bits() != 0
+            });
+        if vcpu.nested.in_l2() {
+            // #VMEXIT(INIT) to L1. Without L1's intercept the vCPU is then
+            // reset from L1 with L0's own controls back in the VMCB (KVM
+            // leaves nested mode first too); vmcb12 keeps that exit's state.
+            let c = &mut vcpu.vmcb.control;
+            c.exit_info1 = 0;
+            c.exit_info2 = 0;
+            c.exit_int_info = 0;
+            if let Action::Stop(s) =
+                super::nested::vmexit::reflect(vcpu, self.vm(), host, ExitCode::Init)
+            {
+                return Some(s);
+            }
+            if l1_intercepts {
+                return None;
+            }
+        }
+        if let Err(e) = reset(vcpu, self.index, self.vm()) {
+            return Some(Stop::Unhandled(format!("INIT: {e}")));
+        }
+        ap_start::on_init(&mut self.ap);
+        None
+    }
+
+    /// Waits (VM lock released) for an event from another vCPU, the APIC
+    /// timer's deadline or at most [`HALT_SLICE_NS`].
+    fn wait_while_halted(&mut self, vcpu: &mut Vcpu) {
+        let inbox = self.inbox();
+        let start = crate::time::now_ns();
+        let timer = vcpu.lapic.next_deadline().unwrap_or(u64::MAX);
+        let end = timer.min(start.saturating_add(HALT_SLICE_NS));
+        self.unlock();
+        let mut now = start;
+        while !inbox.any.load(Ordering::Acquire) && now < end {
+            core::hint::spin_loop();
+            now = crate::time::now_ns();
+        }
+        self.acquire();
+        if now < timer && !inbox.any.load(Ordering::Acquire) {
+            // Nothing came: the HLT again (still halted: `rehalted`).
+            let s = &mut vcpu.vmcb.state;
+            let halt_rip = inbox.halt_rip.load(Ordering::Relaxed);
+            self.rehalted = Some((halt_rip, s.rip));
+            s.rip = halt_rip;
+        }
+    }
+
+    /// Waits (VM lock released) for a SIPI or the VM's end; `Some`: the
+    /// VM ended.
+    fn wait_for_sipi(&mut self) -> Option<Stop> {
+        let inbox = self.inbox();
+        self.unlock();
+        while inbox.sipi.load(Ordering::Acquire) & SIPI_VALID == 0 {
+            if inbox.stop.load(Ordering::Acquire) {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        self.acquire();
+        match inbox.stop.load(Ordering::Acquire) {
+            true => Some(Stop::Unhandled(VM_STOPPED.into())),
+            false => None,
+        }
+    }
+}
+
+impl Drop for Seat<'_> {
+    /// The run loop returns with the lock held.
+    fn drop(&mut self) {
+        self.unlock();
+    }
+}
+
+impl Seat<'_> {
+    #[inline(always)]
+    fn vm(&mut self) -> &mut Vm {
+        assert!(self.held, "the VM is used with its lock held");
+        // SAFETY: this seat holds the lock; the borrow of `self` ends
+        // before `release` can be called.
+        unsafe { &mut *self.shared.vm.get() }
+    }
+    #[cold]
+    #[inline(never)]
+    fn release(&mut self) {
+        // Set while the lock is still held: a vCPU that changes the VM's
+        // TSC under the lock sees every other one either here or waiting.
+        self.inbox().in_guest.store(true, Ordering::SeqCst);
+        self.unlock();
+    }
+    #[cold]
+    #[inline(never)]
+    fn acquire(&mut self) {
+        self.inbox().in_guest.store(false, Ordering::SeqCst);
+        self.shared.lock();
+        self.held = true;
+        let index = self.index;
+        if let Some(smp) = &mut self.vm().smp {
+            smp.current = index;
+        }
+    }
+    #[cold]
+    #[inline(never)]
+    fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
+        let inbox = self.inbox();
+        if inbox.halted.swap(false, Ordering::AcqRel) {
+            self.wait_while_halted(vcpu);
+        }
+        if self.ap == ApState::Running && !inbox.any.load(Ordering::Acquire) {
+            return None;
+        }
+        inbox.any.store(false, Ordering::Release);
+        if inbox.stop.load(Ordering::Acquire) {
+            return Some(Stop::Unhandled(VM_STOPPED.into()));
+        }
+        let mut woken = false;
+        for (w, word) in inbox.irr.iter().enumerate() {
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                vcpu.lapic.accept((w as u32 * 32 + b) as u8);
+                woken = true;
+            }
+        }
+        if inbox.tsc.swap(false, Ordering::AcqRel) {
+            super::tsc::reprogram_l1_offset(vcpu, self.vm());
+        }
+        if inbox.nmi.swap(false, Ordering::AcqRel) {
+            vcpu.nmi.queue();
+            woken = true;
+        }
+        // Kicked out of the guest before it re-executed its HLT: an
+        // interrupt or NMI wakes the halted vCPU, which resumes after the
+        // HLT (a TSC kick alone does not).
+        if woken {
+            if let Some((halt_rip, resume_rip)) = self.rehalted.take() {
+                if vcpu.vmcb.state.rip == halt_rip {
+                    vcpu.vmcb.state.rip = resume_rip;
+                }
+            }
+        }
+        if inbox.init.swap(false, Ordering::AcqRel) {
+            if let Some(stop) = self.init(vcpu, host) {
+                return Some(stop);
+            }
+        }
+        if self.ap == ApState::WaitForSipi {
+            if let Some(stop) = self.wait_for_sipi() {
+                return Some(stop);
+            }
+            // An INIT sent while it waited came before the SIPI (INIT,
+            // then SIPI, is the order senders use): it resets the same
+            // waiting vCPU.
+            if inbox.init.swap(false, Ordering::AcqRel) {
+                if let Some(stop) = self.init(vcpu, host) {
+                    return Some(stop);
+                }
+            }
+        }
+        let sipi = inbox.sipi.swap(0, Ordering::AcqRel);
+        if sipi & SIPI_VALID != 0 {
+            // Ignored unless the vCPU waits for it (SDM 9.4.4).
+            if let Some(vector) = ap_start::on_sipi(&mut self.ap, sipi as u8) {
+                ap_start::write_start_state(&mut vcpu.vmcb.state, vector, EFER_SVME);
+            }
+        }
+        None
+    }
+}
+
+/// The INIT reset of what the VMCB state area does not hold (the state
+/// area itself is written at the SIPI, `ap_start::write_start_state`):
+/// registers, DR0-DR3, the APIC (its ID stays), NMI and nested state
+/// (EFER.SVME is clear after INIT).
+fn reset(vcpu: &mut Vcpu, index: usize, vm: &Vm) -> Result<(), &'static str> {
+    vcpu.regs = Default::default();
+    // EDX = the processor signature (SDM Table 9-1).
+    vcpu.regs.rdx = u64::from(core::arch::x86_64::__cpuid(1).eax);
+    vcpu.db = [0; 4];
+    super::exits::dr::load(&vcpu.db);
+    vcpu.lapic = vcpu_lapic(index, vm.l1_limits.max_phys_bits);
+    vcpu.nmi = Default::default();
+    vcpu.nested = super::nested::Nested::new()?;
+    vcpu.lme_hidden = false;
+    vcpu.shadow_step = None;
+    let c = &mut vcpu.vmcb.control;
+    c.event_inj = 0;
+    c.interrupt_shadow = 0;
+    c.int_ctl &= !0xF;
+    c.tlb_control = svm::TlbControl::FlushAll.as_u8();
+    Ok(())
+}
+
+/// vCPU `index`'s local APIC at reset: APIC ID = index, BSP only for 0.
+pub fn vcpu_lapic(index: usize, max_phys_bits: u8) -> svm::devices::lapic::Lapic {
+    svm::devices::lapic::Lapic::new(index as u32, index == 0, true, max_phys_bits)
+}
+
+/// How a vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// At its VMCB's state (as set up by the caller).
+    Running,
+    /// As an application processor: waiting for INIT and SIPI.
+    WaitForSipi,
+}
+
+/// A vCPU on an application processor (a mailbox job's argument).
+struct ApJob<'a> {
+    shared: &'a SharedVm,
+    vcpu: &'a mut Vcpu,
+    index: usize,
+    start: Start,
+    stop: Option<Stop>,
+    /// Set last by the job: `run` may free the job.
+    done: AtomicBool,
+}
+
+fn ap_job(arg: u64) -> u64 {
+    // SAFETY: `run` passes the address of an ApJob it keeps alive (and
+    // does not touch) until this job's ticket has been waited for.
+    let job = unsafe { &mut *(arg as *mut ApJob<'_>) };
+    let stop = match crate::smp::this().host.get() {
+        Some(Ok(host)) => run_seat(job.shared, job.vcpu, job.index, job.start, host),
+        _ => Stop::Unhandled(format!("vCPU {}: no SVM on this CPU", job.index)),
+    };
+    job.stop = Some(stop);
+    job.done.store(true, Ordering::Release);
+    0
+}
+
+fn run_seat(
+    shared: &SharedVm,
+    vcpu: &mut Vcpu,
+    index: usize,
+    start: Start,
+    host: &HostCpu,
+) -> Stop {
+    let ap = match start {
+        Start::Running => ApState::Running,
+        Start::WaitForSipi => ApState::WaitForSipi,
+    };
+    let stop = vcpu.run_with(VmAccess::Shared(Seat::new(shared, index, ap)), host);
+    shared.inboxes[index].cpu.store(u32::MAX, Ordering::Release);
+    // The VM ends with its first vCPU to stop: the others are told.
+    for (i, inbox) in shared.inboxes.iter().enumerate() {
+        if i != index {
+            inbox.stop();
+        }
+    }
+    stop
+}
+
+/// Runs `vm` with `vcpus` (vCPU i, which starts as `starts[i]`, on CPU i;
+/// vCPU 0 here, on the calling CPU 0) until the first vCPU stops; the
+/// others are stopped then. Returns the VM and each vCPU's stop.
+pub fn run(
+    mut vm: Vm,
+    vcpus: &mut [Vcpu],
+    starts: &[Start],
+    host: &HostCpu,
+) -> Result<(Vm, Vec<Stop>), &'static str> {
+    let n = vcpus.len();
+    if n == 0 || n > ipi::MAX_VCPUS || starts.len() != n {
+        return Err("a VM needs 1 to 64 vCPUs, each with its start");
+    }
+    if crate::smp::this().index() != 0 {
+        return Err("multi-vCPU VMs are started from CPU 0");
+    }
+    let online = crate::smp::percpu::all()
+        .iter()
+        .take(n)
+        .filter(|c| c.online.load(Ordering::Acquire))
+        .count();
+    if online < n {
+        return Err("more vCPUs than online CPUs (time-slicing is not implemented)");
+    }
+    let inboxes: Arc<[Inbox]> = (0..n).map(|_| Inbox::new()).collect();
+    vm.smp = Some(VmSmp {
+        inboxes: inboxes.clone(),
+        current: 0,
+    });
+    let shared = SharedVm {
+        vm: UnsafeCell::new(vm),
+        next: AtomicU32::new(0),
+        serving: AtomicU32::new(0),
+        inboxes,
+    };
+    let (first, rest) = vcpus.split_at_mut(1);
+    let mut jobs: Vec<ApJob<'_>> = rest
+        .iter_mut()
+        .enumerate()
+        .map(|(i, vcpu)| ApJob {
+            shared: &shared,
+            vcpu,
+            index: i + 1,
+            start: starts[i + 1],
+            stop: None,
+            done: AtomicBool::new(false),
+        })
+        .collect();
+    let mut tickets = Vec::new();
+    let mut stops = Vec::with_capacity(n);
+    for job in jobs.iter_mut() {
+        let cpu = job.index;
+        match crate::smp::mailbox::post(cpu, ap_job, job as *mut ApJob<'_> as u64) {
+            Ok(t) => tickets.push(t),
+            Err(e) => {
+                log::warn!("vCPU {cpu}: not started on CPU {cpu}: {e}");
+                job.done.store(true, Ordering::Release);
+                shared.inboxes[cpu].stop();
+            }
+        }
+    }
+    stops.push(run_seat(&shared, &mut first[0], 0, starts[0], host));
+    for t in tickets {
+        if let Err(e) = t.wait() {
+            log::warn!("vm: an AP vCPU did not end in time: {e}");
+        }
+    }
+    // The jobs use `shared` and the vCPUs until they are done: wait for
+    // that however long it takes (each was told to stop and leaves at its
+    // next entry, at the latest after the next watchdog tick).
+    while !jobs.iter().all(|j| j.done.load(Ordering::Acquire)) {
+        core::hint::spin_loop();
+    }
+    stops.extend(jobs.iter_mut().map(|j| {
+        j.stop
+            .take()
+            .unwrap_or(Stop::Unhandled(format!("vCPU {} did not run", j.index)))
+    }));
+    drop(jobs);
+    let mut vm = shared.vm.into_inner();
+    vm.smp = None;
+    Ok((vm, stops))
+}
