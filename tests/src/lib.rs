@@ -236,3 +236,15 @@ pub fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
         .to_ascii_lowercase()
         .contains(&needle.to_ascii_lowercase())
 }
+
+/// The `smp::` self-tests (every CPU runs the hypervisor; multi-vCPU
+/// guests), as the kernel names them.
+pub const SMP_TESTS: &[&str] = &[
+    "smp::every_cpu_runs",
+    "smp::ap_host_tsc",
+    "smp::ap_watchdog_ticks",
+    "smp::mailbox_kick_is_an_ipi",
+    "smp::vcpu_ipi",
+    "smp::init_sipi_restart",
+    "smp::tsc_monotonic_across_vcpus",
+];

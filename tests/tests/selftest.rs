@@ -1,7 +1,7 @@
 //! The kernel's guest self-tests under QEMU TCG: every `guest::*` test
 //! reports `ok`, the totals line agrees, and the command line selects tests.
 
-use hv_tests::{boot_direct, Boot, FAILURE_STATUS, SUCCESS_STATUS};
+use hv_tests::{boot_direct, Boot, FAILURE_STATUS, SMP_TESTS, SUCCESS_STATUS};
 
 const GUEST_TESTS: &[&str] = &[
     "guest::cpuid",
@@ -174,17 +174,6 @@ const NESTED_TESTS: &[&str] = &[
     "nested::npt_l2_in_every_mode",
     "nested::npt_l2_tables_remapped",
     "nested::npt_ad_bits_set",
-];
-
-/// The `smp::` tests (host side: every CPU runs the hypervisor).
-const SMP_TESTS: &[&str] = &[
-    "smp::every_cpu_runs",
-    "smp::ap_host_tsc",
-    "smp::ap_watchdog_ticks",
-    "smp::mailbox_kick_is_an_ipi",
-    "smp::vcpu_ipi",
-    "smp::init_sipi_restart",
-    "smp::tsc_monotonic_across_vcpus",
 ];
 
 #[test]

@@ -561,6 +561,18 @@ mod tests {
 
     /// The lazy form routes every code as the eager one, and asks for L1's
     /// maps only for an MSR or IOIO exit that vmcb12 intercepts.
+    /// Controls whose intercept vectors are all ones.
+    fn intercepts_everything() -> ControlArea {
+        let mut c = ControlArea::new();
+        c.intercept_cr = u32::MAX;
+        c.intercept_dr = u32::MAX;
+        c.intercept_exceptions = u32::MAX;
+        c.intercept_misc1 = u32::MAX;
+        c.intercept_misc2 = u32::MAX;
+        c.intercept_misc3 = u32::MAX;
+        c
+    }
+
     #[test]
     fn lazy_maps_only_for_intercepted_msr_and_ioio() {
         let (msrpm, iopm) = maps();
@@ -568,13 +580,7 @@ mod tests {
         msrpm::set_read_intercept(&mut read_fs, 0xC000_0100, true).unwrap();
         let mut port80 = Box::new([0u8; IOPM_SIZE]);
         iopm::set_intercept(&mut port80, 0x80..=0x80, true);
-        let mut everything = ControlArea::new();
-        everything.intercept_cr = u32::MAX;
-        everything.intercept_dr = u32::MAX;
-        everything.intercept_exceptions = u32::MAX;
-        everything.intercept_misc1 = u32::MAX;
-        everything.intercept_misc2 = u32::MAX;
-        everything.intercept_misc3 = u32::MAX;
+        let everything = intercepts_everything();
         for ctl in [ControlArea::new(), everything] {
             for code in all_codes() {
                 for (info, rcx) in [(0, 0xC000_0100), (0x80_0010, 0), (1, 0x10)] {
@@ -681,16 +687,7 @@ mod tests {
         // just their bit.
         let msrpm = Box::new([0xFF; MSRPM_SIZE]);
         let iopm = Box::new([0xFF; IOPM_SIZE]);
-        let everything = {
-            let mut c = ControlArea::new();
-            c.intercept_cr = u32::MAX;
-            c.intercept_dr = u32::MAX;
-            c.intercept_exceptions = u32::MAX;
-            c.intercept_misc1 = u32::MAX;
-            c.intercept_misc2 = u32::MAX;
-            c.intercept_misc3 = u32::MAX;
-            c
-        };
+        let everything = intercepts_everything();
         // #MC, INTR and NMI are L0's whatever the bits say
         // (machine_checks_stay_with_l0, physical_interrupts_stay_l0s).
         for code in all_codes()
