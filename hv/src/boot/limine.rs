@@ -197,6 +197,7 @@ pub fn move_application_processors(cr3: u64) -> usize {
             Ok(top) => top,
             Err(e) => crate::fatal(format_args!("limine: AP stack: {e}")),
         };
+        block.stack_top.store(top, SeqCst);
         // SAFETY: written before this AP is sent off, read by it only.
         unsafe { AP_STACKS[block.index()] = top };
         cpu.extra.store(block.index() as u64, SeqCst);

@@ -118,15 +118,19 @@ struct Report {
     efer: u64,
     hsave_msr: u64,
     hsave_owned: u64,
+    /// The stack pointer the job ran with.
+    rsp: u64,
+    /// The top of the kernel stack the CPU's per-CPU block says is its own.
+    stack_top: u64,
 }
 
-static REPORTS: [[AtomicU64; 4]; percpu::MAX_CPUS] =
-    [const { [const { AtomicU64::new(0) }; 4] }; percpu::MAX_CPUS];
+static REPORTS: [[AtomicU64; 6]; percpu::MAX_CPUS] =
+    [const { [const { AtomicU64::new(0) }; 6] }; percpu::MAX_CPUS];
 
 /// Runs on the target CPU: records its APIC ID (as its local APIC says),
-/// EFER, VM_HSAVE_PA (as the CPU holds it) and the host save area its
+/// EFER, VM_HSAVE_PA (as the CPU holds it), the host save area its
 /// per-CPU block owns (without enabling SVM: that is the CPU's bring-up's
-/// job). Returns the APIC ID.
+/// job), its stack pointer and its own stack's top. Returns the APIC ID.
 fn report_job(_: u64) -> u64 {
     let me = crate::smp::this();
     let slot = &REPORTS[me.index()];
@@ -139,25 +143,32 @@ fn report_job(_: u64) -> u64 {
         .get()
         .and_then(|h| h.as_ref().ok())
         .map_or(0, |h| h.hsave_pa());
-    for (cell, value) in slot.iter().zip([apic_id, efer, hsave, owned]) {
+    let rsp: u64;
+    // SAFETY: reads a register.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
+    let top = me.stack_top.load(Ordering::Relaxed);
+    for (cell, value) in slot.iter().zip([apic_id, efer, hsave, owned, rsp, top]) {
         cell.store(value, Ordering::Relaxed);
     }
     apic_id
 }
 
 fn report_of(index: usize) -> Report {
-    let [a, e, h, o] = &REPORTS[index];
+    let [a, e, h, o, s, t] = &REPORTS[index];
     Report {
         apic_id: a.load(Ordering::Relaxed),
         efer: e.load(Ordering::Relaxed),
         hsave_msr: h.load(Ordering::Relaxed),
         hsave_owned: o.load(Ordering::Relaxed),
+        rsp: s.load(Ordering::Relaxed),
+        stack_top: t.load(Ordering::Relaxed),
     }
 }
 
 /// Every CPU the firmware reported is online, runs a job sent to it and
 /// answers from its own local APIC, with SVM enabled and a host save area
-/// of its own (distinct from every other CPU's).
+/// of its own (distinct from every other CPU's), on the kernel stack handed
+/// out to it (not on a stack the loader left it, which the kernel reclaims).
 fn every_cpu_runs() -> Result<(), String> {
     let cpus = percpu::all();
     if let Some(off) = cpus.iter().find(|c| !c.online.load(Ordering::Acquire)) {
@@ -180,10 +191,11 @@ fn every_cpu_runs() -> Result<(), String> {
     }
     for (i, r) in reports.iter().enumerate() {
         log::info!(
-            "smp: cpu{i}: apic id {}, EFER {:#x}, VM_HSAVE_PA {:#x}",
+            "smp: cpu{i}: apic id {}, EFER {:#x}, VM_HSAVE_PA {:#x}, rsp {:#x}",
             r.apic_id,
             r.efer,
-            r.hsave_msr
+            r.hsave_msr,
+            r.rsp
         );
         if r.efer & EFER_SVME == 0 {
             return Err(format!("cpu{i}: EFER.SVME is clear (EFER {:#x})", r.efer));
@@ -192,6 +204,13 @@ fn every_cpu_runs() -> Result<(), String> {
             return Err(format!(
                 "cpu{i}: VM_HSAVE_PA {:#x} is not its own host save area {:#x}",
                 r.hsave_msr, r.hsave_owned
+            ));
+        }
+        let stack = r.stack_top.saturating_sub(crate::smp::AP_STACK_SIZE)..r.stack_top;
+        if r.stack_top == 0 || !stack.contains(&r.rsp) {
+            return Err(format!(
+                "cpu{i}: runs on the stack at {:#x}, not on its own {:#x}..{:#x}",
+                r.rsp, stack.start, stack.end
             ));
         }
         if let Some(j) = reports[..i].iter().position(|o| o.hsave_msr == r.hsave_msr) {
