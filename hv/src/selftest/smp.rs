@@ -168,7 +168,9 @@ fn report_of(index: usize) -> Report {
 /// Every CPU the firmware reported is online, runs a job sent to it and
 /// answers from its own local APIC, with SVM enabled and a host save area
 /// of its own (distinct from every other CPU's), on the kernel stack handed
-/// out to it (not on a stack the loader left it, which the kernel reclaims).
+/// out to it (not on a stack the loader left it, which the kernel reclaims);
+/// under Limine each AP also left Limine's memory before it said so
+/// ([`limine_arrival`]).
 fn every_cpu_runs() -> Result<(), String> {
     let cpus = percpu::all();
     if let Some(off) = cpus.iter().find(|c| !c.online.load(Ordering::Acquire)) {
@@ -213,6 +215,7 @@ fn every_cpu_runs() -> Result<(), String> {
                 r.rsp, stack.start, stack.end
             ));
         }
+        limine_arrival(i, &stack)?;
         if let Some(j) = reports[..i].iter().position(|o| o.hsave_msr == r.hsave_msr) {
             return Err(format!(
                 "cpu{i} and cpu{j} share the host save area {:#x}",
@@ -222,6 +225,35 @@ fn every_cpu_runs() -> Result<(), String> {
     }
     if reports.len() < 2 {
         log::warn!("smp::every_cpu_runs: one CPU only (QEMU -smp 1): nothing to compare");
+    }
+    Ok(())
+}
+
+/// Under Limine: the AP counted itself out of Limine's memory (after which
+/// the boot CPU reclaims that memory) only once it ran on the kernel's page
+/// tables, GDT and waiting IDT, and on its own stack (`stack`).
+fn limine_arrival(i: usize, stack: &core::ops::Range<u64>) -> Result<(), String> {
+    let Some(got) = crate::boot::limine::arrival(i) else {
+        return Ok(()); // not started by Limine
+    };
+    let want = crate::boot::limine::arrival_expected();
+    let wrong = [
+        ("CR3", got.cr3, want.cr3),
+        ("GDT base", got.gdt_base, want.gdt_base),
+        ("IDT base", got.idt_base, want.idt_base),
+    ]
+    .into_iter()
+    .find(|(_, got, want)| got != want);
+    if let Some((what, got, want)) = wrong {
+        return Err(format!(
+            "cpu{i}: counted itself out of Limine's memory with {what} {got:#x}, not the kernel's {want:#x}"
+        ));
+    }
+    if !stack.contains(&got.rsp) {
+        return Err(format!(
+            "cpu{i}: counted itself out of Limine's memory on the stack at {:#x}, not on its own",
+            got.rsp
+        ));
     }
     Ok(())
 }
