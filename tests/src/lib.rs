@@ -166,6 +166,11 @@ pub fn boot(label: &str, medium: Medium, firmware: Firmware) -> Boot {
     boot_with(label, medium, firmware, qemu::DEFAULT_SMP)
 }
 
+/// [`boot`] on a machine with `smp` CPUs.
+pub fn boot_smp(label: &str, medium: Medium, firmware: Firmware, smp: u32) -> Boot {
+    boot_with(label, medium, firmware, smp)
+}
+
 fn boot_with(label: &str, medium: Medium, firmware: Firmware, smp: u32) -> Boot {
     let config = RunConfig {
         medium,
@@ -189,13 +194,36 @@ fn boot_with(label: &str, medium: Medium, firmware: Firmware, smp: u32) -> Boot 
         label: label.to_string(),
         status: outcome.status,
         verdict: Verdict::of(&outcome),
-        serial: outcome.serial.replace('\r', ""),
+        serial: without_terminal_controls(&outcome.serial.replace('\r', "")),
         qemu_stderr: outcome.stderr,
     };
     // The harness captures this and shows it when the test fails, so every
     // failure comes with the serial output that explains it.
     println!("{boot}");
     boot
+}
+
+/// `text` without terminal control sequences (ECMA-48 CSI: ESC `[`, then
+/// parameter bytes, up to a final byte): under UEFI the firmware's serial
+/// console clears the screen (for OVMF and for Limine) with no line break
+/// before the kernel's first line (`ESC[2J ESC[01;01H boot: limine`).
+pub fn without_terminal_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameter and intermediate bytes, then one final byte.
+            for c in chars.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A fresh directory for one boot's files, since tests boot in parallel.

@@ -167,9 +167,10 @@ extern "C" fn limine_main() -> ! {
 /// kernel's page tables (the stack is mapped only there, and nothing touches
 /// it in between), loads the kernel's GDT and an IDT whose only gate is an
 /// NMI handler that returns (an NMI on a waiting AP must not triple-fault
-/// the machine), and only then counts itself arrived: from then on it uses
-/// no Limine memory. Returns how many arrived (within about a second).
-/// Called once, on the BSP, after the kernel switched to its own page tables
+/// the machine), and only then counts itself arrived ([`ap_arrived`], which
+/// records that state for the `smp::every_cpu_runs` self-test): from then
+/// on it uses no Limine memory. Returns how many arrived (within about a
+/// second). Called once, on the BSP, after the kernel switched to its own page tables
 /// and loaded its GDT, before loader memory is reclaimed.
 pub fn move_application_processors(cr3: u64) -> usize {
     let Some(mp) = MP.get_response() else {
@@ -197,6 +198,7 @@ pub fn move_application_processors(cr3: u64) -> usize {
             Ok(top) => top,
             Err(e) => crate::fatal(format_args!("limine: AP stack: {e}")),
         };
+        block.stack_top.store(top, SeqCst);
         // SAFETY: written before this AP is sent off, read by it only.
         unsafe { AP_STACKS[block.index()] = top };
         cpu.extra.store(block.index() as u64, SeqCst);
@@ -219,6 +221,71 @@ pub fn move_application_processors(cr3: u64) -> usize {
     parked
 }
 
+/// What an AP's CPU state was when it counted itself arrived (out of
+/// Limine's memory): recorded by [`ap_arrived`] for the `smp::every_cpu_runs`
+/// self-test, which compares it with [`arrival_expected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub cr3: u64,
+    pub gdt_base: u64,
+    pub idt_base: u64,
+    /// RSP inside [`ap_arrived`], a few bytes below the AP's stack pointer.
+    pub rsp: u64,
+}
+
+/// The state of the AP of per-CPU index `index` when it arrived; `None`
+/// unless Limine started it and it arrived.
+pub fn arrival(index: usize) -> Option<Arrival> {
+    use core::sync::atomic::Ordering::SeqCst;
+    let [cr3, gdt, idt, rsp] = AP_ARRIVALS.get(index)?;
+    let cr3 = cr3.load(SeqCst);
+    (cr3 != 0).then(|| Arrival {
+        cr3,
+        gdt_base: gdt.load(SeqCst),
+        idt_base: idt.load(SeqCst),
+        rsp: rsp.load(SeqCst),
+    })
+}
+
+/// What every AP must have loaded before it counts itself arrived: the
+/// kernel's page tables, the kernel's GDT and the waiting IDT (its `rsp`
+/// is 0: each AP's own stack is in its per-CPU block).
+pub fn arrival_expected() -> Arrival {
+    use core::sync::atomic::Ordering::SeqCst;
+    // SAFETY: written once before any AP is sent off, read-only after.
+    let (gdt, idt) = unsafe { (AP_GDTR.base.as_u64(), AP_IDTR.base.as_u64()) };
+    Arrival {
+        cr3: AP_CR3.load(SeqCst),
+        gdt_base: gdt,
+        idt_base: idt,
+        rsp: 0,
+    }
+}
+
+/// Called by [`ap_park`] once the AP is out of Limine's memory: records
+/// its state ([`arrival`]), then counts it arrived. Uses no per-CPU data
+/// (the GS base is Limine's) and must not fault (the IDT has an NMI gate
+/// only).
+extern "C" fn ap_arrived(index: u64) {
+    use core::sync::atomic::Ordering::SeqCst;
+    let gdtr = x86_64::instructions::tables::sgdt();
+    let idtr = x86_64::instructions::tables::sidt();
+    let (cr3, rsp): (u64, u64);
+    // SAFETY: reads registers.
+    unsafe {
+        core::arch::asm!("mov {}, cr3", "mov {}, rsp", out(reg) cr3, out(reg) rsp, options(nomem, nostack));
+    }
+    if let Some(slot) = AP_ARRIVALS.get(index as usize) {
+        for (cell, value) in slot
+            .iter()
+            .zip([cr3, gdtr.base.as_u64(), idtr.base.as_u64(), rsp])
+        {
+            cell.store(value, SeqCst);
+        }
+    }
+    AP_PARKED.fetch_add(1, SeqCst);
+}
+
 /// Lets the AP of per-CPU index `index` go on to `smp::ap_main`.
 pub fn release_ap(index: usize) {
     if let Some(flag) = AP_RELEASED.get(index) {
@@ -236,6 +303,10 @@ const MAX_APS: usize = crate::smp::percpu::MAX_CPUS;
 
 static AP_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static AP_PARKED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Each AP's state at arrival (CR3, GDT base, IDT base, RSP), by per-CPU
+/// index ([`arrival`]).
+static AP_ARRIVALS: [[core::sync::atomic::AtomicU64; 4]; MAX_APS] =
+    [const { [const { core::sync::atomic::AtomicU64::new(0) }; 4] }; MAX_APS];
 static AP_RELEASED: [core::sync::atomic::AtomicU8; MAX_APS] =
     [const { core::sync::atomic::AtomicU8::new(0) }; MAX_APS];
 /// Each AP's kernel stack top, by per-CPU index.
@@ -287,8 +358,10 @@ unsafe extern "C" fn ap_park(_cpu: &limine::mp::Cpu) -> ! {
         "mov ds, ax",
         "mov es, ax",
         "lidt [rip + {idtr}]",
-        // Off Limine's stack, tables, GDT and IDT: arrived.
-        "lock inc qword ptr [rip + {parked}]",
+        // Off Limine's stack, tables, GDT and IDT: arrived. The stack top
+        // is 16-byte aligned (a page boundary), as the call wants.
+        "mov rdi, r12",
+        "call {arrived}",
         "lea rbx, [rip + {released}]",
         "2:",
         "pause",
@@ -301,7 +374,7 @@ unsafe extern "C" fn ap_park(_cpu: &limine::mp::Cpu) -> ! {
         cr3 = sym AP_CR3,
         gdtr = sym AP_GDTR,
         idtr = sym AP_IDTR,
-        parked = sym AP_PARKED,
+        arrived = sym ap_arrived,
         stacks = sym AP_STACKS,
         released = sym AP_RELEASED,
         main = sym crate::smp::ap_main,

@@ -23,6 +23,12 @@ pub static mut BOOT_STACK: BootStack = BootStack {
     stack: [0; STACK_SIZE],
 };
 
+/// Virtual address of the top of the stack (where it starts).
+pub fn stack_top() -> u64 {
+    // SAFETY: only the address is taken.
+    unsafe { core::ptr::addr_of!(BOOT_STACK.stack) as u64 + STACK_SIZE as u64 }
+}
+
 /// Virtual address of the guard page.
 pub fn guard_page() -> u64 {
     // SAFETY: only the address is taken.

@@ -66,16 +66,26 @@ fn ticks_job(_: u64) -> u64 {
 }
 
 /// Every AP's own watchdog ticks while it waits for work: its tick count
-/// grows over 50 ms of PIT time.
+/// grows within a second of PIT time (a 10 ms tick; a loaded host can hold
+/// QEMU's timer callbacks back for more than 50 ms, so the boot CPU asks
+/// again every 50 ms rather than once).
 fn ap_watchdog_ticks() -> Result<(), String> {
+    const STEP_MS: u64 = 50;
+    const WAIT_MS: u64 = 1_000;
     for cpu in percpu::all().iter().skip(1) {
         let i = cpu.index();
         let before = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
-        crate::time::pit::wait_us(50_000);
-        let after = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+        let mut after = before;
+        for _ in 0..WAIT_MS / STEP_MS {
+            crate::time::pit::wait_us(STEP_MS * 1000);
+            after = mailbox::run_on(i, ticks_job, 0).map_err(|e| format!("cpu{i}: {e}"))?;
+            if after > before {
+                break;
+            }
+        }
         if after <= before {
             return Err(format!(
-                "cpu{i}: no watchdog tick in 50 ms ({before} -> {after})"
+                "cpu{i}: no watchdog tick in {WAIT_MS} ms ({before} -> {after})"
             ));
         }
     }
@@ -118,15 +128,19 @@ struct Report {
     efer: u64,
     hsave_msr: u64,
     hsave_owned: u64,
+    /// The stack pointer the job ran with.
+    rsp: u64,
+    /// The top of the kernel stack the CPU's per-CPU block says is its own.
+    stack_top: u64,
 }
 
-static REPORTS: [[AtomicU64; 4]; percpu::MAX_CPUS] =
-    [const { [const { AtomicU64::new(0) }; 4] }; percpu::MAX_CPUS];
+static REPORTS: [[AtomicU64; 6]; percpu::MAX_CPUS] =
+    [const { [const { AtomicU64::new(0) }; 6] }; percpu::MAX_CPUS];
 
 /// Runs on the target CPU: records its APIC ID (as its local APIC says),
-/// EFER, VM_HSAVE_PA (as the CPU holds it) and the host save area its
+/// EFER, VM_HSAVE_PA (as the CPU holds it), the host save area its
 /// per-CPU block owns (without enabling SVM: that is the CPU's bring-up's
-/// job). Returns the APIC ID.
+/// job), its stack pointer and its own stack's top. Returns the APIC ID.
 fn report_job(_: u64) -> u64 {
     let me = crate::smp::this();
     let slot = &REPORTS[me.index()];
@@ -139,25 +153,34 @@ fn report_job(_: u64) -> u64 {
         .get()
         .and_then(|h| h.as_ref().ok())
         .map_or(0, |h| h.hsave_pa());
-    for (cell, value) in slot.iter().zip([apic_id, efer, hsave, owned]) {
+    let rsp: u64;
+    // SAFETY: reads a register.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
+    let top = me.stack_top.load(Ordering::Relaxed);
+    for (cell, value) in slot.iter().zip([apic_id, efer, hsave, owned, rsp, top]) {
         cell.store(value, Ordering::Relaxed);
     }
     apic_id
 }
 
 fn report_of(index: usize) -> Report {
-    let [a, e, h, o] = &REPORTS[index];
+    let [a, e, h, o, s, t] = &REPORTS[index];
     Report {
         apic_id: a.load(Ordering::Relaxed),
         efer: e.load(Ordering::Relaxed),
         hsave_msr: h.load(Ordering::Relaxed),
         hsave_owned: o.load(Ordering::Relaxed),
+        rsp: s.load(Ordering::Relaxed),
+        stack_top: t.load(Ordering::Relaxed),
     }
 }
 
 /// Every CPU the firmware reported is online, runs a job sent to it and
 /// answers from its own local APIC, with SVM enabled and a host save area
-/// of its own (distinct from every other CPU's).
+/// of its own (distinct from every other CPU's), on the kernel stack handed
+/// out to it (not on a stack the loader left it, which the kernel reclaims);
+/// under Limine each AP also left Limine's memory before it said so
+/// ([`limine_arrival`]).
 fn every_cpu_runs() -> Result<(), String> {
     let cpus = percpu::all();
     if let Some(off) = cpus.iter().find(|c| !c.online.load(Ordering::Acquire)) {
@@ -180,10 +203,11 @@ fn every_cpu_runs() -> Result<(), String> {
     }
     for (i, r) in reports.iter().enumerate() {
         log::info!(
-            "smp: cpu{i}: apic id {}, EFER {:#x}, VM_HSAVE_PA {:#x}",
+            "smp: cpu{i}: apic id {}, EFER {:#x}, VM_HSAVE_PA {:#x}, rsp {:#x}",
             r.apic_id,
             r.efer,
-            r.hsave_msr
+            r.hsave_msr,
+            r.rsp
         );
         if r.efer & EFER_SVME == 0 {
             return Err(format!("cpu{i}: EFER.SVME is clear (EFER {:#x})", r.efer));
@@ -194,6 +218,14 @@ fn every_cpu_runs() -> Result<(), String> {
                 r.hsave_msr, r.hsave_owned
             ));
         }
+        let stack = r.stack_top.saturating_sub(crate::smp::AP_STACK_SIZE)..r.stack_top;
+        if r.stack_top == 0 || !stack.contains(&r.rsp) {
+            return Err(format!(
+                "cpu{i}: runs on the stack at {:#x}, not on its own {:#x}..{:#x}",
+                r.rsp, stack.start, stack.end
+            ));
+        }
+        limine_arrival(i, &stack)?;
         if let Some(j) = reports[..i].iter().position(|o| o.hsave_msr == r.hsave_msr) {
             return Err(format!(
                 "cpu{i} and cpu{j} share the host save area {:#x}",
@@ -203,6 +235,35 @@ fn every_cpu_runs() -> Result<(), String> {
     }
     if reports.len() < 2 {
         log::warn!("smp::every_cpu_runs: one CPU only (QEMU -smp 1): nothing to compare");
+    }
+    Ok(())
+}
+
+/// Under Limine: the AP counted itself out of Limine's memory (after which
+/// the boot CPU reclaims that memory) only once it ran on the kernel's page
+/// tables, GDT and waiting IDT, and on its own stack (`stack`).
+fn limine_arrival(i: usize, stack: &core::ops::Range<u64>) -> Result<(), String> {
+    let Some(got) = crate::boot::limine::arrival(i) else {
+        return Ok(()); // not started by Limine
+    };
+    let want = crate::boot::limine::arrival_expected();
+    let wrong = [
+        ("CR3", got.cr3, want.cr3),
+        ("GDT base", got.gdt_base, want.gdt_base),
+        ("IDT base", got.idt_base, want.idt_base),
+    ]
+    .into_iter()
+    .find(|(_, got, want)| got != want);
+    if let Some((what, got, want)) = wrong {
+        return Err(format!(
+            "cpu{i}: counted itself out of Limine's memory with {what} {got:#x}, not the kernel's {want:#x}"
+        ));
+    }
+    if !stack.contains(&got.rsp) {
+        return Err(format!(
+            "cpu{i}: counted itself out of Limine's memory on the stack at {:#x}, not on its own",
+            got.rsp
+        ));
     }
     Ok(())
 }

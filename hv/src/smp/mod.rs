@@ -41,6 +41,8 @@ pub fn init_bsp() {
         crate::fatal(format_args!("no per-CPU block for the boot CPU"));
     };
     percpu::install(cpu);
+    cpu.stack_top
+        .store(crate::boot::stack::stack_top(), Ordering::Relaxed);
     cpu.online.store(true, Ordering::Release);
 }
 
@@ -111,7 +113,10 @@ fn start_with_sipi(boot: &BootInfo, kernel_cr3: u64) {
             break;
         };
         match alloc_stack() {
-            Ok(top) => starts.push((block, top)),
+            Ok(top) => {
+                block.stack_top.store(top, Ordering::Relaxed);
+                starts.push((block, top));
+            }
             Err(e) => log::warn!("smp: apic id {}: no stack: {e}", cpu.apic_id),
         }
     }

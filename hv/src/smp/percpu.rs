@@ -43,6 +43,10 @@ pub struct PerCpu {
     pub tsc_offset: AtomicI64,
     /// Half the width of the window the offset was measured in (ticks).
     pub tsc_offset_error: AtomicU64,
+    /// Top of this CPU's own kernel stack (`smp::AP_STACK_SIZE` bytes below
+    /// it), recorded by the boot CPU when it hands the stack out: the
+    /// `smp::every_cpu_runs` self-test checks that each CPU runs on it.
+    pub stack_top: AtomicU64,
 }
 
 impl PerCpu {
@@ -58,6 +62,7 @@ impl PerCpu {
             mailbox: super::mailbox::Mailbox::new(),
             tsc_offset: AtomicI64::new(0),
             tsc_offset_error: AtomicU64::new(0),
+            stack_top: AtomicU64::new(0),
         }
     }
 
