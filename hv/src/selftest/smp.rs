@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 7] = [
+pub const CASES: [HostCase; 8] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -56,6 +56,11 @@ pub const CASES: [HostCase; 7] = [
     HostCase {
         name: "smp::tsc_monotonic_across_vcpus",
         run: super::smp_vm::tsc_monotonic_across_vcpus,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::tsc_skew_compensated",
+        run: super::smp_vm::tsc_skew_compensated,
         cpus: 2,
     },
 ];

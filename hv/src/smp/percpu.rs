@@ -43,6 +43,12 @@ pub struct PerCpu {
     pub tsc_offset: AtomicI64,
     /// Half the width of the window the offset was measured in (ticks).
     pub tsc_offset_error: AtomicU64,
+    /// What `time::host_tsc` subtracts from this CPU's TSC to read the boot
+    /// CPU's time (`svm::tsc::skew::compensation` of the two above).
+    pub tsc_compensation: AtomicI64,
+    /// Self-tests only: added to every reading of this CPU's TSC, as if
+    /// its TSC ran that far from the others (`time::host_tsc::simulate`).
+    pub tsc_simulated: AtomicU64,
 }
 
 impl PerCpu {
@@ -58,6 +64,8 @@ impl PerCpu {
             mailbox: super::mailbox::Mailbox::new(),
             tsc_offset: AtomicI64::new(0),
             tsc_offset_error: AtomicU64::new(0),
+            tsc_compensation: AtomicI64::new(0),
+            tsc_simulated: AtomicU64::new(0),
         }
     }
 

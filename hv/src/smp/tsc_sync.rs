@@ -1,5 +1,6 @@
-//! Measuring an AP's TSC against the boot CPU's (ISSUE12 item 3 compensates
-//! with the result).
+//! Measuring an AP's TSC against the boot CPU's, at boot ([`measure_all`])
+//! and again by the self-tests; the result sets the AP's compensation,
+//! which `time::host_tsc` subtracts from its TSC (`svm::tsc::skew`).
 //!
 //! The boot CPU reads t0 and pings, the AP reads tA and answers, the boot
 //! CPU reads t1. If the AP's TSC is the boot CPU's plus `off`, then
@@ -87,11 +88,40 @@ pub fn measure(index: usize) -> Result<Offset, &'static str> {
     }
     let offset = lo / 2 + hi / 2;
     let error = (hi.wrapping_sub(lo) as u64) / 2;
-    cpu.tsc_offset.store(offset, Ordering::Relaxed);
-    cpu.tsc_offset_error.store(error, Ordering::Relaxed);
+    record(cpu, offset, error);
     Ok(Offset {
         offset,
         error,
         apic_id: apic_id as u32,
     })
+}
+
+/// Records CPU `cpu`'s measured offset and sets its compensation from it.
+/// Set while no vCPU runs on `cpu` (a running vCPU's offset was programmed
+/// with the old one).
+pub fn record(cpu: &super::PerCpu, offset: i64, error: u64) {
+    cpu.tsc_offset.store(offset, Ordering::Relaxed);
+    cpu.tsc_offset_error.store(error, Ordering::Relaxed);
+    let k = svm::tsc::skew::compensation(offset, error);
+    cpu.tsc_compensation.store(k, Ordering::Relaxed);
+}
+
+/// At boot, on the boot CPU: every online AP's TSC is measured and
+/// compensated; the results are logged.
+pub fn measure_all() {
+    for cpu in super::percpu::all().iter().skip(1) {
+        if !cpu.online.load(Ordering::Acquire) {
+            continue;
+        }
+        let i = cpu.index();
+        match measure(i) {
+            Ok(m) => log::info!(
+                "smp: cpu{i}: TSC offset to cpu0 {} ticks (+/- {}), compensated by {}",
+                m.offset,
+                m.error,
+                cpu.tsc_compensation.load(Ordering::Relaxed)
+            ),
+            Err(e) => log::warn!("smp: cpu{i}: TSC not measured ({e}): not compensated"),
+        }
+    }
 }
