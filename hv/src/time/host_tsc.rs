@@ -12,17 +12,32 @@
 //! computed against this view, so without compensation the guest TSC would
 //! drop by the same amount.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use svm::tsc::skew::HostClock;
 
 /// Added (wrapping) to the hypervisor's view: 0 except under the test hook.
 static SHIFT: AtomicU64 = AtomicU64::new(0);
+/// Some CPU has had a simulated TSC difference ([`simulate`]).
+static SIMULATING: AtomicBool = AtomicBool::new(false);
 
 /// This CPU's TSC (with a self-test's simulated difference, [`simulate`]).
 pub fn read_raw() -> u64 {
     // SAFETY: RDTSC has no side effects; CR4.TSD is clear in the kernel.
     let tsc = unsafe { core::arch::x86_64::_rdtsc() };
-    tsc.wrapping_add(crate::smp::this().tsc_simulated.load(Ordering::Relaxed))
+    tsc.wrapping_add(simulated_here())
+}
+
+/// This CPU's simulated TSC difference ([`simulate`]; one flag test when
+/// there has been none). What the hardware would add to a guest's TSC on
+/// this CPU: the run loop adds it to the VMCB offset for the VMRUN only
+/// (`vmm::tsc::simulate_hardware`), as a real difference is in the TSC the
+/// CPU adds the offset to.
+#[inline(always)]
+pub fn simulated_here() -> u64 {
+    if !SIMULATING.load(Ordering::Relaxed) {
+        return 0;
+    }
+    crate::smp::this().tsc_simulated.load(Ordering::Relaxed)
 }
 
 /// This CPU's clock: its compensation and the test shift.
@@ -51,12 +66,10 @@ pub fn reference(raw: u64) -> u64 {
     clock().reference(raw)
 }
 
-/// The VMCB offset that gives a guest `view + model` on this CPU: the
-/// hardware adds it to the CPU's real TSC, so it also carries a simulated
-/// difference ([`simulate`]) as a real one would be in that TSC.
+/// The VMCB offset that gives a guest `view + model` on this CPU (the
+/// hardware adds it to this CPU's TSC).
 pub fn vmcb_offset(model: u64) -> u64 {
-    let simulated = crate::smp::this().tsc_simulated.load(Ordering::Relaxed);
-    clock().vmcb_offset(model).wrapping_add(simulated)
+    clock().vmcb_offset(model)
 }
 
 /// Test hook: the hypervisor's view of the host TSC jumps back by `ticks`.
@@ -66,10 +79,13 @@ pub fn shift_back(ticks: u64) {
 
 /// Self-tests only: CPU `cpu`'s TSC runs `ticks` (wrapping) from its real
 /// value from now on, for everything that reads it: the kernel
-/// ([`read_raw`]: the boot measurement, L0's clock) and its guests (the
-/// VMCB offsets, [`vmcb_offset`]). QEMU TCG gives every CPU one TSC, and
+/// ([`read_raw`]: the boot measurement, L0's clock) and its guests (VMRUN
+/// on that CPU, [`simulated_here`]). QEMU TCG gives every CPU one TSC, and
 /// its TSC cannot be written; this makes a skewed CPU to measure and
 /// compensate. Set it while no vCPU runs on `cpu`.
 pub fn simulate(cpu: &crate::smp::PerCpu, ticks: u64) {
     cpu.tsc_simulated.store(ticks, Ordering::Relaxed);
+    if ticks != 0 {
+        SIMULATING.store(true, Ordering::Relaxed);
+    }
 }

@@ -68,6 +68,14 @@ pub fn reprogram_l1_offset(vcpu: &mut Vcpu, vm: &Vm) {
     offset_written(active);
 }
 
+/// Self-tests (`time::host_tsc::simulate`): the VMCB offset moves by
+/// `ticks` around one VMRUN, as the guest's TSC would on a CPU whose TSC is
+/// that far from the others.
+pub fn simulate_hardware(c: &mut ControlArea, ticks: u64) {
+    c.tsc_offset = c.tsc_offset.wrapping_add(ticks);
+    offset_written(c);
+}
+
 /// Takes note of a host TSC reading before it is used for this VM: a host
 /// TSC behind the last one is absorbed into L1's offset, programmed now.
 fn observe(vcpu: &mut Vcpu, vm: &mut Vm, host: u64) {
