@@ -248,4 +248,5 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::init_sipi_restart",
     "smp::tsc_monotonic_across_vcpus",
     "smp::tsc_skew_compensated",
+    "smp::freeze_restore_l1_and_l2",
 ];

@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 8] = [
+pub const CASES: [HostCase; 9] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -61,6 +61,11 @@ pub const CASES: [HostCase; 8] = [
     HostCase {
         name: "smp::tsc_skew_compensated",
         run: super::smp_vm::tsc_skew_compensated,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::freeze_restore_l1_and_l2",
+        run: super::smp_vm::freeze_restore_l1_and_l2,
         cpus: 2,
     },
 ];

@@ -18,6 +18,11 @@ const SECOND_STACK_BELOW_TOP: u64 = 1 << 20;
 
 /// Runs test `name` with vCPU 0 running and vCPU 1 started as `second`.
 fn run_two(name: &str, second: Start) -> Result<(), String> {
+    run_two_of(name, GUEST, VmConfig::PLAIN, second)
+}
+
+/// [`run_two`] with guest `image` in a VM configured as `base`.
+fn run_two_of(name: &str, image: &[u8], base: VmConfig, second: Start) -> Result<(), String> {
     let host = match crate::vmm::enable::this_cpu() {
         Ok(h) => h,
         Err(why) => return Err(format!("SVM unavailable: {why}")),
@@ -27,12 +32,12 @@ fn run_two(name: &str, second: Start) -> Result<(), String> {
             max_exits: RunLimits::SELF_TEST.max_exits,
             time_budget_ms: 10_000,
         }),
-        ..VmConfig::PLAIN
+        ..base
     };
     let size = svm::guest_abi::GUEST_MEMORY_SIZE;
     let mut vm = Vm::new(name, size, config).map_err(|e| format!("VM set-up: {e}"))?;
     let entry =
-        loader::load(GUEST, &mut vm.memory).map_err(|e| format!("loading the guest: {e:?}"))?;
+        loader::load(image, &mut vm.memory).map_err(|e| format!("loading the guest: {e:?}"))?;
     setup::write_start_state(&mut vm, name).map_err(String::from)?;
     let mut vcpus = Vec::new();
     for i in 0..2 {
@@ -114,4 +119,17 @@ pub fn tsc_skew_compensated() -> Result<(), String> {
         log::warn!("smp: cpu1: TSC not measured again ({e})");
     }
     result
+}
+
+/// Seed 004 with one vCPU in L1 and another in L2 (guest:
+/// guest-stubs/src/bin/nested/smp.rs): vCPU 0's L1 freezes and restores
+/// the VM's TSC while vCPU 1 runs L2; their readings stay in order, and
+/// L2's offset stays L1's plus vmcb12's.
+pub fn freeze_restore_l1_and_l2() -> Result<(), String> {
+    run_two_of(
+        "smp::freeze_restore_l1_and_l2",
+        super::nested::L1_HYPERVISOR,
+        VmConfig::NESTED,
+        Start::Running,
+    )
 }
