@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 9] = [
+pub const CASES: [HostCase; 10] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -66,6 +66,11 @@ pub const CASES: [HostCase; 9] = [
     HostCase {
         name: "smp::freeze_restore_l1_and_l2",
         run: super::smp_vm::freeze_restore_l1_and_l2,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::init_in_l2_without_intercept",
+        run: super::smp_vm::init_in_l2_without_intercept,
         cpus: 2,
     },
 ];

@@ -133,3 +133,15 @@ pub fn freeze_restore_l1_and_l2() -> Result<(), String> {
         Start::Running,
     )
 }
+
+/// INIT to a vCPU in L2 whose L1 does not intercept it (guest:
+/// guest-stubs/src/bin/nested/smp.rs): the vCPU leaves L2, is reset and
+/// starts at the SIPI vector with L1's TSC.
+pub fn init_in_l2_without_intercept() -> Result<(), String> {
+    run_two_of(
+        "smp::init_in_l2_without_intercept",
+        super::nested::L1_HYPERVISOR,
+        VmConfig::NESTED,
+        Start::Running,
+    )
+}

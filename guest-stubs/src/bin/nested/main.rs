@@ -178,6 +178,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::npt_l2_tables_remapped" => npt::npt_l2_tables_remapped(params.memory_size),
         "nested::npt_ad_bits_set" => npt::npt_ad_bits_set(params.memory_size),
         "smp::freeze_restore_l1_and_l2" => smp::freeze_restore_l1_and_l2(),
+        "smp::init_in_l2_without_intercept" => smp::init_in_l2_without_intercept(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()

@@ -193,3 +193,85 @@ pub fn freeze_restore_l1_and_l2() {
          before VMRUN and after the exit, o12 {O12:#x}"
     );
 }
+
+/// Real-mode code for the SIPI page (DS = 0 after INIT): stores CS, the
+/// TSC and EFER's low half, counts its starts, then spins.
+/// `mov ax, cs; mov [0x7000], ax; rdtsc; mov [0x7008], eax;
+/// mov [0x700c], edx; mov ecx, 0xc0000080; rdmsr; mov [0x7010], eax;
+/// inc word [0x7002]; jmp $`
+const AP_CODE: [u8; 39] = [
+    0x8C, 0xC8, 0xA3, 0x00, 0x70, 0x0F, 0x31, 0x66, 0xA3, 0x08, 0x70, 0x66, 0x89, 0x16, 0x0C, 0x70,
+    0x66, 0xB9, 0x80, 0x00, 0x00, 0xC0, 0x0F, 0x32, 0x66, 0xA3, 0x10, 0x70, 0xFF, 0x06, 0x02, 0x70,
+    0xEB, 0xFE, 0x90, 0x90, 0x90, 0x90, 0x90,
+];
+const AP_PAGE: u64 = 0x8000;
+const REPORT: u64 = 0x7000;
+
+fn report<T: Copy>(offset: u64) -> T {
+    // SAFETY: identity-mapped guest RAM below the image, which vCPU 1
+    // writes in real mode; read volatile.
+    unsafe { core::ptr::read_volatile((REPORT + offset) as *const T) }
+}
+
+/// INIT to a vCPU running L2 whose L1 does not intercept INIT (APM 15.x
+/// "INIT Support"; KVM leaves nested mode, then resets): vCPU 1's L1 runs
+/// an L2 (vmcb12 TSC offset 2^40) that spins; vCPU 0 sends it INIT, then a
+/// SIPI. vCPU 1 leaves L2 and is reset: it starts once, in real mode at the
+/// SIPI vector, with EFER clear and L1's TSC (not L2's: L0's controls and
+/// L1's offset are back before the reset).
+pub fn init_in_l2_without_intercept() {
+    if apic_id() != 0 {
+        let mut regs: Regs = setup(Task::QueueAndSpin, 0);
+        crate::l1::vmcb().control.tsc_offset = O12;
+        let (_, exit) = crate::l1::run(&mut regs);
+        // Never: the INIT ends L1 too.
+        fail(format_args!(
+            "vCPU 1's L1 ran again after L2's exit {exit:#x}"
+        ));
+    }
+    // SAFETY: low guest RAM that nothing else uses (guest_abi layout).
+    unsafe {
+        core::ptr::copy_nonoverlapping(AP_CODE.as_ptr(), AP_PAGE as *mut u8, AP_CODE.len());
+        core::ptr::write_bytes(REPORT as *mut u8, 0, 0x20);
+    }
+    guest_stubs::lapic::map();
+    guest_stubs::lapic::enable();
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = call(HC_NOW_NS, 0, 0, 0);
+        while !cond() {
+            if call(HC_NOW_NS, 0, 0, 0) - start > 5_000_000_000 {
+                fail(format_args!("timed out waiting for {what}"));
+            }
+        }
+    };
+    wait("vCPU 1's L2 to run", &|| crate::l2::result(0) > 1000);
+    let send = |low: u32| {
+        guest_stubs::lapic::write(0x310, 1 << 24);
+        guest_stubs::lapic::write(0x300, low);
+    };
+    let before = rdtsc();
+    send(0x4500); // INIT, level assert
+    send(0x4600 | (AP_PAGE >> 12) as u32); // Start-up
+    wait("vCPU 1 to start at the SIPI vector", &|| {
+        report::<u16>(2) >= 1
+    });
+    let after = rdtsc();
+    let tsc = report::<u64>(8);
+    check_eq!(report::<u16>(0), 0x0800, "vCPU 1's CS in real mode");
+    check_eq!(report::<u16>(2), 1, "vCPU 1's starts");
+    check_eq!(
+        report::<u32>(0x10),
+        0,
+        "vCPU 1's EFER (low half) after INIT"
+    );
+    check!(
+        before <= tsc && tsc <= after,
+        "vCPU 1's TSC after INIT {tsc:#x}, vCPU 0 read {before:#x} and {after:#x} around \
+         (L2's offset would add {O12:#x})"
+    );
+    let spins = crate::l2::result(0);
+    for _ in 0..100_000 {
+        core::hint::spin_loop();
+    }
+    check_eq!(crate::l2::result(0), spins, "L2's spin count after INIT");
+}
