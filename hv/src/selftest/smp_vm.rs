@@ -105,7 +105,13 @@ pub fn tsc_skew_compensated() -> Result<(), String> {
                 cpu1.tsc_compensation
                     .load(core::sync::atomic::Ordering::Relaxed)
             );
-            if m.offset.abs_diff(SIMULATED_SKEW as i64) > m.error {
+            // The window is a hard bound only where the CPUs' readings are
+            // ordered as their loads and stores; QEMU TCG's TSC jitters by
+            // tens of ticks between host threads (a window was seen 24
+            // ticks beside the skew): 1000 ticks of slack. The guest
+            // tolerates a residual of 1000 ticks, so the error must be
+            // well below it.
+            if m.offset.abs_diff(SIMULATED_SKEW as i64) > m.error + 1000 || m.error > 500 {
                 return Err(format!(
                     "measured {:#x} +/- {} for a skew of {SIMULATED_SKEW:#x}",
                     m.offset, m.error

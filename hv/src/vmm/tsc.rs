@@ -44,8 +44,8 @@ fn model_l1_offset(vcpu: &Vcpu, vm: &Vm) -> u64 {
 }
 
 /// The one place L0 programs L1's TSC offset, called whenever the model
-/// (or the host clock) has just changed it. While L2 runs, hsave takes the new
-/// L1 offset and the live L2 VMCB the same delta (seed 000); the nested
+/// (or the host clock) has just changed it. While L2 runs, hsave takes the
+/// new L1 offset and the live L2 VMCB the same delta (seed 000); the nested
 /// #VMEXIT then hands L1 hsave's copy. The VM's other vCPUs (if any) are
 /// out of guest mode when this returns and reprogram theirs from the same
 /// model before they run again (`multi::vm_tsc_changed`).
@@ -177,11 +177,11 @@ fn cross_check(vcpu: &Vcpu, vm: &Vm) {
 /// When the run loop takes the vCPU (possibly on another CPU than last
 /// time, or than the one that set it up): L1's offset is programmed for
 /// this CPU's compensation (`svm::tsc::skew`), and the host TSC is checked
-/// against the last reading, a backwards one absorbed. Within one run the vCPU stays on this CPU, whose TSC only
-/// moves forwards, and L0's own view moves back only by
-/// [`shift_host_back`], which observes at once: so the entries need no
-/// check of their own, and the exits' ([`after_exit`]) keep `last_host`
-/// current.
+/// against the last reading, a backwards one absorbed. Within one run the
+/// vCPU stays on this CPU, whose TSC only moves forwards, and L0's own
+/// view moves back only by [`shift_host_back`], which observes at once: so
+/// the entries need no check of their own, and the exits' ([`after_exit`])
+/// keep `last_host` current.
 pub fn observe_on_run(vcpu: &mut Vcpu, vm: &mut Vm) {
     reprogram_l1_offset(vcpu, vm);
     observe(vcpu, vm, host_tsc::read());
