@@ -216,9 +216,10 @@ fn report<T: Copy>(offset: u64) -> T {
 /// INIT to a vCPU running L2 whose L1 does not intercept INIT (APM 15.x
 /// "INIT Support"; KVM leaves nested mode, then resets): vCPU 1's L1 runs
 /// an L2 (vmcb12 TSC offset 2^40) that spins; vCPU 0 sends it INIT, then a
-/// SIPI. vCPU 1 leaves L2 and is reset: it starts once, in real mode at the
-/// SIPI vector, with EFER clear and L1's TSC (not L2's: L0's controls and
-/// L1's offset are back before the reset).
+/// SIPI. vCPU 1 leaves L2 and is reset: after the INIT L2 no longer runs
+/// and the vCPU waits for the SIPI; then it starts once, in real mode at
+/// the SIPI vector, with EFER clear and L1's TSC (not L2's: L0's controls
+/// and L1's offset are back before the reset).
 pub fn init_in_l2_without_intercept() {
     if apic_id() != 0 {
         let mut regs: Regs = setup(Task::QueueAndSpin, 0);
@@ -251,6 +252,19 @@ pub fn init_in_l2_without_intercept() {
     };
     let before = rdtsc();
     send(0x4500); // INIT, level assert
+                  // INIT alone: L2 stops, and the vCPU waits for a SIPI (20 ms of L0's
+                  // clock: neither L2's spin count nor the SIPI code's count moves).
+    let settle = || {
+        let t = call(HC_NOW_NS, 0, 0, 0);
+        while call(HC_NOW_NS, 0, 0, 0) - t < 20_000_000 {
+            core::hint::spin_loop();
+        }
+    };
+    settle();
+    let spins = crate::l2::result(0);
+    settle();
+    check_eq!(crate::l2::result(0), spins, "L2's spin count after INIT");
+    check_eq!(report::<u16>(2), 0, "vCPU 1's starts before the SIPI");
     send(0x4600 | (AP_PAGE >> 12) as u32); // Start-up
     wait("vCPU 1 to start at the SIPI vector", &|| {
         report::<u16>(2) >= 1
@@ -269,9 +283,4 @@ pub fn init_in_l2_without_intercept() {
         "vCPU 1's TSC after INIT {tsc:#x}, vCPU 0 read {before:#x} and {after:#x} around \
          (L2's offset would add {O12:#x})"
     );
-    let spins = crate::l2::result(0);
-    for _ in 0..100_000 {
-        core::hint::spin_loop();
-    }
-    check_eq!(crate::l2::result(0), spins, "L2's spin count after INIT");
 }
