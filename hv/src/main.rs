@@ -77,6 +77,8 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     // Every CPU runs the hypervisor: the APs come up one by one and wait
     // for work (smp).
     let cpus = smp::start_aps(&boot, cr3);
+    // Their TSCs against the boot CPU's: compensated from here on.
+    smp::tsc_sync::measure_all();
     if guest.is_none() {
         banner::print_cpus(cpus);
     }

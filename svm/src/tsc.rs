@@ -305,6 +305,7 @@ impl TscState {
 }
 
 pub mod intercepts;
+pub mod skew;
 
 #[cfg(test)]
 mod tests;

@@ -275,4 +275,7 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::vcpu_ipi",
     "smp::init_sipi_restart",
     "smp::tsc_monotonic_across_vcpus",
+    "smp::tsc_skew_compensated",
+    "smp::freeze_restore_l1_and_l2",
+    "smp::init_in_l2_without_intercept",
 ];

@@ -10,7 +10,7 @@ use svm::cpuid_filter::HiddenFeatures;
 use svm::tsc::TscMode;
 use svm::ExitCode;
 
-static L1_HYPERVISOR: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/nested"));
+pub(super) static L1_HYPERVISOR: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/nested"));
 
 const fn case(name: &'static str) -> Case {
     Case {

@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 7] = [
+pub const CASES: [HostCase; 10] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -56,6 +56,21 @@ pub const CASES: [HostCase; 7] = [
     HostCase {
         name: "smp::tsc_monotonic_across_vcpus",
         run: super::smp_vm::tsc_monotonic_across_vcpus,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::tsc_skew_compensated",
+        run: super::smp_vm::tsc_skew_compensated,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::freeze_restore_l1_and_l2",
+        run: super::smp_vm::freeze_restore_l1_and_l2,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::init_in_l2_without_intercept",
+        run: super::smp_vm::init_in_l2_without_intercept,
         cpus: 2,
     },
 ];

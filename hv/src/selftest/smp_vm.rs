@@ -18,6 +18,11 @@ const SECOND_STACK_BELOW_TOP: u64 = 1 << 20;
 
 /// Runs test `name` with vCPU 0 running and vCPU 1 started as `second`.
 fn run_two(name: &str, second: Start) -> Result<(), String> {
+    run_two_of(name, GUEST, VmConfig::PLAIN, second)
+}
+
+/// [`run_two`] with guest `image` in a VM configured as `base`.
+fn run_two_of(name: &str, image: &[u8], base: VmConfig, second: Start) -> Result<(), String> {
     let host = match crate::vmm::enable::this_cpu() {
         Ok(h) => h,
         Err(why) => return Err(format!("SVM unavailable: {why}")),
@@ -27,12 +32,12 @@ fn run_two(name: &str, second: Start) -> Result<(), String> {
             max_exits: RunLimits::SELF_TEST.max_exits,
             time_budget_ms: 10_000,
         }),
-        ..VmConfig::PLAIN
+        ..base
     };
     let size = svm::guest_abi::GUEST_MEMORY_SIZE;
     let mut vm = Vm::new(name, size, config).map_err(|e| format!("VM set-up: {e}"))?;
     let entry =
-        loader::load(GUEST, &mut vm.memory).map_err(|e| format!("loading the guest: {e:?}"))?;
+        loader::load(image, &mut vm.memory).map_err(|e| format!("loading the guest: {e:?}"))?;
     setup::write_start_state(&mut vm, name).map_err(String::from)?;
     let mut vcpus = Vec::new();
     for i in 0..2 {
@@ -71,4 +76,78 @@ pub fn init_sipi_restart() -> Result<(), String> {
 /// also across a VM-wide TSC move by vCPU 0.
 pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
     run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
+}
+
+/// CPU 1's TSC is made to run this far ahead of CPU 0's (2^32 ticks: about
+/// a second at GHz rates, far beyond any handoff).
+const SIMULATED_SKEW: u64 = 1 << 32;
+
+/// CPUs whose TSCs differ are compensated (`svm::tsc::skew`): QEMU TCG gives
+/// every CPU one TSC, so CPU 1's is made to run [`SIMULATED_SKEW`] ahead for
+/// everything that reads it (`time::host_tsc::simulate`: the kernel's
+/// readings on CPU 1 and the hardware's guest TSC there); the boot-time
+/// measurement then runs again and must find it, and the ping-pong of
+/// [`tsc_monotonic_across_vcpus`] (vCPU 1 on CPU 1) must see no backwards
+/// step. Uncompensated, vCPU 1 reads 2^32 ahead of vCPU 0.
+pub fn tsc_skew_compensated() -> Result<(), String> {
+    use crate::smp::{percpu, tsc_sync};
+    use crate::time::host_tsc;
+    let cpu1 = percpu::get(1).ok_or("no CPU 1")?;
+    host_tsc::simulate(cpu1, SIMULATED_SKEW);
+    let result = tsc_sync::measure(1)
+        .map_err(|e| format!("measuring CPU 1: {e}"))
+        .and_then(|m| {
+            log::info!(
+                "smp: cpu1 with a simulated TSC skew of {SIMULATED_SKEW:#x}: measured {:#x} \
+                 (+/- {}), compensated by {:#x}",
+                m.offset,
+                m.error,
+                cpu1.tsc_compensation
+                    .load(core::sync::atomic::Ordering::Relaxed)
+            );
+            // The window is a hard bound only where the CPUs' readings are
+            // ordered as their loads and stores; QEMU TCG's TSC jitters by
+            // tens of ticks between host threads (a window was seen 24
+            // ticks beside the skew): 1000 ticks of slack. The guest
+            // tolerates a residual of 1000 ticks, so the error must be
+            // well below it.
+            if m.offset.abs_diff(SIMULATED_SKEW as i64) > m.error + 1000 || m.error > 500 {
+                return Err(format!(
+                    "measured {:#x} +/- {} for a skew of {SIMULATED_SKEW:#x}",
+                    m.offset, m.error
+                ));
+            }
+            run_two("smp::tsc_skew_compensated", Start::Running)
+        });
+    // CPU 1's own TSC again, measured and compensated as at boot.
+    host_tsc::simulate(cpu1, 0);
+    if let Err(e) = tsc_sync::measure(1) {
+        log::warn!("smp: cpu1: TSC not measured again ({e})");
+    }
+    result
+}
+
+/// Seed 004 with one vCPU in L1 and another in L2 (guest:
+/// guest-stubs/src/bin/nested/smp.rs): vCPU 0's L1 freezes and restores
+/// the VM's TSC while vCPU 1 runs L2; their readings stay in order, and
+/// L2's offset stays L1's plus vmcb12's.
+pub fn freeze_restore_l1_and_l2() -> Result<(), String> {
+    run_two_of(
+        "smp::freeze_restore_l1_and_l2",
+        super::nested::L1_HYPERVISOR,
+        VmConfig::NESTED,
+        Start::Running,
+    )
+}
+
+/// INIT to a vCPU in L2 whose L1 does not intercept it (guest:
+/// guest-stubs/src/bin/nested/smp.rs): the vCPU leaves L2, is reset and
+/// starts at the SIPI vector with L1's TSC.
+pub fn init_in_l2_without_intercept() -> Result<(), String> {
+    run_two_of(
+        "smp::init_in_l2_without_intercept",
+        super::nested::L1_HYPERVISOR,
+        VmConfig::NESTED,
+        Start::Running,
+    )
 }

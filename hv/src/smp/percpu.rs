@@ -47,6 +47,12 @@ pub struct PerCpu {
     /// it), recorded by the boot CPU when it hands the stack out: the
     /// `smp::every_cpu_runs` self-test checks that each CPU runs on it.
     pub stack_top: AtomicU64,
+    /// What `time::host_tsc` subtracts from this CPU's TSC to read the boot
+    /// CPU's time (`svm::tsc::skew::compensation` of the two above).
+    pub tsc_compensation: AtomicI64,
+    /// Self-tests only: added to every reading of this CPU's TSC, as if
+    /// its TSC ran that far from the others (`time::host_tsc::simulate`).
+    pub tsc_simulated: AtomicU64,
 }
 
 impl PerCpu {
@@ -63,6 +69,8 @@ impl PerCpu {
             tsc_offset: AtomicI64::new(0),
             tsc_offset_error: AtomicU64::new(0),
             stack_top: AtomicU64::new(0),
+            tsc_compensation: AtomicI64::new(0),
+            tsc_simulated: AtomicU64::new(0),
         }
     }
 

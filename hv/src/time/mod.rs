@@ -82,8 +82,10 @@ pub fn tsc_frequency() -> TscFrequency {
     })
 }
 
-/// Nanoseconds since the TSC started, from the raw host TSC (the test hook
-/// of [`host_tsc`] does not affect it).
+/// Nanoseconds since the TSC started, from the host TSC in the boot CPU's
+/// time base (one clock on every CPU; the test shift of [`host_tsc`] does
+/// not affect it).
 pub fn now_ns() -> u64 {
-    svm::tsc::ticks_to_ns(host_tsc::read_raw(), tsc_frequency().khz)
+    let tsc = host_tsc::reference(host_tsc::read_raw());
+    svm::tsc::ticks_to_ns(tsc, tsc_frequency().khz)
 }

@@ -6,7 +6,7 @@
 //!
 //! L0 changes L1's offset only through the functions of this module (a
 //! guest TSC or TSC_ADJUST write, a backwards host TSC absorbed by
-//! [`svm::tsc::VmTsc::observe_host`], the test skew, a freeze/restore, the
+//! [`svm::tsc::VmTsc::observe_host`], the test shift, a freeze/restore, the
 //! test move), and each change goes, at the moment it happens, through
 //! [`l1_offset_changed`], which programs the new offset: into the active
 //! VMCB, or while L2 runs into hsave with the same delta applied to the
@@ -34,16 +34,18 @@ fn offset_written(c: &mut ControlArea) {
     c.vmcb_clean &= !CleanBits::INTERCEPTS.bits();
 }
 
-/// L1's offset as the CPU must be given it: the model's offset is against
-/// the hypervisor's view of the host TSC, and the CPU adds the offset to
-/// the raw TSC; the two differ by the skew (0 outside tests).
+/// L1's offset as this CPU must be given it: the model's offset is against
+/// the hypervisor's view of the host TSC (the boot CPU's time base, plus
+/// the test shift), and the CPU adds the offset to its own TSC; the two
+/// differ by this CPU's compensation and the shift
+/// (`svm::tsc::skew::HostClock::vmcb_offset`).
 fn model_l1_offset(vcpu: &Vcpu, vm: &Vm) -> u64 {
-    vm.tsc.offset(&vcpu.tsc).wrapping_add(host_tsc::skew())
+    host_tsc::vmcb_offset(vm.tsc.offset(&vcpu.tsc))
 }
 
 /// The one place L0 programs L1's TSC offset, called whenever the model
-/// (or the skew) has just changed it. While L2 runs, hsave takes the new
-/// L1 offset and the live L2 VMCB the same delta (seed 000); the nested
+/// (or the host clock) has just changed it. While L2 runs, hsave takes the
+/// new L1 offset and the live L2 VMCB the same delta (seed 000); the nested
 /// #VMEXIT then hands L1 hsave's copy. The VM's other vCPUs (if any) are
 /// out of guest mode when this returns and reprogram theirs from the same
 /// model before they run again (`multi::vm_tsc_changed`).
@@ -64,6 +66,14 @@ pub fn reprogram_l1_offset(vcpu: &mut Vcpu, vm: &Vm) {
     let active = &mut vcpu.vmcb.control;
     program_l1_offset(new_l1, &mut active.tsc_offset, hsave);
     offset_written(active);
+}
+
+/// Self-tests (`time::host_tsc::simulate`): the VMCB offset moves by
+/// `ticks` around one VMRUN, as the guest's TSC would on a CPU whose TSC is
+/// that far from the others.
+pub fn simulate_hardware(c: &mut ControlArea, ticks: u64) {
+    c.tsc_offset = c.tsc_offset.wrapping_add(ticks);
+    offset_written(c);
 }
 
 /// Takes note of a host TSC reading before it is used for this VM: a host
@@ -91,9 +101,9 @@ pub fn view_now(vcpu: &mut Vcpu, vm: &mut Vm) -> u64 {
 /// Right after a #VMEXIT: the guest may have read the TSC up to now, so
 /// "now" is the point its TSC must never fall behind. `raw` is the run
 /// loop's raw reading taken at the exit (one RDTSC serves both; the
-/// hypervisor's view adds the skew, as [`host_tsc::read`] does).
+/// hypervisor's view of it, as [`host_tsc::read`] gives).
 pub fn after_exit(vcpu: &mut Vcpu, vm: &mut Vm, raw: u64) {
-    observe(vcpu, vm, raw.wrapping_add(host_tsc::skew()));
+    observe(vcpu, vm, host_tsc::view(raw));
 }
 
 /// WRMSR IA32_TSC := `value` (from L1, or from L2 when L1 does not
@@ -119,7 +129,7 @@ pub fn move_l1(vcpu: &mut Vcpu, vm: &mut Vm, delta: u64) {
 }
 
 /// The test hook HC_TSC_SHIFT_HOST_BACK: the hypervisor's view of the host
-/// TSC jumps back by `ticks`. The skew is part of the programmed offset;
+/// TSC jumps back by `ticks`. The shift is part of the programmed offset;
 /// the next reading of the host TSC (here, at once: the entries do not
 /// check, [`observe_on_run`]) sees it behind the last one and absorbs the
 /// jump, as for a real host TSC going backwards.
@@ -165,13 +175,15 @@ fn cross_check(vcpu: &Vcpu, vm: &Vm) {
 }
 
 /// When the run loop takes the vCPU (possibly on another CPU than last
-/// time): the host TSC is checked against the last reading, a backwards
-/// one absorbed. Within one run the vCPU stays on this CPU, whose TSC only
-/// moves forwards, and L0's own view moves back only by
-/// [`shift_host_back`], which observes at once: so the entries need no
-/// check of their own, and the exits' ([`after_exit`]) keep `last_host`
-/// current.
+/// time, or than the one that set it up): L1's offset is programmed for
+/// this CPU's compensation (`svm::tsc::skew`), and the host TSC is checked
+/// against the last reading, a backwards one absorbed. Within one run the
+/// vCPU stays on this CPU, whose TSC only moves forwards, and L0's own
+/// view moves back only by [`shift_host_back`], which observes at once: so
+/// the entries need no check of their own, and the exits' ([`after_exit`])
+/// keep `last_host` current.
 pub fn observe_on_run(vcpu: &mut Vcpu, vm: &mut Vm) {
+    reprogram_l1_offset(vcpu, vm);
     observe(vcpu, vm, host_tsc::read());
 }
 

@@ -152,9 +152,17 @@ impl Vcpu {
             exits::shadow::before_entry(self);
             super::nested::vgif::before_entry(self, vm, host);
             access.release();
+            // Self-tests: this CPU's simulated TSC difference (0 otherwise).
+            let sim = crate::time::host_tsc::simulated_here();
+            if sim != 0 {
+                super::tsc::simulate_hardware(&mut self.vmcb.control, sim);
+            }
             // SAFETY: SVM is enabled (`host` exists), and the VMCB was set up by
             // `setup::init_vmcb` against this VM's NPT and maps.
             unsafe { world_switch::run(&mut self.regs, self.vmcb.phys(), host.host_vmcb_pa()) };
+            if sim != 0 {
+                super::tsc::simulate_hardware(&mut self.vmcb.control, sim.wrapping_neg());
+            }
             access.acquire();
             let vm = access.vm();
             // Undone in the reverse order of the set-up above.

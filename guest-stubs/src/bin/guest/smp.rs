@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::exceptions::{interrupts_taken, nmis_taken};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::fail;
-use guest_stubs::{check_eq, lapic, StartParams};
+use guest_stubs::{check, check_eq, lapic, StartParams};
 use svm::guest_abi::HC_NOW_NS;
 
 /// vCPU 1's progress, as vCPU 0 sees it.
@@ -148,6 +148,9 @@ const HANDOFFS: u64 = 2000;
 /// every vCPU must follow before the mover's next read is seen.
 const MOVE: u64 = 1 << 36;
 
+/// The backwards step `smp::tsc_skew_compensated` tolerates (ticks).
+const SKEW_RESIDUAL: u64 = 1000;
+
 /// One side of the ping-pong: on its turn, reads the TSC (after seeing
 /// the other's reading) and compares it with the other's.
 fn ping_pong(me: u64) {
@@ -176,7 +179,7 @@ fn ping_pong(me: u64) {
 /// vCPUs 0 and 1 take turns reading the TSC through shared memory; no
 /// reading may be below the other vCPU's reading before it, also across
 /// a VM-wide TSC move.
-pub fn tsc_monotonic_across_vcpus(_: &StartParams) {
+pub fn tsc_monotonic_across_vcpus(params: &StartParams) {
     lapic::map();
     if apic_id() != 0 {
         ping_pong(1);
@@ -192,5 +195,15 @@ pub fn tsc_monotonic_across_vcpus(_: &StartParams) {
     guest_stubs::println!(
         "tsc: largest backwards step {back} ticks over {HANDOFFS} handoffs between 2 vCPUs"
     );
-    check_eq!(back, 0, "largest backwards TSC step between vCPUs (ticks)");
+    // With CPU 1's TSC skewed on purpose (hv's smp::tsc_skew_compensated)
+    // the compensation is as good as its measurement, which the host
+    // requires within +/- 500 ticks: a residual below that may show.
+    let allowed = match params.test_name() {
+        Some("smp::tsc_skew_compensated") => SKEW_RESIDUAL,
+        _ => 0,
+    };
+    check!(
+        back <= allowed,
+        "largest backwards TSC step between vCPUs: {back:#x} ticks (at most {allowed})"
+    );
 }

@@ -99,6 +99,9 @@ pub enum Task {
     Skinit,
     /// INT3, R0 := 1, yield.
     Int3,
+    /// The TSC ping-pong with vCPU 0 (`crate::smp`, R7 = vmcb12's TSC
+    /// offset), yield.
+    TscPingPong,
 }
 
 /// The VMSAVE target of [`Task::SvmInsns`] (a page of L1's memory).
@@ -368,6 +371,7 @@ pub extern "C" fn entry() -> ! {
             put(0, 1);
         }
         x if x == Task::MsrSweep as u64 => crate::msrs::l2_side(put),
+        x if x == Task::TscPingPong as u64 => crate::smp::l2_turns(input),
         _ => {}
     }
     loop {

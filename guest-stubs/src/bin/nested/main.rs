@@ -14,6 +14,7 @@ mod l2;
 mod modes;
 mod msrs;
 mod npt;
+mod smp;
 mod strio;
 mod vgif;
 
@@ -176,6 +177,8 @@ fn guest_main(params: &'static StartParams) -> ! {
         "nested::npt_l2_in_every_mode" => npt::npt_l2_in_every_mode(params.memory_size),
         "nested::npt_l2_tables_remapped" => npt::npt_l2_tables_remapped(params.memory_size),
         "nested::npt_ad_bits_set" => npt::npt_ad_bits_set(params.memory_size),
+        "smp::freeze_restore_l1_and_l2" => smp::freeze_restore_l1_and_l2(),
+        "smp::init_in_l2_without_intercept" => smp::init_in_l2_without_intercept(),
         other => fail(format_args!("no nested test named {other}")),
     }
     pass()
