@@ -84,6 +84,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "smp::vcpu_ipi" => smp::vcpu_ipi,
         "smp::init_sipi_restart" => smp::init_sipi_restart,
         "smp::tsc_monotonic_across_vcpus" => smp::tsc_monotonic_across_vcpus,
+        "smp::vcpus_time_sliced" => smp::vcpus_time_sliced,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);

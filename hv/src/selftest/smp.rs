@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 7] = [
+pub const CASES: [HostCase; 8] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -57,6 +57,11 @@ pub const CASES: [HostCase; 7] = [
         name: "smp::tsc_monotonic_across_vcpus",
         run: super::smp_vm::tsc_monotonic_across_vcpus,
         cpus: 2,
+    },
+    HostCase {
+        name: "smp::vcpus_time_sliced",
+        run: super::smp_vm::vcpus_time_sliced,
+        cpus: 1,
     },
 ];
 

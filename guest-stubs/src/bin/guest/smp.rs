@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_stubs::exceptions::{interrupts_taken, nmis_taken};
 use guest_stubs::hypercall::call;
 use guest_stubs::verdict::fail;
-use guest_stubs::{check_eq, lapic, StartParams};
+use guest_stubs::{check, check_eq, lapic, StartParams};
 use svm::guest_abi::HC_NOW_NS;
 
 /// vCPU 1's progress, as vCPU 0 sees it.
@@ -193,4 +193,146 @@ pub fn tsc_monotonic_across_vcpus(_: &StartParams) {
         "tsc: largest backwards step {back} ticks over {HANDOFFS} handoffs between 2 vCPUs"
     );
     check_eq!(back, 0, "largest backwards TSC step between vCPUs (ticks)");
+}
+
+/// Where L0 writes the vCPU count for `vcpus_time_sliced` (low guest RAM
+/// that nothing else uses; hv/src/selftest/smp_vm.rs).
+const VCPUS_GPA: u64 = 0x6000;
+/// Real-mode code for vCPU `cpus` (CPU 0's other vCPU): stores CS, then
+/// counts forever without an exit. `mov ax, cs; mov [0x7000], ax;
+/// l: inc dword [0x7004]; jmp l` (DS = 0 after INIT).
+const SPIN_CODE: [u8; 12] = [
+    0x8C, 0xC8, 0xA3, 0x00, 0x70, 0x66, 0xFF, 0x06, 0x04, 0x70, 0xEB, 0xF9,
+];
+/// Each vCPU's count while it spins (phase 0).
+static SPINS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+/// 0: spin, 1: the IPI ring.
+static PHASE: AtomicU64 = AtomicU64::new(0);
+const RING_ROUNDS: u64 = 40;
+/// Vector of vCPU i's ring IPI: its own, since the interrupt counts are
+/// shared by all vCPUs (one guest memory).
+const RING_VECTOR: u8 = 0x50;
+/// Longest median ring round (ns): a hand-off to a vCPU whose CPU-mate
+/// is halted costs up to L0's HLT wait slice (10 ms) when the halted vCPU
+/// holds its CPU instead of yielding it. The median, not the mean: the
+/// host's own scheduling of QEMU's threads adds the odd slow round.
+const ROUND_LIMIT_NS: u64 = 4_000_000;
+
+fn now_ns() -> u64 {
+    call(HC_NOW_NS, 0, 0, 0)
+}
+
+/// Spins (hypercalls for the clock only) for `ns` of L0's clock.
+fn pause_ns(ns: u64) {
+    let t = now_ns();
+    while now_ns() - t < ns {
+        core::hint::spin_loop();
+    }
+}
+
+/// The ring member after `id`: every vCPU but `sipi` (which runs
+/// real-mode code), in APIC ID order.
+fn ring_next(id: u32, n: u32, sipi: u32) -> u32 {
+    let next = (id + 1) % n;
+    if next == sipi {
+        (next + 1) % n
+    } else {
+        next
+    }
+}
+
+/// Takes ring IPI number `seen + 1` (in HLT until it comes) and EOIs it.
+fn ring_take(id: u32, seen: u64) {
+    while interrupts_taken(RING_VECTOR + id as u8) == seen {
+        lapic::safe_halt();
+    }
+    lapic::write(0xB0, 0);
+}
+
+/// Twice as many vCPUs as CPUs (L0 says how many at `VCPUS_GPA`): vCPU i
+/// shares CPU i mod CPUs with one other, so each must yield its CPU.
+/// L0 uses at most 2 CPUs: the timing below would otherwise depend on how
+/// the host schedules more QEMU threads than it has cores.
+/// vCPU `cpus` (CPU 0's other vCPU) waits for a SIPI from the start; vCPU
+/// 0 starts it with INIT and SIPI after giving it time to wait (a SIPI
+/// wait that keeps the CPU never lets vCPU 0 send it). Then every vCPU
+/// spins without exits until each one's count has moved twice (the slice
+/// end preempts), and a token goes round the others by IPI, each waiting
+/// in HLT (a halted vCPU yields its CPU to its mate at once).
+pub fn vcpus_time_sliced(_: &StartParams) {
+    lapic::map();
+    lapic::enable();
+    // SAFETY: L0 wrote the count there before the start (low guest RAM).
+    let n = unsafe { core::ptr::read_volatile(VCPUS_GPA as *const u64) } as u32;
+    let sipi = n / 2;
+    let id = apic_id();
+    if id != 0 {
+        time_sliced_member(id, n, sipi);
+    }
+    check!(n >= 2 && n as usize <= SPINS.len(), "vCPU count {n}");
+    // SAFETY: low guest RAM that nothing else uses (guest_abi layout).
+    unsafe {
+        core::ptr::copy_nonoverlapping(SPIN_CODE.as_ptr(), AP_PAGE as *mut u8, SPIN_CODE.len());
+        core::ptr::write_bytes(REPORT as *mut u8, 0, 8);
+    }
+    let vector = (AP_PAGE >> 12) as u32;
+    pause_ns(30_000_000);
+    send(sipi as u8, 0x4500); // INIT
+    pause_ns(30_000_000);
+    send(sipi as u8, 0x4600 | vector);
+    let spins = |i: u32| match i {
+        i if i == sipi => u64::from(report(4)) | u64::from(report(6)) << 16,
+        i => SPINS[i as usize].load(Ordering::SeqCst),
+    };
+    wait("the SIPI'd vCPU to run", || spins(sipi) != 0);
+    check_eq!(report(0), 0x0800, "the SIPI'd vCPU's CS");
+    // Every vCPU's count moves, twice: each shares its CPU with another.
+    for _ in 0..2 {
+        let before: [u64; 16] = core::array::from_fn(|i| spins(i as u32));
+        for i in 1..n {
+            wait("every vCPU to run while its CPU-mate spins", || {
+                spins(i) != before[i as usize]
+            });
+        }
+    }
+    PHASE.store(1, Ordering::SeqCst);
+    let mut rounds = [0u64; RING_ROUNDS as usize];
+    for (r, t) in rounds.iter_mut().enumerate() {
+        let start = now_ns();
+        let next = ring_next(0, n, sipi);
+        send(next as u8, u32::from(RING_VECTOR) + next);
+        ring_take(0, r as u64);
+        *t = now_ns() - start;
+    }
+    rounds.sort_unstable();
+    let median = rounds[rounds.len() / 2];
+    guest_stubs::println!(
+        "smp: {n} vCPUs, 2 per CPU: IPI ring round (HLT waits) median {} us, slowest {} us",
+        median / 1000,
+        rounds[rounds.len() - 1] / 1000
+    );
+    for i in (1..n).filter(|&i| i != sipi) {
+        check_eq!(
+            interrupts_taken(RING_VECTOR + i as u8),
+            RING_ROUNDS,
+            "ring IPIs vCPU {i} took"
+        );
+    }
+    check!(
+        median < ROUND_LIMIT_NS,
+        "the median ring round took {median} ns (limit {ROUND_LIMIT_NS})"
+    );
+}
+
+fn time_sliced_member(id: u32, n: u32, sipi: u32) -> ! {
+    while PHASE.load(Ordering::SeqCst) == 0 {
+        SPINS[id as usize].fetch_add(1, Ordering::SeqCst);
+    }
+    let next = ring_next(id, n, sipi);
+    let mut seen = 0;
+    loop {
+        ring_take(id, seen);
+        seen += 1;
+        send(next as u8, u32::from(RING_VECTOR) + next);
+    }
 }
