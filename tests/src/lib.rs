@@ -247,4 +247,5 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::vcpu_ipi",
     "smp::init_sipi_restart",
     "smp::tsc_monotonic_across_vcpus",
+    "smp::vcpus_time_sliced",
 ];
