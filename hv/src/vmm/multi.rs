@@ -664,8 +664,11 @@ struct Slot<'s, 'v> {
     vcpu: &'v mut Vcpu,
     seat: Seat<'s>,
     stop: Option<Stop>,
-    /// It has run: its XCR0 (and FPU) state is its own.
+    /// It has run: the CPU's XCR0 and FPU registers are its own while it
+    /// runs, and in `fpu` while a CPU-mate runs.
     started: bool,
+    /// With CPU-mates: its saved XCR0 and FPU registers.
+    fpu: Option<super::guest_fpu::GuestFpu>,
 }
 
 impl Slot<'_, '_> {
@@ -696,11 +699,22 @@ fn run_cpu(shared: &SharedVm, members: &mut [Member<'_>], host: &HostCpu) -> Vec
                 vcpu: &mut *m.vcpu,
                 stop: None,
                 started: false,
+                fpu: None,
             }
         })
         .collect();
     let n = slots.len();
+    if n > 1 {
+        for s in slots.iter_mut() {
+            s.fpu = super::guest_fpu::GuestFpu::new();
+            if s.fpu.is_none() {
+                log::warn!("vCPU {}: no room to switch its FPU state", s.seat.index);
+            }
+        }
+    }
     let mut last = n - 1;
+    // The vCPU whose XCR0 and FPU registers the CPU holds.
+    let mut loaded = None;
     while slots.iter().any(|s| s.stop.is_none()) {
         let now = crate::time::now_ns();
         let Some(next) = vcpu_sched::pick(last, n, |i| slots[i].ready(now)) else {
@@ -724,12 +738,22 @@ fn run_cpu(shared: &SharedVm, members: &mut [Member<'_>], host: &HostCpu) -> Vec
             continue;
         };
         last = next;
-        let slot = &mut slots[next];
-        if !slot.started {
-            // The reset XCR0, not the last VM's (`xcr0`).
-            super::xcr0::reset();
+        if loaded != Some(next) {
+            // The CPU's guest state that VMRUN does not switch (`guest_fpu`).
+            if let Some(fpu) = loaded.and_then(|l: usize| slots[l].fpu.as_mut()) {
+                fpu.save();
+            }
+            let slot = &mut slots[next];
+            match (&slot.fpu, slot.started) {
+                (Some(fpu), true) => fpu.restore(),
+                // The reset XCR0, not the last VM's (`xcr0`).
+                (_, false) => super::xcr0::reset(),
+                (None, true) => {}
+            }
             slot.started = true;
+            loaded = Some(next);
         }
+        let slot = &mut slots[next];
         slot.seat.slice_end = crate::time::ticks() + 1;
         slot.seat.acquire();
         let stop = slot.vcpu.run_with(VmAccess::Shared(&mut slot.seat), host);

@@ -208,6 +208,31 @@ const SPIN_CODE: [u8; 12] = [
 static SPINS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 /// 0: spin, 1: the IPI ring.
 static PHASE: AtomicU64 = AtomicU64::new(0);
+/// What each vCPU's x87 stack held after the spin phase (0: not yet).
+static X87_AFTER: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+
+/// The value vCPU `id` keeps in its x87 stack through the spin phase.
+fn x87_mark(id: u32) -> u64 {
+    0x1000 + u64::from(id)
+}
+
+/// FNINIT, then pushes `value` on the x87 stack.
+fn x87_push(value: u64) {
+    // SAFETY: x87 only (CR0.EM is clear); reads `value` from the stack.
+    unsafe {
+        core::arch::asm!("fninit", "fild qword ptr [{}]", in(reg) &value, options(nostack));
+    }
+}
+
+/// Pops the x87 stack's top as an integer.
+fn x87_pop() -> u64 {
+    let mut value = 0u64;
+    // SAFETY: as in `x87_push`; writes `value`.
+    unsafe {
+        core::arch::asm!("fistp qword ptr [{}]", in(reg) &mut value, options(nostack));
+    }
+    value
+}
 const RING_ROUNDS: u64 = 40;
 /// Vector of vCPU i's ring IPI: its own, since the interrupt counts are
 /// shared by all vCPUs (one guest memory).
@@ -257,8 +282,9 @@ fn ring_take(id: u32, seen: u64) {
 /// 0 starts it with INIT and SIPI after giving it time to wait (a SIPI
 /// wait that keeps the CPU never lets vCPU 0 send it). Then every vCPU
 /// spins without exits until each one's count has moved twice (the slice
-/// end preempts), and a token goes round the others by IPI, each waiting
-/// in HLT (a halted vCPU yields its CPU to its mate at once).
+/// end preempts), each keeping a value of its own on the x87 stack, and a
+/// token goes round the others by IPI, each waiting in HLT (a halted vCPU
+/// yields its CPU to its mate at once).
 pub fn vcpus_time_sliced(_: &StartParams) {
     lapic::map();
     lapic::enable();
@@ -270,6 +296,7 @@ pub fn vcpus_time_sliced(_: &StartParams) {
         time_sliced_member(id, n, sipi);
     }
     check!(n >= 2 && n as usize <= SPINS.len(), "vCPU count {n}");
+    x87_push(x87_mark(0));
     // SAFETY: low guest RAM that nothing else uses (guest_abi layout).
     unsafe {
         core::ptr::copy_nonoverlapping(SPIN_CODE.as_ptr(), AP_PAGE as *mut u8, SPIN_CODE.len());
@@ -295,7 +322,20 @@ pub fn vcpus_time_sliced(_: &StartParams) {
             });
         }
     }
+    X87_AFTER[0].store(x87_pop(), Ordering::SeqCst);
     PHASE.store(1, Ordering::SeqCst);
+    // Each kept its own x87 registers while its CPU-mate used the CPU
+    // (L0 switches them: `vmm::guest_fpu`).
+    for i in (0..n).filter(|&i| i != sipi) {
+        wait("every vCPU's x87 check", || {
+            X87_AFTER[i as usize].load(Ordering::SeqCst) != 0
+        });
+        check_eq!(
+            X87_AFTER[i as usize].load(Ordering::SeqCst),
+            x87_mark(i),
+            "vCPU {i}'s x87 stack top after the spin phase"
+        );
+    }
     let mut rounds = [0u64; RING_ROUNDS as usize];
     for (r, t) in rounds.iter_mut().enumerate() {
         let start = now_ns();
@@ -325,9 +365,11 @@ pub fn vcpus_time_sliced(_: &StartParams) {
 }
 
 fn time_sliced_member(id: u32, n: u32, sipi: u32) -> ! {
+    x87_push(x87_mark(id));
     while PHASE.load(Ordering::SeqCst) == 0 {
         SPINS[id as usize].fetch_add(1, Ordering::SeqCst);
     }
+    X87_AFTER[id as usize].store(x87_pop(), Ordering::SeqCst);
     let next = ring_next(id, n, sipi);
     let mut seen = 0;
     loop {
