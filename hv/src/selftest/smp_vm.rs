@@ -17,7 +17,7 @@ static GUEST: &[u8] = include_bytes!(concat!(env!("HV_GUEST_DIR"), "/guest"));
 const SECOND_STACK_BELOW_TOP: u64 = 1 << 20;
 /// The stacks of vCPUs 2 and up, below vCPU 1's.
 const STACK_SIZE: u64 = 64 << 10;
-/// Where `vcpus_time_sliced` tells its guest the vCPU count (as
+/// Where `vcpus_time_sliced` tells its guest the vCPU and CPU counts (as
 /// guest-stubs/src/bin/guest/smp.rs).
 const VCPUS_GPA: u64 = 0x6000;
 
@@ -96,20 +96,25 @@ pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
     run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
 }
 
-/// Four vCPUs on two CPUs (whatever QEMU's count; two vCPUs on one with
-/// one CPU), two on each (`multi::run`'s placement): they take turns on
-/// it. vCPU `cpus` starts waiting for SIPI; vCPU 0, its CPU-mate, starts
-/// it. See the guest side for the rules each phase checks.
+/// More vCPUs than CPUs: 4 on 2 CPUs (3 on 1 with one CPU; the test uses
+/// at most 2, `multi::run_on_cpus`), two or more on each (`multi::run`'s
+/// placement): they take turns. vCPU `cpus` (CPU 0's other vCPU) starts
+/// waiting for SIPI; vCPU 0 starts it. See the guest side for the rules
+/// each phase checks.
 pub fn vcpus_time_sliced() -> Result<(), String> {
     let cpus = crate::smp::online_count().min(2);
-    let mut starts = alloc::vec![Start::Running; 2 * cpus];
+    let n = (2 * cpus).max(3);
+    let mut starts = alloc::vec![Start::Running; n];
     starts[cpus] = Start::WaitForSipi;
     run_vm("smp::vcpus_time_sliced", &starts, cpus, |vm| {
-        let count = (2 * cpus as u64).to_le_bytes();
-        vm.memory
-            .slice_mut(VCPUS_GPA, 8)
-            .map_err(|_| String::from("guest RAM too small"))?
-            .copy_from_slice(&count);
+        let counts = [n as u64, cpus as u64];
+        let dst = vm
+            .memory
+            .slice_mut(VCPUS_GPA, 16)
+            .map_err(|_| String::from("guest RAM too small"))?;
+        for (d, c) in dst.chunks_exact_mut(8).zip(counts) {
+            d.copy_from_slice(&c.to_le_bytes());
+        }
         Ok(())
     })
 }

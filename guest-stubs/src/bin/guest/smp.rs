@@ -195,21 +195,36 @@ pub fn tsc_monotonic_across_vcpus(_: &StartParams) {
     check_eq!(back, 0, "largest backwards TSC step between vCPUs (ticks)");
 }
 
-/// Where L0 writes the vCPU count for `vcpus_time_sliced` (low guest RAM
-/// that nothing else uses; hv/src/selftest/smp_vm.rs).
+/// Where L0 writes the vCPU and CPU counts for `vcpus_time_sliced` (low
+/// guest RAM that nothing else uses; hv/src/selftest/smp_vm.rs).
 const VCPUS_GPA: u64 = 0x6000;
-/// Real-mode code for vCPU `cpus` (CPU 0's other vCPU): stores CS, then
-/// counts forever without an exit. `mov ax, cs; mov [0x7000], ax;
+/// Real-mode code for the SIPI'd vCPU (CPU 0's other vCPU): stores CS,
+/// then counts forever without an exit. `mov ax, cs; mov [0x7000], ax;
 /// l: inc dword [0x7004]; jmp l` (DS = 0 after INIT).
 const SPIN_CODE: [u8; 12] = [
     0x8C, 0xC8, 0xA3, 0x00, 0x70, 0x66, 0xFF, 0x06, 0x04, 0x70, 0xEB, 0xF9,
 ];
 /// Each vCPU's count while it spins (phase 0).
 static SPINS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
-/// 0: spin, 1: the IPI ring.
+/// 0: spin, 1: the IPI ring and the mates' ping-pong.
 static PHASE: AtomicU64 = AtomicU64::new(0);
 /// What each vCPU's x87 stack held after the spin phase (0: not yet).
 static X87_AFTER: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+/// The ping-pong's median round trip (ns; 0: not done).
+static PING_PONG_NS: AtomicU64 = AtomicU64::new(0);
+const RING_ROUNDS: u64 = 20;
+/// Round trips between the two vCPUs of one CPU.
+const PING_PONGS: u64 = 20;
+/// Vector of vCPU i's IPIs: its own, since the interrupt counts are
+/// shared by all vCPUs (one guest memory).
+const RING_VECTOR: u8 = 0x50;
+/// Longest median hand-off between two vCPUs of one CPU, each waiting in
+/// HLT (ns; the median: the host's scheduling of QEMU's threads adds the
+/// odd slow one). A halted vCPU that keeps its CPU (spinning until an event or
+/// L0's 10 ms HLT wait slice) makes every hand-off take the full slice:
+/// the event it waits for must come from its CPU-mate, which cannot run.
+/// Yielding, a hand-off is a few exits on one CPU (well under 1 ms).
+const HAND_OFF_LIMIT_NS: u64 = 5_000_000;
 
 /// The value vCPU `id` keeps in its x87 stack through the spin phase.
 fn x87_mark(id: u32) -> u64 {
@@ -233,15 +248,6 @@ fn x87_pop() -> u64 {
     }
     value
 }
-const RING_ROUNDS: u64 = 40;
-/// Vector of vCPU i's ring IPI: its own, since the interrupt counts are
-/// shared by all vCPUs (one guest memory).
-const RING_VECTOR: u8 = 0x50;
-/// Longest median ring round (ns): a hand-off to a vCPU whose CPU-mate
-/// is halted costs up to L0's HLT wait slice (10 ms) when the halted vCPU
-/// holds its CPU instead of yielding it. The median, not the mean: the
-/// host's own scheduling of QEMU's threads adds the odd slow round.
-const ROUND_LIMIT_NS: u64 = 4_000_000;
 
 fn now_ns() -> u64 {
     call(HC_NOW_NS, 0, 0, 0)
@@ -255,53 +261,94 @@ fn pause_ns(ns: u64) {
     }
 }
 
-/// The ring member after `id`: every vCPU but `sipi` (which runs
-/// real-mode code), in APIC ID order.
-fn ring_next(id: u32, n: u32, sipi: u32) -> u32 {
-    let next = (id + 1) % n;
-    if next == sipi {
-        (next + 1) % n
-    } else {
-        next
+/// The layout L0 chose (`VCPUS_GPA`): vCPU i runs on CPU i mod `cpus`.
+#[derive(Clone, Copy)]
+struct Layout {
+    n: u32,
+    cpus: u32,
+}
+
+impl Layout {
+    fn read() -> Self {
+        // SAFETY: L0 wrote both counts there before the start.
+        let (n, cpus) = unsafe {
+            (
+                core::ptr::read_volatile(VCPUS_GPA as *const u64),
+                core::ptr::read_volatile((VCPUS_GPA + 8) as *const u64),
+            )
+        };
+        Self {
+            n: n as u32,
+            cpus: cpus as u32,
+        }
+    }
+    /// CPU 0's second vCPU: started by SIPI, then runs real-mode code.
+    fn sipi(self) -> u32 {
+        self.cpus
+    }
+    /// Two vCPUs of the last CPU, neither the SIPI'd one: they ping-pong.
+    fn mates(self) -> (u32, u32) {
+        (self.cpus - 1, self.n - 1)
+    }
+    /// The ring member after `id`: every vCPU but the SIPI'd one.
+    fn ring_next(self, id: u32) -> u32 {
+        let next = (id + 1) % self.n;
+        if next == self.sipi() {
+            (next + 1) % self.n
+        } else {
+            next
+        }
     }
 }
 
-/// Takes ring IPI number `seen + 1` (in HLT until it comes) and EOIs it.
-fn ring_take(id: u32, seen: u64) {
+/// Sends vCPU `to` its IPI.
+fn send_to(to: u32) {
+    send(to as u8, u32::from(RING_VECTOR) + to);
+}
+
+/// Takes IPI number `seen + 1` of vCPU `id` (in HLT until it comes) and
+/// EOIs it.
+fn take(id: u32, seen: u64) {
     while interrupts_taken(RING_VECTOR + id as u8) == seen {
         lapic::safe_halt();
     }
     lapic::write(0xB0, 0);
 }
 
-/// Twice as many vCPUs as CPUs (L0 says how many at `VCPUS_GPA`): vCPU i
-/// shares CPU i mod CPUs with one other, so each must yield its CPU.
-/// L0 uses at most 2 CPUs: the timing below would otherwise depend on how
-/// the host schedules more QEMU threads than it has cores.
-/// vCPU `cpus` (CPU 0's other vCPU) waits for a SIPI from the start; vCPU
-/// 0 starts it with INIT and SIPI after giving it time to wait (a SIPI
-/// wait that keeps the CPU never lets vCPU 0 send it). Then every vCPU
-/// spins without exits until each one's count has moved twice (the slice
-/// end preempts), each keeping a value of its own on the x87 stack, and a
-/// token goes round the others by IPI, each waiting in HLT (a halted vCPU
-/// yields its CPU to its mate at once).
+/// More vCPUs than CPUs (L0 writes the counts at `VCPUS_GPA`; it uses at
+/// most 2 CPUs, so the timing below does not depend on how the host
+/// schedules more QEMU threads than it has cores). vCPU i runs on CPU
+/// i mod CPUs, sharing it with at least one other:
+/// - CPU 0's second vCPU waits for a SIPI from the start; vCPU 0 starts it
+///   with INIT and SIPI after giving it time to wait (a SIPI wait that
+///   keeps the CPU never lets vCPU 0 send it); it then spins in real mode.
+/// - Every vCPU spins without exits until each one's count has moved
+///   twice (the slice end preempts), each keeping a value of its own on
+///   the x87 stack (L0 switches the FPU registers).
+/// - A token goes round the others by IPI, each waiting in HLT; then two
+///   vCPUs of one CPU hand a token back and forth, each waiting in HLT
+///   (a halted vCPU yields its CPU to its mate at once).
 pub fn vcpus_time_sliced(_: &StartParams) {
     lapic::map();
     lapic::enable();
-    // SAFETY: L0 wrote the count there before the start (low guest RAM).
-    let n = unsafe { core::ptr::read_volatile(VCPUS_GPA as *const u64) } as u32;
-    let sipi = n / 2;
+    let l = Layout::read();
     let id = apic_id();
     if id != 0 {
-        time_sliced_member(id, n, sipi);
+        time_sliced_member(id, l);
     }
-    check!(n >= 2 && n as usize <= SPINS.len(), "vCPU count {n}");
+    check!(
+        l.cpus >= 1 && l.n > l.cpus && l.n as usize <= SPINS.len(),
+        "{} vCPUs on {} CPUs",
+        l.n,
+        l.cpus
+    );
     x87_push(x87_mark(0));
     // SAFETY: low guest RAM that nothing else uses (guest_abi layout).
     unsafe {
         core::ptr::copy_nonoverlapping(SPIN_CODE.as_ptr(), AP_PAGE as *mut u8, SPIN_CODE.len());
         core::ptr::write_bytes(REPORT as *mut u8, 0, 8);
     }
+    let sipi = l.sipi();
     let vector = (AP_PAGE >> 12) as u32;
     pause_ns(30_000_000);
     send(sipi as u8, 0x4500); // INIT
@@ -316,7 +363,7 @@ pub fn vcpus_time_sliced(_: &StartParams) {
     // Every vCPU's count moves, twice: each shares its CPU with another.
     for _ in 0..2 {
         let before: [u64; 16] = core::array::from_fn(|i| spins(i as u32));
-        for i in 1..n {
+        for i in 1..l.n {
             wait("every vCPU to run while its CPU-mate spins", || {
                 spins(i) != before[i as usize]
             });
@@ -324,9 +371,7 @@ pub fn vcpus_time_sliced(_: &StartParams) {
     }
     X87_AFTER[0].store(x87_pop(), Ordering::SeqCst);
     PHASE.store(1, Ordering::SeqCst);
-    // Each kept its own x87 registers while its CPU-mate used the CPU
-    // (L0 switches them: `vmm::guest_fpu`).
-    for i in (0..n).filter(|&i| i != sipi) {
+    for i in (0..l.n).filter(|&i| i != sipi) {
         wait("every vCPU's x87 check", || {
             X87_AFTER[i as usize].load(Ordering::SeqCst) != 0
         });
@@ -339,42 +384,82 @@ pub fn vcpus_time_sliced(_: &StartParams) {
     let mut rounds = [0u64; RING_ROUNDS as usize];
     for (r, t) in rounds.iter_mut().enumerate() {
         let start = now_ns();
-        let next = ring_next(0, n, sipi);
-        send(next as u8, u32::from(RING_VECTOR) + next);
-        ring_take(0, r as u64);
+        send_to(l.ring_next(0));
+        take(0, r as u64);
         *t = now_ns() - start;
     }
-    rounds.sort_unstable();
-    let median = rounds[rounds.len() / 2];
+    let ring = median(&mut rounds);
+    if l.mates().0 == 0 {
+        ping_pong_mates(0, l);
+    }
+    wait("the ping-pong between CPU-mates", || {
+        PING_PONG_NS.load(Ordering::SeqCst) != 0
+    });
+    let hand_off = PING_PONG_NS.load(Ordering::SeqCst) / 2;
     guest_stubs::println!(
-        "smp: {n} vCPUs, 2 per CPU: IPI ring round (HLT waits) median {} us, slowest {} us",
-        median / 1000,
-        rounds[rounds.len() - 1] / 1000
+        "smp: {} vCPUs on {} CPUs (HLT waits, medians): IPI ring round {} us, hand-off between CPU-mates {} us",
+        l.n,
+        l.cpus,
+        ring / 1000,
+        hand_off / 1000
     );
-    for i in (1..n).filter(|&i| i != sipi) {
+    for i in (1..l.n).filter(|&i| i != sipi) {
+        let (a, b) = l.mates();
+        let expected = RING_ROUNDS + if i == a || i == b { PING_PONGS } else { 0 };
         check_eq!(
             interrupts_taken(RING_VECTOR + i as u8),
-            RING_ROUNDS,
-            "ring IPIs vCPU {i} took"
+            expected,
+            "IPIs vCPU {i} took"
         );
     }
     check!(
-        median < ROUND_LIMIT_NS,
-        "the median ring round took {median} ns (limit {ROUND_LIMIT_NS})"
+        hand_off < HAND_OFF_LIMIT_NS,
+        "the median hand-off between CPU-mates took {hand_off} ns (limit {HAND_OFF_LIMIT_NS})"
     );
 }
 
-fn time_sliced_member(id: u32, n: u32, sipi: u32) -> ! {
+/// The middle value of `values` (sorts them).
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// The ping-pong of `l.mates()`, as vCPU `id`: the first sends, both wait
+/// in HLT; the first records the median round trip.
+fn ping_pong_mates(id: u32, l: Layout) {
+    let (a, b) = l.mates();
+    let mut trips = [0u64; PING_PONGS as usize];
+    for (k, t) in (0..).zip(trips.iter_mut()) {
+        let start = now_ns();
+        if id == a {
+            send_to(b);
+            take(a, RING_ROUNDS + k);
+        } else {
+            take(b, RING_ROUNDS + k);
+            send_to(a);
+        }
+        *t = now_ns() - start;
+    }
+    if id == a {
+        PING_PONG_NS.store(median(&mut trips).max(1), Ordering::SeqCst);
+    }
+}
+
+fn time_sliced_member(id: u32, l: Layout) -> ! {
     x87_push(x87_mark(id));
     while PHASE.load(Ordering::SeqCst) == 0 {
         SPINS[id as usize].fetch_add(1, Ordering::SeqCst);
     }
     X87_AFTER[id as usize].store(x87_pop(), Ordering::SeqCst);
-    let next = ring_next(id, n, sipi);
-    let mut seen = 0;
+    for r in 0..RING_ROUNDS {
+        take(id, r);
+        send_to(l.ring_next(id));
+    }
+    let (a, b) = l.mates();
+    if id == a || id == b {
+        ping_pong_mates(id, l);
+    }
     loop {
-        ring_take(id, seen);
-        seen += 1;
-        send(next as u8, u32::from(RING_VECTOR) + next);
+        lapic::safe_halt();
     }
 }
