@@ -118,6 +118,8 @@ pub struct Inbox {
     halt_rip: AtomicU64,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
+    /// Other vCPUs share its CPU (time-sliced).
+    shares_cpu: AtomicBool,
 }
 
 const SIPI_VALID: u32 = 0x100;
@@ -175,6 +177,14 @@ pub fn halt(vm: &Vm, hlt_rip: u64) {
         inbox.halt_rip.store(hlt_rip, Ordering::Relaxed);
         inbox.halted.store(true, Ordering::Release);
     }
+}
+
+/// Whether the current vCPU shares its physical CPU with other vCPUs: its
+/// waits must yield the CPU ([`halt`] then waits for its APIC timer too).
+pub fn shares_cpu(vm: &Vm) -> bool {
+    vm.smp
+        .as_ref()
+        .is_some_and(|s| s.inboxes[s.current].shares_cpu.load(Ordering::Relaxed))
 }
 
 /// Whether another vCPU sent the current one something (ends a HLT).
@@ -308,6 +318,9 @@ impl<'a> Seat<'a> {
     fn new(shared: &'a SharedVm, index: usize, ap: ApState, mates: u64) -> Self {
         let id = crate::smp::this().apic_id.load(Ordering::Relaxed);
         shared.inboxes[index].cpu.store(id, Ordering::Release);
+        shared.inboxes[index]
+            .shares_cpu
+            .store(mates != 0, Ordering::Relaxed);
         Self {
             shared,
             index,

@@ -199,11 +199,18 @@ pub fn tsc_monotonic_across_vcpus(_: &StartParams) {
 /// guest RAM that nothing else uses; hv/src/selftest/smp_vm.rs).
 const VCPUS_GPA: u64 = 0x6000;
 /// Real-mode code for the SIPI'd vCPU (CPU 0's other vCPU): stores CS,
-/// then counts forever without an exit. `mov ax, cs; mov [0x7000], ax;
-/// l: inc dword [0x7004]; jmp l` (DS = 0 after INIT).
-const SPIN_CODE: [u8; 12] = [
-    0x8C, 0xC8, 0xA3, 0x00, 0x70, 0x66, 0xFF, 0x06, 0x04, 0x70, 0xEB, 0xF9,
+/// then counts without an exit until the byte at 0x7008 is set, then
+/// halts for good. `mov ax, cs; mov [0x7000], ax; l: inc dword [0x7004];
+/// cmp byte [0x7008], 0; je l; cli; h: hlt; jmp h` (DS = 0 after INIT).
+const SPIN_CODE: [u8; 21] = [
+    0x8C, 0xC8, 0xA3, 0x00, 0x70, 0x66, 0xFF, 0x06, 0x04, 0x70, 0x80, 0x3E, 0x08, 0x70, 0x00, 0x74,
+    0xF4, 0xFA, 0xF4, 0xEB, 0xFD,
 ];
+/// The SIPI'd vCPU stops counting when this byte is set.
+const SPIN_STOP: u64 = REPORT + 8;
+/// The ping-pong's turn: the halting vCPU sets it, the spinning one waits
+/// for it.
+static TURN_OF_SPINNER: AtomicU64 = AtomicU64::new(0);
 /// Each vCPU's count while it spins (phase 0).
 static SPINS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 /// 0: spin, 1: the IPI ring and the mates' ping-pong.
@@ -218,13 +225,15 @@ const PING_PONGS: u64 = 20;
 /// Vector of vCPU i's IPIs: its own, since the interrupt counts are
 /// shared by all vCPUs (one guest memory).
 const RING_VECTOR: u8 = 0x50;
-/// Longest median hand-off between two vCPUs of one CPU, each waiting in
-/// HLT (ns; the median: the host's scheduling of QEMU's threads adds the
-/// odd slow one). A halted vCPU that keeps its CPU (spinning until an event or
-/// L0's 10 ms HLT wait slice) makes every hand-off take the full slice:
-/// the event it waits for must come from its CPU-mate, which cannot run.
-/// Yielding, a hand-off is a few exits on one CPU (well under 1 ms).
-const HAND_OFF_LIMIT_NS: u64 = 5_000_000;
+/// Longest median round trip between two vCPUs of one CPU (ns; the
+/// median: the host's scheduling of QEMU's threads adds the odd slow
+/// one): one waits in HLT for an IPI from the other, which spins (no
+/// exits) until the first says it is its turn. A halted vCPU that keeps
+/// its CPU (spinning until an event or L0's 10 ms HLT wait slice) makes
+/// every round trip take the full slice: its event must come from its
+/// CPU-mate, which cannot run meanwhile. Yielding, a round trip is a few
+/// exits on one CPU (well under 1 ms).
+const ROUND_TRIP_LIMIT_NS: u64 = 5_000_000;
 
 /// The value vCPU `id` keeps in its x87 stack through the spin phase.
 fn x87_mark(id: u32) -> u64 {
@@ -324,10 +333,12 @@ fn take(id: u32, seen: u64) {
 ///   keeps the CPU never lets vCPU 0 send it); it then spins in real mode.
 /// - Every vCPU spins without exits until each one's count has moved
 ///   twice (the slice end preempts), each keeping a value of its own on
-///   the x87 stack (L0 switches the FPU registers).
+///   the x87 stack (L0 switches the FPU registers). Then the SIPI'd vCPU
+///   halts for good.
 /// - A token goes round the others by IPI, each waiting in HLT; then two
-///   vCPUs of one CPU hand a token back and forth, each waiting in HLT
-///   (a halted vCPU yields its CPU to its mate at once).
+///   vCPUs of one CPU ping-pong: one waits in HLT for the other's IPI,
+///   which spins until it is its turn (a halted vCPU yields its CPU to
+///   its mate at once).
 pub fn vcpus_time_sliced(_: &StartParams) {
     lapic::map();
     lapic::enable();
@@ -346,7 +357,7 @@ pub fn vcpus_time_sliced(_: &StartParams) {
     // SAFETY: low guest RAM that nothing else uses (guest_abi layout).
     unsafe {
         core::ptr::copy_nonoverlapping(SPIN_CODE.as_ptr(), AP_PAGE as *mut u8, SPIN_CODE.len());
-        core::ptr::write_bytes(REPORT as *mut u8, 0, 8);
+        core::ptr::write_bytes(REPORT as *mut u8, 0, 9);
     }
     let sipi = l.sipi();
     let vector = (AP_PAGE >> 12) as u32;
@@ -370,6 +381,8 @@ pub fn vcpus_time_sliced(_: &StartParams) {
         }
     }
     X87_AFTER[0].store(x87_pop(), Ordering::SeqCst);
+    // SAFETY: the SIPI'd vCPU's stop byte (low guest RAM).
+    unsafe { core::ptr::write_volatile(SPIN_STOP as *mut u8, 1) };
     PHASE.store(1, Ordering::SeqCst);
     for i in (0..l.n).filter(|&i| i != sipi) {
         wait("every vCPU's x87 check", || {
@@ -395,17 +408,17 @@ pub fn vcpus_time_sliced(_: &StartParams) {
     wait("the ping-pong between CPU-mates", || {
         PING_PONG_NS.load(Ordering::SeqCst) != 0
     });
-    let hand_off = PING_PONG_NS.load(Ordering::SeqCst) / 2;
+    let trip = PING_PONG_NS.load(Ordering::SeqCst);
     guest_stubs::println!(
-        "smp: {} vCPUs on {} CPUs (HLT waits, medians): IPI ring round {} us, hand-off between CPU-mates {} us",
+        "smp: {} vCPUs on {} CPUs (medians): IPI ring round {} us (HLT waits), round trip between CPU-mates {} us (HLT and spin)",
         l.n,
         l.cpus,
         ring / 1000,
-        hand_off / 1000
+        trip / 1000
     );
     for i in (1..l.n).filter(|&i| i != sipi) {
-        let (a, b) = l.mates();
-        let expected = RING_ROUNDS + if i == a || i == b { PING_PONGS } else { 0 };
+        let (a, _) = l.mates();
+        let expected = RING_ROUNDS + if i == a { PING_PONGS } else { 0 };
         check_eq!(
             interrupts_taken(RING_VECTOR + i as u8),
             expected,
@@ -413,8 +426,8 @@ pub fn vcpus_time_sliced(_: &StartParams) {
         );
     }
     check!(
-        hand_off < HAND_OFF_LIMIT_NS,
-        "the median hand-off between CPU-mates took {hand_off} ns (limit {HAND_OFF_LIMIT_NS})"
+        trip < ROUND_TRIP_LIMIT_NS,
+        "the median round trip between CPU-mates took {trip} ns (limit {ROUND_TRIP_LIMIT_NS})"
     );
 }
 
@@ -424,21 +437,25 @@ fn median(values: &mut [u64]) -> u64 {
     values[values.len() / 2]
 }
 
-/// The ping-pong of `l.mates()`, as vCPU `id`: the first sends, both wait
-/// in HLT; the first records the median round trip.
+/// The ping-pong of `l.mates()`, as vCPU `id`: the first says it is the
+/// second's turn and waits in HLT for its IPI; the second spins (no
+/// exits) until its turn, then sends. The first records the median round
+/// trip.
 fn ping_pong_mates(id: u32, l: Layout) {
-    let (a, b) = l.mates();
+    let (a, _) = l.mates();
     let mut trips = [0u64; PING_PONGS as usize];
     for (k, t) in (0..).zip(trips.iter_mut()) {
-        let start = now_ns();
         if id == a {
-            send_to(b);
+            let start = now_ns();
+            TURN_OF_SPINNER.store(k + 1, Ordering::SeqCst);
             take(a, RING_ROUNDS + k);
+            *t = now_ns() - start;
         } else {
-            take(b, RING_ROUNDS + k);
+            while TURN_OF_SPINNER.load(Ordering::SeqCst) != k + 1 {
+                core::hint::spin_loop();
+            }
             send_to(a);
         }
-        *t = now_ns() - start;
     }
     if id == a {
         PING_PONG_NS.store(median(&mut trips).max(1), Ordering::SeqCst);
