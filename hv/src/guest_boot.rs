@@ -115,16 +115,21 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             exit(ExitCode::Failure)
         }
     };
-    let online = crate::smp::online_count();
+    // More vCPUs than online CPUs share CPUs (time-sliced, `vmm::multi`).
+    let max = svm::devices::ipi::MAX_VCPUS;
     let cpus = match boot.cmdline_value(CPUS_KEY) {
         None => 1,
         Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=online).contains(&n) => n,
-            _ => bad_image(format_args!(
-                "{CPUS_KEY}={v}: expected 1 to {online} (one vCPU per online CPU; time-slicing is not implemented)"
-            )),
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => bad_image(format_args!("{CPUS_KEY}={v}: expected 1 to {max}")),
         },
     };
+    if cpus > crate::smp::online_count() {
+        log::info!(
+            "guest: {cpus} vCPUs on {} CPUs: time-sliced",
+            crate::smp::online_count()
+        );
+    }
     vm.devices = Some(PortBus::new(FwCfgConfig {
         // fw_cfg's CPU count (key 0x05), what kvm-unit-tests reads.
         cpus: cpus as u16,

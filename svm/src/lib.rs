@@ -45,6 +45,7 @@ pub mod nested;
 pub mod nmi;
 pub mod shadow_step;
 pub mod tsc;
+pub mod vcpu_sched;
 pub mod vmcb;
 pub mod walk;
 pub mod walk_memo;

@@ -52,9 +52,10 @@ shows one command's):
                             (one argument; needs --guest)
   --guest-mem MIB           run: the guest's RAM in MiB, even, 2-2048 (default
                             256; needs --guest)
-  --guest-cpus N            run: the guest's vCPU count (default 1; needs
-                            --guest and --smp at least N: one CPU each),
-                            also fw_cfg's CPU count
+  --guest-cpus N            run: the guest's vCPU count (default 1, at most
+                            64; needs --guest), also fw_cfg's CPU count; each
+                            vCPU has a CPU of its own when --smp has enough,
+                            else vCPUs share CPUs (time-sliced)
   --guest-module FILE       run: a Multiboot boot module for the guest
                             (repeatable, in order; its string is the file's
                             name; needs --guest and a Multiboot image)
@@ -74,6 +75,8 @@ shows one command's):
   --compare                 kut: also run each subtest under bare QEMU TCG
   --smp N                   kut: CPUs of the bare QEMU VM and vCPUs of the
                             guest under ours (default 1)
+  --host-cpus N             kut: QEMU's CPU count under ours (default: --smp,
+                            at least 2); fewer than --smp time-slices vCPUs
   --mem MiB                 kut: RAM of the VM, even, 2-2048 (default 256)
   --verbose                 kut: print the output of runs that failed
   --timeout SECS            kut: kill a run after SECS seconds (default 120)
@@ -177,13 +180,10 @@ impl RunArgs {
     /// Rejects flag combinations that cannot work, before anything is built.
     fn checked(self) -> Result<Self> {
         if let Some(g) = &self.guest {
-            let smp = self.smp.unwrap_or(crate::qemu::DEFAULT_SMP);
-            if g.cpus > smp {
-                usage!(
-                    "--guest-cpus {} needs --smp {} or more (one CPU per vCPU)",
-                    g.cpus,
-                    g.cpus
-                );
+            // `vmm::multi`: 64 vCPUs at most (one bit each in an IPI's
+            // destination set); more than --smp share CPUs.
+            if g.cpus > MAX_GUEST_CPUS {
+                usage!("--guest-cpus {}: at most {MAX_GUEST_CPUS}", g.cpus);
             }
         }
         if self.boot == Some(Boot::Direct) && self.firmware == FirmwareKind::Uefi {
@@ -440,6 +440,7 @@ fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
             .value("--timeout", parse_seconds)?
             .unwrap_or(defaults.timeout),
         smp: options.value("--smp", parse_count)?.unwrap_or(defaults.smp),
+        host_cpus: options.value("--host-cpus", parse_count)?,
         mem_mib: options
             .value("--mem", parse_count)?
             .unwrap_or(defaults.mem_mib),
@@ -452,6 +453,9 @@ fn parse_kut(options: &mut Options) -> Result<crate::tasks::kut::KutArgs> {
         },
     })
 }
+
+/// The most vCPUs a guest may have (`hv::vmm::multi`).
+const MAX_GUEST_CPUS: u32 = 64;
 
 fn parse_count(word: &str) -> std::result::Result<u32, &'static str> {
     match word.parse() {
@@ -652,8 +656,7 @@ mod tests {
             "run --guest Cargo.toml --guest-module",
             "run --guest-cpus 2",
             "run --guest Cargo.toml --guest-cpus 0",
-            "run --guest Cargo.toml --guest-cpus 3",
-            "run --guest Cargo.toml --guest-cpus 4 --smp 3",
+            "run --guest Cargo.toml --guest-cpus 65",
         ] {
             let error = parse_words(line).expect_err(line);
             assert_eq!(error.exit_code(), 2, "{line}: {error}");
@@ -673,8 +676,19 @@ mod tests {
         );
         let mem = parse_words("run --guest Cargo.toml --guest-mem 3").unwrap_err();
         assert!(mem.to_string().contains("even number of MiB"), "{mem}");
-        let cpus = parse_words("run --guest Cargo.toml --guest-cpus 3").unwrap_err();
-        assert!(cpus.to_string().contains("--smp 3"), "{cpus}");
+        let cpus = parse_words("run --guest Cargo.toml --guest-cpus 65").unwrap_err();
+        assert!(cpus.to_string().contains("at most 64"), "{cpus}");
+    }
+
+    #[test]
+    fn more_guest_cpus_than_cpus_are_time_sliced() {
+        for line in [
+            "run --guest Cargo.toml --guest-cpus 3",
+            "run --guest Cargo.toml --guest-cpus 4 --smp 3",
+            "run --guest Cargo.toml --guest-cpus 64 --smp 1",
+        ] {
+            assert!(parse_words(line).is_ok(), "{line}");
+        }
     }
 
     #[test]
@@ -775,7 +789,7 @@ mod tests {
         assert_eq!(
             parse_words(
                 "kut --kut-dir /k --only ^npt --compare --timeout 30 --smp 2 --mem=4096 \
-                 --verbose --release --list"
+                 --verbose --release --list --host-cpus 1"
             )
             .unwrap(),
             Task::Kut(KutArgs {
@@ -785,6 +799,7 @@ mod tests {
                 list: true,
                 timeout: Duration::from_secs(30),
                 smp: 2,
+                host_cpus: Some(1),
                 mem_mib: 4096,
                 verbose: true,
                 release: true,

@@ -85,6 +85,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "smp::init_sipi_restart" => smp::init_sipi_restart,
         "smp::tsc_monotonic_across_vcpus" => smp::tsc_monotonic_across_vcpus,
         "smp::tsc_skew_compensated" => smp::tsc_monotonic_across_vcpus,
+        "smp::vcpus_time_sliced" => smp::vcpus_time_sliced,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);

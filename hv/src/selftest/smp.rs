@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 10] = [
+pub const CASES: [HostCase; 11] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -72,6 +72,11 @@ pub const CASES: [HostCase; 10] = [
         name: "smp::init_in_l2_without_intercept",
         run: super::smp_vm::init_in_l2_without_intercept,
         cpus: 2,
+    },
+    HostCase {
+        name: "smp::vcpus_time_sliced",
+        run: super::smp_vm::vcpus_time_sliced,
+        cpus: 1,
     },
 ];
 

@@ -3,6 +3,7 @@
 
 pub mod enable;
 pub mod exits;
+pub mod guest_fpu;
 pub mod loader;
 pub mod memory;
 pub mod multi;

@@ -13,9 +13,15 @@
 //! stays pending through VMRUN (interrupts are held until then) and ends
 //! the run at once, so no event waits for another exit.
 //!
-//! Each vCPU runs on its own physical CPU (vCPU i on CPU i, through the
-//! CPU's mailbox); a VM with more vCPUs than online CPUs is refused
-//! ([`run`]): time-slicing is not implemented.
+//! Placement (`svm::vcpu_sched`): vCPU i runs on online CPU i mod CPUs
+//! (through the CPU's mailbox; CPU 0's share on the calling CPU), so with
+//! enough CPUs each vCPU has its own. A CPU with several vCPUs time-slices
+//! them ([`run_cpu`]): each runs until it would wait (a HLT only another
+//! vCPU can end, waiting for a SIPI) or until the watchdog tick after it
+//! got the CPU; then its run loop returns [`Stop::Yielded`] with all its
+//! state kept (in the [`Seat`]), and the CPU runs the next ready vCPU.
+//! A vCPU sharing its CPU never spins waiting for another vCPU: the one
+//! it waits for may be its CPU-mate.
 
 use super::enable::HostCpu;
 use super::exits::{Action, Stop};
@@ -29,6 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use svm::ap_start::{self, ApState};
 use svm::devices::ipi::{self, Delivery};
 use svm::msr::EFER_SVME;
+use svm::vcpu_sched::{self, Wait};
 use svm::{ExitCode, InterceptMisc1};
 
 /// How the run loop reaches its VM: directly (one vCPU) or through the
@@ -36,14 +43,14 @@ use svm::{ExitCode, InterceptMisc1};
 /// one instantiation of the run loop keeps its exit handlers inlined as
 /// before (two cost the one-vCPU round trip ~36 instructions).
 #[derive(Debug)]
-pub enum VmAccess<'a> {
+pub enum VmAccess<'a, 's> {
     /// The VM of a single vCPU.
     Own(&'a mut Vm),
-    /// One vCPU's seat in a shared VM.
-    Shared(Seat<'a>),
+    /// One vCPU's seat in a shared VM (kept across its runs).
+    Shared(&'a mut Seat<'s>),
 }
 
-impl VmAccess<'_> {
+impl VmAccess<'_, '_> {
     /// The VM (held by this vCPU between [`Self::acquire`] and
     /// [`Self::release`]).
     #[inline(always)]
@@ -76,6 +83,15 @@ impl VmAccess<'_> {
             VmAccess::Shared(seat) => seat.take_events(vcpu, host),
         }
     }
+    /// The end of the run's time budget (watchdog ticks): `fresh`, or for
+    /// a time-sliced vCPU the one its first run computed.
+    #[inline(always)]
+    pub fn budget_end(&mut self, fresh: u64) -> u64 {
+        match self {
+            VmAccess::Own(_) => fresh,
+            VmAccess::Shared(seat) => *seat.budget_end.get_or_insert(fresh),
+        }
+    }
 }
 
 /// What other vCPUs sent one vCPU.
@@ -102,6 +118,8 @@ pub struct Inbox {
     halt_rip: AtomicU64,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
+    /// Other vCPUs share its CPU (time-sliced).
+    shares_cpu: AtomicBool,
 }
 
 const SIPI_VALID: u32 = 0x100;
@@ -159,6 +177,14 @@ pub fn halt(vm: &Vm, hlt_rip: u64) {
         inbox.halt_rip.store(hlt_rip, Ordering::Relaxed);
         inbox.halted.store(true, Ordering::Release);
     }
+}
+
+/// Whether the current vCPU shares its physical CPU with other vCPUs: its
+/// waits must yield the CPU ([`halt`] then waits for its APIC timer too).
+pub fn shares_cpu(vm: &Vm) -> bool {
+    vm.smp
+        .as_ref()
+        .is_some_and(|s| s.inboxes[s.current].shares_cpu.load(Ordering::Relaxed))
 }
 
 /// Whether another vCPU sent the current one something (ends a HLT).
@@ -274,22 +300,60 @@ pub struct Seat<'a> {
     /// as the CPU's wake-up from HLT does; not at the HLT, which would
     /// halt again after the handler.
     rehalted: Option<(u64, u64)>,
+    /// A HLT being waited out: (APIC timer deadline, end of the wait), in
+    /// host ns.
+    halt: Option<(u64, u64)>,
+    /// The other vCPUs (bit i: vCPU i) still running on this CPU; with
+    /// any, waits, slice ends and a mate's event yield the CPU.
+    mates: u64,
+    /// The watchdog tick that ends this run's slice (with `mates`).
+    slice_end: u64,
+    /// The end of the self-test budget, from the first run.
+    budget_end: Option<u64>,
 }
 
 impl<'a> Seat<'a> {
-    /// vCPU `index`'s seat, on this CPU, running or waiting for SIPI.
-    fn new(shared: &'a SharedVm, index: usize, ap: ApState) -> Self {
+    /// vCPU `index`'s seat, on this CPU, running or waiting for SIPI;
+    /// `mates`: the other vCPUs on this CPU. The VM lock is not held yet.
+    fn new(shared: &'a SharedVm, index: usize, ap: ApState, mates: u64) -> Self {
         let id = crate::smp::this().apic_id.load(Ordering::Relaxed);
         shared.inboxes[index].cpu.store(id, Ordering::Release);
-        let mut seat = Self {
+        shared.inboxes[index]
+            .shares_cpu
+            .store(mates != 0, Ordering::Relaxed);
+        Self {
             shared,
             index,
             held: false,
             ap,
             rehalted: None,
-        };
-        seat.acquire();
-        seat
+            halt: None,
+            mates,
+            slice_end: 0,
+            budget_end: None,
+        }
+    }
+
+    /// Whether another vCPU on this CPU has an event waiting.
+    fn mate_has_event(&self) -> bool {
+        let mut mates = self.mates;
+        while mates != 0 {
+            let i = mates.trailing_zeros() as usize;
+            mates &= mates - 1;
+            if self.shared.inboxes[i].any.load(Ordering::Acquire) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// What the vCPU waits for between its runs (`svm::vcpu_sched`).
+    fn wait(&self) -> Wait {
+        match (self.halt, self.ap) {
+            (Some((_, end)), _) => Wait::Halt { until: end },
+            (None, ApState::WaitForSipi) => Wait::Sipi,
+            (None, ApState::Running) => Wait::Slice,
+        }
     }
 
     /// Releases the VM lock (not for VMRUN: [`VmAccess::release`]).
@@ -341,20 +405,26 @@ impl<'a> Seat<'a> {
         None
     }
 
-    /// Waits (VM lock released) for an event from another vCPU, the APIC
-    /// timer's deadline or at most [`HALT_SLICE_NS`].
-    fn wait_while_halted(&mut self, vcpu: &mut Vcpu) {
+    /// Waits for an event from another vCPU, the APIC timer's deadline or
+    /// at most [`HALT_SLICE_NS`] from the HLT (`self.halt`): alone on its
+    /// CPU with the VM lock released; sharing it, by yielding the CPU
+    /// until then (`true`: yield; the next run comes back here).
+    fn wait_while_halted(&mut self, vcpu: &mut Vcpu, (timer, end): (u64, u64)) -> bool {
         let inbox = self.inbox();
-        let start = crate::time::now_ns();
-        let timer = vcpu.lapic.next_deadline().unwrap_or(u64::MAX);
-        let end = timer.min(start.saturating_add(HALT_SLICE_NS));
-        self.unlock();
-        let mut now = start;
-        while !inbox.any.load(Ordering::Acquire) && now < end {
-            core::hint::spin_loop();
-            now = crate::time::now_ns();
+        let mut now = crate::time::now_ns();
+        if self.mates != 0 {
+            if !inbox.any.load(Ordering::Acquire) && now < end {
+                return true;
+            }
+        } else {
+            self.unlock();
+            while !inbox.any.load(Ordering::Acquire) && now < end {
+                core::hint::spin_loop();
+                now = crate::time::now_ns();
+            }
+            self.acquire();
         }
-        self.acquire();
+        self.halt = None;
         if now < timer && !inbox.any.load(Ordering::Acquire) {
             // Nothing came: the HLT again (still halted: `rehalted`).
             let s = &mut vcpu.vmcb.state;
@@ -362,20 +432,29 @@ impl<'a> Seat<'a> {
             self.rehalted = Some((halt_rip, s.rip));
             s.rip = halt_rip;
         }
+        false
     }
 
-    /// Waits (VM lock released) for a SIPI or the VM's end; `Some`: the
-    /// VM ended.
+    /// Waits for a SIPI or the VM's end: alone on its CPU with the VM lock
+    /// released; sharing it, by yielding the CPU (`Some(Yielded)`) until
+    /// an event comes. `Some`: the VM ended (or yield).
     fn wait_for_sipi(&mut self) -> Option<Stop> {
         let inbox = self.inbox();
-        self.unlock();
-        while inbox.sipi.load(Ordering::Acquire) & SIPI_VALID == 0 {
-            if inbox.stop.load(Ordering::Acquire) {
-                break;
+        let came = || {
+            inbox.sipi.load(Ordering::Acquire) & SIPI_VALID != 0
+                || inbox.stop.load(Ordering::Acquire)
+        };
+        if self.mates != 0 {
+            if !came() {
+                return Some(Stop::Yielded);
             }
-            core::hint::spin_loop();
+        } else {
+            self.unlock();
+            while !came() {
+                core::hint::spin_loop();
+            }
+            self.acquire();
         }
-        self.acquire();
         match inbox.stop.load(Ordering::Acquire) {
             true => Some(Stop::Unhandled(VM_STOPPED.into())),
             false => None,
@@ -422,7 +501,27 @@ impl Seat<'_> {
     fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
         let inbox = self.inbox();
         if inbox.halted.swap(false, Ordering::AcqRel) {
-            self.wait_while_halted(vcpu);
+            let now = crate::time::now_ns();
+            let timer = vcpu.lapic.next_deadline().unwrap_or(u64::MAX);
+            self.halt = Some((timer, timer.min(now.saturating_add(HALT_SLICE_NS))));
+        }
+        if let Some(halt) = self.halt {
+            if self.wait_while_halted(vcpu, halt) {
+                return Some(Stop::Yielded);
+            }
+        }
+        // Preemption: the slice ends at the first watchdog tick (the
+        // timer's #VMEXIT(INTR) ends a guest that never exits) after the
+        // vCPU got its CPU, or early when a CPU-mate was sent an event
+        // and this vCPU has none of its own (the sender's kick is this
+        // CPU's #VMEXIT(INTR)): a woken vCPU does not wait for the tick,
+        // and two with events (e.g. the VM's end) cannot yield to each
+        // other for good.
+        if self.mates != 0
+            && (crate::time::ticks() >= self.slice_end
+                || (!inbox.any.load(Ordering::Acquire) && self.mate_has_event()))
+        {
+            return Some(Stop::Yielded);
         }
         if self.ap == ApState::Running && !inbox.any.load(Ordering::Acquire) {
             return None;
@@ -524,60 +623,189 @@ pub enum Start {
     WaitForSipi,
 }
 
-/// A vCPU on an application processor (a mailbox job's argument).
-struct ApJob<'a> {
-    shared: &'a SharedVm,
-    vcpu: &'a mut Vcpu,
+/// One vCPU of a physical CPU's share of a VM.
+struct Member<'v> {
     index: usize,
+    vcpu: &'v mut Vcpu,
     start: Start,
-    stop: Option<Stop>,
+}
+
+/// One physical CPU's share of a VM (a mailbox job's argument).
+struct CpuJob<'a> {
+    shared: &'a SharedVm,
+    members: Vec<Member<'a>>,
+    /// Each member's stop, by vCPU index.
+    stops: Vec<(usize, Stop)>,
     /// Set last by the job: `run` may free the job.
     done: AtomicBool,
 }
 
-fn ap_job(arg: u64) -> u64 {
-    // SAFETY: `run` passes the address of an ApJob it keeps alive (and
-    // does not touch) until this job's ticket has been waited for.
-    let job = unsafe { &mut *(arg as *mut ApJob<'_>) };
-    let stop = match crate::smp::this().host.get() {
-        Some(Ok(host)) => run_seat(job.shared, job.vcpu, job.index, job.start, host),
-        _ => Stop::Unhandled(format!("vCPU {}: no SVM on this CPU", job.index)),
+fn cpu_job(arg: u64) -> u64 {
+    // SAFETY: `run` passes the address of a CpuJob it keeps alive (and
+    // does not touch) until this job has set `done`.
+    let job = unsafe { &mut *(arg as *mut CpuJob<'_>) };
+    job.stops = match crate::smp::this().host.get() {
+        Some(Ok(host)) => run_cpu(job.shared, &mut job.members, host),
+        _ => {
+            let why = |i| Stop::Unhandled(format!("vCPU {i}: no SVM on this CPU"));
+            let stops: Vec<_> = job
+                .members
+                .iter()
+                .map(|m| (m.index, why(m.index)))
+                .collect();
+            stops.iter().for_each(|(i, _)| vm_over(job.shared, *i));
+            stops
+        }
     };
-    job.stop = Some(stop);
     job.done.store(true, Ordering::Release);
     0
 }
 
-fn run_seat(
-    shared: &SharedVm,
-    vcpu: &mut Vcpu,
-    index: usize,
-    start: Start,
-    host: &HostCpu,
-) -> Stop {
-    let ap = match start {
-        Start::Running => ApState::Running,
-        Start::WaitForSipi => ApState::WaitForSipi,
-    };
-    let stop = vcpu.run_with(VmAccess::Shared(Seat::new(shared, index, ap)), host);
+/// vCPU `index` stopped: the VM ends with its first vCPU to stop, so the
+/// others are told.
+fn vm_over(shared: &SharedVm, index: usize) {
     shared.inboxes[index].cpu.store(u32::MAX, Ordering::Release);
-    // The VM ends with its first vCPU to stop: the others are told.
     for (i, inbox) in shared.inboxes.iter().enumerate() {
         if i != index {
             inbox.stop();
         }
     }
-    stop
 }
 
-/// Runs `vm` with `vcpus` (vCPU i, which starts as `starts[i]`, on CPU i;
-/// vCPU 0 here, on the calling CPU 0) until the first vCPU stops; the
-/// others are stopped then. Returns the VM and each vCPU's stop.
+/// One vCPU in this CPU's round-robin.
+struct Slot<'s, 'v> {
+    vcpu: &'v mut Vcpu,
+    seat: Seat<'s>,
+    stop: Option<Stop>,
+    /// It has run: the CPU's XCR0 and FPU registers are its own while it
+    /// runs, and in `fpu` while a CPU-mate runs.
+    started: bool,
+    /// With CPU-mates: its saved XCR0 and FPU registers.
+    fpu: Option<super::guest_fpu::GuestFpu>,
+}
+
+impl Slot<'_, '_> {
+    fn ready(&self, now: u64) -> bool {
+        let wait = match self.stop {
+            Some(_) => Wait::Stopped,
+            None => self.seat.wait(),
+        };
+        vcpu_sched::ready(wait, self.seat.inbox().any.load(Ordering::Acquire), now)
+    }
+}
+
+/// Runs this CPU's vCPUs (`members`) until each has stopped: one alone
+/// keeps the CPU; several take turns (round-robin, `svm::vcpu_sched`),
+/// each until its run loop yields ([`Stop::Yielded`]). Returns each
+/// vCPU's stop.
+fn run_cpu(shared: &SharedVm, members: &mut [Member<'_>], host: &HostCpu) -> Vec<(usize, Stop)> {
+    let all = members.iter().fold(0u64, |m, v| m | 1 << v.index);
+    let mut slots: Vec<Slot<'_, '_>> = members
+        .iter_mut()
+        .map(|m| {
+            let ap = match m.start {
+                Start::Running => ApState::Running,
+                Start::WaitForSipi => ApState::WaitForSipi,
+            };
+            Slot {
+                seat: Seat::new(shared, m.index, ap, all & !(1 << m.index)),
+                vcpu: &mut *m.vcpu,
+                stop: None,
+                started: false,
+                fpu: None,
+            }
+        })
+        .collect();
+    let n = slots.len();
+    if n > 1 {
+        for s in slots.iter_mut() {
+            s.fpu = super::guest_fpu::GuestFpu::new();
+            if s.fpu.is_none() {
+                log::warn!("vCPU {}: no room to switch its FPU state", s.seat.index);
+            }
+        }
+    }
+    let mut last = n - 1;
+    // The vCPU whose XCR0 and FPU registers the CPU holds.
+    let mut loaded = None;
+    while slots.iter().any(|s| s.stop.is_none()) {
+        let now = crate::time::now_ns();
+        let Some(next) = vcpu_sched::pick(last, n, |i| slots[i].ready(now)) else {
+            // Everyone waits for another CPU's vCPU (whose event comes
+            // with a wake IPI to this CPU) or for a clock. Unless one
+            // waits for its APIC timer, the CPU sleeps until the next
+            // interrupt: the wake IPI, or the watchdog tick (a HLT's wait
+            // slice may end up to a tick late). Idle TCG CPUs that spin
+            // slow the others down (the host's cores are shared).
+            let timer = slots
+                .iter()
+                .any(|s| s.seat.halt.is_some_and(|(timer, end)| timer <= end));
+            if timer {
+                core::hint::spin_loop();
+            } else {
+                // SAFETY: the host's IDT handles every vector it enables;
+                // HLT in STI's shadow: an interrupt pending since the
+                // look above ends it.
+                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+            }
+            continue;
+        };
+        last = next;
+        if loaded != Some(next) {
+            // The CPU's guest state that VMRUN does not switch (`guest_fpu`).
+            if let Some(fpu) = loaded.and_then(|l: usize| slots[l].fpu.as_mut()) {
+                fpu.save();
+            }
+            let slot = &mut slots[next];
+            match (&slot.fpu, slot.started) {
+                (Some(fpu), true) => fpu.restore(),
+                // The reset XCR0, not the last VM's (`xcr0`).
+                (_, false) => super::xcr0::reset(),
+                (None, true) => {}
+            }
+            slot.started = true;
+            loaded = Some(next);
+        }
+        let slot = &mut slots[next];
+        slot.seat.slice_end = crate::time::ticks() + 1;
+        slot.seat.acquire();
+        let stop = slot.vcpu.run_with(VmAccess::Shared(&mut slot.seat), host);
+        slot.seat.unlock();
+        if stop != Stop::Yielded {
+            let index = slot.seat.index;
+            vm_over(shared, index);
+            slot.stop = Some(stop);
+            // Its `stop` event stays posted: no longer a mate's.
+            slots.iter_mut().for_each(|s| s.seat.mates &= !(1 << index));
+        }
+    }
+    slots
+        .into_iter()
+        .map(|s| (s.seat.index, s.stop.unwrap_or(Stop::Yielded)))
+        .collect()
+}
+
+/// Runs `vm` with `vcpus` (vCPU i starts as `starts[i]`) until the first
+/// vCPU stops; the others are stopped then. vCPU i runs on online CPU
+/// i mod CPUs (`svm::vcpu_sched::placement`), CPU 0's share here on the
+/// calling CPU 0. Returns the VM and each vCPU's stop.
 pub fn run(
+    vm: Vm,
+    vcpus: &mut [Vcpu],
+    starts: &[Start],
+    host: &HostCpu,
+) -> Result<(Vm, Vec<Stop>), &'static str> {
+    run_on_cpus(vm, vcpus, starts, host, usize::MAX)
+}
+
+/// [`run`] on the first `max_cpus` online CPUs at most (self-tests that
+/// want vCPUs to share CPUs).
+pub fn run_on_cpus(
     mut vm: Vm,
     vcpus: &mut [Vcpu],
     starts: &[Start],
     host: &HostCpu,
+    max_cpus: usize,
 ) -> Result<(Vm, Vec<Stop>), &'static str> {
     let n = vcpus.len();
     if n == 0 || n > ipi::MAX_VCPUS || starts.len() != n {
@@ -586,13 +814,14 @@ pub fn run(
     if crate::smp::this().index() != 0 {
         return Err("multi-vCPU VMs are started from CPU 0");
     }
-    let online = crate::smp::percpu::all()
+    let cpus: Vec<usize> = crate::smp::percpu::all()
         .iter()
-        .take(n)
         .filter(|c| c.online.load(Ordering::Acquire))
-        .count();
-    if online < n {
-        return Err("more vCPUs than online CPUs (time-slicing is not implemented)");
+        .map(|c| c.index())
+        .take(n.min(max_cpus))
+        .collect();
+    if cpus.first() != Some(&0) {
+        return Err("CPU 0 is not online");
     }
     let inboxes: Arc<[Inbox]> = (0..n).map(|_| Inbox::new()).collect();
     vm.smp = Some(VmSmp {
@@ -605,51 +834,57 @@ pub fn run(
         serving: AtomicU32::new(0),
         inboxes,
     };
-    let (first, rest) = vcpus.split_at_mut(1);
-    let mut jobs: Vec<ApJob<'_>> = rest
-        .iter_mut()
-        .enumerate()
-        .map(|(i, vcpu)| ApJob {
+    let mut jobs: Vec<CpuJob<'_>> = cpus
+        .iter()
+        .map(|_| CpuJob {
             shared: &shared,
-            vcpu,
-            index: i + 1,
-            start: starts[i + 1],
-            stop: None,
+            members: Vec::new(),
+            stops: Vec::new(),
             done: AtomicBool::new(false),
         })
         .collect();
+    for (index, (vcpu, &start)) in vcpus.iter_mut().zip(starts).enumerate() {
+        jobs[vcpu_sched::placement(index, cpus.len())]
+            .members
+            .push(Member { index, vcpu, start });
+    }
+    let (mine, others) = jobs.split_at_mut(1);
     let mut tickets = Vec::new();
-    let mut stops = Vec::with_capacity(n);
-    for job in jobs.iter_mut() {
-        let cpu = job.index;
-        match crate::smp::mailbox::post(cpu, ap_job, job as *mut ApJob<'_> as u64) {
+    for (job, &cpu) in others.iter_mut().zip(&cpus[1..]) {
+        match crate::smp::mailbox::post(cpu, cpu_job, job as *mut CpuJob<'_> as u64) {
             Ok(t) => tickets.push(t),
             Err(e) => {
-                log::warn!("vCPU {cpu}: not started on CPU {cpu}: {e}");
+                log::warn!("CPU {cpu}: its vCPUs not started: {e}");
+                for m in &job.members {
+                    shared.inboxes[m.index].stop();
+                    job.stops.push((
+                        m.index,
+                        Stop::Unhandled(format!("vCPU {} did not run", m.index)),
+                    ));
+                }
                 job.done.store(true, Ordering::Release);
-                shared.inboxes[cpu].stop();
             }
         }
     }
-    stops.push(run_seat(&shared, &mut first[0], 0, starts[0], host));
+    mine[0].stops = run_cpu(&shared, &mut mine[0].members, host);
     for t in tickets {
         if let Err(e) = t.wait() {
-            log::warn!("vm: an AP vCPU did not end in time: {e}");
+            log::warn!("vm: an AP's vCPUs did not end in time: {e}");
         }
     }
     // The jobs use `shared` and the vCPUs until they are done: wait for
-    // that however long it takes (each was told to stop and leaves at its
-    // next entry, at the latest after the next watchdog tick).
-    while !jobs.iter().all(|j| j.done.load(Ordering::Acquire)) {
+    // that however long it takes (each vCPU was told to stop and leaves at
+    // its next entry, at the latest after the next watchdog tick).
+    while !others.iter().all(|j| j.done.load(Ordering::Acquire)) {
         core::hint::spin_loop();
     }
-    stops.extend(jobs.iter_mut().map(|j| {
-        j.stop
-            .take()
-            .unwrap_or(Stop::Unhandled(format!("vCPU {} did not run", j.index)))
-    }));
+    let mut stops: Vec<(usize, Stop)> = jobs
+        .iter_mut()
+        .flat_map(|j| core::mem::take(&mut j.stops))
+        .collect();
+    stops.sort_unstable_by_key(|(i, _)| *i);
     drop(jobs);
     let mut vm = shared.vm.into_inner();
     vm.smp = None;
-    Ok((vm, stops))
+    Ok((vm, stops.into_iter().map(|(_, s)| s).collect()))
 }

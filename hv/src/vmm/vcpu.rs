@@ -97,19 +97,22 @@ impl Vcpu {
 
     /// Runs the guest of a single-vCPU VM until an exit handler stops it.
     pub fn run(&mut self, vm: &mut Vm, host: &HostCpu) -> Stop {
+        // The reset XCR0, not the last VM's (`xcr0`; a shared VM's
+        // scheduler does this at a vCPU's first run, `multi`).
+        super::xcr0::reset();
         self.run_with(VmAccess::Own(vm), host)
     }
 
     /// Runs the guest until an exit handler stops it, with the VM itself
     /// or this vCPU's seat in a shared one (`multi::Seat`: the VM lock is
-    /// held except across VMRUN). Never inlined: one copy of the loop, so
-    /// its exit handlers stay inlined into it.
+    /// held except across VMRUN; the run also ends with
+    /// [`Stop::Yielded`] when the vCPU gives its CPU to another, and a
+    /// later run resumes it). Never inlined: one copy of the loop, so its
+    /// exit handlers stay inlined into it.
     #[inline(never)]
-    pub fn run_with(&mut self, mut access: VmAccess<'_>, host: &HostCpu) -> Stop {
-        // This vCPU's DR0-DR3, not the last VM's (`exits::dr`).
+    pub fn run_with(&mut self, mut access: VmAccess<'_, '_>, host: &HostCpu) -> Stop {
+        // This vCPU's DR0-DR3, not the last VM's or vCPU's (`exits::dr`).
         exits::dr::load(&self.db);
-        // The reset XCR0, not the last VM's (`xcr0`).
-        super::xcr0::reset();
         // A new run may be on another CPU: the host TSC checked once here
         // (`tsc::observe_on_run`), not at every entry.
         let vm = access.vm();
@@ -118,10 +121,13 @@ impl Vcpu {
         // Self-tests only: a VM that is not a test has no limits. The
         // budget's end in watchdog ticks, so each exit compares once:
         // `ticks * TICK_MS - start_ms > budget_ms` is
-        // `ticks > start_ticks + budget_ms / TICK_MS` (integers).
+        // `ticks > start_ticks + budget_ms / TICK_MS` (integers). A
+        // time-sliced vCPU keeps the end of its first run's budget.
         let (budget_end_ticks, max_exits) = match vm.limits {
             Some(l) => (
-                crate::time::ticks().saturating_add(l.time_budget_ms / crate::time::TICK_MS),
+                access.budget_end(
+                    crate::time::ticks().saturating_add(l.time_budget_ms / crate::time::TICK_MS),
+                ),
                 l.max_exits,
             ),
             None => (u64::MAX, u64::MAX),

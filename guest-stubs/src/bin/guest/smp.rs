@@ -207,3 +207,296 @@ pub fn tsc_monotonic_across_vcpus(params: &StartParams) {
         "largest backwards TSC step between vCPUs: {back:#x} ticks (at most {allowed})"
     );
 }
+
+/// Where L0 writes the vCPU and CPU counts for `vcpus_time_sliced` (low
+/// guest RAM that nothing else uses; hv/src/selftest/smp_vm.rs).
+const VCPUS_GPA: u64 = 0x6000;
+/// Real-mode code for the SIPI'd vCPU (CPU 0's other vCPU): stores CS,
+/// then counts without an exit until the byte at 0x7008 is set, then
+/// halts for good. `mov ax, cs; mov [0x7000], ax; l: inc dword [0x7004];
+/// cmp byte [0x7008], 0; je l; cli; h: hlt; jmp h` (DS = 0 after INIT).
+const SPIN_CODE: [u8; 21] = [
+    0x8C, 0xC8, 0xA3, 0x00, 0x70, 0x66, 0xFF, 0x06, 0x04, 0x70, 0x80, 0x3E, 0x08, 0x70, 0x00, 0x74,
+    0xF4, 0xFA, 0xF4, 0xEB, 0xFD,
+];
+/// The SIPI'd vCPU stops counting when this byte is set.
+const SPIN_STOP: u64 = REPORT + 8;
+/// The ping-pong's turn: the halting vCPU sets it, the spinning one waits
+/// for it.
+static TURN_OF_SPINNER: AtomicU64 = AtomicU64::new(0);
+/// Each vCPU's count while it spins (phase 0).
+static SPINS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+/// 0: spin, 1: the IPI ring and the mates' ping-pong.
+static PHASE: AtomicU64 = AtomicU64::new(0);
+/// What each vCPU's x87 stack held after the spin phase (0: not yet).
+static X87_AFTER: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+/// The ping-pong's median round trip (ns; 0: not done).
+static PING_PONG_NS: AtomicU64 = AtomicU64::new(0);
+const RING_ROUNDS: u64 = 20;
+/// Round trips between the two vCPUs of one CPU.
+const PING_PONGS: u64 = 20;
+/// Vector of vCPU i's IPIs: its own, since the interrupt counts are
+/// shared by all vCPUs (one guest memory).
+const RING_VECTOR: u8 = 0x50;
+/// Longest median round trip between two vCPUs of one CPU (ns; the
+/// median: the host's scheduling of QEMU's threads adds the odd slow
+/// one): one waits in HLT for an IPI from the other, which spins (no
+/// exits) until the first says it is its turn. A halted vCPU that keeps
+/// its CPU (spinning until an event or L0's 10 ms HLT wait slice) makes
+/// every round trip take the full slice: its event must come from its
+/// CPU-mate, which cannot run meanwhile. Yielding, a round trip is a few
+/// exits on one CPU (well under 1 ms).
+const ROUND_TRIP_LIMIT_NS: u64 = 5_000_000;
+
+/// The value vCPU `id` keeps in its x87 stack through the spin phase.
+fn x87_mark(id: u32) -> u64 {
+    0x1000 + u64::from(id)
+}
+
+/// FNINIT, then pushes `value` on the x87 stack.
+fn x87_push(value: u64) {
+    // SAFETY: x87 only (CR0.EM is clear); reads `value` from the stack.
+    unsafe {
+        core::arch::asm!("fninit", "fild qword ptr [{}]", in(reg) &value, options(nostack));
+    }
+}
+
+/// Pops the x87 stack's top as an integer.
+fn x87_pop() -> u64 {
+    let mut value = 0u64;
+    // SAFETY: as in `x87_push`; writes `value`.
+    unsafe {
+        core::arch::asm!("fistp qword ptr [{}]", in(reg) &mut value, options(nostack));
+    }
+    value
+}
+
+fn now_ns() -> u64 {
+    call(HC_NOW_NS, 0, 0, 0)
+}
+
+/// Spins (hypercalls for the clock only) for `ns` of L0's clock.
+fn pause_ns(ns: u64) {
+    let t = now_ns();
+    while now_ns() - t < ns {
+        core::hint::spin_loop();
+    }
+}
+
+/// The layout L0 chose (`VCPUS_GPA`): vCPU i runs on CPU i mod `cpus`.
+#[derive(Clone, Copy)]
+struct Layout {
+    n: u32,
+    cpus: u32,
+}
+
+impl Layout {
+    fn read() -> Self {
+        // SAFETY: L0 wrote both counts there before the start.
+        let (n, cpus) = unsafe {
+            (
+                core::ptr::read_volatile(VCPUS_GPA as *const u64),
+                core::ptr::read_volatile((VCPUS_GPA + 8) as *const u64),
+            )
+        };
+        Self {
+            n: n as u32,
+            cpus: cpus as u32,
+        }
+    }
+    /// CPU 0's second vCPU: started by SIPI, then runs real-mode code.
+    fn sipi(self) -> u32 {
+        self.cpus
+    }
+    /// Two vCPUs of the last CPU, neither the SIPI'd one: they ping-pong.
+    fn mates(self) -> (u32, u32) {
+        (self.cpus - 1, self.n - 1)
+    }
+    /// The ring member after `id`: every vCPU but the SIPI'd one.
+    fn ring_next(self, id: u32) -> u32 {
+        let next = (id + 1) % self.n;
+        if next == self.sipi() {
+            (next + 1) % self.n
+        } else {
+            next
+        }
+    }
+}
+
+/// Sends vCPU `to` its IPI.
+fn send_to(to: u32) {
+    send(to as u8, u32::from(RING_VECTOR) + to);
+}
+
+/// Takes IPI number `seen + 1` of vCPU `id` (in HLT until it comes) and
+/// EOIs it.
+fn take(id: u32, seen: u64) {
+    while interrupts_taken(RING_VECTOR + id as u8) == seen {
+        lapic::safe_halt();
+    }
+    lapic::write(0xB0, 0);
+}
+
+/// More vCPUs than CPUs (L0 writes the counts at `VCPUS_GPA`; it uses at
+/// most 2 CPUs, so the timing below does not depend on how the host
+/// schedules more QEMU threads than it has cores). vCPU i runs on CPU
+/// i mod CPUs, sharing it with at least one other:
+/// - CPU 0's second vCPU waits for a SIPI from the start; vCPU 0 starts it
+///   with INIT and SIPI after giving it time to wait (a SIPI wait that
+///   keeps the CPU never lets vCPU 0 send it); it then spins in real mode.
+/// - Every vCPU spins without exits until each one's count has moved
+///   twice (the slice end preempts), each keeping a value of its own on
+///   the x87 stack (L0 switches the FPU registers). Then the SIPI'd vCPU
+///   halts for good.
+/// - A token goes round the others by IPI, each waiting in HLT; then two
+///   vCPUs of one CPU ping-pong: one waits in HLT for the other's IPI,
+///   which spins until it is its turn (a halted vCPU yields its CPU to
+///   its mate at once).
+pub fn vcpus_time_sliced(_: &StartParams) {
+    lapic::map();
+    lapic::enable();
+    let l = Layout::read();
+    let id = apic_id();
+    if id != 0 {
+        time_sliced_member(id, l);
+    }
+    check!(
+        l.cpus >= 1 && l.n > l.cpus && l.n as usize <= SPINS.len(),
+        "{} vCPUs on {} CPUs",
+        l.n,
+        l.cpus
+    );
+    x87_push(x87_mark(0));
+    // SAFETY: low guest RAM that nothing else uses (guest_abi layout).
+    unsafe {
+        core::ptr::copy_nonoverlapping(SPIN_CODE.as_ptr(), AP_PAGE as *mut u8, SPIN_CODE.len());
+        core::ptr::write_bytes(REPORT as *mut u8, 0, 9);
+    }
+    let sipi = l.sipi();
+    let vector = (AP_PAGE >> 12) as u32;
+    pause_ns(30_000_000);
+    send(sipi as u8, 0x4500); // INIT
+    pause_ns(30_000_000);
+    send(sipi as u8, 0x4600 | vector);
+    let spins = |i: u32| match i {
+        i if i == sipi => u64::from(report(4)) | u64::from(report(6)) << 16,
+        i => SPINS[i as usize].load(Ordering::SeqCst),
+    };
+    wait("the SIPI'd vCPU to run", || spins(sipi) != 0);
+    check_eq!(report(0), 0x0800, "the SIPI'd vCPU's CS");
+    // Every vCPU's count moves, twice: each shares its CPU with another.
+    for _ in 0..2 {
+        let before: [u64; 16] = core::array::from_fn(|i| spins(i as u32));
+        for i in 1..l.n {
+            wait("every vCPU to run while its CPU-mate spins", || {
+                spins(i) != before[i as usize]
+            });
+        }
+    }
+    X87_AFTER[0].store(x87_pop(), Ordering::SeqCst);
+    // SAFETY: the SIPI'd vCPU's stop byte (low guest RAM).
+    unsafe { core::ptr::write_volatile(SPIN_STOP as *mut u8, 1) };
+    PHASE.store(1, Ordering::SeqCst);
+    for i in (0..l.n).filter(|&i| i != sipi) {
+        wait("every vCPU's x87 check", || {
+            X87_AFTER[i as usize].load(Ordering::SeqCst) != 0
+        });
+        check_eq!(
+            X87_AFTER[i as usize].load(Ordering::SeqCst),
+            x87_mark(i),
+            "vCPU {i}'s x87 stack top after the spin phase"
+        );
+    }
+    let mut rounds = [0u64; RING_ROUNDS as usize];
+    for (r, t) in rounds.iter_mut().enumerate() {
+        let start = now_ns();
+        send_to(l.ring_next(0));
+        take(0, r as u64);
+        *t = now_ns() - start;
+    }
+    let ring = median(&mut rounds);
+    if l.mates().0 == 0 {
+        ping_pong_mates(0, l);
+    }
+    wait("the ping-pong between CPU-mates", || {
+        PING_PONG_NS.load(Ordering::SeqCst) != 0
+    });
+    let trip = PING_PONG_NS.load(Ordering::SeqCst);
+    guest_stubs::println!(
+        "smp: {} vCPUs on {} CPUs (medians): IPI ring round {} us (HLT waits), round trip between CPU-mates {} us (HLT and spin)",
+        l.n,
+        l.cpus,
+        ring / 1000,
+        trip / 1000
+    );
+    for i in (1..l.n).filter(|&i| i != sipi) {
+        let (a, _) = l.mates();
+        let expected = RING_ROUNDS + if i == a { PING_PONGS } else { 0 };
+        check_eq!(
+            interrupts_taken(RING_VECTOR + i as u8),
+            expected,
+            "IPIs vCPU {i} took"
+        );
+    }
+    check!(
+        trip < ROUND_TRIP_LIMIT_NS,
+        "the median round trip between CPU-mates took {trip} ns (limit {ROUND_TRIP_LIMIT_NS})"
+    );
+}
+
+/// The middle value of `values` (sorts them).
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// The ping-pong of `l.mates()`, as vCPU `id`: the first says it is the
+/// second's turn and waits in HLT for its IPI; the second spins (no
+/// exits) until its turn, then sends. The first records the median round
+/// trip. Its APIC timer runs meanwhile (one-shot, minutes away): a HLT
+/// that the timer could end must yield the CPU too.
+fn ping_pong_mates(id: u32, l: Layout) {
+    let (a, _) = l.mates();
+    if id == a {
+        lapic::write(0x3E0, 0xA); // divide by 128
+        lapic::write(0x320, 0x60); // one-shot, vector 0x60
+        lapic::write(0x380, u32::MAX);
+    }
+    let mut trips = [0u64; PING_PONGS as usize];
+    for (k, t) in (0..).zip(trips.iter_mut()) {
+        if id == a {
+            let start = now_ns();
+            TURN_OF_SPINNER.store(k + 1, Ordering::SeqCst);
+            take(a, RING_ROUNDS + k);
+            *t = now_ns() - start;
+        } else {
+            while TURN_OF_SPINNER.load(Ordering::SeqCst) != k + 1 {
+                core::hint::spin_loop();
+            }
+            send_to(a);
+        }
+    }
+    if id == a {
+        lapic::write(0x380, 0);
+        PING_PONG_NS.store(median(&mut trips).max(1), Ordering::SeqCst);
+    }
+}
+
+fn time_sliced_member(id: u32, l: Layout) -> ! {
+    x87_push(x87_mark(id));
+    while PHASE.load(Ordering::SeqCst) == 0 {
+        SPINS[id as usize].fetch_add(1, Ordering::SeqCst);
+    }
+    X87_AFTER[id as usize].store(x87_pop(), Ordering::SeqCst);
+    for r in 0..RING_ROUNDS {
+        take(id, r);
+        send_to(l.ring_next(id));
+    }
+    let (a, b) = l.mates();
+    if id == a || id == b {
+        ping_pong_mates(id, l);
+    }
+    loop {
+        lapic::safe_halt();
+    }
+}

@@ -325,6 +325,13 @@ pub fn hlt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         if crate::vmm::multi::event_pending(vm) {
             break;
         }
+        if crate::vmm::multi::shares_cpu(vm) {
+            // On a CPU shared with other vCPUs the run loop waits for the
+            // timer or another vCPU's event, yielding the CPU rather than
+            // keeping it here (`multi`).
+            crate::vmm::multi::halt(vm, hlt_rip);
+            break;
+        }
         if t.saturating_sub(start) >= HLT_SLICE_NS {
             // Enter the guest again at the HLT: it exits again here.
             return Action::Resume;

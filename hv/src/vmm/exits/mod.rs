@@ -67,6 +67,9 @@ pub enum Stop {
     TooManyExits(u64),
     /// The guest ran past its self-test time budget (milliseconds).
     TimedOut(u64),
+    /// Not a stop: the vCPU gave its physical CPU to another vCPU
+    /// (time-slicing, `vmm::multi`) and resumes at its next run.
+    Yielded,
 }
 
 impl fmt::Display for Stop {
@@ -89,6 +92,7 @@ impl fmt::Display for Stop {
             Stop::Unhandled(why) => write!(f, "unhandled exit: {why}"),
             Stop::TooManyExits(n) => write!(f, "reached its limit of {n} exits"),
             Stop::TimedOut(ms) => write!(f, "still running after its {ms} ms budget"),
+            Stop::Yielded => write!(f, "gave its CPU to another vCPU"),
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct Guest<'a> {
     /// The subtest's name as the test matches it (spaces as `_`).
     pub subtest: &'a str,
     pub smp: u32,
+    /// QEMU's CPU count under ours (`None`: `smp`, at least
+    /// [`qemu::DEFAULT_SMP`]); fewer than `smp` time-slices the vCPUs.
+    pub host_cpus: Option<u32>,
     pub mem_mib: u32,
     /// Features the subtest's CPU model leaves out (QEMU names, from the
     /// tree's unittests.cfg: [`super::cpu_model`]).
@@ -103,8 +106,8 @@ pub fn cpu_words(guest: &Guest) -> Vec<String> {
 /// subtest name is passed. QEMU's status is the guest's `(code << 1) | 1`
 /// or one of the hypervisor's own (none of them kvm-unit-tests', so CRASH).
 /// TCG, as the bare column: the same accelerator under both L0s. `--smp N`
-/// gives the guest N vCPUs (`--guest-cpus`), on a QEMU with at least as
-/// many CPUs.
+/// gives the guest N vCPUs (`--guest-cpus`), on a QEMU with as many CPUs
+/// (at least two) unless `--host-cpus` says otherwise.
 pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
     let args = GuestArgs {
         file: guest.flat.to_path_buf(),
@@ -125,7 +128,9 @@ pub fn ours_command(ours: &Ours, guest: &Guest) -> Result<Command> {
             .debugcon_dir
             .join(format!("{}.debugcon.log", guest.subtest)),
         icount: guest.icount,
-        smp: guest.smp.max(qemu::DEFAULT_SMP),
+        smp: guest
+            .host_cpus
+            .unwrap_or_else(|| guest.smp.max(qemu::DEFAULT_SMP)),
     };
     let module = GuestModule {
         file: args.file.clone(),
@@ -149,6 +154,7 @@ mod tests {
             flat: Path::new("/kut/x86/svm.flat"),
             subtest: "vmrun_intercept_check",
             smp: 1,
+            host_cpus: None,
             mem_mib: 256,
             cpu_removed: &[],
             icount: false,
@@ -225,6 +231,28 @@ mod tests {
         assert!(pair("-m", "512M"), "{args:?}");
         assert!(args.contains(&"-no-reboot".to_string()));
         assert!(!args.contains(&"-icount".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn host_cpus_set_ours_qemu_cpus_not_the_vcpus() {
+        let ours = Ours {
+            kernel: "/t/hv".into(),
+            debugcon_dir: "/t/kut".into(),
+        };
+        let smp_of = |g: &Guest| {
+            let args = args(&ours_command(&ours, g).unwrap());
+            let at = args.iter().position(|a| a == "-smp").expect("-smp");
+            let vcpus = args.iter().any(|a| a.contains("guest_cpus=3"));
+            (args[at + 1].clone(), vcpus)
+        };
+        let three = Guest { smp: 3, ..guest() };
+        assert_eq!(smp_of(&three), ("3".to_string(), true));
+        let sliced = Guest {
+            host_cpus: Some(2),
+            ..three
+        };
+        assert_eq!(smp_of(&sliced), ("2".to_string(), true));
+        assert_eq!(smp_of(&guest()).0, qemu::DEFAULT_SMP.to_string());
     }
 
     #[test]

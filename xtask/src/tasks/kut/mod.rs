@@ -64,6 +64,9 @@ pub struct KutArgs {
     pub list: bool,
     pub timeout: Duration,
     pub smp: u32,
+    /// `--host-cpus N`: QEMU's CPU count under ours (`None`: --smp, at
+    /// least [`qemu::DEFAULT_SMP`]).
+    pub host_cpus: Option<u32>,
     pub mem_mib: u32,
     pub verbose: bool,
     /// The optimized kernel: the default (`--debug` turns it off).
@@ -83,6 +86,7 @@ impl Default for KutArgs {
             list: false,
             timeout: DEFAULT_TIMEOUT,
             smp: DEFAULT_SMP,
+            host_cpus: None,
             mem_mib: DEFAULT_MEM_MIB,
             verbose: false,
             release: true,
@@ -343,6 +347,7 @@ pub fn run_pairs(
                     flat: &subtest.flat,
                     subtest: &subtest.name,
                     smp: args.smp,
+                    host_cpus: args.host_cpus,
                     mem_mib: args.mem_mib,
                     cpu_removed: &subtest.cpu_removed,
                     icount,
