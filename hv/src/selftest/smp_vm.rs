@@ -103,6 +103,13 @@ pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
     run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
 }
 
+/// vCPU 1 waits in HLTs its APIC timer ends (20 ms each) while vCPU 0
+/// times its own exits: none waits for vCPU 1's HLT (the VM lock is
+/// released while a vCPU waits, `multi`).
+pub fn hlt_wait_releases_vm() -> Result<(), String> {
+    run_two("smp::hlt_wait_releases_vm", Start::Running)
+}
+
 /// More vCPUs than CPUs: 4 on 2 CPUs (3 on 1 with one CPU; the test uses
 /// at most 2, `multi::run_on_cpus`), two or more on each (`multi::run`'s
 /// placement): they take turns. vCPU `cpus` (CPU 0's other vCPU) starts
@@ -113,17 +120,24 @@ pub fn vcpus_time_sliced() -> Result<(), String> {
     let n = (2 * cpus).max(3);
     let mut starts = alloc::vec![Start::Running; n];
     starts[cpus] = Start::WaitForSipi;
-    run_vm("smp::vcpus_time_sliced", GUEST, VmConfig::PLAIN, &starts, cpus, |vm| {
-        let counts = [n as u64, cpus as u64];
-        let dst = vm
-            .memory
-            .slice_mut(VCPUS_GPA, 16)
-            .map_err(|_| String::from("guest RAM too small"))?;
-        for (d, c) in dst.chunks_exact_mut(8).zip(counts) {
-            d.copy_from_slice(&c.to_le_bytes());
-        }
-        Ok(())
-    })
+    run_vm(
+        "smp::vcpus_time_sliced",
+        GUEST,
+        VmConfig::PLAIN,
+        &starts,
+        cpus,
+        |vm| {
+            let counts = [n as u64, cpus as u64];
+            let dst = vm
+                .memory
+                .slice_mut(VCPUS_GPA, 16)
+                .map_err(|_| String::from("guest RAM too small"))?;
+            for (d, c) in dst.chunks_exact_mut(8).zip(counts) {
+                d.copy_from_slice(&c.to_le_bytes());
+            }
+            Ok(())
+        },
+    )
 }
 
 /// CPU 1's TSC is made to run this far ahead of CPU 0's (2^32 ticks: about

@@ -500,3 +500,86 @@ fn time_sliced_member(id: u32, l: Layout) -> ! {
         lapic::safe_halt();
     }
 }
+
+/// `hlt_wait_releases_vm`: vCPU 1's APIC timer vector and one-shot wait.
+const HALT_TIMER_VECTOR: u8 = 0x61;
+const HALT_TIMER_NS: u32 = 20_000_000;
+/// How long vCPU 0 times its exits while vCPU 1 waits in HLT (ns).
+const EXIT_TIMING_NS: u64 = 400_000_000;
+/// An exit round trip this slow waited for something (TCG's take tens
+/// of us): at most one in ten may (a loaded host deschedules QEMU).
+const SLOW_EXIT_NS: u64 = 5_000_000;
+/// vCPU 1's HLT instructions and the ns they lasted.
+static HALTS: AtomicU64 = AtomicU64::new(0);
+static HALTED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// A HLT that the APIC timer ends (interrupts enabled, the timer 20 ms
+/// away, as an idle Linux vCPU's) must not hold the VM while it waits:
+/// vCPU 1 halts so, again and again, while vCPU 0 times its own exits
+/// (consecutive HC_NOW_NS: L0's clock at each exit, so each difference is
+/// one round trip including the wait for the VM lock). With the wait
+/// under the lock (in the exit handler), most of vCPU 0's exits wait up
+/// to the 10 ms HLT slice.
+pub fn hlt_wait_releases_vm(_: &StartParams) {
+    lapic::map();
+    lapic::enable();
+    if apic_id() != 0 {
+        timer_halter();
+    }
+    wait("vCPU 1's first timer HLT", || {
+        HALTS.load(Ordering::SeqCst) >= 1
+    });
+    let (halts, halted, ticks) = (
+        HALTS.load(Ordering::SeqCst),
+        HALTED_NS.load(Ordering::SeqCst),
+        interrupts_taken(HALT_TIMER_VECTOR),
+    );
+    let start = now_ns();
+    let (mut last, mut exits, mut slow, mut worst) = (start, 0u64, 0u64, 0u64);
+    while last - start < EXIT_TIMING_NS {
+        let t = now_ns();
+        let trip = t - last;
+        exits += 1;
+        slow += u64::from(trip > SLOW_EXIT_NS);
+        worst = worst.max(trip);
+        last = t;
+    }
+    let halts = HALTS.load(Ordering::SeqCst) - halts;
+    let halted = HALTED_NS.load(Ordering::SeqCst) - halted;
+    let ticks = interrupts_taken(HALT_TIMER_VECTOR) - ticks;
+    guest_stubs::println!(
+        "smp: {exits} exits of vCPU 0 in {} ms, {slow} slower than {} ms (worst {} us), while vCPU 1 waited in {halts} timer HLTs ({} ms on average)",
+        EXIT_TIMING_NS / 1_000_000,
+        SLOW_EXIT_NS / 1_000_000,
+        worst / 1000,
+        halted / halts.max(1) / 1_000_000
+    );
+    // vCPU 1 did wait in L0 meanwhile: its HLTs lasted (about the timer's
+    // 20 ms; at least half) and went on through the window.
+    check!(
+        halts >= 5 && ticks >= halts && halted / halts >= u64::from(HALT_TIMER_NS / 2),
+        "vCPU 1's timer HLTs in the window: {halts}, {ticks} timer interrupts, {halted} ns"
+    );
+    check!(
+        slow * 10 <= exits,
+        "{slow} of vCPU 0's {exits} exits took over {SLOW_EXIT_NS} ns while vCPU 1 waited in HLT (worst {worst} ns)"
+    );
+}
+
+/// vCPU 1 of `hlt_wait_releases_vm`: arms its APIC timer (one-shot) and
+/// halts with interrupts enabled until it fires, for good.
+fn timer_halter() -> ! {
+    lapic::write(0x3E0, 0xB); // divide by 1: 1 count a ns
+    lapic::write(0x320, u32::from(HALT_TIMER_VECTOR)); // one-shot
+    loop {
+        let seen = interrupts_taken(HALT_TIMER_VECTOR);
+        lapic::write(0x380, HALT_TIMER_NS);
+        let t = now_ns();
+        while interrupts_taken(HALT_TIMER_VECTOR) == seen {
+            lapic::safe_halt();
+        }
+        HALTED_NS.fetch_add(now_ns() - t, Ordering::SeqCst);
+        HALTS.fetch_add(1, Ordering::SeqCst);
+        lapic::write(0xB0, 0);
+    }
+}
