@@ -280,4 +280,5 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::init_in_l2_without_intercept",
     "smp::vcpus_time_sliced",
     "smp::hlt_wait_releases_vm",
+    "smp::tsc_aux_per_cpu",
 ];

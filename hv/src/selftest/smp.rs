@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 12] = [
+pub const CASES: [HostCase; 13] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -81,6 +81,11 @@ pub const CASES: [HostCase; 12] = [
     HostCase {
         name: "smp::hlt_wait_releases_vm",
         run: super::smp_vm::hlt_wait_releases_vm,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::tsc_aux_per_cpu",
+        run: super::smp_vm::tsc_aux_per_cpu,
         cpus: 2,
     },
 ];

@@ -110,6 +110,12 @@ pub fn hlt_wait_releases_vm() -> Result<(), String> {
     run_two("smp::hlt_wait_releases_vm", Start::Running)
 }
 
+/// vCPUs 0 and 1 (CPUs 0 and 1) end with the same TSC_AUX, set on CPU 0
+/// first: RDTSCP on vCPU 1 must return it (the MSR is per CPU).
+pub fn tsc_aux_per_cpu() -> Result<(), String> {
+    run_two("smp::tsc_aux_per_cpu", Start::Running)
+}
+
 /// More vCPUs than CPUs: 4 on 2 CPUs (3 on 1 with one CPU; the test uses
 /// at most 2, `multi::run_on_cpus`), two or more on each (`multi::run`'s
 /// placement): they take turns. vCPU `cpus` (CPU 0's other vCPU) starts

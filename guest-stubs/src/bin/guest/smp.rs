@@ -636,3 +636,71 @@ fn timer_halter() -> ! {
         lapic::write(0xB0, 0);
     }
 }
+
+/// `tsc_aux_per_cpu`: the steps of the two vCPUs, and vCPU 1's RDTSCPs
+/// whose ECX was not its TSC_AUX.
+static AUX_STEP: AtomicU64 = AtomicU64::new(0);
+static AUX_WRONG: AtomicU64 = AtomicU64::new(0);
+const AUX_ONE: u64 = 0x111;
+const AUX_BOTH: u64 = 0x222;
+/// vCPU 1's RDTSCPs (each after an exit) with the shared value.
+const AUX_READS: u64 = 200;
+const MSR_TSC_AUX: u32 = 0xC000_0103;
+
+/// RDTSCP's ECX is the TSC_AUX of the vCPU that runs it, whatever CPU it
+/// runs on (the MSR is per physical CPU; L0 loads the vCPU's value): vCPU
+/// 1 (CPU 1) writes 0x111, vCPU 0 (CPU 0) then 0x222, then vCPU 1 0x222
+/// too, which its CPU must load although vCPU 0's CPU already holds it.
+pub fn tsc_aux_per_cpu(_: &StartParams) {
+    lapic::map();
+    check!(
+        guest_stubs::cpu::has_rdtscp(),
+        "RDTSCP (CPUID 0x80000001 EDX[27])"
+    );
+    if apic_id() != 0 {
+        tsc_aux_second();
+    }
+    wait("vCPU 1's TSC_AUX", || AUX_STEP.load(Ordering::SeqCst) == 1);
+    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_BOTH);
+    call(HC_NOW_NS, 0, 0, 0);
+    check_eq!(
+        u64::from(guest_stubs::cpu::rdtscp().1),
+        AUX_BOTH,
+        "vCPU 0's RDTSCP ECX"
+    );
+    AUX_STEP.store(2, Ordering::SeqCst);
+    wait("vCPU 1's RDTSCPs", || AUX_STEP.load(Ordering::SeqCst) == 3);
+    check_eq!(
+        AUX_WRONG.load(Ordering::SeqCst),
+        0,
+        "vCPU 1's RDTSCPs (of {AUX_READS}) whose ECX was not its TSC_AUX {AUX_BOTH:#x}"
+    );
+    check_eq!(
+        u64::from(guest_stubs::cpu::rdtscp().1),
+        AUX_BOTH,
+        "vCPU 0's RDTSCP ECX at the end"
+    );
+}
+
+fn tsc_aux_second() -> ! {
+    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_ONE);
+    call(HC_NOW_NS, 0, 0, 0);
+    if u64::from(guest_stubs::cpu::rdtscp().1) != AUX_ONE {
+        AUX_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    AUX_STEP.store(1, Ordering::SeqCst);
+    while AUX_STEP.load(Ordering::SeqCst) != 2 {
+        core::hint::spin_loop();
+    }
+    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_BOTH);
+    for _ in 0..AUX_READS {
+        call(HC_NOW_NS, 0, 0, 0);
+        if u64::from(guest_stubs::cpu::rdtscp().1) != AUX_BOTH {
+            AUX_WRONG.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    AUX_STEP.store(3, Ordering::SeqCst);
+    loop {
+        core::hint::spin_loop();
+    }
+}
