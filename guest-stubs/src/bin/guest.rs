@@ -86,7 +86,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "smp::tsc_monotonic_across_vcpus" => smp::tsc_monotonic_across_vcpus,
         "smp::tsc_skew_compensated" => smp::tsc_monotonic_across_vcpus,
         "smp::vcpus_time_sliced" => smp::vcpus_time_sliced,
-        "smp::hlt_wait_releases_vm" => smp::hlt_wait_releases_vm,
+        "smp::waits_release_vm" => smp::waits_release_vm,
         "smp::tsc_aux_per_cpu" => smp::tsc_aux_per_cpu,
         other => fail(format_args!("no guest test named {other}")),
     };

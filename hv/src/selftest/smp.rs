@@ -79,8 +79,8 @@ pub const CASES: [HostCase; 13] = [
         cpus: 1,
     },
     HostCase {
-        name: "smp::hlt_wait_releases_vm",
-        run: super::smp_vm::hlt_wait_releases_vm,
+        name: "smp::waits_release_vm",
+        run: super::smp_vm::waits_release_vm,
         cpus: 2,
     },
     HostCase {

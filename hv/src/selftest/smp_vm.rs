@@ -103,11 +103,11 @@ pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
     run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
 }
 
-/// vCPU 1 waits in HLTs its APIC timer ends (20 ms each) while vCPU 0
-/// times its own exits: none waits for vCPU 1's HLT (the VM lock is
-/// released while a vCPU waits, `multi`).
-pub fn hlt_wait_releases_vm() -> Result<(), String> {
-    run_two("smp::hlt_wait_releases_vm", Start::Running)
+/// vCPU 1 waits in HLTs its APIC timer ends and by the PIT (20 ms each)
+/// while vCPU 0 counts its own exits: they do not wait for vCPU 1's waits
+/// (the VM lock is released while a vCPU waits, `multi`).
+pub fn waits_release_vm() -> Result<(), String> {
+    run_two("smp::waits_release_vm", Start::Running)
 }
 
 /// vCPUs 0 and 1 (CPUs 0 and 1) end with the same TSC_AUX, set on CPU 0

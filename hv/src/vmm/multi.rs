@@ -116,6 +116,9 @@ pub struct Inbox {
     halted: AtomicBool,
     /// The halted vCPU's HLT (re-executed when the wait's slice ends).
     halt_rip: AtomicU64,
+    /// A wait by the PIT (us) the vCPU's test hook asked for, which the
+    /// run loop does with the VM lock released ([`defer_pit_wait`]).
+    pit_wait_us: AtomicU64,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
 }
@@ -177,6 +180,20 @@ pub fn halt(vm: &Vm, hlt_rip: u64) {
         inbox.halt_rip.store(hlt_rip, Ordering::Relaxed);
         inbox.halted.store(true, Ordering::Release);
     }
+}
+
+/// HC_WAIT_PIT_US (a test hook) in a VM with several vCPUs: the run loop
+/// waits, with the VM lock released, before the vCPU's next entry
+/// (`true`); an exit handler's wait would hold off every other vCPU's
+/// exits. One vCPU: `false`, the caller waits.
+pub fn defer_pit_wait(vm: &Vm, us: u64) -> bool {
+    let Some(smp) = &vm.smp else {
+        return false;
+    };
+    smp.inboxes[smp.current]
+        .pit_wait_us
+        .store(us, Ordering::Relaxed);
+    true
 }
 
 /// Whether the VM has several vCPUs: an exit handler must not wait (it
@@ -534,6 +551,14 @@ impl Seat<'_> {
     #[inline(never)]
     fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
         let inbox = self.inbox();
+        let us = inbox.pit_wait_us.swap(0, Ordering::Relaxed);
+        if us != 0 {
+            // A test hook's wait (`defer_pit_wait`): as long on this CPU
+            // as it was in the handler, but with the VM lock released.
+            self.unlock();
+            crate::time::pit::wait_us_for_guest(us);
+            self.acquire();
+        }
         if inbox.halted.swap(false, Ordering::AcqRel) {
             let now = crate::time::now_ns();
             let timer = vcpu.lapic.next_deadline().unwrap_or(u64::MAX);

@@ -257,7 +257,10 @@ pub fn freeze_wait_restore(
         host,
         crate::time::now_ns(),
     );
-    crate::time::pit::wait_us(us);
+    // The VM lock is held through the wait, on purpose: no other vCPU
+    // enters the guest or handles an exit (which may read the VM's TSC)
+    // until the restore. Other vCPUs' PIT waits (`multi`) take turns.
+    crate::time::pit::wait_us_for_guest(us);
     // The clock before the host TSC (at the freeze, after it): the elapsed
     // time then never includes a moment the host TSC also counts, so a
     // QEMU descheduled between the two reads cannot push the guest's TSC

@@ -501,26 +501,34 @@ fn time_sliced_member(id: u32, l: Layout) -> ! {
     }
 }
 
-/// `hlt_wait_releases_vm`: vCPU 1's APIC timer vector and one-shot wait.
+/// `waits_release_vm`: vCPU 1's APIC timer vector and one-shot wait, and
+/// its PIT waits (HC_WAIT_PIT_US, us).
 const HALT_TIMER_VECTOR: u8 = 0x61;
 const HALT_TIMER_NS: u32 = 20_000_000;
+const PIT_WAIT_US: u64 = 20_000;
 /// Each window in which vCPU 0 counts its exits (ns), and the windows of
-/// each kind (vCPU 1 spinning, vCPU 1 halting), interleaved so that both
-/// kinds see the same host load.
+/// each kind (vCPU 1 spinning, halting, waiting by the PIT), interleaved
+/// so that every kind sees the same host load.
 const EXIT_WINDOW_NS: u64 = 100_000_000;
 const EXIT_WINDOWS: usize = 4;
 /// An exit round trip this slow waited for something (TCG's take tens
 /// of us; reported, not checked: a loaded host deschedules QEMU).
 const SLOW_EXIT_NS: u64 = 5_000_000;
-/// vCPU 1's HLT instructions and the ns they lasted.
+/// vCPU 1's HLT instructions and the ns they lasted; its PIT waits.
 static HALTS: AtomicU64 = AtomicU64::new(0);
 static HALTED_NS: AtomicU64 = AtomicU64::new(0);
-/// What vCPU 1 does (0: spin without exits, 1: timer HLTs), as vCPU 0
-/// asks and as vCPU 1 last saw it.
-static HALTER_MODE: AtomicU64 = AtomicU64::new(0);
-static HALTER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
+static PIT_WAITS: AtomicU64 = AtomicU64::new(0);
+/// What vCPU 1 does (`WAITER_*`), as vCPU 0 asks and as vCPU 1 last saw.
+static WAITER_MODE: AtomicU64 = AtomicU64::new(WAITER_SPIN);
+static WAITER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Spins without exits.
+const WAITER_SPIN: u64 = 0;
+/// Waits in HLTs its APIC timer ends.
+const WAITER_HLT: u64 = 1;
+/// Waits by the PIT (HC_WAIT_PIT_US).
+const WAITER_PIT: u64 = 2;
 
-/// vCPU 0's exits in one window: count, how many were slow, the slowest.
+/// vCPU 0's exits in some windows: count, how many were slow, the slowest.
 #[derive(Clone, Copy, Default)]
 struct ExitTimes {
     exits: u64,
@@ -544,60 +552,65 @@ fn time_exits(total: &mut ExitTimes) {
     }
 }
 
-/// A HLT that the APIC timer ends (interrupts enabled, the timer 20 ms
-/// away, as an idle Linux vCPU's) must not hold the VM while it waits.
-/// vCPU 0 counts its own exits in windows of 100 ms, alternately while
-/// vCPU 1 spins without exits and while it waits in such HLTs again and
-/// again: the HLT windows must see at least a quarter of the spin
-/// windows' exits (the same host load slows both). With the wait under
-/// the VM lock, vCPU 0's exits wait for most of each 10 ms HLT slice:
-/// a few per window instead of hundreds.
-pub fn hlt_wait_releases_vm(_: &StartParams) {
+/// A vCPU's waits in L0 must not hold the VM (every other vCPU's exits
+/// would wait): a HLT that the APIC timer ends (interrupts enabled, the
+/// timer 20 ms away, as an idle Linux vCPU's) and a test hook's wait by
+/// the PIT (20 ms). vCPU 0 counts its own exits in windows of 100 ms,
+/// in turn while vCPU 1 spins without exits, waits in such HLTs again
+/// and again, and waits by the PIT again and again: each waiting kind
+/// must see at least a quarter of the spin windows' exits (the same host
+/// load slows all). With a wait under the VM lock, vCPU 0's exits wait
+/// for most of it: a few per window instead of hundreds.
+pub fn waits_release_vm(_: &StartParams) {
     lapic::map();
     lapic::enable();
     if apic_id() != 0 {
-        timer_halter();
+        waiter();
     }
     let mut spin = ExitTimes::default();
     let mut halt = ExitTimes::default();
-    let (mut halts, mut halted, mut ticks) = (0, 0, 0);
+    let mut pit = ExitTimes::default();
+    let (mut halts, mut halted, mut ticks, mut pit_waits) = (0, 0, 0, 0);
     for _ in 0..EXIT_WINDOWS {
-        for mode in [0, 1] {
-            HALTER_MODE.store(mode, Ordering::SeqCst);
+        for mode in [WAITER_SPIN, WAITER_HLT, WAITER_PIT] {
+            WAITER_MODE.store(mode, Ordering::SeqCst);
             wait("vCPU 1 to switch", || {
-                HALTER_SEEN.load(Ordering::SeqCst) == mode
+                WAITER_SEEN.load(Ordering::SeqCst) == mode
             });
-            if mode == 0 {
-                time_exits(&mut spin);
-                continue;
-            }
             let before = (
                 HALTS.load(Ordering::SeqCst),
                 HALTED_NS.load(Ordering::SeqCst),
                 interrupts_taken(HALT_TIMER_VECTOR),
+                PIT_WAITS.load(Ordering::SeqCst),
             );
-            time_exits(&mut halt);
-            halts += HALTS.load(Ordering::SeqCst) - before.0;
-            halted += HALTED_NS.load(Ordering::SeqCst) - before.1;
-            ticks += interrupts_taken(HALT_TIMER_VECTOR) - before.2;
+            time_exits(match mode {
+                WAITER_SPIN => &mut spin,
+                WAITER_HLT => &mut halt,
+                _ => &mut pit,
+            });
+            if mode == WAITER_HLT {
+                halts += HALTS.load(Ordering::SeqCst) - before.0;
+                halted += HALTED_NS.load(Ordering::SeqCst) - before.1;
+                ticks += interrupts_taken(HALT_TIMER_VECTOR) - before.2;
+            }
+            if mode == WAITER_PIT {
+                pit_waits += PIT_WAITS.load(Ordering::SeqCst) - before.3;
+            }
         }
     }
-    HALTER_MODE.store(0, Ordering::SeqCst);
+    WAITER_MODE.store(WAITER_SPIN, Ordering::SeqCst);
+    let show = |t: &ExitTimes| (t.exits, t.worst / 1000, t.slow, SLOW_EXIT_NS / 1_000_000);
     guest_stubs::println!(
-        "smp: vCPU 0's exits in {EXIT_WINDOWS} x {} ms: {} (worst {} us, {} over {} ms) while vCPU 1 spins, {} (worst {} us, {} over {} ms) while it waits in {halts} timer HLTs ({} ms on average)",
+        "smp: vCPU 0's exits (worst us, over ms) in {EXIT_WINDOWS} x {} ms while vCPU 1 spins: {:?}; waits in {halts} timer HLTs ({} ms on average): {:?}; waits by the PIT {pit_waits} times: {:?}",
         EXIT_WINDOW_NS / 1_000_000,
-        spin.exits,
-        spin.worst / 1000,
-        spin.slow,
-        SLOW_EXIT_NS / 1_000_000,
-        halt.exits,
-        halt.worst / 1000,
-        halt.slow,
-        SLOW_EXIT_NS / 1_000_000,
-        halted / halts.max(1) / 1_000_000
+        show(&spin),
+        halted / halts.max(1) / 1_000_000,
+        show(&halt),
+        show(&pit)
     );
     // vCPU 1 did wait in L0 meanwhile: its HLTs lasted (about the timer's
-    // 20 ms; at least half) and went on through the windows.
+    // 20 ms; at least half) and went on through the windows, and so did
+    // its PIT waits.
     check!(
         halts >= EXIT_WINDOWS as u64
             && ticks >= halts
@@ -605,35 +618,50 @@ pub fn hlt_wait_releases_vm(_: &StartParams) {
         "vCPU 1's timer HLTs in the windows: {halts}, {ticks} timer interrupts, {halted} ns"
     );
     check!(
+        pit_waits >= EXIT_WINDOWS as u64,
+        "vCPU 1's PIT waits in the windows: {pit_waits}"
+    );
+    check!(
         halt.exits * 4 >= spin.exits,
         "vCPU 0 made {} exits while vCPU 1 waited in HLT, {} while it spun: its exits waited for the HLT",
         halt.exits,
         spin.exits
     );
+    check!(
+        pit.exits * 4 >= spin.exits,
+        "vCPU 0 made {} exits while vCPU 1 waited by the PIT, {} while it spun: its exits waited for the PIT",
+        pit.exits,
+        spin.exits
+    );
 }
 
-/// vCPU 1 of `hlt_wait_releases_vm`: spins without exits or, as vCPU 0
-/// asks, arms its APIC timer (one-shot) and halts with interrupts enabled
-/// until it fires, again and again.
-fn timer_halter() -> ! {
+/// vCPU 1 of `waits_release_vm`: as vCPU 0 asks, spins without exits,
+/// or arms its APIC timer (one-shot) and halts with interrupts enabled
+/// until it fires, again and again, or waits by the PIT again and again.
+fn waiter() -> ! {
     lapic::write(0x3E0, 0xB); // divide by 1: 1 count a ns
     lapic::write(0x320, u32::from(HALT_TIMER_VECTOR)); // one-shot
     loop {
-        let mode = HALTER_MODE.load(Ordering::SeqCst);
-        HALTER_SEEN.store(mode, Ordering::SeqCst);
-        if mode == 0 {
-            core::hint::spin_loop();
-            continue;
+        let mode = WAITER_MODE.load(Ordering::SeqCst);
+        WAITER_SEEN.store(mode, Ordering::SeqCst);
+        match mode {
+            WAITER_HLT => {
+                let seen = interrupts_taken(HALT_TIMER_VECTOR);
+                lapic::write(0x380, HALT_TIMER_NS);
+                let t = now_ns();
+                while interrupts_taken(HALT_TIMER_VECTOR) == seen {
+                    lapic::safe_halt();
+                }
+                HALTED_NS.fetch_add(now_ns() - t, Ordering::SeqCst);
+                HALTS.fetch_add(1, Ordering::SeqCst);
+                lapic::write(0xB0, 0);
+            }
+            WAITER_PIT => {
+                call(svm::guest_abi::HC_WAIT_PIT_US, PIT_WAIT_US, 0, 0);
+                PIT_WAITS.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => core::hint::spin_loop(),
         }
-        let seen = interrupts_taken(HALT_TIMER_VECTOR);
-        lapic::write(0x380, HALT_TIMER_NS);
-        let t = now_ns();
-        while interrupts_taken(HALT_TIMER_VECTOR) == seen {
-            lapic::safe_halt();
-        }
-        HALTED_NS.fetch_add(now_ns() - t, Ordering::SeqCst);
-        HALTS.fetch_add(1, Ordering::SeqCst);
-        lapic::write(0xB0, 0);
     }
 }
 
@@ -673,7 +701,7 @@ pub fn tsc_aux_per_cpu(_: &StartParams) {
     check_eq!(
         AUX_WRONG.load(Ordering::SeqCst),
         0,
-        "vCPU 1's RDTSCPs (of {AUX_READS}) whose ECX was not its TSC_AUX {AUX_BOTH:#x}"
+        "vCPU 1's RDTSCPs (of 200, after exits) whose ECX was not its TSC_AUX 0x222"
     );
     check_eq!(
         u64::from(guest_stubs::cpu::rdtscp().1),
