@@ -92,6 +92,13 @@ pub fn vcpu_ipi() -> Result<(), String> {
     run_two("smp::vcpu_ipi", Start::Running)
 }
 
+/// Logical destinations between vCPUs: xAPIC flat and cluster models,
+/// x2APIC cluster mode, lowest-priority delivery (guest side
+/// `logical_ipi`): vCPU 1 sets its LDR/DFR, vCPU 0 addresses it.
+pub fn logical_ipi() -> Result<(), String> {
+    run_two("smp::logical_ipi", Start::Running)
+}
+
 /// vCPU 0 starts vCPU 1 with INIT and SIPI, then restarts it.
 pub fn init_sipi_restart() -> Result<(), String> {
     run_two("smp::init_sipi_restart", Start::WaitForSipi)
@@ -113,17 +120,24 @@ pub fn vcpus_time_sliced() -> Result<(), String> {
     let n = (2 * cpus).max(3);
     let mut starts = alloc::vec![Start::Running; n];
     starts[cpus] = Start::WaitForSipi;
-    run_vm("smp::vcpus_time_sliced", GUEST, VmConfig::PLAIN, &starts, cpus, |vm| {
-        let counts = [n as u64, cpus as u64];
-        let dst = vm
-            .memory
-            .slice_mut(VCPUS_GPA, 16)
-            .map_err(|_| String::from("guest RAM too small"))?;
-        for (d, c) in dst.chunks_exact_mut(8).zip(counts) {
-            d.copy_from_slice(&c.to_le_bytes());
-        }
-        Ok(())
-    })
+    run_vm(
+        "smp::vcpus_time_sliced",
+        GUEST,
+        VmConfig::PLAIN,
+        &starts,
+        cpus,
+        |vm| {
+            let counts = [n as u64, cpus as u64];
+            let dst = vm
+                .memory
+                .slice_mut(VCPUS_GPA, 16)
+                .map_err(|_| String::from("guest RAM too small"))?;
+            for (d, c) in dst.chunks_exact_mut(8).zip(counts) {
+                d.copy_from_slice(&c.to_le_bytes());
+            }
+            Ok(())
+        },
+    )
 }
 
 /// CPU 1's TSC is made to run this far ahead of CPU 0's (2^32 ticks: about

@@ -500,3 +500,177 @@ fn time_sliced_member(id: u32, l: Layout) -> ! {
         lapic::safe_halt();
     }
 }
+
+/// `logical_ipi`: what vCPU 0 tells vCPU 1 to do (1: xAPIC flat, LDR bit
+/// 1; 2: xAPIC cluster 1, bit 1; 3: x2APIC), and what vCPU 1 did last.
+static LOGICAL_CMD: AtomicU64 = AtomicU64::new(0);
+static LOGICAL_ACK: AtomicU64 = AtomicU64::new(0);
+/// IPIs vCPU 1 must take.
+const HIT: u8 = 0x41;
+/// IPIs vCPU 1 must never take (the destination does not name it).
+const MISS: u8 = 0x42;
+/// Physical IPIs after a `MISS`: once one is taken, a `MISS` sent before
+/// it would have been too (one inbox, posted in order).
+const FENCE: u8 = 0x43;
+/// Lowest-priority IPIs.
+const LOWEST: u8 = 0x44;
+const LDR: u32 = 0xD0;
+const DFR: u32 = 0xE0;
+const DFR_FLAT: u32 = 0xFFFF_FFFF;
+const DFR_CLUSTER: u32 = 0x0FFF_FFFF;
+/// ICR: logical destination mode.
+const ICR_LOGICAL: u32 = 1 << 11;
+/// ICR: lowest-priority delivery.
+const ICR_LOWEST: u32 = 1 << 8;
+
+/// Sends `low` to the logical destination `mda` (xAPIC).
+fn send_logical(mda: u8, low: u32) {
+    send(mda, low | ICR_LOGICAL);
+}
+
+/// Sends `low` to `dest` through the x2APIC ICR (MSR 0x830).
+fn x2_send(dest: u32, low: u32) {
+    lapic::x2_write(ICR, u64::from(dest) << 32 | u64::from(low));
+}
+
+/// Tells vCPU 1 to do `cmd` and waits until it did.
+fn command(cmd: u64) {
+    LOGICAL_CMD.store(cmd, Ordering::SeqCst);
+    wait("vCPU 1 to set up its APIC", || {
+        LOGICAL_ACK.load(Ordering::SeqCst) == cmd
+    });
+}
+
+/// vCPU 1 takes a physical `FENCE` (sent by `send_fence`): everything
+/// sent to it before has been taken by then.
+fn fence(send_fence: impl Fn()) {
+    let before = interrupts_taken(FENCE);
+    send_fence();
+    wait("vCPU 1 to take the fence IPI", || {
+        interrupts_taken(FENCE) == before + 1
+    });
+}
+
+/// Logical destination mode between vCPUs (SDM 11.6.2.2, 11.12.10.2):
+/// vCPU 1 sets its LDR/DFR and takes interrupts, spinning; vCPU 0 (IF
+/// clear, so every interrupt counted is vCPU 1's) sends it fixed IPIs and
+/// an NMI in the xAPIC flat model, the xAPIC cluster model and x2APIC
+/// cluster mode, each to a destination naming it (must arrive) and to
+/// ones that do not (must not); and lowest-priority IPIs, which exactly
+/// one of the vCPUs named takes (L0's choice: the sender when named).
+pub fn logical_ipi(_: &StartParams) {
+    lapic::map();
+    lapic::enable();
+    if apic_id() != 0 {
+        logical_receiver();
+    }
+    let hits = |n: u64, what: &str| {
+        wait(what, || interrupts_taken(HIT) == n);
+    };
+    let no_miss = |what: &str| {
+        check_eq!(interrupts_taken(MISS), 0, "vCPU 1 took an IPI {what}");
+    };
+    // Flat (Linux, xAPIC, <= 8 CPUs): vCPU 0 is bit 0, vCPU 1 bit 1.
+    command(1);
+    lapic::write(DFR, DFR_FLAT);
+    lapic::write(LDR, 0x0100_0000);
+    send_logical(0x02, u32::from(HIT));
+    hits(1, "vCPU 1 to take a flat logical IPI to MDA 0x02");
+    send_logical(0x04, u32::from(MISS));
+    // vCPU 0's own bit: its own APIC takes it (IF clear: it stays in IRR).
+    send_logical(0x01, u32::from(MISS));
+    fence(|| send(1, u32::from(FENCE)));
+    no_miss("to flat MDA 0x04 or 0x01");
+    check!(lapic::bit(0x200, MISS), "vCPU 0 missed its own flat IPI");
+    send_logical(0x02, 0x400);
+    wait("vCPU 1 to take a flat logical NMI", || nmis_taken() == 1);
+    // Cluster model: cluster 1, vCPU 0 bit 0, vCPU 1 bit 1.
+    command(2);
+    lapic::write(DFR, DFR_CLUSTER);
+    lapic::write(LDR, 0x1100_0000);
+    send_logical(0x12, u32::from(HIT));
+    hits(2, "vCPU 1 to take a cluster logical IPI to MDA 0x12");
+    send_logical(0x22, u32::from(MISS));
+    send_logical(0x14, u32::from(MISS));
+    send_logical(0x02, u32::from(MISS));
+    fence(|| send(1, u32::from(FENCE)));
+    no_miss("to cluster MDA 0x22, 0x14 or 0x02");
+    // Lowest priority to both: the sender takes it, vCPU 1 does not.
+    send_logical(0x13, ICR_LOWEST | u32::from(LOWEST));
+    fence(|| send(1, u32::from(FENCE)));
+    check_eq!(
+        interrupts_taken(LOWEST),
+        0,
+        "lowest-priority IPIs vCPU 1 took (vCPU 0 was named too)"
+    );
+    check!(
+        lapic::bit(0x200, LOWEST),
+        "vCPU 0 did not take the lowest-priority IPI naming it"
+    );
+    // ...to vCPU 1 only: it takes it, once.
+    send_logical(0x12, ICR_LOWEST | u32::from(LOWEST));
+    wait("vCPU 1 to take a lowest-priority IPI", || {
+        interrupts_taken(LOWEST) == 1
+    });
+    fence(|| send(1, u32::from(FENCE)));
+    check_eq!(
+        interrupts_taken(LOWEST),
+        1,
+        "lowest-priority IPIs vCPU 1 took"
+    );
+    // x2APIC: LDR from the x2APIC ID (cluster 0; vCPU 1 bit 1).
+    command(3);
+    guest_stubs::cpu::wrmsr(
+        lapic::MSR_APIC_BASE,
+        guest_stubs::cpu::rdmsr(lapic::MSR_APIC_BASE) | X2APIC_ENABLE,
+    );
+    check_eq!(lapic::x2_read(LDR), 1, "vCPU 0's x2APIC LDR");
+    x2_send(0x0000_0002, u32::from(HIT) | ICR_LOGICAL);
+    hits(3, "vCPU 1 to take an x2APIC cluster IPI to 0x00000002");
+    x2_send(0x0001_0002, u32::from(MISS) | ICR_LOGICAL);
+    x2_send(0x0000_0004, u32::from(MISS) | ICR_LOGICAL);
+    fence(|| x2_send(1, u32::from(FENCE)));
+    no_miss("to x2APIC 0x00010002 or 0x00000004");
+    x2_send(0x0000_0002, 0x400 | ICR_LOGICAL);
+    wait("vCPU 1 to take an x2APIC cluster NMI", || nmis_taken() == 2);
+}
+
+/// IA32_APIC_BASE.EXTD.
+const X2APIC_ENABLE: u64 = 1 << 10;
+
+/// vCPU 1 of `logical_ipi`: applies vCPU 0's commands, takes interrupts
+/// (IF open one instruction at a time) and EOIs each.
+fn logical_receiver() -> ! {
+    let (mut done, mut eois, mut x2) = (0, 0, false);
+    loop {
+        let cmd = LOGICAL_CMD.load(Ordering::SeqCst);
+        if cmd != done {
+            match cmd {
+                1 => {
+                    lapic::write(DFR, DFR_FLAT);
+                    lapic::write(LDR, 0x0200_0000);
+                }
+                2 => {
+                    lapic::write(DFR, DFR_CLUSTER);
+                    lapic::write(LDR, 0x1200_0000);
+                }
+                _ => {
+                    let base = guest_stubs::cpu::rdmsr(lapic::MSR_APIC_BASE);
+                    guest_stubs::cpu::wrmsr(lapic::MSR_APIC_BASE, base | X2APIC_ENABLE);
+                    x2 = true;
+                }
+            }
+            done = cmd;
+            LOGICAL_ACK.store(cmd, Ordering::SeqCst);
+        }
+        lapic::sti_nop_cli();
+        let taken: u64 = (HIT..=LOWEST).map(interrupts_taken).sum();
+        while eois < taken {
+            match x2 {
+                true => lapic::x2_write(0xB0, 0),
+                false => lapic::write(0xB0, 0),
+            }
+            eois += 1;
+        }
+    }
+}
