@@ -94,9 +94,18 @@ pub fn vcpu_ipi() -> Result<(), String> {
 
 /// Logical destinations between vCPUs: xAPIC flat and cluster models,
 /// x2APIC cluster mode, lowest-priority delivery (guest side
-/// `logical_ipi`): vCPU 1 sets its LDR/DFR, vCPU 0 addresses it.
+/// `logical_ipi`): vCPUs 1 and 2 set their LDR/DFR, vCPU 0 addresses
+/// them. Three vCPUs on every CPU there is (time-sliced on 2).
 pub fn logical_ipi() -> Result<(), String> {
-    run_two("smp::logical_ipi", Start::Running)
+    let starts = [Start::Running; 3];
+    run_vm(
+        "smp::logical_ipi",
+        GUEST,
+        VmConfig::PLAIN,
+        &starts,
+        usize::MAX,
+        |_| Ok(()),
+    )
 }
 
 /// vCPU 0 starts vCPU 1 with INIT and SIPI, then restarts it.
