@@ -11,7 +11,10 @@
 //! mode takes it as #VMEXIT(INTR). Before each entry the run loop tests
 //! one flag ([`Inbox::take_events`]); the wake IPI sent after that test
 //! stays pending through VMRUN (interrupts are held until then) and ends
-//! the run at once, so no event waits for another exit.
+//! the run at once, so no event waits for another exit. Each inbox also
+//! holds its vCPU's logical APIC address (LDR, DFR model, mode), which
+//! the vCPU publishes after each APIC write ([`apic_written`]): a sender
+//! matches logical destinations against it (`svm::devices::ipi`).
 //!
 //! Placement (`svm::vcpu_sched`): vCPU i runs on online CPU i mod CPUs
 //! (through the CPU's mailbox; CPU 0's share on the calling CPU), so with

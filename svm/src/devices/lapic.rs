@@ -18,7 +18,9 @@
 //!   leaves SMM to the platform), so an SMI that reaches the guest has
 //!   nowhere to go; KVM built without SMM drops it as well.
 //! - INIT and STARTUP to this CPU: ignored and counted (SMP comes later).
-//! - IPIs to other CPUs: there are none (one vCPU); recorded and dropped.
+//! - IPIs to other CPUs: counted here; the kernel routes them to the
+//!   other vCPUs (`super::ipi`, which matches their logical addresses,
+//!   [`Lapic::logical_id`], by the same rules as this APIC's own).
 
 /// IA32_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1B;
