@@ -81,7 +81,7 @@ pub const CASES: [HostCase; 12] = [
     HostCase {
         name: "smp::logical_ipi",
         run: super::smp_vm::logical_ipi,
-        cpus: 2,
+        cpus: 1,
     },
 ];
 

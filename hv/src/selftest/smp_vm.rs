@@ -95,7 +95,7 @@ pub fn vcpu_ipi() -> Result<(), String> {
 /// Logical destinations between vCPUs: xAPIC flat and cluster models,
 /// x2APIC cluster mode, lowest-priority delivery (guest side
 /// `logical_ipi`): vCPUs 1 and 2 set their LDR/DFR, vCPU 0 addresses
-/// them. Three vCPUs on every CPU there is (time-sliced on 2).
+/// them. Three vCPUs, time-sliced on fewer CPUs (also on one).
 pub fn logical_ipi() -> Result<(), String> {
     let starts = [Start::Running; 3];
     run_vm(
