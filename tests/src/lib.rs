@@ -279,4 +279,5 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::freeze_restore_l1_and_l2",
     "smp::init_in_l2_without_intercept",
     "smp::vcpus_time_sliced",
+    "smp::logical_ipi",
 ];

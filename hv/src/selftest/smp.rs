@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 11] = [
+pub const CASES: [HostCase; 12] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -76,6 +76,11 @@ pub const CASES: [HostCase; 11] = [
     HostCase {
         name: "smp::vcpus_time_sliced",
         run: super::smp_vm::vcpus_time_sliced,
+        cpus: 1,
+    },
+    HostCase {
+        name: "smp::logical_ipi",
+        run: super::smp_vm::logical_ipi,
         cpus: 1,
     },
 ];
