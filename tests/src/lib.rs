@@ -281,4 +281,5 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::vcpus_time_sliced",
     "smp::waits_release_vm",
     "smp::tsc_aux_per_cpu",
+    "smp::logical_ipi",
 ];

@@ -88,6 +88,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "smp::vcpus_time_sliced" => smp::vcpus_time_sliced,
         "smp::waits_release_vm" => smp::waits_release_vm,
         "smp::tsc_aux_per_cpu" => smp::tsc_aux_per_cpu,
+        "smp::logical_ipi" => smp::logical_ipi,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);

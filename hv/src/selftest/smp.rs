@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 13] = [
+pub const CASES: [HostCase; 14] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -87,6 +87,11 @@ pub const CASES: [HostCase; 13] = [
         name: "smp::tsc_aux_per_cpu",
         run: super::smp_vm::tsc_aux_per_cpu,
         cpus: 2,
+    },
+    HostCase {
+        name: "smp::logical_ipi",
+        run: super::smp_vm::logical_ipi,
+        cpus: 1,
     },
 ];
 

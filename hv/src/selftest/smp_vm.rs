@@ -92,6 +92,22 @@ pub fn vcpu_ipi() -> Result<(), String> {
     run_two("smp::vcpu_ipi", Start::Running)
 }
 
+/// Logical destinations between vCPUs: xAPIC flat and cluster models,
+/// x2APIC cluster mode, lowest-priority delivery (guest side
+/// `logical_ipi`): vCPUs 1 and 2 set their LDR/DFR, vCPU 0 addresses
+/// them. Three vCPUs, time-sliced on fewer CPUs (also on one).
+pub fn logical_ipi() -> Result<(), String> {
+    let starts = [Start::Running; 3];
+    run_vm(
+        "smp::logical_ipi",
+        GUEST,
+        VmConfig::PLAIN,
+        &starts,
+        usize::MAX,
+        |_| Ok(()),
+    )
+}
+
 /// vCPU 0 starts vCPU 1 with INIT and SIPI, then restarts it.
 pub fn init_sipi_restart() -> Result<(), String> {
     run_two("smp::init_sipi_restart", Start::WaitForSipi)

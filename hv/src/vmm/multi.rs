@@ -11,7 +11,10 @@
 //! mode takes it as #VMEXIT(INTR). Before each entry the run loop tests
 //! one flag ([`Inbox::take_events`]); the wake IPI sent after that test
 //! stays pending through VMRUN (interrupts are held until then) and ends
-//! the run at once, so no event waits for another exit.
+//! the run at once, so no event waits for another exit. Each inbox also
+//! holds its vCPU's logical APIC address (LDR, DFR model, mode), which
+//! the vCPU publishes after each APIC write ([`apic_written`]): a sender
+//! matches logical destinations against it (`svm::devices::ipi`).
 //!
 //! Placement (`svm::vcpu_sched`): vCPU i runs on online CPU i mod CPUs
 //! (through the CPU's mailbox; CPU 0's share on the calling CPU), so with
@@ -121,6 +124,11 @@ pub struct Inbox {
     pit_wait_us: AtomicU64,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
+    /// The vCPU's APIC's logical address (`ipi::LogicalId::pack`), for
+    /// senders of logical IPIs: its LDR and DFR live in its own APIC, on
+    /// its own CPU. Written by the vCPU under the VM lock after each APIC
+    /// write ([`apic_written`]) and at INIT, read by senders under it.
+    logical: AtomicU64,
 }
 
 const SIPI_VALID: u32 = 0x100;
@@ -132,6 +140,7 @@ impl Inbox {
     fn new() -> Self {
         Self {
             cpu: AtomicU32::new(u32::MAX),
+            logical: AtomicU64::new(ipi::LogicalId::RESET.pack()),
             ..Self::default()
         }
     }
@@ -230,6 +239,19 @@ fn idle_until(deadline: u64, now: u64) {
     }
 }
 
+/// After a write to the current vCPU's APIC (a register, IA32_APIC_BASE):
+/// its logical address as other vCPUs' IPIs match it (LDR, DFR, mode).
+pub fn apic_written(vcpu: &Vcpu, vm: &Vm) {
+    if let Some(smp) = &vm.smp {
+        publish_logical(&smp.inboxes[smp.current], vcpu);
+    }
+}
+
+fn publish_logical(inbox: &Inbox, vcpu: &Vcpu) {
+    let id = vcpu.lapic.logical_id().pack();
+    inbox.logical.store(id, Ordering::Release);
+}
+
 /// After a write to the ICR of `vcpu`'s APIC: the IPI's share for other
 /// vCPUs (the APIC itself handled the sender's own share).
 pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
@@ -246,7 +268,9 @@ pub fn icr_written(vcpu: &mut Vcpu, vm: &mut Vm) {
             (lo | hi << 32, false)
         }
     };
-    let msg = ipi::decode(icr, x2, smp.current, smp.inboxes.len());
+    let msg = ipi::decode(icr, x2, smp.current, smp.inboxes.len(), |i| {
+        ipi::LogicalId::unpack(smp.inboxes[i].logical.load(Ordering::Acquire))
+    });
     for (i, inbox) in smp.inboxes.iter().enumerate() {
         if msg.targets & (1 << i) == 0 {
             continue;
@@ -656,6 +680,9 @@ fn reset(vcpu: &mut Vcpu, index: usize, vm: &Vm) -> Result<(), &'static str> {
     vcpu.db = [0; 4];
     super::exits::dr::load(&vcpu.db);
     vcpu.lapic = vcpu_lapic(index, vm.l1_limits.max_phys_bits);
+    if let Some(smp) = &vm.smp {
+        publish_logical(&smp.inboxes[index], vcpu);
+    }
     vcpu.nmi = Default::default();
     vcpu.nested = super::nested::Nested::new()?;
     vcpu.lme_hidden = false;
@@ -766,6 +793,7 @@ fn run_cpu(shared: &SharedVm, members: &mut [Member<'_>], host: &HostCpu) -> Vec
                 Start::Running => ApState::Running,
                 Start::WaitForSipi => ApState::WaitForSipi,
             };
+            publish_logical(&shared.inboxes[m.index], m.vcpu);
             Slot {
                 seat: Seat::new(shared, m.index, ap, all & !(1 << m.index)),
                 vcpu: &mut *m.vcpu,

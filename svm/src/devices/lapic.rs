@@ -18,7 +18,9 @@
 //!   leaves SMM to the platform), so an SMI that reaches the guest has
 //!   nowhere to go; KVM built without SMM drops it as well.
 //! - INIT and STARTUP to this CPU: ignored and counted (SMP comes later).
-//! - IPIs to other CPUs: there are none (one vCPU); recorded and dropped.
+//! - IPIs to other CPUs: counted here; the kernel routes them to the
+//!   other vCPUs (`super::ipi`, which matches their logical addresses,
+//!   [`Lapic::logical_id`], by the same rules as this APIC's own).
 
 /// IA32_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1B;
@@ -612,32 +614,31 @@ impl Lapic {
         self.accept(vector);
     }
 
+    /// This APIC's logical address (LDR, DFR model, mode), as other
+    /// vCPUs' IPIs match it (`ipi::logical_match`). The kernel publishes
+    /// it to senders after every write that may change it.
+    pub fn logical_id(&self) -> super::ipi::LogicalId {
+        match self.mode() {
+            Mode::Disabled => super::ipi::LogicalId::None,
+            m => super::ipi::LogicalId::from_regs(m == Mode::X2Apic, self.ldr, self.dfr),
+        }
+    }
+
     /// Whether the ICR's destination (no shorthand) names this CPU
     /// (SDM 11.6.2): physical ID or broadcast, or logical by LDR and DFR.
     fn is_destination(&self, dest: u32, logical: bool) -> bool {
         let x2 = self.mode() == Mode::X2Apic;
-        if !logical {
-            let broadcast = if x2 { u32::MAX } else { 0xFF };
-            let id = if x2 {
-                self.initial_id
-            } else {
-                self.xapic_id >> 24
-            };
-            return dest == broadcast || dest == id;
-        }
-        if x2 {
-            // Cluster in 31:16, bitmap in 15:0 (11.12.10.2).
-            return dest == u32::MAX
-                || (dest >> 16 == self.ldr >> 16 && dest & self.ldr & 0xFFFF != 0);
-        }
-        let ldr = self.ldr >> 24;
-        if dest == 0xFF {
+        let broadcast = if x2 { u32::MAX } else { 0xFF };
+        if dest == broadcast {
             return true;
         }
-        if self.dfr >> 28 == 0xF {
-            dest & ldr != 0 // flat
+        if logical {
+            return super::ipi::logical_match(dest, self.logical_id());
+        }
+        dest == if x2 {
+            self.initial_id
         } else {
-            dest >> 4 == ldr >> 4 && dest & ldr & 0xF != 0 // cluster
+            self.xapic_id >> 24
         }
     }
 

@@ -732,3 +732,201 @@ fn tsc_aux_second() -> ! {
         core::hint::spin_loop();
     }
 }
+
+/// `logical_ipi`: what vCPU 0 tells vCPUs 1 and 2 to do (1: xAPIC flat,
+/// LDR bit = APIC ID; 2: xAPIC cluster 1, bit = APIC ID; 3: x2APIC),
+/// and what each did last.
+static LOGICAL_CMD: AtomicU64 = AtomicU64::new(0);
+static LOGICAL_ACK: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// IPIs vCPUs 1 and 2 must take.
+const HIT: u8 = 0x41;
+/// IPIs neither may take (the destination names neither).
+const MISS: u8 = 0x42;
+/// Physical IPIs after a `MISS`: once both took theirs, a `MISS` sent
+/// before would have been taken too (one inbox each, posted in order).
+const FENCE: u8 = 0x43;
+/// Lowest-priority IPIs.
+const LOWEST: u8 = 0x44;
+const LDR: u32 = 0xD0;
+const DFR: u32 = 0xE0;
+const DFR_FLAT: u32 = 0xFFFF_FFFF;
+const DFR_CLUSTER: u32 = 0x0FFF_FFFF;
+/// ICR: logical destination mode.
+const ICR_LOGICAL: u32 = 1 << 11;
+/// ICR: lowest-priority delivery.
+const ICR_LOWEST: u32 = 1 << 8;
+/// IA32_APIC_BASE.EXTD.
+const X2APIC_ENABLE: u64 = 1 << 10;
+
+/// Sends `low` to the logical destination `mda` (xAPIC).
+fn send_logical(mda: u8, low: u32) {
+    send(mda, low | ICR_LOGICAL);
+}
+
+/// Sends `low` to `dest` through the x2APIC ICR (MSR 0x830).
+fn x2_send(dest: u32, low: u32) {
+    lapic::x2_write(ICR, u64::from(dest) << 32 | u64::from(low));
+}
+
+/// Tells vCPUs 1 and 2 to do `cmd` and waits until both did.
+fn command(cmd: u64) {
+    LOGICAL_CMD.store(cmd, Ordering::SeqCst);
+    wait("vCPUs 1 and 2 to set up their APICs", || {
+        LOGICAL_ACK[1..]
+            .iter()
+            .all(|a| a.load(Ordering::SeqCst) == cmd)
+    });
+}
+
+/// vCPUs 1 and 2 each take a physical `FENCE` (`send_to(id)` sends it):
+/// everything sent to them before has been taken by then.
+fn fence(send_to: impl Fn(u32)) {
+    let before = interrupts_taken(FENCE);
+    send_to(1);
+    send_to(2);
+    wait("vCPUs 1 and 2 to take the fence IPI", || {
+        interrupts_taken(FENCE) == before + 2
+    });
+}
+
+/// Logical destination mode between vCPUs (SDM 11.6.2.2, 11.12.10.2):
+/// vCPUs 1 and 2 set their LDR/DFR and take interrupts, spinning; vCPU 0
+/// (IF clear, so every interrupt counted is theirs) sends fixed IPIs and
+/// NMIs in the xAPIC flat model, the xAPIC cluster model and x2APIC
+/// cluster mode, each to destinations naming one of them (must arrive)
+/// and to ones naming neither (must not); and lowest-priority IPIs,
+/// which exactly one of the vCPUs named takes (L0's choice: the sender
+/// when named, else the lowest-indexed).
+pub fn logical_ipi(_: &StartParams) {
+    lapic::map();
+    lapic::enable();
+    let id = apic_id();
+    if id != 0 {
+        logical_receiver(id);
+    }
+    let hits = |n: u64, what: &str| {
+        wait(what, || interrupts_taken(HIT) == n);
+    };
+    let no_miss = |what: &str| {
+        let n = interrupts_taken(MISS);
+        check!(
+            n == 0,
+            "vCPUs 1 and 2 took {n} IPIs {what}, which name neither"
+        );
+    };
+    let xapic_fence = || fence(|id| send(id as u8, u32::from(FENCE)));
+    // Flat (Linux, xAPIC, <= 8 CPUs): LDR bit = APIC ID.
+    command(1);
+    lapic::write(DFR, DFR_FLAT);
+    lapic::write(LDR, 0x0100_0000);
+    send_logical(0x02, u32::from(HIT));
+    hits(1, "vCPU 1 to take a flat logical IPI to MDA 0x02");
+    send_logical(0x06, u32::from(HIT));
+    hits(3, "vCPUs 1 and 2 to take a flat logical IPI to MDA 0x06");
+    send_logical(0x08, u32::from(MISS));
+    // vCPU 0's own bit: its own APIC takes it (IF clear: it stays in IRR).
+    send_logical(0x01, u32::from(MISS));
+    xapic_fence();
+    no_miss("to flat MDA 0x08 or 0x01");
+    check!(lapic::bit(0x200, MISS), "vCPU 0 missed its own flat IPI");
+    send_logical(0x04, 0x400);
+    wait("vCPU 2 to take a flat logical NMI", || nmis_taken() == 1);
+    // Cluster model: cluster 1, bit = APIC ID.
+    command(2);
+    lapic::write(DFR, DFR_CLUSTER);
+    lapic::write(LDR, 0x1100_0000);
+    send_logical(0x12, u32::from(HIT));
+    hits(4, "vCPU 1 to take a cluster logical IPI to MDA 0x12");
+    send_logical(0x16, u32::from(HIT));
+    hits(6, "vCPUs 1 and 2 to take a cluster logical IPI to MDA 0x16");
+    send_logical(0x26, u32::from(MISS));
+    send_logical(0x18, u32::from(MISS));
+    send_logical(0x06, u32::from(MISS));
+    xapic_fence();
+    no_miss("to cluster MDA 0x26, 0x18 or 0x06");
+    // Lowest priority to all three: the sender takes it, no other does.
+    send_logical(0x17, ICR_LOWEST | u32::from(LOWEST));
+    xapic_fence();
+    check_eq!(
+        interrupts_taken(LOWEST),
+        0,
+        "lowest-priority IPIs vCPUs 1 and 2 took (vCPU 0 was named too)"
+    );
+    check!(
+        lapic::bit(0x200, LOWEST),
+        "vCPU 0 did not take the lowest-priority IPI naming it"
+    );
+    // ...to vCPUs 1 and 2: one of them takes it, once.
+    send_logical(0x16, ICR_LOWEST | u32::from(LOWEST));
+    wait("vCPU 1 or 2 to take a lowest-priority IPI", || {
+        interrupts_taken(LOWEST) != 0
+    });
+    xapic_fence();
+    check_eq!(
+        interrupts_taken(LOWEST),
+        1,
+        "lowest-priority IPIs to vCPUs 1 and 2 taken"
+    );
+    // x2APIC: LDR from the x2APIC ID (cluster 0, bit = ID).
+    command(3);
+    guest_stubs::cpu::wrmsr(
+        lapic::MSR_APIC_BASE,
+        guest_stubs::cpu::rdmsr(lapic::MSR_APIC_BASE) | X2APIC_ENABLE,
+    );
+    check_eq!(lapic::x2_read(LDR), 1, "vCPU 0's x2APIC LDR");
+    x2_send(0x0000_0002, u32::from(HIT) | ICR_LOGICAL);
+    hits(7, "vCPU 1 to take an x2APIC cluster IPI to 0x00000002");
+    x2_send(0x0000_0006, u32::from(HIT) | ICR_LOGICAL);
+    hits(
+        9,
+        "vCPUs 1 and 2 to take an x2APIC cluster IPI to 0x00000006",
+    );
+    x2_send(0x0001_0006, u32::from(MISS) | ICR_LOGICAL);
+    x2_send(0x0000_0008, u32::from(MISS) | ICR_LOGICAL);
+    fence(|id| x2_send(id, u32::from(FENCE)));
+    no_miss("to x2APIC 0x00010006 or 0x00000008");
+    x2_send(0x0000_0004, 0x400 | ICR_LOGICAL);
+    wait("vCPU 2 to take an x2APIC cluster NMI", || nmis_taken() == 2);
+}
+
+/// vCPUs 1 and 2 of `logical_ipi`: apply vCPU 0's commands, take
+/// interrupts (IF open one instruction at a time) and EOI each.
+fn logical_receiver(id: u32) -> ! {
+    let (mut done, mut eois, mut x2) = (0, 0, false);
+    let mut seen = 0;
+    loop {
+        let cmd = LOGICAL_CMD.load(Ordering::SeqCst);
+        if cmd != done {
+            match cmd {
+                1 => {
+                    lapic::write(DFR, DFR_FLAT);
+                    lapic::write(LDR, 1 << (24 + id));
+                }
+                2 => {
+                    lapic::write(DFR, DFR_CLUSTER);
+                    lapic::write(LDR, (0x10 | 1 << id) << 24);
+                }
+                _ => {
+                    let base = guest_stubs::cpu::rdmsr(lapic::MSR_APIC_BASE);
+                    guest_stubs::cpu::wrmsr(lapic::MSR_APIC_BASE, base | X2APIC_ENABLE);
+                    x2 = true;
+                }
+            }
+            done = cmd;
+            LOGICAL_ACK[id as usize].store(cmd, Ordering::SeqCst);
+        }
+        let before: u64 = (HIT..=LOWEST).map(interrupts_taken).sum();
+        lapic::sti_nop_cli();
+        // The counts are both receivers': this one's interrupts are those
+        // counted while its window was open.
+        let after: u64 = (HIT..=LOWEST).map(interrupts_taken).sum();
+        seen += after - before;
+        while eois < seen {
+            match x2 {
+                true => lapic::x2_write(0xB0, 0),
+                false => lapic::write(0xB0, 0),
+            }
+            eois += 1;
+        }
+    }
+}

@@ -77,6 +77,8 @@ fn after_write(vcpu: &mut Vcpu, vm: &mut Vm) {
     if vcpu.lapic.take_nmi() {
         vcpu.nmi.queue();
     }
+    // Other vCPUs' logical IPIs match its LDR/DFR (`multi`).
+    crate::vmm::multi::apic_written(vcpu, vm);
     // L1's V_TPR: in hsave while L2 runs (restored at the nested exit).
     let c = match vcpu.nested.in_l2() {
         true => &mut vcpu.nested.hsave.control,

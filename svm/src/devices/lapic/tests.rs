@@ -340,3 +340,38 @@ fn entry_work_follows_irr_timer_and_smi() {
     assert_eq!(a.pending_vector(), None, "0x21 below the in-service class");
     assert!(a.entry_work());
 }
+
+#[test]
+fn logical_id_follows_ldr_dfr_and_mode() {
+    use crate::devices::ipi::LogicalId;
+    let mut a = Lapic::new(18, false, true, 40);
+    assert_eq!(a.logical_id(), LogicalId::RESET);
+    a.mmio_write(reg::LDR as u64, 4, 0x0200_0000, 0);
+    assert_eq!(a.logical_id(), LogicalId::Flat(2));
+    a.mmio_write(reg::DFR as u64, 4, 0x0FFF_FFFF, 0);
+    a.mmio_write(reg::LDR as u64, 4, 0x1200_0000, 0);
+    assert_eq!(a.logical_id(), LogicalId::Cluster(0x12));
+    // x2APIC: cluster 18 >> 4 = 1, bit 18 & 15 = 2 (SDM 11.12.10.2).
+    a.write_base_msr(DEFAULT_BASE | BASE_EN | BASE_EXTD)
+        .unwrap();
+    assert_eq!(a.logical_id(), LogicalId::X2Apic(0x1_0004));
+    // Disabled: no logical address; re-enabled: the reset one.
+    a.write_base_msr(DEFAULT_BASE).unwrap();
+    assert_eq!(a.logical_id(), LogicalId::None);
+    a.write_base_msr(DEFAULT_BASE | BASE_EN).unwrap();
+    assert_eq!(a.logical_id(), LogicalId::RESET);
+}
+
+#[test]
+fn logical_self_ipi_in_cluster_model() {
+    let mut a = enabled();
+    a.mmio_write(reg::DFR as u64, 4, 0x0FFF_FFFF, 0);
+    a.mmio_write(reg::LDR as u64, 4, 0x2100_0000, 0);
+    // Cluster 2, bit 0: this CPU; cluster 1, bit 0: not.
+    a.mmio_write(reg::ICR2 as u64, 4, 0x1100_0000, 0);
+    a.mmio_write(reg::ICR as u64, 4, (1 << 11) | 0x71, 0);
+    assert_eq!(a.irr.word(3) & (1 << 17), 0);
+    a.mmio_write(reg::ICR2 as u64, 4, 0x2100_0000, 0);
+    a.mmio_write(reg::ICR as u64, 4, (1 << 11) | 0x71, 0);
+    assert_ne!(a.irr.word(3) & (1 << 17), 0);
+}
