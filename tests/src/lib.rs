@@ -279,5 +279,7 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::freeze_restore_l1_and_l2",
     "smp::init_in_l2_without_intercept",
     "smp::vcpus_time_sliced",
+    "smp::waits_release_vm",
+    "smp::tsc_aux_per_cpu",
     "smp::logical_ipi",
 ];

@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 12] = [
+pub const CASES: [HostCase; 14] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -77,6 +77,16 @@ pub const CASES: [HostCase; 12] = [
         name: "smp::vcpus_time_sliced",
         run: super::smp_vm::vcpus_time_sliced,
         cpus: 1,
+    },
+    HostCase {
+        name: "smp::waits_release_vm",
+        run: super::smp_vm::waits_release_vm,
+        cpus: 2,
+    },
+    HostCase {
+        name: "smp::tsc_aux_per_cpu",
+        run: super::smp_vm::tsc_aux_per_cpu,
+        cpus: 2,
     },
     HostCase {
         name: "smp::logical_ipi",

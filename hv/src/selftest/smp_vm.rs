@@ -119,6 +119,19 @@ pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {
     run_two("smp::tsc_monotonic_across_vcpus", Start::Running)
 }
 
+/// vCPU 1 waits in HLTs its APIC timer ends and by the PIT (20 ms each)
+/// while vCPU 0 counts its own exits: they do not wait for vCPU 1's waits
+/// (the VM lock is released while a vCPU waits, `multi`).
+pub fn waits_release_vm() -> Result<(), String> {
+    run_two("smp::waits_release_vm", Start::Running)
+}
+
+/// vCPUs 0 and 1 (CPUs 0 and 1) end with the same TSC_AUX, set on CPU 0
+/// first: RDTSCP on vCPU 1 must return it (the MSR is per CPU).
+pub fn tsc_aux_per_cpu() -> Result<(), String> {
+    run_two("smp::tsc_aux_per_cpu", Start::Running)
+}
+
 /// More vCPUs than CPUs: 4 on 2 CPUs (3 on 1 with one CPU; the test uses
 /// at most 2, `multi::run_on_cpus`), two or more on each (`multi::run`'s
 /// placement): they take turns. vCPU `cpus` (CPU 0's other vCPU) starts

@@ -53,6 +53,10 @@ pub struct PerCpu {
     /// Self-tests only: added to every reading of this CPU's TSC, as if
     /// its TSC ran that far from the others (`time::host_tsc::simulate`).
     pub tsc_simulated: AtomicU64,
+    /// The TSC_AUX value this CPU's MSR holds (`u64::MAX`: unknown): the
+    /// MSR is per CPU, and the host never uses RDTSCP, so the last vCPU's
+    /// value stays loaded (`vmm::tsc`).
+    pub loaded_tsc_aux: AtomicU64,
 }
 
 impl PerCpu {
@@ -71,6 +75,7 @@ impl PerCpu {
             stack_top: AtomicU64::new(0),
             tsc_compensation: AtomicI64::new(0),
             tsc_simulated: AtomicU64::new(0),
+            loaded_tsc_aux: AtomicU64::new(u64::MAX),
         }
     }
 

@@ -3,6 +3,7 @@
 //! count), its output readable in port 0x61 bit 5. Used to calibrate the
 //! TSC and to wait without trusting the TSC.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use x86_64::instructions::port::Port;
 
 const PIT_HZ: u64 = 1_193_182;
@@ -33,6 +34,24 @@ fn start(count: u16) {
 fn done() -> bool {
     // SAFETY: reading port 0x61 has no side effects.
     unsafe { Port::<u8>::new(GATE).read() & 0x20 != 0 }
+}
+
+/// Held through a wait a guest asked for ([`wait_us_for_guest`]).
+static GUEST_WAIT: AtomicBool = AtomicBool::new(false);
+
+/// [`wait_us`] for a guest: vCPUs of a VM may ask at once (they wait with
+/// the VM lock released, `vmm::multi`), and channel 2 is one device, so
+/// their waits take turns. Never taken before the VM lock is released
+/// (a holder does not wait for the VM lock), so no deadlock.
+pub fn wait_us_for_guest(us: u64) {
+    while GUEST_WAIT
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    wait_us(us);
+    GUEST_WAIT.store(false, Ordering::Release);
 }
 
 /// Busy-waits `us` microseconds by the PIT.

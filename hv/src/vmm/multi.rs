@@ -65,9 +65,9 @@ impl VmAccess<'_, '_> {
     }
     /// Before VMRUN: other vCPUs may handle their exits now.
     #[inline(always)]
-    pub fn release(&mut self) {
+    pub fn release(&mut self, vcpu: &mut Vcpu) {
         if let VmAccess::Shared(seat) = self {
-            seat.release();
+            seat.release(vcpu);
         }
     }
     /// After #VMEXIT: the VM is this vCPU's until the next release.
@@ -119,10 +119,11 @@ pub struct Inbox {
     halted: AtomicBool,
     /// The halted vCPU's HLT (re-executed when the wait's slice ends).
     halt_rip: AtomicU64,
+    /// A wait by the PIT (us) the vCPU's test hook asked for, which the
+    /// run loop does with the VM lock released ([`defer_pit_wait`]).
+    pit_wait_us: AtomicU64,
     /// APIC ID of the physical CPU running the vCPU (`u32::MAX`: none).
     cpu: AtomicU32,
-    /// Other vCPUs share its CPU (time-sliced).
-    shares_cpu: AtomicBool,
     /// The vCPU's APIC's logical address (`ipi::LogicalId::pack`), for
     /// senders of logical IPIs: its LDR and DFR live in its own APIC, on
     /// its own CPU. Written by the vCPU under the VM lock after each APIC
@@ -174,12 +175,14 @@ pub fn current_vcpu(vm: &Vm) -> usize {
     vm.smp.as_ref().map_or(0, |s| s.current)
 }
 
-/// HLT that nothing on this vCPU can end (`exits::apic::hlt`): in a VM
-/// with several vCPUs, the vCPU does not enter the guest again until
-/// another sends it something or its APIC timer fires; RIP goes past the
-/// HLT (at `hlt_rip`) as after a wake-up, and back to it when the wait's
-/// slice ends with neither (the run loop's limits stay checked, and the
-/// HLT waits on). One vCPU: nothing (the HLT ends at once).
+/// HLT in a VM with several vCPUs (`exits::apic::hlt`: one nothing on
+/// this vCPU can end, or one its APIC timer will end): the vCPU does not
+/// enter the guest again until another sends it something or its APIC
+/// timer fires, and the run loop waits for that with the VM lock
+/// released; RIP goes past the HLT (at `hlt_rip`) as after a wake-up, and
+/// back to it when the wait's slice ends with neither (the run loop's
+/// limits stay checked, and the HLT waits on). One vCPU: nothing (the
+/// handler waits for the timer, or the HLT ends at once).
 pub fn halt(vm: &Vm, hlt_rip: u64) {
     if let Some(smp) = &vm.smp {
         let inbox = &smp.inboxes[smp.current];
@@ -188,12 +191,25 @@ pub fn halt(vm: &Vm, hlt_rip: u64) {
     }
 }
 
-/// Whether the current vCPU shares its physical CPU with other vCPUs: its
-/// waits must yield the CPU ([`halt`] then waits for its APIC timer too).
-pub fn shares_cpu(vm: &Vm) -> bool {
-    vm.smp
-        .as_ref()
-        .is_some_and(|s| s.inboxes[s.current].shares_cpu.load(Ordering::Relaxed))
+/// HC_WAIT_PIT_US (a test hook) in a VM with several vCPUs: the run loop
+/// waits, with the VM lock released, before the vCPU's next entry
+/// (`true`); an exit handler's wait would hold off every other vCPU's
+/// exits. One vCPU: `false`, the caller waits.
+pub fn defer_pit_wait(vm: &Vm, us: u64) -> bool {
+    let Some(smp) = &vm.smp else {
+        return false;
+    };
+    smp.inboxes[smp.current]
+        .pit_wait_us
+        .store(us, Ordering::Relaxed);
+    true
+}
+
+/// Whether the VM has several vCPUs: an exit handler must not wait (it
+/// holds the VM lock, and every other vCPU's exits would wait with it);
+/// the run loop waits instead ([`halt`], with the APIC timer's deadline).
+pub fn several_vcpus(vm: &Vm) -> bool {
+    vm.smp.is_some()
 }
 
 /// Whether another vCPU sent the current one something (ends a HLT).
@@ -205,6 +221,23 @@ pub fn event_pending(vm: &Vm) -> bool {
 
 /// Longest HLT wait before the guest is entered again (as exits::apic).
 const HALT_SLICE_NS: u64 = 10_000_000;
+
+/// One step of a halted vCPU's wait on its own CPU, `now` before the
+/// APIC timer's `deadline`: the CPU sleeps until the next interrupt (the
+/// wake IPI of a vCPU posting an event, or the watchdog tick, which comes
+/// before the deadline) when the deadline is more than a tick away, and
+/// spins otherwise (as `exits::apic::hlt` with one vCPU). Idle TCG CPUs
+/// that spin slow the busy ones on a shared host.
+fn idle_until(deadline: u64, now: u64) {
+    if deadline.saturating_sub(now) > crate::time::TICK_MS * 1_000_000 {
+        // SAFETY: the host's IDT handles every vector it enables; HLT in
+        // STI's shadow: an interrupt pending since the caller's look at
+        // the inbox ends it.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    } else {
+        core::hint::spin_loop();
+    }
+}
 
 /// After a write to the current vCPU's APIC (a register, IA32_APIC_BASE):
 /// its logical address as other vCPUs' IPIs match it (LDR, DFR, mode).
@@ -342,9 +375,6 @@ impl<'a> Seat<'a> {
     fn new(shared: &'a SharedVm, index: usize, ap: ApState, mates: u64) -> Self {
         let id = crate::smp::this().apic_id.load(Ordering::Relaxed);
         shared.inboxes[index].cpu.store(id, Ordering::Release);
-        shared.inboxes[index]
-            .shares_cpu
-            .store(mates != 0, Ordering::Relaxed);
         Self {
             shared,
             index,
@@ -431,8 +461,9 @@ impl<'a> Seat<'a> {
 
     /// Waits for an event from another vCPU, the APIC timer's deadline or
     /// at most [`HALT_SLICE_NS`] from the HLT (`self.halt`): alone on its
-    /// CPU with the VM lock released; sharing it, by yielding the CPU
-    /// until then (`true`: yield; the next run comes back here).
+    /// CPU with the VM lock released (other vCPUs' exits go on); sharing
+    /// it, by yielding the CPU until then (`true`: yield; the next run
+    /// comes back here).
     fn wait_while_halted(&mut self, vcpu: &mut Vcpu, (timer, end): (u64, u64)) -> bool {
         let inbox = self.inbox();
         let mut now = crate::time::now_ns();
@@ -443,7 +474,7 @@ impl<'a> Seat<'a> {
         } else {
             self.unlock();
             while !inbox.any.load(Ordering::Acquire) && now < end {
-                core::hint::spin_loop();
+                idle_until(timer, now);
                 now = crate::time::now_ns();
             }
             self.acquire();
@@ -503,7 +534,27 @@ impl Seat<'_> {
     }
     #[cold]
     #[inline(never)]
-    fn release(&mut self) {
+    fn release(&mut self, vcpu: &mut Vcpu) {
+        // Entered again at its HLT while still halted (`rehalted`), with
+        // an interrupt or NMI to take first (e.g. the APIC timer's, which
+        // expired after the wait's look at it): the wake-up resumes after
+        // the HLT. At the HLT, the handler would return to a HLT nothing
+        // is left to end (the guest missed its timer for good).
+        if let Some((halt_rip, resume_rip)) = self.rehalted {
+            let event = svm::EventInfo(vcpu.vmcb.control.event_inj);
+            let s = &mut vcpu.vmcb.state;
+            if s.rip != halt_rip {
+                self.rehalted = None;
+            } else if event.is_valid()
+                && matches!(
+                    event.event_type(),
+                    Some(svm::EventType::ExternalInterrupt | svm::EventType::Nmi)
+                )
+            {
+                s.rip = resume_rip;
+                self.rehalted = None;
+            }
+        }
         // Set while the lock is still held: a vCPU that changes the VM's
         // TSC under the lock sees every other one either here or waiting.
         self.inbox().in_guest.store(true, Ordering::SeqCst);
@@ -524,6 +575,14 @@ impl Seat<'_> {
     #[inline(never)]
     fn take_events(&mut self, vcpu: &mut Vcpu, host: &HostCpu) -> Option<Stop> {
         let inbox = self.inbox();
+        let us = inbox.pit_wait_us.swap(0, Ordering::Relaxed);
+        if us != 0 {
+            // A test hook's wait (`defer_pit_wait`): as long on this CPU
+            // as it was in the handler, but with the VM lock released.
+            self.unlock();
+            crate::time::pit::wait_us_for_guest(us);
+            self.acquire();
+        }
         if inbox.halted.swap(false, Ordering::AcqRel) {
             let now = crate::time::now_ns();
             let timer = vcpu.lapic.next_deadline().unwrap_or(u64::MAX);

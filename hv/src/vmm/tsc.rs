@@ -18,15 +18,11 @@ use super::vcpu::Vcpu;
 use super::vm::Vm;
 use crate::arch::cpu::wrmsr;
 use crate::time::host_tsc;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use svm::nested::tsc::{compose, program_l1_offset};
 use svm::tsc::intercepts::{l2_keep, rdtsc_intercepts, unarmed_l2_misc1};
 use svm::tsc::TscMode;
 use svm::{CleanBits, ControlArea};
-
-/// TSC_AUX value currently in the MSR (the host itself never uses RDTSCP,
-/// so the last guest's value may stay loaded).
-static LOADED_TSC_AUX: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Marks the TSC offset as changed: the VMCB caches it with the intercepts
 /// (APM Vol. 2, 15.15.3, clean bit 0), so every write clears that bit.
@@ -228,8 +224,11 @@ pub fn prepare_entry(vcpu: &mut Vcpu, vm: &mut Vm) {
         (None, true) => set_rdtsc_intercepts(active, exiting, (0, 0)),
     }
 
+    // The MSR is per CPU: which value this CPU holds (vCPUs of one VM run
+    // on several CPUs; a global record let a CPU keep another value).
     let aux = u64::from(vcpu.tsc_aux);
-    if LOADED_TSC_AUX.swap(aux, Ordering::Relaxed) != aux {
+    let loaded = &crate::smp::this().loaded_tsc_aux;
+    if loaded.swap(aux, Ordering::Relaxed) != aux {
         // SAFETY: TSC_AUX exists wherever RDTSCP does and only feeds RDTSCP;
         // the host does not use it.
         unsafe { wrmsr(svm::msr::TSC_AUX, aux) };
@@ -258,7 +257,10 @@ pub fn freeze_wait_restore(
         host,
         crate::time::now_ns(),
     );
-    crate::time::pit::wait_us(us);
+    // The VM lock is held through the wait, on purpose: no other vCPU
+    // enters the guest or handles an exit (which may read the VM's TSC)
+    // until the restore. Other vCPUs' PIT waits (`multi`) take turns.
+    crate::time::pit::wait_us_for_guest(us);
     // The clock before the host TSC (at the freeze, after it): the elapsed
     // time then never includes a moment the host TSC also counts, so a
     // QEMU descheduled between the two reads cannot push the guest's TSC

@@ -157,7 +157,7 @@ impl Vcpu {
             exits::cr::before_entry(self);
             exits::shadow::before_entry(self);
             super::nested::vgif::before_entry(self, vm, host);
-            access.release();
+            access.release(self);
             // Self-tests: this CPU's simulated TSC difference (0 otherwise).
             let sim = crate::time::host_tsc::simulated_here();
             if sim != 0 {

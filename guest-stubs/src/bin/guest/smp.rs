@@ -501,6 +501,238 @@ fn time_sliced_member(id: u32, l: Layout) -> ! {
     }
 }
 
+/// `waits_release_vm`: vCPU 1's APIC timer vector and one-shot wait, and
+/// its PIT waits (HC_WAIT_PIT_US, us).
+const HALT_TIMER_VECTOR: u8 = 0x61;
+const HALT_TIMER_NS: u32 = 20_000_000;
+const PIT_WAIT_US: u64 = 20_000;
+/// Each window in which vCPU 0 counts its exits (ns), and the windows of
+/// each kind (vCPU 1 spinning, halting, waiting by the PIT), interleaved
+/// so that every kind sees the same host load.
+const EXIT_WINDOW_NS: u64 = 100_000_000;
+const EXIT_WINDOWS: usize = 4;
+/// An exit round trip this slow waited for something (TCG's take tens
+/// of us; reported, not checked: a loaded host deschedules QEMU).
+const SLOW_EXIT_NS: u64 = 5_000_000;
+/// vCPU 1's HLT instructions and the ns they lasted; its PIT waits.
+static HALTS: AtomicU64 = AtomicU64::new(0);
+static HALTED_NS: AtomicU64 = AtomicU64::new(0);
+static PIT_WAITS: AtomicU64 = AtomicU64::new(0);
+/// What vCPU 1 does (`WAITER_*`), as vCPU 0 asks and as vCPU 1 last saw.
+static WAITER_MODE: AtomicU64 = AtomicU64::new(WAITER_SPIN);
+static WAITER_SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Spins without exits.
+const WAITER_SPIN: u64 = 0;
+/// Waits in HLTs its APIC timer ends.
+const WAITER_HLT: u64 = 1;
+/// Waits by the PIT (HC_WAIT_PIT_US).
+const WAITER_PIT: u64 = 2;
+
+/// vCPU 0's exits in some windows: count, how many were slow, the slowest.
+#[derive(Clone, Copy, Default)]
+struct ExitTimes {
+    exits: u64,
+    slow: u64,
+    worst: u64,
+}
+
+/// Exits back to back for `EXIT_WINDOW_NS` (consecutive HC_NOW_NS: L0's
+/// clock at each exit, so each difference is one round trip including
+/// any wait for the VM lock).
+fn time_exits(total: &mut ExitTimes) {
+    let start = now_ns();
+    let mut last = start;
+    while last - start < EXIT_WINDOW_NS {
+        let t = now_ns();
+        let trip = t - last;
+        total.exits += 1;
+        total.slow += u64::from(trip > SLOW_EXIT_NS);
+        total.worst = total.worst.max(trip);
+        last = t;
+    }
+}
+
+/// A vCPU's waits in L0 must not hold the VM (every other vCPU's exits
+/// would wait): a HLT that the APIC timer ends (interrupts enabled, the
+/// timer 20 ms away, as an idle Linux vCPU's) and a test hook's wait by
+/// the PIT (20 ms). vCPU 0 counts its own exits in windows of 100 ms,
+/// in turn while vCPU 1 spins without exits, waits in such HLTs again
+/// and again, and waits by the PIT again and again: each waiting kind
+/// must see at least a quarter of the spin windows' exits (the same host
+/// load slows all). With a wait under the VM lock, vCPU 0's exits wait
+/// for most of it: a few per window instead of hundreds.
+pub fn waits_release_vm(_: &StartParams) {
+    lapic::map();
+    lapic::enable();
+    if apic_id() != 0 {
+        waiter();
+    }
+    let mut spin = ExitTimes::default();
+    let mut halt = ExitTimes::default();
+    let mut pit = ExitTimes::default();
+    let (mut halts, mut halted, mut ticks, mut pit_waits) = (0, 0, 0, 0);
+    for _ in 0..EXIT_WINDOWS {
+        for mode in [WAITER_SPIN, WAITER_HLT, WAITER_PIT] {
+            WAITER_MODE.store(mode, Ordering::SeqCst);
+            wait("vCPU 1 to switch", || {
+                WAITER_SEEN.load(Ordering::SeqCst) == mode
+            });
+            let before = (
+                HALTS.load(Ordering::SeqCst),
+                HALTED_NS.load(Ordering::SeqCst),
+                interrupts_taken(HALT_TIMER_VECTOR),
+                PIT_WAITS.load(Ordering::SeqCst),
+            );
+            time_exits(match mode {
+                WAITER_SPIN => &mut spin,
+                WAITER_HLT => &mut halt,
+                _ => &mut pit,
+            });
+            if mode == WAITER_HLT {
+                halts += HALTS.load(Ordering::SeqCst) - before.0;
+                halted += HALTED_NS.load(Ordering::SeqCst) - before.1;
+                ticks += interrupts_taken(HALT_TIMER_VECTOR) - before.2;
+            }
+            if mode == WAITER_PIT {
+                pit_waits += PIT_WAITS.load(Ordering::SeqCst) - before.3;
+            }
+        }
+    }
+    WAITER_MODE.store(WAITER_SPIN, Ordering::SeqCst);
+    let show = |t: &ExitTimes| (t.exits, t.worst / 1000, t.slow, SLOW_EXIT_NS / 1_000_000);
+    guest_stubs::println!(
+        "smp: vCPU 0's exits (worst us, over ms) in {EXIT_WINDOWS} x {} ms while vCPU 1 spins: {:?}; waits in {halts} timer HLTs ({} ms on average): {:?}; waits by the PIT {pit_waits} times: {:?}",
+        EXIT_WINDOW_NS / 1_000_000,
+        show(&spin),
+        halted / halts.max(1) / 1_000_000,
+        show(&halt),
+        show(&pit)
+    );
+    // vCPU 1 did wait in L0 meanwhile: its HLTs lasted (about the timer's
+    // 20 ms; at least half) and went on through the windows, and so did
+    // its PIT waits.
+    check!(
+        halts >= EXIT_WINDOWS as u64
+            && ticks >= halts
+            && halted / halts >= u64::from(HALT_TIMER_NS / 2),
+        "vCPU 1's timer HLTs in the windows: {halts}, {ticks} timer interrupts, {halted} ns"
+    );
+    check!(
+        pit_waits >= EXIT_WINDOWS as u64,
+        "vCPU 1's PIT waits in the windows: {pit_waits}"
+    );
+    check!(
+        halt.exits * 4 >= spin.exits,
+        "vCPU 0 made {} exits while vCPU 1 waited in HLT, {} while it spun: its exits waited for the HLT",
+        halt.exits,
+        spin.exits
+    );
+    check!(
+        pit.exits * 4 >= spin.exits,
+        "vCPU 0 made {} exits while vCPU 1 waited by the PIT, {} while it spun: its exits waited for the PIT",
+        pit.exits,
+        spin.exits
+    );
+}
+
+/// vCPU 1 of `waits_release_vm`: as vCPU 0 asks, spins without exits,
+/// or arms its APIC timer (one-shot) and halts with interrupts enabled
+/// until it fires, again and again, or waits by the PIT again and again.
+fn waiter() -> ! {
+    lapic::write(0x3E0, 0xB); // divide by 1: 1 count a ns
+    lapic::write(0x320, u32::from(HALT_TIMER_VECTOR)); // one-shot
+    loop {
+        let mode = WAITER_MODE.load(Ordering::SeqCst);
+        WAITER_SEEN.store(mode, Ordering::SeqCst);
+        match mode {
+            WAITER_HLT => {
+                let seen = interrupts_taken(HALT_TIMER_VECTOR);
+                lapic::write(0x380, HALT_TIMER_NS);
+                let t = now_ns();
+                while interrupts_taken(HALT_TIMER_VECTOR) == seen {
+                    lapic::safe_halt();
+                }
+                HALTED_NS.fetch_add(now_ns() - t, Ordering::SeqCst);
+                HALTS.fetch_add(1, Ordering::SeqCst);
+                lapic::write(0xB0, 0);
+            }
+            WAITER_PIT => {
+                call(svm::guest_abi::HC_WAIT_PIT_US, PIT_WAIT_US, 0, 0);
+                PIT_WAITS.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => core::hint::spin_loop(),
+        }
+    }
+}
+
+/// `tsc_aux_per_cpu`: the steps of the two vCPUs, and vCPU 1's RDTSCPs
+/// whose ECX was not its TSC_AUX.
+static AUX_STEP: AtomicU64 = AtomicU64::new(0);
+static AUX_WRONG: AtomicU64 = AtomicU64::new(0);
+const AUX_ONE: u64 = 0x111;
+const AUX_BOTH: u64 = 0x222;
+/// vCPU 1's RDTSCPs (each after an exit) with the shared value.
+const AUX_READS: u64 = 200;
+const MSR_TSC_AUX: u32 = 0xC000_0103;
+
+/// RDTSCP's ECX is the TSC_AUX of the vCPU that runs it, whatever CPU it
+/// runs on (the MSR is per physical CPU; L0 loads the vCPU's value): vCPU
+/// 1 (CPU 1) writes 0x111, vCPU 0 (CPU 0) then 0x222, then vCPU 1 0x222
+/// too, which its CPU must load although vCPU 0's CPU already holds it.
+pub fn tsc_aux_per_cpu(_: &StartParams) {
+    lapic::map();
+    check!(
+        guest_stubs::cpu::has_rdtscp(),
+        "RDTSCP (CPUID 0x80000001 EDX[27])"
+    );
+    if apic_id() != 0 {
+        tsc_aux_second();
+    }
+    wait("vCPU 1's TSC_AUX", || AUX_STEP.load(Ordering::SeqCst) == 1);
+    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_BOTH);
+    call(HC_NOW_NS, 0, 0, 0);
+    check_eq!(
+        u64::from(guest_stubs::cpu::rdtscp().1),
+        AUX_BOTH,
+        "vCPU 0's RDTSCP ECX"
+    );
+    AUX_STEP.store(2, Ordering::SeqCst);
+    wait("vCPU 1's RDTSCPs", || AUX_STEP.load(Ordering::SeqCst) == 3);
+    check_eq!(
+        AUX_WRONG.load(Ordering::SeqCst),
+        0,
+        "vCPU 1's RDTSCPs (of 200, after exits) whose ECX was not its TSC_AUX 0x222"
+    );
+    check_eq!(
+        u64::from(guest_stubs::cpu::rdtscp().1),
+        AUX_BOTH,
+        "vCPU 0's RDTSCP ECX at the end"
+    );
+}
+
+fn tsc_aux_second() -> ! {
+    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_ONE);
+    call(HC_NOW_NS, 0, 0, 0);
+    if u64::from(guest_stubs::cpu::rdtscp().1) != AUX_ONE {
+        AUX_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    AUX_STEP.store(1, Ordering::SeqCst);
+    while AUX_STEP.load(Ordering::SeqCst) != 2 {
+        core::hint::spin_loop();
+    }
+    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_BOTH);
+    for _ in 0..AUX_READS {
+        call(HC_NOW_NS, 0, 0, 0);
+        if u64::from(guest_stubs::cpu::rdtscp().1) != AUX_BOTH {
+            AUX_WRONG.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    AUX_STEP.store(3, Ordering::SeqCst);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
 /// `logical_ipi`: what vCPU 0 tells vCPUs 1 and 2 to do (1: xAPIC flat,
 /// LDR bit = APIC ID; 2: xAPIC cluster 1, bit = APIC ID; 3: x2APIC),
 /// and what each did last.

@@ -327,10 +327,11 @@ pub fn hlt(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
         if crate::vmm::multi::event_pending(vm) {
             break;
         }
-        if crate::vmm::multi::shares_cpu(vm) {
-            // On a CPU shared with other vCPUs the run loop waits for the
-            // timer or another vCPU's event, yielding the CPU rather than
-            // keeping it here (`multi`).
+        if crate::vmm::multi::several_vcpus(vm) {
+            // With several vCPUs the run loop waits for the timer or
+            // another vCPU's event, with the VM lock released (a wait here
+            // would hold off every other vCPU's exits), and yielding the
+            // CPU when it shares it (`multi`).
             crate::vmm::multi::halt(vm, hlt_rip);
             break;
         }

@@ -114,7 +114,11 @@ pub fn handle(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu) -> Action {
             (u64::from(c.intercept_misc1) << 32) | u64::from(c.intercept_exceptions)
         }
         HC_WAIT_PIT_US => {
-            crate::time::pit::wait_us(a.min(MAX_WAIT_US));
+            // With several vCPUs the run loop waits, VM lock released.
+            let us = a.min(MAX_WAIT_US);
+            if !crate::vmm::multi::defer_pit_wait(vm, us) {
+                crate::time::pit::wait_us(us);
+            }
             0
         }
         HC_NOW_NS => crate::time::now_ns().saturating_sub(vm.created_ns),
