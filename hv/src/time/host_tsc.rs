@@ -22,9 +22,16 @@ static SIMULATING: AtomicBool = AtomicBool::new(false);
 
 /// This CPU's TSC (with a self-test's simulated difference, [`simulate`]).
 pub fn read_raw() -> u64 {
+    read_hw().wrapping_add(simulated_here())
+}
+
+/// This CPU's TSC as RDTSC gives it, without a simulated difference: for
+/// durations on one CPU, and for the run loop, which adds the difference
+/// it looked up once per entry ([`simulated_here`]).
+#[inline(always)]
+pub fn read_hw() -> u64 {
     // SAFETY: RDTSC has no side effects; CR4.TSD is clear in the kernel.
-    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
-    tsc.wrapping_add(simulated_here())
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// This CPU's simulated TSC difference ([`simulate`]; one flag test when

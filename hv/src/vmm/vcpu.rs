@@ -152,7 +152,7 @@ impl Vcpu {
             super::tsc::prepare_entry(self, vm);
             exits::exception::arm_physical_nmi(self);
             if let Some(t) = exited_at {
-                self.host_ticks += crate::time::host_tsc::read_raw().wrapping_sub(t);
+                self.host_ticks += crate::time::host_tsc::read_hw().wrapping_sub(t);
             }
             exits::cr::before_entry(self);
             exits::shadow::before_entry(self);
@@ -175,9 +175,10 @@ impl Vcpu {
             super::nested::vgif::after_exit(self);
             let step_only = exits::shadow::after_exit(self);
             exits::cr::after_exit(self);
-            let exit_tsc = crate::time::host_tsc::read_raw();
-            exited_at = Some(exit_tsc);
-            super::tsc::after_exit(self, vm, exit_tsc);
+            // `read_raw` with the difference looked up before the entry.
+            let exit_hw = crate::time::host_tsc::read_hw();
+            exited_at = Some(exit_hw);
+            super::tsc::after_exit(self, vm, exit_hw.wrapping_add(sim));
             let c = &mut self.vmcb.control;
             // What the CPU did not deliver is in EXITINTINFO now; from here
             // a valid EVENTINJ means an event L0 queued and nobody received.
