@@ -90,6 +90,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "smp::waits_release_vm" => smp::waits_release_vm,
         "smp::tsc_aux_per_cpu" => smp::tsc_aux_per_cpu,
         "smp::logical_ipi" => smp::logical_ipi,
+        "smp::cross_modified_store" => smp::cross_modified_store,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);

@@ -62,26 +62,51 @@ pub fn is_unbacked(gpa: u64, ram: RamLayout, limit: u64) -> bool {
     !ram.is_ram(gpa) && gpa < limit
 }
 
+/// Retries in a row at one RIP before L0 gives up on a store fault that
+/// finds no store ([`no_store`]). More than one: a guest may rewrite the
+/// same instruction again and again with no other exit in between (each
+/// round a fault, a retry that runs the new code, then the old code
+/// again), which L0 cannot tell from a loop on the same bytes; a loop
+/// costs this many exits before the VM stops.
+pub const MAX_NO_STORE_RETRIES: u32 = 1000;
+
+/// Consecutive no-store retries: the RIP and how many so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// RIP of the faulting instruction.
+    pub rip: u64,
+    /// Retries in a row at `rip`.
+    pub count: u32,
+}
+
 /// What L0 does with a store fault in unbacked memory whose instruction,
 /// decoded now, makes no store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoStore {
-    /// Re-enter the guest at the same RIP: the code changed since the CPU
-    /// fetched it (cross-modifying code), so the CPU runs what is there
-    /// now (what KVM's emulator does: it re-fetches the bytes).
-    Retry,
-    /// The same RIP was retried just before: a decoder gap that never sees
-    /// the store, which would loop forever. The VM stops (a limit).
+    /// Re-enter the guest at the same RIP (the new retry state): the code
+    /// changed since the CPU fetched it (cross-modifying code), so the CPU
+    /// runs what is there now (what KVM's emulator does: it re-fetches the
+    /// bytes and emulates them).
+    Retry(Retries),
+    /// [`MAX_NO_STORE_RETRIES`] in a row at this RIP: a decoder gap that
+    /// never sees the store, which would loop forever. The VM stops.
     Stop,
 }
 
-/// See [`NoStore`]: `rip` is the faulting instruction's, `last_retry` the
-/// RIP of the previous retry if the previous store fault was one.
-pub fn no_store(rip: u64, last_retry: Option<u64>) -> NoStore {
-    if last_retry == Some(rip) {
+/// See [`NoStore`]: `rip` is the faulting instruction's, `last` the
+/// retries so far (cleared when a store fault finds its store).
+pub fn no_store(rip: u64, last: Option<Retries>) -> NoStore {
+    let count = match last {
+        Some(r) if r.rip == rip => r.count,
+        _ => 0,
+    };
+    if count >= MAX_NO_STORE_RETRIES {
         NoStore::Stop
     } else {
-        NoStore::Retry
+        NoStore::Retry(Retries {
+            rip,
+            count: count + 1,
+        })
     }
 }
 
@@ -274,10 +299,26 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_store_is_retried_once_per_rip() {
-        assert_eq!(no_store(0x1000, None), NoStore::Retry);
-        assert_eq!(no_store(0x1000, Some(0x2000)), NoStore::Retry);
-        assert_eq!(no_store(0x1000, Some(0x1000)), NoStore::Stop);
+    fn a_vanished_store_is_retried_a_bounded_number_of_times() {
+        let at = |rip, count| Retries { rip, count };
+        assert_eq!(no_store(0x1000, None), NoStore::Retry(at(0x1000, 1)));
+        assert_eq!(
+            no_store(0x1000, Some(at(0x2000, MAX_NO_STORE_RETRIES))),
+            NoStore::Retry(at(0x1000, 1)),
+            "another RIP starts over"
+        );
+        assert_eq!(
+            no_store(0x1000, Some(at(0x1000, 1))),
+            NoStore::Retry(at(0x1000, 2))
+        );
+        let mut last = None;
+        for _ in 0..MAX_NO_STORE_RETRIES {
+            match no_store(0x1000, last) {
+                NoStore::Retry(r) => last = Some(r),
+                NoStore::Stop => panic!("stopped before the limit"),
+            }
+        }
+        assert_eq!(no_store(0x1000, last), NoStore::Stop);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!   instruction in order, walked in software over the same all-ones;
 //! - a store fault whose instruction, decoded now, stores nothing: the
 //!   code changed since the CPU fetched it (cross-modifying code); the
-//!   guest re-enters at the same RIP, once per RIP in a row
+//!   guest re-enters at the same RIP, a bounded number of times in a row
 //!   (svm::emulate::unbacked::no_store);
 //! - anything else (at or beyond MAXPHYADDR, during event delivery, an
 //!   instruction whose store L0 does not complete): the VM stops, as
@@ -232,17 +232,16 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
         // The bytes at RIP changed since the CPU fetched them (another
         // vCPU rewrote them): the CPU runs what is there now, as KVM's
         // emulator does when it re-fetches (x86.c, x86_emulate_instruction).
-        // Once per RIP in a row: a decoder gap would loop forever.
-        let rip = vcpu.vmcb.state.rip;
-        return match no_store(rip, vcpu.store_retry_rip) {
-            NoStore::Retry => {
-                vcpu.store_retry_rip = Some(rip);
+        // Bounded per RIP in a row: a decoder gap would loop forever.
+        return match no_store(vcpu.vmcb.state.rip, vcpu.store_retries) {
+            NoStore::Retry(r) => {
+                vcpu.store_retries = Some(r);
                 Action::Resume
             }
             NoStore::Stop => limit(vm, "a store L0 cannot find", stop),
         };
     }
-    vcpu.store_retry_rip = None;
+    vcpu.store_retries = None;
     if n == writes.len() {
         return limit(vm, "a store L0 cannot find", stop);
     }
