@@ -101,8 +101,14 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             )),
         },
     };
+    // A Multiboot guest sees a PC: no RAM in the VGA window.
+    let pc_hole = !matches!(
+        multiboot::find_header(image),
+        Err(multiboot::ImageError::NoHeader)
+    );
     let config = VmConfig {
         hidden_cpu,
+        pc_hole,
         ..VmConfig::guest(true)
     };
     let mut vm = match Vm::new(name, memory, config) {

@@ -282,4 +282,5 @@ pub const SMP_TESTS: &[&str] = &[
     "smp::waits_release_vm",
     "smp::tsc_aux_per_cpu",
     "smp::logical_ipi",
+    "smp::cross_modified_store",
 ];

@@ -35,6 +35,7 @@ const GUEST_TESTS: &[&str] = &[
     "guest::unbacked_page_walk_rsvd",
     "guest::unbacked_up_to_maxphyaddr",
     "guest::unbacked_read_modify_write",
+    "guest::pc_hole_unbacked",
     "guest::dr0_3_writes_armed",
     "guest::lapic_mmio_id_version",
     "guest::lapic_timer_one_shot",

@@ -65,6 +65,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "guest::unbacked_page_walk_rsvd" => unbacked_page_walk_rsvd,
         "guest::unbacked_up_to_maxphyaddr" => unbacked_up_to_maxphyaddr,
         "guest::unbacked_read_modify_write" => unbacked_read_modify_write,
+        "guest::pc_hole_unbacked" => pc_hole_unbacked,
         "guest::dr0_3_writes_armed" => dr0_3_writes_armed,
         "guest::lapic_mmio_id_version" => apic::mmio_id_version,
         "guest::lapic_timer_one_shot" => apic::timer_one_shot,
@@ -89,6 +90,7 @@ fn guest_main(params: &'static StartParams) -> ! {
         "smp::waits_release_vm" => smp::waits_release_vm,
         "smp::tsc_aux_per_cpu" => smp::tsc_aux_per_cpu,
         "smp::logical_ipi" => smp::logical_ipi,
+        "smp::cross_modified_store" => smp::cross_modified_store,
         other => fail(format_args!("no guest test named {other}")),
     };
     test(params);
@@ -518,6 +520,25 @@ fn unbacked_up_to_maxphyaddr(_: &StartParams) {
         beyond.map(|f| (f.vector, f.error_code & !1, f.cr2)),
         Some((14, 0x8, la + (2 << 20))),
         format_args!("#PF reading GPA {top:#x} (vector, error code without P, CR2)")
+    );
+}
+
+/// A VM with the PC hole (a Multiboot guest's layout, here on this stub):
+/// the VGA window `[0xA0000, 0xC0000)` reads all-ones and drops stores, as
+/// on a PC with nothing there; the RAM on either side keeps them. The
+/// first 2 MiB are identity-mapped.
+fn pc_hole_unbacked(_: &StartParams) {
+    let at = [0x9_FFF8u64, 0xA_0000, 0xB_FFF8, 0xC_0000];
+    for (i, &a) in at.iter().enumerate() {
+        // SAFETY: identity-mapped: RAM the stub does not use, or the hole.
+        unsafe { core::ptr::write_volatile(a as *mut u64, 0x1111 * (i as u64 + 1)) };
+    }
+    // SAFETY: as above.
+    let got = at.map(|a| unsafe { core::ptr::read_volatile(a as *const u64) });
+    check_eq!(
+        got,
+        [0x1111, u64::MAX, u64::MAX, 0x4444],
+        "reads of 0x9fff8, 0xa0000, 0xbfff8, 0xc0000 after a store to each"
     );
 }
 

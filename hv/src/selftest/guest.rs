@@ -339,6 +339,17 @@ pub static CASES: &[Case] = &[
         // The single step over a dropped store is L0's #DB to raise.
         check: |o| exits_are(o, ExitCode::Exception(1), 0),
     },
+    // ISSUE 12: a Multiboot guest's PC hole (the VGA window) is unbacked.
+    Case {
+        name: "guest::pc_hole_unbacked",
+        image: GUEST,
+        config: VmConfig {
+            pc_hole: true,
+            ..VmConfig::PLAIN
+        },
+        expect: Expect::Pass,
+        check: no_check,
+    },
     // ISSUE 8 C (fuzz SIGSEGV): DR0-DR3 writes with DR7 armed, emulated by
     // L0 (five rounds, the clear and the values left behind, per register).
     Case {

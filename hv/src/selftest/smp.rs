@@ -22,7 +22,7 @@ pub struct HostCase {
 }
 
 /// The `smp::` tests.
-pub const CASES: [HostCase; 14] = [
+pub const CASES: [HostCase; 15] = [
     HostCase {
         name: "smp::every_cpu_runs",
         run: every_cpu_runs,
@@ -92,6 +92,11 @@ pub const CASES: [HostCase; 14] = [
         name: "smp::logical_ipi",
         run: super::smp_vm::logical_ipi,
         cpus: 1,
+    },
+    HostCase {
+        name: "smp::cross_modified_store",
+        run: super::smp_vm::cross_modified_store,
+        cpus: 2,
     },
 ];
 

@@ -113,6 +113,18 @@ pub fn init_sipi_restart() -> Result<(), String> {
     run_two("smp::init_sipi_restart", Start::WaitForSipi)
 }
 
+/// vCPU 1 rewrites the store vCPU 0 is about to run onto the PC hole
+/// (`mov [rax], rax` becomes `xor eax, eax`), as kvm-unit-tests'
+/// cr3_read_intercept_emulate: a store fault whose instruction no longer
+/// stores re-enters the guest, which runs the new code (exits::npf).
+pub fn cross_modified_store() -> Result<(), String> {
+    let config = VmConfig {
+        pc_hole: true,
+        ..VmConfig::PLAIN
+    };
+    run_two_of("smp::cross_modified_store", GUEST, config, Start::Running)
+}
+
 /// vCPUs 0 and 1 read the TSC in turns (shared memory): never backwards,
 /// also across a VM-wide TSC move by vCPU 0.
 pub fn tsc_monotonic_across_vcpus() -> Result<(), String> {

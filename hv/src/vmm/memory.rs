@@ -13,6 +13,9 @@ pub struct GuestMemory {
     /// The block's direct-map address (one load per access, not two).
     host_virt: u64,
     size: u64,
+    /// Whether the PC hole (svm::emulate::unbacked::PC_HOLE) is cut out:
+    /// its bytes exist in the block but are not RAM to the guest.
+    pc_hole: bool,
 }
 
 /// A guest-physical range outside guest RAM.
@@ -25,20 +28,30 @@ pub struct OutsideMemory {
 }
 
 impl GuestMemory {
-    /// Allocates `size` bytes (a multiple of 2 MiB) of zeroed guest RAM.
-    pub fn new(size: u64) -> Option<Self> {
+    /// Allocates `size` bytes (a multiple of 2 MiB) of zeroed guest RAM;
+    /// `pc_hole`: the PC's VGA window is not RAM (Multiboot guests).
+    pub fn new(size: u64, pc_hole: bool) -> Option<Self> {
         debug_assert!(size.is_multiple_of(BLOCK_ALIGN));
         let host_phys = frame::alloc_zeroed(size / FRAME_SIZE, BLOCK_ALIGN)?;
         Some(Self {
             host_phys,
             host_virt: phys_to_virt(host_phys),
             size,
+            pc_hole,
         })
     }
 
     /// Bytes of RAM.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Where RAM is (what is unbacked: svm::emulate::unbacked).
+    pub fn layout(&self) -> svm::emulate::unbacked::RamLayout {
+        svm::emulate::unbacked::RamLayout {
+            size: self.size,
+            pc_hole: self.pc_hole,
+        }
     }
 
     /// Host-physical address of guest-physical 0.
@@ -75,7 +88,7 @@ impl GuestMemory {
     #[inline]
     pub fn slice(&self, gpa: u64, len: u64) -> Result<&[u8], OutsideMemory> {
         // Two compares, no overflow: gpa <= size, then len fits after it.
-        if gpa > self.size || len > self.size - gpa {
+        if gpa > self.size || len > self.size - gpa || self.hits_hole(gpa, len) {
             return Err(OutsideMemory { gpa, len });
         }
         // SAFETY: [gpa, gpa + len) is inside the block (checked above),
@@ -92,9 +105,16 @@ impl GuestMemory {
     pub fn slice_mut(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], OutsideMemory> {
         let end = gpa
             .checked_add(len)
-            .filter(|&e| e <= self.size)
+            .filter(|&e| e <= self.size && !self.hits_hole(gpa, len))
             .ok_or(OutsideMemory { gpa, len })?;
         Ok(&mut self.bytes_mut()[gpa as usize..end as usize])
+    }
+
+    /// Whether `[gpa, gpa + len)` (inside the block) meets the PC hole.
+    #[inline]
+    fn hits_hole(&self, gpa: u64, len: u64) -> bool {
+        use svm::emulate::unbacked::PC_HOLE;
+        self.pc_hole && gpa < PC_HOLE.end && gpa + len > PC_HOLE.start
     }
 
     /// Reads a little-endian u64 at `gpa`.

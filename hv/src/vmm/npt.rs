@@ -16,6 +16,7 @@
 
 use crate::mem::frame::{self, FRAME_SIZE};
 use alloc::vec::Vec;
+use svm::emulate::unbacked::RamLayout;
 use x86_64::structures::paging::mapper::MapToError;
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as Flags, PhysFrame,
@@ -72,10 +73,13 @@ fn entry(table: u64, i: u64) -> *mut u64 {
 }
 
 impl Npt {
-    /// Maps guest-physical `[0, size)` to host-physical `[host, host + size)`
-    /// with 2 MiB pages (both must be 2 MiB aligned), and `[size, limit)`
-    /// read-only to all-ones (`limit`: svm::emulate::unbacked::phys_limit).
-    pub fn new(host: u64, size: u64, limit: u64) -> Result<Self, &'static str> {
+    /// Maps guest RAM (`ram`: `[0, size)`) to host-physical
+    /// `[host, host + size)` with 2 MiB pages (both must be 2 MiB
+    /// aligned), and the rest below `limit` read-only to all-ones
+    /// (`limit`: svm::emulate::unbacked::phys_limit). With the PC hole,
+    /// the first 2 MiB are 4 KiB pages, the hole's onto all-ones.
+    pub fn new(host: u64, ram: RamLayout, limit: u64) -> Result<Self, &'static str> {
+        let size = ram.size;
         let mut tables = Vec::new();
         let pml4 = frame::alloc_zeroed(1, FRAME_SIZE).ok_or("out of memory for the NPT root")?;
         tables.push(pml4);
@@ -96,6 +100,10 @@ impl Npt {
         };
         let step = 2 << 20;
         for gpa in (0..size).step_by(step as usize) {
+            if ram.pc_hole && gpa == 0 {
+                npt.map_small(&mut m, host, ram)?;
+                continue;
+            }
             let page = Page::<Size2MiB>::containing_address(VirtAddr::new(gpa));
             let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(host + gpa));
             let flags = TABLE | Flags::HUGE_PAGE;
@@ -118,6 +126,36 @@ impl Npt {
         }
         npt.map_unbacked(limit)?;
         Ok(npt)
+    }
+
+    /// Maps the RAM pages of the first 2 MiB with 4 KiB pages; the PC
+    /// hole's stay non-present here and become unbacked ([`Npt::fill`]).
+    fn map_small(
+        &mut self,
+        m: &mut OffsetPageTable<'_>,
+        host: u64,
+        ram: RamLayout,
+    ) -> Result<(), &'static str> {
+        for gpa in (0..2u64 << 20).step_by(4096).filter(|&a| ram.is_ram(a)) {
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(gpa));
+            let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(host + gpa));
+            // SAFETY: as for the 2 MiB pages in `new`.
+            let result = unsafe {
+                m.map_to_with_table_flags(
+                    page,
+                    frame,
+                    TABLE,
+                    TABLE,
+                    &mut Recording(&mut self.tables),
+                )
+            };
+            match result {
+                Ok(flush) => flush.ignore(),
+                Err(MapToError::FrameAllocationFailed) => return Err("out of memory for the NPT"),
+                Err(_) => return Err("overlapping NPT mapping"),
+            }
+        }
+        Ok(())
     }
 
     /// A fresh table frame (zeroed), recorded to be freed with the VM.
@@ -230,9 +268,14 @@ impl Npt {
         }
         let i = (gpa >> 12) & 511;
         // SAFETY: `table` is a PT of this NPT owned by this path alone
-        // (copied above if it was shared); RAM is mapped with 2 MiB pages,
-        // so this PT maps unbacked memory only.
-        unsafe { entry(table, i).write(0) };
+        // (copied above if it was shared).
+        unsafe {
+            // RAM's 4 KiB pages (the first 2 MiB with the PC hole) stay.
+            if entry(table, i).read() != self.ones | UNBACKED_LEAF {
+                return Err("an MMIO page inside guest RAM");
+            }
+            entry(table, i).write(0)
+        };
         self.mmio_pages.push(gpa);
         Ok(())
     }

@@ -60,6 +60,10 @@ pub struct Vcpu {
     /// The last instruction-fetch walks, re-validated at each use
     /// (`svm::walk_memo`; `exits::rip`).
     pub walk_memo: core::cell::RefCell<svm::walk_memo::WalkMemo>,
+    /// Store faults in unbacked memory in a row that found no store and
+    /// re-entered the guest (exits::npf); cleared by one that finds its
+    /// store.
+    pub store_retries: Option<svm::emulate::unbacked::Retries>,
 }
 
 impl Vcpu {
@@ -87,6 +91,7 @@ impl Vcpu {
             shadow_step: None,
             msrs: svm::msr_table::MsrStore::default(),
             walk_memo: Default::default(),
+            store_retries: None,
         })
     }
 

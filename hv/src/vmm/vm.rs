@@ -60,6 +60,9 @@ pub struct VmConfig {
     /// Features the guest's CPU model leaves out (`guest_cpu=`): hidden
     /// from its CPUID, their instructions #UD (exits::dispatch).
     pub hidden_cpu: HiddenFeatures,
+    /// Whether the PC's VGA window (svm::emulate::unbacked::PC_HOLE) is
+    /// unbacked rather than RAM: Multiboot guests (a PC's memory map).
+    pub pc_hole: bool,
 }
 
 impl VmConfig {
@@ -73,6 +76,7 @@ impl VmConfig {
             limits: None,
             test_hypercalls: false,
             hidden_cpu: HiddenFeatures::empty(),
+            pc_hole: false,
         }
     }
 
@@ -146,13 +150,14 @@ pub struct Vm {
 impl Vm {
     /// A VM with `memory_size` bytes of zeroed RAM (a multiple of 2 MiB).
     pub fn new(name: &str, memory_size: u64, config: VmConfig) -> Result<Self, &'static str> {
-        let memory = GuestMemory::new(memory_size).ok_or("out of memory for guest RAM")?;
+        let memory =
+            GuestMemory::new(memory_size, config.pc_hole).ok_or("out of memory for guest RAM")?;
         let l1_limits = l1_limits(config.nested_svm, config.hidden_cpu);
         let unbacked_limit = svm::emulate::unbacked::phys_limit(l1_limits.max_phys_bits);
-        let mut npt = Npt::new(memory.host_phys(), memory_size, unbacked_limit)?;
+        let mut npt = Npt::new(memory.host_phys(), memory.layout(), unbacked_limit)?;
         // The local APIC's page exits on every access (exits::apic).
         let apic = svm::devices::lapic::DEFAULT_BASE;
-        if svm::emulate::unbacked::is_unbacked(apic, memory_size, unbacked_limit) {
+        if svm::emulate::unbacked::is_unbacked(apic, memory.layout(), unbacked_limit) {
             npt.add_mmio_page(apic)?;
         }
         let mut msrpm: PhysBox<MsrPermissionMap> =

@@ -15,10 +15,99 @@ pub fn phys_limit(max_phys_bits: u8) -> u64 {
     1u64 << max_phys_bits.min(48)
 }
 
-/// Whether `gpa` is unbacked: outside RAM `[0, ram_size)` and below
-/// MAXPHYADDR (`limit`, from [`phys_limit`]).
-pub fn is_unbacked(gpa: u64, ram_size: u64, limit: u64) -> bool {
-    gpa >= ram_size && gpa < limit
+/// The PC's legacy VGA window: no RAM there on a PC (the E820 map of a
+/// Multiboot guest reports `[0xA0000, 0x100000)` reserved,
+/// svm::multiboot::pc_memory_map). Only the VGA part is a hole: the
+/// rest of the reserved range is ROM on a PC (option ROMs, the BIOS),
+/// which reads its contents, not all-ones. KVM's guests exit to L0 there
+/// (MMIO), which kvm-unit-tests relies on (svm_tests.c,
+/// cr3_read_intercept_emulate: a store to 0xA0000 exits to L0).
+pub const PC_HOLE: core::ops::Range<u64> = 0xA_0000..0xC_0000;
+
+/// Where a VM's RAM is: guest-physical `[0, size)`, less [`PC_HOLE`] when
+/// `pc_hole` is set (Multiboot guests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamLayout {
+    /// Bytes from guest-physical 0 (a multiple of 2 MiB).
+    pub size: u64,
+    /// Whether [`PC_HOLE`] is unbacked.
+    pub pc_hole: bool,
+}
+
+impl RamLayout {
+    /// Whether `gpa` is RAM.
+    #[inline]
+    pub fn is_ram(&self, gpa: u64) -> bool {
+        gpa < self.size && !self.in_hole(gpa)
+    }
+
+    /// Whether `gpa` is in the PC hole (when it has one).
+    #[inline]
+    pub fn in_hole(&self, gpa: u64) -> bool {
+        self.pc_hole && PC_HOLE.contains(&gpa)
+    }
+
+    /// Whether `[gpa, gpa + len)` (len > 0) is all RAM.
+    pub fn is_ram_range(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        end <= self.size && !(self.pc_hole && gpa < PC_HOLE.end && end > PC_HOLE.start)
+    }
+}
+
+/// Whether `gpa` is unbacked: not RAM (`ram`) and below MAXPHYADDR
+/// (`limit`, from [`phys_limit`]).
+pub fn is_unbacked(gpa: u64, ram: RamLayout, limit: u64) -> bool {
+    !ram.is_ram(gpa) && gpa < limit
+}
+
+/// Retries in a row at one RIP before L0 gives up on a store fault that
+/// finds no store ([`no_store`]). More than one: a guest may rewrite the
+/// same instruction again and again with no other exit in between (each
+/// round a fault, a retry that runs the new code, then the old code
+/// again), which L0 cannot tell from a loop on the same bytes; a loop
+/// costs this many exits before the VM stops.
+pub const MAX_NO_STORE_RETRIES: u32 = 1000;
+
+/// Consecutive no-store retries: the RIP and how many so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// RIP of the faulting instruction.
+    pub rip: u64,
+    /// Retries in a row at `rip`.
+    pub count: u32,
+}
+
+/// What L0 does with a store fault in unbacked memory whose instruction,
+/// decoded now, makes no store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoStore {
+    /// Re-enter the guest at the same RIP (the new retry state): the code
+    /// changed since the CPU fetched it (cross-modifying code), so the CPU
+    /// runs what is there now (what KVM's emulator does: it re-fetches the
+    /// bytes and emulates them).
+    Retry(Retries),
+    /// [`MAX_NO_STORE_RETRIES`] in a row at this RIP: a decoder gap that
+    /// never sees the store, which would loop forever. The VM stops.
+    Stop,
+}
+
+/// See [`NoStore`]: `rip` is the faulting instruction's, `last` the
+/// retries so far (cleared when a store fault finds its store).
+pub fn no_store(rip: u64, last: Option<Retries>) -> NoStore {
+    let count = match last {
+        Some(r) if r.rip == rip => r.count,
+        _ => 0,
+    };
+    if count >= MAX_NO_STORE_RETRIES {
+        NoStore::Stop
+    } else {
+        NoStore::Retry(Retries {
+            rip,
+            count: count + 1,
+        })
+    }
 }
 
 /// The #PF error code of a walk that met a reserved bit (an all-ones
@@ -173,10 +262,63 @@ mod tests {
         let limit = phys_limit(40);
         assert_eq!(limit, 1 << 40);
         assert_eq!(phys_limit(52), 1 << 48);
-        assert!(!is_unbacked(0x3F_FFFF, 0x40_0000, limit));
-        assert!(is_unbacked(0x40_0000, 0x40_0000, limit));
-        assert!(is_unbacked(limit - 1, 0x40_0000, limit));
-        assert!(!is_unbacked(limit, 0x40_0000, limit));
+        let ram = RamLayout {
+            size: 0x40_0000,
+            pc_hole: false,
+        };
+        assert!(!is_unbacked(0x3F_FFFF, ram, limit));
+        assert!(!is_unbacked(0xA_0000, ram, limit), "no hole: RAM");
+        assert!(is_unbacked(0x40_0000, ram, limit));
+        assert!(is_unbacked(limit - 1, ram, limit));
+        assert!(!is_unbacked(limit, ram, limit));
+    }
+
+    #[test]
+    fn the_pc_hole_is_the_vga_window() {
+        let limit = phys_limit(40);
+        let ram = RamLayout {
+            size: 0x40_0000,
+            pc_hole: true,
+        };
+        assert!(!is_unbacked(0x9_FFFF, ram, limit));
+        assert!(is_unbacked(0xA_0000, ram, limit));
+        assert!(is_unbacked(0xB_FFFF, ram, limit));
+        assert!(!is_unbacked(0xC_0000, ram, limit), "ROM area stays RAM");
+        assert!(is_unbacked(0x40_0000, ram, limit));
+        assert!(ram.is_ram_range(0x9_F000, 0x1000));
+        assert!(!ram.is_ram_range(0x9_FFFC, 8), "straddles the hole");
+        assert!(!ram.is_ram_range(0xB_FFF8, 16));
+        assert!(ram.is_ram_range(0xC_0000, 8));
+        assert!(!ram.is_ram_range(0x3F_FFF8, 16), "past RAM's end");
+        assert!(!ram.is_ram_range(u64::MAX, 2), "overflow");
+        let no_hole = RamLayout {
+            pc_hole: false,
+            ..ram
+        };
+        assert!(no_hole.is_ram_range(0x9_FFFC, 8));
+    }
+
+    #[test]
+    fn a_vanished_store_is_retried_a_bounded_number_of_times() {
+        let at = |rip, count| Retries { rip, count };
+        assert_eq!(no_store(0x1000, None), NoStore::Retry(at(0x1000, 1)));
+        assert_eq!(
+            no_store(0x1000, Some(at(0x2000, MAX_NO_STORE_RETRIES))),
+            NoStore::Retry(at(0x1000, 1)),
+            "another RIP starts over"
+        );
+        assert_eq!(
+            no_store(0x1000, Some(at(0x1000, 1))),
+            NoStore::Retry(at(0x1000, 2))
+        );
+        let mut last = None;
+        for _ in 0..MAX_NO_STORE_RETRIES {
+            match no_store(0x1000, last) {
+                NoStore::Retry(r) => last = Some(r),
+                NoStore::Stop => panic!("stopped before the limit"),
+            }
+        }
+        assert_eq!(no_store(0x1000, last), NoStore::Stop);
     }
 
     #[test]

@@ -930,3 +930,73 @@ fn logical_receiver(id: u32) -> ! {
         }
     }
 }
+
+/// Code vCPU 0 calls: `mov [rax], rax; ret` (48 89 00 C3), which vCPU 1
+/// rewrites to `xor eax, eax; nop; ret` (31 C0 90 C3) while vCPU 0 runs
+/// it; a page per round. One round: under QEMU TCG a second round (even
+/// on another page) never sees vCPU 1's rewrite: the CPU keeps running the
+/// old store, L0 retries until its limit and stops the VM (observed, not
+/// understood; the kvm-unit-tests test has one round too). Executable: the
+/// identity map has no NX.
+#[repr(C, align(4096))]
+struct Code(core::cell::UnsafeCell<[[u8; 4096]; ROUNDS as usize]>);
+// SAFETY: written with volatile stores, the vCPUs take turns through ROUND.
+unsafe impl Sync for Code {}
+static CODE: Code = Code(core::cell::UnsafeCell::new([[0xC3; 4096]; ROUNDS as usize]));
+const STORE_RET: u32 = 0xC300_8948;
+const XOR_RET: u32 = 0xC390_C031;
+/// The round vCPU 0 started (vCPU 1 rewrites then acks with DONE).
+static ROUND: AtomicU64 = AtomicU64::new(0);
+static DONE: AtomicU64 = AtomicU64::new(0);
+const ROUNDS: u64 = 1;
+/// The PC hole (svm::emulate::unbacked::PC_HOLE): a store there faults to
+/// L0, which drops it.
+const HOLE: u64 = 0xA_0000;
+
+/// vCPU 1 rewrites vCPU 0's store to the PC hole while it runs:
+/// each run ends with the store dropped (RAX kept) or the new code run
+/// (RAX 0), never a stopped VM (L0 finding no store when it decodes).
+pub fn cross_modified_store(_: &StartParams) {
+    lapic::map();
+    let page = |round: u64| {
+        CODE.0
+            .get()
+            .cast::<u32>()
+            .wrapping_add(1024 * (round as usize - 1))
+    };
+    if apic_id() != 0 {
+        for round in 1..=ROUNDS {
+            let code = page(round);
+            wait("vCPU 0's round", || ROUND.load(Ordering::SeqCst) == round);
+            for _ in 0..4 {
+                core::hint::spin_loop();
+            }
+            // SAFETY: our static; vCPU 0 runs it (the point of the test).
+            unsafe { code.write_volatile(XOR_RET) };
+            DONE.store(round, Ordering::SeqCst);
+        }
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    let mut rewritten = 0;
+    for round in 1..=ROUNDS {
+        let code = page(round);
+        // SAFETY: vCPU 1 is waiting for this round.
+        unsafe { code.write_volatile(STORE_RET) };
+        ROUND.store(round, Ordering::SeqCst);
+        let rax: u64;
+        // SAFETY: CODE is `mov [rax], rax; ret` or `xor eax, eax; nop;
+        // ret`; RAX points at the hole, whose stores are dropped.
+        unsafe {
+            core::arch::asm!("call {f}", f = in(reg) code, inout("rax") HOLE => rax);
+        }
+        match rax {
+            HOLE => {}
+            0 => rewritten += 1,
+            _ => fail(format_args!("round {round}: RAX {rax:#x} after the call")),
+        }
+        wait("vCPU 1's rewrite", || DONE.load(Ordering::SeqCst) == round);
+    }
+    guest_stubs::println!("cross-modified store: {rewritten} of {ROUNDS} runs ran the new code");
+}

@@ -17,6 +17,10 @@
 //!   table's guest-physical address, so L0 finds the linear address the
 //!   way the CPU met it: the fetch at RIP, then each memory access of the
 //!   instruction in order, walked in software over the same all-ones;
+//! - a store fault whose instruction, decoded now, stores nothing: the
+//!   code changed since the CPU fetched it (cross-modifying code); the
+//!   guest re-enters at the same RIP, a bounded number of times in a row
+//!   (svm::emulate::unbacked::no_store);
 //! - anything else (at or beyond MAXPHYADDR, during event delivery, an
 //!   instruction whose store L0 does not complete): the VM stops, as
 //!   before (limits, documented in README).
@@ -29,7 +33,9 @@ use rip::NoInsn;
 use svm::decode::{AluSrc, CallTarget, Decoded, RegRef, StoreDrop};
 use svm::emulate::alu;
 use svm::emulate::fetch::{self, Paging};
-use svm::emulate::unbacked::{page_fault_in_delivery, FaultInDelivery, StringRegs};
+use svm::emulate::unbacked::{
+    no_store, page_fault_in_delivery, FaultInDelivery, NoStore, StringRegs,
+};
 use svm::{EventInfo, ExitCode, InterceptMisc1, NpfErrorCode};
 
 /// RFLAGS.DF.
@@ -222,7 +228,21 @@ fn drop_store(vcpu: &mut Vcpu, vm: &mut Vm, host: &HostCpu, stop: Stop) -> Actio
             first_read.get_or_insert(a.la);
         }
     });
-    if n == 0 || n == writes.len() {
+    if n == 0 {
+        // The bytes at RIP changed since the CPU fetched them (another
+        // vCPU rewrote them): the CPU runs what is there now, as KVM's
+        // emulator does when it re-fetches (x86.c, x86_emulate_instruction).
+        // Bounded per RIP in a row: a decoder gap would loop forever.
+        return match no_store(vcpu.vmcb.state.rip, vcpu.store_retries) {
+            NoStore::Retry(r) => {
+                vcpu.store_retries = Some(r);
+                Action::Resume
+            }
+            NoStore::Stop => limit(vm, "a store L0 cannot find", stop),
+        };
+    }
+    vcpu.store_retries = None;
+    if n == writes.len() {
         return limit(vm, "a store L0 cannot find", stop);
     }
     for a in writes.iter().flatten() {

@@ -155,7 +155,7 @@ fn read_phys_u64(vm: &Vm, gpa: u64) -> Option<u64> {
 /// Whether `gpa` is unbacked guest-physical memory (reads all-ones).
 pub fn is_unbacked(vm: &Vm, gpa: u64) -> bool {
     let limit = unbacked::phys_limit(vm.l1_limits.max_phys_bits);
-    unbacked::is_unbacked(gpa, vm.memory.size(), limit)
+    unbacked::is_unbacked(gpa, vm.memory.layout(), limit)
 }
 
 /// Whether the four PAE PDPTEs at `cr3` load (none present with a reserved
@@ -307,7 +307,8 @@ fn read_linear_upto(
         let dst = &mut out[done..done + in_page as usize];
         match vm.memory.slice(pa, in_page) {
             Ok(src) => dst.copy_from_slice(src),
-            // RAM ends on a 2 MiB boundary: a page is RAM or not.
+            // RAM ends on a 2 MiB boundary and the PC hole is whole
+            // pages: a page is RAM or not.
             Err(_) if is_unbacked(vm, pa) => dst.fill(0xFF),
             Err(o) => {
                 let stop = Stop::NestedPageFault {

@@ -119,10 +119,7 @@ impl Nested {
 /// ([`l1_vmcb_mut`] gives it then).
 pub fn vmcb_in_l1(memory: &GuestMemory, gpa: u64) -> bool {
     let size = core::mem::size_of::<Vmcb>() as u64;
-    gpa.is_multiple_of(4096)
-        && gpa
-            .checked_add(size)
-            .is_some_and(|end| end <= memory.size())
+    gpa.is_multiple_of(4096) && memory.slice(gpa, size).is_ok()
 }
 
 /// A page-aligned VMCB in L1's memory, if all of it is inside.

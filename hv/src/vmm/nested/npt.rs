@@ -99,6 +99,7 @@ fn layout(vm: &Vm) -> L1Layout {
     L1Layout {
         ram_host: vm.memory.host_phys(),
         ram_size: vm.memory.size(),
+        pc_hole: vm.memory.layout().pc_hole,
         phys_limit: svm::emulate::unbacked::phys_limit(vm.l1_limits.max_phys_bits),
         unbacked_frame: vm.npt.unbacked_frame(),
     }
@@ -116,11 +117,11 @@ fn l0_map(vm: &Vm, l1_pa: u64) -> L0Map {
 fn read_l1(vm: &Vm, at: u64) -> Option<u64> {
     // RAM first: there `l0_map` is RAM whatever the MMIO list says, and
     // the list's scan is the costly part of each of a walk's reads.
-    if at < vm.memory.size() {
-        return vm.memory.read_u64(at & !7);
+    if let Some(e) = vm.memory.read_u64(at & !7) {
+        return Some(e);
     }
+    // Not RAM (past its end or in the PC hole): unbacked reads all-ones.
     match l0_map(vm, at) {
-        L0Map::Ram { .. } if at < vm.memory.size() => vm.memory.read_u64(at & !7),
         L0Map::Ram { .. } => Some(u64::MAX),
         L0Map::NotRam => None,
     }

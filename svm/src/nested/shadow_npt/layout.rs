@@ -17,6 +17,9 @@ pub struct L1Layout {
     pub ram_host: u64,
     /// Bytes of L1 RAM, L1-physical `[0, ram_size)` (a multiple of 2 MiB).
     pub ram_size: u64,
+    /// Whether L1-physical [`PC_HOLE`](crate::emulate::unbacked::PC_HOLE)
+    /// is unbacked (L0's NPT maps the first 2 MiB with 4 KiB pages then).
+    pub pc_hole: bool,
     /// L1-physical addresses at or above this are beyond MAXPHYADDR.
     pub phys_limit: u64,
     /// The host frame of 0xFF bytes unbacked memory reads from.
@@ -33,10 +36,16 @@ impl L1Layout {
     /// L0's mapping of `l1_pa`; `mmio` says whether its page is one L0
     /// leaves unmapped for a device model.
     pub fn map(&self, l1_pa: u64, mmio: bool) -> L0Map {
-        if l1_pa < self.ram_size {
+        let ram = crate::emulate::unbacked::RamLayout {
+            size: self.ram_size,
+            pc_hole: self.pc_hole,
+        };
+        if ram.is_ram(l1_pa) {
+            // With the hole, L0 maps the first 2 MiB with 4 KiB pages.
+            let small = self.pc_hole && l1_pa < 2 << 20;
             return L0Map::Ram {
                 hpa: self.ram_host + l1_pa,
-                page_bits: page::M2,
+                page_bits: if small { page::K4 } else { page::M2 },
                 rights: Rights::ALL,
             };
         }
@@ -58,6 +67,7 @@ mod tests {
     const L: L1Layout = L1Layout {
         ram_host: 0x4000_0000,
         ram_size: 0x80_0000,
+        pc_hole: false,
         phys_limit: 1 << 40,
         unbacked_frame: 0x7000,
     };
@@ -100,6 +110,42 @@ mod tests {
                 rights: READ_ONLY
             }
         );
+    }
+
+    #[test]
+    fn the_pc_hole_is_unbacked_and_its_2m_split() {
+        let l = L1Layout { pc_hole: true, ..L };
+        assert_eq!(
+            l.map(0xA_0010, false),
+            L0Map::Ram {
+                hpa: 0x7010,
+                page_bits: page::K4,
+                rights: READ_ONLY
+            }
+        );
+        assert_eq!(
+            l.map(0x9_F000, false),
+            L0Map::Ram {
+                hpa: 0x4009_F000,
+                page_bits: page::K4,
+                rights: Rights::ALL
+            }
+        );
+        assert_eq!(
+            l.map(0x20_0000, false),
+            L0Map::Ram {
+                hpa: 0x4020_0000,
+                page_bits: page::M2,
+                rights: Rights::ALL
+            }
+        );
+        assert!(matches!(
+            L.map(0xA_0010, false),
+            L0Map::Ram {
+                hpa: 0x400A_0010,
+                ..
+            }
+        ));
     }
 
     #[test]
