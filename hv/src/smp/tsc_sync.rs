@@ -219,6 +219,31 @@ pub fn measure(index: usize) -> Result<Offset, &'static str> {
     })
 }
 
+/// An error this small is good enough: under QEMU TCG an idle host gives
+/// windows of about +/- 100 ticks, a loaded one (more runnable threads
+/// than cores) +/- 600 and more.
+pub const GOOD_ERROR: u64 = 500;
+
+/// [`measure`] up to `tries` times, until the error is at most
+/// [`GOOD_ERROR`]: a window is only as narrow as the fastest round trip
+/// between the two CPUs, which host load can stretch for a whole
+/// measurement. The narrowest window is recorded and returned.
+pub fn measure_best(index: usize, tries: u32) -> Result<Offset, &'static str> {
+    let mut best = measure(index)?;
+    for _ in 1..tries {
+        if best.error <= GOOD_ERROR {
+            break;
+        }
+        match measure(index) {
+            Ok(m) if m.error < best.error => best = m,
+            _ => {}
+        }
+    }
+    let cpu = super::percpu::get(index).ok_or("no such CPU")?;
+    record(cpu, best.offset, best.error);
+    Ok(best)
+}
+
 /// Records CPU `cpu`'s measured offset and sets its compensation from it.
 /// Set while no vCPU runs on `cpu` (a running vCPU's offset was programmed
 /// with the old one).
@@ -237,7 +262,7 @@ pub fn measure_all() {
             continue;
         }
         let i = cpu.index();
-        match measure(i) {
+        match measure_best(i, 4) {
             Ok(m) => log::info!(
                 "smp: cpu{i}: TSC offset to cpu0 {} ticks (+/- {}), compensated by {}",
                 m.offset,
