@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// A directory of already built guest stubs to embed instead of building
+/// them (set by `cargo xtask mutants`).
+const PREBUILT: &str = "HV_PREBUILT_GUEST_STUBS";
+
 fn main() {
     let dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -19,6 +23,20 @@ fn main() {
         .parent()
         .expect("hv/ sits in the workspace")
         .to_path_buf();
+    // `cargo xtask mutants` builds mutated kernels against the guest stubs
+    // of its unmutated baseline: the stubs are the tests, and a mutation of
+    // svm/ code they share must not reach them (nor rebuild them each time).
+    println!("cargo:rerun-if-env-changed={PREBUILT}");
+    if let Some(prebuilt) = std::env::var_os(PREBUILT).filter(|d| !d.is_empty()) {
+        println!(
+            "cargo:rustc-env=HV_GUEST_DIR={}",
+            PathBuf::from(prebuilt).display()
+        );
+        for watched in ["linker.ld", "build.rs"] {
+            println!("cargo:rerun-if-changed={}", dir.join(watched).display());
+        }
+        return;
+    }
     let target_dir = root.join("target").join("guest-stubs");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -9,6 +9,11 @@
 //! own cross-checks (e.g. the TSC offset against the model) would otherwise
 //! stop it first, and the point is that a guest self-test notices.
 //!
+//! Mutated kernels embed the guest stubs the baseline built, from the
+//! unmutated tree (`HV_PREBUILT_GUEST_STUBS`, hv/build.rs): the stubs are
+//! the tests, so a mutation of svm/ code they share stays out of them; this
+//! also spares each svm/ mutation a release build of every stub.
+//!
 //! Output: one line per mutation, `mutant <name> ... killed (<first failing
 //! test>)` or `... SURVIVED` (or `... does not apply (<why>)`, `... does not
 //! build`), then `N killed, N survived`. Fails unless every mutation was
@@ -107,7 +112,7 @@ pub fn mutants(list: bool, names: &[String], jobs: Option<u32>) -> Result<bool> 
     // without any mutation, so the baseline gets a second and third try.
     let mut attempt = 1;
     loop {
-        match build_and_run(&copies[0], filter.as_deref())? {
+        match build_and_run(&copies[0], filter.as_deref(), None)? {
             Run::Passed => break,
             Run::Failed(why) if attempt < BASELINE_ATTEMPTS => {
                 eprintln!("xtask: mutants: baseline attempt {attempt} failed ({why}); again");
@@ -117,6 +122,13 @@ pub fn mutants(list: bool, names: &[String], jobs: Option<u32>) -> Result<bool> 
             Run::BuildFailed => bail!("the unmutated tree does not build"),
         }
     }
+
+    let stubs = copies[0]
+        .join("target")
+        .join("guest-stubs")
+        .join(workspace::KERNEL_TARGET)
+        .join("release");
+    let stubs = stubs.as_path();
 
     let mut pending = 0;
     for m in chosen.iter().filter(|m| m.pending.is_some()) {
@@ -140,7 +152,7 @@ pub fn mutants(list: bool, names: &[String], jobs: Option<u32>) -> Result<bool> 
                 if failure.lock().unwrap().is_some() {
                     break;
                 }
-                match try_mutant(root, work, m) {
+                match try_mutant(root, work, m, stubs) {
                     Ok(outcome) => {
                         println!("mutant {} ... {}", m.name, outcome.text());
                         outcomes.lock().unwrap().push(outcome);
@@ -203,13 +215,13 @@ impl Outcome {
 }
 
 /// Applies `m` to a fresh copy of `root` in `work`, builds and runs its tests.
-fn try_mutant(root: &Path, work: &Path, m: &Mutant) -> Result<Outcome> {
+fn try_mutant(root: &Path, work: &Path, m: &Mutant, stubs: &Path) -> Result<Outcome> {
     sync_tree(root, work)?;
     if let Err(why) = apply_in(work, m) {
         return Ok(Outcome::NotApplied(why));
     }
     let filter = (!m.tests.is_empty()).then(|| m.tests.join(","));
-    Ok(match build_and_run(work, filter.as_deref())? {
+    Ok(match build_and_run(work, filter.as_deref(), Some(stubs))? {
         Run::Failed(first) => Outcome::Killed(first),
         Run::Passed => Outcome::Survived,
         Run::BuildFailed => Outcome::NotBuilt,
@@ -235,8 +247,9 @@ enum Run {
 }
 
 /// Builds the kernel in the scratch tree and runs the self-tests `filter`
-/// selects (all when `None`).
-fn build_and_run(work: &Path, filter: Option<&str>) -> Result<Run> {
+/// selects (all when `None`), embedding the guest stubs of `stubs` when
+/// given (else building them from the tree).
+fn build_and_run(work: &Path, filter: Option<&str>, stubs: Option<&Path>) -> Result<Run> {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(program);
     cmd.current_dir(work)
@@ -246,6 +259,10 @@ fn build_and_run(work: &Path, filter: Option<&str>) -> Result<Run> {
         // The guest self-tests must notice, not the kernel's debug checks.
         .env("CARGO_PROFILE_DEV_DEBUG_ASSERTIONS", "false")
         .env_remove("CARGO_TARGET_DIR");
+    match stubs {
+        Some(dir) => cmd.env("HV_PREBUILT_GUEST_STUBS", dir),
+        None => cmd.env_remove("HV_PREBUILT_GUEST_STUBS"),
+    };
     // A mutation's warnings are noise; its errors are shown.
     if let Err(e) = process::run_quiet(&mut cmd) {
         eprintln!("xtask: {e}");
