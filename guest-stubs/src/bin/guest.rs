@@ -540,6 +540,14 @@ fn pc_hole_unbacked(_: &StartParams) {
         [0x1111, u64::MAX, u64::MAX, 0x4444],
         "reads of 0x9fff8, 0xa0000, 0xbfff8, 0xc0000 after a store to each"
     );
+    // An RMW's load from the hole is all-ones (L0 completes XADD at its
+    // store's fault).
+    let mut old = 1u64;
+    // SAFETY: the hole (stores dropped).
+    unsafe {
+        core::arch::asm!("xadd qword ptr [{a}], {v}", a = in(reg) 0xA_0008u64, v = inout(reg) old, options(nostack));
+    }
+    check_eq!(old, u64::MAX, "XADD's load from 0xa0008");
 }
 
 /// Read-modify-writes of unbacked memory (the fuzzer's `00 00`, ADD

@@ -3,6 +3,7 @@
 
 use crate::mem::frame::{self, FRAME_SIZE};
 use crate::mem::paging::phys_to_virt;
+use svm::emulate::unbacked::RamLayout;
 
 const BLOCK_ALIGN: u64 = 2 << 20;
 
@@ -12,10 +13,9 @@ pub struct GuestMemory {
     host_phys: u64,
     /// The block's direct-map address (one load per access, not two).
     host_virt: u64,
-    size: u64,
-    /// Whether the PC hole (svm::emulate::unbacked::PC_HOLE) is cut out:
-    /// its bytes exist in the block but are not RAM to the guest.
-    pc_hole: bool,
+    /// The block's size, less the PC hole when it has one (its bytes
+    /// exist in the block but are not RAM to the guest).
+    ram: RamLayout,
 }
 
 /// A guest-physical range outside guest RAM.
@@ -36,22 +36,19 @@ impl GuestMemory {
         Some(Self {
             host_phys,
             host_virt: phys_to_virt(host_phys),
-            size,
-            pc_hole,
+            ram: RamLayout { size, pc_hole },
         })
     }
 
     /// Bytes of RAM.
     pub fn size(&self) -> u64 {
-        self.size
+        self.ram.size
     }
 
     /// Where RAM is (what is unbacked: svm::emulate::unbacked).
-    pub fn layout(&self) -> svm::emulate::unbacked::RamLayout {
-        svm::emulate::unbacked::RamLayout {
-            size: self.size,
-            pc_hole: self.pc_hole,
-        }
+    #[inline]
+    pub fn layout(&self) -> RamLayout {
+        self.ram
     }
 
     /// Host-physical address of guest-physical 0.
@@ -62,7 +59,7 @@ impl GuestMemory {
     /// All of guest RAM as bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the block is ours and mapped in the direct map.
-        unsafe { core::slice::from_raw_parts(self.host_virt as *const u8, self.size as usize) }
+        unsafe { core::slice::from_raw_parts(self.host_virt as *const u8, self.ram.size as usize) }
     }
 
     /// All of guest RAM as little-endian 8-byte words (guest-physical
@@ -73,7 +70,7 @@ impl GuestMemory {
         unsafe {
             core::slice::from_raw_parts(
                 phys_to_virt(self.host_phys) as *const u64,
-                (self.size / 8) as usize,
+                (self.ram.size / 8) as usize,
             )
         }
     }
@@ -81,40 +78,33 @@ impl GuestMemory {
     /// All of guest RAM as bytes, writable.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for bytes; &mut self makes it exclusive.
-        unsafe { core::slice::from_raw_parts_mut(self.host_virt as *mut u8, self.size as usize) }
+        unsafe {
+            core::slice::from_raw_parts_mut(self.host_virt as *mut u8, self.ram.size as usize)
+        }
     }
 
     /// The bytes `[gpa, gpa + len)`, if inside guest RAM.
     #[inline]
     pub fn slice(&self, gpa: u64, len: u64) -> Result<&[u8], OutsideMemory> {
-        // Two compares, no overflow: gpa <= size, then len fits after it.
-        if gpa > self.size || len > self.size - gpa || self.hits_hole(gpa, len) {
+        if !self.ram.is_ram_range(gpa, len) {
             return Err(OutsideMemory { gpa, len });
         }
         // SAFETY: [gpa, gpa + len) is inside the block (checked above),
         // which is ours and mapped in the direct map.
         Ok(unsafe {
-            core::slice::from_raw_parts(
-                phys_to_virt(self.host_phys + gpa) as *const u8,
-                len as usize,
-            )
+            core::slice::from_raw_parts((self.host_virt + gpa) as *const u8, len as usize)
         })
     }
 
     /// Writable bytes `[gpa, gpa + len)`, if inside guest RAM.
     pub fn slice_mut(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], OutsideMemory> {
-        let end = gpa
-            .checked_add(len)
-            .filter(|&e| e <= self.size && !self.hits_hole(gpa, len))
-            .ok_or(OutsideMemory { gpa, len })?;
-        Ok(&mut self.bytes_mut()[gpa as usize..end as usize])
-    }
-
-    /// Whether `[gpa, gpa + len)` (inside the block) meets the PC hole.
-    #[inline]
-    fn hits_hole(&self, gpa: u64, len: u64) -> bool {
-        use svm::emulate::unbacked::PC_HOLE;
-        self.pc_hole && gpa < PC_HOLE.end && gpa + len > PC_HOLE.start
+        if !self.ram.is_ram_range(gpa, len) {
+            return Err(OutsideMemory { gpa, len });
+        }
+        // SAFETY: as in `slice`; `&mut self` makes it exclusive.
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut((self.host_virt + gpa) as *mut u8, len as usize)
+        })
     }
 
     /// Reads a little-endian u64 at `gpa`.
@@ -146,6 +136,6 @@ impl GuestMemory {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        frame::free(self.host_phys, self.size / FRAME_SIZE);
+        frame::free(self.host_phys, self.ram.size / FRAME_SIZE);
     }
 }

@@ -47,12 +47,14 @@ impl RamLayout {
         self.pc_hole && PC_HOLE.contains(&gpa)
     }
 
-    /// Whether `[gpa, gpa + len)` (len > 0) is all RAM.
+    /// Whether `[gpa, gpa + len)` (len > 0) is all RAM: the check of every
+    /// guest-memory access L0 makes (hv's GuestMemory), so no overflow and
+    /// few compares: `gpa <= size`, then `len` fits after it, then the hole.
+    #[inline(always)]
     pub fn is_ram_range(&self, gpa: u64, len: u64) -> bool {
-        let Some(end) = gpa.checked_add(len) else {
-            return false;
-        };
-        end <= self.size && !(self.pc_hole && gpa < PC_HOLE.end && end > PC_HOLE.start)
+        gpa <= self.size
+            && len <= self.size - gpa
+            && !(self.pc_hole && gpa < PC_HOLE.end && gpa + len > PC_HOLE.start)
     }
 }
 

@@ -98,8 +98,7 @@ impl Drop for L2Npt {
 fn layout(vm: &Vm) -> L1Layout {
     L1Layout {
         ram_host: vm.memory.host_phys(),
-        ram_size: vm.memory.size(),
-        pc_hole: vm.memory.layout().pc_hole,
+        ram: vm.memory.layout(),
         phys_limit: svm::emulate::unbacked::phys_limit(vm.l1_limits.max_phys_bits),
         unbacked_frame: vm.npt.unbacked_frame(),
     }

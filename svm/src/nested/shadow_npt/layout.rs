@@ -9,17 +9,16 @@
 
 use super::compose::L0Map;
 use super::walk::{page, Rights};
+use crate::emulate::unbacked::RamLayout;
 
 /// Where L1's memory is, in host-physical terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L1Layout {
     /// Host-physical address of L1-physical 0 (2 MiB aligned).
     pub ram_host: u64,
-    /// Bytes of L1 RAM, L1-physical `[0, ram_size)` (a multiple of 2 MiB).
-    pub ram_size: u64,
-    /// Whether L1-physical [`PC_HOLE`](crate::emulate::unbacked::PC_HOLE)
-    /// is unbacked (L0's NPT maps the first 2 MiB with 4 KiB pages then).
-    pub pc_hole: bool,
+    /// Where L1's RAM is: L1-physical `[0, size)`, less the PC hole when
+    /// it has one (L0's NPT maps the first 2 MiB with 4 KiB pages then).
+    pub ram: RamLayout,
     /// L1-physical addresses at or above this are beyond MAXPHYADDR.
     pub phys_limit: u64,
     /// The host frame of 0xFF bytes unbacked memory reads from.
@@ -36,13 +35,9 @@ impl L1Layout {
     /// L0's mapping of `l1_pa`; `mmio` says whether its page is one L0
     /// leaves unmapped for a device model.
     pub fn map(&self, l1_pa: u64, mmio: bool) -> L0Map {
-        let ram = crate::emulate::unbacked::RamLayout {
-            size: self.ram_size,
-            pc_hole: self.pc_hole,
-        };
-        if ram.is_ram(l1_pa) {
+        if self.ram.is_ram(l1_pa) {
             // With the hole, L0 maps the first 2 MiB with 4 KiB pages.
-            let small = self.pc_hole && l1_pa < 2 << 20;
+            let small = self.ram.pc_hole && l1_pa < 2 << 20;
             return L0Map::Ram {
                 hpa: self.ram_host + l1_pa,
                 page_bits: if small { page::K4 } else { page::M2 },
@@ -66,8 +61,10 @@ mod tests {
 
     const L: L1Layout = L1Layout {
         ram_host: 0x4000_0000,
-        ram_size: 0x80_0000,
-        pc_hole: false,
+        ram: RamLayout {
+            size: 0x80_0000,
+            pc_hole: false,
+        },
         phys_limit: 1 << 40,
         unbacked_frame: 0x7000,
     };
@@ -114,7 +111,13 @@ mod tests {
 
     #[test]
     fn the_pc_hole_is_unbacked_and_its_2m_split() {
-        let l = L1Layout { pc_hole: true, ..L };
+        let l = L1Layout {
+            ram: RamLayout {
+                pc_hole: true,
+                ..L.ram
+            },
+            ..L
+        };
         assert_eq!(
             l.map(0xA_0010, false),
             L0Map::Ram {
