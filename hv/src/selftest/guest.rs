@@ -373,8 +373,13 @@ pub static CASES: &[Case] = &[
         image: GUEST,
         config: VmConfig::PLAIN,
         expect: Expect::Pass,
-        // The guest waited in HLT: one HLT exit, not a spin.
-        check: |o| exits_are(o, ExitCode::Hlt, 1),
+        // The guest waited in HLT, not a spin: its 40 ms are one HLT exit
+        // per 10 ms wait slice of L0 (exits::apic), at most 4, and one
+        // more if the clock runs late.
+        check: |o| match o.vcpu.exit_count(ExitCode::Hlt) {
+            1..=5 => Ok(()),
+            n => Err(format!("{n} Hlt exits, expected 1 to 5")),
+        },
     },
     Case {
         name: "guest::lapic_timer_periodic",
