@@ -58,7 +58,14 @@ macro_rules! check {
 /// Fails the test unless the two values are equal.
 #[macro_export]
 macro_rules! check_eq {
-    ($left:expr, $right:expr, $what:expr) => {{
+    // A literal is a format string (its `{name}`s are captured).
+    ($left:expr, $right:expr, $what:literal $(, $arg:expr)* $(,)?) => {
+        $crate::check_eq!(@cmp $left, $right, format_args!($what $(, $arg)*))
+    };
+    ($left:expr, $right:expr, $what:expr) => {
+        $crate::check_eq!(@cmp $left, $right, $what)
+    };
+    (@cmp $left:expr, $right:expr, $what:expr) => {{
         let (l, r) = ($left, $right);
         if l != r {
             $crate::verdict::fail(format_args!("{}: got {:#x?}, expected {:#x?}", $what, l, r));

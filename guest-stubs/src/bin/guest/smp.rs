@@ -669,16 +669,30 @@ fn waiter() -> ! {
 /// whose ECX was not its TSC_AUX.
 static AUX_STEP: AtomicU64 = AtomicU64::new(0);
 static AUX_WRONG: AtomicU64 = AtomicU64::new(0);
-const AUX_ONE: u64 = 0x111;
-const AUX_BOTH: u64 = 0x222;
-/// vCPU 1's RDTSCPs (each after an exit) with the shared value.
+/// Rounds of the exchange, each with its own values (`aux_values`).
+const AUX_ROUNDS: u64 = 5;
+/// vCPU 1's RDTSCPs of its final value per round, each after an exit.
 const AUX_READS: u64 = 200;
 const MSR_TSC_AUX: u32 = 0xC000_0103;
 
+/// Round `r`'s values: vCPU 1's first, then both vCPUs'.
+fn aux_values(r: u64) -> (u64, u64) {
+    (0x111 + 0x1000 * r, 0x222 + 0x1000 * r)
+}
+
+/// Step `k` of round `r` in `AUX_STEP`.
+fn aux_step(r: u64, k: u64) -> u64 {
+    r * 8 + k
+}
+
 /// RDTSCP's ECX is the TSC_AUX of the vCPU that runs it, whatever CPU it
-/// runs on (the MSR is per physical CPU; L0 loads the vCPU's value): vCPU
-/// 1 (CPU 1) writes 0x111, vCPU 0 (CPU 0) then 0x222, then vCPU 1 0x222
-/// too, which its CPU must load although vCPU 0's CPU already holds it.
+/// runs on (the MSR is per physical CPU; L0 loads the vCPU's value): per
+/// round, vCPU 1 (CPU 1) writes its own value, vCPU 0 (CPU 0) then
+/// another, then vCPU 1 that one too, which its CPU must load although
+/// vCPU 0's CPU already holds it. vCPU 0 enters the guest (a hypercall)
+/// right before vCPU 1's last write, so that L0's record of what a CPU
+/// holds, were it one for all CPUs, says the value is loaded; a host tick
+/// in vCPU 1 in between re-records its old value, hence several rounds.
 pub fn tsc_aux_per_cpu(_: &StartParams) {
     lapic::map();
     check!(
@@ -688,46 +702,69 @@ pub fn tsc_aux_per_cpu(_: &StartParams) {
     if apic_id() != 0 {
         tsc_aux_second();
     }
-    wait("vCPU 1's TSC_AUX", || AUX_STEP.load(Ordering::SeqCst) == 1);
-    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_BOTH);
-    call(HC_NOW_NS, 0, 0, 0);
-    check_eq!(
-        u64::from(guest_stubs::cpu::rdtscp().1),
-        AUX_BOTH,
-        "vCPU 0's RDTSCP ECX"
-    );
-    AUX_STEP.store(2, Ordering::SeqCst);
-    wait("vCPU 1's RDTSCPs", || AUX_STEP.load(Ordering::SeqCst) == 3);
-    check_eq!(
-        AUX_WRONG.load(Ordering::SeqCst),
-        0,
-        "vCPU 1's RDTSCPs (of 200, after exits) whose ECX was not its TSC_AUX 0x222"
-    );
-    check_eq!(
-        u64::from(guest_stubs::cpu::rdtscp().1),
-        AUX_BOTH,
-        "vCPU 0's RDTSCP ECX at the end"
-    );
+    for r in 0..AUX_ROUNDS {
+        let (_, both) = aux_values(r);
+        wait("vCPU 1's TSC_AUX", || {
+            AUX_STEP.load(Ordering::SeqCst) == aux_step(r, 1)
+        });
+        guest_stubs::cpu::wrmsr(MSR_TSC_AUX, both);
+        call(HC_NOW_NS, 0, 0, 0);
+        check_eq!(
+            u64::from(guest_stubs::cpu::rdtscp().1),
+            both,
+            "vCPU 0's RDTSCP ECX in round {r}"
+        );
+        AUX_STEP.store(aux_step(r, 2), Ordering::SeqCst);
+        wait("vCPU 1 to be ready", || {
+            AUX_STEP.load(Ordering::SeqCst) == aux_step(r, 3)
+        });
+        call(HC_NOW_NS, 0, 0, 0);
+        AUX_STEP.store(aux_step(r, 4), Ordering::SeqCst);
+        wait("vCPU 1's RDTSCPs", || {
+            AUX_STEP.load(Ordering::SeqCst) == aux_step(r, 5)
+        });
+        check_eq!(
+            AUX_WRONG.load(Ordering::SeqCst),
+            0,
+            "vCPU 1's RDTSCPs (of {AUX_READS} per round, after exits) whose ECX was not its TSC_AUX {both:#x}, round {r}"
+        );
+        check_eq!(
+            u64::from(guest_stubs::cpu::rdtscp().1),
+            both,
+            "vCPU 0's RDTSCP ECX at the end of round {r}"
+        );
+        AUX_STEP.store(aux_step(r, 6), Ordering::SeqCst);
+    }
 }
 
 fn tsc_aux_second() -> ! {
-    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_ONE);
-    call(HC_NOW_NS, 0, 0, 0);
-    if u64::from(guest_stubs::cpu::rdtscp().1) != AUX_ONE {
-        AUX_WRONG.fetch_add(1, Ordering::SeqCst);
-    }
-    AUX_STEP.store(1, Ordering::SeqCst);
-    while AUX_STEP.load(Ordering::SeqCst) != 2 {
-        core::hint::spin_loop();
-    }
-    guest_stubs::cpu::wrmsr(MSR_TSC_AUX, AUX_BOTH);
-    for _ in 0..AUX_READS {
+    let until = |k| {
+        while AUX_STEP.load(Ordering::SeqCst) != k {
+            core::hint::spin_loop();
+        }
+    };
+    for r in 0..AUX_ROUNDS {
+        let (own, both) = aux_values(r);
+        guest_stubs::cpu::wrmsr(MSR_TSC_AUX, own);
         call(HC_NOW_NS, 0, 0, 0);
-        if u64::from(guest_stubs::cpu::rdtscp().1) != AUX_BOTH {
+        if u64::from(guest_stubs::cpu::rdtscp().1) != own {
             AUX_WRONG.fetch_add(1, Ordering::SeqCst);
         }
+        AUX_STEP.store(aux_step(r, 1), Ordering::SeqCst);
+        until(aux_step(r, 2));
+        AUX_STEP.store(aux_step(r, 3), Ordering::SeqCst);
+        until(aux_step(r, 4));
+        guest_stubs::cpu::wrmsr(MSR_TSC_AUX, both);
+        for _ in 0..AUX_READS {
+            call(HC_NOW_NS, 0, 0, 0);
+            if u64::from(guest_stubs::cpu::rdtscp().1) != both {
+                AUX_WRONG.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        AUX_STEP.store(aux_step(r, 5), Ordering::SeqCst);
+        // vCPU 0 checks, then says so, before the next round.
+        until(aux_step(r, 6));
     }
-    AUX_STEP.store(3, Ordering::SeqCst);
     loop {
         core::hint::spin_loop();
     }
